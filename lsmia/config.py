@@ -1,0 +1,235 @@
+"""The one configuration schema of lsmia, mirrored by ``params.yaml``.
+
+Every section is a pydantic model with ``extra="forbid"``, so an unknown key is
+an error that names the key. CLI flags override values through dotted paths
+(``--set attack.steps=20``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lsmia.errors import LsmiaError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    source: Literal["builtin", "facescrub", "celeba", "imagefolder"] = "builtin"
+    root: Path | None = None  # real data: data set root on disk
+    public_root: Path | None = None  # real data: image folder for the prior (e.g. FFHQ)
+    image_size: int = Field(32, ge=8)
+    num_identities: int = Field(50, ge=2)  # private identities (builtin) / top-N (celeba)
+    num_public_identities: int = Field(100, ge=1)  # builtin only
+    images_per_identity: int = Field(40, ge=2)  # builtin: private images per identity
+    public_images_per_identity: int = Field(40, ge=1)  # builtin
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # PPA: 90/10
+    split_seed: int = 42  # PPA: 42
+    seed: int = 0  # builtin: rendering seed
+    difficulty: float = Field(1.0, ge=0.0)  # builtin: strength of the nuisance factors
+
+
+class AugmentConfig(Section):
+    crop_scale: tuple[float, float] = (0.85, 1.0)  # PPA: RandomResizedCrop(scale 0.85-1, ratio 1)
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.1, 0.1)  # PPA
+
+
+class ClassifierConfig(Section):
+    arch: str = "smallresnet"
+    width: int = Field(32, ge=4)  # smallresnet base width
+    pretrained_path: Path | None = None  # local file only
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    weight_decay: float = Field(0.0, ge=0)
+    milestones: list[float] = [0.75, 0.9]  # fractions of the epochs (PPA: 75 and 90 of 100)
+    gamma: float = 0.1
+    augment: AugmentConfig = AugmentConfig()
+    aux_loss_weight: float = 0.4  # inception_v3 auxiliary logits
+
+
+class SmoothingConfig(Section):
+    alpha: float = 0.0
+    schedule: Literal["constant", "reference", "linear"] = "linear"
+    warmup_start: float = Field(0.5, ge=0.0, le=1.0)  # linear: fraction of epochs where the ramp starts
+    warmup_end: float = Field(0.75, ge=0.0, le=1.0)  # linear: fraction of epochs where alpha is reached
+    negative_only: bool = True  # the paper warms up negative alpha only; positive alpha stays constant
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not math.isfinite(v) or v > 1.0:
+            raise ValueError(f"alpha must be a finite number <= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> "SmoothingConfig":
+        if self.warmup_end < self.warmup_start:
+            raise ValueError("warmup_end must be >= warmup_start")
+        return self
+
+
+class TargetConfig(ClassifierConfig):
+    smoothing: SmoothingConfig = SmoothingConfig()
+
+
+class EvalModelConfig(ClassifierConfig):
+    arch: str = "densenet_small"
+
+
+class PriorConfig(Section):
+    kind: Literal["dcgan", "torchscript"] = "dcgan"
+    path: Path | None = None  # torchscript: the exported generator
+    latent_dim: int = Field(64, ge=1)  # torchscript: declared latent size
+    output_range: tuple[float, float] = (-1.0, 1.0)  # torchscript: declared output range
+    width: int = Field(64, ge=8)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    sample_grid: int = Field(64, ge=1)
+
+
+class AttackConfig(Section):
+    targets: list[int] | int = 10  # an int N: the first N classes; a list: those classes
+    pool_size: int = Field(400, ge=1)  # PPA: 2000 (FaceScrub) / 5000 (CelebA)
+    candidates: int = Field(16, ge=1)  # PPA: 200 per class
+    final_samples: int = Field(8, ge=1)  # PPA: 50 per class
+    steps: int = Field(60, ge=0)  # PPA: 50 (FaceScrub) / 70 (CelebA)
+    lr: float = Field(0.005, gt=0)
+    betas: tuple[float, float] = (0.1, 0.1)
+    loss: Literal["poincare", "ce", "max_margin"] = "poincare"
+    batch_size: int = Field(256, ge=1)  # latents optimised together, across all targets
+    selection_batch_size: int = Field(512, ge=1)
+    step_crop_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop each step, ratio 1
+    final_draws: int = Field(20, ge=1)  # PPA: 100
+    final_crop_scale: tuple[float, float] = (0.5, 0.9)
+    final_crop_ratio: tuple[float, float] = (0.8, 1.2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "AttackConfig":
+        if self.final_samples > self.candidates:
+            raise ValueError("final_samples must be <= candidates")
+        if self.candidates > self.pool_size:
+            raise ValueError("candidates must be <= pool_size")
+        return self
+
+
+class StudentConfig(Section):
+    arch: str = "smallresnet"
+    width: int = 16
+    epochs: int = Field(20, ge=1)  # PPA: 75
+    batch_size: int = 64
+    lr: float = 0.1  # PPA: SGD 0.1, momentum 0.9, wd 1e-4, cosine
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+class MetricsConfig(Section):
+    prdc_k: int = Field(3, ge=1)
+    student: StudentConfig = StudentConfig()
+    inception_path: Path | None = None  # local Inception-v3 weights for Inception FID
+    attribute_epochs: int = Field(15, ge=1)
+
+
+class StudyConfig(Section):
+    alphas: list[float] = [0.1, 0.0, -0.05]
+    seeds: list[int] = [0]
+
+
+class RunConfig(Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    threads: int = Field(0, ge=0)  # 0: torch's default
+    out_dir: Path = Path("out")
+    tracking: bool = False
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    prior: PriorConfig = PriorConfig()
+    target: TargetConfig = TargetConfig()
+    eval_model: EvalModelConfig = EvalModelConfig()
+    attack: AttackConfig = AttackConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    study: StudyConfig = StudyConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}' in {source}: remove it or check its spelling"
+    return f"invalid config value for '{key}' in {source}: {first['msg']}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI override value with YAML rules (numbers, lists, booleans, null)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key, {}), dict):
+            raise LsmiaError(f"cannot override '{dotted}': '{key}' is not a section")
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 source: str = "config") -> Config:
+    """Validate a nested dict (plus dotted overrides) into a Config, or raise LsmiaError."""
+    merged = dict(data or {})
+    merged = yaml.safe_load(yaml.safe_dump(merged))  # deep copy of plain data
+    for dotted, value in (overrides or {}).items():
+        apply_override(merged, dotted, value)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise LsmiaError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Load ``params.yaml`` (missing path and default name: built-in defaults) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if path.exists():
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
+            if not isinstance(data, dict):
+                raise LsmiaError(f"{path} must hold a mapping of sections, e.g. 'attack: {{steps: 60}}'")
+        elif path.name != "params.yaml":
+            raise LsmiaError(f"params file {path} does not exist: pass an existing file with --params")
+    return build_config(data, overrides, source=str(path) if path else "config")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise LsmiaError(f"override '{item}' must look like section.key=value, e.g. attack.steps=20")
+        key, _, value = item.partition("=")
+        out[key.strip()] = parse_value(value.strip())
+    return out

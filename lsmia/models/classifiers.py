@@ -1,0 +1,185 @@
+"""Target, evaluation and student classifiers.
+
+Every classifier takes float images in [0, 1] at its ``image_size`` and normalises them
+itself (PPA's Normalize(0.5, 0.5)), so data, attack and metrics never disagree on scaling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.models as tvm
+
+from lsmia.errors import LsmiaError
+from lsmia.utils import load_torch, save_torch
+
+SMALL_INPUT = 96  # below this, torchvision stems lose their stride-2 conv and max-pool
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def small_resnet(width: int) -> tuple[nn.Module, int]:
+    """A three-stage ResNet for small images; width 32 gives about 0.3 M parameters."""
+    body = nn.Sequential(
+        nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        BasicBlock(width, width, 1), BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return body, 4 * width
+
+
+def small_vgg(width: int) -> tuple[nn.Module, int]:
+    """A plain conv net (no skip connections): a different architecture for the evaluation model."""
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    layers = [*block(3, width), *block(width, width), nn.MaxPool2d(2),
+              *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
+              *block(2 * width, 4 * width), *block(4 * width, 4 * width),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), 4 * width
+
+
+def _tv_resnet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tuple[nn.Module, int]]:
+    def build(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
+        net = factory(weights=None)
+        if image_size < SMALL_INPUT:
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    return build
+
+
+def _tv_densenet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tuple[nn.Module, int]]:
+    def build(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
+        net = factory(weights=None)
+        if image_size < SMALL_INPUT:
+            out = net.features.conv0.out_channels
+            net.features.conv0 = nn.Conv2d(3, out, 3, 1, 1, bias=False)
+            net.features.pool0 = nn.Identity()
+        dim = net.classifier.in_features
+        net.classifier = nn.Identity()
+        return net, dim
+    return build
+
+
+def _tv_inception(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
+    net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=False)
+    net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_classes)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+TORCHVISION: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
+    "resnet18": _tv_resnet(tvm.resnet18), "resnet34": _tv_resnet(tvm.resnet34),
+    "resnet50": _tv_resnet(tvm.resnet50), "resnet101": _tv_resnet(tvm.resnet101),
+    "resnet152": _tv_resnet(tvm.resnet152), "resnext50_32x4d": _tv_resnet(tvm.resnext50_32x4d),
+    "densenet121": _tv_densenet(tvm.densenet121), "densenet169": _tv_densenet(tvm.densenet169),
+    "densenet201": _tv_densenet(tvm.densenet201), "inception_v3": _tv_inception,
+}
+SMALL = {"smallresnet": small_resnet, "smallvgg": small_vgg}
+ARCHITECTURES = sorted([*SMALL, *TORCHVISION])
+INCEPTION_MIN_SIZE = 299  # its auxiliary head needs the 17x17 map of 299 px inputs
+
+
+class Classifier(nn.Module):
+    """Normalisation, backbone (penultimate features) and a linear head."""
+
+    def __init__(self, arch: str, num_classes: int, image_size: int, width: int = 32) -> None:
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise LsmiaError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+        self.arch, self.num_classes, self.image_size, self.width = arch, num_classes, image_size, width
+        if arch in SMALL:
+            self.backbone, dim = SMALL[arch](width)
+        else:
+            self.backbone, dim = TORCHVISION[arch](image_size, num_classes)
+        self.head = nn.Linear(dim, num_classes)
+        self.feature_dim = dim
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch == "inception_v3" and x.shape[-1] < INCEPTION_MIN_SIZE:
+            x = F.interpolate(x, size=(INCEPTION_MIN_SIZE, INCEPTION_MIN_SIZE), mode="bilinear", align_corners=False)
+        return (x - 0.5) / 0.5
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the input of the linear head)."""
+        out = self.backbone(self._prepare(x))
+        return out.logits if hasattr(out, "logits") else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def train_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and, for inception_v3 in training mode, the auxiliary logits."""
+        out = self.backbone(self._prepare(x))
+        if hasattr(out, "aux_logits"):
+            return self.head(out.logits), out.aux_logits
+        return self.head(out), None
+
+    def spec(self) -> dict[str, Any]:
+        return {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size, "width": self.width}
+
+
+def build_classifier(arch: str, num_classes: int, image_size: int, width: int = 32,
+                     pretrained_path: Path | None = None) -> Classifier:
+    model = Classifier(arch, num_classes, image_size, width)
+    if pretrained_path is not None:
+        load_pretrained_backbone(model, Path(pretrained_path))
+    return model
+
+
+def load_pretrained_backbone(model: Classifier, path: Path) -> None:
+    """Load local backbone weights (e.g. torchvision ImageNet weights); heads and mismatched stems stay fresh."""
+    state = load_torch(path, what="pretrained weights")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise LsmiaError(f"pretrained weights {path} share no tensors with {model.arch}: pass weights of that architecture")
+    model.backbone.load_state_dict(usable, strict=False)
+
+
+def save_classifier(model: Classifier, path: Path | str, extra: dict[str, Any] | None = None) -> None:
+    save_torch({**model.spec(), "state_dict": model.state_dict(), **(extra or {})}, path)
+
+
+def load_classifier(path: Path | str, num_classes: int | None = None, arch: str | None = None,
+                    what: str = "classifier checkpoint") -> Classifier:
+    """Load a checkpoint written by save_classifier; a mismatch with the expectation is a one-line error."""
+    ckpt = load_torch(path, what=what)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
+        raise LsmiaError(f"{path} is not an lsmia classifier checkpoint: pass a file written by 'lsmia train'")
+    if arch is not None and ckpt["arch"] != arch:
+        raise LsmiaError(f"{path} holds a {ckpt['arch']} but {arch} was expected: retrain or fix the arch setting")
+    if num_classes is not None and ckpt["num_classes"] != num_classes:
+        raise LsmiaError(f"{path} has {ckpt['num_classes']} classes but the data has {num_classes}: "
+                         "retrain it on this data set")
+    model = Classifier(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"], ckpt.get("width", 32))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise LsmiaError(f"{path} does not match architecture {ckpt['arch']}: retrain it") from None
+    return model.eval()
