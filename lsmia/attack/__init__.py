@@ -1,0 +1,3 @@
+from lsmia.attack.result import AttackResult
+
+__all__ = ["AttackResult"]

@@ -1,0 +1,3 @@
+from lsmia.cli import main
+
+main()

@@ -1,0 +1,225 @@
+"""The Plug & Play Attack (Struppek et al. 2022), batched over all target classes.
+
+Three stages, each working on every target class at once:
+
+1. Initial selection: one shared pool of latents is scored by the target (softmax averaged
+   over the image and its mirror); each target class takes its top ``candidates`` latents
+   from one ``[pool, C]`` score matrix.
+2. Optimisation: all (target, candidate) rows are optimised with Adam in batches of
+   ``batch_size`` rows that mix targets. Each step: prior → resize → random resized crop →
+   target logits → identity loss.
+3. Final selection: every optimised sample is scored by its mean target confidence under
+   random crops and flips; each class keeps its top ``final_samples``.
+
+Batch independence: the identity losses are batch means, so the attack minimises
+``batch_mean * rows`` = the sum of per-row losses. Models run in eval mode (no batch
+statistics) and Adam's state is elementwise, so every row receives exactly the update it
+would receive if optimised alone; batching changes only which augmentation draws a row
+gets. ``schedule="per_class"`` (the reference's loop over classes, 25 latents per batch)
+therefore optimises the same objective and differs only in that randomness.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Literal
+
+import torch
+import torch.nn as nn
+
+from lsmia.attack.result import AttackResult
+from lsmia.augment import random_flip, random_resized_crop, resize
+from lsmia.config import AttackConfig
+from lsmia.errors import LsmiaError
+from lsmia.losses import identity_loss
+from lsmia.models.classifiers import Classifier
+from lsmia.utils import progress as progress_bar
+
+Schedule = Literal["batched", "per_class"]
+SCHEDULES = ("batched", "per_class")
+REFERENCE_BATCH = 25  # PPA's latents per GPU batch, used by the per_class schedule
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_targets(spec: list[int] | int, num_classes: int) -> list[int]:
+    """An int N means the first N classes; a list is checked for range and repeats."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, list)):
+        raise LsmiaError(f"attack.targets must be a class count or a list of classes, got {spec!r}: "
+                         "set it to e.g. 10 or [0, 3, 7]")
+    if isinstance(spec, int):
+        if not 1 <= spec <= num_classes:
+            raise LsmiaError(f"attack.targets asks for {spec} classes but the target model has {num_classes}: "
+                             f"set attack.targets to a number from 1 to {num_classes}")
+        return list(range(spec))
+    if not spec:
+        raise LsmiaError("attack.targets is an empty list: list at least one class or give a class count")
+    outside = [c for c in spec if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes]
+    if outside:
+        raise LsmiaError(f"attack.targets holds class {outside[0]!r} outside 0..{num_classes - 1}: "
+                         f"list only classes of the target model")
+    repeated = sorted({c for c in spec if spec.count(c) > 1})
+    if repeated:
+        raise LsmiaError(f"attack.targets lists class {repeated[0]} more than once: list each class once")
+    return list(spec)
+
+
+@contextmanager
+def frozen(*models: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients; requires_grad flags are restored afterwards."""
+    flags = [(p, p.requires_grad) for m in models for p in m.parameters()]
+    for model in models:
+        model.eval()
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def stage_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """Independent CPU generators for pool sampling, step augmentation and final draws."""
+    base = torch.Generator().manual_seed(seed)
+    seeds = torch.randint(0, 2**62, (3,), generator=base).tolist()
+    pool, steps, final = (torch.Generator().manual_seed(int(s)) for s in seeds)
+    return pool, steps, final
+
+
+def render(prior: nn.Module, z: torch.Tensor, size: int) -> torch.Tensor:
+    """Prior images resized to the target's input size."""
+    return resize(prior(z), size)
+
+
+def class_probabilities(target: Classifier, images: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(target(images).float(), dim=1)
+
+
+@torch.no_grad()
+def pool_scores(prior: nn.Module, target: Classifier, pool: torch.Tensor, batch_size: int,
+                device: torch.device) -> torch.Tensor:
+    """[pool, C] target softmax averaged over each image and its horizontal flip."""
+    scores = []
+    for chunk in pool.split(batch_size):
+        images = render(prior, chunk.to(device), target.image_size)
+        probs = (class_probabilities(target, images) + class_probabilities(target, images.flip(-1))) / 2
+        scores.append(probs.cpu())
+    return torch.cat(scores)
+
+
+def select_candidates(scores: torch.Tensor, targets: list[int], candidates: int) -> torch.Tensor:
+    """Pool indices [T, candidates]: each target's top-scoring latents, best first, no repeats."""
+    return scores[:, targets].topk(candidates, dim=0).indices.T
+
+
+def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Schedule) -> list[torch.Tensor]:
+    """Row indices per optimisation batch; rows are ordered target-major."""
+    rows = torch.arange(num_targets * candidates)
+    if schedule == "batched":
+        return list(rows.split(batch_size))
+    return [chunk for per_class in rows.split(candidates) for chunk in per_class.split(REFERENCE_BATCH)]
+
+
+def attack_step_loss(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
+                     cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> torch.Tensor:
+    """Sum over rows of the identity loss, so no row's gradient depends on the batch size."""
+    images = render(prior, z, target.image_size)
+    images = random_resized_crop(images, cfg.step_crop_scale, (1.0, 1.0), gen=gen)
+    return loss_fn(target(images), labels) * len(z)
+
+
+def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: torch.Tensor,
+             batches: list[torch.Tensor], cfg: AttackConfig, gen: torch.Generator, device: torch.device,
+             show_progress: bool) -> torch.Tensor:
+    """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each."""
+    loss_fn = identity_loss(cfg.loss)
+    result = start.clone()
+    work = ((batch, step) for batch in batches for step in range(cfg.steps))
+    if show_progress:
+        work = progress_bar(work, total=len(batches) * cfg.steps, desc="attack steps")
+    z, optimiser = None, None
+    with torch.enable_grad():
+        for batch, step in work:
+            if step == 0:
+                z = start[batch].to(device).requires_grad_(True)
+                optimiser = torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas)
+            optimiser.zero_grad(set_to_none=True)
+            attack_step_loss(prior, target, z, labels[batch].to(device), cfg, loss_fn, gen).backward()
+            optimiser.step()
+            if step == cfg.steps - 1:
+                result[batch] = z.detach().cpu()
+    return result
+
+
+@torch.no_grad()
+def final_scores(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
+                 cfg: AttackConfig, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Each row's mean target confidence over ``cfg.final_draws`` random crops and flips."""
+    rows_per_chunk = max(1, cfg.selection_batch_size // cfg.final_draws)
+    scores = []
+    for z_chunk, label_chunk in zip(z.split(rows_per_chunk), labels.split(rows_per_chunk)):
+        images = render(prior, z_chunk.to(device), target.image_size)
+        draws = images.repeat(cfg.final_draws, 1, 1, 1)  # draw-major: [draws * rows, ...]
+        draws = random_resized_crop(draws, cfg.final_crop_scale, cfg.final_crop_ratio, gen=gen)
+        draws = random_flip(draws, 0.5, gen=gen)
+        probs = class_probabilities(target, draws).view(cfg.final_draws, len(z_chunk), -1)
+        label_index = label_chunk.to(device).view(1, -1, 1).expand(cfg.final_draws, -1, 1)
+        scores.append(probs.gather(2, label_index).squeeze(2).mean(0).cpu())
+    return torch.cat(scores)
+
+
+def keep_best(scores: torch.Tensor, num_targets: int, keep: int) -> torch.Tensor:
+    """Row indices of each target's ``keep`` best rows, target-major, best first."""
+    per_target = scores.view(num_targets, -1)
+    best = per_target.topk(keep, dim=1).indices
+    offsets = torch.arange(num_targets).view(-1, 1) * per_target.shape[1]
+    return (best + offsets).flatten()
+
+
+@torch.no_grad()
+def to_uint8_images(prior: nn.Module, z: torch.Tensor, size: int, batch_size: int,
+                    device: torch.device) -> torch.Tensor:
+    chunks = [render(prior, c.to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+              for c in z.split(batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets: list[int],
+               device: torch.device, progress: bool = True, schedule: Schedule = "batched") -> AttackResult:
+    """Run PPA against ``target`` for every class in ``targets`` (see the module docstring).
+
+    The models are moved to ``device`` and put in eval mode; their parameters are frozen
+    during the attack and their requires_grad flags restored afterwards.
+    """
+    if schedule not in SCHEDULES:
+        raise LsmiaError(f"unknown attack schedule '{schedule}': use one of {', '.join(SCHEDULES)}")
+    targets = resolve_targets(list(targets), target.num_classes)
+    prior, target = prior.to(device), target.to(device)
+    pool_gen, step_gen, final_gen = stage_generators(cfg.seed)
+    timings: dict[str, float] = {}
+    with frozen(prior, target):
+        started = time.perf_counter()
+        pool = prior.sample_latents(cfg.pool_size, generator=pool_gen).cpu()
+        chosen = select_candidates(pool_scores(prior, target, pool, cfg.selection_batch_size, device),
+                                   targets, cfg.candidates)
+        start = pool[chosen.flatten()]
+        labels = torch.tensor(targets, dtype=torch.int64).repeat_interleave(cfg.candidates)
+        timings["selection_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        batches = row_batches(len(targets), cfg.candidates, cfg.batch_size, schedule)
+        latents = optimise(prior, target, start, labels, batches, cfg, step_gen, device, progress)
+        timings["optimisation_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device)
+        best = keep_best(scores, len(targets), cfg.final_samples)
+        images = to_uint8_images(prior, latents, target.image_size, cfg.selection_batch_size, device)
+        timings["final_selection_s"] = time.perf_counter() - started
+
+    meta = {**timings, "schedule": schedule, "pool_size": cfg.pool_size, "num_latents": len(latents),
+            "num_final": len(best), "latent_dim": int(prior.latent_dim), "config": cfg.model_dump(mode="json")}
+    return AttackResult(targets=targets, all_latents=latents, all_images=images, all_targets=labels,
+                        final_latents=latents[best], final_images=images[best], final_targets=labels[best],
+                        final_scores=scores[best], meta=meta)

@@ -1,0 +1,43 @@
+"""What an inversion attack returns: latents, images and the target class of each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsmia.errors import LsmiaError
+from lsmia.utils import load_torch, save_torch
+
+
+@dataclass
+class AttackResult:
+    """Images are uint8 [N, 3, H, W] at the target's input size; targets int64 [N].
+
+    ``all_*`` hold every optimised candidate (``candidates`` per target); ``final_*`` the
+    ``final_samples`` per target kept by the final selection, with ``final_scores`` their
+    mean target confidence under random transforms.
+    """
+
+    targets: list[int]
+    all_latents: torch.Tensor
+    all_images: torch.Tensor
+    all_targets: torch.Tensor
+    final_latents: torch.Tensor
+    final_images: torch.Tensor
+    final_targets: torch.Tensor
+    final_scores: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path | str) -> None:
+        save_torch({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> "AttackResult":
+        obj = load_torch(path, what="attack result")
+        try:
+            return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
+        except KeyError as err:
+            raise LsmiaError(f"{path} is not an lsmia attack result (missing {err}): re-run 'lsmia attack'") from None

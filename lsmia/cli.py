@@ -1,0 +1,242 @@
+"""The ``lsmia`` command line: a thin Typer shell over lsmia.pipeline.
+
+Every command reads ``params.yaml`` (``--params``), applies ``--set section.key=value``
+overrides and its own flags, records the resolved config beside its outputs, and turns
+bad input into a one-line error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from lsmia.config import Config, load_config, parse_overrides
+from lsmia.errors import LsmiaError
+from lsmia.paths import StudyPaths
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Label smoothing vs. model inversion: data, training, PPA attack, metrics.")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (one typed schema).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Study seed (default: run.seed).")]
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Label smoothing factor of the target.")]
+TrackOpt = Annotated[Optional[bool], typer.Option("--track/--no-track", help="MLflow tracking (default: run.tracking).")]
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input: one line on stderr, exit 2. Ctrl-C: exit 130, outputs stay resumable."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LsmiaError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def resolve(params: Path, sets: list[str] | None, device: str | None = None, alpha: float | None = None,
+            track: bool | None = None) -> Config:
+    overrides = parse_overrides(sets)
+    if device is not None:
+        overrides["run.device"] = device
+    if alpha is not None:
+        overrides["target.smoothing.alpha"] = alpha
+    if track is not None:
+        overrides["run.tracking"] = track
+    cfg = load_config(params, overrides)
+    from lsmia.utils import set_threads
+
+    set_threads(cfg.run.threads)
+    return cfg
+
+
+def _device(cfg: Config):
+    from lsmia.utils import resolve_device
+
+    return resolve_device(cfg.run.device)
+
+
+def _paths(cfg: Config) -> StudyPaths:
+    return StudyPaths(cfg.run.out_dir)
+
+
+def _echo_json(obj: dict[str, Any]) -> None:
+    import json
+
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+@cli_errors
+def config(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Print the fully resolved configuration as YAML."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(resolve(params, sets).to_dict(), sort_keys=False))
+
+
+@app.command()
+@cli_errors
+def data(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+         out: Annotated[Optional[Path], typer.Option(help="Prepared data file.")] = None,
+         track: TrackOpt = None) -> None:
+    """Render the built-in identities or load FaceScrub / CelebA / an image folder."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, track=track)
+    out = out or _paths(cfg).data_file
+    with tracked_stage(cfg, "data", "data") as tracker:
+        summary = pipeline.stage_data(cfg, out, out.with_name("summary.json"))
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    _echo_json(summary)
+
+
+@app.command("train-prior")
+@cli_errors
+def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+                data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
+                out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+    """Train the GAN prior on the public images only."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, track=track)
+    paths = _paths(cfg)
+    out_dir = out_dir or paths.prior_dir
+    with tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True) as tracker:
+        result = pipeline.stage_prior(cfg, data_file or paths.data_file, out_dir, _device(cfg),
+                                      on_epoch=tracker.epoch_logger())
+        tracker.log_prior(result)
+    _echo_json(result.metrics)
+
+
+@app.command()
+@cli_errors
+def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
+          alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+          device: DeviceOpt = None, data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
+          out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+    """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    if role not in ("target", "eval"):
+        raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")
+    cfg = resolve(params, sets, device, alpha if role == "target" else None, track)
+    seed = cfg.run.seed if seed is None else seed
+    paths = _paths(cfg)
+    alpha_value = cfg.target.smoothing.alpha if role == "target" else 0.0
+    out_dir = out_dir or (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
+    with tracked_stage(cfg, "train", f"train-{role}", role=role, alpha=alpha_value if role == "target" else None,
+                       seed=seed, system_metrics=True) as tracker:
+        result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, _device(cfg), seed,
+                                      on_epoch=tracker.epoch_logger())
+        tracker.log_classifier(result, role, alpha_value, seed)
+    _echo_json(result.metrics)
+
+
+@app.command()
+@cli_errors
+def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
+           device: DeviceOpt = None, data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
+           target: Annotated[Optional[Path], typer.Option(help="Target model file.")] = None,
+           prior: Annotated[Optional[Path], typer.Option(help="Prior file (dcgan).")] = None,
+           out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+    """Invert a target with Plug & Play Attacks."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, alpha, track)
+    seed = cfg.run.seed if seed is None else seed
+    paths = _paths(cfg)
+    a = cfg.target.smoothing.alpha
+    target = target or paths.target_dir(a, seed) / "model.pt"
+    prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
+    out_dir = out_dir or paths.attack_dir(a, seed)
+    with tracked_stage(cfg, "attack", "attack", role="target", alpha=a, seed=seed, system_metrics=True) as tracker:
+        result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, _device(cfg), seed)
+        tracker.log_attack(result, out_dir, a, seed)
+    typer.echo(f"attack: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
+
+
+@app.command()
+@cli_errors
+def evaluate(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"),
+             sets: SetOpt = None, device: DeviceOpt = None,
+             data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
+             attack_file: Annotated[Optional[Path], typer.Option("--attack")] = None,
+             eval_model: Annotated[Optional[Path], typer.Option("--eval-model")] = None,
+             target_dir: Annotated[Optional[Path], typer.Option("--target-dir")] = None,
+             attributes: Annotated[Optional[Path], typer.Option("--attributes", help="Attribute predictor file.")] = None,
+             out: Annotated[Optional[Path], typer.Option(help="Metrics JSON.")] = None, track: TrackOpt = None) -> None:
+    """Measure what the attack leaked: attack accuracy, delta_eval, FID, PRDC, xi, attribute leakage."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, alpha, track)
+    seed = cfg.run.seed if seed is None else seed
+    paths = _paths(cfg)
+    a = cfg.target.smoothing.alpha
+    with tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed) as tracker:
+        metrics = pipeline.stage_evaluate(
+            cfg, data_file or paths.data_file, attack_file or paths.attack_dir(a, seed) / "attack.pt",
+            eval_model or paths.eval_dir / "model.pt", target_dir or paths.target_dir(a, seed),
+            out or paths.metrics_file(a, seed), _device(cfg), a, seed,
+            attributes or paths.attribute_dir / "predictor.pt")
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    _echo_json(metrics)
+
+
+@app.command("train-attributes")
+@cli_errors
+def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+                     data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
+                     out: Annotated[Optional[Path], typer.Option(help="Predictor file.")] = None,
+                     track: TrackOpt = None) -> None:
+    """Train the attribute predictor on the public identities (built-in data) for attribute leakage."""
+    from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, track=track)
+    paths = _paths(cfg)
+    out = out or paths.attribute_dir / "predictor.pt"
+    with tracked_stage(cfg, "attributes", "train-attributes", role="attributes"):
+        trained = pipeline.stage_attribute_predictor(cfg, data_file or paths.data_file, out, _device(cfg))
+    if not trained:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        typer.echo("no attributes in this data set: attribute leakage is skipped")
+
+
+@app.command()
+@cli_errors
+def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None) -> None:
+    """Run the whole study in one process (without DVC): every stage for every alpha and seed."""
+    from lsmia import pipeline
+
+    cfg = resolve(params, sets, device)
+    result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True))
+    keys = ["alpha", "seed", "test_acc", "final_acc1", "final_acc5", "delta_eval", "fid_eval_features", "xi",
+            "attribute_acc"]
+    typer.echo("\t".join(keys))
+    for row in result.metrics:
+        typer.echo("\t".join(f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k))
+                             for k in keys))
+
+
+def main() -> None:
+    app(prog_name="lsmia")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

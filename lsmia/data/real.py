@@ -1,0 +1,255 @@
+"""Real face data from disk: FaceScrub, CelebA and any class-per-folder image tree.
+
+Every image is decoded with PIL to RGB, its shorter side resized to ``image_size``
+(bilinear, antialiased) and then center-cropped to a square, and stored as uint8.
+Unreadable or corrupt files are skipped and reported in one warning per root.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lsmia.config import DataConfig
+from lsmia.data.base import FaceData, ImageSet, split_per_identity
+from lsmia.errors import LsmiaError
+from lsmia.utils import progress
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RESIZE_POLICY = "shorter-side+center-crop"
+FACESCRUB_GROUPS = ("actors", "actresses")
+MIN_IMAGES_PER_IDENTITY = 2  # one train and one test image
+
+
+@dataclass
+class LabelledFiles:
+    """Image paths with their class index, before decoding."""
+
+    paths: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+
+# --------------------------------------------------------------------------- decoding
+
+def decode_image(path: Path, image_size: int) -> torch.Tensor | None:
+    """One image as uint8 [3, S, S]: shorter side resized to S, then center-cropped; None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale still >= S
+            img = img.convert("RGB")
+            width, height = img.size
+            scale = image_size / min(width, height)
+            new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+            img = img.crop((left, top, left + image_size, top + image_size))
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_images(paths: list[Path], image_size: int, root: Path,
+                  workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``paths`` in a thread pool (PIL releases the GIL).
+
+    Returns uint8 images [K, 3, S, S] of the readable files and the indices (into ``paths``)
+    of those files. Skipped files are reported in one warning naming ``root`` and an example.
+    """
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    readable = torch.zeros(len(paths), dtype=torch.bool)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = pool.map(lambda p: decode_image(p, image_size), paths)
+        for i, image in enumerate(progress(decoded, total=len(paths), desc=f"decoding {root}")):
+            if image is not None:
+                images[i] = image
+                readable[i] = True
+    skipped = [paths[i] for i in (~readable).nonzero().squeeze(1).tolist()]
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s) under {root}, e.g. {skipped[0]}", stacklevel=3)
+    kept = readable.nonzero().squeeze(1)
+    # avoid a second full copy of a large set when every file was readable
+    return (images if not skipped else images[kept]), kept
+
+
+# --------------------------------------------------------------------------- file discovery
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path) -> list[Path]:
+    """All image files below ``folder`` (recursively), sorted by path."""
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+
+def require_dir(root: Path | None, what: str, setting: str) -> Path:
+    if root is None:
+        raise LsmiaError(f"{what} needs a folder on disk: set {setting} to it")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise LsmiaError(f"{what} folder {root} does not exist: fix {setting} or download the data there")
+    return root
+
+
+def class_folder_files(folder: Path, name_prefix: str = "") -> LabelledFiles:
+    """torchvision-ImageFolder style: one sorted sub-folder per class, images anywhere below it."""
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = image_files(class_dir)
+        paths += files
+        labels += [label] * len(files)
+    return LabelledFiles(paths, labels, [name_prefix + d.name for d in class_dirs])
+
+
+def concat_files(parts: list[LabelledFiles]) -> LabelledFiles:
+    """Concatenate class lists, shifting each part's labels past the previous parts' classes."""
+    merged = LabelledFiles([], [], [])
+    for part in parts:
+        offset = len(merged.class_names)
+        merged.paths += part.paths
+        merged.labels += [label + offset for label in part.labels]
+        merged.class_names += part.class_names
+    return merged
+
+
+# --------------------------------------------------------------------------- assembly
+
+def check_identity_counts(labels: torch.Tensor, class_names: list[str], root: Path) -> None:
+    """Every identity needs images on both sides of the split (after skipping unreadable files)."""
+    counts = torch.bincount(labels, minlength=len(class_names))
+    for label, count in enumerate(counts.tolist()):
+        if count < MIN_IMAGES_PER_IDENTITY:
+            raise LsmiaError(
+                f"identity '{class_names[label]}' under {root} has {count} readable image(s), fewer than the "
+                f"{MIN_IMAGES_PER_IDENTITY} a train/test split needs: add images or remove that identity")
+
+
+def build_face_data(files: LabelledFiles, cfg: DataConfig, root: Path, source: str, layout: str) -> FaceData:
+    """Decode, split per identity and attach the public images named by ``cfg.public_root``."""
+    if not files.paths:
+        raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
+                         f"point data.root at a {source} folder laid out as {layout}")
+    images, kept = decode_images(files.paths, cfg.image_size, root)
+    if len(kept) == 0:
+        raise LsmiaError(f"none of the {len(files.paths)} images under {root} could be read: "
+                         f"point data.root at a {source} folder of valid images laid out as {layout}")
+    labels = torch.tensor(files.labels, dtype=torch.long)[kept]
+    check_identity_counts(labels, files.class_names, root)
+    train_idx, test_idx = split_per_identity(labels, cfg.test_fraction, cfg.split_seed)
+    everything = ImageSet(images, labels)
+    public = load_public_folder(cfg.public_root, cfg.image_size) if cfg.public_root is not None else None
+    meta = {"source": source, "root": str(root), "skipped": len(files.paths) - len(kept), "resize": RESIZE_POLICY}
+    return FaceData(train=everything.subset(train_idx), test=everything.subset(test_idx),
+                    class_names=files.class_names, public=public, meta=meta)
+
+
+# --------------------------------------------------------------------------- public loaders
+
+def load_facescrub(cfg: DataConfig) -> FaceData:
+    """FaceScrub from ``<root>/actors/faces/<identity>/`` and ``<root>/actresses/faces/<identity>/``.
+
+    Classes as in PPA's ImageFolder concatenation: the sorted actors, then the sorted
+    actresses (530 identities in the full set). A missing group folder is allowed (e.g.
+    actors only) as long as one exists. All identities are used (``num_identities`` is ignored).
+    """
+    root = require_dir(cfg.root, "data.source=facescrub", "data.root")
+    group_dirs = [root / group / "faces" for group in FACESCRUB_GROUPS if (root / group / "faces").is_dir()]
+    if not group_dirs:
+        raise LsmiaError(f"no FaceScrub faces folders under {root} (expected {root}/actors/faces/<identity>/ "
+                         f"and {root}/actresses/faces/<identity>/): point data.root at the FaceScrub root")
+    files = concat_files([class_folder_files(d) for d in group_dirs])
+    return build_face_data(files, cfg, root, "facescrub", "ROOT/actors/faces/<identity>/<images>")
+
+
+def read_celeba_identities(path: Path) -> dict[str, int]:
+    """``identity_CelebA.txt``: one ``<file name> <identity id>`` per line."""
+    identities: dict[str, int] = {}
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise LsmiaError(f"{path} line {line_no} is not '<file name> <identity id>': "
+                             "restore the original identity_CelebA.txt")
+        identities[fields[0]] = int(fields[1])
+    return identities
+
+
+def top_identities(identities: dict[str, int], count: int) -> list[int]:
+    """The ``count`` identity ids with the most images; ties broken by the smaller id."""
+    per_identity = Counter(identities.values())
+    return sorted(per_identity, key=lambda ident: (-per_identity[ident], ident))[:count]
+
+
+def load_celeba(cfg: DataConfig) -> FaceData:
+    """CelebA: the ``cfg.num_identities`` identities with the most images, all official partitions merged.
+
+    Labels 0..N-1 follow the selection order: most images first, ties by the smaller
+    identity id; class names are the CelebA identity ids as strings. Images come from
+    ``<root>/img_align_celeba/``; a listed file that is missing there counts as unreadable.
+    """
+    root = require_dir(cfg.root, "data.source=celeba", "data.root")
+    identity_file = root / "identity_CelebA.txt"
+    if not identity_file.is_file():
+        raise LsmiaError(f"{identity_file} does not exist: download identity_CelebA.txt from the CelebA "
+                         "Anno folder into data.root")
+    image_dir = root / "img_align_celeba"
+    if not image_dir.is_dir():
+        raise LsmiaError(f"{image_dir} does not exist: unpack img_align_celeba.zip into data.root")
+    identities = read_celeba_identities(identity_file)
+    selected = top_identities(identities, cfg.num_identities)
+    if len(selected) < cfg.num_identities:
+        raise LsmiaError(f"{identity_file} lists only {len(selected)} identities, fewer than "
+                         f"data.num_identities={cfg.num_identities}: lower data.num_identities")
+    label_of = {ident: label for label, ident in enumerate(selected)}
+    chosen = sorted(name for name, ident in identities.items() if ident in label_of)
+    files = LabelledFiles(paths=[image_dir / name for name in chosen],
+                          labels=[label_of[identities[name]] for name in chosen],
+                          class_names=[str(ident) for ident in selected])
+    return build_face_data(files, cfg, root, "celeba", "ROOT/img_align_celeba/<images>")
+
+
+def load_imagefolder(cfg: DataConfig) -> FaceData:
+    """Any ``<root>/<class>/<images>`` tree, like torchvision's ImageFolder (classes sorted by name)."""
+    root = require_dir(cfg.root, "data.source=imagefolder", "data.root")
+    return build_face_data(class_folder_files(root), cfg, root, "imagefolder", "ROOT/<class>/<images>")
+
+
+def load_public_folder(root: Path | str, image_size: int) -> ImageSet:
+    """Public images for the prior: every image anywhere below ``root``.
+
+    Label = index of the image's top-level sub-folder among the sorted top-level groups,
+    where images directly in ``root`` form a group named '.'; a flat folder is all label 0.
+    """
+    root = require_dir(Path(root), "data.public_root", "data.public_root")
+    paths = image_files(root)
+    if not paths:
+        raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
+                         "point data.public_root at a folder of public face images")
+    groups = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "." for p in paths]
+    index_of = {name: i for i, name in enumerate(sorted(set(groups)))}
+    images, kept = decode_images(paths, image_size, root)
+    if len(kept) == 0:
+        raise LsmiaError(f"none of the {len(paths)} images under {root} could be read: "
+                         "point data.public_root at a folder of valid images")
+    labels = torch.tensor([index_of[g] for g in groups], dtype=torch.long)[kept]
+    return ImageSet(images, labels)
+
+
+def load_real(cfg: DataConfig) -> FaceData:
+    """Load the real data set named by ``cfg.source`` (plus the public folder, if any)."""
+    loaders = {"facescrub": load_facescrub, "celeba": load_celeba, "imagefolder": load_imagefolder}
+    if cfg.source not in loaders:
+        raise LsmiaError(f"data.source={cfg.source} is not a real data set: use one of {', '.join(loaders)}")
+    return loaders[cfg.source](cfg)

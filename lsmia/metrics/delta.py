@@ -1,0 +1,36 @@
+"""PPA's δ_eval: distance from each reconstruction to the closest training image of its target."""
+
+from __future__ import annotations
+
+import torch
+
+from lsmia.errors import LsmiaError
+
+
+def nearest_class_distances(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
+                            train_feats: torch.Tensor, train_labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the squared L2 distance to the nearest training feature of its target class [N]."""
+    if len(sample_feats) != len(sample_targets) or len(train_feats) != len(train_labels):
+        raise LsmiaError("features and labels differ in length: pass one label per feature row")
+    out = torch.empty(len(sample_feats), dtype=torch.float64)
+    for cls in torch.unique(sample_targets).tolist():
+        rows = (sample_targets == cls).nonzero().squeeze(1)
+        refs = train_feats[train_labels == cls]
+        if len(refs) == 0:
+            raise LsmiaError(f"target class {cls} has no training images: attack classes that exist in the data")
+        dist = torch.cdist(sample_feats[rows].double(), refs.double()).pow(2)
+        out[rows] = dist.min(dim=1).values
+    return out
+
+
+def delta_eval(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
+               train_feats: torch.Tensor, train_labels: torch.Tensor) -> float:
+    """Mean over samples of the squared L2 distance to the nearest training image of the target class."""
+    return nearest_class_distances(sample_feats, sample_targets, train_feats, train_labels).mean().item()
+
+
+def delta_eval_per_target(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
+                          train_feats: torch.Tensor, train_labels: torch.Tensor) -> dict[int, float]:
+    """δ_eval averaged separately over each target's samples."""
+    dist = nearest_class_distances(sample_feats, sample_targets, train_feats, train_labels)
+    return {int(cls): dist[sample_targets == cls].mean().item() for cls in torch.unique(sample_targets).tolist()}

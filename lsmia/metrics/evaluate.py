@@ -1,0 +1,78 @@
+"""All leakage metrics of one attack result, as the flat dict written to metrics JSON."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from lsmia.attack.result import AttackResult
+from lsmia.config import MetricsConfig
+from lsmia.data.base import FaceData, ImageSet
+from lsmia.errors import LsmiaError
+from lsmia.metrics.accuracy import attack_accuracy
+from lsmia.metrics.attributes import AttributePredictor, attribute_leakage
+from lsmia.metrics.delta import delta_eval
+from lsmia.metrics.features import extract_features
+from lsmia.metrics.fid import frechet_distance, inception_fid
+from lsmia.metrics.knowledge import knowledge_extraction
+from lsmia.metrics.prdc import prdc_per_class
+
+
+def _check_targets(result: AttackResult, data: FaceData) -> None:
+    if len(result.final_images) == 0:
+        raise LsmiaError("the attack result holds no final samples: re-run 'lsmia attack'")
+    bad = [t for t in result.targets if not 0 <= t < data.num_classes]
+    if bad:
+        raise LsmiaError(f"attack targets {bad[:5]} do not exist in the {data.num_classes}-class data set: "
+                         "evaluate the attack against the data it was run on")
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{key}": value for key, value in values.items()}
+
+
+def _prdc_or_nothing(cfg: MetricsConfig, train_feats: torch.Tensor, train_labels: torch.Tensor,
+                     fake_feats: torch.Tensor, result: AttackResult) -> dict[str, float]:
+    try:
+        return prdc_per_class(train_feats, train_labels, fake_feats, result.final_targets.cpu(),
+                              list(result.targets), cfg.prdc_k)
+    except LsmiaError as err:  # e.g. one final sample per target: no k-NN radius exists
+        warnings.warn(f"PRDC left out: {err}")
+        return {}
+
+
+def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Module, data: FaceData,
+                    device: torch.device | str, seed: int = 0,
+                    attribute_predictor: AttributePredictor | None = None) -> dict[str, float]:
+    """Every metric of ``result``; real references are the targeted classes' images of ``data``.
+
+    ``fid_eval_features`` is a Fréchet distance in the evaluation model's feature space, not
+    Inception FID; ``inception_fid`` is added only when ``cfg.inception_path`` is set.
+    PRDC is the mean over the targeted classes (real = training images of the class).
+    """
+    _check_targets(result, data)
+    device = torch.device(device)
+    eval_model = eval_model.to(device)
+    train = data.train.of_classes(result.targets)
+    final_targets = result.final_targets.cpu()
+    metrics: dict[str, float] = {
+        **_prefixed("final", attack_accuracy(eval_model, result.final_images, final_targets)),
+        **_prefixed("all", attack_accuracy(eval_model, result.all_images, result.all_targets.cpu())),
+    }
+    fake_feats = extract_features(eval_model, result.final_images)
+    train_feats = extract_features(eval_model, train.images)
+    metrics["delta_eval"] = delta_eval(fake_feats, final_targets, train_feats, train.labels)
+    metrics["fid_eval_features"] = frechet_distance(fake_feats, train_feats)
+    if cfg.inception_path is not None:
+        metrics["inception_fid"] = inception_fid(result.final_images, train.images, cfg.inception_path, device)
+    metrics.update(_prdc_or_nothing(cfg, train_feats, train.labels, fake_feats, result))
+    real = data.test.of_classes(result.targets)
+    real = ImageSet(torch.cat([train.images, real.images]), torch.cat([train.labels, real.labels]))
+    metrics["xi"] = knowledge_extraction(cfg.student, result.final_images, final_targets, real, device, seed)
+    metrics.update(attribute_leakage(data, result.final_images, final_targets, device, cfg.attribute_epochs,
+                                     seed, predictor=attribute_predictor))
+    metrics["num_targets"] = float(len(result.targets))
+    metrics["num_final_samples"] = float(len(result.final_images))
+    return metrics

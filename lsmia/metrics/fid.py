@@ -1,0 +1,115 @@
+"""Fréchet distances between two sets of images, in two feature spaces.
+
+``feature_fid`` uses the evaluation model's penultimate features. It is NOT the Inception
+FID of the literature; its key in the metrics JSON is ``fid_eval_features``. ``inception_fid``
+uses torchvision's Inception-v3 pool3 features with ImageNet weights from a local file; its
+numbers are still not comparable to published FIDs, which use the TF-ported FID Inception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from scipy import linalg
+
+from lsmia.augment import resize
+from lsmia.errors import LsmiaError
+from lsmia.metrics.features import extract_features, image_batches
+from lsmia.utils import load_torch
+
+INCEPTION_SIZE = 299
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _gaussian(feats: torch.Tensor, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(feats) < 2:
+        raise LsmiaError(f"FID needs at least 2 {what} images, got {len(feats)}: attack more samples or classes")
+    x = feats.double().cpu().numpy()
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, eps: float = 1e-6) -> float:
+    """||μa-μb||² + tr(Σa + Σb - 2 (Σa Σb)^½) between Gaussians fitted to two feature sets.
+
+    As pytorch-fid: when the matrix square root is not finite (singular covariances, e.g.
+    fewer samples than dimensions) ``eps`` is added to both diagonals; small imaginary parts
+    from numerical error are dropped. Large imaginary parts also trigger the offset retry.
+    """
+    if feats_a.shape[1:] != feats_b.shape[1:]:
+        raise LsmiaError(f"feature sets differ in dimension ({feats_a.shape[1]} vs {feats_b.shape[1]}): "
+                         "extract both with the same model")
+    mu_a, sigma_a = _gaussian(feats_a, "first")
+    mu_b, sigma_b = _gaussian(feats_b, "second")
+    covmean = _sqrtm_product(sigma_a, sigma_b, eps)
+    diff = mu_a - mu_b
+    value = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
+    return float(max(value, 0.0))
+
+
+def _sqrtm_product(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float) -> np.ndarray:
+    covmean = linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.isfinite(covmean).all() or not _nearly_real(covmean):
+        offset = np.eye(len(sigma_a)) * eps
+        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    return np.real(covmean)
+
+
+def _nearly_real(matrix: np.ndarray, atol: float = 1e-3) -> bool:
+    return not np.iscomplexobj(matrix) or bool(np.allclose(np.diagonal(matrix).imag, 0, atol=atol))
+
+
+def feature_fid(eval_model: nn.Module, fake: torch.Tensor, real: torch.Tensor, batch_size: int = 256) -> float:
+    """FID in the evaluation model's penultimate feature space (not Inception FID)."""
+    return frechet_distance(extract_features(eval_model, fake, batch_size),
+                            extract_features(eval_model, real, batch_size))
+
+
+def load_inception(weights_path: Path | str) -> nn.Module:
+    """torchvision Inception-v3 returning 2048-d pool3 features, weights from a local state_dict only.
+
+    The file holds the state_dict of torchvision's ImageNet inception_v3 (auxiliary-head
+    tensors are ignored). ``transform_input=True`` as torchvision uses with those weights, so
+    inputs are ImageNet-normalised (see ``inception_features``).
+    """
+    state = load_torch(weights_path, what="Inception-v3 weights")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise LsmiaError(f"{weights_path} is not a state_dict: save torchvision's inception_v3 state_dict()")
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise LsmiaError(f"{weights_path} does not hold torchvision inception_v3 weights: "
+                         "save torchvision.models.inception_v3(weights='IMAGENET1K_V1').state_dict()") from None
+    net.fc = nn.Identity()
+    return net.eval()
+
+
+def inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Pool3 features of [0, 1] (or uint8) images, resized to 299 and ImageNet-normalised.
+
+    The reference fed [-1, 1] images to a tool expecting [0, 1]; here [0, 1] is normalised
+    exactly as the weights were trained for.
+    """
+    param = next(net.parameters())
+    mean = torch.tensor(IMAGENET_MEAN, device=param.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=param.device).view(1, 3, 1, 1)
+    outs = []
+    with torch.no_grad():
+        for batch in image_batches(images, batch_size, param.device):
+            outs.append(net((resize(batch, INCEPTION_SIZE) - mean) / std).float().cpu())
+    return torch.cat(outs)
+
+
+def inception_fid(fake: torch.Tensor, real: torch.Tensor, weights_path: Path | str,
+                  device: torch.device | str = "cpu", batch_size: int = 64) -> float:
+    """FID on torchvision Inception-v3 pool3 features (weights from ``weights_path``)."""
+    net = load_inception(weights_path).to(device)
+    return frechet_distance(inception_features(net, fake, batch_size), inception_features(net, real, batch_size))

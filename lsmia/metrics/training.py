@@ -1,0 +1,44 @@
+"""A compact supervised loop shared by the student (ξ) and the attribute predictor."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from lsmia.augment import training_augment
+from lsmia.errors import DivergenceError
+from lsmia.metrics.features import as_float_images
+
+CROP_SCALE = (0.85, 1.0)  # PPA's RandomResizedCrop scale, ratio 1
+NO_JITTER = (0.0, 0.0, 0.0, 0.0)
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer, epochs: int, batch_size: int, device: torch.device,
+        gen: torch.Generator) -> None:
+    """Train ``model`` with crop+flip augmentation and a per-step cosine learning-rate schedule.
+
+    ``labels`` is indexed like ``images`` ([N] or [N, A]); ``loss_fn(model, x, y)`` returns the loss.
+    """
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for start in range(0, len(images), batch_size):
+            index = order[start:start + batch_size]
+            x = as_float_images(images[index].to(device))
+            x = training_augment(x, CROP_SCALE, flip=True, jitter=NO_JITTER, gen=gen)
+            loss = loss_fn(model, x, labels[index].to(device))
+            if not torch.isfinite(loss):
+                raise DivergenceError("metric model training diverged (non-finite loss): lower metrics.student.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()

@@ -1,0 +1,53 @@
+"""Where every output lands: one place for the layout under ``run.out_dir``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def run_tag(alpha: float, seed: int) -> str:
+    """A file-name tag per target model, e.g. ``alpha-0.05_seed0`` (str of the float, as DVC's matrix writes it)."""
+    return f"alpha{float(alpha)}_seed{seed}"
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    root: Path
+
+    @property
+    def data_file(self) -> Path:
+        return self.root / "data" / "dataset.pt"
+
+    @property
+    def data_summary(self) -> Path:
+        return self.root / "data" / "summary.json"
+
+    @property
+    def prior_dir(self) -> Path:
+        return self.root / "prior"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "models" / "eval"
+
+    @property
+    def attribute_dir(self) -> Path:
+        return self.root / "models" / "attributes"
+
+    def target_dir(self, alpha: float, seed: int) -> Path:
+        return self.root / "models" / f"target_{run_tag(alpha, seed)}"
+
+    def attack_dir(self, alpha: float, seed: int) -> Path:
+        return self.root / "attacks" / run_tag(alpha, seed)
+
+    def metrics_file(self, alpha: float, seed: int) -> Path:
+        return self.root / "metrics" / f"{run_tag(alpha, seed)}.json"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"

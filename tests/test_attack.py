@@ -1,0 +1,242 @@
+"""Tests of the batched Plug & Play Attack against a tiny prior and tiny targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lsmia.attack.ppa import keep_best, resolve_targets, run_attack, select_candidates, stage_generators
+from lsmia.attack.result import AttackResult
+from lsmia.config import AttackConfig
+from lsmia.errors import LsmiaError
+from lsmia.models.classifiers import build_classifier
+
+CPU = torch.device("cpu")
+NUM_CLASSES = 6
+
+
+class ColourPrior(nn.Module):
+    """Latent → flat colour (sigmoid of the first three latents) plus a faint horizontal ramp (the fourth).
+
+    The ramp has a non-zero mean, so every latent moves the mean colour and gets a real gradient.
+    """
+
+    latent_dim = 4
+    image_size = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("ramp", torch.linspace(0, 1, self.image_size).view(1, 1, 1, -1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        colour = torch.sigmoid(self.gain * z[:, :3]).view(-1, 3, 1, 1)
+        ramp = 0.1 * torch.tanh(z[:, 3]).view(-1, 1, 1, 1) * self.ramp
+        return (colour + ramp).expand(-1, 3, self.image_size, self.image_size).clamp(0, 1)
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+
+class MeanColourClassifier(nn.Module):
+    """Linear in the mean colour: class 2k wants channel k bright, class 2k+1 wants it dark."""
+
+    num_classes = NUM_CLASSES
+    image_size = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, NUM_CLASSES)
+        directions = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+        with torch.no_grad():
+            self.linear.weight.copy_(8.0 * directions)
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.mean((2, 3)) - 0.5)
+
+
+def make_cfg(**overrides) -> AttackConfig:
+    base = dict(targets=3, pool_size=64, candidates=6, final_samples=3, steps=20, lr=0.1, batch_size=8,
+                selection_batch_size=16, final_draws=4, seed=0)
+    return AttackConfig(**{**base, **overrides})
+
+
+def attack(cfg: AttackConfig, targets: list[int] | None = None, schedule: str = "batched") -> AttackResult:
+    torch.manual_seed(1234)  # the attack must not depend on the global RNG; tests below check that too
+    return run_attack(cfg, MeanColourClassifier(), ColourPrior(), targets or [0, 3, 4], CPU, progress=False,
+                      schedule=schedule)
+
+
+def confidence(target: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        probs = torch.softmax(target(images_u8.float() / 255), dim=1)
+    return probs.gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def brute_force_top(cfg: AttackConfig, target_class: int) -> torch.Tensor:
+    """The pool latents a class should start from, scored one by one in Python."""
+    prior, target = ColourPrior(), MeanColourClassifier()
+    pool = prior.sample_latents(cfg.pool_size, generator=stage_generators(cfg.seed)[0])
+    scores = []
+    with torch.no_grad():
+        for z in pool:
+            image = prior(z.view(1, -1))
+            p = torch.softmax(target(image), 1)[0, target_class] + torch.softmax(target(image.flip(-1)), 1)[0, target_class]
+            scores.append(float(p) / 2)
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return pool[order[: cfg.candidates]]
+
+
+def test_initial_selection_takes_each_classes_top_latents() -> None:
+    cfg = make_cfg(steps=0)
+    result = attack(cfg)
+    per_class = result.all_latents.view(3, cfg.candidates, -1)
+    for row, target_class in enumerate([0, 3, 4]):
+        assert torch.equal(per_class[row], brute_force_top(cfg, target_class))
+
+
+def test_no_latent_twice_within_a_class_but_shared_across_classes_allowed() -> None:
+    scores = torch.tensor([[0.9, 0.8], [0.7, 0.95], [0.1, 0.2], [0.5, 0.1]])
+    chosen = select_candidates(scores, [0, 1], 3)
+    assert chosen.tolist() == [[0, 1, 3], [1, 0, 2]]
+    result = attack(make_cfg(steps=0, candidates=20, pool_size=40))
+    for per_class in result.all_latents.view(3, 20, -1):
+        assert len(torch.unique(per_class, dim=0)) == 20
+
+
+def test_optimisation_raises_target_confidence() -> None:
+    cfg = make_cfg(candidates=16, pool_size=32)  # a small pool leaves weak starting candidates
+    before, after = attack(cfg.model_copy(update={"steps": 0})), attack(cfg)
+    target = MeanColourClassifier()
+    conf_before = confidence(target, before.all_images, before.all_targets)
+    conf_after = confidence(target, after.all_images, after.all_targets)
+    assert conf_after.mean() > conf_before.mean() + 0.25
+    assert (conf_after > conf_before).float().mean() > 0.75
+
+
+@pytest.mark.parametrize("loss", ["poincare", "ce", "max_margin"])
+def test_every_loss_raises_confidence(loss: str) -> None:
+    cfg = make_cfg(loss=loss, candidates=16, pool_size=32)
+    before, after = attack(cfg.model_copy(update={"steps": 0})), attack(cfg)
+    target = MeanColourClassifier()
+    assert torch.isfinite(after.all_latents).all()
+    gain = confidence(target, after.all_images, after.all_targets).mean() - \
+        confidence(target, before.all_images, before.all_targets).mean()
+    assert gain > 0.25
+
+
+def test_final_selection_keeps_best_candidates_per_class() -> None:
+    # A full-size crop and a flip leave the mean colour unchanged, so the final score is the plain confidence.
+    cfg = make_cfg(final_crop_scale=(1.0, 1.0), final_crop_ratio=(1.0, 1.0), steps=5)
+    result = attack(cfg)
+    target = MeanColourClassifier()
+    with torch.no_grad():
+        probs = torch.softmax(target(ColourPrior()(result.all_latents)), 1)
+    scores = probs.gather(1, result.all_targets.view(-1, 1)).squeeze(1).view(3, cfg.candidates)
+    expected = scores.sort(dim=1, descending=True).values[:, : cfg.final_samples].flatten()
+    assert torch.allclose(result.final_scores, expected, atol=1e-5)
+    assert result.final_targets.tolist() == [0] * 3 + [3] * 3 + [4] * 3
+    for latent, label in zip(result.final_latents, result.final_targets):
+        assert any(torch.equal(latent, a) for a, t in zip(result.all_latents, result.all_targets) if t == label)
+
+
+def test_keep_best_indexes_each_target_block() -> None:
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])
+    assert keep_best(scores, 2, 2).tolist() == [1, 2, 4, 3]
+
+
+def test_same_seed_reproduces_and_other_seed_differs() -> None:
+    cfg = make_cfg(steps=5)
+    first, second, other = attack(cfg), attack(cfg), attack(cfg.model_copy(update={"seed": 1}))
+    for name in ["all_latents", "all_images", "final_latents", "final_scores", "final_targets"]:
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    assert not torch.allclose(first.all_latents, other.all_latents)
+
+
+def test_output_shapes_dtypes_and_meta_with_a_real_classifier() -> None:
+    cfg = make_cfg(steps=2, candidates=5, final_samples=2, pool_size=16)
+    target = build_classifier("smallresnet", num_classes=7, image_size=16, width=4)
+    target.train()
+    result = run_attack(cfg, target, ColourPrior(), [6, 2], CPU, progress=False)
+    assert result.targets == [6, 2]
+    assert result.all_images.shape == (10, 3, 16, 16) and result.all_images.dtype == torch.uint8
+    assert result.all_latents.shape == (10, 4) and result.all_targets.dtype == torch.int64
+    assert result.all_targets.tolist() == [6] * 5 + [2] * 5
+    assert result.final_images.shape == (4, 3, 16, 16) and result.final_images.dtype == torch.uint8
+    assert result.final_latents.shape == (4, 4) and result.final_scores.shape == (4,)
+    assert result.final_targets.tolist() == [6, 6, 2, 2]
+    assert ((result.final_scores >= 0) & (result.final_scores <= 1)).all()
+    assert {"selection_s", "optimisation_s", "final_selection_s", "num_latents"} <= set(result.meta)
+    assert result.meta["num_latents"] == 10 and result.meta["config"]["steps"] == 2
+    assert not target.training
+    assert all(p.requires_grad and p.grad is None for p in target.parameters())
+
+
+def test_images_are_the_rounded_prior_outputs() -> None:
+    result = attack(make_cfg(steps=3))
+    with torch.no_grad():
+        expected = (ColourPrior()(result.all_latents) * 255).round().to(torch.uint8)
+    assert torch.equal(result.all_images, expected)
+
+
+def test_steps_zero_returns_the_initial_latents() -> None:
+    cfg = make_cfg(steps=0)
+    result = attack(cfg)
+    assert torch.equal(result.all_latents[: cfg.candidates], brute_force_top(cfg, 0))
+    assert result.final_latents.shape == (9, 4)
+
+
+def test_runs_inside_no_grad() -> None:
+    cfg = make_cfg()
+    with torch.no_grad():
+        inside = attack(cfg)
+    assert torch.equal(inside.all_latents, attack(cfg).all_latents)
+
+
+def test_rows_do_not_depend_on_batching_without_augmentation_noise() -> None:
+    cfg = make_cfg(step_crop_scale=(1.0, 1.0), candidates=30, pool_size=64, steps=10, batch_size=7)
+    batched = attack(cfg)
+    single = attack(cfg.model_copy(update={"batch_size": 90}))
+    per_class = attack(cfg, schedule="per_class")
+    # Adam with betas (0.1, 0.1) turns float rounding of the batched convolutions into ~1e-4 drifts.
+    assert torch.allclose(batched.all_latents, single.all_latents, atol=1e-3)
+    assert torch.allclose(batched.all_latents, per_class.all_latents, atol=1e-3)
+
+
+def test_batched_and_per_class_reach_similar_confidence() -> None:
+    cfg = make_cfg(candidates=30, pool_size=64, steps=15, batch_size=32)
+    batched, per_class = attack(cfg), attack(cfg, schedule="per_class")
+    assert batched.all_latents.shape == per_class.all_latents.shape
+    assert batched.final_images.shape == per_class.final_images.shape
+    assert torch.equal(batched.final_targets, per_class.final_targets)
+    target = MeanColourClassifier()
+    conf_b = confidence(target, batched.all_images, batched.all_targets).mean()
+    conf_p = confidence(target, per_class.all_images, per_class.all_targets).mean()
+    assert abs(conf_b - conf_p) < 0.02
+
+
+def test_unknown_schedule_is_a_user_error() -> None:
+    with pytest.raises(LsmiaError, match="schedule"):
+        attack(make_cfg(), schedule="sideways")
+
+
+def test_resolve_targets() -> None:
+    assert resolve_targets(3, 10) == [0, 1, 2]
+    assert resolve_targets([7, 1], 10) == [7, 1]
+    assert resolve_targets(10, 10) == list(range(10))
+
+
+@pytest.mark.parametrize("spec, problem", [
+    (11, "11 classes but the target model has 10"),
+    (0, "0 classes"),
+    ([3, 10], "class 10 outside 0..9"),
+    ([-1], "class -1 outside"),
+    ([2, 5, 2], "class 2 more than once"),
+    ([], "empty list"),
+])
+def test_resolve_targets_errors(spec, problem: str) -> None:
+    with pytest.raises(LsmiaError, match=problem) as err:
+        resolve_targets(spec, 10)
+    assert "\n" not in str(err.value) and ":" in str(err.value)

@@ -1,0 +1,300 @@
+"""Real data loaders on tiny on-disk fixtures in the FaceScrub, CelebA and ImageFolder layouts."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lsmia.config import DataConfig
+from lsmia.data.base import FaceData
+from lsmia.data.real import (
+    decode_image, load_celeba, load_facescrub, load_imagefolder, load_public_folder, load_real, top_identities,
+)
+from lsmia.errors import LsmiaError
+
+# One solid colour per identity, so a label can be read back from the pixels.
+COLOURS = [(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230), (230, 20, 230)]
+SIZES = [(40, 30), (30, 40), (24, 24), (50, 20), (20, 50), (33, 27)]  # (width, height), none square but one
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+
+
+def write_identity(folder: Path, colour: tuple[int, int, int], count: int, ext: str = ".png") -> None:
+    """``count`` solid images of ``colour``, each a little brighter (+4 per image) so every file is unique."""
+    for i in range(count):
+        shaded = tuple(c + 4 * i for c in colour)
+        write_image(folder / f"img{i:02d}{ext}", shaded, SIZES[i % len(SIZES)])
+
+
+def write_corrupt(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+
+
+def colour_index(image: torch.Tensor) -> int:
+    """Index in COLOURS of the solid colour nearest to the image's mean."""
+    mean = image.float().mean(dim=(1, 2))
+    return int(torch.cdist(mean[None], torch.tensor(COLOURS, dtype=torch.float)[None])[0].argmin())
+
+
+def all_images(data: FaceData) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([data.train.images, data.test.images]), torch.cat([data.train.labels, data.test.labels])
+
+
+def quiet(load, cfg: DataConfig) -> FaceData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean fixture must load without any warning
+        return load(cfg)
+
+
+@pytest.fixture
+def facescrub_root(tmp_path: Path) -> Path:
+    root = tmp_path / "facescrub"
+    write_identity(root / "actors/faces/Zach_Braff", COLOURS[0], 5, ".jpeg")
+    write_identity(root / "actors/faces/Adam_Sandler", COLOURS[1], 5)
+    write_identity(root / "actresses/faces/Kate_Winslet", COLOURS[2], 6, ".JPG")
+    write_identity(root / "actresses/faces/Ally_Sheedy", COLOURS[3], 5, ".bmp")
+    (root / "actors/faces/Adam_Sandler/notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def imagefolder_root(tmp_path: Path) -> Path:
+    root = tmp_path / "folder"
+    for name, colour in zip(["carol", "alice", "bob"], COLOURS[:3]):
+        write_identity(root / name, colour, 5)
+    return root
+
+
+def celeba_counts() -> dict[int, int]:
+    # identity id -> image count: 7 and 3 tie at 6 (7 > 3, so 3 ranks first), 9 has the most.
+    return {7: 6, 3: 6, 9: 8, 1: 4, 5: 2}
+
+
+@pytest.fixture
+def celeba_root(tmp_path: Path) -> Path:
+    root = tmp_path / "celeba"
+    lines, index = [], 0
+    # interleave identities, as in the real file, so selection cannot rely on file order
+    pending = {ident: count for ident, count in celeba_counts().items()}
+    colour_of = {ident: COLOURS[i] for i, ident in enumerate(sorted(pending))}
+    while any(pending.values()):
+        for ident in sorted(pending):
+            if pending[ident]:
+                index += 1
+                name = f"{index:06d}.jpg"
+                write_image(root / "img_align_celeba" / name, colour_of[ident], (18, 22), fmt="PNG")
+                lines.append(f"{name} {ident}")
+                pending[ident] -= 1
+    (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# --------------------------------------------------------------------------- decoding
+
+def test_decode_resizes_shorter_side_then_center_crops(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    image.paste((0, 255, 0), (10, 0, 30, 20))  # red | green (centre half) | red
+    image.save(path)
+    out = decode_image(path, 8)
+    assert out is not None and out.dtype == torch.uint8 and out.shape == (3, 8, 8)
+    # 40x20 -> 16x8, centre 8 columns are the green middle: no red left after the crop.
+    assert out[1].min() >= 200 and out[0].max() <= 60
+
+
+def test_decode_returns_none_for_corrupt_and_grey_becomes_rgb(tmp_path: Path) -> None:
+    write_corrupt(tmp_path / "bad.jpg")
+    assert decode_image(tmp_path / "bad.jpg", 8) is None
+    Image.new("L", (10, 12), 77).save(tmp_path / "grey.png")
+    grey = decode_image(tmp_path / "grey.png", 8)
+    assert grey is not None and grey.shape == (3, 8, 8) and (grey == 77).all()
+
+
+# --------------------------------------------------------------------------- FaceScrub
+
+def test_facescrub_classes_counts_labels_and_sizes(facescrub_root: Path) -> None:
+    data = quiet(load_facescrub, DataConfig(source="facescrub", root=facescrub_root, image_size=16))
+    # actors sorted, then actresses sorted (PPA's ImageFolder concatenation)
+    assert data.class_names == ["Adam_Sandler", "Zach_Braff", "Ally_Sheedy", "Kate_Winslet"]
+    images, labels = all_images(data)
+    assert images.shape == (21, 3, 16, 16) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [5, 5, 5, 6]
+    expected_colour = {0: 1, 1: 0, 2: 3, 3: 2}  # label -> COLOURS index written for that identity
+    assert all(colour_index(img) == expected_colour[int(lab)] for img, lab in zip(images, labels))
+    assert data.meta == {"source": "facescrub", "root": str(facescrub_root), "skipped": 0,
+                         "resize": "shorter-side+center-crop"}
+    assert data.public is None and data.image_size == 16
+
+
+def image_keys(images: torch.Tensor, labels: torch.Tensor) -> set[tuple[int, int]]:
+    """(label, brightness step) of each image: unique per file thanks to write_identity's shading."""
+    return {(int(lab), round(img.float().mean().item())) for img, lab in zip(images, labels)}
+
+
+def test_facescrub_split_is_per_identity_disjoint_and_deterministic(facescrub_root: Path) -> None:
+    cfg = DataConfig(source="facescrub", root=facescrub_root, image_size=8, test_fraction=0.2, split_seed=42)
+    first, second = quiet(load_facescrub, cfg), quiet(load_facescrub, cfg)
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test.images, second.test.images)
+    assert torch.equal(first.test.labels, second.test.labels)
+    # 20 % of 5 or 6 images -> 1 test image per identity, the rest for training
+    assert torch.bincount(first.test.labels).tolist() == [1, 1, 1, 1]
+    assert torch.bincount(first.train.labels).tolist() == [4, 4, 4, 5]
+    train_keys = image_keys(first.train.images, first.train.labels)
+    test_keys = image_keys(first.test.images, first.test.labels)
+    assert len(train_keys) == 17 and len(test_keys) == 4 and train_keys.isdisjoint(test_keys)
+    others = [quiet(load_facescrub, cfg.model_copy(update={"split_seed": seed})) for seed in (1, 2, 3)]
+    assert any(image_keys(o.test.images, o.test.labels) != test_keys for o in others)
+
+
+def test_corrupt_file_is_skipped_with_one_warning(facescrub_root: Path) -> None:
+    write_corrupt(facescrub_root / "actors/faces/Zach_Braff/broken.jpg")
+    write_corrupt(facescrub_root / "actresses/faces/Ally_Sheedy/broken.png")
+    with pytest.warns(UserWarning) as record:
+        data = load_facescrub(DataConfig(source="facescrub", root=facescrub_root, image_size=8))
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith(f"skipped 2 unreadable image(s) under {facescrub_root}, e.g. ") and "broken" in message
+    assert data.meta["skipped"] == 2 and len(all_images(data)[1]) == 21
+
+
+def test_facescrub_with_actors_only(tmp_path: Path) -> None:
+    write_identity(tmp_path / "actors/faces/A", COLOURS[0], 3)
+    write_identity(tmp_path / "actors/faces/B", COLOURS[1], 3)
+    data = quiet(load_facescrub, DataConfig(source="facescrub", root=tmp_path, image_size=8))
+    assert data.class_names == ["A", "B"]
+
+
+# --------------------------------------------------------------------------- errors
+
+def test_missing_root_and_unset_root_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(LsmiaError, match=r"does not exist: fix data.root"):
+        load_real(DataConfig(source="imagefolder", root=tmp_path / "nowhere"))
+    with pytest.raises(LsmiaError, match=r"needs a folder on disk: set data.root"):
+        load_real(DataConfig(source="celeba"))
+
+
+def test_empty_roots_are_user_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(LsmiaError, match=r"no images .* found under .*ROOT/<class>/<images>"):
+        load_imagefolder(DataConfig(source="imagefolder", root=tmp_path))
+    with pytest.raises(LsmiaError, match=r"no FaceScrub faces folders under .*point data.root"):
+        load_facescrub(DataConfig(source="facescrub", root=tmp_path))
+    (tmp_path / "actors/faces/Someone").mkdir(parents=True)
+    with pytest.raises(LsmiaError, match=r"no images"):
+        load_facescrub(DataConfig(source="facescrub", root=tmp_path))
+
+
+def test_only_unreadable_images_is_a_user_error(tmp_path: Path) -> None:
+    write_corrupt(tmp_path / "a/x.jpg")
+    write_corrupt(tmp_path / "b/y.png")
+    with pytest.warns(UserWarning, match="skipped 2"), pytest.raises(LsmiaError, match="none of the 2 images"):
+        load_imagefolder(DataConfig(source="imagefolder", root=tmp_path))
+
+
+def test_identity_with_too_few_images_names_it(imagefolder_root: Path) -> None:
+    write_identity(imagefolder_root / "dave", COLOURS[3], 1)
+    (imagefolder_root / "erin").mkdir()  # no images at all
+    with pytest.raises(LsmiaError, match=r"identity 'dave' .* has 1 readable image\(s\).*remove that identity"):
+        load_imagefolder(DataConfig(source="imagefolder", root=imagefolder_root))
+
+
+def test_identity_left_with_one_image_after_skipping(imagefolder_root: Path) -> None:
+    write_identity(imagefolder_root / "dave", COLOURS[3], 1)
+    write_corrupt(imagefolder_root / "dave/broken.jpg")
+    with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(LsmiaError, match="identity 'dave'"):
+        load_imagefolder(DataConfig(source="imagefolder", root=imagefolder_root))
+
+
+def test_builtin_source_is_not_a_real_data_set() -> None:
+    with pytest.raises(LsmiaError, match="not a real data set"):
+        load_real(DataConfig(source="builtin"))
+
+
+# --------------------------------------------------------------------------- CelebA
+
+def test_top_identities_ties_broken_by_smaller_id() -> None:
+    files = {f"{i}.jpg": ident for i, ident in enumerate([7, 7, 3, 3, 9, 9, 9, 1])}
+    assert top_identities(files, 3) == [9, 3, 7]
+
+
+def test_celeba_selects_top_n_and_relabels_by_count(celeba_root: Path) -> None:
+    data = quiet(load_celeba, DataConfig(source="celeba", root=celeba_root, image_size=12, num_identities=3))
+    assert data.class_names == ["9", "3", "7"]  # most images first; 3 and 7 tie at 6, smaller id first
+    images, labels = all_images(data)
+    assert images.shape == (20, 3, 12, 12)
+    assert torch.bincount(labels).tolist() == [8, 6, 6]
+    colour_of_id = {ident: i for i, ident in enumerate(sorted(celeba_counts()))}
+    assert all(colour_index(img) == colour_of_id[int(data.class_names[int(lab)])] for img, lab in zip(images, labels))
+    assert data.meta["source"] == "celeba" and data.meta["skipped"] == 0
+
+
+def test_celeba_missing_listed_file_is_skipped(celeba_root: Path) -> None:
+    (celeba_root / "img_align_celeba/000001.jpg").unlink()  # the first file belongs to identity 1
+    cfg = DataConfig(source="celeba", root=celeba_root, image_size=8, num_identities=4)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        data = load_celeba(cfg)
+    assert data.class_names == ["9", "3", "7", "1"] and torch.bincount(all_images(data)[1]).tolist() == [8, 6, 6, 3]
+
+
+def test_celeba_errors(celeba_root: Path) -> None:
+    with pytest.raises(LsmiaError, match="lists only 5 identities, fewer than data.num_identities=6"):
+        load_celeba(DataConfig(source="celeba", root=celeba_root, num_identities=6))
+    (celeba_root / "identity_CelebA.txt").unlink()
+    with pytest.raises(LsmiaError, match="identity_CelebA.txt does not exist: download"):
+        load_celeba(DataConfig(source="celeba", root=celeba_root))
+
+
+def test_celeba_malformed_identity_file(celeba_root: Path) -> None:
+    (celeba_root / "identity_CelebA.txt").write_text("000001.jpg 9\n000002.jpg\n")
+    with pytest.raises(LsmiaError, match="line 2 is not"):
+        load_celeba(DataConfig(source="celeba", root=celeba_root))
+
+
+# --------------------------------------------------------------------------- ImageFolder and public
+
+def test_imagefolder_sorted_classes_nested_files_and_extensions(imagefolder_root: Path) -> None:
+    write_image(imagefolder_root / "alice/deeper/extra.WEBP", COLOURS[1], (20, 20), fmt="WEBP")
+    data = quiet(load_real, DataConfig(source="imagefolder", root=imagefolder_root, image_size=10))
+    assert data.class_names == ["alice", "bob", "carol"]
+    images, labels = all_images(data)
+    assert torch.bincount(labels).tolist() == [6, 5, 5] and images.shape[-2:] == (10, 10)
+    assert all(colour_index(img) == [1, 2, 0][int(lab)] for img, lab in zip(images, labels))
+
+
+def test_public_folder_flat_and_nested(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    write_identity(flat, COLOURS[0], 4)
+    public = load_public_folder(flat, 8)
+    assert public.images.shape == (4, 3, 8, 8) and public.labels.tolist() == [0, 0, 0, 0]
+
+    nested = tmp_path / "nested"
+    write_identity(nested / "b", COLOURS[1], 2)
+    write_identity(nested / "a", COLOURS[2], 3)
+    write_corrupt(nested / "a/bad.jpg")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        public = load_public_folder(nested, 8)
+    assert torch.bincount(public.labels).tolist() == [3, 2]
+    assert all(colour_index(img) == [2, 1][int(lab)] for img, lab in zip(public.images, public.labels))
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LsmiaError, match="no images .* point data.public_root"):
+        load_public_folder(tmp_path / "empty", 8)
+
+
+def test_load_real_attaches_public_images(imagefolder_root: Path, tmp_path: Path) -> None:
+    write_identity(tmp_path / "ffhq", COLOURS[4], 3)
+    cfg = DataConfig(source="imagefolder", root=imagefolder_root, public_root=tmp_path / "ffhq", image_size=8)
+    data = quiet(load_real, cfg)
+    assert data.public is not None and data.public.images.shape == (3, 3, 8, 8)
+    assert all(colour_index(img) == 4 for img in data.public.images)
+    with pytest.raises(LsmiaError, match="data.public_root folder .* does not exist"):
+        load_real(cfg.model_copy(update={"public_root": tmp_path / "missing"}))

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lsmia.config import SmoothingConfig
+from lsmia.losses import max_margin_loss, poincare_loss, smoothed_cross_entropy
+from lsmia.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 0.1, 0.5, 1.0])
+def test_smoothed_ce_equals_torch_for_non_negative_alpha(alpha):
+    gen = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(16, 7, generator=gen), torch.randint(0, 7, (16,), generator=gen)
+    ours = smoothed_cross_entropy(logits, targets, alpha)
+    assert torch.allclose(ours, F.cross_entropy(logits, targets, label_smoothing=alpha), atol=1e-6)
+
+
+def test_smoothed_ce_negative_alpha_matches_the_formula():
+    logits, targets, alpha = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0]), -0.05
+    log_p = F.log_softmax(logits, 1)
+    expected = (1 - alpha) * -log_p[0, 0] + alpha * -log_p[0].mean()
+    assert torch.isclose(smoothed_cross_entropy(logits, targets, alpha), expected)
+    # negative smoothing rewards pushing non-target classes further down: loss below plain CE
+    assert smoothed_cross_entropy(logits, targets, alpha) < F.cross_entropy(logits, targets)
+
+
+@pytest.mark.parametrize("bad", [1.01, float("nan"), float("inf")])
+def test_smoothed_ce_rejects_bad_alpha(bad):
+    with pytest.raises(ValueError):
+        smoothed_cross_entropy(torch.zeros(1, 3), torch.tensor([0]), bad)
+
+
+def test_poincare_loss_matches_hand_computation():
+    logits, targets = torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([0])
+    u = logits / 4.0
+    v = torch.tensor([[1 - 1e-4, 0.0, 0.0]])
+    d = math.acosh(1 + 2 * ((u - v) ** 2).sum() / ((1 - (u ** 2).sum()) * (1 - (v ** 2).sum())))
+    assert math.isclose(poincare_loss(logits, targets).item(), d, rel_tol=1e-5)
+    # more confident in the target class -> smaller distance
+    assert poincare_loss(torch.tensor([[9.0, 1.0, 0.0]]), targets) < poincare_loss(logits, targets)
+
+
+def test_max_margin_loss():
+    logits = torch.tensor([[3.0, 5.0, 1.0], [4.0, 1.0, 0.0]])
+    assert max_margin_loss(logits, torch.tensor([0, 0])).item() == pytest.approx(((5 - 3) + (1 - 4)) / 2)
+
+
+def test_reference_schedule_reproduces_the_paper_code_with_its_jump():
+    values = [reference_alpha(-0.05, e, 100) for e in range(100)]
+    assert values[:50] == [0.0] * 50
+    assert values[50] == pytest.approx(-0.05 * 1 / 50)
+    assert values[74] == pytest.approx(-0.05 * 25 / 50)  # only half of alpha before the jump
+    assert values[75:] == [-0.05] * 25
+
+
+def test_linear_schedule_ends_exactly_at_alpha_and_is_monotone():
+    values = [linear_alpha(-0.1, e, 20, 0.25, 0.75) for e in range(20)]
+    assert values[:5] == [0.0] * 5
+    assert values[15] == -0.1 and values[-1] == -0.1
+    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert -0.1 < values[14] < 0
+
+
+def test_alpha_at_applies_the_schedule_only_where_configured():
+    neg = SmoothingConfig(alpha=-0.05, schedule="linear")
+    assert alpha_trajectory(neg, 8)[0] == 0.0 and alpha_trajectory(neg, 8)[-1] == -0.05
+    pos = SmoothingConfig(alpha=0.1, schedule="linear")  # positive alpha is constant, as in the paper
+    assert alpha_trajectory(pos, 8) == [0.1] * 8
+    both = SmoothingConfig(alpha=0.1, schedule="linear", negative_only=False)
+    assert alpha_trajectory(both, 8)[0] == 0.0
+    assert alpha_at(SmoothingConfig(alpha=-0.05, schedule="constant"), 0, 8) == -0.05
