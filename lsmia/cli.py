@@ -220,12 +220,33 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
 
 @app.command()
 @cli_errors
-def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None) -> None:
+def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+           out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Report folder.")] = None,
+           plots_dir: Annotated[Optional[Path], typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
+           track: TrackOpt = None) -> None:
+    """Write the HTML report (figures, tables, reconstructions) of every evaluated alpha and seed."""
+    from lsmia.report import write_plot_data, write_report
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, track=track)
+    paths = _paths(cfg)
+    with tracked_stage(cfg, "report", "report", role="report") as tracker:
+        index = write_report(paths, out_dir or paths.report_dir, _device(cfg))
+        write_plot_data(paths, plots_dir or paths.root / "plots")
+        tracker.log_report(index.parent)
+    typer.echo(f"report: {index}")
+
+
+@app.command()
+@cli_errors
+def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+          track: TrackOpt = None) -> None:
     """Run the whole study in one process (without DVC): every stage for every alpha and seed."""
     from lsmia import pipeline
+    from lsmia.tracked import tracked_stage
 
-    cfg = resolve(params, sets, device)
-    result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True))
+    cfg = resolve(params, sets, device, track=track)
+    result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage)
     keys = ["alpha", "seed", "test_acc", "final_acc1", "final_acc5", "delta_eval", "fid_eval_features", "xi",
             "attribute_acc"]
     typer.echo("\t".join(keys))

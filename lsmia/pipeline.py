@@ -7,9 +7,10 @@ sweeps call these; the tracking layer wraps them through ``on_epoch`` callbacks 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -143,8 +144,29 @@ class StudyResult:
     seconds: dict[str, float]
 
 
-def run_study(cfg: Config, device: torch.device, log: Callable[[str], None] = print) -> StudyResult:
-    """The whole study in one process: data, prior, eval model, then per (alpha, seed) train, attack, evaluate."""
+class QuietStage:
+    """The stage observer used without tracking: every hook is a no-op."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+    def epoch_logger(self) -> EpochCallback | None: return None
+    def log_prior(self, result: Any) -> None: ...
+    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
+    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
+    def log_report(self, report_dir: Path) -> None: ...
+
+
+@contextmanager
+def quiet_stage(cfg: Config, stage: str, run_name: str, **tags: Any) -> Iterator[QuietStage]:
+    yield QuietStage()
+
+
+def run_study(cfg: Config, device: torch.device, log: Callable[[str], None] = print,
+              observe: Callable[..., Any] = quiet_stage) -> StudyResult:
+    """The whole study in one process: data, prior, eval model, then per (alpha, seed) train, attack, evaluate.
+
+    ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)`` is a context manager yielding a
+    stage observer (lsmia.tracked.tracked_stage logs to MLflow; the default does nothing).
+    """
     paths = StudyPaths(cfg.run.out_dir)
     seconds: dict[str, float] = {}
 
@@ -155,24 +177,61 @@ def run_study(cfg: Config, device: torch.device, log: Callable[[str], None] = pr
         log(f"{name}: {seconds[name]:.1f} s")
         return out
 
-    timed("data", lambda: stage_data(cfg, paths.data_file, paths.data_summary))
-    prior_file = None
-    if cfg.prior.kind == "dcgan":
-        timed("prior", lambda: stage_prior(cfg, paths.data_file, paths.prior_dir, device))
-        prior_file = paths.prior_dir / "prior.pt"
-    timed("eval_model", lambda: stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device))
+    def data_stage() -> None:
+        with observe(cfg, "data", "data") as obs:
+            obs.log_metrics(stage_data(cfg, paths.data_file, paths.data_summary))
+
+    def prior_stage() -> None:
+        with observe(cfg, "prior", "prior", role="prior", system_metrics=True) as obs:
+            obs.log_prior(stage_prior(cfg, paths.data_file, paths.prior_dir, device, on_epoch=obs.epoch_logger()))
+
+    def train_stage(run_cfg: Config, role: str, out_dir: Path, alpha: float, seed: int) -> None:
+        with observe(run_cfg, "train", f"train-{role}", role=role, alpha=alpha if role == "target" else None,
+                     seed=seed, system_metrics=True) as obs:
+            result = stage_train(run_cfg, role, paths.data_file, out_dir, device, seed, on_epoch=obs.epoch_logger())
+            obs.log_classifier(result, role, alpha, seed)
+
+    def attack_stage(run_cfg: Config, alpha: float, seed: int) -> None:
+        out_dir = paths.attack_dir(alpha, seed)
+        with observe(run_cfg, "attack", "attack", role="target", alpha=alpha, seed=seed, system_metrics=True) as obs:
+            result = stage_attack(run_cfg, paths.data_file, paths.target_dir(alpha, seed) / "model.pt", prior_file,
+                                  out_dir, device, seed)
+            obs.log_attack(result, out_dir, alpha, seed)
+
+    def evaluate_stage(run_cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
+        with observe(run_cfg, "evaluate", "evaluate", role="target", alpha=alpha, seed=seed) as obs:
+            metrics = stage_evaluate(run_cfg, paths.data_file, paths.attack_dir(alpha, seed) / "attack.pt",
+                                     paths.eval_dir / "model.pt", paths.target_dir(alpha, seed),
+                                     paths.metrics_file(alpha, seed), device, alpha, seed, attribute_file)
+            obs.log_metrics(metrics)
+        return metrics
+
+    def attribute_stage() -> None:
+        with observe(cfg, "attributes", "train-attributes", role="attributes"):
+            stage_attribute_predictor(cfg, paths.data_file, attribute_file, device)
+
+    def report_stage() -> None:
+        from lsmia.report import write_plot_data, write_report
+
+        with observe(cfg, "report", "report", role="report") as obs:
+            index = write_report(paths, paths.report_dir, device)
+            write_plot_data(paths, paths.root / "plots")
+            obs.log_report(index.parent)
+
+    prior_file = paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None
     attribute_file = paths.attribute_dir / "predictor.pt"
-    timed("attribute_predictor", lambda: stage_attribute_predictor(cfg, paths.data_file, attribute_file, device))
+    timed("data", data_stage)
+    if prior_file is not None:
+        timed("prior", prior_stage)
+    timed("eval_model", lambda: train_stage(cfg, "eval", paths.eval_dir, 0.0, cfg.run.seed))
+    timed("attribute_predictor", attribute_stage)
     results = []
     for seed in cfg.study.seeds:
         for alpha in cfg.study.alphas:
             tag = f"alpha={alpha} seed={seed}"
-            target_dir, attack_dir = paths.target_dir(alpha, seed), paths.attack_dir(alpha, seed)
             alpha_cfg = with_alpha(cfg, alpha)
-            timed(f"train {tag}", lambda: stage_train(alpha_cfg, "target", paths.data_file, target_dir, device, seed))
-            timed(f"attack {tag}", lambda: stage_attack(cfg, paths.data_file, target_dir / "model.pt", prior_file,
-                                                         attack_dir, device, seed))
-            results.append(timed(f"evaluate {tag}", lambda: stage_evaluate(
-                cfg, paths.data_file, attack_dir / "attack.pt", paths.eval_dir / "model.pt", target_dir,
-                paths.metrics_file(alpha, seed), device, alpha, seed, attribute_file)))
+            timed(f"train {tag}", lambda: train_stage(alpha_cfg, "target", paths.target_dir(alpha, seed), alpha, seed))
+            timed(f"attack {tag}", lambda: attack_stage(alpha_cfg, alpha, seed))
+            results.append(timed(f"evaluate {tag}", lambda: evaluate_stage(alpha_cfg, alpha, seed)))
+    timed("report", report_stage)
     return StudyResult(results, seconds)

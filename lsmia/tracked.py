@@ -39,6 +39,9 @@ class StageLog:
         self.tracker.log_model(model, "model", example, registered_name=registered,
                                registry_tags={"alpha": str(alpha), "seed": str(seed), "role": role})
 
+    def log_report(self, report_dir: Path) -> None:
+        self.tracker.log_artifact(report_dir, "report")
+
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None:
         from lsmia.tracking import find_run
 
@@ -60,8 +63,8 @@ def tracked_stage(cfg: Config, stage: str, run_name: str, role: str | None = Non
     tags = {"stage": stage, "dataset": cfg.data.source, "seed": str(cfg.run.seed if seed is None else seed)}
     if role is not None:
         tags["role"] = role
+    tags["alpha"] = "n/a" if alpha is None else str(alpha)  # the prior and eval model have no smoothing factor
     if alpha is not None:
-        tags["alpha"] = str(alpha)
         run_name = f"{run_name} alpha={alpha} seed={tags['seed']}"
     with start_tracking(cfg.run.tracking, stage, run_name, cfg.to_dict(), tags,
                         system_metrics=system_metrics) as tracker:

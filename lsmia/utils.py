@@ -58,10 +58,10 @@ def save_torch(obj: Any, path: Path | str) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path: Path | str, what: str = "file") -> Any:
+def load_torch(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
     path = Path(path)
     if not path.exists():
-        raise LsmiaError(f"{what} {path} does not exist: run the stage that writes it first")
+        raise LsmiaError(f"{what} {path} does not exist: {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign pickle
@@ -73,10 +73,10 @@ def save_json(obj: Any, path: Path | str) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def load_json(path: Path | str, what: str = "file") -> Any:
+def load_json(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
     path = Path(path)
     if not path.exists():
-        raise LsmiaError(f"{what} {path} does not exist: run the stage that writes it first")
+        raise LsmiaError(f"{what} {path} does not exist: {fix}")
     return json.loads(path.read_text())
 
 

@@ -214,7 +214,7 @@ def test_batched_and_per_class_reach_similar_confidence() -> None:
     target = MeanColourClassifier()
     conf_b = confidence(target, batched.all_images, batched.all_targets).mean()
     conf_p = confidence(target, per_class.all_images, per_class.all_targets).mean()
-    assert abs(conf_b - conf_p) < 0.02
+    assert abs(conf_b - conf_p) < 0.03  # seeds 0-2 differ by at most 0.009
 
 
 def test_unknown_schedule_is_a_user_error() -> None:
@@ -240,3 +240,9 @@ def test_resolve_targets_errors(spec, problem: str) -> None:
     with pytest.raises(LsmiaError, match=problem) as err:
         resolve_targets(spec, 10)
     assert "\n" not in str(err.value) and ":" in str(err.value)
+
+
+def test_progress_reports_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_cfg(steps=4, candidates=4, final_samples=2)  # 3 targets x 4 rows = 2 batches of 8 -> 8 steps
+    run_attack(cfg, MeanColourClassifier(), ColourPrior(), [0, 1, 2], CPU, progress=True)
+    assert "attack steps: 8/8" in capsys.readouterr().err

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from lsmia.errors import LsmiaError
+from lsmia.metrics.fid import trace_sqrt_from_covariances, trace_sqrt_from_samples
 from lsmia.metrics import (attack_accuracy, delta_eval, delta_eval_per_target, extract_features, feature_fid,
                            frechet_distance, prdc, prdc_per_class)
 
@@ -89,6 +91,22 @@ def test_fid_closed_form_for_a_scaled_and_shifted_copy() -> None:
     # Σ_y = 4 Σ_x, so tr(Σx + Σy - 2 (Σx Σy)^½) = tr(Σx); plus ||μx - μy||²
     expected = (x.mean(0) - y.mean(0)).pow(2).sum() + torch.cov(x.T).trace()
     assert frechet_distance(x, y) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_fid_closed_form_with_fewer_samples_than_dimensions() -> None:
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0)).double()
+    y = 2 * x + torch.arange(8, dtype=torch.float64)
+    expected = (x.mean(0) - y.mean(0)).pow(2).sum() + torch.cov(x.T).trace()
+    assert frechet_distance(x, y) == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_trace_sqrt_from_samples_agrees_with_scipy_sqrtm() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 6, generator=gen).double().numpy()
+    b = (torch.randn(30, 6, generator=gen) @ torch.randn(6, 6, generator=gen)).double().numpy()
+    from_samples = trace_sqrt_from_samples(a - a.mean(0), b - b.mean(0))
+    from_covariances = trace_sqrt_from_covariances(np.cov(a, rowvar=False), np.cov(b, rowvar=False), eps=1e-6)
+    assert from_samples == pytest.approx(from_covariances, rel=1e-8)
 
 
 def test_fid_of_two_identity_gaussians_is_the_squared_mean_distance() -> None:

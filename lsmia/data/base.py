@@ -83,7 +83,7 @@ class FaceData:
 
     @classmethod
     def load(cls, path: Path | str) -> "FaceData":
-        obj = load_torch(path, what="prepared data set")
+        obj = load_torch(path, what="prepared data set", fix="run 'lsmia data' first")
         try:
             public = ImageSet(obj["public_images"], obj["public_labels"]) if "public_images" in obj else None
             return cls(

@@ -46,19 +46,22 @@ SKIN = torch.tensor([[0.97, 0.86, 0.78], [0.92, 0.75, 0.62], [0.80, 0.60, 0.45],
                      [0.64, 0.45, 0.31], [0.42, 0.28, 0.19]])
 HAIR = torch.tensor([[0.09, 0.07, 0.06], [0.40, 0.24, 0.12], [0.90, 0.77, 0.45],
                      [0.72, 0.30, 0.12], [0.72, 0.72, 0.74]])
-HAIRLINE_DEPTH = torch.tensor([0.20, 0.33, 0.46])  # fraction of the face height below its top
-IRIS = torch.tensor([[0.35, 0.20, 0.08], [0.25, 0.50, 0.85], [0.25, 0.60, 0.30], [0.55, 0.58, 0.62]])
+HAIRLINE_DEPTH = torch.tensor([0.12, 0.20, 0.28])  # fraction of the face height below its top
+IRIS = torch.tensor([[0.30, 0.16, 0.06], [0.20, 0.50, 0.95], [0.20, 0.65, 0.25], [0.62, 0.64, 0.68]])
 EYE_HALF_GAP = torch.tensor([0.14, 0.18, 0.22])
 EYE_RADII = torch.tensor([[0.065, 0.040], [0.090, 0.056]])  # rx, ry
-BROWS = torch.tensor([[0.016, 0.0], [0.040, 0.0], [0.022, 2.5]])  # half thickness, arch curvature
+BROWS = torch.tensor([[0.020, 0.0], [0.045, 0.0], [0.026, 3.0]])  # half thickness, arch curvature
 NOSE = torch.tensor([[0.05, 0.10], [0.05, 0.19], [0.09, 0.12]])  # half width, length
-MOUTH = torch.tensor([[0.11, 0.014], [0.11, 0.035], [0.17, 0.020]])  # half width, half thickness
-EAR_HEIGHT = torch.tensor([0.09, 0.14])
+MOUTH = torch.tensor([[0.11, 0.018], [0.11, 0.042], [0.18, 0.024]])  # half width, half thickness
+EAR_HEIGHT = torch.tensor([0.09, 0.15])
 MOLE_SIDE = torch.tensor([0.0, -1.0, 1.0])
 
+FAMILY_SIZE = 2  # identities per look-alike family
+FAMILY_DIFFERENCES = 2  # attributes in which a look-alike differs from its family's base
 RENDER_BATCH = 512
 SUPERSAMPLE = 2
 FACE_CENTRE_V = 0.04  # the face ellipse centre, below the image centre to leave room for hair
+ZOOM = 1.3  # image units per face unit: the face fills most of the frame, as in cropped face data sets
 
 
 def attribute_names() -> list[str]:
@@ -80,8 +83,21 @@ def _balanced_column(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _draw_group(n: int, gen: torch.Generator) -> torch.Tensor:
-    cards = attribute_cardinality().values()
-    return torch.stack([_balanced_column(n, k, gen) for k in cards], dim=1)
+    """Families of look-alikes: members copy a balanced base combination and re-draw a few attributes.
+
+    Look-alikes keep the benchmark from being trivially separable: random combinations of
+    15 attributes differ in about ten of them, while family members differ in only a few.
+    """
+    cards = torch.tensor(list(attribute_cardinality().values()))
+    families = -(-n // FAMILY_SIZE)
+    base = torch.stack([_balanced_column(families, int(k), gen) for k in cards], dim=1)
+    combos = base.repeat_interleave(FAMILY_SIZE, dim=0)[:n]
+    is_relative = (torch.arange(n) % FAMILY_SIZE != 0).unsqueeze(1)
+    rank = torch.rand(combos.shape, generator=gen).argsort(dim=1).argsort(dim=1)
+    changed = (rank < FAMILY_DIFFERENCES) & is_relative
+    offset = 1 + (torch.rand(combos.shape, generator=gen) * (cards - 1)).long()  # never 0: a real change
+    combos = torch.where(changed, (combos + offset) % cards, combos)
+    return combos[torch.randperm(n, generator=gen)]
 
 
 def _all_distinct(combos: torch.Tensor) -> bool:
@@ -202,7 +218,7 @@ class FaceCanvas:
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         cos, sin = _b(torch.cos(nuis["angle"])), _b(torch.sin(nuis["angle"]))
         dx, dy = x - _b(nuis["shift"][:, 0]), y - _b(nuis["shift"][:, 1])
-        scale = _b(nuis["scale"])
+        scale = _b(nuis["scale"]) * ZOOM
         self.x, self.y = x, y
         self.u = (cos * dx + sin * dy) / scale
         self.v = (-sin * dx + cos * dy) / scale - FACE_CENTRE_V
@@ -240,7 +256,8 @@ def _body(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
 
 def _back_hair(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     is_long = _b((c.p["hair_style"] == 2).float())
-    long_hair = _soft(torch.maximum(c.u.abs() - c.a - 0.1, c.v - 0.62), c.edge) * (c.v > -0.2)
+    falls = torch.maximum(torch.maximum(c.u.abs() - c.a - 0.1, c.v - 0.62), -0.2 - c.v)
+    long_hair = _soft(falls, c.edge)
     long_hair = torch.maximum(long_hair, c.head_mask(0.1))
     return _paint(canvas, long_hair * is_long, c.p["hair"] * 0.85)
 
@@ -267,7 +284,7 @@ def _nose(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     along = (c.v - top) / length  # 0 at the bridge, 1 at the tip
     ridge = _soft(torch.maximum(c.fu.abs() - half_w * along.clamp(0.25, 1), (along - 0.5).abs() - 0.5), c.edge)
     nostrils = _ellipse(c.fu, c.v, 0.0, 0.17, half_w * 1.1, 0.03, c.edge)
-    return _paint(canvas, torch.maximum(ridge * 0.45, nostrils * 0.6), c.p["skin"] * 0.6)
+    return _paint(canvas, torch.maximum(ridge * 0.5, nostrils * 0.75), c.p["skin"] * 0.55)
 
 
 def _mouth(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
@@ -294,7 +311,7 @@ def _eyes(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     for cu in _eye_centres(c):
         white = _ellipse(c.fu, c.v, cu, -0.02, rx, ry, c.edge)
         sclera = torch.maximum(sclera, white)
-        iris = torch.maximum(iris, _ellipse(c.fu, c.v, cu, -0.02, rx * 0.55, rx * 0.55, c.edge) * white)
+        iris = torch.maximum(iris, _ellipse(c.fu, c.v, cu, -0.02, rx * 0.62, rx * 0.62, c.edge) * white)
         pupil = torch.maximum(pupil, _ellipse(c.fu, c.v, cu, -0.02, rx * 0.22, rx * 0.22, c.edge) * white)
     canvas = _paint(canvas, sclera, torch.tensor([0.95, 0.95, 0.93]).expand(len(canvas), 3))
     canvas = _paint(canvas, iris, c.p["iris"])
@@ -313,8 +330,8 @@ def _brows(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
 
 def _mole(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     side = _b(c.p["mole"])
-    mole = _ellipse(c.fu, c.v, side * 0.24, 0.16, 0.022, 0.022, c.edge) * (side != 0)
-    return _paint(canvas, mole, c.p["skin"] * 0.35)
+    mole = _ellipse(c.fu, c.v, side * 0.24, 0.14, 0.035, 0.035, c.edge) * (side != 0)
+    return _paint(canvas, mole, c.p["skin"] * 0.3)
 
 
 def _top_hair(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:

@@ -13,7 +13,7 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     """Fraction of rows whose target is among the ``k`` highest logits (k is capped at the class count)."""
     k = min(k, logits.shape[1])
     hits = (logits.topk(k, dim=1).indices == targets.view(-1, 1)).any(dim=1)
-    return hits.float().mean().item()
+    return hits.double().mean().item()
 
 
 def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, targets: torch.Tensor,

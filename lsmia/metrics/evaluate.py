@@ -68,8 +68,8 @@ def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Mod
     if cfg.inception_path is not None:
         metrics["inception_fid"] = inception_fid(result.final_images, train.images, cfg.inception_path, device)
     metrics.update(_prdc_or_nothing(cfg, train_feats, train.labels, fake_feats, result))
-    real = data.test.of_classes(result.targets)
-    real = ImageSet(torch.cat([train.images, real.images]), torch.cat([train.labels, real.labels]))
+    test = data.test.of_classes(result.targets)
+    real = ImageSet(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))
     metrics["xi"] = knowledge_extraction(cfg.student, result.final_images, final_targets, real, device, seed)
     metrics.update(attribute_leakage(data, result.final_images, final_targets, device, cfg.attribute_epochs,
                                      seed, predictor=attribute_predictor))

@@ -8,6 +8,7 @@ numbers are still not comparable to published FIDs, which use the TF-ported FID 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,37 +27,55 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _gaussian(feats: torch.Tensor, what: str) -> tuple[np.ndarray, np.ndarray]:
-    if len(feats) < 2:
-        raise LsmiaError(f"FID needs at least 2 {what} images, got {len(feats)}: attack more samples or classes")
-    x = feats.double().cpu().numpy()
-    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
-
-
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, eps: float = 1e-6) -> float:
-    """||μa-μb||² + tr(Σa + Σb - 2 (Σa Σb)^½) between Gaussians fitted to two feature sets.
-
-    As pytorch-fid: when the matrix square root is not finite (singular covariances, e.g.
-    fewer samples than dimensions) ``eps`` is added to both diagonals; small imaginary parts
-    from numerical error are dropped. Large imaginary parts also trigger the offset retry.
-    """
+def _check_sets(feats_a: torch.Tensor, feats_b: torch.Tensor) -> None:
     if feats_a.shape[1:] != feats_b.shape[1:]:
         raise LsmiaError(f"feature sets differ in dimension ({feats_a.shape[1]} vs {feats_b.shape[1]}): "
                          "extract both with the same model")
-    mu_a, sigma_a = _gaussian(feats_a, "first")
-    mu_b, sigma_b = _gaussian(feats_b, "second")
-    covmean = _sqrtm_product(sigma_a, sigma_b, eps)
+    for what, feats in (("first", feats_a), ("second", feats_b)):
+        if len(feats) < 2:
+            raise LsmiaError(f"FID needs at least 2 images in the {what} set, got {len(feats)}: "
+                             "attack more samples or classes")
+
+
+def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, eps: float = 1e-6) -> float:
+    """||μa-μb||² + tr(Σa) + tr(Σb) - 2 tr((Σa Σb)^½) between Gaussians fitted to two feature sets.
+
+    With at most as many samples as dimensions (singular covariances, e.g. 2048-d Inception
+    features of a few hundred images) tr((Σa Σb)^½) is computed exactly and fast from the
+    samples (``trace_sqrt_from_samples``); otherwise with scipy's sqrtm as pytorch-fid does.
+    """
+    _check_sets(feats_a, feats_b)
+    a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    centred_a, centred_b = a - mu_a, b - mu_b
+    trace_a = (centred_a ** 2).sum() / (len(a) - 1)
+    trace_b = (centred_b ** 2).sum() / (len(b) - 1)
+    if max(len(a), len(b)) <= a.shape[1]:
+        trace_sqrt = trace_sqrt_from_samples(centred_a, centred_b)
+    else:
+        trace_sqrt = trace_sqrt_from_covariances(np.atleast_2d(np.cov(a, rowvar=False)),
+                                                 np.atleast_2d(np.cov(b, rowvar=False)), eps)
     diff = mu_a - mu_b
-    value = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
-    return float(max(value, 0.0))
+    return float(max(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt, 0.0))
 
 
-def _sqrtm_product(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float) -> np.ndarray:
-    covmean = linalg.sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(covmean).all() or not _nearly_real(covmean):
-        offset = np.eye(len(sigma_a)) * eps
-        covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    return np.real(covmean)
+def trace_sqrt_from_samples(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
+    """tr((Σa Σb)^½) from centred samples: with A = Xa/√(na-1), B = Xb/√(nb-1), Σa Σb = AᵀA BᵀB
+    shares its non-zero eigenvalues with (ABᵀ)(ABᵀ)ᵀ, so the trace is the nuclear norm of ABᵀ."""
+    cross = centred_a @ centred_b.T / np.sqrt((len(centred_a) - 1) * (len(centred_b) - 1))
+    return float(np.linalg.svd(cross, compute_uv=False).sum())
+
+
+def trace_sqrt_from_covariances(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float) -> float:
+    """tr((Σa Σb)^½) via scipy's sqrtm, as pytorch-fid: when the root is not finite or has a
+    large imaginary part, ``eps`` is added to both diagonals; small imaginary parts are dropped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular input is handled below
+        covmean = linalg.sqrtm(sigma_a @ sigma_b)
+        if not np.isfinite(covmean).all() or not _nearly_real(covmean):
+            offset = np.eye(len(sigma_a)) * eps
+            covmean = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    return float(np.trace(np.real(covmean)))
 
 
 def _nearly_real(matrix: np.ndarray, atol: float = 1e-3) -> bool:

@@ -169,7 +169,7 @@ def save_classifier(model: Classifier, path: Path | str, extra: dict[str, Any] |
 def load_classifier(path: Path | str, num_classes: int | None = None, arch: str | None = None,
                     what: str = "classifier checkpoint") -> Classifier:
     """Load a checkpoint written by save_classifier; a mismatch with the expectation is a one-line error."""
-    ckpt = load_torch(path, what=what)
+    ckpt = load_torch(path, what=what, fix="train it first with 'lsmia train'")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
         raise LsmiaError(f"{path} is not an lsmia classifier checkpoint: pass a file written by 'lsmia train'")
     if arch is not None and ckpt["arch"] != arch:

@@ -39,7 +39,11 @@ def _resolutions(image_size: int) -> list[int]:
 
 
 class Generator(nn.Module):
-    """DCGAN generator: z -> 4x4 features -> (upsample, 3x3 conv, BN, ReLU) per doubling -> tanh RGB."""
+    """DCGAN generator: z -> 4x4 features -> (4x4 stride-2 transposed conv, BN, ReLU) per doubling -> RGB.
+
+    The last doubling is nearest upsampling and a 3x3 conv to RGB (tanh): it avoids the
+    checkerboard a transposed conv would print on the output, at a small cost.
+    """
 
     def __init__(self, latent_dim: int, image_size: int, width: int) -> None:
         super().__init__()
@@ -52,8 +56,7 @@ class Generator(nn.Module):
         blocks: list[nn.Module] = []
         for r in res[1:]:
             cin, cout = _channels(r // 2, image_size, width), _channels(r, image_size, width)
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            blocks += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                     nn.Conv2d(_channels(res[-1], image_size, width), 3, 3, 1, 1), nn.Tanh())
@@ -124,7 +127,9 @@ class TorchScriptPrior(Prior):
         low, high = float(output_range[0]), float(output_range[1])
         if not high > low:
             raise LsmiaError(f"prior.output_range {output_range} must be (low, high) with high > low, e.g. [-1, 1]")
-        self.module = _load_script(path).eval().requires_grad_(False)
+        self.module = _load_script(path).eval()
+        for param in self.module.parameters():  # ScriptModules lack requires_grad_()
+            param.requires_grad_(False)
         self.latent_dim, self.low, self.high = latent_dim, low, high
         self.image_size = self._probe(path)
 
@@ -175,9 +180,9 @@ def save_dcgan_prior(generator: Generator, path: Path | str, extra: dict[str, An
 
 
 def load_dcgan_prior(path: Path | str) -> DCGANPrior:
-    ckpt = load_torch(path, what="prior checkpoint")
+    ckpt = load_torch(path, what="prior checkpoint", fix="run 'lsmia train-prior' first")
     if not isinstance(ckpt, dict) or ckpt.get("format") != DCGAN_FORMAT:
-        raise LsmiaError(f"{path} is not an lsmia DCGAN prior: re-run 'lsmia prior' to write it")
+        raise LsmiaError(f"{path} is not an lsmia DCGAN prior: re-run 'lsmia train-prior' to write it")
     generator = Generator(int(ckpt["latent_dim"]), int(ckpt["image_size"]), int(ckpt["width"]))
     generator.load_state_dict(ckpt["state_dict"])
     return DCGANPrior(generator)
@@ -190,5 +195,5 @@ def load_prior(cfg: PriorConfig, checkpoint: Path | None) -> Prior:
             raise LsmiaError("prior.kind is 'torchscript' but prior.path is not set: set prior.path to the exported file")
         return TorchScriptPrior(Path(cfg.path), cfg.latent_dim, cfg.output_range)
     if checkpoint is None:
-        raise LsmiaError("the DCGAN prior needs the checkpoint written by 'lsmia prior': run that stage first")
+        raise LsmiaError("the DCGAN prior needs the checkpoint written by 'lsmia train-prior': run that stage first")
     return load_dcgan_prior(checkpoint)

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -217,7 +217,7 @@ def train_epoch(state: GANState, images: torch.Tensor, cfg: PriorConfig, device:
     steps = len(images) // cfg.batch_size
     totals = torch.zeros(4, dtype=torch.float64)
     for i in range(steps):
-        batch = images[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]].to(device)
+        batch = images[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)]
         values = train_step(state, batch.float().div_(127.5).sub_(1.0), cfg)
         if not all(math.isfinite(v) for v in values[:2]):
             raise DivergenceError(
@@ -247,13 +247,12 @@ def train_prior(cfg: PriorConfig, public: ImageSet, out_dir: Path, device: torch
     run_id = fingerprint(cfg, public, seed)
     state = new_state(cfg, image_size, device, seed)
     try_resume(state, checkpoint, run_id)
-    first_epoch, seconds = state.epoch, []
+    first_epoch, images = state.epoch, public.images.to(device)
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
-        row = train_epoch(state, public.images, cfg, device, checkpoint)
+        row = train_epoch(state, images, cfg, device, checkpoint)
         state.epoch += 1
-        seconds.append(time.perf_counter() - started)
-        state.metrics = {**row, "epoch_seconds": seconds[-1]}
+        state.metrics = {**row, "epoch_seconds": time.perf_counter() - started}
         save_checkpoint(state, checkpoint, run_id)
         if on_epoch is not None:
             on_epoch(state.epoch, dict(state.metrics))

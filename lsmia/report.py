@@ -1,0 +1,537 @@
+"""The study report: one folder with an ``index.html``, its figures as PNG files, and nothing else.
+
+Every figure is written as a PNG beside ``index.html`` and also embedded in it as a base64
+data URI (each embedded image links to its file), so the HTML file works on its own when
+mailed or uploaded, and the folder serves the PNGs for slides. The folder is built in a
+temporary directory beside ``out_dir`` and swapped in at the end: an interrupted run leaves
+the previous report untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+from scipy import stats
+
+from lsmia.data.base import FaceData
+from lsmia.errors import LsmiaError
+from lsmia.models.classifiers import load_classifier
+from lsmia.paths import StudyPaths
+from lsmia.training.classifier import predict_logits
+from lsmia.utils import load_json
+
+ID_KEYS = ("alpha", "seed")
+
+# Known metrics in display order: (label, what a higher value means for privacy).
+METRICS: dict[str, tuple[str, str]] = {
+    "test_acc": ("test accuracy", ""),
+    "train_acc": ("train accuracy", ""),
+    "ece": ("expected calibration error", ""),
+    "mean_confidence": ("mean max-softmax confidence (test)", ""),
+    "mean_logit_norm": ("mean logit L2 norm (test)", ""),
+    "final_acc1": ("attack acc@1 (final samples)", "more leakage"),
+    "final_acc5": ("attack acc@5 (final samples)", "more leakage"),
+    "all_acc1": ("attack acc@1 (all samples)", "more leakage"),
+    "all_acc5": ("attack acc@5 (all samples)", "more leakage"),
+    "delta_eval": ("δ_eval (eval-feature distance)", "less leakage"),
+    "fid_eval_features": ("FID (eval-model features)", "less leakage"),
+    "inception_fid": ("FID (Inception)", "less leakage"),
+    "precision": ("precision", "more leakage"),
+    "recall": ("recall", "more leakage"),
+    "density": ("density", "more leakage"),
+    "coverage": ("coverage", "more leakage"),
+    "xi": ("ξ knowledge extraction", "more leakage"),
+    "attribute_acc": ("attribute accuracy of reconstructions", "more leakage"),
+    "attribute_chance": ("attribute accuracy by chance (majority)", ""),
+    "attribute_acc_real": ("attribute accuracy of real test images", ""),
+    "num_targets": ("attacked identities", ""),
+    "num_final_samples": ("final samples", ""),
+    "train_seconds": ("training time [s]", ""),
+    "evaluate_seconds": ("evaluation time [s]", ""),
+}
+
+READING_NOTE = (
+    "Each row of a table is one metric; each alpha column gives the mean over seeds ± the half-width of "
+    "the 95 % t-interval (— with a single seed). Higher attack acc@1/@5, ξ, precision/density/coverage and "
+    "attribute accuracy mean <b>more</b> leakage of the private identities; higher δ_eval and FID mean "
+    "<b>less</b> (the reconstructions lie farther from the real training images). Positive alpha is label "
+    "smoothing, negative alpha negative label smoothing, alpha = 0 hard labels.")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def collect_metrics(metrics_dir: Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` in ``metrics_dir`` as a dict with float ``alpha`` and int ``seed``, sorted by both."""
+    metrics_dir = Path(metrics_dir)
+    files = sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []
+    if not files:
+        raise LsmiaError(f"no metrics files in {metrics_dir}: run 'lsmia evaluate' (or dvc repro) first")
+    rows = [_read_metrics_file(path) for path in files]
+    return sorted(rows, key=lambda row: (row["alpha"], row["seed"]))
+
+
+def _read_metrics_file(path: Path) -> dict[str, Any]:
+    try:
+        row = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LsmiaError(f"metrics file {path} is not valid JSON ({err.msg}): "
+                         "delete it and re-run 'lsmia evaluate'") from None
+    if not isinstance(row, dict) or not all(_is_number(row.get(key)) for key in ID_KEYS):
+        raise LsmiaError(f"metrics file {path} has no numeric alpha and seed: delete it and re-run 'lsmia evaluate'")
+    return {**row, "alpha": float(row["alpha"]), "seed": int(row["seed"])}
+
+
+def metric_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Numeric metric names present in any row: known ones in display order, then the rest alphabetically."""
+    present = {key for row in rows for key, value in row.items() if _is_number(value) and key not in ID_KEYS}
+    known = [key for key in METRICS if key in present]
+    return known + sorted(present - set(known))
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, int]:
+    """Mean, half-width of the two-sided t-interval (NaN for fewer than two values) and count of finite values."""
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    n = len(finite)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(finite[0]), math.nan, 1
+    mean = float(finite.mean())
+    if np.allclose(finite, mean, rtol=1e-12, atol=0.0):
+        return mean, 0.0, n  # identical seeds: an exact 0, not floating-point noise like 3e-16
+    sem = finite.std(ddof=1) / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sem), n
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per alpha (ascending): ``{"alpha", "seeds", "metrics": {name: {"mean", "ci95", "n"}}}``.
+
+    ``ci95`` is the half-width of the 95 % Student-t interval over seeds; ``n`` counts the seeds
+    that reported the metric (a key missing from a file, or NaN, is left out, not counted as 0).
+    """
+    keys = metric_keys(rows)
+    summaries = []
+    for alpha in sorted({row["alpha"] for row in rows}):
+        group = [row for row in rows if row["alpha"] == alpha]
+        metrics = {}
+        for key in keys:
+            values = [float(row[key]) for row in group if _is_number(row.get(key))]
+            if values:
+                mean, ci95, n = mean_ci(values)
+                metrics[key] = {"mean": mean, "ci95": ci95, "n": n}
+        summaries.append({"alpha": alpha, "seeds": sorted(row["seed"] for row in group), "metrics": metrics})
+    return summaries
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass
+class FigureFile:
+    name: str
+    title: str
+    caption: str = ""
+
+
+def alpha_colors(alphas: list[float]) -> tuple[mcolors.Colormap, mcolors.Normalize]:
+    """A diverging colormap centred on alpha = 0 (blue negative, red positive)."""
+    low, high = min(min(alphas), -1e-3), max(max(alphas), 1e-3)
+    return mcolors.LinearSegmentedColormap.from_list("alpha", ["#2166ac", "#cccccc", "#b2182b"]), \
+        mcolors.TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=high)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _series(summaries: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    points = [(s["alpha"], s["metrics"][key]["mean"], s["metrics"][key]["ci95"])
+              for s in summaries if key in s["metrics"]]
+    alphas, means, cis = (np.array(col, dtype=float) for col in zip(*points)) if points else (np.array([]),) * 3
+    return alphas, means, np.nan_to_num(cis, nan=0.0)
+
+
+def _plot_metric(ax, rows: list[dict[str, Any]], summaries: list[dict[str, Any]], key: str, color: str,
+                 label: str | None = None) -> None:
+    """Mean over seeds with 95 % CI error bars, and every seed as a faint point."""
+    seed_points = [(row["alpha"], row[key]) for row in rows if _is_number(row.get(key))]
+    if seed_points:
+        ax.scatter(*zip(*seed_points), color=color, alpha=0.25, s=14, linewidths=0)
+    alphas, means, cis = _series(summaries, key)
+    ax.errorbar(alphas, means, yerr=cis, color=color, marker="o", ms=5, capsize=3, label=label)
+
+
+def _present(rows: list[dict[str, Any]], key: str) -> bool:
+    return any(_is_number(row.get(key)) for row in rows)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> bool:
+    series = [("test_acc", "test accuracy", "#333333"), ("final_acc1", "attack acc@1", "#d95f02"),
+              ("final_acc5", "attack acc@5", "#7570b3")]
+    series = [s for s in series if _present(rows, s[0])]
+    if not series:
+        return False
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for key, label, color in series:
+        _plot_metric(ax, rows, summaries, key, color, label)
+    ax.axvline(0.0, color="#999999", lw=0.8, ls=":")
+    ax.set(xlabel="label smoothing alpha", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    _save(fig, path)
+    return True
+
+
+def plot_leakage(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> bool:
+    panels = [key for key in ("delta_eval", "fid_eval_features", "xi", "attribute_acc") if _present(rows, key)]
+    if not panels:
+        return False
+    fig = Figure(figsize=(3.3 * len(panels), 3.3))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, key in zip(axes, panels):
+        _plot_metric(ax, rows, summaries, key, "#1b7837")
+        if key == "attribute_acc":
+            _reference_line(ax, summaries, "attribute_chance", "chance", "#999999", "--")
+            _reference_line(ax, summaries, "attribute_acc_real", "real images", "#555555", ":")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(frameon=False, fontsize=8)
+        ax.axvline(0.0, color="#999999", lw=0.8, ls=":")
+        ax.set(title=f"{METRICS[key][0]}\n(higher = {METRICS[key][1]})", xlabel="alpha")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _reference_line(ax, summaries: list[dict[str, Any]], key: str, label: str, color: str, style: str) -> None:
+    means = [s["metrics"][key]["mean"] for s in summaries if key in s["metrics"]]
+    if means:
+        ax.axhline(float(np.nanmean(means)), color=color, ls=style, lw=1.2, label=label)
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> bool:
+    points = [row for row in rows if _present([row], "test_acc") and _present([row], "final_acc1")]
+    if not points:
+        return False
+    cmap, norm = alpha_colors([row["alpha"] for row in rows])
+    fig = Figure(figsize=(6.0, 4.6))
+    ax = fig.subplots()
+    x, y = [row["test_acc"] for row in points], [row["final_acc1"] for row in points]
+    dots = ax.scatter(x, y, c=[row["alpha"] for row in points], cmap=cmap, norm=norm, s=46, edgecolors="#333333",
+                      linewidths=0.6)
+    for row in points:
+        ax.annotate(f"{row['alpha']:g}", (row["test_acc"], row["final_acc1"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    fig.colorbar(dots, ax=ax, label="alpha")
+    ax.set(xlabel="test accuracy (utility)", ylabel="attack acc@1 (leakage)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def private_test_outputs(paths: StudyPaths, rows: list[dict[str, Any]],
+                         device: torch.device) -> dict[float, dict[str, np.ndarray]]:
+    """Per alpha, pooled over its seeds' target models: max-softmax confidence and logit L2 norm of the
+    private test images (empty without the data file; runs without a model are skipped)."""
+    if not paths.data_file.exists():
+        return {}
+    data = FaceData.load(paths.data_file)
+    found: dict[float, dict[str, list[np.ndarray]]] = {}
+    for row in rows:
+        model_file = paths.target_dir(row["alpha"], row["seed"]) / "model.pt"
+        if not model_file.exists():
+            continue
+        model = load_classifier(model_file, num_classes=data.num_classes, what="target model").to(device)
+        logits = predict_logits(model, data.test.images, device)
+        entry = found.setdefault(row["alpha"], {"confidence": [], "logit_norm": []})
+        entry["confidence"].append(logits.softmax(1).max(1).values.numpy())
+        entry["logit_norm"].append(logits.norm(dim=1).numpy())
+    return {alpha: {k: np.concatenate(v) for k, v in entry.items()} for alpha, entry in sorted(found.items())}
+
+
+def plot_distributions(outputs: dict[float, dict[str, np.ndarray]], path: Path) -> bool:
+    if not outputs:
+        return False
+    alphas = list(outputs)
+    cmap, norm = alpha_colors(alphas)
+    fig = Figure(figsize=(max(6.4, 0.9 * len(alphas) + 1.5), 6.4))
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, key, label in zip(axes, ("confidence", "logit_norm"), ("max softmax confidence", "logit L2 norm")):
+        for position, alpha in enumerate(alphas):
+            _violin(ax, outputs[alpha][key], position, cmap(norm(alpha)))
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set(ylabel=label, title=f"{label} on the private test images")
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3, axis="y")
+    axes[-1].set_xlabel("alpha")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def _violin(ax, values: np.ndarray, position: int, color) -> None:
+    """A violin with its median; a flat line where a density cannot be estimated (constant values)."""
+    if len(values) > 1 and np.ptp(values) > 1e-9:
+        parts = ax.violinplot([values], positions=[position], widths=0.8, showmedians=True, showextrema=False)
+        for body in parts["bodies"]:
+            body.set_facecolor(color)
+            body.set_edgecolor("#333333")
+            body.set_alpha(0.75)
+        parts["cmedians"].set_color("#111111")
+    else:
+        ax.hlines(float(np.median(values)), position - 0.3, position + 0.3, color=color, lw=3)
+
+
+# --------------------------------------------------------------------------- html
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.4g}"
+
+
+def format_mean_ci(mean: float, ci: float) -> str:
+    """``mean ± ci`` with the interval to two significant digits and the mean to the same decimal place."""
+    if not math.isfinite(mean) or not math.isfinite(ci):
+        return _fmt(mean)
+    if ci == 0.0:
+        return f"{_fmt(mean)} ± 0"
+    decimals = min(8, max(0, 1 - math.floor(math.log10(ci))))
+    return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
+
+
+def _label(key: str) -> str:
+    return METRICS[key][0] if key in METRICS else key
+
+
+def summary_table(summaries: list[dict[str, Any]], keys: list[str]) -> str:
+    head = "".join(f"<th>α = {s['alpha']:g}<br><small>n = {len(s['seeds'])}</small></th>" for s in summaries)
+    body = []
+    for key in keys:
+        cells = "".join(f"<td>{_summary_cell(s, key)}</td>" for s in summaries)
+        direction = METRICS.get(key, ("", ""))[1]
+        body.append(f"<tr><th title='{html.escape(key)}'>{html.escape(_label(key))}<br><code>{html.escape(key)}</code>"
+                    f"</th><td class='dir'>{direction}</td>{cells}</tr>")
+    return (f"<div class='scroll'><table class='summary'><thead><tr><th>metric</th><th>higher =</th>{head}</tr>"
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _summary_cell(summary: dict[str, Any], key: str) -> str:
+    stat = summary["metrics"].get(key)
+    if stat is None:
+        return "<span class='na'>n/a</span>"
+    n = f" <small>(n = {stat['n']})</small>" if stat["n"] != len(summary["seeds"]) else ""
+    return f"{format_mean_ci(stat['mean'], stat['ci95'])}{n}"
+
+
+def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    head = "".join(f"<th title='{html.escape(_label(k))}'>{html.escape(k)}</th>" for k in keys)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td>{_fmt(float(row[k])) if _is_number(row.get(k)) else '—'}</td>" for k in keys)
+        body.append(f"<tr><th>{row['alpha']:g}</th><th>{row['seed']}</th>{cells}</tr>")
+    return (f"<div class='scroll'><table class='raw'><thead><tr><th>alpha</th><th>seed</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def figure_html(folder: Path, figure: FigureFile, width: int | None = None) -> str:
+    """The PNG embedded as a data URI, linking to its file in the report folder."""
+    name = html.escape(figure.name)
+    caption = f"<figcaption>{figure.caption}</figcaption>" if figure.caption else ""
+    size = f" style='width:{width}px;max-width:100%'" if width else ""
+    return (f"<figure><a href='{name}'><img src='{_data_uri(folder / figure.name)}' alt='{html.escape(figure.title)}'"
+            f"{size}></a>{caption}</figure>")
+
+
+def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str:
+    alphas = sorted({row["alpha"] for row in rows})
+    seeds = sorted({row["seed"] for row in rows})
+    targets = sorted({int(row["num_targets"]) for row in rows if _is_number(row.get("num_targets"))})
+    facts = [
+        ("data set", data_summary.get("source") or "unknown"),
+        ("identities (classes)", data_summary.get("num_classes", "unknown")),
+        ("image size", f"{data_summary['image_size']} px" if "image_size" in data_summary else "unknown"),
+        ("train / test / public images", " / ".join(str(data_summary.get(k, "?"))
+                                                    for k in ("train_images", "test_images", "public_images"))),
+        ("attacked identities per run", ", ".join(map(str, targets)) or "unknown"),
+        ("alphas", ", ".join(f"{a:g}" for a in alphas)),
+        ("seeds", f"{', '.join(map(str, seeds))} ({len(seeds)})"),
+        ("runs (alpha × seed)", len(rows)),
+    ]
+    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    return f"<table class='facts'>{items}</table><p class='note'>{READING_NOTE}</p>"
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1180px;color:#222;
+line-height:1.45;padding:0 1em}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f6f6f6}table.facts th,table.summary tbody th,table.summary thead th:nth-child(-n+2){text-align:left}
+table.summary td,table.raw td{white-space:nowrap}
+table.summary code{color:#888;font-size:11px}td.dir{color:#666;font-size:12px;text-align:left}
+.na{color:#aaa}.scroll{overflow-x:auto}.note{background:#f4f8fb;border-left:4px solid #4a90c2;padding:.6em 1em}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}
+.missing{color:#a33}.caption{color:#555;font-size:13px;margin-top:0}
+.recon{display:flex;flex-wrap:wrap;gap:0 18px}.recon figure{margin:.4em 0}
+.recon img{image-rendering:pixelated}h3{margin-bottom:.3em}
+"""
+
+
+def page_html(title: str, parts: list[str]) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+RECON_CAPTION = "left: real training images, right: reconstructions (one row per attacked identity)"
+RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about this width, pixels kept sharp
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    return width, height
+
+
+def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path) -> str:
+    """Per alpha, every seed's reconstruction grid, copied into ``folder``; a note lists the runs without one."""
+    blocks, missing = [], []
+    for alpha in sorted({row["alpha"] for row in rows}):
+        figures = []
+        for row in (r for r in rows if r["alpha"] == alpha):
+            source = paths.attack_dir(alpha, row["seed"]) / "reconstructions.png"
+            if not source.exists():
+                missing.append(f"alpha {alpha:g}, seed {row['seed']}")
+                continue
+            name = f"reconstructions_alpha{alpha:g}_seed{row['seed']}.png"
+            shutil.copyfile(source, folder / name)
+            width = png_size(folder / name)[0]
+            figures.append(figure_html(folder, FigureFile(name, f"reconstructions alpha {alpha:g} seed {row['seed']}",
+                                                          f"seed {row['seed']}"),
+                                       width=width * max(1, RECON_WIDTH // width)))
+        if figures:
+            blocks.append(f"<h3>α = {alpha:g}</h3><div class='recon'>{''.join(figures)}</div>"
+                          f"<p class='caption'>α = {alpha:g}: {RECON_CAPTION}</p>")
+    note = _missing("no reconstruction grid for: " + "; ".join(missing)) if missing else ""
+    return "<h2>Reconstructions per alpha</h2>" + note + "".join(blocks)
+
+
+def _section(title: str, folder: Path, figures: list[FigureFile]) -> str:
+    return f"<h2>{html.escape(title)}</h2>" + "".join(figure_html(folder, fig) for fig in figures)
+
+
+def _missing(what: str) -> str:
+    return f"<p class='missing'>{html.escape(what)}</p>"
+
+
+def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: str) -> None:
+    """Write every figure and ``index.html`` into ``folder`` (an empty directory)."""
+    rows = collect_metrics(paths.metrics_dir)
+    summaries = aggregate(rows)
+    keys = metric_keys(rows)
+    data_summary = load_json(paths.data_summary) if paths.data_summary.exists() else {}
+    parts = [header_html(rows, data_summary)]
+
+    plots = [("Accuracy and attack accuracy", "accuracy.png", lambda p: plot_accuracy(rows, summaries, p),
+              "Error bars: 95 % t-interval over seeds; faint points: single seeds."),
+             ("Leakage metrics", "leakage.png", lambda p: plot_leakage(rows, summaries, p),
+              "Small multiples over alpha; attribute accuracy (built-in data only) with its chance line."),
+             ("Accuracy–privacy trade-off", "tradeoff.png", lambda p: plot_tradeoff(rows, p),
+              "One point per (alpha, seed), labelled and coloured by alpha (blue: negative, red: positive).")]
+    for heading, name, plot, caption in plots:
+        if plot(folder / name):
+            parts.append(_section(heading, folder, [FigureFile(name, heading, caption)]))
+        else:
+            parts.append(f"<h2>{html.escape(heading)}</h2>" + _missing("no metrics for this figure"))
+
+    outputs = private_test_outputs(paths, rows, device)
+    heading = "Confidence and logit norm on the private test images"
+    if plot_distributions(outputs, folder / "distributions.png"):
+        parts.append(_section(heading, folder, [FigureFile("distributions.png", heading,
+                                                           "Pooled over seeds; line in each violin: median.")]))
+    else:
+        parts.append(f"<h2>{heading}</h2>" + _missing(f"no target models or no data file {paths.data_file}"))
+
+    parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
+    parts.append(reconstructions_html(paths, rows, folder))
+    parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
+    (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
+
+
+def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: str = "lsmia study") -> Path:
+    """Build the report in a temporary folder beside ``out_dir`` and swap it in; returns ``out_dir/index.html``."""
+    out_dir = Path(out_dir)
+    collect_metrics(paths.metrics_dir)  # fail before creating anything
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be served and shared
+    try:
+        build_report(paths, staging, device, title)
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / "index.html"
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``staging`` with renames only (a directory cannot be os.replace'd onto a full one)."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    os.replace(out_dir, old / "report")
+    try:
+        os.replace(staging, out_dir)
+    except OSError:
+        os.replace(old / "report", out_dir)  # put the previous report back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_plot_data(paths: StudyPaths, plots_dir: Path) -> Path:
+    """DVC plot sources: ``study.json`` (one row per run, numeric metrics) and the reconstruction grids."""
+    rows = collect_metrics(paths.metrics_dir)
+    plots_dir = Path(plots_dir)
+    grids = plots_dir / "reconstructions"
+    grids.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        grid = paths.attack_dir(row["alpha"], row["seed"]) / "reconstructions.png"
+        if grid.exists():
+            shutil.copyfile(grid, grids / f"alpha{row['alpha']}_seed{row['seed']}.png")
+    numeric = [{k: v for k, v in row.items() if _is_number(v)} for row in rows]
+    target = plots_dir / "study.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,622 @@
+"""The one module that talks to MLflow.
+
+lsmia's core (training, attack, metrics) never imports mlflow; the CLI wraps each stage in a
+``Tracker`` from ``start_tracking``. Tracking is best effort: a failing tracking call warns once
+and the stage goes on, so computed results are never lost to a tracking problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import time
+import urllib.request
+import warnings
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+DEFAULT_EXPERIMENT = "lsmia"
+SYSTEM_METRICS_INTERVAL_S = 1.0  # mlflow publishes a sample only after one interval has passed
+LINK_TAG_PREFIX = "lsmia.link."
+NOTE_TAG = "mlflow.note.content"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
+MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+# ---------------------------------------------------------------- locations
+
+
+def project_root() -> Path:
+    """DVC_ROOT when DVC runs the stage, else the nearest parent of cwd holding params.yaml or .git."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "params.yaml").exists() or (folder / ".git").exists():
+            return folder
+    return cwd
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set (a server), else an absolute sqlite store in the project root.
+
+    A relative sqlite path is taken from the project root, not from the cwd a stage runs in.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
+    return uri
+
+
+def _sqlite_artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts beside a sqlite store (mlflow's default is ./mlruns of whatever cwd the stage has)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    if not db_path.is_absolute():
+        return None
+    return str(db_path.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9._-]", "_", experiment))
+
+
+def _check_server(uri: str) -> None:
+    """Fail fast on an unreachable server instead of sitting through mlflow's retry back-off."""
+    if uri.startswith(("http://", "https://")):
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S).close()
+
+
+# ---------------------------------------------------------------- params and tags
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"attack": {"steps": 5}}`` -> ``{"attack.steps": "5"}``; lists become JSON strings."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[_clip(name, MAX_KEY)] = _clip(_param_text(value), MAX_PARAM_VALUE)
+    return flat
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), default=str)
+    return str(value)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def standard_tags(stage: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, str]:
+    """stage, role, alpha, seed, dataset, git commit and dvc_stage; the caller's tags win."""
+    derived = {
+        "stage": stage,
+        "role": stage,
+        "alpha": _lookup(config, "target.smoothing.alpha"),
+        "seed": _lookup(config, "run.seed"),
+        "dataset": _lookup(config, "data.source"),
+        "git_commit": git_commit(project_root()),
+        "dvc_stage": os.environ.get("DVC_STAGE") or stage,
+    }
+    merged = {key: value for key, value in derived.items() if value is not None}
+    merged.update(tags)
+    return {_clip(str(k), MAX_KEY): _clip(str(v), MAX_TAG_VALUE) for k, v in merged.items()}
+
+
+# ---------------------------------------------------------------- images and models
+
+
+def image_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A [3,H,W] / [H,W,3] image or an [N,3,H,W] batch (tiled into a grid) as uint8 [H,W,C]."""
+    tensor = torch.as_tensor(image).detach().cpu()
+    if tensor.dim() == 4:
+        from torchvision.utils import make_grid
+
+        tensor = make_grid(tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor,
+                           nrow=max(1, math.ceil(math.sqrt(tensor.shape[0]))), padding=2)
+    if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
+        tensor = tensor.permute(1, 2, 0)
+    if tensor.dtype != torch.uint8:
+        tensor = (tensor.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return tensor.numpy()
+
+
+def _pip_requirements() -> list[str]:
+    """Explicit requirements: mlflow's inference imports the model in a subprocess (about 10 s)."""
+    return [f"torch=={metadata.version('torch')}", f"mlflow=={metadata.version('mlflow')}"]
+
+
+def _export_copy(model: torch.nn.Module, example: torch.Tensor) -> tuple[torch.nn.Module, np.ndarray]:
+    """An eval-mode CPU copy (export bakes in train-mode BatchNorm and the device) and its example.
+
+    torch.export fixes a size-1 dimension, so a one-image example is repeated to keep the
+    batch dimension dynamic in the logged model.
+    """
+    exported = copy.deepcopy(model).cpu().eval()
+    example = example.detach().cpu()
+    if example.dim() > 0 and example.shape[0] == 1:
+        example = example.repeat(2, *([1] * (example.dim() - 1)))
+    return exported, example.numpy()
+
+
+def _lsmia_code_paths(model: torch.nn.Module) -> list[str] | None:
+    """A pickled model needs its class importable at load time: ship the lsmia package with it."""
+    if not type(model).__module__.startswith("lsmia"):
+        return None
+    return [str(Path(__file__).resolve().parent)]
+
+
+# ---------------------------------------------------------------- trackers
+
+
+class NullTracker:
+    """The Tracker interface doing nothing: tracking off, and the core's tests."""
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def __enter__(self) -> "NullTracker":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        return False
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
+                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None) -> None:
+        pass
+
+    def log_image(self, image: str | Path | torch.Tensor | np.ndarray, artifact_file: str) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def link(self, name: str, run_id: str | None) -> None:
+        pass
+
+
+class Tracker(NullTracker):
+    """One MLflow run for one stage run. Every method is best effort: it warns once and goes on."""
+
+    def __init__(self, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
+                 experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
+                 system_metrics: bool = False) -> None:
+        self.stage, self.experiment = stage, experiment
+        self._run_id: str | None = None
+        self._active = False  # logging calls go through
+        self._open = False  # the run was started and not yet ended
+        self._server_lost = False
+        self.model_format: dict[str, str] = {}  # logged model name -> "pt2" or "pickle"
+        self._warned: set[str] = set()
+        self._links: list[str] = []
+        self._outer_run_env = os.environ.get("MLFLOW_RUN_ID")
+        try:
+            self._start(run_name, config, tags, parent_run_id, system_metrics)
+        except Exception as err:
+            self._warn("starting the run", err)
+            self._restore_run_env()
+            if self._run_id is not None:  # created but not started: do not leave it RUNNING
+                with contextlib.suppress(Exception):
+                    self._terminate("FAILED")
+                self._run_id = None
+            return
+        try:
+            self._log_config(config)
+        except Exception as err:
+            self._failed("logging the config", err)
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (kept after the run ended); None when the run could not be started."""
+        return self._run_id
+
+    # -- lifecycle
+
+    def _start(self, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
+               parent_run_id: str | None, system_metrics: bool) -> None:
+        import mlflow
+
+        self.uri = tracking_uri()
+        _check_server(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
+        parent = self._parent_run(parent_run_id or self._outer_run_env)
+        experiment_id = parent.info.experiment_id if parent else self._experiment_id()
+        run_tags = standard_tags(self.stage, config, tags)
+        if parent:
+            run_tags[PARENT_TAG] = parent.info.run_id
+        run = self.client.create_run(experiment_id, tags=_with_context_tags(run_tags), run_name=run_name)
+        self._run_id, self.experiment_id = run.info.run_id, experiment_id
+        # nested=True: a run already active in this process (e.g. a study parent) must not block ours
+        mlflow.start_run(run_id=self._run_id, nested=True, log_system_metrics=_system_metrics_ready(system_metrics))
+        self._active = self._open = True
+
+    def _parent_run(self, parent_id: str | None) -> Any:
+        """The parent run, or None (with a warning) when it does not exist in this store."""
+        if not parent_id:
+            return None
+        try:
+            return self.client.get_run(parent_id)
+        except Exception as err:
+            self._warn(f"finding parent run {parent_id} (logging a top-level run)", err)
+            return None
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            location = _sqlite_artifact_location(self.uri, self.experiment)
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:  # a parallel worker created it first
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _log_config(self, config: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, value) for key, value in flatten_config(config).items()]
+        for start in range(0, len(params), BATCH):
+            self.client.log_batch(self._run_id, params=params[start:start + BATCH])
+        self.client.log_dict(self._run_id, json.loads(json.dumps(config, default=str)), "config.json")
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        return False
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run (FINISHED, FAILED or KILLED); stops system metrics and flushes them."""
+        if not self._open:
+            return
+        self._active = self._open = False
+        try:
+            if self._server_lost:
+                self._forget_run()
+            else:
+                self._terminate(status)
+        except Exception as err:
+            self._warn("ending the run", err)
+        finally:
+            self._restore_run_env()
+
+    def _terminate(self, status: str) -> None:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self._run_id:
+            mlflow.end_run(status)
+        else:
+            self.client.set_terminated(self._run_id, status)
+
+    def _forget_run(self) -> None:
+        """Drop the run from mlflow's in-process state without calling the lost server.
+
+        mlflow.end_run would wait out the HTTP retries (minutes), here and again at exit. This
+        reaches into mlflow.tracking.fluent internals, so any surprise there is ignored.
+        """
+        from mlflow.tracking import fluent
+
+        with contextlib.suppress(Exception):
+            monitor = fluent.run_id_to_system_metrics_monitor.pop(self._run_id, None)
+            if monitor is not None:
+                monitor._shutdown_event.set()
+            stack = fluent._active_run_stack.get()
+            stack[:] = [run for run in stack if run.info.run_id != self._run_id]
+
+    def _restore_run_env(self) -> None:
+        # mlflow.end_run unsets MLFLOW_RUN_ID; later stages in this process must still nest under it
+        if self._outer_run_env is not None:
+            os.environ["MLFLOW_RUN_ID"] = self._outer_run_env
+
+    def _failed(self, action: str, err: BaseException) -> None:
+        """Warn once per action; stop tracking if the server went away (each call would wait out retries)."""
+        if self._active and self.uri.startswith(("http://", "https://")):
+            try:
+                _check_server(self.uri)
+            except Exception:
+                self._active, self._server_lost = False, True
+                self._warn(action, err, then="the server is unreachable: tracking is off for the rest of this run")
+                return
+        self._warn(action, err)
+
+    def _warn(self, action: str, err: BaseException, then: str = "the stage goes on") -> None:
+        if action in self._warned:
+            return
+        self._warned.add(action)
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"MLflow tracking: {action} failed ({type(err).__name__}: {reason}); {then}, "
+                      "results are still written to disk", RuntimeWarning, stacklevel=3)
+
+    # -- logging
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self._active:
+            return
+        try:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(self._run_id, metrics=batch[start:start + 1000])
+        except Exception as err:
+            self._failed("logging metrics", err)
+
+    def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
+                  registered_name: str | None = None,
+                  registry_tags: Mapping[str, Any] | None = None) -> str | None:
+        """Log an eval-mode CPU copy (pt2, or pickle when torch.export fails); optionally register it.
+
+        Returns the model URI (``models:/<model id>``), or None when logging failed.
+        """
+        if not self._active:
+            return None
+        try:
+            model_uri = self._log_model(model, name, input_example)
+            if registered_name:
+                self._register(model_uri, registered_name, registry_tags or {})
+            return model_uri
+        except Exception as err:
+            self._failed(f"logging model {name}", err)
+            return None
+
+    def _log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor) -> str:
+        from mlflow.models import infer_signature
+
+        exported, example = _export_copy(model, input_example)
+        with torch.no_grad():
+            signature = infer_signature(example, exported(torch.from_numpy(example)).numpy())
+        common = dict(name=name, input_example=example, signature=signature, run_id=self._run_id,
+                      pip_requirements=_pip_requirements())
+        try:
+            info = self._log_model_as("pt2", exported, **common)
+            self.model_format[name] = "pt2"
+        except Exception as err:
+            self._warn(f"exporting model {name} as pt2 (logged with pickle instead; loading it needs "
+                       "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true)", err)
+            info = self._log_model_as("pickle", exported, code_paths=_lsmia_code_paths(model), **common)
+            self.model_format[name] = "pickle"
+        self.client.set_tag(self._run_id, f"lsmia.model_format.{name}", self.model_format[name])
+        return info.model_uri
+
+    def _log_model_as(self, serialization_format: str, model: torch.nn.Module, **options: Any) -> Any:
+        """mlflow.pytorch.log_model; a failed attempt's half-created logged model is deleted."""
+        import mlflow
+        import mlflow.pytorch
+
+        previous = _last_logged_model_id()
+        try:
+            return mlflow.pytorch.log_model(model, serialization_format=serialization_format, **options)
+        except Exception:
+            partial = _last_logged_model_id()
+            if partial is not None and partial != previous:
+                with contextlib.suppress(Exception):
+                    self.client.delete_logged_model(partial)
+            raise
+
+    def _register(self, model_uri: str, registered_name: str, registry_tags: Mapping[str, Any]) -> None:
+        import mlflow
+
+        tags = {str(key): str(value) for key, value in registry_tags.items()}
+        version = mlflow.register_model(model_uri, registered_name, tags=tags)
+        self.client.set_tag(self._run_id, f"lsmia.registered.{registered_name}", str(version.version))
+
+    def log_image(self, image: str | Path | torch.Tensor | np.ndarray, artifact_file: str) -> None:
+        """An image file, an image tensor or a batch of images (tiled into a grid)."""
+        if not self._active:
+            return
+        try:
+            if isinstance(image, (str, Path)):
+                from PIL import Image
+
+                with Image.open(image) as opened:
+                    self.client.log_image(self._run_id, opened.copy(), artifact_file=artifact_file)
+            else:
+                self.client.log_image(self._run_id, image_array(image), artifact_file=artifact_file)
+        except Exception as err:
+            self._failed(f"logging image {artifact_file}", err)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file, or every file in a folder."""
+        if not self._active:
+            return
+        try:
+            if Path(path).is_dir():
+                self.client.log_artifacts(self._run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self._run_id, str(path), artifact_path)
+        except Exception as err:
+            self._failed(f"logging artifact {path}", err)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        if not self._active:
+            return
+        try:
+            self.client.log_dict(self._run_id, obj, artifact_file)
+        except Exception as err:
+            self._failed(f"logging {artifact_file}", err)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self._active:
+            return
+        try:
+            from mlflow.entities import RunTag
+
+            batch = [RunTag(_clip(str(k), MAX_KEY), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items()]
+            for start in range(0, len(batch), BATCH):
+                self.client.log_batch(self._run_id, tags=batch[start:start + BATCH])
+        except Exception as err:
+            self._failed("setting tags", err)
+
+    def link(self, name: str, run_id: str | None) -> None:
+        """Record a related run: tag ``lsmia.link.<name>`` and a markdown link in the run description."""
+        if not self._active or not run_id:
+            return
+        try:
+            self.client.set_tag(self._run_id, f"{LINK_TAG_PREFIX}{name}", run_id)
+            self._links.append(f"- {name}: [{self._run_label(run_id)}]({self._run_url(run_id)})")
+            self.client.set_tag(self._run_id, NOTE_TAG, "Related runs:\n" + "\n".join(self._links))
+        except Exception as err:
+            self._failed(f"linking run {name}", err)
+
+    def _run_label(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.run_name or run_id
+
+    def _run_url(self, run_id: str) -> str:
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        fragment = f"#/experiments/{experiment_id}/runs/{run_id}"
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/{fragment}"
+        return fragment
+
+
+def _last_logged_model_id() -> str | None:
+    """The model id mlflow last created in this thread; None when there is none (or it was deleted)."""
+    import mlflow
+
+    try:
+        model = mlflow.last_logged_model()
+    except Exception:
+        return None
+    return model.model_id if model is not None else None
+
+
+def _with_context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Add mlflow's usual source/user tags, as mlflow.start_run does for runs it creates itself."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+    except ImportError:
+        return tags
+    return resolve_tags(tags)
+
+
+def _system_metrics_ready(wanted: bool) -> bool:
+    """True when mlflow can sample CPU/memory (psutil); warns about what is missing."""
+    if not wanted:
+        return False
+    if importlib.util.find_spec("psutil") is None:
+        warnings.warn("MLflow system metrics need psutil: pip install psutil (run goes on without them)",
+                      RuntimeWarning, stacklevel=4)
+        return False
+    if torch.cuda.is_available() and importlib.util.find_spec("pynvml") is None:
+        warnings.warn("MLflow GPU metrics need nvidia-ml-py: pip install nvidia-ml-py (CPU/memory still logged)",
+                      RuntimeWarning, stacklevel=4)
+    if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        import mlflow
+
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    return True
+
+
+def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
+                   experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
+                   system_metrics: bool = False) -> Tracker | NullTracker:
+    """Start one MLflow run for a stage run (use it as a context manager), or a NullTracker when off.
+
+    Inside ``mlflow run`` (MLFLOW_RUN_ID) or with ``parent_run_id`` the run is a nested child,
+    created in its parent's experiment so the MLflow UI shows the nesting.
+    """
+    if not enabled:
+        return NullTracker()
+    return Tracker(stage, run_name, config, tags, experiment=experiment, parent_run_id=parent_run_id,
+                   system_metrics=system_metrics)
+
+
+def find_run(experiment: str, tags: Mapping[str, Any], parent_run_id: str | None = None) -> str | None:
+    """The latest FINISHED run carrying all ``tags``, in ``experiment`` or the parent run's experiment.
+
+    The parent (``parent_run_id`` or MLFLOW_RUN_ID) matters inside ``mlflow run``, where stage runs
+    are created in the parent's experiment.
+    """
+    try:
+        import mlflow
+
+        _check_server(tracking_uri())
+        client = mlflow.MlflowClient(tracking_uri())
+        experiment_ids = _search_experiments(client, experiment, parent_run_id or os.environ.get("MLFLOW_RUN_ID"))
+        if not experiment_ids:
+            return None
+        clauses = [f"tags.`{key}` = '{_quote(str(value))}'" for key, value in tags.items()]
+        clauses.append("attributes.status = 'FINISHED'")
+        runs = client.search_runs(experiment_ids, " and ".join(clauses), order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"MLflow tracking: searching for a run failed ({type(err).__name__}: {reason}); "
+                      "no run is linked", RuntimeWarning, stacklevel=2)
+        return None
+    return runs[0].info.run_id if runs else None
+
+
+def _search_experiments(client: Any, experiment: str, parent_id: str | None) -> list[str]:
+    found = client.get_experiment_by_name(experiment)
+    ids = [found.experiment_id] if found is not None else []
+    if parent_id:
+        try:
+            parent_experiment = client.get_run(parent_id).info.experiment_id
+        except Exception:
+            parent_experiment = None
+        if parent_experiment and parent_experiment not in ids:
+            ids.append(parent_experiment)
+    return ids
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,284 @@
+"""The generative prior: DCGAN training (EMA, resume, divergence), checkpoints and TorchScript priors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import lsmia.training.prior as prior_training
+from lsmia.config import PriorConfig
+from lsmia.data.base import ImageSet
+from lsmia.errors import DivergenceError, LsmiaError
+from lsmia.models.generator import (DCGANPrior, Discriminator, Generator, TorchScriptPrior, load_dcgan_prior,
+                                    load_prior, save_dcgan_prior)
+from lsmia.training.prior import augment_translation, diff_augment, train_prior, update_ema
+
+CPU = torch.device("cpu")
+TINY = dict(latent_dim=16, width=8, batch_size=16, epochs=2, sample_grid=9, lr=2e-3)
+
+
+def blobs(n: int = 64, size: int = 16, seed: int = 0) -> ImageSet:
+    """Smooth random colour fields: upsampled 4x4 noise."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=gen)
+    images = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return ImageSet(images.mul(255).round().to(torch.uint8), torch.zeros(n, dtype=torch.long))
+
+
+def tiny_cfg(**overrides: object) -> PriorConfig:
+    return PriorConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, list[tuple[int, dict]]]:
+    out = tmp_path_factory.mktemp("prior")
+    calls: list[tuple[int, dict]] = []
+    result = train_prior(tiny_cfg(), blobs(), out, CPU, seed=0, on_epoch=lambda e, row: calls.append((e, row)))
+    return out, result, calls
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_generator_and_discriminator_shapes(size: int) -> None:
+    g, d = Generator(12, size, 8), Discriminator(size, 8)
+    images = g(torch.randn(3, 12))
+    assert images.shape == (3, 3, size, size)
+    assert images.abs().max() <= 1.0
+    assert d(images).shape == (3,)
+
+
+@pytest.mark.parametrize("size", [24, 4, 512])
+def test_image_size_must_be_a_power_of_two_in_range(size: int) -> None:
+    with pytest.raises(LsmiaError, match="data.image_size"):
+        Generator(8, size, 8)
+
+
+def test_dcgan_prior_outputs_images_in_unit_range_independent_of_batch() -> None:
+    prior = DCGANPrior(Generator(16, 16, 8)).train()  # train() must not switch BN to batch statistics
+    z = torch.randn(5, 16)
+    images = prior(z)
+    assert images.shape == (5, 3, 16, 16)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    torch.testing.assert_close(prior(z[:1]), images[:1])
+    assert (prior.latent_dim, prior.image_size) == (16, 16)
+    assert not any(p.requires_grad for p in prior.parameters())
+
+
+def test_sample_latents_is_reproducible_standard_normal() -> None:
+    prior = DCGANPrior(Generator(16, 16, 8))
+    a = prior.sample_latents(4000, torch.Generator().manual_seed(3))
+    b = prior.sample_latents(4000, torch.Generator().manual_seed(3))
+    c = prior.sample_latents(4000, torch.Generator().manual_seed(4))
+    assert a.shape == (4000, 16) and a.device.type == "cpu"
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert abs(a.mean().item()) < 0.02 and abs(a.std().item() - 1.0) < 0.02
+
+
+def test_translation_shifts_content_without_resampling() -> None:
+    x = torch.zeros(64, 3, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    out = augment_translation(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out.sum((1, 2, 3)), torch.full((64,), 3.0))  # the one pixel moved, intact
+    ys, xs = out[:, 0].flatten(1).argmax(1).div(16, rounding_mode="floor"), out[:, 0].flatten(1).argmax(1) % 16
+    assert (ys - 8).abs().max() <= 2 and (xs - 8).abs().max() <= 2  # up to 1/8 of 16 px
+    assert len(set(zip(ys.tolist(), xs.tolist()))) > 5
+
+
+def test_diff_augment_keeps_gradients() -> None:
+    x = torch.rand(8, 3, 16, 16, requires_grad=True)
+    diff_augment(x, torch.Generator().manual_seed(0)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_update_ema_interpolates_parameters_and_copies_buffers() -> None:
+    model, ema = Generator(4, 16, 8), Generator(4, 16, 8)
+    ema.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+    before = [p.clone() for p in ema.parameters()]
+    update_ema(ema, model, decay=0.75)
+    for p_ema, p_old in zip(ema.parameters(), before):
+        torch.testing.assert_close(p_ema, p_old + 0.25)
+    assert torch.equal(ema.stem[2].running_mean, torch.full_like(ema.stem[2].running_mean, 3.0))
+
+
+def test_training_writes_prior_checkpoint_and_samples(trained) -> None:
+    out, result, calls = trained
+    assert result.checkpoint_path == out / "prior.pt" and result.checkpoint_path.exists()
+    assert (out / "checkpoint.pt").exists()
+    assert result.epochs_run == 2
+    assert [e for e, _ in calls] == [1, 2]
+    assert all({"loss_g", "loss_d"} <= set(row) for _, row in calls)
+    assert all(torch.isfinite(torch.tensor(result.metrics[k])) for k in ("loss_g", "loss_d"))
+    with Image.open(result.samples_path) as png:
+        assert png.size == (3 * 16 + 4, 3 * 16 + 4)  # 3x3 grid of 16 px with 1 px padding
+
+
+def test_ema_generator_differs_from_raw_and_lies_towards_it(trained) -> None:
+    out, _, _ = trained
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        init = Generator(16, 16, 8)  # train_prior builds G first from the run seed
+    names = [n for n, _ in init.named_parameters()]
+    raw = torch.cat([ckpt["generator"][n].flatten() for n in names])
+    ema = torch.cat([ckpt["generator_ema"][n].flatten() for n in names])
+    start = torch.cat([p.detach().flatten() for p in init.parameters()])
+    assert not torch.allclose(raw, ema)
+    assert (ema - raw).norm() < (start - raw).norm()  # an average over the path from start to raw
+    assert (ema - start).norm() > 0.1 * (raw - start).norm()
+
+
+def test_prior_checkpoint_round_trip(trained, tmp_path: Path) -> None:
+    out, _, _ = trained
+    prior = load_prior(tiny_cfg(), out / "prior.pt")
+    assert isinstance(prior, DCGANPrior) and (prior.latent_dim, prior.image_size) == (16, 16)
+    z = torch.randn(4, 16)
+    save_dcgan_prior(prior.generator, tmp_path / "copy.pt")
+    torch.testing.assert_close(load_dcgan_prior(tmp_path / "copy.pt")(z), prior(z), rtol=0, atol=0)
+    images = prior(z)
+    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0.01
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, weights_only=True)
+    return {f"{part}.{k}": v for part in ("generator", "discriminator", "generator_ema") for k, v in ckpt[part].items()}
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(trained, tmp_path: Path) -> None:
+    out, _, _ = trained
+    first = train_prior(tiny_cfg(epochs=1), blobs(), tmp_path, CPU, seed=0)
+    resumed = train_prior(tiny_cfg(epochs=2), blobs(), tmp_path, CPU, seed=0)
+    assert (first.epochs_run, resumed.epochs_run) == (1, 1)
+    interrupted, uninterrupted = _weights(tmp_path / "checkpoint.pt"), _weights(out / "checkpoint.pt")
+    assert interrupted.keys() == uninterrupted.keys()
+    assert all(torch.equal(interrupted[k], uninterrupted[k]) for k in interrupted)
+    a = torch.load(tmp_path / "prior.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "prior.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_complete_checkpoint_trains_nothing_and_foreign_one_is_ignored(tmp_path: Path) -> None:
+    public = blobs(32)
+    train_prior(tiny_cfg(epochs=1), public, tmp_path, CPU, seed=0)
+    assert train_prior(tiny_cfg(epochs=1), public, tmp_path, CPU, seed=0).epochs_run == 0
+    assert train_prior(tiny_cfg(epochs=1), public, tmp_path, CPU, seed=1).epochs_run == 1  # other seed
+    assert train_prior(tiny_cfg(epochs=1, lr=1e-3), public, tmp_path, CPU, seed=1).epochs_run == 1
+    assert train_prior(tiny_cfg(epochs=1, lr=1e-3), blobs(32, seed=5), tmp_path, CPU, seed=1).epochs_run == 1
+
+
+def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    steps_per_epoch, augments_per_step = 64 // TINY["batch_size"], 3
+
+    def poisoned(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        calls["n"] += 1
+        out = diff_augment(x, gen)
+        return out * float("nan") if calls["n"] > steps_per_epoch * augments_per_step else out
+
+    monkeypatch.setattr(prior_training, "diff_augment", poisoned)
+    with pytest.raises(DivergenceError, match="prior.lr"):
+        train_prior(tiny_cfg(epochs=3), blobs(), tmp_path, CPU, seed=0)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "prior.pt").exists()
+
+
+def test_huge_learning_rate_diverges(tmp_path: Path) -> None:
+    with pytest.raises(DivergenceError):
+        train_prior(tiny_cfg(lr=1e30), blobs(), tmp_path, CPU, seed=0)
+
+
+@pytest.mark.parametrize("public, batch_size, match", [
+    (None, 16, "public images"),
+    (blobs(8), 16, "prior.batch_size"),
+    (ImageSet(torch.zeros(32, 3, 16, 8, dtype=torch.uint8), torch.zeros(32)), 16, "square"),
+    (blobs(32, size=24), 16, "power-of-two"),
+])
+def test_bad_public_set_is_a_user_error(public, batch_size: int, match: str, tmp_path: Path) -> None:
+    with pytest.raises(LsmiaError, match=match):
+        train_prior(tiny_cfg(batch_size=batch_size), public, tmp_path, CPU, seed=0)
+
+
+class TinyImageNet(nn.Module):
+    """Latents [N, 8] -> tanh images [N, 3, 8, 8]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3 * 8 * 8)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(3.0 * self.fc(z)).view(-1, 3, 8, 8)
+
+
+class NotAnImageNet(nn.Module):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * 2.0
+
+
+def _scripted(module: nn.Module, path: Path, trace: bool = False) -> Path:
+    torch.manual_seed(0)
+    scripted = torch.jit.trace(module, torch.randn(2, 8)) if trace else torch.jit.script(module)
+    scripted.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("trace", [False, True])
+def test_torchscript_prior_maps_declared_range_to_unit_interval(tmp_path: Path, trace: bool) -> None:
+    module = TinyImageNet()
+    path = _scripted(module, tmp_path / "g.pt", trace)
+    prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8, output_range=(-1.0, 1.0)), None)
+    assert isinstance(prior, TorchScriptPrior) and (prior.latent_dim, prior.image_size) == (8, 8)
+    z = prior.sample_latents(6, torch.Generator().manual_seed(0))
+    images = prior(z)
+    assert images.shape == (6, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+    expected = (torch.jit.load(str(path))(z) + 1) / 2
+    torch.testing.assert_close(images, expected)
+    assert images.min() < 0.1 and images.max() > 0.9  # the whole declared range is used
+
+
+def test_torchscript_prior_clamps_outside_declared_range(tmp_path: Path) -> None:
+    path = _scripted(TinyImageNet(), tmp_path / "g.pt")
+    prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8, output_range=(0.0, 1.0)), None)
+    images = prior(torch.randn(6, 8))
+    assert images.min() == 0.0 and images.max() <= 1.0  # tanh outputs below 0 are clamped
+
+
+def test_torchscript_wrong_latent_dim_names_the_fix(tmp_path: Path) -> None:
+    path = _scripted(TinyImageNet(), tmp_path / "g.pt")
+    with pytest.raises(LsmiaError, match="prior.latent_dim"):
+        load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=5), None)
+
+
+def test_torchscript_non_image_output_is_a_user_error(tmp_path: Path) -> None:
+    path = _scripted(NotAnImageNet(), tmp_path / "g.pt")
+    with pytest.raises(LsmiaError, match=r"not float images \[N, 3, S, S\]"):
+        load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8), None)
+
+
+def test_missing_or_foreign_files_are_user_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a model")
+    with pytest.raises(LsmiaError, match="does not exist"):
+        load_prior(PriorConfig(kind="torchscript", path=tmp_path / "none.pt", latent_dim=8), None)
+    with pytest.raises(LsmiaError, match="prior.path"):
+        load_prior(PriorConfig(kind="torchscript", latent_dim=8), None)
+    with pytest.raises(LsmiaError, match="not a TorchScript file"):
+        load_prior(PriorConfig(kind="torchscript", path=junk, latent_dim=8), None)
+    with pytest.raises(LsmiaError, match="does not exist: run 'lsmia train-prior'"):
+        load_prior(PriorConfig(), tmp_path / "none.pt")
+    with pytest.raises(LsmiaError, match="lsmia train-prior"):
+        load_prior(PriorConfig(), None)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(LsmiaError, match="not an lsmia DCGAN prior"):
+        load_prior(PriorConfig(), tmp_path / "other.pt")
+    with pytest.raises(LsmiaError, match="high > low"):
+        load_prior(PriorConfig(kind="torchscript", path=junk, latent_dim=8, output_range=(1.0, -1.0)), None)

@@ -1,0 +1,176 @@
+"""The HTML study report: figures, tables with the right means and intervals, atomic replacement, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_face_data
+from lsmia import report
+from lsmia.errors import LsmiaError
+from lsmia.models.classifiers import build_classifier, save_classifier
+from lsmia.paths import StudyPaths
+from lsmia.pipeline import data_summary
+from lsmia.utils import save_json
+from lsmia.visualize import save_png
+
+ALPHAS = (-0.05, 0.0, 0.1)
+SEEDS = (0, 1)
+T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom (tables)
+T_975_DF2 = 4.302652729749464
+
+
+def fake_metrics(alpha: float, seed: int, attributes: bool = True) -> dict[str, float]:
+    row = {"alpha": alpha, "seed": seed, "test_acc": 0.8 - alpha + 0.03 * seed, "train_acc": 0.99,
+           "ece": 0.05 + alpha, "mean_confidence": 0.9 - alpha, "mean_logit_norm": 10.0 - 20 * alpha,
+           "final_acc1": 0.6 + 2 * alpha - 0.1 * seed, "final_acc5": 0.9 + alpha, "all_acc1": 0.4, "all_acc5": 0.7,
+           "delta_eval": 50.0 - 100 * alpha + seed, "fid_eval_features": 30.0 + seed, "precision": 0.5,
+           "recall": 0.4, "density": 0.6, "coverage": 0.3, "xi": 0.5 + alpha, "num_targets": 4.0,
+           "train_seconds": 1.5, "evaluate_seconds": 0.5}
+    if attributes:
+        row.update(attribute_acc=0.7 + alpha, attribute_chance=0.4, attribute_acc_real=0.9)
+    return row
+
+
+def make_study(root: Path, attributes: bool = True) -> StudyPaths:
+    paths = StudyPaths(root)
+    data = make_face_data()
+    data.save(paths.data_file)
+    save_json(data_summary(data), paths.data_summary)
+    for alpha in ALPHAS:
+        for seed in SEEDS:
+            torch.manual_seed(seed)
+            model = build_classifier("smallresnet", 4, 16, width=4)
+            with torch.no_grad():
+                model.head.weight.mul_(1.0 - 5 * alpha)  # distinct logit scales per alpha
+            save_classifier(model, paths.target_dir(alpha, seed) / "model.pt")
+            save_json(fake_metrics(alpha, seed, attributes), paths.metrics_file(alpha, seed))
+            save_png(torch.rand(6, 3, 16, 16), paths.attack_dir(alpha, seed) / "reconstructions.png", nrow=3)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[StudyPaths, Path]:
+    paths = make_study(tmp_path_factory.mktemp("study") / "out")
+    index = report.write_report(paths, paths.report_dir, torch.device("cpu"), title="test study")
+    return paths, index
+
+
+def test_every_figure_is_written_linked_and_embedded(built):
+    paths, index = built
+    page = index.read_text()
+    names = {p.name for p in index.parent.glob("*.png")}
+    expected = {"accuracy.png", "leakage.png", "tradeoff.png", "distributions.png"} | {
+        f"reconstructions_alpha{a:g}_seed{s}.png" for a in ALPHAS for s in SEEDS}
+    assert names == expected
+    for name in names:
+        png = (index.parent / name).read_bytes()
+        assert png.startswith(b"\x89PNG")
+        assert f"href='{name}'" in page
+        assert "data:image/png;base64," + base64.b64encode(png).decode() in page
+    copied = (index.parent / "reconstructions_alpha0.1_seed1.png").read_bytes()
+    assert copied == (paths.attack_dir(0.1, 1) / "reconstructions.png").read_bytes()
+    assert page.count("left: real training images, right: reconstructions") == len(ALPHAS)
+    assert "test study" in page and "<td>4</td>" in page  # title, number of classes from summary.json
+
+
+def test_summary_table_has_hand_computed_mean_and_interval(built):
+    _, index = built
+    v0, v1 = (fake_metrics(0.1, s)["test_acc"] for s in SEEDS)
+    mean, half_width = (v0 + v1) / 2, T_975_DF1 * abs(v0 - v1) / 2  # sem of two values = |v0 - v1| / 2
+    assert report.format_mean_ci(mean, half_width) in index.read_text()
+    summary = {s["alpha"]: s for s in report.aggregate(report.collect_metrics(built[0].metrics_dir))}
+    stat = summary[0.1]["metrics"]["test_acc"]
+    assert stat["mean"] == pytest.approx(mean) and stat["ci95"] == pytest.approx(half_width) and stat["n"] == 2
+    assert summary[0.1]["seeds"] == [0, 1]
+
+
+def test_mean_ci_of_three_values_and_single_value():
+    mean, half_width, n = report.mean_ci([1.0, 2.0, 3.0, math.nan])
+    assert (mean, n) == (2.0, 3) and half_width == pytest.approx(T_975_DF2 / math.sqrt(3))
+    mean, half_width, n = report.mean_ci([0.25])
+    assert (mean, n) == (0.25, 1) and math.isnan(half_width)
+
+
+def test_mean_and_interval_are_rounded_to_the_interval_precision():
+    assert report.format_mean_ci(0.83481, 0.036312) == "0.835 ± 0.036"
+    assert report.format_mean_ci(41.234, 4.597) == "41.2 ± 4.6"
+    assert report.format_mean_ci(123.4, 45.6) == "123 ± 46"
+    assert report.format_mean_ci(0.99, 0.0) == "0.99 ± 0"
+    assert report.format_mean_ci(0.25, math.nan) == "0.25"
+    assert report.mean_ci([0.99, 0.99, 0.99])[1] == 0.0  # not 3e-16 of rounding noise
+
+
+def test_raw_table_lists_every_run(built):
+    page = built[1].read_text()
+    raw = page[page.index("Raw metrics per run"):]
+    assert len(re.findall(r"<tr><th>[-0-9.]+</th><th>\d</th>", raw)) == len(ALPHAS) * len(SEEDS)
+    assert f"<td>{fake_metrics(-0.05, 1)['delta_eval']:.4g}</td>" in raw
+
+
+def test_confidence_and_logit_norm_per_alpha(built):
+    paths, _ = built
+    outputs = report.private_test_outputs(paths, report.collect_metrics(paths.metrics_dir), torch.device("cpu"))
+    n_test = len(make_face_data().test)
+    assert list(outputs) == list(ALPHAS)
+    for values in outputs.values():
+        assert values["confidence"].shape == values["logit_norm"].shape == (len(SEEDS) * n_test,)
+        assert ((values["confidence"] >= 0.25 - 1e-6) & (values["confidence"] <= 1.0)).all()
+    # head weights scaled by (1 - 5 alpha) with the same seeds: logit norms shrink as alpha grows
+    norms = [outputs[a]["logit_norm"].mean() for a in ALPHAS]
+    assert norms[0] > norms[1] > norms[2]
+
+
+def test_missing_attribute_keys_and_files_are_tolerated(tmp_path):
+    paths = make_study(tmp_path / "out", attributes=False)
+    row = fake_metrics(0.0, 0, attributes=False)
+    save_json({**row, "attribute_acc": 0.75}, paths.metrics_file(0.0, 0))  # one seed of one alpha only
+    (paths.attack_dir(0.1, 1) / "reconstructions.png").unlink()
+    summary = {s["alpha"]: s for s in report.aggregate(report.collect_metrics(paths.metrics_dir))}
+    assert "attribute_acc" not in summary[0.1]["metrics"]
+    assert summary[0.0]["metrics"]["attribute_acc"] == {"mean": 0.75, "ci95": pytest.approx(math.nan, nan_ok=True),
+                                                          "n": 1}
+    page = report.write_report(paths, tmp_path / "report", torch.device("cpu")).read_text()
+    assert "0.75 <small>(n = 1)</small>" in page and "n/a" in page
+    assert "no reconstruction grid for: alpha 0.1, seed 1" in page
+    assert "attribute_chance" not in page
+
+
+def test_empty_or_missing_metrics_dir_is_a_one_line_error(tmp_path):
+    paths = StudyPaths(tmp_path / "out")
+    with pytest.raises(LsmiaError, match=r"no metrics files in .*metrics: run 'lsmia evaluate' \(or dvc repro\) first"):
+        report.write_report(paths, tmp_path / "report", torch.device("cpu"))
+    paths.metrics_dir.mkdir(parents=True)
+    with pytest.raises(LsmiaError, match="no metrics files"):
+        report.collect_metrics(paths.metrics_dir)
+    assert not (tmp_path / "report").exists()
+
+
+def test_metrics_file_without_alpha_is_an_error(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"test_acc": 0.5}))
+    with pytest.raises(LsmiaError, match="no numeric alpha and seed"):
+        report.collect_metrics(tmp_path)
+
+
+def test_failed_rebuild_keeps_the_previous_report(tmp_path, monkeypatch):
+    paths = make_study(tmp_path / "out")
+    index = report.write_report(paths, tmp_path / "report", torch.device("cpu"))
+    before = index.read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(report, "plot_leakage", broken)
+    with pytest.raises(RuntimeError):
+        report.write_report(paths, tmp_path / "report", torch.device("cpu"), title="never written")
+    assert index.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "report"]  # no staging folders left
+    monkeypatch.undo()
+    report.write_report(paths, tmp_path / "report", torch.device("cpu"), title="rebuilt")
+    assert "rebuilt" in index.read_text()

@@ -1,0 +1,364 @@
+"""lsmia.tracking against a real MLflow sqlite store in a temporary folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from lsmia.config import Config
+from lsmia.models.classifiers import build_classifier
+from lsmia.tracking import (
+    NullTracker,
+    Tracker,
+    find_run,
+    flatten_config,
+    image_array,
+    project_root,
+    start_tracking,
+    tracking_uri,
+)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module: creating its tables takes several seconds."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    MlflowClient(uri).search_experiments()  # creates the tables once
+    return uri
+
+
+@pytest.fixture
+def store(store_uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MlflowClient:
+    monkeypatch.chdir(tmp_path)  # mlflow's cwd-relative defaults (./mlruns) must not touch the checkout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    return MlflowClient(store_uri)
+
+
+@pytest.fixture
+def experiment() -> str:
+    """A fresh experiment name per test, so searches never see another test's runs."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def small_config() -> dict:
+    config = Config().to_dict()
+    config["attack"]["steps"] = 7
+    config["target"]["smoothing"]["alpha"] = -0.05
+    return config
+
+
+def track(experiment: str, stage: str = "train_target", **kwargs) -> Tracker:
+    options = dict(run_name=f"{stage}-run", config=small_config(), tags={"role": "target"}, experiment=experiment)
+    options.update(kwargs)
+    tracker = start_tracking(True, stage, **options)
+    assert isinstance(tracker, Tracker)
+    return tracker
+
+
+def test_default_uri_is_absolute_sqlite_under_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "params.yaml").write_text("run: {}\n")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "sub" / "deeper")
+    assert project_root() == tmp_path.resolve()
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_uri().startswith("sqlite:////")  # four slashes: an absolute path
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "sub"))
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'sub').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/mlflow.db")
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'sub').resolve()}/runs/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_uri() == "http://tracking.example:5000"
+
+
+def test_flatten_config_dots_keys_and_clips_long_values() -> None:
+    flat = flatten_config({"attack": {"steps": 5, "betas": (0.1, 0.1)}, "note": "x" * 7000, "path": None})
+    assert flat["attack.steps"] == "5"
+    assert flat["attack.betas"] == "[0.1, 0.1]"
+    assert flat["path"] == "None"
+    assert len(flat["note"]) == 6000 and flat["note"].endswith("...")
+
+
+def test_run_records_tags_params_metrics_and_config(store: MlflowClient, store_uri: str, experiment: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_STAGE", "train_target@-0.05")
+    monkeypatch.setenv("DVC_ROOT", str(Path(__file__).resolve().parents[1]))  # the lsmia git checkout
+    with track(experiment, tags={"role": "target", "extra": "yes"}) as tracker:
+        for step, loss in enumerate([2.0, 1.5, 1.25]):
+            tracker.log_metrics({"train/loss": loss, "train/acc": 0.1 * step}, step=step)
+        tracker.set_tags({"note": "done"})
+    run = store.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "train_target-run"
+    tags = run.data.tags
+    assert tags["stage"] == "train_target" and tags["role"] == "target" and tags["extra"] == "yes"
+    assert tags["alpha"] == "-0.05" and tags["seed"] == "0" and tags["dataset"] == "builtin"
+    assert tags["dvc_stage"] == "train_target@-0.05" and tags["note"] == "done"
+    assert len(tags["git_commit"]) == 40
+    assert run.data.params["attack.steps"] == "7"
+    assert run.data.params["target.milestones"] == "[0.75, 0.9]"
+    history = store.get_metric_history(tracker.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.25)]
+    config_path = mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="config.json",
+                                                      tracking_uri=store_uri)
+    assert json.loads(Path(config_path).read_text())["attack"]["steps"] == 7
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.stage = 'train_target'")
+    assert list(runs["run_id"]) == [tracker.run_id]
+
+
+def test_artifacts_live_beside_the_sqlite_store(store: MlflowClient, store_uri: str, experiment: str) -> None:
+    with track(experiment) as tracker:
+        pass
+    location = store.get_experiment_by_name(experiment).artifact_location
+    expected = Path(store_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment
+    assert location.removeprefix("file://") == str(expected)
+    assert (expected / tracker.run_id / "artifacts" / "config.json").exists()
+
+
+def test_logged_model_loads_back_and_is_registered(store: MlflowClient, experiment: str) -> None:
+    model = build_classifier("smallresnet", num_classes=4, image_size=16, width=4)
+    model.train()  # logging must export eval-mode behaviour without changing the caller's model
+    name = f"target-{experiment}"
+    with track(experiment) as tracker:
+        model_uri = tracker.log_model(model, "target", input_example=torch.rand(1, 3, 16, 16),
+                                      registered_name=name, registry_tags={"alpha": -0.05, "seed": 0})
+    assert model.training
+    assert tracker.model_format == {"target": "pt2"}
+    loaded = mlflow.pytorch.load_model(f"models:/{name}/1")
+    images = torch.rand(5, 3, 16, 16)  # batch 5: the batch dimension stayed dynamic
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model.eval()(images), atol=1e-5)
+    version = store.get_model_version(name, "1")
+    assert version.tags == {"alpha": "-0.05", "seed": "0"}
+    assert version.run_id == tracker.run_id and version.source == model_uri
+    assert store.get_run(tracker.run_id).data.tags[f"lsmia.registered.{name}"] == "1"
+
+
+def live(store: MlflowClient, model_id: str) -> bool:
+    try:
+        store.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def test_model_that_cannot_be_exported_falls_back_to_pickle(store: MlflowClient, experiment: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    class DataDependent(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x  # data-dependent control flow: torch.export refuses it
+
+    with pytest.warns(RuntimeWarning, match="exporting model branchy as pt2"), track(experiment) as tracker:
+        model_uri = tracker.log_model(DataDependent(), "branchy", input_example=torch.ones(2, 3))
+    assert tracker.model_format == {"branchy": "pickle"}
+    assert store.get_run(tracker.run_id).data.tags["lsmia.model_format.branchy"] == "pickle"
+    outputs = store.get_run(tracker.run_id).outputs.model_outputs
+    assert [f"models:/{output.model_id}" for output in outputs if live(store, output.model_id)] == [model_uri]
+    assert len(outputs) == 2  # the failed pt2 attempt's model is deleted, its link to the run stays
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    loaded = mlflow.pytorch.load_model(model_uri)
+    assert torch.equal(loaded(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+
+
+def test_images_artifacts_dicts_and_links(store: MlflowClient, experiment: str, tmp_path: Path) -> None:
+    with track(experiment, stage="train_target") as target:
+        pass
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.txt").write_text("ok\n")
+    with track(experiment, stage="attack") as attack:
+        attack.log_image(torch.rand(6, 3, 8, 8), "images/grid.png")
+        attack.log_image(torch.rand(3, 8, 8), "images/single.png")
+        attack.log_artifact(report / "summary.txt")
+        attack.log_artifact(report, "report")
+        attack.log_dict({"accuracy": 0.5}, "metrics/final.json")
+        attack.link("target_training", target.run_id)
+    listed = {a.path for a in store.list_artifacts(attack.run_id, "images")}
+    assert listed == {"images/grid.png", "images/single.png"}
+    assert {a.path for a in store.list_artifacts(attack.run_id)} >= {"summary.txt", "report", "metrics", "config.json"}
+    tags = store.get_run(attack.run_id).data.tags
+    assert tags["lsmia.link.target_training"] == target.run_id
+    assert f"runs/{target.run_id})" in tags["mlflow.note.content"]
+    assert "[train_target-run]" in tags["mlflow.note.content"]
+
+
+def test_image_array_tiles_a_batch_into_a_uint8_grid() -> None:
+    grid = image_array(torch.ones(4, 3, 8, 8))
+    assert grid.shape == (2 + 2 * 10, 2 + 2 * 10, 3)  # 2x2 tiles, 2 px padding
+    assert grid.dtype.name == "uint8" and grid.max() == 255
+
+
+def test_find_run_returns_latest_finished_run_with_tags(store: MlflowClient, experiment: str) -> None:
+    tags = {"role": "target", "alpha": "0.1"}
+    with track(experiment, tags=tags) as first:
+        pass
+    with track(experiment, tags=tags) as second:
+        pass
+    with pytest.raises(ValueError), track(experiment, tags=tags):
+        raise ValueError("a failed run is never linked")
+    with track(experiment, tags={"role": "target", "alpha": "0.0"}):
+        pass
+    assert first.run_id != second.run_id
+    assert find_run(experiment, tags) == second.run_id
+    assert find_run(experiment, {"role": "target", "alpha": "-0.1"}) is None
+    assert find_run("no-such-experiment", tags) is None
+
+
+def test_stage_run_nests_under_mlflow_run_parent(store: MlflowClient, experiment: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    parent_experiment = store.create_experiment(f"{experiment}-project", artifact_location=str(tmp_path / "project"))
+    parent = store.create_run(parent_experiment, run_name="mlflow-run-entry")
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
+    with track(experiment, stage="train_target") as first:
+        pass
+    with track(experiment, stage="attack") as second:  # the env survives the first stage's end_run
+        pass
+    for child in (first, second):
+        run = store.get_run(child.run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.experiment_id == parent_experiment  # so the UI shows the nesting
+    assert store.get_run(parent.info.run_id).info.status == "RUNNING"  # mlflow run ends it, not us
+    assert find_run(experiment, {"stage": "attack"}) == second.run_id  # found via the parent
+
+
+def test_parent_run_id_nests_a_sweep_worker(store: MlflowClient, experiment: str) -> None:
+    with track(experiment, stage="sweep") as study:
+        with track(experiment, stage="train_target", parent_run_id=study.run_id) as worker:
+            pass
+    assert store.get_run(worker.run_id).data.tags["mlflow.parentRunId"] == study.run_id
+    assert store.get_run(study.run_id).info.status == "FINISHED"
+
+
+def test_block_exception_marks_run_failed_and_propagates(store: MlflowClient, experiment: str) -> None:
+    with pytest.raises(RuntimeError, match="diverged"):
+        with track(experiment) as tracker:
+            tracker.log_metrics({"loss": 1.0}, step=0)
+            raise RuntimeError("diverged")
+    assert store.get_run(tracker.run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize("uri", ["bogus-scheme://nowhere", "sqlite:////proc/no/such/dir/mlflow.db",
+                                 "http://127.0.0.1:9"])
+def test_broken_tracking_uri_only_warns(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    results = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        started = time.monotonic()
+        with start_tracking(True, "attack", "r", small_config(), {}) as tracker:
+            for step in range(3):
+                tracker.log_metrics({"loss": 1.0}, step=step)
+                results.append(step)
+            tracker.log_model(torch.nn.Linear(2, 2), "m", torch.rand(2, 2))
+            tracker.log_image(torch.rand(3, 4, 4), "x.png")
+            tracker.link("target_training", "abc")
+        assert time.monotonic() - started < 10
+    assert results == [0, 1, 2]
+    assert tracker.run_id is None
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and messages[0].startswith("MLflow tracking: starting the run failed")
+    assert "\n" not in messages[0]
+    with pytest.warns(RuntimeWarning, match="searching for a run failed"):
+        assert find_run("lsmia", {"stage": "x"}) is None
+
+
+def test_failing_log_call_warns_once_and_the_stage_goes_on(store: MlflowClient, experiment: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with track(experiment) as tracker:
+            for step in range(5):
+                tracker.log_metrics({"loss": "not a number"}, step=step)  # type: ignore[dict-item]
+            tracker.log_metrics({"loss": 0.5}, step=5)
+    failures = [w for w in caught if "logging metrics failed" in str(w.message)]
+    assert len(failures) == 1
+    assert [m.value for m in store.get_metric_history(tracker.run_id, "loss")] == [0.5]
+
+
+def test_lost_server_turns_tracking_off_without_waiting(store: MlflowClient, experiment: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    dead = "http://127.0.0.1:9"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with track(experiment) as tracker:
+            tracker.log_metrics({"loss": 1.0}, step=0)
+            tracker.uri, tracker.client = dead, MlflowClient(dead)  # the server goes away mid-run
+            started = time.monotonic()
+            for step in range(1, 4):
+                tracker.log_metrics({"loss": 1.0}, step=step)
+            tracker.log_dict({"a": 1}, "a.json")
+            assert time.monotonic() - started < 10
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "tracking is off for the rest of this run" in messages[0]
+    assert mlflow.active_run() is None  # forgotten locally, no end_run against the dead server
+    assert [m.step for m in store.get_metric_history(tracker.run_id, "loss")] == [0]
+
+
+def test_system_metrics_are_sampled_in_a_short_run(store: MlflowClient, experiment: str) -> None:
+    with track(experiment, stage="attack", system_metrics=True) as tracker:
+        time.sleep(1.6)
+    metrics = store.get_run(tracker.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_system_metrics_without_psutil_only_warn(store: MlflowClient, experiment: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "psutil" else real_find_spec(name, *args))
+    with pytest.warns(RuntimeWarning, match="need psutil"):
+        with track(experiment, stage="attack", system_metrics=True) as tracker:
+            tracker.log_metrics({"loss": 1.0})
+    run = store.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and list(run.data.metrics) == ["loss"]
+
+
+def test_disabled_tracking_gives_a_null_tracker_that_does_nothing(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with start_tracking(False, "attack", "r", small_config(), {}) as tracker:
+        assert isinstance(tracker, NullTracker) and not isinstance(tracker, Tracker)
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        tracker.log_model(torch.nn.Linear(2, 2), "m", torch.rand(2, 2), registered_name="x")
+        tracker.log_image(torch.rand(3, 4, 4), "x.png")
+        tracker.log_artifact(tmp_path)
+        tracker.log_dict({}, "d.json")
+        tracker.set_tags({"a": 1})
+        tracker.link("target", "abc")
+        assert tracker.run_id is None
+    assert list(tmp_path.iterdir()) == []  # no store, no artifacts
+
+
+@pytest.mark.slow
+def test_default_store_lives_in_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    (tmp_path / "stage_dir").mkdir()
+    monkeypatch.chdir(tmp_path / "stage_dir")
+    with start_tracking(True, "attack", "r", small_config(), {}) as tracker:
+        tracker.log_metrics({"loss": 1.0})
+    assert (tmp_path / "mlflow.db").exists()
+    assert (tmp_path / "mlartifacts" / "lsmia" / tracker.run_id / "artifacts" / "config.json").exists()
+    assert list((tmp_path / "stage_dir").iterdir()) == []  # nothing lands in the stage's cwd
+    assert find_run("lsmia", {"stage": "attack"}) == tracker.run_id
