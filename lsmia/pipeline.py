@@ -128,7 +128,7 @@ def stage_evaluate(cfg: Config, data_file: Path, attack_file: Path, eval_file: P
     eval_model = load_classifier(eval_file, num_classes=data.num_classes, what="evaluation model").to(device)
     predictor = None
     if attribute_file is not None and attribute_file.exists():
-        predictor = load_attribute_predictor(attribute_file, device)
+        predictor = load_attribute_predictor(attribute_file).to(device)
     started = time.perf_counter()
     leakage = evaluate_attack(cfg.metrics, result, eval_model, data, device, seed=seed, attribute_predictor=predictor)
     target_metrics = load_json(target_dir / "metrics.json", what="target metrics")

@@ -50,6 +50,8 @@ class StageLog:
         if grid.exists():
             self.tracker.log_artifact(grid, "reconstructions")
         self.tracker.log_artifact(Path(out_dir) / "attack.pt", "attack")
+        if not self.cfg.run.tracking:
+            return
         train_run = find_run("lsmia", {"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)})
         if train_run:
             self.tracker.link("target_training", train_run)

@@ -86,7 +86,7 @@ def load_attribute_predictor(path: Path | str) -> AttributePredictor:
         predictor = AttributePredictor(ckpt["cardinality"], ckpt["image_size"], ckpt["width"])
         predictor.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError):
-        raise LsmiaError(f"{path} is not an lsmia attribute predictor: delete it and re-run 'lsmia evaluate'") from None
+        raise LsmiaError(f"{path} is not an lsmia attribute predictor: delete it and re-run 'lsmia train-attributes'") from None
     return predictor.eval()
 
 
