@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from lsmia.config import Config, load_config, parse_overrides
+from lsmia.config import Config, build_config, load_config, parse_overrides
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 
@@ -253,6 +253,35 @@ def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
     for row in result.metrics:
         typer.echo("\t".join(f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k))
                              for k in keys))
+
+
+StudyNameOpt = Annotated[Optional[str], typer.Option("--study-name", help="Study (default: sweep.study_name).")]
+TrialsOpt = Annotated[Optional[int], typer.Option("--n-trials", help="Total trial budget over all workers.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--n-workers", help="Worker processes on this machine.")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>).")]
+WorkerOpt = Annotated[bool, typer.Option(
+    "--worker", help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
+
+
+@app.command()
+@cli_errors
+def sweep(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+          study_name: StudyNameOpt = None, n_trials: TrialsOpt = None, n_workers: WorkersOpt = None,
+          storage: StorageOpt = None, worker: WorkerOpt = False, track: TrackOpt = None) -> None:
+    """Optuna search over label smoothing (alpha, warm-up) for the best accuracy-privacy trade-off."""
+    from lsmia import sweep as sweeps
+
+    overrides = {"sweep.study_name": study_name, "sweep.n_trials": n_trials, "sweep.n_workers": n_workers,
+                 "sweep.storage": storage}
+    cfg = resolve(params, sets, device, track=track)
+    if any(value is not None for value in overrides.values()):
+        cfg = build_config(cfg.to_dict(), {k: v for k, v in overrides.items() if v is not None}, source="command line")
+    if worker:
+        ran = sweeps.run_worker(cfg, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"worker done: {ran} trials run here")
+        return
+    sweeps.run_sweep(cfg, log=typer.echo)
 
 
 def main() -> None:

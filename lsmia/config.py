@@ -27,9 +27,9 @@ class DataConfig(Section):
     public_root: Path | None = None  # real data: image folder for the prior (e.g. FFHQ)
     image_size: int = Field(32, ge=8)
     num_identities: int = Field(50, ge=2)  # private identities (builtin) / top-N (celeba)
-    num_public_identities: int = Field(100, ge=1)  # builtin only
+    num_public_identities: int = Field(400, ge=1)  # builtin only: many identities so attributes generalise
     images_per_identity: int = Field(40, ge=2)  # builtin: private images per identity
-    public_images_per_identity: int = Field(40, ge=1)  # builtin
+    public_images_per_identity: int = Field(10, ge=1)  # builtin
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # PPA: 90/10
     split_seed: int = 42  # PPA: 42
     seed: int = 0  # builtin: rendering seed
@@ -85,7 +85,7 @@ class TargetConfig(ClassifierConfig):
 
 
 class EvalModelConfig(ClassifierConfig):
-    arch: str = "densenet_small"
+    arch: str = "smallvgg"  # a different architecture from the target (smallresnet), hard labels
 
 
 class PriorConfig(Section):
@@ -93,6 +93,7 @@ class PriorConfig(Section):
     path: Path | None = None  # torchscript: the exported generator
     latent_dim: int = Field(64, ge=1)  # torchscript: declared latent size
     output_range: tuple[float, float] = (-1.0, 1.0)  # torchscript: declared output range
+    center_crop: float = Field(1.0, gt=0.0, le=1.0)  # torchscript: central fraction kept (PPA: 800/1024 = 0.78125)
     width: int = Field(32, ge=8)  # 32 px: G ~0.3 M params, ~7 s per epoch of 4,000 images on one CPU thread
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -150,12 +151,49 @@ class StudyConfig(Section):
     seeds: list[int] = [0]
 
 
+class SweepConfig(Section):
+    """``lsmia sweep``: an Optuna search over the smoothing factor and its warm-up (see lsmia.sweep)."""
+
+    study_name: str = Field("smoothing", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    mode: Literal["pareto", "constrained"] = "pareto"  # constrained: min attack acc@1 s.t. test_acc >= min_test_acc
+    sampler: Literal["tpe", "grid", "random", "nsga2"] = "tpe"
+    n_trials: int = Field(20, ge=1)  # total over all workers and resumed runs
+    n_workers: int = Field(1, ge=1)  # processes on this machine
+    storage: str | None = None  # RDB (postgresql://, mysql://, sqlite://) or redis:// URL; None: journal file
+    alpha_low: float = -0.3
+    alpha_high: float = 0.3
+    schedules: list[Literal["constant", "reference", "linear"]] = ["linear"]
+    warmup_start_low: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_start_high: float = Field(0.9, ge=0.0, le=1.0)
+    min_test_acc: float = Field(0.5, ge=0.0, le=1.0)  # constrained mode: the accuracy floor
+    max_acc_drop: float = Field(0.05, ge=0.0, le=1.0)  # recommendation: allowed drop from the best test accuracy
+    prune: bool = True  # constrained mode: stop trials that cannot reach the floor
+    startup_trials: int = Field(5, ge=0)  # tpe: random trials before the model kicks in
+    population_size: int = Field(10, ge=2)  # nsga2
+    heartbeat_interval: int = Field(30, ge=1)  # seconds between a running trial's heartbeats
+    grace_period: int = Field(120, ge=2)  # seconds without heartbeat before a running trial is failed and retried
+    max_retry: int = Field(2, ge=0)  # retries of a trial whose worker was lost
+    log_models: bool = True  # log each trial's target model to its MLflow run
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SweepConfig":
+        if not self.alpha_low < self.alpha_high <= 1.0:
+            raise ValueError("need alpha_low < alpha_high <= 1")
+        if self.warmup_start_low > self.warmup_start_high:
+            raise ValueError("warmup_start_low must be <= warmup_start_high")
+        if not self.schedules:
+            raise ValueError("schedules must name at least one of constant, reference, linear")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("grace_period must be longer than heartbeat_interval")
+        return self
+
+
 class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     threads: int = Field(0, ge=0)  # 0: torch's default
     out_dir: Path = Path("out")
-    tracking: bool = False
+    tracking: bool = True  # MLflow; the library itself never tracks, only the CLI stages
 
 
 class Config(Section):
@@ -167,6 +205,7 @@ class Config(Section):
     attack: AttackConfig = AttackConfig()
     metrics: MetricsConfig = MetricsConfig()
     study: StudyConfig = StudyConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -228,7 +228,7 @@ class Tracker(NullTracker):
 
     def __init__(self, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
                  experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-                 system_metrics: bool = False) -> None:
+                 system_metrics: bool = False, resume_run_id: str | None = None) -> None:
         self.stage, self.experiment = stage, experiment
         self._run_id: str | None = None
         self._active = False  # logging calls go through
@@ -239,6 +239,9 @@ class Tracker(NullTracker):
         self._links: list[str] = []
         self._outer_run_env = os.environ.get("MLFLOW_RUN_ID")
         try:
+            if resume_run_id:
+                self._resume(resume_run_id, system_metrics)
+                return  # a resumed run keeps the params it was created with (mlflow params are immutable)
             self._start(run_name, config, tags, parent_run_id, system_metrics)
         except Exception as err:
             self._warn("starting the run", err)
@@ -277,6 +280,20 @@ class Tracker(NullTracker):
         self._run_id, self.experiment_id = run.info.run_id, experiment_id
         # nested=True: a run already active in this process (e.g. a study parent) must not block ours
         mlflow.start_run(run_id=self._run_id, nested=True, log_system_metrics=_system_metrics_ready(system_metrics))
+        self._active = self._open = True
+
+    def _resume(self, run_id: str, system_metrics: bool) -> None:
+        """Reopen an existing run (e.g. a sweep's parent run when the sweep is resumed)."""
+        import mlflow
+
+        self.uri = tracking_uri()
+        _check_server(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = mlflow.MlflowClient(self.uri)
+        run = self.client.get_run(run_id)
+        mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=_system_metrics_ready(system_metrics))
+        # set only once reopened: a failed resume must not mark someone else's run FAILED
+        self._run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         self._active = self._open = True
 
     def _parent_run(self, parent_id: str | None) -> Any:
@@ -567,16 +584,17 @@ def _system_metrics_ready(wanted: bool) -> bool:
 
 def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
                    experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-                   system_metrics: bool = False) -> Tracker | NullTracker:
+                   system_metrics: bool = False, resume_run_id: str | None = None) -> Tracker | NullTracker:
     """Start one MLflow run for a stage run (use it as a context manager), or a NullTracker when off.
 
     Inside ``mlflow run`` (MLFLOW_RUN_ID) or with ``parent_run_id`` the run is a nested child,
-    created in its parent's experiment so the MLflow UI shows the nesting.
+    created in its parent's experiment so the MLflow UI shows the nesting. ``resume_run_id`` reopens
+    that existing run instead of creating one.
     """
     if not enabled:
         return NullTracker()
     return Tracker(stage, run_name, config, tags, experiment=experiment, parent_run_id=parent_run_id,
-                   system_metrics=system_metrics)
+                   system_metrics=system_metrics, resume_run_id=resume_run_id)
 
 
 def find_run(experiment: str, tags: Mapping[str, Any], parent_run_id: str | None = None) -> str | None:

@@ -122,7 +122,8 @@ class DCGANPrior(Prior):
 class TorchScriptPrior(Prior):
     """A user-exported TorchScript generator mapping latents [N, latent_dim] to images in ``output_range``."""
 
-    def __init__(self, path: Path, latent_dim: int, output_range: tuple[float, float]) -> None:
+    def __init__(self, path: Path, latent_dim: int, output_range: tuple[float, float],
+                 center_crop: float = 1.0) -> None:
         super().__init__()
         low, high = float(output_range[0]), float(output_range[1])
         if not high > low:
@@ -131,7 +132,9 @@ class TorchScriptPrior(Prior):
         for param in self.module.parameters():  # ScriptModules lack requires_grad_()
             param.requires_grad_(False)
         self.latent_dim, self.low, self.high = latent_dim, low, high
-        self.image_size = self._probe(path)
+        self.full_size = self._probe(path)
+        self.crop = max(1, round(self.full_size * center_crop))  # PPA keeps the central 800 px of 1024
+        self.image_size = self.crop
 
     def train(self, mode: bool = True) -> "TorchScriptPrior":
         super().train(mode)
@@ -156,6 +159,9 @@ class TorchScriptPrior(Prior):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.module(z).float()
+        if self.crop < self.full_size:
+            start = (self.full_size - self.crop) // 2
+            out = out[..., start:start + self.crop, start:start + self.crop]
         return ((out - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
 
 
@@ -193,7 +199,7 @@ def load_prior(cfg: PriorConfig, checkpoint: Path | None) -> Prior:
     if cfg.kind == "torchscript":
         if cfg.path is None:
             raise LsmiaError("prior.kind is 'torchscript' but prior.path is not set: set prior.path to the exported file")
-        return TorchScriptPrior(Path(cfg.path), cfg.latent_dim, cfg.output_range)
+        return TorchScriptPrior(Path(cfg.path), cfg.latent_dim, cfg.output_range, cfg.center_crop)
     if checkpoint is None:
         raise LsmiaError("the DCGAN prior needs the checkpoint written by 'lsmia train-prior': run that stage first")
     return load_dcgan_prior(checkpoint)

@@ -85,14 +85,14 @@ def _loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, alpha: float, aux
 
 
 def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSet, cfg: ClassifierConfig,
-               alpha: float, device: torch.device, gen: torch.Generator, show_progress: bool) -> dict[str, float]:
+               alpha: float, device: torch.device, gen: torch.Generator) -> dict[str, float]:
     model.train()
     order = torch.randperm(len(train), generator=gen)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     batches = [b for b in batches if len(b) > 1]  # BatchNorm cannot train on a single sample
     total_loss, correct, seen = 0.0, 0, 0
     aug = cfg.augment
-    for index in (progress(batches, desc="batches") if show_progress else batches):
+    for index in batches:
         x = train.images[index].to(device, non_blocking=True).float().div_(255.0)
         y = train.labels[index].to(device, non_blocking=True)
         x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)
@@ -151,9 +151,10 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         gen.set_state(state["generator"])
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
     started = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
+    epochs = range(start_epoch, cfg.epochs)
+    for epoch in (progress(epochs, desc="epochs") if show_progress else epochs):
         alpha = alpha_at(smoothing, epoch, cfg.epochs) if smoothing else 0.0
-        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, show_progress and epoch == start_epoch)
+        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         test_logits = predict_logits(model, data.test.images, device)

@@ -1,0 +1,826 @@
+"""``lsmia sweep``: an Optuna search for the best accuracy-privacy trade-off of label smoothing.
+
+Each trial trains one target with a sampled smoothing factor and warm-up, attacks it with PPA and
+evaluates the leakage. The prior, the evaluation model and the attribute predictor are the study's
+(DVC outputs under ``run.out_dir``), trained once and shared by every trial; a missing one is an error
+telling the user to build it: the sweep never trains them itself, so parallel workers cannot race to
+write them and DVC stays their only owner. Every trial uses ``run.seed`` (initialisation, data order,
+attack), so trials differ only in their smoothing. Outputs: ``out/sweep/<study>/trial_<n>/{target,attack}``.
+
+Modes (``sweep.mode``):
+
+- ``pareto``: two objectives, maximise the target's test accuracy and minimise attack acc@1.
+- ``constrained``: minimise attack acc@1 subject to test accuracy >= ``sweep.min_test_acc`` (a trial
+  constraint, ``Trial.set_constraint``: Optuna 5 deprecates the samplers' ``constraints_func``). Test
+  accuracy is reported per epoch, so a trial that cannot reach the floor is pruned (see
+  :class:`FloorPruner`), and a target that ends below the floor is not attacked at all.
+
+Sampler (``sweep.sampler``), default ``tpe``: multivariate TPE (``group=True`` for the conditional
+warm-up parameters). The search is low-dimensional (alpha, a schedule, two warm-up numbers) and each
+trial trains and attacks a model, so the budget is tens of trials: TPE models the objectives after
+``sweep.startup_trials`` random trials, whereas NSGA-II spends whole generations of
+``population_size`` trials (Optuna's default 50) before selection does anything. ``grid`` searches
+alpha only (evenly spaced points, one per trial, queued when the study is created; the schedule stays
+as configured in ``target.smoothing``), ``random`` is the baseline, ``nsga2`` suits large budgets.
+
+Search space: alpha in [alpha_low, alpha_high]; the schedule among ``sweep.schedules``; for a linear
+ramp that applies (alpha < 0, or ``negative_only`` off) ``warmup_start`` in [warmup_start_low,
+warmup_start_high] and ``warmup_fraction`` in [0, 1], with warmup_end = start + fraction * (1 - start),
+so end >= start by construction. A linear ramp with start = end = 0 is a constant schedule, so the
+default ``schedules: [linear]`` already covers constant smoothing.
+
+Storage: by default a journal file ``out/sweep/<study>/journal.log`` (several processes on this
+machine; ``optuna-dashboard`` reads it); ``sweep.storage`` / ``--storage`` takes an RDB URL
+(postgresql://, mysql://) or redis:// for workers on many machines. Re-running the same study resumes
+it and runs only what is left of ``sweep.n_trials``, a total over every worker and every run.
+
+Budget: trials are drawn with ask/tell in our own loop, so the budget check and ``ask`` happen under one
+lock (an flock in ``out/sweep/<study>/``, exact for every process of one machine; no lock spans machines,
+so workers on other machines sharing an RDB or Redis storage may overshoot by one trial each). A trial
+counts once it starts; a trial failed because its worker was lost and queued again does not count (its
+retry does).
+
+Faults: a diverging target (DivergenceError) is a FAILED trial with user attr ``fail_reason``; the
+study goes on. Optuna's heartbeat exists only for RDBStorage, so it is done here for every storage: a
+running trial records a heartbeat (a trial system attr) every ``heartbeat_interval`` s; before drawing a
+trial, a worker fails every RUNNING trial silent for ``grace_period`` s and queues its parameters again
+(at most ``max_retry`` times; system attrs ``failed_trial`` / ``retry_history`` as Optuna's
+RetryHeartbeatStaleTrialCallback writes them). Ctrl-C fails the running trial, queues it again and
+leaves the study resumable.
+
+MLflow (through lsmia.tracking only): one parent run per study, its id stored as study user attr so
+workers and resumed runs attach to it; one nested run per trial (its id in trial user attr
+``mlflow_run_id``) with the trial's config, both objectives, per-epoch training metrics, the model and
+the reconstructions. The summary (trials table, Pareto front PNG + HTML, recommendation) is written to
+``out/sweep/<study>/`` and, with tracking, logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import html
+import json
+import math
+import multiprocessing
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import optuna
+import torch
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config
+from lsmia.errors import DivergenceError, LsmiaError
+from lsmia.paths import StudyPaths
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+HEARTBEAT_ATTR = "lsmia:heartbeat"
+FAIL_REASON = "fail_reason"
+CONSTRAINT = "test_acc_floor"
+STAGE = "sweep"
+TABLE_KEYS = ("test_acc", "final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "ece")
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: Config) -> "SweepPaths":
+        return cls(Path(cfg.run.out_dir) / "sweep" / cfg.sweep.study_name)
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "budget.lock"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / f"trial_{number}"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.root / "trials.csv"
+
+    @property
+    def trials_md(self) -> Path:
+        return self.root / "trials.md"
+
+    @property
+    def pareto_png(self) -> Path:
+        return self.root / "pareto.png"
+
+    @property
+    def pareto_html(self) -> Path:
+        return self.root / "pareto.html"
+
+    @property
+    def recommendation(self) -> Path:
+        return self.root / "recommendation.json"
+
+
+@dataclass(frozen=True)
+class SharedModels:
+    """The study's models every trial reuses."""
+
+    data_file: Path
+    prior_file: Path | None
+    eval_file: Path
+    attribute_file: Path
+
+
+def shared_models(cfg: Config) -> SharedModels:
+    """The data, prior, eval model and attribute predictor of the study, or an LsmiaError naming the missing one."""
+    paths = StudyPaths(cfg.run.out_dir)
+    models = SharedModels(paths.data_file, paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None,
+                          paths.eval_dir / "model.pt", paths.attribute_dir / "predictor.pt")
+    # the attribute folder exists even for data without attributes (then it holds no predictor)
+    required = [models.data_file, models.prior_file, models.eval_file, paths.attribute_dir]
+    for path in (p for p in required if p is not None):
+        if not path.exists():
+            raise LsmiaError(f"the sweep reuses the study's data and models but {path} is missing: run "
+                             "`dvc repro data prior eval-model attributes` (or `lsmia study`) first")
+    return models
+
+
+# ---------------------------------------------------------------- storage
+
+
+def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
+    """A journal file (default), a Redis journal (redis://) or an RDB (sqlalchemy URL)."""
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
+
+    if not url:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            if url.startswith(("redis://", "rediss://")):
+                return JournalStorage(JournalRedisBackend(url))
+        if "://" not in url:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        return optuna.storages.RDBStorage(url)
+    except ImportError:
+        fix = "pip install redis" if url.startswith("redis") else \
+            "pip install its database driver (psycopg2-binary for PostgreSQL, pymysql for MySQL)"
+        raise LsmiaError(f"storage {redact(url)} needs a package that is not installed: {fix}") from None
+    except Exception as err:
+        raise LsmiaError(f"cannot open storage {redact(url)} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:150]}): check the URL and that the server is up") from None
+
+
+def redact(url: str | None) -> str:
+    """The storage URL without its password."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url) if url else "journal file"
+
+
+@contextlib.contextmanager
+def budget_lock(paths: SweepPaths) -> Iterator[None]:
+    """Serialises 'count the budget, then ask' between the processes of this machine (no lock spans
+    machines: see the module docstring)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- search space and samplers
+
+
+def directions(sweep: SweepConfig) -> list[str]:
+    return ["maximize", "minimize"] if sweep.mode == "pareto" else ["minimize"]
+
+
+def search_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
+    """The searched parameters, in words (logged as params of the parent run)."""
+    if sweep.sampler == "grid":
+        return {"alpha": f"grid of {sweep.n_trials} in [{sweep.alpha_low}, {sweep.alpha_high}]",
+                "schedule": f"fixed {base.schedule} ({base.warmup_start}-{base.warmup_end})"}
+    space = {"alpha": f"[{sweep.alpha_low}, {sweep.alpha_high}]", "schedule": ", ".join(sweep.schedules)}
+    if "linear" in sweep.schedules:
+        space["warmup_start"] = f"[{sweep.warmup_start_low}, {sweep.warmup_start_high}] (linear ramp only)"
+        space["warmup_end"] = "warmup_start + warmup_fraction * (1 - warmup_start), warmup_fraction in [0, 1]"
+    return space
+
+
+def suggest_smoothing(trial: optuna.Trial, sweep: SweepConfig, base: SmoothingConfig) -> SmoothingConfig:
+    """Sample the trial's smoothing; warm-up parameters only where the schedule uses them."""
+    alpha = trial.suggest_float("alpha", sweep.alpha_low, sweep.alpha_high)
+    if sweep.sampler == "grid":
+        return SmoothingConfig.model_validate({**base.model_dump(), "alpha": alpha})
+    schedule = trial.suggest_categorical("schedule", sweep.schedules) if len(sweep.schedules) > 1 \
+        else sweep.schedules[0]
+    start, end = base.warmup_start, base.warmup_end
+    if schedule == "linear" and (alpha < 0 or not base.negative_only):
+        start = trial.suggest_float("warmup_start", sweep.warmup_start_low, sweep.warmup_start_high)
+        fraction = trial.suggest_float("warmup_fraction", 0.0, 1.0)
+        end = min(1.0, start + fraction * (1.0 - start))
+    return SmoothingConfig.model_validate({**base.model_dump(), "alpha": alpha, "schedule": schedule,
+                                           "warmup_start": start, "warmup_end": end})
+
+
+def grid_alphas(sweep: SweepConfig) -> list[float]:
+    return [float(a) for a in np.linspace(sweep.alpha_low, sweep.alpha_high, sweep.n_trials)]
+
+
+def set_floor_constraint(trial: optuna.Trial, sweep: SweepConfig, test_acc: float) -> None:
+    """Constrained mode: feasible (<= 0) when the test accuracy reaches the floor.
+
+    Optuna 5 reads constraints from the trial (``Trial.set_constraint``); the samplers'
+    ``constraints_func`` is deprecated since 5.0.
+    """
+    if sweep.mode == "constrained":
+        trial.set_constraint(CONSTRAINT, sweep.min_test_acc - test_acc)
+
+
+class FloorPruner(optuna.pruners.BasePruner):
+    """Prune a trial whose test accuracy at some epoch is under the floor and below that of every trial
+    that went on to reach the floor (at least ``min_feasible`` of them): by precedent it cannot reach it.
+
+    MedianPruner does not fit: the reported value (test accuracy, higher is better) is not the
+    objective (attack acc@1, minimised), and a trial is only bad when it misses the floor.
+    """
+
+    def __init__(self, floor: float, min_feasible: int = 2) -> None:
+        self.floor, self.min_feasible = floor, min_feasible
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or trial.intermediate_values[step] >= self.floor:
+            return False
+        reached = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.user_attrs.get("test_acc", -1.0) >= self.floor and step in t.intermediate_values]
+        return len(reached) >= self.min_feasible and trial.intermediate_values[step] < min(reached)
+
+
+def make_sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE with the constant liar, so parallel workers do not all sample where the model looks best."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if sweep.sampler == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=sweep.startup_trials, seed=seed)
+        if sweep.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=sweep.population_size, seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)  # grid: the points are queued trials
+
+
+def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
+    if sweep.mode == "constrained" and sweep.prune:
+        return FloorPruner(sweep.min_test_acc)
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------- study
+
+
+def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed: int) -> optuna.Study:
+    """The study (created on first use, grid points queued); an LsmiaError when its mode differs."""
+    sweep = cfg.sweep
+    study = optuna.create_study(storage=storage, study_name=sweep.study_name, directions=directions(sweep),
+                                load_if_exists=True, sampler=make_sampler(sweep, seed), pruner=make_pruner(sweep))
+    wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+              for d in directions(sweep)]
+    if list(study.directions) != wanted:
+        raise LsmiaError(f"study '{sweep.study_name}' was created with directions "
+                         f"{[d.name.lower() for d in study.directions]}, not for mode '{sweep.mode}': "
+                         "pass another --study-name or the original sweep.mode")
+    if "mode" not in study.user_attrs:
+        study.set_user_attr("mode", sweep.mode)
+        study.set_user_attr("search_space", search_space(sweep, cfg.target.smoothing))
+        if sweep.sampler == "grid" and not study.trials:
+            for alpha in grid_alphas(sweep):
+                study.enqueue_trial({"alpha": alpha})
+    return study
+
+
+def load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed: int) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=cfg.sweep.study_name, storage=storage,
+                                 sampler=make_sampler(cfg.sweep, seed), pruner=make_pruner(cfg.sweep))
+    except KeyError:
+        raise LsmiaError(f"no study '{cfg.sweep.study_name}' in {redact(cfg.sweep.storage)}: start it with "
+                         "`lsmia sweep` (without --worker) first") from None
+
+
+def consumed_budget(trials: Sequence[FrozenTrial]) -> int:
+    """Trials started so far, minus failed ones whose parameters were queued again (their retry counts)."""
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state != TrialState.WAITING
+               and not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None) -> bool:
+    """Queue the trial's parameters again (Optuna's retry convention); False past ``max_retry``."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        return False
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+    return True
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, sweep: SweepConfig,
+                      log: Log) -> list[int]:
+    """Fail the RUNNING trials silent for ``grace_period`` s (their worker is gone) and queue them again."""
+    now, failed = time.time(), []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.system_attrs.get(HEARTBEAT_ATTR) or trial.datetime_start.timestamp()
+        if now - last <= sweep.grace_period:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, f"worker lost: no heartbeat for {now - last:.0f} s "
+                                                               f"(grace period {sweep.grace_period} s)")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # it finished, or another worker failed it first
+        retried = enqueue_retry(study, storage.get_trial(trial_id), sweep.max_retry)
+        log(f"trial {trial.number}: worker lost, FAILED" + ("; queued again" if retried else "; retries used up"))
+        failed.append(trial.number)
+    return failed
+
+
+class Heartbeat:
+    """Records the time as a trial system attr every ``interval`` s while the trial runs."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            except Exception:
+                return  # the trial was finished (e.g. failed as stale by another worker)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ---------------------------------------------------------------- one trial
+
+
+@dataclass
+class TrialContext:
+    cfg: Config
+    models: SharedModels
+    paths: SweepPaths
+    device: torch.device
+    parent_run_id: str | None
+    log: Log
+
+
+def trial_config(cfg: Config, smoothing: SmoothingConfig) -> Config:
+    return build_config(cfg.to_dict(), {"target.smoothing": smoothing.model_dump(mode="json")})
+
+
+def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
+    """Train, attack and evaluate one target; the objective value(s), or TrialPruned / DivergenceError."""
+    from lsmia.tracked import StageLog
+    from lsmia.tracking import start_tracking
+
+    sweep = ctx.cfg.sweep
+    smoothing = suggest_smoothing(trial, sweep, ctx.cfg.target.smoothing)
+    for key in ("schedule", "warmup_start", "warmup_end"):  # the effective values, searched or not
+        trial.set_user_attr(key, getattr(smoothing, key))
+    cfg = trial_config(ctx.cfg, smoothing)
+    tags = {"stage": STAGE, "role": "target", "study": sweep.study_name, "trial": str(trial.number),
+            "alpha": str(smoothing.alpha), "seed": str(cfg.run.seed), "dataset": cfg.data.source}
+    pruned: optuna.TrialPruned | None = None
+    with start_tracking(cfg.run.tracking, STAGE, f"{sweep.study_name} trial {trial.number}", cfg.to_dict(), tags,
+                        parent_run_id=ctx.parent_run_id) as tracker:
+        if tracker.run_id:
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        tracker.log_dict(dict(trial.params), "trial_params.json")
+        stage_log = StageLog(tracker, cfg)
+        try:
+            metrics = _train_attack_evaluate(ctx, cfg, trial, stage_log)
+        except optuna.TrialPruned as err:
+            tracker.set_tags({"optuna.state": "PRUNED"})
+            pruned = err
+    if pruned is not None:
+        raise pruned
+    values = [metrics["test_acc"], metrics["final_acc1"]]
+    return values if sweep.mode == "pareto" else values[1]
+
+
+def _train_attack_evaluate(ctx: TrialContext, cfg: Config, trial: optuna.Trial, stage_log: Any) -> dict[str, Any]:
+    from lsmia import pipeline
+
+    sweep, out = cfg.sweep, ctx.paths.trial_dir(trial.number)
+    alpha, seed = cfg.target.smoothing.alpha, cfg.run.seed
+    trained = pipeline.stage_train(cfg, "target", ctx.models.data_file, out / "target", ctx.device, seed,
+                                   on_epoch=_epoch_hook(trial, sweep, stage_log))
+    trial.set_user_attr("test_acc", trained.metrics["test_acc"])
+    set_floor_constraint(trial, sweep, trained.metrics["test_acc"])
+    stage_log.log_metrics(trained.metrics)
+    if sweep.mode == "constrained" and trained.metrics["test_acc"] < sweep.min_test_acc:
+        raise optuna.TrialPruned(f"test accuracy {trained.metrics['test_acc']:.3f} is below the floor "
+                                 f"{sweep.min_test_acc}: not attacked")
+    result = pipeline.stage_attack(cfg, ctx.models.data_file, out / "target" / "model.pt", ctx.models.prior_file,
+                                   out / "attack", ctx.device, seed)
+    metrics = pipeline.stage_evaluate(cfg, ctx.models.data_file, out / "attack" / "attack.pt", ctx.models.eval_file,
+                                      out / "target", out / "metrics.json", ctx.device, alpha, seed,
+                                      ctx.models.attribute_file)
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str)):
+            trial.set_user_attr(key, value)
+    stage_log.log_metrics(metrics)
+    stage_log.log_metrics({"num_final_samples": len(result.final_targets)})
+    _log_trial_outputs(stage_log.tracker, trained, out / "attack", sweep.log_models)
+    return metrics
+
+
+def _epoch_hook(trial: optuna.Trial, sweep: SweepConfig, stage_log: Any) -> Callable[[int, dict[str, float]], None]:
+    """Per-epoch metrics to MLflow; in constrained mode also test accuracy to Optuna's pruner."""
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        stage_log.log_metrics(row, step=epoch)
+        if sweep.mode == "constrained":  # multi-objective studies cannot report or prune
+            trial.report(row["test_acc"], epoch)
+            if trial.should_prune():
+                set_floor_constraint(trial, sweep, row["test_acc"])
+                raise optuna.TrialPruned(f"test accuracy {row['test_acc']:.3f} at epoch {epoch} is below every "
+                                         "trial that reached the floor")
+    return on_epoch
+
+
+def _log_trial_outputs(tracker: Any, trained: Any, attack_dir: Path, log_model: bool) -> None:
+    if log_model:
+        model = trained.model.cpu().eval()
+        tracker.log_model(model, "model", torch.rand(1, 3, model.image_size, model.image_size))
+    grid = attack_dir / "reconstructions.png"
+    if grid.exists():
+        tracker.log_artifact(grid, "reconstructions")
+
+
+def execute_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
+                  ctx: TrialContext) -> TrialState:
+    """Run one asked trial under a heartbeat and tell its outcome (Ctrl-C: failed, queued again, re-raised)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               trial.number)
+    values, state, reason, error = None, TrialState.COMPLETE, "", None
+    with Heartbeat(storage, trial_id, ctx.cfg.sweep.heartbeat_interval):
+        try:
+            values = run_trial(ctx, trial)
+        except optuna.TrialPruned as err:
+            state, reason = TrialState.PRUNED, str(err)
+        except DivergenceError as err:
+            state, reason = TrialState.FAIL, str(err)
+        except KeyboardInterrupt as err:
+            state, reason, error = TrialState.FAIL, "interrupted (Ctrl-C): queued again", err
+        except Exception as err:  # a bug: record it, then stop this worker
+            state, reason, error = TrialState.FAIL, f"{type(err).__name__}: {err}", err
+    return _tell(study, trial, values, state, reason, error, ctx)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState, reason: str,
+          error: BaseException | None, ctx: TrialContext) -> TrialState:
+    try:
+        if state == TrialState.FAIL:
+            trial.set_user_attr(FAIL_REASON, reason)
+        frozen = study.tell(trial, values if state == TrialState.COMPLETE else None,
+                            state=None if state == TrialState.COMPLETE else state)
+        state = frozen.state  # a NaN objective turns COMPLETE into FAIL
+    except UpdateFinishedTrialError:
+        ctx.log(f"trial {trial.number}: was failed as stale by another worker while it ran (heartbeat too slow?)")
+        return TrialState.FAIL
+    if isinstance(error, KeyboardInterrupt):
+        enqueue_retry(study, study.trials[trial.number], max_retry=None)
+    ctx.log(describe_trial(study.trials[trial.number]))
+    if error is not None:
+        raise error
+    return state
+
+
+def describe_trial(trial: FrozenTrial) -> str:
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    attrs = trial.user_attrs
+    scores = "" if "final_acc1" not in attrs else \
+        f" test_acc={attrs['test_acc']:.3f} attack_acc1={attrs['final_acc1']:.3f}"
+    reason = f" ({attrs[FAIL_REASON]})" if trial.state == TrialState.FAIL and FAIL_REASON in attrs else ""
+    return f"trial {trial.number} {trial.state.name}: {params}{scores}{reason}"
+
+
+# ---------------------------------------------------------------- workers
+
+
+def worker_seed(cfg: Config, worker_index: int, trials_so_far: int) -> int:
+    """Distinct per worker and per resumed run, so random draws never repeat an earlier run's."""
+    return (cfg.run.seed * 1_000_003 + worker_index * 10_007 + trials_so_far) % (2**31)
+
+
+def run_worker(cfg: Config, worker_index: int = 0, log: Log = print) -> int:
+    """Draw and run trials of an existing study until the total budget is spent; the number run here.
+
+    Waits while other workers' trials are still running, so a lost worker's trial is failed and
+    retried (after ``grace_period``) before the budget is declared spent.
+    """
+    from lsmia.utils import resolve_device
+
+    models, paths = shared_models(cfg), SweepPaths.of(cfg)
+    storage = open_storage(cfg.sweep.storage, paths.journal)
+    probe = load_study(cfg, storage, 0)
+    study = load_study(cfg, storage, worker_seed(cfg, worker_index, len(probe.trials)))
+    ctx = TrialContext(cfg, models, paths, resolve_device(cfg.run.device), study.user_attrs.get(PARENT_RUN_ATTR), log)
+    ran = 0
+    while True:
+        with budget_lock(paths):
+            fail_stale_trials(study, storage, cfg.sweep, log)
+            trials = study.get_trials(deepcopy=False)
+            spent = consumed_budget(trials) >= cfg.sweep.n_trials
+            running = any(t.state == TrialState.RUNNING for t in trials)
+            trial = None if spent else study.ask()
+        if trial is None:
+            if not running:
+                return ran
+            time.sleep(min(cfg.sweep.heartbeat_interval, 5))
+            continue
+        execute_trial(study, storage, trial, ctx)
+        ran += 1
+
+
+def _worker_process(config: dict[str, Any], worker_index: int) -> None:
+    """Entry point of a spawned worker process."""
+    from lsmia.utils import set_threads
+
+    cfg = build_config(config)
+    set_threads(cfg.run.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        run_worker(cfg, worker_index, log=lambda line: print(f"[worker {worker_index}] {line}", flush=True))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def run_workers(cfg: Config, log: Log) -> None:
+    """``sweep.n_workers`` worker processes (spawned), or this process alone for one worker."""
+    if cfg.sweep.n_workers == 1:
+        run_worker(cfg, 0, log)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_process, args=(cfg.to_dict(), index), name=f"lsmia-sweep-{index}")
+                 for index in range(cfg.sweep.n_workers)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: give them time to record their trials
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    for process in processes:
+        if process.exitcode != 0:
+            log(f"worker {process.name} exited with code {process.exitcode}: see its output above")
+
+
+# ---------------------------------------------------------------- summary
+
+
+@dataclass
+class SweepResult:
+    study_name: str
+    rows: list[dict[str, Any]]
+    pareto: list[dict[str, Any]]
+    recommended: dict[str, Any] | None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs, params = trial.user_attrs, trial.params
+    return {"number": trial.number, "state": trial.state.name, "alpha": params.get("alpha"),
+            **{key: attrs.get(key) for key in ("schedule", "warmup_start", "warmup_end", *TABLE_KEYS)},
+            "retry_of": trial.system_attrs.get("failed_trial"), FAIL_REASON: attrs.get(FAIL_REASON, ""),
+            "mlflow_run_id": attrs.get("mlflow_run_id", "")}
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed trials no other trial beats on both test accuracy (higher) and attack acc@1 (lower)."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
+
+    def dominated(row: dict[str, Any]) -> bool:
+        return any(o["test_acc"] >= row["test_acc"] and o["final_acc1"] <= row["final_acc1"]
+                   and (o["test_acc"] > row["test_acc"] or o["final_acc1"] < row["final_acc1"]) for o in done)
+
+    return sorted((r for r in done if not dominated(r)), key=lambda r: r["test_acc"])
+
+
+def recommend(front: Sequence[dict[str, Any]], sweep: SweepConfig) -> dict[str, Any] | None:
+    """The Pareto point with the lowest attack acc@1 within ``max_acc_drop`` of the best test accuracy
+    (constrained mode: also at or above the floor); ties go to the higher test accuracy."""
+    if not front:
+        return None
+    floor = max(r["test_acc"] for r in front) - sweep.max_acc_drop
+    if sweep.mode == "constrained":
+        floor = max(floor, sweep.min_test_acc)
+    eligible = [r for r in front if r["test_acc"] >= floor - 1e-12]
+    return min(eligible, key=lambda r: (r["final_acc1"], -r["test_acc"])) if eligible else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_tables(rows: Sequence[dict[str, Any]], paths: SweepPaths) -> None:
+    columns = list(rows[0]) if rows else ["number", "state"]
+    with open(paths.trials_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
+    paths.trials_md.write_text("\n".join(lines) + "\n")
+
+
+def plot_pareto_png(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
+                    recommended: dict[str, Any] | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([r["test_acc"] for r in done], [r["final_acc1"] for r in done], c="0.6", label="trials")
+    ax.plot([r["test_acc"] for r in front], [r["final_acc1"] for r in front], "o-", c="tab:red", label="Pareto front")
+    for r in done:
+        ax.annotate(f"{r['number']}: α={r['alpha']:.3g}", (r["test_acc"], r["final_acc1"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if recommended:
+        ax.scatter([recommended["test_acc"]], [recommended["final_acc1"]], marker="*", s=250, c="gold",
+                   edgecolors="k", zorder=3, label=f"recommended (trial {recommended['number']})")
+    ax.set_xlabel("target test accuracy (higher is better)")
+    ax.set_ylabel("attack acc@1 (lower is more private)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_pareto_html(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
+                      recommended: dict[str, Any] | None, title: str, out: Path) -> None:
+    """A self-contained interactive page (SVG with hover details, no plotly) plus the trials table."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
+    width, height, pad = 640, 440, 50
+    xs = [r["test_acc"] for r in done] or [0.0, 1.0]
+    ys = [r["final_acc1"] for r in done] or [0.0, 1.0]
+    x0, x1, y0, y1 = min(xs) - 0.02, max(xs) + 0.02, min(ys) - 0.02, max(ys) + 0.02
+
+    def px(x: float) -> float:
+        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
+
+    def py(y: float) -> float:
+        return height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
+
+    front_ids = {r["number"] for r in front}
+    line = " ".join(f"{px(r['test_acc']):.1f},{py(r['final_acc1']):.1f}" for r in front)
+    dots = []
+    for r in done:
+        colour = "gold" if recommended and r["number"] == recommended["number"] else \
+            ("crimson" if r["number"] in front_ids else "grey")
+        detail = html.escape("\n".join(f"{k}: {_cell(v)}" for k, v in r.items() if v not in (None, "")))
+        dots.append(f'<circle cx="{px(r["test_acc"]):.1f}" cy="{py(r["final_acc1"]):.1f}" r="7" fill="{colour}" '
+                    f'stroke="black"><title>{detail}</title></circle>')
+    axes = (f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">target test accuracy '
+            f'({x0:.3f} .. {x1:.3f})</text><text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" '
+            f'text-anchor="middle">attack acc@1 ({y0:.3f} .. {y1:.3f})</text>'
+            f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" '
+            f'stroke="#ccc"/>')
+    table = _html_table(rows)
+    best = "none" if not recommended else html.escape(json.dumps(recommended, default=str))
+    out.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ccc;padding:2px 6px}}circle:hover{{stroke-width:3}}</style></head><body>
+<h1>{html.escape(title)}</h1><p>Hover a point for its trial. Red: Pareto front; gold: recommended.</p>
+<svg width="{width}" height="{height}">{axes}<polyline points="{line}" fill="none" stroke="crimson"/>
+{''.join(dots)}</svg><h2>Recommended</h2><pre>{best}</pre><h2>All trials</h2>{table}</body></html>
+""")
+
+
+def _html_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>no trials</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResult:
+    """Trials table (CSV + markdown), Pareto front (PNG + HTML) and the recommendation, written to files."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    front = pareto_front(rows)
+    recommended = recommend(front, cfg.sweep)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_tables(rows, paths)
+    plot_pareto_png(rows, front, recommended, paths.pareto_png)
+    write_pareto_html(rows, front, recommended, f"lsmia sweep '{cfg.sweep.study_name}'", paths.pareto_html)
+    paths.recommendation.write_text(json.dumps({"recommended": recommended, "pareto_front": front,
+                                                "max_acc_drop": cfg.sweep.max_acc_drop}, indent=2, default=str))
+    files = {"trials_csv": paths.trials_csv, "trials_md": paths.trials_md, "pareto_png": paths.pareto_png,
+             "pareto_html": paths.pareto_html, "recommendation": paths.recommendation}
+    return SweepResult(cfg.sweep.study_name, rows, front, recommended, files)
+
+
+def _log_summary(tracker: Any, result: SweepResult) -> None:
+    states = [r["state"] for r in result.rows]
+    tracker.log_metrics({f"trials_{s.lower()}": float(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL")})
+    if result.recommended:
+        tracker.log_metrics({f"recommended_{k}": result.recommended[k] for k in ("alpha", "test_acc", "final_acc1")})
+        tracker.set_tags({"recommended_trial": result.recommended["number"]})
+    for path in result.files.values():
+        tracker.log_artifact(path, "sweep")
+
+
+def summary_lines(result: SweepResult) -> list[str]:
+    states = [r["state"] for r in result.rows]
+    lines = [f"study '{result.study_name}': {len(states)} trials ({states.count('COMPLETE')} complete, "
+             f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed); "
+             f"Pareto front: trials {[r['number'] for r in result.pareto]}"]
+    if result.recommended:
+        r = result.recommended
+        lines.append(f"recommended: trial {r['number']} alpha={r['alpha']:.4g} schedule={r['schedule']} "
+                     f"warmup={_cell(r['warmup_start'])}-{_cell(r['warmup_end'])} test_acc={r['test_acc']:.4f} "
+                     f"attack_acc1={r['final_acc1']:.4f}")
+    else:
+        lines.append("recommended: none (no completed trial)")
+    lines.append(f"files: {result.files['trials_md'].parent}")
+    return lines
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
+    """Create or resume the study, run its remaining budget on ``sweep.n_workers`` workers, summarise it."""
+    from lsmia.tracking import start_tracking
+
+    shared_models(cfg)  # fail before creating anything
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    paths = SweepPaths.of(cfg)
+    storage = open_storage(cfg.sweep.storage, paths.journal)
+    with budget_lock(paths):
+        study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
+        parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        tracker = start_tracking(cfg.run.tracking, STAGE, f"sweep {cfg.sweep.study_name}", _parent_config(cfg),
+                                 {"stage": STAGE, "role": "sweep", "study": cfg.sweep.study_name, "alpha": "n/a"},
+                                 resume_run_id=parent_id)
+        if tracker.run_id and tracker.run_id != parent_id:
+            study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+    with tracker:
+        log(f"study '{cfg.sweep.study_name}' ({cfg.sweep.mode}, {cfg.sweep.sampler}) in {redact(cfg.sweep.storage)}"
+            f": {consumed_budget(study.trials)} of {cfg.sweep.n_trials} trials done")
+        run_workers(cfg, log)
+        result = summarize(study, cfg, paths)
+        _log_summary(tracker, result)
+    for line in summary_lines(result):
+        log(line)
+    return result
+
+
+def _parent_config(cfg: Config) -> dict[str, Any]:
+    """The config plus the study's identity and search space, logged as params of the parent run."""
+    config = cfg.to_dict()
+    config["sweep"]["storage"] = redact(cfg.sweep.storage)
+    study = {"name": cfg.sweep.study_name, "storage": redact(cfg.sweep.storage),
+             "search_space": search_space(cfg.sweep, cfg.target.smoothing)}
+    return {**config, "sweep_study": study}

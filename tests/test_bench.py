@@ -1,0 +1,116 @@
+"""Smoke tests of the speed benchmarks under bench/: each runs its --quick version and prints its ratio line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsmia.attack.result import AttackResult
+from lsmia.utils import save_json
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+RATIO_LINE = re.compile(r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x \(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s",
+                        re.MULTILINE)
+
+sys.path.insert(0, str(BENCH))
+import benchutil  # noqa: E402  (bench/ is a folder of scripts, not a package)
+
+
+def run_script(name: str, *args: str, timeout: int = 120) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def last_ratio(stdout: str, name: str) -> float:
+    """The script's final line is its ratio line, and the ratio matches the raw seconds it prints."""
+    assert stdout.strip().splitlines()[-1].startswith(f"RATIO {name}: ")
+    match = list(RATIO_LINE.finditer(stdout))[-1]
+    ratio, slow, fast = float(match["ratio"]), float(match["slow"]), float(match["fast"])
+    assert fast > 0 and ratio == pytest.approx(slow / fast, rel=0.02, abs=0.01)
+    return ratio
+
+
+def test_attack_benchmark_times_both_schedules_and_phases() -> None:
+    stdout = run_script("attack_batched_vs_per_class.py", "--quick", "--threads", "1")
+    assert f"torch {torch.__version__}" in stdout and "threads 1" in stdout and "device cpu" in stdout
+    for row in ("batched", "per_class"):
+        assert re.search(rf"^{row}\s+(\d+\.\d+\s+){{3}}\d+\.\d+$", stdout, re.MULTILINE), stdout
+    assert "phase ratio optimisation" in stdout
+    assert last_ratio(stdout, "attack_batched_vs_per_class") > 0
+
+
+def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None:
+    stdout = run_script("training_overhead.py", "--quick", "--threads", "1")
+    for row in ("bare", "lsmia_epochs", "train_classifier"):
+        assert re.search(rf"^{row}\s+\d+\.\d+$", stdout, re.MULTILINE), stdout
+    assert "per-epoch checkpoint" in stdout and "final metrics" in stdout
+    assert last_ratio(stdout, "training_overhead") > 0
+
+
+def test_gpu_benchmark_skips_cleanly_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        stdout = run_script("gpu_speedups.py", "--quick", "--no-compile", timeout=300)
+        assert last_ratio(stdout, "gpu_attack_step_best") > 0
+    else:
+        stdout = run_script("gpu_speedups.py", "--quick")
+        assert stdout.startswith("SKIP gpu_speedups: no CUDA device")
+
+
+def fake_run(out: Path) -> None:
+    """The timing files a finished study writes, with known seconds."""
+    save_json({"seconds": 2.0}, out / "data" / "summary.json")
+    save_json({"train_seconds": 3.0}, out / "models" / "eval" / "metrics.json")
+    save_json({"train_seconds": 6.0}, out / "models" / "target_alpha0.1_seed0" / "metrics.json")
+    save_json({"evaluate_seconds": 1.0, "train_seconds": 6.0}, out / "metrics" / "alpha0.1_seed0.json")
+    empty = torch.zeros(0, dtype=torch.int64)
+    AttackResult(targets=[0], all_latents=empty, all_images=empty, all_targets=empty, final_latents=empty,
+                 final_images=empty, final_targets=empty, final_scores=empty,
+                 meta={"selection_s": 0.5, "optimisation_s": 1.0, "final_selection_s": 0.5}
+                 ).save(out / "attacks" / "alpha0.1_seed0" / "attack.pt")
+
+
+def test_study_stages_reads_the_timings_of_an_existing_run(tmp_path: Path) -> None:
+    fake_run(tmp_path)
+    stdout = run_script("study_stages.py", "--out", str(tmp_path))
+    assert re.search(r"^target training\s+6\.00\s+42\.9%$", stdout, re.MULTILINE), stdout  # 6 of 14 s
+    assert re.search(r"^attack optimisation\s+1\.00\s+7\.1%$", stdout, re.MULTILINE), stdout
+    assert re.search(r"^total\s+14\.00\s+100\.0%$", stdout, re.MULTILINE), stdout
+    assert last_ratio(stdout, "study_train_vs_attack") == pytest.approx(3.0)  # 6 s training / 2 s attack
+
+
+def test_study_stages_without_timings_says_what_to_pass(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "study_stages.py"), "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "no stage timings under" in done.stderr
+
+
+@pytest.mark.slow
+def test_study_stages_quick_runs_the_tiny_study() -> None:
+    stdout = run_script("study_stages.py", "--quick", "--threads", "1", timeout=300)
+    assert "stage wall times logged by 'lsmia study'" in stdout and "attribute_predictor" in stdout
+    assert last_ratio(stdout, "study_train_vs_attack") > 0
+
+
+def test_interleaved_alternates_cases_and_takes_medians() -> None:
+    order: list[str] = []
+    phase = iter([5.0, 1.0, 3.0])
+
+    def case_a() -> benchutil.Timings:
+        order.append("a")
+        return {"phase_s": next(phase)}
+
+    def case_b() -> None:
+        order.append("b")
+
+    runs = benchutil.interleaved({"a": case_a, "b": case_b}, repeats=3)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert benchutil.medians(runs["a"])["phase_s"] == 3.0
+    assert set(runs["b"][0]) == {benchutil.TOTAL}

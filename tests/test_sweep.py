@@ -1,0 +1,299 @@
+"""lsmia sweep on the tiny config: budget, workers, MLflow nesting, lost workers, divergence, resume, constraints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from lsmia import pipeline, sweep
+from lsmia.cli import app
+from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config, load_config
+from lsmia.errors import LsmiaError
+from lsmia.paths import StudyPaths
+
+TINY = Path(__file__).parent / "tiny_params.yaml"
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study_cfg(tmp_path_factory) -> Config:
+    """The tiny study's data, prior, eval model and attribute predictor, built once for the module."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    cfg = load_config(TINY, {"run.out_dir": str(out), "sweep.heartbeat_interval": 1, "sweep.grace_period": 3,
+                             "sweep.log_models": False})
+    paths, device = StudyPaths(out), torch.device("cpu")
+    pipeline.stage_data(cfg, paths.data_file)
+    pipeline.stage_prior(cfg, paths.data_file, paths.prior_dir, device)
+    pipeline.stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
+    pipeline.stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
+    return cfg
+
+
+def configured(cfg: Config, **sweep_values) -> Config:
+    return build_config(cfg.to_dict(), {f"sweep.{key}": value for key, value in sweep_values.items()})
+
+
+def trials_of(cfg: Config) -> list[optuna.trial.FrozenTrial]:
+    storage = sweep.open_storage(cfg.sweep.storage, sweep.SweepPaths.of(cfg).journal)
+    return optuna.load_study(study_name=cfg.sweep.study_name, storage=storage).get_trials()
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_warmup_end_is_sampled_within_the_remainder_and_never_before_the_start():
+    space = SweepConfig(alpha_low=-0.3, alpha_high=0.3)
+    base = SmoothingConfig()
+    ends = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": -0.2, "warmup_start": 0.9,
+                                                            "warmup_fraction": 1.0}), space, base)
+    assert ends.alpha == -0.2 and ends.warmup_start == 0.9 and ends.warmup_end == 1.0
+    half = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": -0.1, "warmup_start": 0.2,
+                                                            "warmup_fraction": 0.5}), space, base)
+    assert half.warmup_end == pytest.approx(0.6)
+    # positive alpha with negative_only: the warm-up does not apply, so it is not searched
+    positive = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": 0.1}), space, base)
+    assert (positive.warmup_start, positive.warmup_end) == (base.warmup_start, base.warmup_end)
+
+
+def test_sweep_config_rejects_inverted_bounds():
+    with pytest.raises(LsmiaError, match="alpha_low < alpha_high"):
+        build_config({}, {"sweep.alpha_low": 0.2, "sweep.alpha_high": -0.2})
+    with pytest.raises(LsmiaError, match="grace_period"):
+        build_config({}, {"sweep.heartbeat_interval": 60, "sweep.grace_period": 30})
+
+
+def test_pareto_front_and_recommendation():
+    def row(number, test_acc, acc1):
+        return {"number": number, "state": "COMPLETE", "test_acc": test_acc, "final_acc1": acc1, "alpha": 0.0}
+
+    rows = [row(0, 0.90, 0.80), row(1, 0.88, 0.50), row(2, 0.80, 0.20), row(3, 0.85, 0.60), row(4, 0.70, 0.30),
+            {**row(5, 0.99, 0.01), "state": "FAIL"}]
+    front = sweep.pareto_front(rows)
+    assert [r["number"] for r in front] == [2, 1, 0]  # 3 is beaten by 1, 4 by 2, 5 failed
+    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.05))["number"] == 1
+    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.01))["number"] == 0
+    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.2))["number"] == 2
+    assert sweep.recommend([], SweepConfig()) is None
+
+
+def test_budget_ignores_failed_trials_that_were_queued_again():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    first = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3)})
+    study.tell(first, state=TrialState.FAIL)
+    assert sweep.consumed_budget(study.get_trials()) == 1
+    assert sweep.enqueue_retry(study, study.get_trials()[0], max_retry=1)
+    assert sweep.consumed_budget(study.get_trials()) == 0  # the queued retry counts once it starts
+    retry = study.ask()
+    assert retry.params == first.params
+    study.tell(retry, state=TrialState.FAIL)
+    assert not sweep.enqueue_retry(study, study.get_trials()[1], max_retry=1)  # retries used up
+    assert sweep.consumed_budget(study.get_trials()) == 1
+
+
+def test_floor_pruner_prunes_only_below_every_trial_that_reached_the_floor():
+    study = optuna.create_study(direction="minimize", pruner=sweep.FloorPruner(0.5, min_feasible=2))
+    for final, curve in ((0.6, [0.3, 0.6]), (0.7, [0.4, 0.7]), (0.2, [0.1, 0.2])):
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+        trial.set_user_attr("test_acc", final)
+        study.tell(trial, 0.5)
+    trial = study.ask()
+    trial.report(0.35, 0)
+    assert not trial.should_prune()  # above 0.3, the lowest of the trials that reached 0.5
+    trial.report(0.55, 1)
+    assert not trial.should_prune()  # below 0.6 and 0.7, but already at the floor
+    low = study.ask()
+    low.report(0.25, 0)
+    assert low.should_prune()
+    low.report(0.45, 1)
+    assert low.should_prune()
+
+
+def test_missing_shared_models_is_an_error_naming_the_fix(tmp_path):
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
+    with pytest.raises(LsmiaError, match="dvc repro"):
+        sweep.run_sweep(cfg, log=quiet)
+
+
+# ---------------------------------------------------------------- studies on the tiny config
+
+
+def test_resume_runs_only_the_remaining_budget(study_cfg):
+    cfg = configured(study_cfg, study_name="resume", n_trials=2)
+    first = sweep.run_sweep(cfg, log=quiet)
+    assert [r["number"] for r in first.rows] == [0, 1] and all(r["state"] == "COMPLETE" for r in first.rows)
+    ran: list[str] = []
+    again = sweep.run_sweep(configured(cfg, n_trials=3), log=ran.append)
+    assert [r["number"] for r in again.rows] == [0, 1, 2]
+    assert sum(line.startswith("trial ") for line in ran) == 1  # only trial 2 ran
+    assert sweep.run_sweep(configured(cfg, n_trials=3), log=quiet).rows == again.rows
+    root = sweep.SweepPaths.of(cfg).root
+    assert sorted(p.name for p in root.glob("trial_*")) == ["trial_0", "trial_1", "trial_2"]
+    metrics = json.loads((root / "trial_2" / "metrics.json").read_text())
+    trial = trials_of(cfg)[2]
+    assert trial.values == [metrics["test_acc"], metrics["final_acc1"]]
+    assert trial.user_attrs["delta_eval"] == metrics["delta_eval"] and trial.user_attrs["xi"] == metrics["xi"]
+    for name in ("trials.csv", "trials.md", "pareto.png", "pareto.html", "recommendation.json"):
+        assert (root / name).stat().st_size > 0, name
+    recommendation = json.loads((root / "recommendation.json").read_text())
+    assert recommendation["recommended"]["number"] in [r["number"] for r in again.pareto]
+    assert (root / "trials.csv").read_text().count("\n") == 4  # header + 3 trials
+
+
+def test_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(study_cfg, monkeypatch):
+    import lsmia.training.classifier as classifier
+
+    honest = classifier.smoothed_cross_entropy
+
+    def nan_for_negative_alpha(logits, labels, alpha):
+        loss = honest(logits, labels, alpha)
+        return loss * math.nan if alpha < 0 else loss
+
+    monkeypatch.setattr(classifier, "smoothed_cross_entropy", nan_for_negative_alpha)
+    cfg = configured(study_cfg, study_name="diverge", sampler="grid", n_trials=3, alpha_low=-0.2, alpha_high=0.2)
+    result = sweep.run_sweep(cfg, log=quiet)
+    by_alpha = {round(r["alpha"], 6): r for r in result.rows}
+    assert sorted(by_alpha) == [-0.2, 0.0, 0.2] and len(result.rows) == 3
+    assert by_alpha[-0.2]["state"] == "FAIL" and "diverged" in by_alpha[-0.2]["fail_reason"]
+    assert by_alpha[0.0]["state"] == by_alpha[0.2]["state"] == "COMPLETE"
+    assert not any(t.state == TrialState.WAITING for t in trials_of(cfg))  # a divergence is not retried
+
+
+def test_constrained_mode_prunes_targets_below_the_floor_and_records_the_constraint(study_cfg):
+    low = configured(study_cfg, study_name="floor-low", mode="constrained", min_test_acc=0.0, n_trials=2)
+    result = sweep.run_sweep(low, log=quiet)
+    assert [r["state"] for r in result.rows] == ["COMPLETE", "COMPLETE"] and result.recommended is not None
+    for trial in trials_of(low):
+        assert trial.values == [trial.user_attrs["final_acc1"]]
+        assert trial.constraints == {sweep.CONSTRAINT: pytest.approx(-trial.user_attrs["test_acc"])}
+    high = configured(study_cfg, study_name="floor-high", mode="constrained", min_test_acc=0.99, n_trials=2)
+    result = sweep.run_sweep(high, log=quiet)
+    assert [r["state"] for r in result.rows] == ["PRUNED", "PRUNED"] and result.recommended is None
+    root = sweep.SweepPaths.of(high).root
+    assert (root / "trial_0" / "target" / "model.pt").exists() and not (root / "trial_0" / "attack").exists()
+    assert all(t.constraints[sweep.CONSTRAINT] > 0 for t in trials_of(high))
+    with pytest.raises(LsmiaError, match="mode"):
+        sweep.run_sweep(configured(high, mode="pareto"), log=quiet)
+
+
+def test_ctrl_c_fails_the_trial_queues_it_again_and_a_rerun_finishes_it(study_cfg, monkeypatch):
+    cfg = configured(study_cfg, study_name="interrupt", n_trials=2)
+    honest = pipeline.stage_attack
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "stage_attack", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, log=quiet)
+    monkeypatch.setattr(pipeline, "stage_attack", honest)
+    first, queued = trials_of(cfg)
+    assert first.state == TrialState.FAIL and "interrupted" in first.user_attrs["fail_reason"]
+    assert queued.state == TrialState.WAITING and queued.params == first.params
+    result = sweep.run_sweep(cfg, log=quiet)
+    states = {r["number"]: r["state"] for r in result.rows}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}
+    assert trials_of(cfg)[1].params == first.params and sweep.consumed_budget(trials_of(cfg)) == 2
+
+
+def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
+    out = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={study_cfg.run.out_dir}",
+                                   "--study-name", "cli", "--n-trials", "1", "--no-track", "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    assert "recommended: trial 0" in out.output and "1 trials (1 complete" in out.output
+    bad = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={tmp_path}"])
+    assert bad.exit_code == 2 and "dvc repro" in bad.output
+
+
+def journal_processes_that_created_trials(journal: Path) -> set[str]:
+    """The processes (worker id '<process uuid>-<thread>') whose journal entries created a trial."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    entries = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    return {e["worker_id"].rsplit("-", 1)[0] for e in entries if e["op_code"] == JournalOperation.CREATE_TRIAL}
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_budget_and_log_one_child_run_per_trial(study_cfg, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = build_config(configured(study_cfg, study_name="workers", n_trials=5, n_workers=2, log_models=True).to_dict(),
+                       {"run.tracking": True})
+    result = sweep.run_sweep(cfg, log=quiet)
+    trials = trials_of(cfg)
+    assert len(trials) == 5 and sorted(t.number for t in trials) == list(range(5))
+    assert all(t.state == TrialState.COMPLETE for t in trials) and len(result.rows) == 5
+    assert len(journal_processes_that_created_trials(sweep.SweepPaths.of(cfg).journal)) == 2
+    storage = sweep.open_storage(None, sweep.SweepPaths.of(cfg).journal)
+    parent_id = optuna.load_study(study_name="workers", storage=storage).user_attrs[sweep.PARENT_RUN_ATTR]
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep_study.name"] == "workers"
+    assert "sweep/pareto.png" in {a.path for a in client.list_artifacts(parent_id, "sweep")}
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert sorted(int(c.data.tags["trial"]) for c in children) == list(range(5))  # exactly one run per trial
+    for trial in trials:
+        child = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent_id and child.data.tags["trial"] == str(trial.number)
+        assert child.data.metrics["test_acc"] == pytest.approx(trial.values[0])
+        assert child.data.metrics["final_acc1"] == pytest.approx(trial.values[1])
+        assert float(child.data.params["target.smoothing.alpha"]) == pytest.approx(trial.params["alpha"])
+        assert "reconstructions" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert child.data.tags["lsmia.model_format.model"] in ("pt2", "pickle")  # set once the model is logged
+
+
+WORKER_THAT_HANGS = """
+import json, sys, time
+from lsmia import pipeline, sweep
+from lsmia.config import build_config
+pipeline.stage_attack = lambda *args, **kwargs: time.sleep(600)
+sweep.run_worker(build_config(json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(study_cfg):
+    cfg = configured(study_cfg, study_name="killed", n_trials=2)
+    paths = sweep.SweepPaths.of(cfg)
+    sweep.create_or_load_study(cfg, sweep.open_storage(None, paths.journal), 0)
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_THAT_HANGS, json.dumps(cfg.to_dict())], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not any(sweep.HEARTBEAT_ATTR in t.system_attrs and t.user_attrs.get("test_acc") is not None
+                      for t in trials_of(cfg)):
+            assert time.time() < deadline and worker.poll() is None, "the worker never reached its attack"
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    (lost,) = trials_of(cfg)
+    assert lost.state == TrialState.RUNNING
+    lines: list[str] = []
+    sweep.run_sweep(cfg, log=lines.append)  # waits out the grace period, fails trial 0, retries it
+    trials = trials_of(cfg)
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"].startswith("worker lost")
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    assert len(trials) == 3 and sweep.consumed_budget(trials) == 2
+    assert all(t.state == TrialState.COMPLETE for t in trials[1:])
+    assert "trial 0: worker lost, FAILED; queued again" in lines
