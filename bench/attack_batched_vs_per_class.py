@@ -92,7 +92,8 @@ def model_variants(target: Classifier, prior: DCGANPrior) -> dict[str, tuple[nn.
     last = torch.channels_last
     folded_target, folded_prior = fold_batchnorm(target), fold_batchnorm(prior)
     return {"nchw": (target, prior),
-            "channels_last": (copy.deepcopy(target).to(memory_format=last), copy.deepcopy(prior).to(memory_format=last)),
+            "channels_last": (copy.deepcopy(target).to(memory_format=last),
+                              copy.deepcopy(prior).to(memory_format=last)),
             "cl+bn_folded": (folded_target.to(memory_format=last), folded_prior.to(memory_format=last))}
 
 

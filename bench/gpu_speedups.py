@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser = benchutil.base_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (to check the script only)")
     parser.add_argument("--train-batch", type=int, default=64, help="training batch size (default 64, the study's)")
-    parser.add_argument("--attack-batch", type=int, default=256, help="attack rows per batch (default 256, the study's)")
+    parser.add_argument("--attack-batch", type=int, default=256, help="attack rows per batch (default 256)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (default 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")

@@ -36,7 +36,7 @@ Row = tuple[str, str, float]  # (group, stage, seconds)
 
 def parse_args() -> argparse.Namespace:
     parser = benchutil.base_parser(__doc__.splitlines()[0], repeats=1)
-    parser.add_argument("--out", type=Path, default=None, help="the run's out dir (default: out, or a temp dir with --run)")
+    parser.add_argument("--out", type=Path, default=None, help="the run's out dir (default: out; temp with --run)")
     parser.add_argument("--run", action="store_true", help="run 'lsmia study' first")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params file for --run")
     args = parser.parse_args()

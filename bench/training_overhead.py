@@ -127,7 +127,7 @@ def main() -> None:
     data = make_data(args)
     cfg = ClassifierConfig(arch="smallresnet", width=args.width, epochs=args.epochs, batch_size=args.batch_size)
     print(f"# smallresnet w{cfg.width} @ {data.image_size}px, {data.num_classes} classes, {len(data.train)} train / "
-          f"{len(data.test)} test images, batch {cfg.batch_size}, {cfg.epochs} epochs; {args.repeats} interleaved repeats")
+          f"{len(data.test)} test images, batch {cfg.batch_size}, {cfg.epochs} epochs; {args.repeats} repeats")
     cases = {"bare": as_case(bare_train, cfg, data), "lsmia_epochs": as_case(lsmia_epochs, cfg, data),
              "train_classifier": as_case(full_train, cfg, data)}
     rows = {name: benchutil.medians(runs) for name, runs in benchutil.interleaved(cases, args.repeats).items()}

@@ -15,8 +15,8 @@ from lsmia.utils import save_json
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-RATIO_LINE = re.compile(r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x \(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s",
-                        re.MULTILINE)
+RATIO_LINE = re.compile(r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x "
+                        r"\(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s", re.MULTILINE)
 
 sys.path.insert(0, str(BENCH))
 import benchutil  # noqa: E402  (bench/ is a folder of scripts, not a package)
