@@ -112,7 +112,7 @@ class AttackConfig(Section):
     lr: float = Field(0.005, gt=0)
     betas: tuple[float, float] = (0.1, 0.1)
     loss: Literal["poincare", "ce", "max_margin"] = "poincare"
-    batch_size: int = Field(256, ge=1)  # latents optimised together, across all targets
+    batch_size: int = Field(64, ge=1)  # latents optimised together, across all targets (CPU: 64 fits the caches; GPU: larger)
     selection_batch_size: int = Field(512, ge=1)
     step_crop_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop each step, ratio 1
     final_draws: int = Field(20, ge=1)  # PPA: 100

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from lsmia.attack.result import AttackResult
 from lsmia.augment import random_flip, random_resized_crop, resize
+from lsmia.models.fusion import inference_copy
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
 from lsmia.losses import identity_loss
@@ -199,6 +200,8 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
     pool_gen, step_gen, final_gen = stage_generators(cfg.seed)
     timings: dict[str, float] = {}
     with frozen(prior, target):
+        images_prior = prior  # final images come from the caller's prior, untouched
+        prior, target = inference_copy(prior, device), inference_copy(target, device)
         started = time.perf_counter()
         pool = prior.sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         chosen = select_candidates(pool_scores(prior, target, pool, cfg.selection_batch_size, device),
@@ -215,7 +218,7 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         started = time.perf_counter()
         scores = final_scores(prior, target, latents, labels, cfg, final_gen, device)
         best = keep_best(scores, len(targets), cfg.final_samples)
-        images = to_uint8_images(prior, latents, target.image_size, cfg.selection_batch_size, device)
+        images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device)
         timings["final_selection_s"] = time.perf_counter() - started
 
     meta = {**timings, "schedule": schedule, "pool_size": cfg.pool_size, "num_latents": len(latents),
