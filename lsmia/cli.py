@@ -54,8 +54,9 @@ def resolve(params: Path, sets: list[str] | None, device: str | None = None, alp
     if track is not None:
         overrides["run.tracking"] = track
     cfg = load_config(params, overrides)
-    from lsmia.utils import set_threads
+    from lsmia.utils import resolve_device, set_threads
 
+    resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
     set_threads(cfg.run.threads)
     return cfg
 

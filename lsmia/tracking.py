@@ -582,6 +582,16 @@ def _system_metrics_ready(wanted: bool) -> bool:
     return True
 
 
+def quiet_mlflow_logs() -> None:
+    """MLflow's INFO lines (table creation, system-metrics monitor) would drown the CLI's own output."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    import mlflow  # noqa: F401  (mlflow configures its logger on import; set the level after that)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
                    experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
                    system_metrics: bool = False, resume_run_id: str | None = None) -> Tracker | NullTracker:
@@ -593,6 +603,7 @@ def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str
     """
     if not enabled:
         return NullTracker()
+    quiet_mlflow_logs()
     return Tracker(stage, run_name, config, tags, experiment=experiment, parent_run_id=parent_run_id,
                    system_metrics=system_metrics, resume_run_id=resume_run_id)
 

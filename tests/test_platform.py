@@ -30,8 +30,9 @@ def project(tmp_path_factory):
         shutil.copy(ROOT / name, repo / name)
     for folder in ("lsmia", "mlflow_project"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
-    params["run"]["tracking"] = True
+    from lsmia.config import load_config
+
+    params = load_config(ROOT / "tests" / "tiny_params.yaml", {"run.tracking": True}).to_dict()  # every key, as DVC reads them
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
