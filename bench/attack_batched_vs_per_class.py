@@ -19,13 +19,13 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import benchutil
 from lsmia.attack.ppa import attack_step_loss, frozen, run_attack
 from lsmia.config import AttackConfig
 from lsmia.losses import identity_loss
-from lsmia.models.classifiers import BasicBlock, Classifier, build_classifier
+from lsmia.models.classifiers import Classifier, build_classifier
+from lsmia.models.fusion import fold_batchnorm_
 from lsmia.models.generator import DCGANPrior, Generator
 
 PHASES = ["selection_s", "optimisation_s", "final_selection_s"]
@@ -69,23 +69,8 @@ def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedu
 # ----------------------------------------------------------------------------- step sweep
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy with every eval-mode BatchNorm folded into the conv before it (frozen models only)."""
-    module = copy.deepcopy(module).eval()
-    for sub in module.modules():
-        if isinstance(sub, BasicBlock):
-            sub.conv1, sub.bn1 = fuse_conv_bn_eval(sub.conv1, sub.bn1), nn.Identity()
-            sub.conv2, sub.bn2 = fuse_conv_bn_eval(sub.conv2, sub.bn2), nn.Identity()
-        elif isinstance(sub, nn.Sequential):
-            _fold_sequential(sub)
-    return module
-
-
-def _fold_sequential(seq: nn.Sequential) -> None:
-    for i in range(len(seq) - 1):
-        conv, bn = seq[i], seq[i + 1]
-        if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d):
-            seq[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
-            seq[i + 1] = nn.Identity()
+    """A copy with every eval-mode BatchNorm folded into the conv before it (lsmia's attack does this)."""
+    return fold_batchnorm_(copy.deepcopy(module).eval())
 
 
 def model_variants(target: Classifier, prior: DCGANPrior) -> dict[str, tuple[nn.Module, nn.Module]]:
