@@ -197,7 +197,7 @@ def main() -> None:
             steps[v.name] = attack_step(t_model, p_model, v, device, args.attack_batch)
         attack_ms = measure("attack", steps, args, device)
     best_train = print_results("train", train_ms)
-    best_attack = print_results("attack", attack_ms)
+    print_results("attack", attack_ms)
     base, fastest = attack_ms["fp32_eager"], min(attack_ms, key=attack_ms.get)
     print(f"best training speed-up: {best_train:.2f}x ({min(train_ms, key=train_ms.get)})")
     benchutil.print_ratio("gpu_attack_step_best", base / 1000, attack_ms[fastest] / 1000, "fp32_eager", fastest,

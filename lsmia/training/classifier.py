@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from lsmia.augment import training_augment
 from lsmia.config import ClassifierConfig, SmoothingConfig
