@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lsmia.config import Config
 
 
 def run_tag(alpha: float, seed: int) -> str:
@@ -51,3 +55,46 @@ class StudyPaths:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    def sweep_dir(self, study_name: str) -> Path:
+        return self.root / "sweep" / study_name
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @classmethod
+    def of(cls, cfg: "Config") -> "SweepPaths":
+        return cls(StudyPaths(Path(cfg.run.out_dir)).sweep_dir(cfg.sweep.study_name))
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "budget.lock"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.root / f"trial_{number}"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.root / "trials.csv"
+
+    @property
+    def trials_md(self) -> Path:
+        return self.root / "trials.md"
+
+    @property
+    def pareto_png(self) -> Path:
+        return self.root / "pareto.png"
+
+    @property
+    def pareto_html(self) -> Path:
+        return self.root / "pareto.html"
+
+    @property
+    def recommendation(self) -> Path:
+        return self.root / "recommendation.json"

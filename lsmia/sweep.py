@@ -80,7 +80,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
-from lsmia.paths import StudyPaths
+from lsmia.paths import StudyPaths, SweepPaths
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 HEARTBEAT_ATTR = "lsmia:heartbeat"
@@ -92,46 +92,6 @@ Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class SweepPaths:
-    root: Path
-
-    @classmethod
-    def of(cls, cfg: Config) -> "SweepPaths":
-        return cls(Path(cfg.run.out_dir) / "sweep" / cfg.sweep.study_name)
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "journal.log"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "budget.lock"
-
-    def trial_dir(self, number: int) -> Path:
-        return self.root / f"trial_{number}"
-
-    @property
-    def trials_csv(self) -> Path:
-        return self.root / "trials.csv"
-
-    @property
-    def trials_md(self) -> Path:
-        return self.root / "trials.md"
-
-    @property
-    def pareto_png(self) -> Path:
-        return self.root / "pareto.png"
-
-    @property
-    def pareto_html(self) -> Path:
-        return self.root / "pareto.html"
-
-    @property
-    def recommendation(self) -> Path:
-        return self.root / "recommendation.json"
 
 
 @dataclass(frozen=True)
