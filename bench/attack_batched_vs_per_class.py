@@ -1,7 +1,9 @@
 """The batched multi-target PPA attack against PPA's per-class loop (25 latents per batch).
 
 Both schedules run lsmia.attack.ppa.run_attack with the same models, config, steps and
-targets x candidates; only ``schedule`` differs. The models are randomly initialised: the
+targets x candidates; only ``schedule`` differs (ratio ``attack_batched_vs_per_class``). A third
+case, ``ppa_style``, runs the per-class loop on the plain eval-mode models as PPA does, without
+lsmia's BN-folded channels_last copies (ratio ``attack_lsmia_vs_ppa_style``: the whole attack). The models are randomly initialised: the
 attack's cost does not depend on what the weights are. ``--step-sweep`` adds a per-row
 micro-benchmark of one attack step (and of the final selection's forward pass) over batch
 sizes and memory layouts, which is where the suggestions in bench/README.md come from.
@@ -15,12 +17,14 @@ import argparse
 import copy
 import statistics
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 import benchutil
+from lsmia.attack import ppa
 from lsmia.attack.ppa import attack_step_loss, frozen, run_attack
 from lsmia.config import AttackConfig
 from lsmia.losses import identity_loss
@@ -58,12 +62,27 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
                         final_draws=args.final_draws, batch_size=args.batch_size)
 
 
-def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: str) -> benchutil.Case:
+def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: str,
+                plain_models: bool = False) -> benchutil.Case:
+    """``plain_models``: run on the models as given, as PPA does, instead of lsmia's BN-folded channels_last copies."""
     def case() -> benchutil.Timings:
-        result = run_attack(cfg, target, prior, list(range(cfg.targets)), torch.device("cpu"), progress=False,
-                            schedule=schedule)
+        with plain_model_copies(plain_models):
+            result = run_attack(cfg, target, prior, list(range(cfg.targets)), torch.device("cpu"), progress=False,
+                                schedule=schedule)
         return {phase: float(result.meta[phase]) for phase in PHASES}
     return case
+
+
+@contextmanager
+def plain_model_copies(active: bool) -> Iterator[None]:
+    """Swap lsmia's inference copies (BN folded, channels_last) for the eval-mode models themselves."""
+    original = ppa.inference_copy
+    if active:
+        ppa.inference_copy = lambda model, device: model.eval()
+    try:
+        yield
+    finally:
+        ppa.inference_copy = original
 
 
 # ----------------------------------------------------------------------------- step sweep
@@ -140,6 +159,7 @@ def main() -> None:
     if args.step_sweep:
         step_sweep(target, prior, cfg, args.quick)
     cases = {schedule: attack_case(cfg, target, prior, schedule) for schedule in ("batched", "per_class")}
+    cases["ppa_style"] = attack_case(cfg, target, prior, "per_class", plain_models=True)
     rows = {name: benchutil.medians(runs) for name, runs in benchutil.interleaved(cases, args.repeats).items()}
     print()
     benchutil.print_table(rows, [benchutil.TOTAL, *PHASES])
@@ -147,6 +167,9 @@ def main() -> None:
     print(f"phase ratio optimisation (per_class / batched): {optimisation:.2f}x")
     benchutil.print_ratio("attack_batched_vs_per_class", rows["per_class"][benchutil.TOTAL],
                           rows["batched"][benchutil.TOTAL], "per_class", "batched")
+    # the whole of lsmia's attack (batched, BN-folded channels_last copies) against PPA's way (per-class, plain models)
+    benchutil.print_ratio("attack_lsmia_vs_ppa_style", rows["ppa_style"][benchutil.TOTAL],
+                          rows["batched"][benchutil.TOTAL], "ppa_style", "batched")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ class StudyPaths:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def ablation_cache(self) -> Path:
+        return self.root / "ablations" / "cache"
+
+    def ablation_dir(self, name: str) -> Path:
+        return self.root / "ablations" / name
+
     def sweep_dir(self, study_name: str) -> Path:
         return self.root / "sweep" / study_name
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
-from scipy import stats
 
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
 from lsmia.paths import StudyPaths
+from lsmia.stats import effects, mean_ci
 from lsmia.training.classifier import predict_logits
 from lsmia.utils import load_json
 
@@ -63,6 +63,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "train_seconds": ("training time [s]", ""),
     "evaluate_seconds": ("evaluation time [s]", ""),
 }
+
+EFFECT_NOTE = (
+    "Paired by seed: each seed's smoothed target shares data, initialisation seed and attack randomness with the "
+    "hard-label target of the same seed. Mean over seeds ± half-width of the 95 % t-interval. The paper's claims: "
+    "alpha > 0 raises attack acc@1; negative alpha cuts it to at most half at a test-accuracy cost of at most "
+    "5 points.")
 
 READING_NOTE = (
     "Each row of a table is one metric; each alpha column gives the mean over seeds ± the half-width of "
@@ -105,21 +111,6 @@ def metric_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
     present = {key for row in rows for key, value in row.items() if _is_number(value) and key not in ID_KEYS}
     known = [key for key in METRICS if key in present]
     return known + sorted(present - set(known))
-
-
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, int]:
-    """Mean, half-width of the two-sided t-interval (NaN for fewer than two values) and count of finite values."""
-    finite = np.array([v for v in values if math.isfinite(v)], dtype=float)
-    n = len(finite)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(finite[0]), math.nan, 1
-    mean = float(finite.mean())
-    if np.allclose(finite, mean, rtol=1e-12, atol=0.0):
-        return mean, 0.0, n  # identical seeds: an exact 0, not floating-point noise like 3e-16
-    sem = finite.std(ddof=1) / math.sqrt(n)
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sem), n
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -356,6 +347,38 @@ def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _effect_cell(stat: dict[str, Any]) -> str:
+    return format_mean_ci(stat["mean"], stat["ci95"]) + (f" <small>(n = {stat['n']})</small>" if stat["n"] else "")
+
+
+def _verdict(effect: dict[str, Any]) -> str:
+    if "raises" in effect:
+        return "raises acc@1 (interval above 0)" if effect["raises"] else "no significant rise"
+    return "halves acc@1 at ≤ 5 points cost" if effect["halves"] else "does not halve acc@1"
+
+
+def effect_table(rows: list[dict[str, Any]]) -> str:
+    """The paper's claims per alpha, paired by seed against alpha = 0 (lsmia.stats.effects)."""
+    found = effects(rows) if any(row["alpha"] == 0.0 for row in rows) else []
+    if not found:
+        return _missing("no alpha = 0 run to compare with")
+    body = "".join(
+        f"<tr><th>α = {e['alpha']:g}</th><td>{_effect_cell(e['acc1_gain'])}</td><td>{_effect_cell(e['acc1_ratio'])}</td>"
+        f"<td>{_effect_cell(e['test_acc_cost'])}</td><td>{_effect_cell(e['delta_eval_gain'])}</td>"
+        f"<td>{_verdict(e)}</td></tr>" for e in found)
+    return ("<div class='scroll'><table class='summary'><thead><tr><th></th><th>acc@1 − acc@1(α=0)</th>"
+            "<th>acc@1 / acc@1(α=0)</th><th>test-accuracy cost</th><th>δ_eval − δ_eval(α=0)</th><th>paper's claim</th>"
+            f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>")
+
+
+def ablations_html(ablation_files: list[Path]) -> str:
+    """The measured ablations (``lsmia ablate``): each plan's ``results.md`` table, verbatim."""
+    blocks = [f"<h3>{html.escape(path.parent.name)}</h3><pre>{html.escape(path.read_text())}</pre>"
+              for path in ablation_files]
+    return "<h2>Measured ablations</h2>" + ("".join(blocks) or _missing(
+        "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation factors'"))
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -454,7 +477,8 @@ def _missing(what: str) -> str:
     return f"<p class='missing'>{html.escape(what)}</p>"
 
 
-def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: str) -> None:
+def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: str,
+                 ablation_files: list[Path] = ()) -> None:
     """Write every figure and ``index.html`` into ``folder`` (an empty directory)."""
     rows = collect_metrics(paths.metrics_dir)
     summaries = aggregate(rows)
@@ -483,12 +507,15 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
         parts.append(f"<h2>{heading}</h2>" + _missing(f"no target models or no data file {paths.data_file}"))
 
     parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
+    parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
+    parts.append(ablations_html(ablation_files))
     parts.append(reconstructions_html(paths, rows, folder))
     parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
     (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
 
 
-def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: str = "lsmia study") -> Path:
+def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: str = "lsmia study",
+                 ablation_files: list[Path] = ()) -> Path:
     """Build the report in a temporary folder beside ``out_dir`` and swap it in; returns ``out_dir/index.html``."""
     out_dir = Path(out_dir)
     collect_metrics(paths.metrics_dir)  # fail before creating anything
@@ -496,7 +523,7 @@ def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be served and shared
     try:
-        build_report(paths, staging, device, title)
+        build_report(paths, staging, device, title, list(ablation_files))
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

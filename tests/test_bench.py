@@ -41,10 +41,12 @@ def last_ratio(stdout: str, name: str) -> float:
 def test_attack_benchmark_times_both_schedules_and_phases() -> None:
     stdout = run_script("attack_batched_vs_per_class.py", "--quick", "--threads", "1")
     assert f"torch {torch.__version__}" in stdout and "threads 1" in stdout and "device cpu" in stdout
-    for row in ("batched", "per_class"):
+    for row in ("batched", "per_class", "ppa_style"):
         assert re.search(rf"^{row}\s+(\d+\.\d+\s+){{3}}\d+\.\d+$", stdout, re.MULTILINE), stdout
     assert "phase ratio optimisation" in stdout
-    assert last_ratio(stdout, "attack_batched_vs_per_class") > 0
+    schedule_only = [m for m in RATIO_LINE.finditer(stdout) if m["name"] == "attack_batched_vs_per_class"]
+    assert len(schedule_only) == 1 and float(schedule_only[0]["ratio"]) > 0
+    assert last_ratio(stdout, "attack_lsmia_vs_ppa_style") > 0
 
 
 def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None:

@@ -174,3 +174,22 @@ def test_failed_rebuild_keeps_the_previous_report(tmp_path, monkeypatch):
     monkeypatch.undo()
     report.write_report(paths, tmp_path / "report", torch.device("cpu"), title="rebuilt")
     assert "rebuilt" in index.read_text()
+
+
+def test_effect_table_pairs_each_seed_with_hard_labels(built):
+    _, index = built
+    section = index.read_text().split("The paper's effect, paired by seed", 1)[1].split("<h2>", 1)[0]
+    # fake_metrics: acc@1 = 0.6 + 2 alpha - 0.1 seed, so the paired gain at alpha = 0.1 is exactly +0.2 per seed
+    assert "α = 0.1</th><td>0.2 ± 0 <small>(n = 2)</small>" in section
+    assert "raises acc@1 (interval above 0)" in section
+    # at alpha = -0.05 the ratios are 0.5/0.6 and 0.4/0.5 (mean 0.8167) and accuracy rises by 0.05 (cost -0.05)
+    assert "does not halve acc@1" in section and "0.82 ± 0.21" in section and "-0.05 ± 0" in section
+
+
+def test_ablation_results_are_included_verbatim(tmp_path):
+    paths = make_study(tmp_path / "out")
+    results = paths.ablation_dir("factors") / "results.md"
+    results.parent.mkdir(parents=True)
+    results.write_text("| variant | α |\n| baseline | +0.1 |\n")
+    page = report.write_report(paths, tmp_path / "report", torch.device("cpu"), ablation_files=[results]).read_text()
+    assert "<h3>factors</h3><pre>| variant | α |\n| baseline | +0.1 |\n</pre>" in page

@@ -1,0 +1,247 @@
+"""Measured ablations: named config variants × alphas × seeds, with the paper's effect tested per variant.
+
+Every stage's output is cached under a key made of exactly the inputs that stage reads (its config
+slice and the keys of the stages it consumes), so variants share what they have in common: an
+attack-loss variant reuses the baseline's targets, a prior variant reuses its data and targets,
+and an interrupted ablation resumes where it stopped. The effect is measured *paired by seed*:
+each seed's smoothed model is compared with the hard-label model of the same seed, data and
+attack randomness, and the mean difference carries a 95 % t-interval over seeds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lsmia import pipeline
+from lsmia.config import Config, build_config
+from lsmia.errors import LsmiaError
+from lsmia.paths import StudyPaths
+from lsmia.schedules import alpha_trajectory
+from lsmia.stats import effects, mean_ci
+from lsmia.utils import load_json, save_json
+
+CACHE_VERSION = 1  # bump when a stage's code changes what it writes
+SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
+                "attribute_acc", "mean_logit_norm")
+Log = Callable[[str], None]
+
+
+class AblationPlan(BaseModel):
+    """An ablation file: ``variants`` maps a name to dotted overrides of the base params."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("ablation", pattern=r"^[A-Za-z0-9._-]+$")
+    alphas: list[float] | None = None  # default: the base config's study.alphas
+    seeds: list[int] | None = None  # default: the base config's study.seeds
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+def load_plan(path: Path) -> AblationPlan:
+    if not Path(path).exists():
+        raise LsmiaError(f"ablation file {path} does not exist: pass one like configs/ablations.yaml")
+    try:
+        return AblationPlan.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except yaml.YAMLError as err:
+        raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
+    except ValidationError as err:
+        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a misspelt key explains the rest
+        key = ".".join(str(p) for p in errors[0]["loc"])
+        if errors[0]["type"] == "extra_forbidden":
+            raise LsmiaError(f"unknown key '{key}' in ablation file {path}: use name, alphas, seeds and variants") from None
+        raise LsmiaError(f"invalid ablation file {path} at '{key}': {errors[0]['msg']}") from None
+
+
+def variant_configs(base: Config, plan: AblationPlan) -> dict[str, Config]:
+    """Each variant's validated config; a bad override names its variant."""
+    return {name: build_config(base.to_dict(), overrides, source=f"ablation variant '{name}'")
+            for name, overrides in plan.variants.items()}
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CellKeys:
+    """Cache keys of every stage behind one (variant, alpha, seed) cell."""
+
+    data: str
+    prior: str
+    eval: str
+    attributes: str
+    target: str
+    attack: str
+    evaluate: str
+
+
+def cell_keys(cfg: Config, alpha: float, seed: int) -> CellKeys:
+    """Keys from the config slices each stage reads; a target's smoothing enters as its per-epoch alpha."""
+    dump = cfg.to_dict()
+    data = _digest("data", dump["data"])
+    prior = _digest("prior", data, dump["prior"], cfg.run.seed)
+    eval_key = _digest("eval", data, dump["eval_model"], cfg.run.seed)
+    attributes = _digest("attributes", data, cfg.metrics.attribute_epochs, cfg.run.seed)
+    smoothing = cfg.target.smoothing.model_copy(update={"alpha": alpha})
+    target_cfg = {k: v for k, v in dump["target"].items() if k != "smoothing"}
+    target = _digest("target", data, target_cfg, alpha_trajectory(smoothing, cfg.target.epochs), seed)
+    attack = _digest("attack", target, prior, dump["attack"], seed)
+    evaluate = _digest("evaluate", attack, eval_key, attributes, dump["metrics"], seed)
+    return CellKeys(data, prior, eval_key, attributes, target, attack, evaluate)
+
+
+class StageCache:
+    """``root/<stage>/<key>/``; a stage counts as done once its output file exists (all are written atomically)."""
+
+    def __init__(self, root: Path, device: torch.device, log: Log) -> None:
+        self.root, self.device, self.log = Path(root), device, log
+
+    def folder(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def ensure(self, stage: str, key: str, output: str, build: Callable[[Path], Any]) -> Path:
+        """The stage's output, built first unless present; a lock lets parallel ablations share the work."""
+        folder = self.folder(stage, key)
+        path = folder / output
+        if path.exists():
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this stage: wait, then reuse its output
+            if not path.exists():
+                self.log(f"  {stage} {key}: running")
+                build(folder)
+        return path
+
+
+def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
+    """Every stage one (alpha, seed) needs, each taken from the cache when present; the metrics row."""
+    keys = cell_keys(cfg, alpha, seed)
+    cfg = pipeline.with_alpha(cfg, alpha)
+    device = cache.device
+    data = cache.ensure("data", keys.data, "dataset.pt",
+                        lambda d: pipeline.stage_data(cfg, d / "dataset.pt"))
+    prior = None
+    if cfg.prior.kind == "dcgan":
+        prior = cache.ensure("prior", keys.prior, "prior.pt",
+                             lambda d: pipeline.stage_prior(cfg, data, d, device))
+    eval_model = cache.ensure("eval", keys.eval, "model.pt",
+                              lambda d: pipeline.stage_train(cfg, "eval", data, d, device, cfg.run.seed))
+    attributes = None
+    if cfg.data.source == "builtin":  # attribute labels exist only for the built-in identities
+        attributes = cache.ensure("attributes", keys.attributes, "predictor.pt",
+                                  lambda d: pipeline.stage_attribute_predictor(cfg, data, d / "predictor.pt", device))
+    target = cache.ensure("target", keys.target, "model.pt",
+                          lambda d: pipeline.stage_train(cfg, "target", data, d, device, seed))
+    attack = cache.ensure("attack", keys.attack, "attack.pt",
+                          lambda d: pipeline.stage_attack(cfg, data, target, prior, d, device, seed))
+    metrics = cache.ensure("evaluate", keys.evaluate, "metrics.json",
+                           lambda d: pipeline.stage_evaluate(cfg, data, attack, eval_model, target.parent,
+                                                             d / "metrics.json", device, alpha, seed, attributes))
+    row = load_json(metrics, what="ablation metrics")
+    row["eval_test_acc"] = load_json(eval_model.parent / "metrics.json", what="eval metrics")["test_acc"]
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    summary = []
+    for alpha in sorted({row["alpha"] for row in rows}, reverse=True):
+        group = [row for row in rows if row["alpha"] == alpha]
+        metrics = {}
+        for key in SUMMARY_KEYS:
+            mean, ci95, n = mean_ci([float(row[key]) for row in group if key in row])
+            metrics[key] = {"mean": mean, "ci95": ci95, "n": n}
+        summary.append({"alpha": alpha, "metrics": metrics})
+    return summary
+
+
+# --------------------------------------------------------------------------- running and writing
+
+
+@dataclass
+class AblationResult:
+    plan: AblationPlan
+    rows: list[dict[str, Any]]
+    variants: dict[str, dict[str, Any]]
+    out_dir: Path
+
+
+def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Log = print) -> AblationResult:
+    """Run (or take from the cache) every cell of the plan; write ``results.json`` and ``results.md``."""
+    configs = variant_configs(base, plan)  # validate every variant before any work starts
+    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
+    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    if 0.0 not in alphas:
+        raise LsmiaError("an ablation needs alpha 0 as the reference: add 0.0 to the plan's alphas")
+    paths = StudyPaths(Path(base.run.out_dir))
+    cache = StageCache(paths.ablation_cache, device, log)
+    rows, variants = [], {}
+    for name, cfg in configs.items():
+        variant_rows = []
+        for seed in seeds:
+            for alpha in alphas:
+                log(f"{name}: alpha={alpha} seed={seed}")
+                variant_rows.append({"variant": name, **run_cell(cache, cfg, alpha, seed)})
+        rows += variant_rows
+        variants[name] = {"overrides": plan.variants[name], "summary": summarise(variant_rows),
+                          "effects": effects(variant_rows), "eval_test_acc": variant_rows[0]["eval_test_acc"]}
+    result = AblationResult(plan, rows, variants, paths.ablation_dir(plan.name))
+    write_results(result)
+    return result
+
+
+def _cell(stat: dict[str, Any], digits: int = 3) -> str:
+    if not math.isfinite(stat["mean"]):
+        return "—"
+    if not math.isfinite(stat["ci95"]):
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+
+
+def markdown(result: AblationResult) -> str:
+    """One row per (variant, alpha): means ± 95 % t half-widths, then the paired effect vs alpha = 0."""
+    lines = ["| variant | α | test acc | acc@1 | acc@1 − acc@1(α=0) | acc@1 / acc@1(α=0) | accuracy cost | δ_eval | ξ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, variant in result.variants.items():
+        by_alpha = {e["alpha"]: e for e in variant["effects"]}
+        for summary in variant["summary"]:
+            alpha, m = summary["alpha"], summary["metrics"]
+            effect = by_alpha.get(alpha)
+            gain, ratio, cost = ((_cell(effect["acc1_gain"]), _cell(effect["acc1_ratio"], 2),
+                                  _cell(effect["test_acc_cost"])) if effect else ("", "", ""))
+            lines.append(f"| {name} | {alpha:+g} | {_cell(m['test_acc'])} | {_cell(m['final_acc1'])} | {gain} | "
+                         f"{ratio} | {cost} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
+    seeds = sorted({row["seed"] for row in result.rows})
+    lines.append("")
+    lines.append(f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds; differences and ratios "
+                 "are paired by seed against α = 0 of the same variant.")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: AblationResult) -> None:
+    from lsmia.utils import atomic_path
+
+    save_json({"plan": result.plan.model_dump(mode="json"), "variants": result.variants, "rows": result.rows},
+              result.out_dir / "results.json")
+    with atomic_path(result.out_dir / "results.md") as tmp:
+        tmp.write_text(markdown(result))
+
+
+def effect_metrics(result: AblationResult) -> dict[str, float]:
+    """Flat ``<variant>.<effect>.alpha<α>`` means, for tracking."""
+    out = {}
+    for name, variant in result.variants.items():
+        for effect in variant["effects"]:
+            for key in ("acc1_gain", "acc1_ratio", "test_acc_cost"):
+                out[f"{name}.{key}.alpha{effect['alpha']}"] = effect[key]["mean"]
+    return out

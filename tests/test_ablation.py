@@ -1,0 +1,137 @@
+"""Ablations: stage keys that share exactly what variants have in common, the cache, and the paired effect."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lsmia import ablation
+from lsmia.cli import app
+from lsmia.config import build_config, load_config
+from lsmia.errors import LsmiaError
+from lsmia.stats import effects
+
+TINY = Path(__file__).parent / "tiny_params.yaml"
+T_975_DF2 = 4.302652729749464
+
+
+def keys(overrides: dict, alpha: float = -0.05, seed: int = 0) -> ablation.CellKeys:
+    return ablation.cell_keys(build_config({}, overrides), alpha, seed)
+
+
+def test_an_attack_change_keeps_every_trained_model():
+    base, other = keys({}), keys({"attack.loss": "ce"})
+    assert (base.data, base.prior, base.eval, base.target) == (other.data, other.prior, other.eval, other.target)
+    assert base.attack != other.attack and base.evaluate != other.evaluate
+
+
+def test_a_prior_change_keeps_the_targets_but_not_the_attack():
+    base, other = keys({}), keys({"prior.epochs": 10})
+    assert base.target == other.target and base.eval == other.eval
+    assert base.prior != other.prior and base.attack != other.attack
+
+
+def test_a_data_change_invalidates_everything_downstream():
+    base, other = keys({}), keys({"data.images_per_identity": 80})
+    assert all(getattr(base, f) != getattr(other, f) for f in ("data", "prior", "eval", "target", "attack"))
+
+
+def test_the_schedule_enters_only_through_the_alpha_in_force_per_epoch():
+    # alpha >= 0 is never warmed up, so the schedule cannot change those models ...
+    for alpha in (0.0, 0.1):
+        assert keys({}, alpha).target == keys({"target.smoothing.schedule": "constant"}, alpha).target
+    # ... while a negative alpha from epoch 0 is another model
+    assert keys({}, -0.05).target != keys({"target.smoothing.schedule": "constant"}, -0.05).target
+    assert keys({}, -0.05, seed=0).target != keys({}, -0.05, seed=1).target
+
+
+def rows_from(acc1: dict[float, list[float]], test_acc: dict[float, list[float]]) -> list[dict]:
+    return [{"alpha": a, "seed": s, "final_acc1": v, "test_acc": test_acc[a][s], "delta_eval": 10.0}
+            for a, values in acc1.items() for s, v in enumerate(values)]
+
+
+def test_paired_effects_by_hand():
+    rows = rows_from({0.1: [0.7, 0.75, 0.9], 0.0: [0.6, 0.6, 0.8], -0.05: [0.3, 0.2, 0.4]},
+                     {0.1: [0.9, 0.9, 0.9], 0.0: [0.9, 0.92, 0.88], -0.05: [0.87, 0.9, 0.85]})
+    pos, neg = sorted(effects(rows), key=lambda e: -e["alpha"])
+    gains = [0.1, 0.15, 0.1]  # paired differences; their sd is sqrt(1/1200)
+    assert pos["acc1_gain"]["mean"] == pytest.approx(sum(gains) / 3)
+    assert pos["acc1_gain"]["ci95"] == pytest.approx(T_975_DF2 * math.sqrt(1 / 1200) / math.sqrt(3))
+    assert pos["raises"] is True  # 0.117 - 0.072 > 0
+    assert neg["acc1_ratio"]["values"] == pytest.approx([0.5, 1 / 3, 0.5])
+    assert neg["test_acc_cost"]["mean"] == pytest.approx((0.03 + 0.02 + 0.03) / 3)
+    assert neg["halves"] is True
+
+
+def test_a_gain_whose_interval_includes_zero_is_not_a_rise():
+    rows = rows_from({0.1: [0.7, 0.5, 0.8], 0.0: [0.6, 0.6, 0.6]}, {0.1: [0.9] * 3, 0.0: [0.9] * 3})
+    (pos,) = effects(rows)
+    assert pos["acc1_gain"]["mean"] == pytest.approx(0.2 / 3)
+    assert pos["raises"] is False
+
+
+def test_halving_that_costs_too_much_accuracy_does_not_count():
+    rows = rows_from({0.0: [0.6, 0.6], -0.3: [0.2, 0.2]}, {0.0: [0.9, 0.9], -0.3: [0.8, 0.8]})
+    (neg,) = effects(rows)
+    assert neg["acc1_ratio"]["mean"] == pytest.approx(1 / 3) and neg["test_acc_cost"]["mean"] == pytest.approx(0.1)
+    assert neg["halves"] is False
+
+
+def write_plan(folder: Path, **plan) -> Path:
+    path = folder / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def test_plan_errors_name_the_problem(tmp_path):
+    with pytest.raises(LsmiaError, match="does not exist"):
+        ablation.load_plan(tmp_path / "missing.yaml")
+    with pytest.raises(LsmiaError, match="'varaints'"):
+        ablation.load_plan(write_plan(tmp_path, varaints={"a": {}}))
+    plan = ablation.load_plan(write_plan(tmp_path, variants={"bad": {"attack.stepz": 3}}))
+    with pytest.raises(LsmiaError, match="'attack.stepz' in ablation variant 'bad'"):
+        ablation.variant_configs(build_config(), plan)
+
+
+@pytest.mark.slow
+def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
+    plan = ablation.AblationPlan(name="t", alphas=[0.1, 0.0, -0.05], seeds=[0, 1],
+                                 variants={"base": {}, "ce": {"attack.loss": "ce"}, "long": {"attack.steps": 3}})
+    lines: list[str] = []
+    result = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=lines.append)
+    cache = tmp_path / "out" / "ablations" / "cache"
+    assert len(list((cache / "target").iterdir())) == 6  # 3 alphas x 2 seeds, shared by all three variants
+    assert len(list((cache / "attack").iterdir())) == 18
+    assert len(list((cache / "prior").iterdir())) == 1 and len(list((cache / "eval").iterdir())) == 1
+    saved = json.loads((result.out_dir / "results.json").read_text())
+    assert len(saved["rows"]) == 18 and set(saved["variants"]) == {"base", "ce", "long"}
+    assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
+
+    # an interrupted run lost one attack and every evaluation: only those run again, with identical metrics
+    shutil.rmtree(cache / "attack" / sorted(p.name for p in (cache / "attack").iterdir())[0])
+    shutil.rmtree(cache / "evaluate")
+    again: list[str] = []
+    rerun = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=again.append)
+    running = [line.split()[0] for line in again if line.endswith("running")]
+    assert running.count("attack") == 1 and running.count("evaluate") == 18 and len(running) == 19
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
+
+    assert timeless(rerun.rows) == timeless(result.rows)
+
+
+def test_cli_bad_plan_is_one_line_exit_2(tmp_path):
+    shutil.copy(TINY, tmp_path / "params.yaml")
+    plan = write_plan(tmp_path, variants={"x": {"target.epochz": 1}}, alphas=[0.0])
+    result = CliRunner().invoke(app, ["ablate", str(plan), "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "target.epochz" in result.output
