@@ -17,6 +17,23 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, devic
     return torch.rand(n, generator=gen, device="cpu").to(device) * (high - low) + low
 
 
+def sample_crop_params(n: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator | None,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of ``random_resized_crop`` for ``n`` samples: width, height (fractions) and centre.
+
+    Calling it alone advances ``gen`` exactly as a crop of ``n`` samples would (the attack uses that
+    to skip another rank's batches without changing the random stream).
+    """
+    area = _uniform(n, scale[0], scale[1], gen, device)
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen, device)
+    aspect = torch.exp(log_r)
+    crop_w = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the full width/height
+    crop_h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (_uniform(n, 0, 1, gen, device) * 2 - 1) * (1 - crop_w)
+    cy = (_uniform(n, 0, 1, gen, device) * 2 - 1) * (1 - crop_h)
+    return crop_w, crop_h, cx, cy
+
+
 def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float] = (1.0, 1.0),
                         out_size: int | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
     """Crop a random area fraction in ``scale`` with aspect ``ratio`` per sample, resize to ``out_size``.
@@ -25,13 +42,7 @@ def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], ratio: tupl
     """
     n, _, h, w = x.shape
     out_size = out_size or h
-    area = _uniform(n, scale[0], scale[1], gen, x.device)
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), gen, x.device)
-    aspect = torch.exp(log_r)
-    crop_w = torch.sqrt(area * aspect).clamp(max=1.0)  # fractions of the full width/height
-    crop_h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (_uniform(n, 0, 1, gen, x.device) * 2 - 1) * (1 - crop_w)
-    cy = (_uniform(n, 0, 1, gen, x.device) * 2 - 1) * (1 - crop_h)
+    crop_w, crop_h, cx, cy = sample_crop_params(n, scale, ratio, gen, x.device)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = crop_w, cx
     theta[:, 1, 1], theta[:, 1, 2] = crop_h, cy

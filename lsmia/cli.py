@@ -130,6 +130,7 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
           out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
     """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
     from lsmia import pipeline
+    from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
     if role not in ("target", "eval"):
@@ -139,12 +140,14 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
     paths = _paths(cfg)
     alpha_value = cfg.target.smoothing.alpha if role == "target" else 0.0
     out_dir = out_dir or (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
-    with tracked_stage(cfg, "train", f"train-{role}", role=role, alpha=alpha_value if role == "target" else None,
-                       seed=seed, system_metrics=True) as tracker:
-        result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, _device(cfg), seed,
+    with pipeline.launched_stage(cfg, _device(cfg), tracked_stage, "train", f"train-{role}", role=role,
+                                 alpha=alpha_value if role == "target" else None, seed=seed,
+                                 system_metrics=True) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
+        result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, rank_device, seed,
                                       on_epoch=tracker.epoch_logger())
         tracker.log_classifier(result, role, alpha_value, seed)
-    _echo_json(result.metrics)
+    if is_main():
+        _echo_json(result.metrics)
 
 
 @app.command()
@@ -156,6 +159,7 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
            out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
     """Invert a target with Plug & Play Attacks."""
     from lsmia import pipeline
+    from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, device, alpha, track)
@@ -165,10 +169,12 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
     target = target or paths.target_dir(a, seed) / "model.pt"
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
     out_dir = out_dir or paths.attack_dir(a, seed)
-    with tracked_stage(cfg, "attack", "attack", role="target", alpha=a, seed=seed, system_metrics=True) as tracker:
-        result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, _device(cfg), seed)
+    with pipeline.launched_stage(cfg, _device(cfg), tracked_stage, "attack", "attack", role="target", alpha=a,
+                                 seed=seed, system_metrics=True) as (tracker, rank_device):  # torchrun: batches split
+        result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, rank_device, seed)
         tracker.log_attack(result, out_dir, a, seed)
-    typer.echo(f"attack: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
+    if is_main():
+        typer.echo(f"attack: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from lsmia import distributed
 from lsmia.attack.result import AttackResult
 from lsmia.config import Config, build_config
 from lsmia.data.base import FaceData
@@ -99,8 +100,10 @@ def stage_attack(cfg: Config, data_file: Path, target_file: Path, prior_file: Pa
     attack_cfg = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed})
     seed_everything(attack_cfg.seed)
     result = run_attack(attack_cfg, target, prior, targets, device)
-    result.save(out_dir / "attack.pt")
-    save_attack_grid(data, result, out_dir / "reconstructions.png")
+    if distributed.is_main():  # under torchrun every rank holds the whole result; rank 0 writes it
+        result.save(out_dir / "attack.pt")
+        save_attack_grid(data, result, out_dir / "reconstructions.png")
+    distributed.barrier()
     return result
 
 
@@ -158,6 +161,21 @@ class QuietStage:
 @contextmanager
 def quiet_stage(cfg: Config, stage: str, run_name: str, **tags: Any) -> Iterator[QuietStage]:
     yield QuietStage()
+
+
+@contextmanager
+def launched_stage(cfg: Config, device: torch.device, observe: Callable[..., Any], stage: str, run_name: str,
+                   **tags: Any) -> Iterator[tuple[Any, torch.device]]:
+    """A stage alone or under torchrun: (observer, this rank's device).
+
+    Under torchrun the process group lives for the block (nccl for CUDA, gloo for the CPU),
+    ``observe`` (e.g. MLflow tracking) runs on rank 0 only and the other ranks get ``quiet_stage``.
+    Alone it is ``observe`` with ``device``.
+    """
+    with distributed.process_group(use_cuda=device.type == "cuda"):
+        observer = observe if distributed.is_main() else quiet_stage
+        with observer(cfg, stage, run_name, **tags) as obs:
+            yield obs, distributed.rank_device(device)
 
 
 def run_study(cfg: Config, device: torch.device, log: Callable[[str], None] = print,

@@ -17,6 +17,11 @@ statistics) and Adam's state is elementwise, so every row receives exactly the u
 would receive if optimised alone; batching changes only which augmentation draws a row
 gets. ``schedule="per_class"`` (the reference's loop over classes, 25 latents per batch)
 therefore optimises the same objective and differs only in that randomness.
+
+Under ``torchrun`` rank r optimises the batches ``index % world == r`` and the latents are
+all-gathered; a rank still draws the step crops of the batches it skips, so every batch gets
+the draws it gets in one process and the result is identical for any number of ranks. Initial
+and final selection are cheap and run on every rank.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from typing import Callable, Iterator, Literal
 import torch
 import torch.nn as nn
 
+from lsmia import distributed
 from lsmia.attack.result import AttackResult
-from lsmia.augment import random_flip, random_resized_crop, resize
+from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.models.fusion import inference_copy
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
@@ -132,16 +138,23 @@ def attack_step_loss(prior: nn.Module, target: Classifier, z: torch.Tensor, labe
 
 def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: torch.Tensor,
              batches: list[torch.Tensor], cfg: AttackConfig, gen: torch.Generator, device: torch.device,
-             show_progress: bool) -> torch.Tensor:
-    """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each."""
+             show_progress: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each.
+
+    With ``world`` > 1 only batches ``index % world == rank`` are optimised (the other rows keep
+    their start); for the others only the step crops are drawn, so ``gen`` advances as in one process.
+    """
     loss_fn = identity_loss(cfg.loss)
     result = start.clone()
-    work = ((batch, step) for batch in batches for step in range(cfg.steps))
+    work = ((index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps))
     if show_progress:
         work = progress_bar(work, total=len(batches) * cfg.steps, desc="attack steps")
     z, optimiser = None, None
     with torch.enable_grad():
-        for batch, step in work:
+        for index, batch, step in work:
+            if index % world != rank:  # another rank's batch: same draws, no work
+                sample_crop_params(len(batch), cfg.step_crop_scale, (1.0, 1.0), gen, torch.device("cpu"))
+                continue
             if step == 0:
                 z = start[batch].to(device).requires_grad_(True)
                 optimiser = torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas)
@@ -151,6 +164,14 @@ def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: 
             if step == cfg.steps - 1:
                 result[batch] = z.detach().cpu()
     return result
+
+
+def merge_ranks(parts: list[torch.Tensor], batches: list[torch.Tensor]) -> torch.Tensor:
+    """The rows of batch ``i`` from ``parts[i % len(parts)]``, the rank that optimised it."""
+    merged = parts[0].clone()
+    for index, batch in enumerate(batches):
+        merged[batch] = parts[index % len(parts)][batch]
+    return merged
 
 
 @torch.no_grad()
@@ -212,7 +233,11 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
 
         started = time.perf_counter()
         batches = row_batches(len(targets), cfg.candidates, cfg.batch_size, schedule)
-        latents = optimise(prior, target, start, labels, batches, cfg, step_gen, device, progress)
+        rank, world = distributed.rank(), distributed.world_size()
+        latents = optimise(prior, target, start, labels, batches, cfg, step_gen, device,
+                           progress and distributed.is_main(), rank, world)
+        if world > 1:
+            latents = merge_ranks(distributed.all_gather(latents), batches)
         timings["optimisation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -1,4 +1,12 @@
-"""Training of target and evaluation classifiers, with label smoothing, per-epoch checkpoints and resume."""
+"""Training of target and evaluation classifiers, with label smoothing, per-epoch checkpoints and resume.
+
+Under ``torchrun`` (world size > 1) the model runs in DistributedDataParallel: every rank draws
+the same permutation and augments the whole global batch with the shared generator, so the
+random stream is the single-process one; each rank then trains on its rows ``rank::world`` and
+DDP averages the gradients. ``batch_size`` stays the global batch size. BatchNorm: SyncBatchNorm
+on CUDA; on the CPU (gloo) batch statistics are per shard and the running statistics are averaged
+over the ranks after each epoch. Rank 0 alone writes files and calls ``on_epoch``.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from lsmia import distributed
 from lsmia.augment import training_augment
 from lsmia.config import ClassifierConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
-from lsmia.errors import DivergenceError
+from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.losses import smoothed_cross_entropy
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
 from lsmia.schedules import alpha_at
 from lsmia.utils import load_torch, progress, save_json, save_torch, seed_everything
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+TrainOutputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 METRICS = "metrics.json"
@@ -75,17 +87,89 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
             "mean_logit_norm": logits.norm(dim=1).mean().item()}
 
 
-def _loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, alpha: float, aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, aux = model.train_outputs(x)
+def _loss(outputs: TrainOutputs, x: torch.Tensor, y: torch.Tensor, alpha: float,
+          aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, aux = outputs(x)
     loss = smoothed_cross_entropy(logits, y, alpha)
     if aux is not None:
         loss = loss + aux_weight * smoothed_cross_entropy(aux, y, alpha)
     return loss, logits
 
 
+class _TrainOutputs(nn.Module):
+    """``model.train_outputs`` as ``forward``, so DistributedDataParallel hooks the training pass."""
+
+    def __init__(self, model: Classifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.train_outputs(x)
+
+
+def distributed_outputs(model: Classifier, device: torch.device) -> nn.Module:
+    """The training pass of ``model`` wrapped in DistributedDataParallel (needs a process group).
+
+    Buffers are not broadcast at each step: BatchNorm running statistics follow each rank's
+    shards and are averaged over the ranks after each epoch (see ``_average_buffers``).
+    """
+    ids = None
+    if device.type == "cuda":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(_TrainOutputs(model), device_ids=ids, broadcast_buffers=False)
+
+
+def _finite_on_every_rank(loss: torch.Tensor) -> bool:
+    if distributed.world_size() == 1:
+        return bool(torch.isfinite(loss))
+    flag = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    return bool(distributed.all_reduce_(flag, "min").item())
+
+
+def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               alpha: float, aux_weight: float) -> tuple[float, int, int]:
+    """One optimiser step on the global batch ``x, y``; (loss sum, correct, rows) of the rows run here.
+
+    With world size > 1 this rank runs rows ``rank::world``; its mean loss is scaled by
+    ``rows * world / global rows``, so DDP's mean of the ranks' gradients is the gradient of the
+    global batch mean, also for unequal shards (for equal shards the scale is exactly 1).
+    """
+    world = distributed.world_size()
+    scale = 1.0
+    if world > 1:
+        total = len(y)
+        x, y = x[distributed.rank()::world], y[distributed.rank()::world]
+        scale = len(y) * world / total
+    loss, logits = _loss(outputs, x, y, alpha, aux_weight)
+    if not _finite_on_every_rank(loss):
+        raise DivergenceError(f"training diverged (non-finite loss at alpha={alpha}): "
+                              "lower the learning rate or |alpha|; the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    (loss * scale if world > 1 else loss).backward()
+    optimizer.step()
+    return loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)
+
+
+def _average_buffers(model: nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over the ranks."""
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            distributed.all_reduce_(buffer, "mean")
+
+
+def _reduced_stats(total_loss: float, correct: int, seen: int, device: torch.device) -> tuple[float, int, int]:
+    stats = distributed.all_reduce_(torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device))
+    return stats[0].item(), int(stats[1].item()), int(stats[2].item())
+
+
 def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSet, cfg: ClassifierConfig,
-               alpha: float, device: torch.device, gen: torch.Generator) -> dict[str, float]:
+               alpha: float, device: torch.device, gen: torch.Generator,
+               outputs: nn.Module | None = None) -> dict[str, float]:
+    """One epoch; ``outputs`` is the DDP-wrapped training pass under torchrun (None: ``model.train_outputs``)."""
     model.train()
+    if outputs is not None:
+        outputs.train()
+    world = distributed.world_size()
     order = torch.randperm(len(train), generator=gen)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     batches = [b for b in batches if len(b) > 1]  # BatchNorm cannot train on a single sample
@@ -94,18 +178,25 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
     for index in batches:
         x = train.images[index].to(device, non_blocking=True).float().div_(255.0)
         y = train.labels[index].to(device, non_blocking=True)
-        x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)
-        loss, logits = _loss(model, x, y, alpha, cfg.aux_loss_weight)
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"training diverged (non-finite loss at alpha={alpha}): "
-                                  "lower the learning rate or |alpha|; the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)  # whole global batch
+        if world > 1 and len(index) < 2 * world:
+            continue  # a shard of one row cannot train BatchNorm; the draws above keep the stream aligned
+        loss_sum, right, rows = train_step(model.train_outputs if outputs is None else outputs, optimizer, x, y, alpha,
+                                           cfg.aux_loss_weight)
+        total_loss += loss_sum
+        correct += right
+        seen += rows
+    if world > 1:
+        total_loss, correct, seen = _reduced_stats(total_loss, correct, seen, device)
+        _average_buffers(model)
     return {"loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def plain_batchnorm(model: Classifier) -> Classifier:
+    """A copy of ``model`` with plain BatchNorm layers (same state), usable outside the process group."""
+    plain = build_classifier(model.arch, model.num_classes, model.image_size, model.width)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(next(model.parameters()).device).train(model.training)
 
 
 def _fingerprint(cfg: ClassifierConfig, smoothing: SmoothingConfig | None, data: FaceData, seed: int) -> dict[str, Any]:
@@ -135,7 +226,14 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
+    world, main = distributed.world_size(), distributed.is_main()
+    if world > 1 and cfg.batch_size < 2 * world:
+        raise LsmiaError(f"batch_size {cfg.batch_size} is the global batch and leaves fewer than 2 rows for each of "
+                         f"{world} processes: set it to at least {2 * world}")
     model = build_classifier(cfg.arch, data.num_classes, data.image_size, cfg.width, cfg.pretrained_path).to(device)
+    sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     gen = torch.Generator().manual_seed(seed)
@@ -149,30 +247,36 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+    outputs = distributed_outputs(model, device) if world > 1 else None  # every rank has loaded by now
     started = time.perf_counter()
     epochs = range(start_epoch, cfg.epochs)
-    for epoch in (progress(epochs, desc="epochs") if show_progress else epochs):
+    for epoch in (progress(epochs, desc="epochs") if show_progress and main else epochs):
         alpha = alpha_at(smoothing, epoch, cfg.epochs) if smoothing else 0.0
-        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen)
+        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, outputs)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         test_logits = predict_logits(model, data.test.images, device)
         test_acc = (test_logits.argmax(1) == data.test.labels).float().mean().item()
         row = {"epoch": epoch, "alpha": alpha, "lr": lr, **stats, "test_acc": test_acc}
         history.append(row)
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
-                    "history": history, "fingerprint": fingerprint}, out_dir / CHECKPOINT)
-        if on_epoch:
-            on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
+        if main:
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
+                        "history": history, "fingerprint": fingerprint}, out_dir / CHECKPOINT)
+            if on_epoch:
+                on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
+        distributed.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return TrainResult(model.eval(), out_dir / CHECKPOINT, {}, history, start_epoch)
+    model = plain_batchnorm(model) if sync_bn else model
     model.eval()
     metrics = final_metrics(model, data, device, history)
     metrics["train_seconds"] = time.perf_counter() - started
-    save_classifier(model, out_dir / MODEL, extra={"history": history, "metrics": metrics,
-                                                    "alpha": smoothing.alpha if smoothing else 0.0})
-    save_json(metrics, out_dir / METRICS)
+    if main:
+        save_classifier(model, out_dir / MODEL, extra={"history": history, "metrics": metrics,
+                                                        "alpha": smoothing.alpha if smoothing else 0.0})
+        save_json(metrics, out_dir / METRICS)
+    distributed.barrier()
     return TrainResult(model, out_dir / MODEL, metrics, history, start_epoch)
 
 
