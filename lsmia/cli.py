@@ -230,6 +230,8 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
 def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Report folder.")] = None,
            plots_dir: Annotated[Optional[Path], typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
+           ablations: Annotated[Optional[list[str]], typer.Option(
+               "--ablation", help="Include the results of 'lsmia ablate' plan NAME (repeatable).")] = None,
            track: TrackOpt = None) -> None:
     """Write the HTML report (figures, tables, reconstructions) of every evaluated alpha and seed."""
     from lsmia.report import write_plot_data, write_report
@@ -238,7 +240,11 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     with tracked_stage(cfg, "report", "report", role="report") as tracker:
-        index = write_report(paths, out_dir or paths.report_dir, _device(cfg))
+        ablation_files = [paths.ablation_dir(name) / "results.md" for name in ablations or []]
+        missing = [str(f) for f in ablation_files if not f.exists()]
+        if missing:
+            raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
+        index = write_report(paths, out_dir or paths.report_dir, _device(cfg), ablation_files=ablation_files)
         write_plot_data(paths, plots_dir or paths.root / "plots")
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")
@@ -260,6 +266,25 @@ def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
     for row in result.metrics:
         typer.echo("\t".join(f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k))
                              for k in keys))
+
+
+@app.command()
+@cli_errors
+def ablate(plan_file: Annotated[Path, typer.Argument(help="Ablation file, e.g. configs/ablations.yaml.")],
+           params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
+           track: TrackOpt = None) -> None:
+    """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
+    from lsmia import ablation
+    from lsmia.tracked import tracked_stage
+
+    cfg = resolve(params, sets, device, track=track)
+    plan = ablation.load_plan(plan_file)
+    result = ablation.run_ablation(cfg, plan, _device(cfg), log=lambda line: typer.echo(line, err=True))
+    with tracked_stage(cfg, "ablation", f"ablation {plan.name}", role="ablation") as tracker:
+        tracker.log_metrics(ablation.effect_metrics(result))
+        tracker.tracker.log_artifact(result.out_dir, "ablation")
+    typer.echo(ablation.markdown(result), nl=False)
+    typer.echo(f"results: {result.out_dir / 'results.md'}")
 
 
 StudyNameOpt = Annotated[Optional[str], typer.Option("--study-name", help="Study (default: sweep.study_name).")]
