@@ -23,8 +23,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lsmia import pipeline
+from lsmia.attack.result import AttackResult
 from lsmia.config import Config, build_config
 from lsmia.errors import LsmiaError
+from lsmia.metrics.evaluate import final_target_confidence
 from lsmia.paths import StudyPaths
 from lsmia.schedules import alpha_trajectory
 from lsmia.stats import effects, mean_ci
@@ -32,7 +34,7 @@ from lsmia.utils import load_json, save_json
 
 CACHE_VERSION = 1  # bump when a stage's code changes what it writes
 SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
-                "attribute_acc", "mean_logit_norm")
+                "attribute_acc", "mean_logit_norm", "final_target_confidence")
 Log = Callable[[str], None]
 
 
@@ -149,6 +151,8 @@ def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[st
                            lambda d: pipeline.stage_evaluate(cfg, data, attack, eval_model, target.parent,
                                                              d / "metrics.json", device, alpha, seed, attributes))
     row = load_json(metrics, what="ablation metrics")
+    if "final_target_confidence" not in row:  # evaluations cached before lsmia reported it
+        row["final_target_confidence"] = final_target_confidence(AttackResult.load(attack))
     row["eval_test_acc"] = load_json(eval_model.parent / "metrics.json", what="eval metrics")["test_acc"]
     return row
 
@@ -211,8 +215,8 @@ def _cell(stat: dict[str, Any], digits: int = 3) -> str:
 def markdown(result: AblationResult) -> str:
     """One row per (variant, alpha): means ± 95 % t half-widths, then the paired effect vs alpha = 0."""
     lines = ["| variant | α | test acc | acc@1 | acc@1 − acc@1(α=0) | acc@1 / acc@1(α=0) | accuracy cost | "
-             "acc@1 all samples | δ_eval | ξ |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "acc@1 all samples | target's confidence | δ_eval | ξ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, variant in result.variants.items():
         by_alpha = {e["alpha"]: e for e in variant["effects"]}
         for summary in variant["summary"]:
@@ -221,7 +225,7 @@ def markdown(result: AblationResult) -> str:
             gain, ratio, cost = ((_cell(effect["acc1_gain"]), _cell(effect["acc1_ratio"], 2),
                                   _cell(effect["test_acc_cost"])) if effect else ("", "", ""))
             lines.append(f"| {name} | {alpha:+g} | {_cell(m['test_acc'])} | {_cell(m['final_acc1'])} | {gain} | "
-                         f"{ratio} | {cost} | {_cell(m['all_acc1'])} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
+                         f"{ratio} | {cost} | {_cell(m['all_acc1'])} | {_cell(m['final_target_confidence'])} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
     seeds = sorted({row["seed"] for row in result.rows})
     lines.append("")
     lines.append(f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds; differences and ratios "

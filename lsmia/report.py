@@ -47,6 +47,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "final_acc5": ("attack acc@5 (final samples)", "more leakage"),
     "all_acc1": ("attack acc@1 (all samples)", "more leakage"),
     "all_acc5": ("attack acc@5 (all samples)", "more leakage"),
+    "final_target_confidence": ("target's confidence in its final samples", ""),
     "delta_eval": ("δ_eval (eval-feature distance)", "less leakage"),
     "fid_eval_features": ("FID (eval-model features)", "less leakage"),
     "inception_fid": ("FID (Inception)", "less leakage"),

@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lsmia import ablation
+from lsmia.attack.result import AttackResult
 from lsmia.cli import app
 from lsmia.config import build_config, load_config
 from lsmia.errors import LsmiaError
@@ -113,6 +114,10 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     assert len(list((cache / "prior").iterdir())) == 1 and len(list((cache / "eval").iterdir())) == 1
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert len(saved["rows"]) == 18 and set(saved["variants"]) == {"base", "ce", "long"}
+    for row in saved["rows"]:  # the target's mean confidence in exactly the final samples the attack kept
+        attack = AttackResult.load(cache / "attack" / ablation.cell_keys(
+            ablation.variant_configs(cfg, plan)[row["variant"]], row["alpha"], row["seed"]).attack / "attack.pt")
+        assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 
     # an interrupted run lost one attack and every evaluation: only those run again, with identical metrics

@@ -43,6 +43,15 @@ def _prdc_or_nothing(cfg: MetricsConfig, train_feats: torch.Tensor, train_labels
         return {}
 
 
+def final_target_confidence(result: AttackResult) -> float:
+    """The target's own mean confidence in the final samples (under the final selection's transforms).
+
+    Read against final acc@1: a target that is sure of samples the evaluation model rejects is
+    overconfident off its training data, the mechanism the paper gives for negative smoothing.
+    """
+    return float(result.final_scores.float().mean())
+
+
 def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Module, data: FaceData,
                     device: torch.device | str, seed: int = 0,
                     attribute_predictor: AttributePredictor | None = None) -> dict[str, float]:
@@ -73,6 +82,7 @@ def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Mod
     metrics["xi"] = knowledge_extraction(cfg.student, result.final_images, final_targets, real, device, seed)
     metrics.update(attribute_leakage(data, result.final_images, final_targets, device, cfg.attribute_epochs,
                                      seed, predictor=attribute_predictor))
+    metrics["final_target_confidence"] = final_target_confidence(result)
     metrics["num_targets"] = float(len(result.targets))
     metrics["num_final_samples"] = float(len(result.final_images))
     return metrics
