@@ -230,8 +230,9 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
 def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
            out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Report folder.")] = None,
            plots_dir: Annotated[Optional[Path], typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
-           ablations: Annotated[Optional[list[str]], typer.Option(
-               "--ablation", help="Include the results of 'lsmia ablate' plan NAME (repeatable).")] = None,
+           ablations: Annotated[Optional[list[Path]], typer.Option(
+               "--ablation", help="Include an 'lsmia ablate' results.md, e.g. out/ablations/factors/results.md "
+                                  "(repeatable).")] = None,
            track: TrackOpt = None) -> None:
     """Write the HTML report (figures, tables, reconstructions) of every evaluated alpha and seed."""
     from lsmia.report import write_plot_data, write_report
@@ -240,11 +241,10 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     with tracked_stage(cfg, "report", "report", role="report") as tracker:
-        ablation_files = [paths.ablation_dir(name) / "results.md" for name in ablations or []]
-        missing = [str(f) for f in ablation_files if not f.exists()]
+        missing = [str(f) for f in ablations or [] if not f.is_file()]
         if missing:
             raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
-        index = write_report(paths, out_dir or paths.report_dir, _device(cfg), ablation_files=ablation_files)
+        index = write_report(paths, out_dir or paths.report_dir, _device(cfg), ablation_files=ablations or [])
         write_plot_data(paths, plots_dir or paths.root / "plots")
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")

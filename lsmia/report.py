@@ -377,7 +377,7 @@ def ablations_html(ablation_files: list[Path]) -> str:
     blocks = [f"<h3>{html.escape(path.parent.name)}</h3><pre>{html.escape(path.read_text())}</pre>"
               for path in ablation_files]
     return "<h2>Measured ablations</h2>" + ("".join(blocks) or _missing(
-        "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation factors'"))
+        "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"))
 
 
 def _data_uri(path: Path) -> str:

@@ -58,3 +58,12 @@ def test_cuda_requested_without_a_gpu(tmp_path):
 def test_config_prints_the_resolved_config(tmp_path):
     result = invoke("config", "-S", "attack.steps=5", cwd=tmp_path)
     assert result.exit_code == 0 and "steps: 5" in result.output
+
+
+def test_report_with_a_missing_ablation_file(tmp_path):
+    result = invoke("report", "--no-track", "--ablation", "out/ablations/nothing/results.md", cwd=tmp_path)
+    assert_one_line_error(result, "out/ablations/nothing/results.md", "lsmia ablate")
+
+
+def test_ablate_with_a_missing_plan(tmp_path):
+    assert_one_line_error(invoke("ablate", "plan.yaml", "--no-track", cwd=tmp_path), "plan.yaml", "does not exist")
