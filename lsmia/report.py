@@ -30,7 +30,7 @@ from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
 from lsmia.paths import StudyPaths
-from lsmia.stats import effects, mean_ci
+from lsmia.stats import effects, mean_ci, verdict
 from lsmia.training.classifier import predict_logits
 from lsmia.utils import load_json
 
@@ -352,12 +352,6 @@ def _effect_cell(stat: dict[str, Any]) -> str:
     return format_mean_ci(stat["mean"], stat["ci95"]) + (f" <small>(n = {stat['n']})</small>" if stat["n"] else "")
 
 
-def _verdict(effect: dict[str, Any]) -> str:
-    if "raises" in effect:
-        return "raises acc@1 (interval above 0)" if effect["raises"] else "no significant rise"
-    return "halves acc@1 at ≤ 5 points cost" if effect["halves"] else "does not halve acc@1"
-
-
 def effect_table(rows: list[dict[str, Any]]) -> str:
     """The paper's claims per alpha, paired by seed against alpha = 0 (lsmia.stats.effects)."""
     found = effects(rows) if any(row["alpha"] == 0.0 for row in rows) else []
@@ -366,7 +360,7 @@ def effect_table(rows: list[dict[str, Any]]) -> str:
     body = "".join(
         f"<tr><th>α = {e['alpha']:g}</th><td>{_effect_cell(e['acc1_gain'])}</td><td>{_effect_cell(e['acc1_ratio'])}</td>"
         f"<td>{_effect_cell(e['test_acc_cost'])}</td><td>{_effect_cell(e['delta_eval_gain'])}</td>"
-        f"<td>{_verdict(e)}</td></tr>" for e in found)
+        f"<td>{verdict(e)}</td></tr>" for e in found)
     return ("<div class='scroll'><table class='summary'><thead><tr><th></th><th>acc@1 − acc@1(α=0)</th>"
             "<th>acc@1 / acc@1(α=0)</th><th>test-accuracy cost</th><th>δ_eval − δ_eval(α=0)</th><th>paper's claim</th>"
             f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>")

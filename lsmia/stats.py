@@ -64,3 +64,10 @@ def effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             effect["halves"] = bool(ratio["mean"] <= 0.5 and cost["mean"] <= 0.05)
         out.append(effect)
     return out
+
+
+def verdict(effect: dict[str, Any]) -> str:
+    """The paper's claim for one alpha of ``effects``, in words."""
+    if "raises" in effect:
+        return "raises acc@1 (interval above 0)" if effect["raises"] else "no significant rise"
+    return "halves acc@1 at ≤ 5 points cost" if effect["halves"] else "does not halve acc@1"

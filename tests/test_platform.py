@@ -30,6 +30,9 @@ def project(tmp_path_factory):
         shutil.copy(ROOT / name, repo / name)
     for folder in ("lsmia", "mlflow_project"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for results in ROOT.glob("out/ablations/*/results.md"):  # committed ablation tables the report stage includes
+        (repo / results.relative_to(ROOT)).parent.mkdir(parents=True)
+        shutil.copy(results, repo / results.relative_to(ROOT))
     from lsmia.config import load_config
 
     params = load_config(ROOT / "tests" / "tiny_params.yaml", {"run.tracking": True}).to_dict()  # every key, as DVC reads them
@@ -58,6 +61,9 @@ def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
                  "out/models/target_alpha0.1_seed0/model.pt", "out/attacks/alpha-0.05_seed0/attack.pt",
                  "out/metrics/alpha0.1_seed0.json", "out/report/index.html", "out/plots/study.json"):
         assert (repo / path).exists(), path
+    page = (repo / "out/report/index.html").read_text()
+    for name in ("factors", "alpha", "data"):  # the committed ablation tables, through the report stage's --ablation
+        assert f"<h3>{name}</h3><pre>| variant |" in page
     assert dvc_stale(repo, env) == set()
     again = sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in again
