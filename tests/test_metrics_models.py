@@ -141,7 +141,7 @@ def fake_attack(data: FaceData, targets: list[int], per_target: int, seed: int) 
     final = torch.cat([torch.arange(i * per_target, i * per_target + half) for i in range(len(targets))])
     return AttackResult(targets=targets, all_latents=torch.zeros(len(images), 4), all_images=noisy,
                         all_targets=labels, final_latents=torch.zeros(len(final), 4), final_images=noisy[final],
-                        final_targets=labels[final], final_scores=torch.ones(len(final)))
+                        final_targets=labels[final], final_scores=torch.linspace(0.2, 0.8, len(final)))
 
 
 def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) -> None:
@@ -154,11 +154,12 @@ def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) ->
     expected_keys = {"final_acc1", "final_acc5", "all_acc1", "all_acc5", "delta_eval", "fid_eval_features",
                      "precision", "recall", "density", "coverage", "xi", "attribute_acc", "attribute_acc_colour",
                      "attribute_acc_stripes", "attribute_chance", "attribute_acc_real", "num_targets",
-                     "num_final_samples"}
+                     "num_final_samples", "final_target_confidence"}
     assert set(metrics) == expected_keys  # no inception_fid without metrics.inception_path
     direct = attack_accuracy(eval_model, result.final_images, result.final_targets)
     assert (metrics["final_acc1"], metrics["final_acc5"]) == (direct["acc1"], direct["acc5"])
     assert metrics["num_targets"] == 3.0 and metrics["num_final_samples"] == 12.0
+    assert metrics["final_target_confidence"] == pytest.approx(0.5)  # mean of linspace(0.2, 0.8)
     assert metrics["delta_eval"] > 0 and metrics["fid_eval_features"] > 0
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "coverage", "xi", "attribute_acc"))
     assert metrics["attribute_acc"] == 1.0
