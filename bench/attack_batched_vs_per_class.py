@@ -44,10 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--final-draws", type=int, default=20, help="final-selection draws (default 20)")
     parser.add_argument("--batch-size", type=int, default=256, help="batched schedule's rows per batch (default 256)")
     parser.add_argument("--step-sweep", action="store_true", help="also time one step per row by batch size and layout")
-    args = parser.parse_args()
-    if args.quick:
-        args.targets, args.candidates, args.steps, args.final_draws, args.repeats = 2, 26, 1, 1, 1
-    return args
+    return benchutil.parse(parser, targets=2, candidates=26, steps=1, final_draws=1, repeats=1)
 
 
 def build_models(seed: int = 0) -> tuple[Classifier, DCGANPrior]:

@@ -10,7 +10,7 @@ import argparse
 import platform
 import statistics
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -25,6 +25,15 @@ def base_parser(description: str, repeats: int = 3) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=repeats, help=f"interleaved repetitions (default {repeats})")
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, **quick: Any) -> argparse.Namespace:
+    """Parse the command line; with ``--quick``, the options named in ``quick`` take those smoke-test values."""
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+    return args
 
 
 def setup(threads: int, title: str, device: str = "cpu") -> None:

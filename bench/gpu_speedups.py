@@ -60,10 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (default 5)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    args = parser.parse_args()
-    if args.quick:
-        args.train_batch, args.attack_batch, args.steps, args.warmup, args.repeats = 8, 8, 2, 1, 1
-    return args
+    return benchutil.parse(parser, train_batch=8, attack_batch=8, steps=2, warmup=1, repeats=1)
 
 
 def synchronize(device: torch.device) -> None:

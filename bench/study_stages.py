@@ -39,10 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="the run's out dir (default: out; temp with --run)")
     parser.add_argument("--run", action="store_true", help="run 'lsmia study' first")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="params file for --run")
-    args = parser.parse_args()
-    if args.quick:
-        args.run, args.params = True, TINY_PARAMS
-    return args
+    return benchutil.parse(parser, run=True, params=TINY_PARAMS)
 
 
 def read_json(path: Path) -> dict:

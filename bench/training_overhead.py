@@ -46,11 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images-per-identity", type=int, default=30, help="images per identity (default 30)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--width", type=int, default=32, help="smallresnet width (default 32)")
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs, args.identities, args.images_per_identity, args.repeats = 1, 4, 8, 1
-        args.batch_size, args.width = 8, 8
-    return args
+    return benchutil.parse(parser, epochs=1, identities=4, images_per_identity=8, repeats=1, batch_size=8, width=8)
 
 
 def make_data(args: argparse.Namespace) -> FaceData:
