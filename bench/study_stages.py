@@ -1,9 +1,8 @@
 """Where a study's wall time goes: the stage timings an lsmia run records, as a table with shares.
 
-Reads an existing run's out dir: data/summary.json (seconds), prior/checkpoint.pt (last
-epoch's seconds x epochs, an estimate), models/*/metrics.json (train_seconds),
-attacks/*/attack.pt (meta: selection_s, optimisation_s, final_selection_s) and
-metrics/*.json (evaluate_seconds). With ``--run`` it first runs ``lsmia study`` on a
+Reads the wall-clock sidecars (``*.timings``, outside what git and DVC track) that each
+stage writes beside its output: data/dataset.pt, prior/prior.pt, models/*/model.pt,
+attacks/*/attack.pt (selection_s, optimisation_s, final_selection_s) and metrics/*.json. With ``--run`` it first runs ``lsmia study`` on a
 params file and also prints the stage wall times the study logs (which include the stages
 that record no timing: attribute predictor, report, loading files).
 
@@ -15,7 +14,6 @@ that record no timing: attribute predictor, report, loading files).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -23,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 import benchutil
-from lsmia.attack.result import AttackResult
 from lsmia.errors import LsmiaError
-from lsmia.utils import load_torch
+from lsmia.utils import TIMINGS_SUFFIX, load_timings
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_PARAMS = REPO / "tests" / "tiny_params.yaml"
@@ -42,49 +39,54 @@ def parse_args() -> argparse.Namespace:
     return benchutil.parse(parser, run=True, params=TINY_PARAMS)
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def timing(output: Path, key: str) -> float | None:
+    value = load_timings(output).get(key)
+    return None if value is None else float(value)
+
+
+def outputs_with_timings(folder: Path, pattern: str) -> list[Path]:
+    """The outputs under ``folder`` matching ``pattern`` that have a timings sidecar."""
+    sidecars = folder.glob(pattern + TIMINGS_SUFFIX)
+    return sorted(p.with_name(p.name.removesuffix(TIMINGS_SUFFIX)) for p in sidecars)
 
 
 def data_rows(out: Path) -> list[Row]:
-    summary = out / "data" / "summary.json"
-    return [("data", "data", float(read_json(summary)["seconds"]))] if summary.exists() else []
+    seconds = timing(out / "data" / "dataset.pt", "data_s")
+    return [] if seconds is None else [("data", "data", seconds)]
 
 
 def prior_rows(out: Path) -> list[Row]:
-    checkpoint = out / "prior" / "checkpoint.pt"
-    if not checkpoint.exists():
-        return []
-    state = load_torch(checkpoint, what="prior checkpoint")
-    epoch_seconds = float(state.get("metrics", {}).get("epoch_seconds", 0.0))
-    return [("prior", f"prior (last epoch x {state['epoch']}, estimate)", epoch_seconds * int(state["epoch"]))]
+    seconds = timing(out / "prior" / "prior.pt", "train_s")
+    return [] if seconds is None else [("prior", "prior", seconds)]
 
 
 def training_rows(out: Path) -> list[Row]:
     rows = []
-    for metrics in sorted((out / "models").glob("*/metrics.json")):
-        group = "eval model" if metrics.parent.name == "eval" else "target training"
-        rows.append((group, f"train {metrics.parent.name}", float(read_json(metrics)["train_seconds"])))
+    for model in outputs_with_timings(out / "models", "*/model.pt"):
+        seconds = timing(model, "train_s")
+        if seconds is not None:
+            group = "eval model" if model.parent.name == "eval" else "target training"
+            rows.append((group, f"train {model.parent.name}", seconds))
     return rows
 
 
 def attack_rows(out: Path) -> list[Row]:
     rows = []
-    for attack_file in sorted((out / "attacks").glob("*/attack.pt")):
-        meta = AttackResult.load(attack_file).meta
+    for attack_file in outputs_with_timings(out / "attacks", "*/attack.pt"):
+        recorded = load_timings(attack_file)
         for phase in ATTACK_PHASES:
-            if phase in meta:
+            if phase in recorded:
                 rows.append((f"attack {phase.removesuffix('_s')}", f"attack {attack_file.parent.name} {phase}",
-                             float(meta[phase])))
+                             float(recorded[phase])))
     return rows
 
 
 def evaluate_rows(out: Path) -> list[Row]:
     rows = []
-    for metrics in sorted((out / "metrics").glob("*.json")):
-        record = read_json(metrics)
-        if isinstance(record, dict) and "evaluate_seconds" in record:
-            rows.append(("evaluate", f"evaluate {metrics.stem}", float(record["evaluate_seconds"])))
+    for metrics in outputs_with_timings(out / "metrics", "*.json"):
+        seconds = timing(metrics, "evaluate_s")
+        if seconds is not None:
+            rows.append(("evaluate", f"evaluate {metrics.stem}", seconds))
     return rows
 
 

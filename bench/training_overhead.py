@@ -31,8 +31,8 @@ from lsmia.config import ClassifierConfig, DataConfig
 from lsmia.data.base import FaceData
 from lsmia.data.synthetic import render_builtin
 from lsmia.models.classifiers import Classifier, build_classifier
-from lsmia.training.classifier import (_run_epoch, final_metrics, make_optimizer, make_scheduler, predict_logits,
-                                       train_classifier)
+from lsmia.models.inference import predict_logits
+from lsmia.training.classifier import _run_epoch, final_metrics, make_optimizer, make_scheduler, train_classifier
 from lsmia.utils import save_torch
 
 DEVICE = torch.device("cpu")
@@ -111,7 +111,7 @@ def attribution(cfg: ClassifierConfig, data: FaceData) -> dict[str, float]:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": []}
     with tempfile.TemporaryDirectory(prefix="lsmia-bench-") as out_dir:
         checkpoint = seconds(lambda: save_torch(state, Path(out_dir) / "checkpoint.pt"))
-    test_eval = seconds(lambda: predict_logits(model, data.test.images, DEVICE))
+    test_eval = seconds(lambda: predict_logits(model, data.test.images, 512))
     final = seconds(lambda: final_metrics(model.eval(), data, DEVICE, []))
     return {"per-epoch test evaluation": test_eval * cfg.epochs, "per-epoch checkpoint": checkpoint * cfg.epochs,
             "final metrics (train + test pass)": final}

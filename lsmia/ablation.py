@@ -1,7 +1,8 @@
 """Measured ablations: named config variants × alphas × seeds, with the paper's effect tested per variant.
 
 Every stage's output is cached under a key made of exactly the inputs that stage reads (its config
-slice and the keys of the stages it consumes), so variants share what they have in common: an
+slice, a hash of its code and the keys of the stages it consumes: lsmia.graph.stage_keys), so a code
+edit invalidates exactly the stages it can change and variants share what they have in common: an
 attack-loss variant reuses the baseline's targets, a prior variant reuses its data and targets,
 and an interrupted ablation resumes where it stopped. The effect is measured *paired by seed*:
 each seed's smoothed model is compared with the hard-label model of the same seed, data and
@@ -11,8 +12,6 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,13 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lsmia import pipeline
-from lsmia.attack.result import AttackResult
+from lsmia import graph, pipeline
 from lsmia.config import Config, build_config
 from lsmia.errors import LsmiaError
-from lsmia.metrics.evaluate import final_target_confidence
 from lsmia.paths import StudyPaths
-from lsmia.schedules import alpha_trajectory
 from lsmia.stats import effects, mean_ci, verdict
 from lsmia.utils import load_json, save_json
 
-CACHE_VERSION = 1  # bump when a stage's code changes what it writes
 SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
                 "attribute_acc", "mean_logit_norm", "final_target_confidence")
 Log = Callable[[str], None]
@@ -69,91 +64,51 @@ def variant_configs(base: Config, plan: AblationPlan) -> dict[str, Config]:
             for name, overrides in plan.variants.items()}
 
 
-def _digest(*parts: Any) -> str:
-    text = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+class CacheLayout:
+    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.graph.stage_keys)."""
 
+    def __init__(self, root: Path, keys: dict[str, str]) -> None:
+        self.root, self.keys = Path(root), keys
 
-@dataclass(frozen=True)
-class CellKeys:
-    """Cache keys of every stage behind one (variant, alpha, seed) cell."""
-
-    data: str
-    prior: str
-    eval: str
-    attributes: str
-    target: str
-    attack: str
-    evaluate: str
-
-
-def cell_keys(cfg: Config, alpha: float, seed: int) -> CellKeys:
-    """Keys from the config slices each stage reads; a target's smoothing enters as its per-epoch alpha."""
-    dump = cfg.to_dict()
-    data = _digest("data", dump["data"])
-    prior = _digest("prior", data, dump["prior"], cfg.run.seed)
-    eval_key = _digest("eval", data, dump["eval_model"], cfg.run.seed)
-    attributes = _digest("attributes", data, cfg.metrics.attribute_epochs, cfg.run.seed)
-    smoothing = cfg.target.smoothing.model_copy(update={"alpha": alpha})
-    target_cfg = {k: v for k, v in dump["target"].items() if k != "smoothing"}
-    target = _digest("target", data, target_cfg, alpha_trajectory(smoothing, cfg.target.epochs), seed)
-    attack = _digest("attack", target, prior, dump["attack"], seed)
-    evaluate = _digest("evaluate", attack, eval_key, attributes, dump["metrics"], seed)
-    return CellKeys(data, prior, eval_key, attributes, target, attack, evaluate)
+    def output(self, stage: graph.Stage, cell: graph.Cell | None) -> Path:
+        return self.root / stage.name / self.keys[stage.name] / stage.output
 
 
 class StageCache:
-    """``root/<stage>/<key>/``; a stage counts as done once its output file exists (all are written atomically)."""
+    """Runs a stage into its cache folder unless a finished run is there; a ``.done`` marker, written after
+    the stage returns, marks it finished (a stage may legitimately write no output file, e.g. attributes)."""
+
+    DONE = ".done"
 
     def __init__(self, root: Path, device: torch.device, log: Log) -> None:
         self.root, self.device, self.log = Path(root), device, log
 
-    def folder(self, stage: str, key: str) -> Path:
-        return self.root / stage / key
-
-    def ensure(self, stage: str, key: str, output: str, build: Callable[[Path], Any]) -> Path:
-        """The stage's output, built first unless present; a lock lets parallel ablations share the work."""
-        folder = self.folder(stage, key)
-        path = folder / output
-        if path.exists():
+    def ensure(self, stage: graph.Stage, cfg: Config, cell: graph.Cell | None, layout: CacheLayout) -> Path:
+        """The stage's output path, built first unless done; a lock lets parallel ablations share the work."""
+        path = layout.output(stage, cell)
+        folder = path.parent
+        if (folder / self.DONE).exists():
             return path
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this stage: wait, then reuse its output
-            if not path.exists():
-                self.log(f"  {stage} {key}: running")
-                build(folder)
+            if not (folder / self.DONE).exists():
+                self.log(f"  {stage.name} {folder.name}: running")
+                graph.run_stage(stage, cfg, cell, layout, self.device, pipeline.quiet_stage)
+                (folder / self.DONE).write_text("")
         return path
 
 
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
-    """Every stage one (alpha, seed) needs, each taken from the cache when present; the metrics row."""
-    keys = cell_keys(cfg, alpha, seed)
-    cfg = pipeline.with_alpha(cfg, alpha)
-    device = cache.device
-    data = cache.ensure("data", keys.data, "dataset.pt",
-                        lambda d: pipeline.stage_data(cfg, d / "dataset.pt"))
-    prior = None
-    if cfg.prior.kind == "dcgan":
-        prior = cache.ensure("prior", keys.prior, "prior.pt",
-                             lambda d: pipeline.stage_prior(cfg, data, d, device))
-    eval_model = cache.ensure("eval", keys.eval, "model.pt",
-                              lambda d: pipeline.stage_train(cfg, "eval", data, d, device, cfg.run.seed))
-    attributes = None
-    if cfg.data.source == "builtin":  # attribute labels exist only for the built-in identities
-        attributes = cache.ensure("attributes", keys.attributes, "predictor.pt",
-                                  lambda d: pipeline.stage_attribute_predictor(cfg, data, d / "predictor.pt", device))
-    target = cache.ensure("target", keys.target, "model.pt",
-                          lambda d: pipeline.stage_train(cfg, "target", data, d, device, seed))
-    attack = cache.ensure("attack", keys.attack, "attack.pt",
-                          lambda d: pipeline.stage_attack(cfg, data, target, prior, d, device, seed))
-    metrics = cache.ensure("evaluate", keys.evaluate, "metrics.json",
-                           lambda d: pipeline.stage_evaluate(cfg, data, attack, eval_model, target.parent,
-                                                             d / "metrics.json", device, alpha, seed, attributes))
-    row = load_json(metrics, what="ablation metrics")
-    if "final_target_confidence" not in row:  # evaluations cached before lsmia reported it
-        row["final_target_confidence"] = final_target_confidence(AttackResult.load(attack))
-    row["eval_test_acc"] = load_json(eval_model.parent / "metrics.json", what="eval metrics")["test_acc"]
+    """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
+    cell = graph.Cell(float(alpha), int(seed))
+    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell))
+    outputs = {}
+    for stage, stage_cell in graph.schedule(cfg, [cell]):
+        if stage.name != "report":
+            outputs[stage.name] = cache.ensure(stage, cfg, stage_cell, layout)
+    row = load_json(outputs["evaluate"], what="ablation metrics")
+    row["eval_test_acc"] = load_json(outputs["eval-model"].parent / "metrics.json", what="eval metrics")["test_acc"]
     return row
 
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from lsmia.config import Config, build_config, load_config, parse_overrides
-from lsmia.errors import LsmiaError
+from lsmia.config import Config, build_config, check_seed, load_config, parse_overrides
+from lsmia.errors import LsmiaError, from_os_error
 from lsmia.paths import StudyPaths
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,24 +36,43 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except LsmiaError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            _fail(str(err))
+        except OSError as err:  # full disk, read-only folder, a file where a folder should be
+            translated = from_os_error(err)
+            if translated is None:
+                raise
+            _fail(str(translated))
         except KeyboardInterrupt:
             typer.echo("interrupted: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
     return wrapper
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2) from None
+
+
+FLAG_KEYS = {"run.device": "--device", "target.smoothing.alpha": "--alpha", "run.tracking": "--track/--no-track"}
+
+
+def _set_sources(sets: list[str] | None) -> dict[str, str]:
+    """Each ``--set`` key -> the option that set it, for error messages naming the source of a bad value."""
+    return {item.partition("=")[0].strip(): f"--set {item}" for item in sets or [] if "=" in item}
+
+
 def resolve(params: Path, sets: list[str] | None, device: str | None = None, alpha: float | None = None,
-            track: bool | None = None) -> Config:
+            track: bool | None = None, seed: int | None = None) -> Config:
+    """The config of ``params`` with ``--set`` overrides and flags; a bad value names the flag or file it came from."""
     overrides = parse_overrides(sets)
-    if device is not None:
-        overrides["run.device"] = device
-    if alpha is not None:
-        overrides["target.smoothing.alpha"] = alpha
-    if track is not None:
-        overrides["run.tracking"] = track
-    cfg = load_config(params, overrides)
+    sources = _set_sources(sets)
+    for key, value in (("run.device", device), ("target.smoothing.alpha", alpha), ("run.tracking", track)):
+        if value is not None:
+            overrides[key] = value
+            sources[key] = f"the {FLAG_KEYS[key]} flag"
+    if seed is not None:
+        check_seed(seed, "the --seed flag")
+    cfg = load_config(params, overrides, sources)
     from lsmia.utils import resolve_device, set_threads
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
@@ -67,8 +86,43 @@ def _device(cfg: Config):
     return resolve_device(cfg.run.device)
 
 
+def output_folder(path: Path, setting: str) -> Path:
+    """``path`` checked as an output folder: neither it nor a parent may be an existing file."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise LsmiaError(f"{setting} {path} cannot be a folder: {part} is a file; move it away or set "
+                                 f"{setting} to a folder")
+            return path
+    return path
+
+
+def output_file(path: Path, setting: str) -> Path:
+    """``path`` checked as an output file: not an existing folder, in a folder that can exist."""
+    if path.is_dir():
+        raise LsmiaError(f"{setting} {path} is a folder: name a file")
+    output_folder(path.parent, f"the folder of {setting}")
+    return path
+
+
 def _paths(cfg: Config) -> StudyPaths:
-    return StudyPaths(cfg.run.out_dir)
+    return StudyPaths(output_folder(Path(cfg.run.out_dir), "run.out_dir"))
+
+
+def _run_marker(out_dir: Path, resumable: bool | None = None) -> dict[str, Any]:
+    """Where a stage keeps its open MLflow run's id (beside its checkpoint), and whether a kill leaves it resumable."""
+    from lsmia.tracking import RUN_MARKER
+
+    resumable = (out_dir / "checkpoint.pt").exists() if resumable is None else resumable
+    return {"run_marker": out_dir / RUN_MARKER, "resumable": resumable}
+
+
+def _writing(*targets: Path | None):
+    """The write locks of a stage's outputs (rank 0 alone writes under torchrun)."""
+    from lsmia.distributed import is_main
+    from lsmia.locks import output_locks
+
+    return output_locks(*targets, enabled=is_main())
 
 
 def _echo_json(obj: dict[str, Any]) -> None:
@@ -96,8 +150,8 @@ def data(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, track=track)
-    out = out or _paths(cfg).data_file
-    with tracked_stage(cfg, "data", "data") as tracker:
+    out = output_file(out, "--out") if out else _paths(cfg).data_file
+    with _writing(out), tracked_stage(cfg, "data", "data") as tracker:
         summary = pipeline.stage_data(cfg, out, out.with_name("summary.json"))
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     _echo_json(summary)
@@ -114,8 +168,9 @@ def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, de
 
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
-    out_dir = out_dir or paths.prior_dir
-    with tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True) as tracker:
+    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.prior_dir
+    with _writing(out_dir), tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True,
+                                          **_run_marker(out_dir)) as tracker:
         result = pipeline.stage_prior(cfg, data_file or paths.data_file, out_dir, _device(cfg),
                                       on_epoch=tracker.epoch_logger())
         tracker.log_prior(result)
@@ -135,14 +190,16 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
 
     if role not in ("target", "eval"):
         raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")
-    cfg = resolve(params, sets, device, alpha if role == "target" else None, track)
+    cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
     alpha_value = cfg.target.smoothing.alpha if role == "target" else 0.0
-    out_dir = out_dir or (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
-    with pipeline.launched_stage(cfg, _device(cfg), tracked_stage, "train", f"train-{role}", role=role,
-                                 alpha=alpha_value if role == "target" else None, seed=seed,
-                                 system_metrics=True) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
+    out_dir = output_folder(out_dir, "--out-dir") if out_dir else (
+        paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
+    with _writing(out_dir), pipeline.launched_stage(
+            cfg, _device(cfg), tracked_stage, "train", f"train-{role}", role=role,
+            alpha=alpha_value if role == "target" else None, seed=seed, system_metrics=True,
+            **_run_marker(out_dir)) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
         result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, rank_device, seed,
                                       on_epoch=tracker.epoch_logger())
         tracker.log_classifier(result, role, alpha_value, seed)
@@ -162,15 +219,16 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
     from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
-    cfg = resolve(params, sets, device, alpha, track)
+    cfg = resolve(params, sets, device, alpha, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
     a = cfg.target.smoothing.alpha
     target = target or paths.target_dir(a, seed) / "model.pt"
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
-    out_dir = out_dir or paths.attack_dir(a, seed)
-    with pipeline.launched_stage(cfg, _device(cfg), tracked_stage, "attack", "attack", role="target", alpha=a,
-                                 seed=seed, system_metrics=True) as (tracker, rank_device):  # torchrun: batches split
+    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.attack_dir(a, seed)
+    with _writing(out_dir), pipeline.launched_stage(
+            cfg, _device(cfg), tracked_stage, "attack", "attack", role="target", alpha=a, seed=seed,
+            system_metrics=True, **_run_marker(out_dir, resumable=False)) as (tracker, rank_device):
         result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, rank_device, seed)
         tracker.log_attack(result, out_dir, a, seed)
     if is_main():
@@ -191,15 +249,16 @@ def evaluate(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = P
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
 
-    cfg = resolve(params, sets, device, alpha, track)
+    cfg = resolve(params, sets, device, alpha, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
     a = cfg.target.smoothing.alpha
-    with tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed) as tracker:
+    out = output_file(out, "--out") if out else paths.metrics_file(a, seed)
+    with _writing(out), tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed) as tracker:
         metrics = pipeline.stage_evaluate(
             cfg, data_file or paths.data_file, attack_file or paths.attack_dir(a, seed) / "attack.pt",
             eval_model or paths.eval_dir / "model.pt", target_dir or paths.target_dir(a, seed),
-            out or paths.metrics_file(a, seed), _device(cfg), a, seed,
+            out, _device(cfg), a, seed,
             attributes or paths.attribute_dir / "predictor.pt")
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     _echo_json(metrics)
@@ -217,8 +276,8 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
 
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
-    out = out or paths.attribute_dir / "predictor.pt"
-    with tracked_stage(cfg, "attributes", "train-attributes", role="attributes"):
+    out = output_file(out, "--out") if out else paths.attribute_dir / "predictor.pt"
+    with _writing(out), tracked_stage(cfg, "attributes", "train-attributes", role="attributes"):
         trained = pipeline.stage_attribute_predictor(cfg, data_file or paths.data_file, out, _device(cfg))
     if not trained:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,14 +299,64 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
 
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
-    with tracked_stage(cfg, "report", "report", role="report") as tracker:
+    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.report_dir
+    plots_dir = output_folder(plots_dir, "--plots-dir") if plots_dir else paths.root / "plots"
+    with _writing(out_dir, plots_dir), tracked_stage(cfg, "report", "report", role="report") as tracker:
         missing = [str(f) for f in ablations or [] if not f.is_file()]
         if missing:
             raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
-        index = write_report(paths, out_dir or paths.report_dir, _device(cfg), ablation_files=ablations or [])
-        write_plot_data(paths, plots_dir or paths.root / "plots")
+        index = write_report(paths, out_dir, _device(cfg), ablation_files=ablations or [])
+        write_plot_data(paths, plots_dir)
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")
+
+
+@app.command()
+@cli_errors
+def repro(targets: Annotated[Optional[list[str]], typer.Argument(help="DVC stages (default: all).")] = None,
+          params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+    """Run the DVC pipeline: `dvc repro`, or `dvc exp run -S ...` when --set overrides are given.
+
+    This is what `mlflow run . -e main` runs, so every stage's MLflow run nests under the project run and
+    `dvc status` is clean afterwards.
+    """
+    import shutil
+    import subprocess
+
+    from lsmia.config import split_overrides
+
+    resolve(params, sets)  # a bad override is a one-line error before DVC starts anything
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise LsmiaError("dvc is not on PATH: install lsmia's dependencies (pip install -e .) or activate its venv")
+    overrides = split_overrides(sets)
+    if params != Path("params.yaml"):
+        raise LsmiaError(f"the DVC pipeline reads params.yaml, not {params}: pass overrides with --set instead")
+    command = [dvc, "exp", "run", *(a for o in overrides for a in ("-S", o))] if overrides else [dvc, "repro"]
+    done = subprocess.run([*command, *(targets or [])])
+    if done.returncode != 0:
+        raise LsmiaError(f"'{' '.join(command[1:])}' failed (exit {done.returncode}): see DVC's output above")
+
+
+@app.command("dvc-yaml")
+@cli_errors
+def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Exit 1 if dvc.yaml differs instead of writing.")] = False,
+             path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml")) -> None:
+    """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches."""
+    from lsmia.graph import dvc_yaml as render
+    from lsmia.utils import atomic_path
+
+    text = render()
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != text:
+            typer.echo(f"error: {path} differs from the stage graph: run 'lsmia dvc-yaml' and commit it", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{path} matches the stage graph")
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -259,7 +368,9 @@ def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
-    result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage)
+    with _writing(_paths(cfg).root):  # the whole out dir: one study at a time
+        result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True),
+                                    observe=tracked_stage)
     keys = ["alpha", "seed", "test_acc", "final_acc1", "final_acc5", "delta_eval", "fid_eval_features", "xi",
             "attribute_acc"]
     typer.echo("\t".join(keys))
@@ -314,6 +425,23 @@ def sweep(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
         typer.echo(f"worker done: {ran} trials run here")
         return
     sweeps.run_sweep(cfg, log=typer.echo)
+
+
+@app.command()
+@cli_errors
+def toy(out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for toy.png and toy.json.")] = Path("out/toy"),
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the data and the initial weights.")] = 0,
+        steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Attack steps (default: 300).")] = None,
+        ) -> None:
+    """The paper's 2-D toy: one small classifier per alpha, one gradient attack each, from the same start."""
+    from lsmia.toy import ATTACK_STEPS, run_toy
+
+    result = run_toy(seed=seed, steps=ATTACK_STEPS if steps is None else steps, out_dir=out_dir)
+    typer.echo("alpha\tend_distance\tconfidence\tgrad_cosine")
+    for row in result.rows:
+        typer.echo(f"{row['alpha']:+.3g}\t{row['end_distance']:.4g}\t{row['end_confidence']:.4f}\t"
+                   f"{row['grad_cosine']:.3f}")
+    typer.echo(f"figure: {result.figure}")
 
 
 def main() -> None:

@@ -9,12 +9,39 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lsmia.errors import LsmiaError
+
+SEED_MAX = 2 ** 62  # seeds get offsets (e.g. +1000) and must stay within torch's 64-bit seeds
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+def check_seed(value: int, source: str) -> int:
+    """A seed given outside the config (e.g. ``--seed``), checked like ``run.seed``."""
+    if not 0 <= value <= SEED_MAX:
+        raise LsmiaError(f"invalid seed {value} from {source}: a seed must be a whole number from 0 to {SEED_MAX} "
+                         "(2**62)")
+    return value
+
+
+def _listed_once(values: list[Any], what: str) -> None:
+    if not values:
+        raise ValueError(f"list at least one {what}")
+    seen: list[Any] = []
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value} is listed twice: list each {what} once")
+        seen.append(value)
+
+
+def _finite_alpha(value: float) -> float:
+    if not math.isfinite(value) or value > 1.0:
+        raise ValueError(f"alpha must be a finite number <= 1, got {value}")
+    return value
 
 
 class Section(BaseModel):
@@ -31,8 +58,8 @@ class DataConfig(Section):
     images_per_identity: int = Field(40, ge=2)  # builtin: private images per identity
     public_images_per_identity: int = Field(10, ge=1)  # builtin
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # PPA: 90/10
-    split_seed: int = 42  # PPA: 42
-    seed: int = 0  # builtin: rendering seed
+    split_seed: Seed = 42  # PPA: 42
+    seed: Seed = 0  # builtin: rendering seed
     difficulty: float = Field(1.0, ge=0.0)  # builtin: strength of the nuisance factors
 
 
@@ -47,7 +74,7 @@ class ClassifierConfig(Section):
     width: int = Field(32, ge=4)  # smallresnet base width
     pretrained_path: Path | None = None  # local file only
     epochs: int = Field(20, ge=1)  # PPA: 100; 20 keeps the default study within 15 min on 2 CPU cores
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = 64  # at least 2: a one-image batch is dropped (BatchNorm cannot train on it)
     optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -58,10 +85,18 @@ class ClassifierConfig(Section):
     augment: AugmentConfig = AugmentConfig()
     aux_loss_weight: float = 0.4  # inception_v3 auxiliary logits
 
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"batch_size must be at least 2, got {v}: one-image batches are dropped (BatchNorm "
+                             "cannot train on them), so training would take no step")
+        return v
+
 
 class SmoothingConfig(Section):
     alpha: float = 0.0
-    schedule: Literal["constant", "reference", "linear"] = "linear"
+    schedule: Literal["constant", "reference", "upstream", "linear"] = "linear"
     warmup_start: float = Field(0.5, ge=0.0, le=1.0)  # linear: fraction of epochs where the ramp starts
     warmup_end: float = Field(0.75, ge=0.0, le=1.0)  # linear: fraction of epochs where alpha is reached
     negative_only: bool = True  # the paper warms up negative alpha only; positive alpha stays constant
@@ -69,9 +104,7 @@ class SmoothingConfig(Section):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v: float) -> float:
-        if not math.isfinite(v) or v > 1.0:
-            raise ValueError(f"alpha must be a finite number <= 1, got {v}")
-        return v
+        return _finite_alpha(v)
 
     @model_validator(mode="after")
     def _window(self) -> "SmoothingConfig":
@@ -95,6 +128,8 @@ class PriorConfig(Section):
     output_range: tuple[float, float] = (-1.0, 1.0)  # torchscript: declared output range
     center_crop: float = Field(1.0, gt=0.0, le=1.0)  # torchscript: central fraction kept (PPA: 800/1024 = 0.78125)
     width: int = Field(32, ge=8)  # 32 px: G ~0.3 M params, ~7 s per epoch of 4,000 images on one CPU thread
+    mapping_layers: int = Field(2, ge=0)  # dcgan: Linear+LeakyReLU layers z -> w (StyleGAN: 8); 0: plain DCGAN, z only
+    w_dim: int = Field(128, ge=1)  # dcgan: size of w, the mapping network's output (StyleGAN: 512)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = 2e-4
@@ -109,7 +144,10 @@ class AttackConfig(Section):
     candidates: int = Field(16, ge=1)  # PPA: 200 per class
     final_samples: int = Field(8, ge=1)  # PPA: 50 per class
     steps: int = Field(60, ge=0)  # PPA: 50 (FaceScrub) / 70 (CelebA)
-    lr: float = Field(0.005, gt=0)
+    latent: Literal["z", "w"] = "w"  # space optimised; w = mapping(z), one vector per sample (PPA; needs a mapping)
+    truncation: float = Field(0.5, ge=0.0, le=1.0)  # PPA: psi 0.5 around w_avg (priors with a mapping network)
+    lr: float = Field(0.005, gt=0)  # PPA: 0.005 (absolute, on StyleGAN's w)
+    lr_relative: bool = True  # Adam lr = lr x the std of the initial latents: the same relative move in z and w
     betas: tuple[float, float] = (0.1, 0.1)
     loss: Literal["poincare", "ce", "max_margin"] = "poincare"
     batch_size: int = Field(64, ge=1)  # latents optimised together, across all targets (CPU: 64 fits the caches; GPU: larger)
@@ -118,7 +156,7 @@ class AttackConfig(Section):
     final_draws: int = Field(20, ge=1)  # PPA: 100
     final_crop_scale: tuple[float, float] = (0.5, 0.9)
     final_crop_ratio: tuple[float, float] = (0.8, 1.2)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _sizes(self) -> "AttackConfig":
@@ -126,6 +164,8 @@ class AttackConfig(Section):
             raise ValueError("final_samples must be <= candidates")
         if self.candidates > self.pool_size:
             raise ValueError("candidates must be <= pool_size")
+        if self.lr_relative and self.pool_size < 2:
+            raise ValueError("lr_relative needs pool_size >= 2 to measure the latents' std")
         return self
 
 
@@ -133,7 +173,7 @@ class StudentConfig(Section):
     arch: str = "smallresnet"
     width: int = 16
     epochs: int = Field(20, ge=1)  # PPA: 75
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=2)  # BatchNorm cannot train on one image
     lr: float = 0.1  # PPA: SGD 0.1, momentum 0.9, wd 1e-4, cosine
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -148,7 +188,19 @@ class MetricsConfig(Section):
 
 class StudyConfig(Section):
     alphas: list[float] = [0.1, 0.0, -0.05]
-    seeds: list[int] = [0]
+    seeds: list[Seed] = [0]
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        _listed_once(v, "alpha")
+        return [_finite_alpha(alpha) for alpha in v]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        _listed_once(v, "seed")
+        return v
 
 
 class SweepConfig(Section):
@@ -162,7 +214,7 @@ class SweepConfig(Section):
     storage: str | None = None  # RDB (postgresql://, mysql://, sqlite://) or redis:// URL; None: journal file
     alpha_low: float = -0.3
     alpha_high: float = 0.3
-    schedules: list[Literal["constant", "reference", "linear"]] = ["linear"]
+    schedules: list[Literal["constant", "reference", "upstream", "linear"]] = ["linear"]
     warmup_start_low: float = Field(0.0, ge=0.0, le=1.0)
     warmup_start_high: float = Field(0.9, ge=0.0, le=1.0)
     min_test_acc: float = Field(0.5, ge=0.0, le=1.0)  # constrained mode: the accuracy floor
@@ -182,7 +234,7 @@ class SweepConfig(Section):
         if self.warmup_start_low > self.warmup_start_high:
             raise ValueError("warmup_start_low must be <= warmup_start_high")
         if not self.schedules:
-            raise ValueError("schedules must name at least one of constant, reference, linear")
+            raise ValueError("schedules must name at least one of constant, reference, upstream, linear")
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError("grace_period must be longer than heartbeat_interval")
         return self
@@ -190,7 +242,7 @@ class SweepConfig(Section):
 
 class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: Seed = 0
     threads: int = Field(0, ge=0)  # 0: torch's default
     out_dir: Path = Path("out")
     tracking: bool = True  # MLflow; the library itself never tracks, only the CLI stages
@@ -211,12 +263,22 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def source_of(key: str, source: str, sources: Mapping[str, str] | None) -> str:
+    """Where the value at dotted ``key`` came from: the override (flag, --set) that set it or a parent, else ``source``."""
+    for dotted, origin in (sources or {}).items():
+        if key == dotted or key.startswith(f"{dotted}."):
+            return f"from {origin}"
+    inside = [origin for dotted, origin in (sources or {}).items() if dotted.startswith(f"{key}.")]
+    return f"in {source} and {', '.join(inside)}" if inside else f"in {source}"
+
+
+def _format_validation_error(err: ValidationError, source: str, sources: Mapping[str, str] | None = None) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
+    where = source_of(key, source, sources)
     if first["type"] == "extra_forbidden":
-        return f"unknown config key '{key}' in {source}: remove it or check its spelling"
-    return f"invalid config value for '{key}' in {source}: {first['msg']}"
+        return f"unknown config key '{key}' {where}: remove it or check its spelling"
+    return f"invalid config value for '{key}' {where}: {first['msg']}"
 
 
 def parse_value(text: str) -> Any:
@@ -235,8 +297,12 @@ def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                 source: str = "config") -> Config:
-    """Validate a nested dict (plus dotted overrides) into a Config, or raise LsmiaError."""
+                 source: str = "config", sources: Mapping[str, str] | None = None) -> Config:
+    """Validate a nested dict (plus dotted overrides) into a Config, or raise LsmiaError.
+
+    An error names where the bad value came from: ``sources`` maps an override's dotted key to its origin
+    (e.g. ``"the --alpha flag"``); any other value is blamed on ``source``.
+    """
     merged = dict(data or {})
     merged = yaml.safe_load(yaml.safe_dump(merged))  # deep copy of plain data
     for dotted, value in (overrides or {}).items():
@@ -244,29 +310,62 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise LsmiaError(_format_validation_error(err, source)) from None
+        raise LsmiaError(_format_validation_error(err, source, sources)) from None
 
 
-def load_config(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
-    """Load ``params.yaml`` (missing path and default name: built-in defaults) and apply overrides."""
+def read_params_text(path: Path) -> str:
+    """The text of a params file, or a one-line error when it is a folder, unreadable or not UTF-8."""
+    if path.is_dir():
+        raise LsmiaError(f"params file {path} is a folder: pass a YAML file with --params")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LsmiaError(f"params file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8 YAML") from None
+    except OSError as err:
+        raise LsmiaError(f"params file {path} cannot be read ({err.strerror}): pass a readable YAML file "
+                         "with --params") from None
+
+
+def load_config(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None,
+                sources: Mapping[str, str] | None = None) -> Config:
+    """Load ``params.yaml`` (missing path and default name: built-in defaults) and apply overrides.
+
+    ``sources`` names the origin of override keys for error messages (see :func:`build_config`).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if path.exists():
             try:
-                data = yaml.safe_load(path.read_text()) or {}
+                data = yaml.safe_load(read_params_text(path)) or {}
             except yaml.YAMLError as err:
                 raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
             if not isinstance(data, dict):
                 raise LsmiaError(f"{path} must hold a mapping of sections, e.g. 'attack: {{steps: 60}}'")
         elif path.name != "params.yaml":
             raise LsmiaError(f"params file {path} does not exist: pass an existing file with --params")
-    return build_config(data, overrides, source=str(path) if path else "config")
+    return build_config(data, overrides, source=str(path) if path else "config", sources=sources)
+
+
+def split_overrides(items: list[str] | None) -> list[str]:
+    """``--set`` items, where one item may hold several space-separated overrides (``-P set="a.b=1 c.d=2"``
+    of an MLflow entry point); an item whose words are not all ``key=value`` (``study.alphas=[0.1, 0.0]``) stays
+    whole, and empty items are dropped."""
+    import shlex
+
+    out: list[str] = []
+    for item in items or []:
+        try:
+            words = shlex.split(item)
+        except ValueError:
+            words = [item]
+        out += words if len(words) > 1 and all("=" in w for w in words) else [item] if item.strip() else []
+    return out
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items or []:
+    for item in split_overrides(items):
         if "=" not in item:
             raise LsmiaError(f"override '{item}' must look like section.key=value, e.g. attack.steps=20")
         key, _, value = item.partition("=")

@@ -26,13 +26,14 @@ import torch
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
+from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
 from lsmia.paths import StudyPaths
 from lsmia.stats import effects, mean_ci, verdict
-from lsmia.training.classifier import predict_logits
-from lsmia.utils import load_json
+from lsmia.models.inference import predict_logits
+from lsmia.utils import load_json, new_file_mode
 
 ID_KEYS = ("alpha", "seed")
 
@@ -48,6 +49,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "all_acc1": ("attack acc@1 (all samples)", "more leakage"),
     "all_acc5": ("attack acc@5 (all samples)", "more leakage"),
     "final_target_confidence": ("target's confidence in its final samples", ""),
+    "final_target_confidence_raw": ("target's confidence in its final samples, no transforms", ""),
+    "grad_cosine_mean": ("cosine of consecutive attack gradients", ""),
     "delta_eval": ("δ_eval (eval-feature distance)", "less leakage"),
     "fid_eval_features": ("FID (eval-model features)", "less leakage"),
     "inception_fid": ("FID (Inception)", "less leakage"),
@@ -255,7 +258,7 @@ def private_test_outputs(paths: StudyPaths, rows: list[dict[str, Any]],
         if not model_file.exists():
             continue
         model = load_classifier(model_file, num_classes=data.num_classes, what="target model").to(device)
-        logits = predict_logits(model, data.test.images, device)
+        logits = predict_logits(model.to(device), data.test.images)
         entry = found.setdefault(row["alpha"], {"confidence": [], "logit_norm": []})
         entry["confidence"].append(logits.softmax(1).max(1).values.numpy())
         entry["logit_norm"].append(logits.norm(dim=1).numpy())
@@ -293,6 +296,61 @@ def _violin(ax, values: np.ndarray, position: int, color) -> None:
         parts["cmedians"].set_color("#111111")
     else:
         ax.hlines(float(np.median(values)), position - 0.3, position + 0.3, color=color, lw=3)
+
+
+DIAGNOSTIC_PANELS = (("loss", "attack loss"), ("target_confidence", "target confidence (augmented batch)"),
+                     ("grad_cosine", "cosine of consecutive latent gradients"))
+DIAGNOSTICS_CAPTION = (
+    "Per attack step, mean over all optimised latents (and over the seeds of each alpha): the attack's loss, "
+    "the target's confidence in the attacked class on the step's cropped images, and the cosine similarity "
+    "between a latent's gradient and its gradient one step earlier. The paper explains negative label "
+    "smoothing's protection by unstable gradient directions during the attack (its Fig. 6b): it predicts a "
+    "lower gradient similarity for alpha &lt; 0 than for alpha ≥ 0.")
+
+
+def diagnostic_curves(paths: StudyPaths, rows: list[dict[str, Any]]) -> dict[float, dict[str, np.ndarray]]:
+    """Per alpha, each diagnostic curve of its runs' ``attack.pt`` averaged over seeds (cut to the shortest).
+
+    Runs without an attack file, or attacks saved without diagnostics, are skipped.
+    """
+    found: dict[float, dict[str, list[list[float]]]] = {}
+    for row in rows:
+        attack_file = paths.attack_dir(row["alpha"], row["seed"]) / "attack.pt"
+        curves = AttackResult.load(attack_file).meta.get("diagnostics") if attack_file.exists() else None
+        if not curves:
+            continue
+        entry = found.setdefault(row["alpha"], {key: [] for key, _ in DIAGNOSTIC_PANELS})
+        for key, _ in DIAGNOSTIC_PANELS:
+            entry[key].append(list(curves.get(key, [])))
+    return {alpha: {key: _mean_curve(runs) for key, runs in entry.items()} for alpha, entry in sorted(found.items())}
+
+
+def _mean_curve(runs: list[list[float]]) -> np.ndarray:
+    length = min(len(run) for run in runs)
+    return np.mean([run[:length] for run in runs], axis=0) if length else np.array([])
+
+
+def diagnostics_figure(curves: dict[float, dict[str, np.ndarray]], path: Path) -> bool:
+    """Three panels against the attack step, one line per alpha; False when no attack recorded diagnostics."""
+    if not any(len(values) for entry in curves.values() for values in entry.values()):
+        return False
+    cmap, norm = alpha_colors(list(curves))
+    fig = Figure(figsize=(11.0, 3.4))
+    axes = fig.subplots(1, len(DIAGNOSTIC_PANELS))
+    for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS):
+        first_step = 1 if key == "grad_cosine" else 0  # the cosine needs a previous step
+        for alpha, entry in curves.items():
+            values = entry[key]
+            color = cmap(norm(alpha)) if alpha != 0 else "#333333"  # the map's grey centre is too faint for a line
+            steps = np.arange(first_step, first_step + len(values))
+            ax.plot(steps, values, color=color, lw=1.6, label=f"α = {alpha:g}")
+        ax.set(xlabel="attack step", title=label)
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
 
 
 # --------------------------------------------------------------------------- html
@@ -468,6 +526,13 @@ def _section(title: str, folder: Path, figures: list[FigureFile]) -> str:
     return f"<h2>{html.escape(title)}</h2>" + "".join(figure_html(folder, fig) for fig in figures)
 
 
+def diagnostics_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path) -> str:
+    heading = "Attack diagnostics per step"
+    if diagnostics_figure(diagnostic_curves(paths, rows), folder / "diagnostics.png"):
+        return _section(heading, folder, [FigureFile("diagnostics.png", heading, DIAGNOSTICS_CAPTION)])
+    return f"<h2>{heading}</h2>" + _missing("no attack recorded per-step diagnostics: re-run 'lsmia attack'")
+
+
 def _missing(what: str) -> str:
     return f"<p class='missing'>{html.escape(what)}</p>"
 
@@ -500,6 +565,7 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
                                                            "Pooled over seeds; line in each violin: median.")]))
     else:
         parts.append(f"<h2>{heading}</h2>" + _missing(f"no target models or no data file {paths.data_file}"))
+    parts.append(diagnostics_html(paths, rows, folder))
 
     parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
     parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
@@ -516,7 +582,7 @@ def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: 
     collect_metrics(paths.metrics_dir)  # fail before creating anything
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be served and shared
+    staging.chmod(new_file_mode(folder=True))  # mkdtemp makes it private: give it the umask's mode like mkdir
     try:
         build_report(paths, staging, device, title, list(ablation_files))
         _swap_in(staging, out_dir)

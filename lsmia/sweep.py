@@ -396,44 +396,72 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
     return values if sweep.mode == "pareto" else values[1]
 
 
+@dataclass(frozen=True)
+class TrialLayout:
+    """The study's shared outputs (data, prior, eval model, attributes) and the trial's own target, attack
+    and metrics under ``out/sweep/<study>/trial_<n>/``."""
+
+    shared: "graph.StudyLayout"
+    trial_dir: Path
+
+    def output(self, stage: "graph.Stage", cell: "graph.Cell | None") -> Path:
+        own = {"target": self.trial_dir / "target" / "model.pt", "attack": self.trial_dir / "attack" / "attack.pt",
+               "evaluate": self.trial_dir / "metrics.json"}
+        return own.get(stage.name) or self.shared.output(stage, cell)
+
+
+class TrialObserver:
+    """A trial's stage observer: MLflow through the trial's StageLog, test accuracy to Optuna (pruning and the
+    accuracy floor), and every metric as a trial user attr."""
+
+    def __init__(self, trial: optuna.Trial, sweep: SweepConfig, stage_log: Any) -> None:
+        self.trial, self.sweep, self.stage_log = trial, sweep, stage_log
+        self.trained: Any = None
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.stage_log.log_metrics(metrics, step=step)
+        if step is None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float, str)):
+                    self.trial.set_user_attr(key, value)
+
+    def epoch_logger(self) -> Callable[[int, dict[str, float]], None]:
+        return _epoch_hook(self.trial, self.sweep, self.stage_log)
+
+    def log_prior(self, result: Any) -> None: ...
+    def log_report(self, report_dir: Path) -> None: ...
+
+    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None:
+        """After training: record test accuracy; in constrained mode a target below the floor is not attacked."""
+        self.trained, test_acc = result, result.metrics["test_acc"]
+        self.trial.set_user_attr("test_acc", test_acc)
+        set_floor_constraint(self.trial, self.sweep, test_acc)
+        self.stage_log.log_metrics(result.metrics)
+        if self.sweep.mode == "constrained" and test_acc < self.sweep.min_test_acc:
+            raise optuna.TrialPruned(f"test accuracy {test_acc:.3f} is below the floor {self.sweep.min_test_acc}: "
+                                     "not attacked")
+
+    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None:
+        self.stage_log.log_metrics({"num_final_samples": len(result.final_targets)})
+        _log_trial_outputs(self.stage_log.tracker, self.trained, out_dir, self.sweep.log_models)
+
+
 def _train_attack_evaluate(ctx: TrialContext, cfg: Config, trial: optuna.Trial, stage_log: Any) -> dict[str, Any]:
-    from lsmia import pipeline
+    """The graph's per-cell stages (target, attack, evaluate) for the trial's smoothing, on the shared models."""
+    from lsmia import graph
 
-    sweep, out = cfg.sweep, ctx.paths.trial_dir(trial.number)
-    alpha, seed = cfg.target.smoothing.alpha, cfg.run.seed
-    trained = pipeline.stage_train(cfg, "target", ctx.models.data_file, out / "target", ctx.device, seed,
-                                   on_epoch=_epoch_hook(trial, sweep, stage_log))
-    trial.set_user_attr("test_acc", trained.metrics["test_acc"])
-    set_floor_constraint(trial, sweep, trained.metrics["test_acc"])
-    stage_log.log_metrics(trained.metrics)
-    if sweep.mode == "constrained" and trained.metrics["test_acc"] < sweep.min_test_acc:
-        raise optuna.TrialPruned(f"test accuracy {trained.metrics['test_acc']:.3f} is below the floor "
-                                 f"{sweep.min_test_acc}: not attacked")
-    result = pipeline.stage_attack(cfg, ctx.models.data_file, out / "target" / "model.pt", ctx.models.prior_file,
-                                   out / "attack", ctx.device, seed)
-    metrics = pipeline.stage_evaluate(cfg, ctx.models.data_file, out / "attack" / "attack.pt", ctx.models.eval_file,
-                                      out / "target", out / "metrics.json", ctx.device, alpha, seed,
-                                      ctx.models.attribute_file)
-    for key, value in metrics.items():
-        if isinstance(value, (int, float, str)):
-            trial.set_user_attr(key, value)
-    stage_log.log_metrics(metrics)
-    stage_log.log_metrics({"num_final_samples": len(result.final_targets)})
-    _log_trial_outputs(stage_log.tracker, trained, out / "attack", sweep.log_models)
+    cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed)
+    layout = TrialLayout(graph.StudyLayout(StudyPaths(cfg.run.out_dir)), ctx.paths.trial_dir(trial.number))
+    observer = TrialObserver(trial, cfg.sweep, stage_log)
+
+    @contextlib.contextmanager
+    def observe(*args: Any, **kwargs: Any) -> Iterator[TrialObserver]:
+        yield observer
+
+    metrics: dict[str, Any] = {}
+    for stage in graph.stages_for(cfg, ("target", "attack", "evaluate")):
+        metrics = graph.run_stage(stage, cfg, cell, layout, ctx.device, observe)
     return metrics
-
-
-def _epoch_hook(trial: optuna.Trial, sweep: SweepConfig, stage_log: Any) -> Callable[[int, dict[str, float]], None]:
-    """Per-epoch metrics to MLflow; in constrained mode also test accuracy to Optuna's pruner."""
-    def on_epoch(epoch: int, row: dict[str, float]) -> None:
-        stage_log.log_metrics(row, step=epoch)
-        if sweep.mode == "constrained":  # multi-objective studies cannot report or prune
-            trial.report(row["test_acc"], epoch)
-            if trial.should_prune():
-                set_floor_constraint(trial, sweep, row["test_acc"])
-                raise optuna.TrialPruned(f"test accuracy {row['test_acc']:.3f} at epoch {epoch} is below every "
-                                         "trial that reached the floor")
-    return on_epoch
 
 
 def _log_trial_outputs(tracker: Any, trained: Any, attack_dir: Path, log_model: bool) -> None:

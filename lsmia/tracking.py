@@ -649,3 +649,72 @@ def _search_experiments(client: Any, experiment: str, parent_id: str | None) -> 
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# ---------------------------------------------------------------- runs of killed stages
+
+RUN_MARKER = ".mlflow-run.json"  # beside a stage's checkpoint while its run is open; left behind only by a kill
+INTERRUPTED_LINK = "interrupted_run"
+RESUMED_TAG = "lsmia.resumed"
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_marker(marker: Path) -> dict[str, str] | None:
+    try:
+        record = json.loads(Path(marker).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("run_id"), str) else None
+
+
+def remember_run(marker: Path, run_id: str | None, config: Mapping[str, Any]) -> None:
+    """Store the open run's id beside the stage's checkpoint, so a resume after a kill can find it."""
+    if run_id is None:
+        return
+    marker = Path(marker)
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f"{marker.name}.tmp")
+        tmp.write_text(json.dumps({"run_id": run_id, "config": config_digest(config)}), encoding="utf-8")
+        os.replace(tmp, marker)
+
+
+def forget_run(marker: Path) -> None:
+    """The run ended in this process (finished, failed or interrupted): nothing is left orphaned."""
+    with contextlib.suppress(OSError):
+        Path(marker).unlink(missing_ok=True)
+
+
+def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tuple[str | None, str | None]:
+    """(run to continue, orphan to link) for the run a killed stage left RUNNING, as named by ``marker``.
+
+    With ``resumable`` (the stage resumes from its checkpoint) and the same config, the orphan is
+    continued, so one run holds every epoch; otherwise it is marked FAILED and the new run links to it.
+    (None, None) without a marker, when its run ended normally, or when MLflow cannot be reached.
+    """
+    record = _read_marker(marker)
+    if record is None:
+        return None, None
+    run_id = record["run_id"]
+    try:
+        import mlflow
+
+        quiet_mlflow_logs()
+        _check_server(tracking_uri())
+        client = mlflow.MlflowClient(tracking_uri())
+        if client.get_run(run_id).info.status != "RUNNING":
+            return None, None
+        if resumable and record.get("config") == config_digest(config):
+            return run_id, None
+        client.set_terminated(run_id, "FAILED")
+        return None, run_id
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"MLflow tracking: checking the run {run_id} a killed stage left failed "
+                      f"({type(err).__name__}: {reason}); a new run is started", RuntimeWarning, stacklevel=2)
+        return None, None

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from lsmia.errors import LsmiaError
+from lsmia.errors import DISK_FULL, LsmiaError, disk_full_error, from_os_error
+
+EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics) after each training epoch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -37,25 +40,82 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+LOW_DISK_SPACE = 1 << 20  # bytes: a write that fails with less than this left failed for want of space
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(folder: bool = False) -> int:
+    """The mode a plain ``open`` (0666) or ``mkdir`` (0777) would give under the umask."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
+        return True
+    try:  # torch.save reports a short write as RuntimeError("unexpected pos ...")
+        return shutil.disk_usage(folder).free < LOW_DISK_SPACE
+    except OSError:
+        return False
+
+
+def write_error(err: BaseException, path: Path) -> LsmiaError | None:
+    """The one-line error for a failed write of ``path`` (full disk, read-only, wrong kind); None if unknown."""
+    if _out_of_space(err, path.parent):
+        return disk_full_error(path)
+    return from_os_error(err, path) if isinstance(err, OSError) else None
+
+
+def _temporary_beside(path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (write_error(err, path) or err) from None
+    try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's files are 0600
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    The file gets the umask's permissions; a full disk, a read-only folder or a file where a folder
+    should be is a one-line LsmiaError naming ``path``, and an earlier ``path`` stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temporary_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as err:
+        translated = write_error(err, path)
+        if translated is None:
+            raise
+        raise translated from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
 
 
 def save_torch(obj: Any, path: Path | str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through an open handle: torch.save(obj, name) stores the (random) temp file name in the zip archive,
+    # so two saves of the same object would differ in bytes and DVC would see every re-run as a change
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_torch(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
@@ -73,11 +133,67 @@ def save_json(obj: Any, path: Path | str) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+TIMINGS_SUFFIX = ".timings"  # JSON content; no .json suffix, so no *.json glob picks a sidecar up
+
+
+def timings_path(output: Path | str) -> Path:
+    """The wall-clock sidecar of an output file or folder: ``<output>.timings`` beside it.
+
+    Seconds differ on every run, so they never go into an output itself (DVC would see each re-run as a
+    change); git and DVC ignore ``*.timings`` (.gitignore, .dvcignore).
+    """
+    output = Path(output)
+    return output.parent / f"{output.name}{TIMINGS_SUFFIX}"
+
+
+def save_timings(output: Path | str, seconds: dict[str, float]) -> None:
+    save_json({k: round(float(v), 3) for k, v in seconds.items()}, timings_path(output))
+
+
+def load_timings(output: Path | str) -> dict[str, float]:
+    path = timings_path(output)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def load_json(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
     path = Path(path)
     if not path.exists():
         raise LsmiaError(f"{what} {path} does not exist: {fix}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+        raise LsmiaError(f"{what} {path} cannot be read as JSON ({reason}): delete it and re-run its stage") from None
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(nbytes: int, what: str, fix: str) -> None:
+    """Fail before allocating: ``what`` needs ``nbytes``, more than the memory available."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise LsmiaError(f"{what} needs about {human_bytes(nbytes)} of memory but only {human_bytes(available)} "
+                         f"is available: {fix}")
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:

@@ -12,7 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from lsmia import ablation
+from lsmia import ablation, graph
 from lsmia.attack.result import AttackResult
 from lsmia.cli import app
 from lsmia.config import build_config, load_config
@@ -23,34 +23,48 @@ TINY = Path(__file__).parent / "tiny_params.yaml"
 T_975_DF2 = 4.302652729749464
 
 
-def keys(overrides: dict, alpha: float = -0.05, seed: int = 0) -> ablation.CellKeys:
-    return ablation.cell_keys(build_config({}, overrides), alpha, seed)
+def keys(overrides: dict, alpha: float = -0.05, seed: int = 0) -> dict[str, str]:
+    return graph.stage_keys(build_config({}, overrides), graph.Cell(alpha, seed))
 
 
 def test_an_attack_change_keeps_every_trained_model():
     base, other = keys({}), keys({"attack.loss": "ce"})
-    assert (base.data, base.prior, base.eval, base.target) == (other.data, other.prior, other.eval, other.target)
-    assert base.attack != other.attack and base.evaluate != other.evaluate
+    shared = ("data", "prior", "eval-model", "attributes", "target")
+    assert [base[s] for s in shared] == [other[s] for s in shared]
+    assert base["attack"] != other["attack"] and base["evaluate"] != other["evaluate"]
 
 
 def test_a_prior_change_keeps_the_targets_but_not_the_attack():
     base, other = keys({}), keys({"prior.epochs": 10})
-    assert base.target == other.target and base.eval == other.eval
-    assert base.prior != other.prior and base.attack != other.attack
+    assert base["target"] == other["target"] and base["eval-model"] == other["eval-model"]
+    assert base["prior"] != other["prior"] and base["attack"] != other["attack"]
 
 
 def test_a_data_change_invalidates_everything_downstream():
     base, other = keys({}), keys({"data.images_per_identity": 80})
-    assert all(getattr(base, f) != getattr(other, f) for f in ("data", "prior", "eval", "target", "attack"))
+    assert all(base[s] != other[s] for s in ("data", "prior", "eval-model", "target", "attack", "evaluate"))
+
+
+def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_it(monkeypatch):
+    """The cache key holds a hash of each stage's code: an edit of the attack loss invalidates the stages that
+    import it (eval model and targets train with its smoothing loss, the attack optimises its Poincaré loss)."""
+    losses = graph.PACKAGE_ROOT / "losses.py"
+    before = keys({})
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b""))
+    after = keys({})
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"eval-model", "target", "attack", "evaluate"}  # evaluate: its inputs' keys changed
 
 
 def test_the_schedule_enters_only_through_the_alpha_in_force_per_epoch():
     # alpha >= 0 is never warmed up, so the schedule cannot change those models ...
     for alpha in (0.0, 0.1):
-        assert keys({}, alpha).target == keys({"target.smoothing.schedule": "constant"}, alpha).target
+        assert keys({}, alpha)["target"] == keys({"target.smoothing.schedule": "constant"}, alpha)["target"]
     # ... while a negative alpha from epoch 0 is another model
-    assert keys({}, -0.05).target != keys({"target.smoothing.schedule": "constant"}, -0.05).target
-    assert keys({}, -0.05, seed=0).target != keys({}, -0.05, seed=1).target
+    assert keys({}, -0.05)["target"] != keys({"target.smoothing.schedule": "constant"}, -0.05)["target"]
+    assert keys({}, -0.05, seed=0)["target"] != keys({}, -0.05, seed=1)["target"]
 
 
 def rows_from(acc1: dict[float, list[float]], test_acc: dict[float, list[float]]) -> list[dict]:
@@ -111,12 +125,13 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     cache = tmp_path / "out" / "ablations" / "cache"
     assert len(list((cache / "target").iterdir())) == 6  # 3 alphas x 2 seeds, shared by all three variants
     assert len(list((cache / "attack").iterdir())) == 18
-    assert len(list((cache / "prior").iterdir())) == 1 and len(list((cache / "eval").iterdir())) == 1
+    assert len(list((cache / "prior").iterdir())) == 1 and len(list((cache / "eval-model").iterdir())) == 1
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert len(saved["rows"]) == 18 and set(saved["variants"]) == {"base", "ce", "long"}
     for row in saved["rows"]:  # the target's mean confidence in exactly the final samples the attack kept
-        attack = AttackResult.load(cache / "attack" / ablation.cell_keys(
-            ablation.variant_configs(cfg, plan)[row["variant"]], row["alpha"], row["seed"]).attack / "attack.pt")
+        attack = AttackResult.load(cache / "attack" / graph.stage_keys(
+            ablation.variant_configs(cfg, plan)[row["variant"]], graph.Cell(row["alpha"], row["seed"]))["attack"]
+            / "attack.pt")
         assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 

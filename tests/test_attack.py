@@ -6,11 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lsmia.attack.ppa import keep_best, resolve_targets, run_attack, select_candidates, stage_generators
+from lsmia.attack.ppa import (StepDiagnostics, keep_best, optimise, resolve_targets, row_batches, run_attack,
+                              select_candidates, stage_generators)
 from lsmia.attack.result import AttackResult
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
+from lsmia.losses import poincare_loss
 from lsmia.models.classifiers import build_classifier
+from lsmia.attack.ppa import latent_scale
+from lsmia.models.generator import DCGANPrior, Generator, load_prior
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 6
@@ -59,7 +63,7 @@ class MeanColourClassifier(nn.Module):
 
 def make_cfg(**overrides) -> AttackConfig:
     base = dict(targets=3, pool_size=64, candidates=6, final_samples=3, steps=20, lr=0.1, batch_size=8,
-                selection_batch_size=16, final_draws=4, seed=0)
+                selection_batch_size=16, final_draws=4, seed=0, latent="z")
     return AttackConfig(**{**base, **overrides})
 
 
@@ -168,7 +172,8 @@ def test_output_shapes_dtypes_and_meta_with_a_real_classifier() -> None:
     assert result.final_latents.shape == (4, 4) and result.final_scores.shape == (4,)
     assert result.final_targets.tolist() == [6, 6, 2, 2]
     assert ((result.final_scores >= 0) & (result.final_scores <= 1)).all()
-    assert {"selection_s", "optimisation_s", "final_selection_s", "num_latents"} <= set(result.meta)
+    assert {"selection_s", "optimisation_s", "final_selection_s"} <= set(result.meta["timings"])
+    assert "num_latents" in result.meta
     assert result.meta["num_latents"] == 10 and result.meta["config"]["steps"] == 2
     assert not target.training
     assert all(p.requires_grad and p.grad is None for p in target.parameters())
@@ -217,6 +222,53 @@ def test_batched_and_per_class_reach_similar_confidence() -> None:
     assert abs(conf_b - conf_p) < 0.03  # seeds 0-2 differ by at most 0.009
 
 
+@pytest.mark.parametrize("schedule", ["batched", "per_class"])
+def test_diagnostics_record_every_step_and_leave_the_latents_unchanged(schedule: str) -> None:
+    # 30 rows: batches of 8, or 10 per class; full-size step crops, so step 0 sees the start images unchanged
+    cfg = make_cfg(steps=7, candidates=10, pool_size=32, step_crop_scale=(1.0, 1.0))
+    result = attack(cfg, schedule=schedule)
+    plain = run_attack(cfg, MeanColourClassifier(), ColourPrior(), [0, 3, 4], CPU, progress=False,
+                       schedule=schedule, diagnostics=False)
+    for name in ("all_latents", "all_images", "final_latents", "final_scores"):
+        assert torch.equal(getattr(result, name), getattr(plain, name)), name
+    assert "diagnostics" not in plain.meta and "final_target_confidence_raw" not in plain.meta
+    curves = result.meta["diagnostics"]
+    assert len(curves["loss"]) == len(curves["target_confidence"]) == 7 and len(curves["grad_cosine"]) == 6
+    assert all(isinstance(v, float) and round(v, 6) == v for curve in curves.values() for v in curve)
+    assert all(-1.0 <= c <= 1.0 for c in curves["grad_cosine"])
+    assert curves["target_confidence"][-1] > curves["target_confidence"][0] + 0.1
+    assert curves["loss"][-1] < curves["loss"][0]
+    # step 0 scores the start latents: their plain confidence and loss
+    start = attack(cfg.model_copy(update={"steps": 0}), schedule=schedule)
+    with torch.no_grad():
+        logits = MeanColourClassifier()(ColourPrior()(start.all_latents))
+    expected = torch.softmax(logits, 1).gather(1, start.all_targets.view(-1, 1)).mean()
+    assert curves["target_confidence"][0] == pytest.approx(expected.item(), abs=1e-5)
+    assert curves["loss"][0] == pytest.approx(poincare_loss(logits, start.all_targets).item(), abs=1e-4)
+    raw = confidence(MeanColourClassifier(), result.final_images, result.final_targets).mean()
+    assert result.meta["final_target_confidence_raw"] == pytest.approx(raw.item(), abs=1e-6)
+
+
+def test_diagnostics_are_the_same_for_any_number_of_ranks() -> None:
+    cfg = make_cfg(steps=4, batch_size=4)
+    prior, target = ColourPrior(), MeanColourClassifier()
+    start = torch.randn(18, prior.latent_dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 4]).repeat_interleave(6)
+    batches = row_batches(3, 6, cfg.batch_size, "batched")
+
+    def recorded(rank: int, world: int) -> StepDiagnostics:
+        recorder = StepDiagnostics(batches, cfg.steps)
+        optimise(prior, target, start, labels, batches, cfg, stage_generators(cfg.seed)[1], CPU, False, rank, world,
+                 recorder)
+        return recorder
+
+    alone = recorded(0, 1)
+    ranks = [recorded(rank, 2) for rank in range(2)]
+    for recorder in ranks:  # what merge_ranks does with the all-gathered tables
+        recorder.take_owned([r.sums for r in ranks])
+        assert torch.equal(recorder.sums, alone.sums) and recorder.curves() == alone.curves()
+
+
 def test_unknown_schedule_is_a_user_error() -> None:
     with pytest.raises(LsmiaError, match="schedule"):
         attack(make_cfg(), schedule="sideways")
@@ -246,3 +298,140 @@ def test_progress_reports_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = make_cfg(steps=4, candidates=4, final_samples=2)  # 3 targets x 4 rows = 2 batches of 8 -> 8 steps
     run_attack(cfg, MeanColourClassifier(), ColourPrior(), [0, 1, 2], CPU, progress=True)
     assert "attack steps: 8/8" in capsys.readouterr().err
+
+
+# --- the latent space: z or w, truncation, relative lr ---
+
+class ScaledColourPrior(ColourPrior):
+    """ColourPrior with latents ``scale`` times larger: the same images from ``scale * z``."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(z / self.scale)
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return super().sample_latents(n, generator) * self.scale
+
+
+def mapping_prior(image_size: int = 8) -> DCGANPrior:
+    torch.manual_seed(0)
+    prior = DCGANPrior(Generator(4, image_size, 8, mapping_layers=2, w_dim=6))
+    with torch.no_grad():
+        prior.generator.w_avg.copy_(prior.generator.to_w(torch.randn(1000, 4)).mean(0))
+    return prior
+
+
+def test_latent_w_optimises_w_from_the_truncated_pool() -> None:
+    cfg = make_cfg(latent="w", truncation=0.5, steps=5)
+    prior = mapping_prior()
+    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3, 4], CPU,
+                       progress=False)
+    result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3, 4], CPU, progress=False)
+    assert result.all_latents.shape == (18, 6) and result.final_latents.shape == (9, 6)  # w_dim columns
+    assert not torch.allclose(result.all_latents, start.all_latents)
+    pool = prior.sample_latents(cfg.pool_size, stage_generators(cfg.seed)[0])
+    z = torch.randn(cfg.pool_size, 4, generator=stage_generators(cfg.seed)[0])
+    torch.testing.assert_close(pool, prior.generator.w_avg.lerp(prior.generator.to_w(z), 0.5))
+    assert all(any(torch.equal(row, p) for p in pool) for row in start.all_latents)  # start rows come from it
+    with torch.no_grad():
+        expected = (prior(result.final_latents) * 255).round().to(torch.uint8)
+    assert torch.equal(result.final_images, expected)
+    assert result.meta["latent"] == "w" and result.meta["latent_dim"] == 6 and result.meta["truncation"] == 0.5
+
+
+def test_meta_records_space_truncation_and_effective_lr() -> None:
+    result = attack(make_cfg(steps=1, lr_relative=False))
+    assert (result.meta["latent"], result.meta["truncation"], result.meta["lr_effective"]) == ("z", None, 0.1)
+    z_space = run_attack(make_cfg(steps=1, truncation=0.7), MeanColourClassifier(), mapping_prior(), [0], CPU,
+                         progress=False)
+    assert (z_space.meta["latent"], z_space.meta["latent_dim"], z_space.meta["truncation"]) == ("z", 4, 0.7)
+
+
+def test_relative_lr_is_the_lr_times_the_std_of_the_initial_latents() -> None:
+    cfg = make_cfg(latent="w", steps=1, lr=0.01)
+    prior = mapping_prior()
+    result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3, 4], CPU, progress=False)
+    pool = prior.sample_latents(cfg.pool_size, stage_generators(cfg.seed)[0])
+    scale = pool.double().var(dim=0).mean().sqrt().item()
+    assert 0 < scale < 0.5  # truncated w is far narrower than z
+    assert result.meta["lr_effective"] == pytest.approx(0.01 * scale, rel=1e-9)
+    assert latent_scale(torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))) == pytest.approx(1, abs=0.01)
+
+
+def test_relative_lr_makes_the_same_relative_move_at_any_latent_scale() -> None:
+    # Latents 100x smaller (gradients 100x larger, so Adam's eps stays negligible): the same path, scaled.
+    cfg = make_cfg(steps=10)
+    unit = run_attack(cfg, MeanColourClassifier(), ColourPrior(), [0, 3, 4], CPU, progress=False)
+    scaled = run_attack(cfg, MeanColourClassifier(), ScaledColourPrior(0.01), [0, 3, 4], CPU, progress=False)
+    torch.testing.assert_close(scaled.all_latents / 0.01, unit.all_latents, atol=1e-4, rtol=1e-4)
+    assert torch.equal(scaled.final_targets, unit.final_targets)
+    absolute = run_attack(cfg.model_copy(update={"lr_relative": False}), MeanColourClassifier(),
+                          ScaledColourPrior(0.01), [0, 3, 4], CPU, progress=False)
+    assert (absolute.all_latents / 0.01 - unit.all_latents).abs().max() > 1.0  # lr 0.1 is huge at scale 0.01
+
+
+@pytest.mark.parametrize("prior, fix", [(ColourPrior(), "set attack.latent: z"),
+                                        (DCGANPrior(Generator(4, 8, 8)), "set prior.mapping_layers > 0")])
+def test_latent_w_without_a_mapping_network_is_a_one_line_error(prior: nn.Module, fix: str) -> None:
+    with pytest.raises(LsmiaError, match="attack.latent is 'w' but the prior has no mapping network") as err:
+        run_attack(make_cfg(latent="w"), MeanColourClassifier(), prior, [0], CPU, progress=False)
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+class StandInMapping(nn.Module):
+    """z [N, 4] -> w [N, num_ws, 5], one w repeated per layer, as StyleGAN2-ADA's G.mapping returns it."""
+
+    def __init__(self, num_ws: int) -> None:
+        super().__init__()
+        self.fc, self.num_ws = nn.Linear(4, 5), num_ws
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.leaky_relu(self.fc(z), 0.2).unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+class StandInSynthesis(nn.Module):
+    """ws [N, num_ws, 5] -> images [N, 3, 16, 16] in [-1, 1]: mean colour from the first w, a ramp from the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.colour, self.ramp = nn.Linear(5, 3), nn.Linear(5, 1)
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        colour = torch.tanh(self.colour(ws[:, 0])).view(-1, 3, 1, 1)
+        x = torch.linspace(-1.0, 1.0, 16).view(1, 1, 1, 16)
+        return (colour + 0.1 * torch.tanh(self.ramp(ws[:, -1])).view(-1, 1, 1, 1) * x).expand(-1, 3, 16, 16)
+
+
+class StandInStyleGAN(nn.Module):
+    """A tiny randomly initialised generator in the README's export format: mapping, synthesis, w_avg."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping, self.synthesis = StandInMapping(num_ws=12), StandInSynthesis()
+        self.register_buffer("w_avg", torch.zeros(5))
+
+
+def test_torchscript_stylegan_stand_in_round_trip(tmp_path) -> None:
+    from lsmia.config import PriorConfig
+
+    torch.manual_seed(0)
+    torch.jit.script(StandInStyleGAN()).save(str(tmp_path / "stylegan.pt"))
+    prior = load_prior(PriorConfig(kind="torchscript", path=tmp_path / "stylegan.pt", latent_dim=4,
+                                   center_crop=0.75), None)
+    cfg = make_cfg(latent="w", truncation=0.5, steps=2, pool_size=32, candidates=4, final_samples=2)
+    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3], CPU,
+                       progress=False)
+    result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3], CPU, progress=False)
+    assert (prior.num_ws, prior.w_dim, prior.image_size) == (12, 5, 12)  # 16 px, central 75 % kept
+    assert result.all_latents.shape == (8, 5) and result.all_images.shape == (8, 3, 8, 8)
+    assert not torch.equal(result.all_latents, start.all_latents)
+    assert result.meta["latent"] == "w" and result.meta["truncation"] == 0.5
+    module = torch.jit.load(str(tmp_path / "stylegan.pt"))
+    with torch.no_grad():  # w repeated to all 12 layers, centre-cropped, mapped from [-1, 1] to [0, 1]
+        images = module.synthesis(result.final_latents.unsqueeze(1).repeat(1, 12, 1))[..., 2:14, 2:14]
+    expected = torch.nn.functional.interpolate(((images + 1) / 2).clamp(0, 1), size=(8, 8), mode="bilinear",
+                                               antialias=True, align_corners=False)
+    assert (result.final_images.float() - expected * 255).abs().max() <= 1.0

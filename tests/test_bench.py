@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsmia.attack.result import AttackResult
-from lsmia.utils import save_json
+from lsmia.utils import save_timings
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -67,16 +66,13 @@ def test_gpu_benchmark_skips_cleanly_without_a_gpu() -> None:
 
 
 def fake_run(out: Path) -> None:
-    """The timing files a finished study writes, with known seconds."""
-    save_json({"seconds": 2.0}, out / "data" / "summary.json")
-    save_json({"train_seconds": 3.0}, out / "models" / "eval" / "metrics.json")
-    save_json({"train_seconds": 6.0}, out / "models" / "target_alpha0.1_seed0" / "metrics.json")
-    save_json({"evaluate_seconds": 1.0, "train_seconds": 6.0}, out / "metrics" / "alpha0.1_seed0.json")
-    empty = torch.zeros(0, dtype=torch.int64)
-    AttackResult(targets=[0], all_latents=empty, all_images=empty, all_targets=empty, final_latents=empty,
-                 final_images=empty, final_targets=empty, final_scores=empty,
-                 meta={"selection_s": 0.5, "optimisation_s": 1.0, "final_selection_s": 0.5}
-                 ).save(out / "attacks" / "alpha0.1_seed0" / "attack.pt")
+    """The timing sidecars a finished study writes, with known seconds."""
+    save_timings(out / "data" / "dataset.pt", {"data_s": 2.0})
+    save_timings(out / "models" / "eval" / "model.pt", {"train_s": 3.0})
+    save_timings(out / "models" / "target_alpha0.1_seed0" / "model.pt", {"train_s": 6.0})
+    save_timings(out / "metrics" / "alpha0.1_seed0.json", {"evaluate_s": 1.0})
+    save_timings(out / "attacks" / "alpha0.1_seed0" / "attack.pt",
+                 {"selection_s": 0.5, "optimisation_s": 1.0, "final_selection_s": 0.5})
 
 
 def test_study_stages_reads_the_timings_of_an_existing_run(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lsmia.config import SmoothingConfig
 from lsmia.losses import max_margin_loss, poincare_loss, smoothed_cross_entropy
-from lsmia.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha
+from lsmia.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha, upstream_alpha
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.05, 0.1, 0.5, 1.0])
@@ -53,6 +53,26 @@ def test_reference_schedule_reproduces_the_paper_code_with_its_jump():
     assert values[50] == pytest.approx(-0.05 * 1 / 50)
     assert values[74] == pytest.approx(-0.05 * 25 / 50)  # only half of alpha before the jump
     assert values[75:] == [-0.05] * 25
+
+
+def test_upstream_schedule_is_the_reference_code_in_absolute_epochs():
+    alpha = -0.05
+    hundred = [upstream_alpha(alpha, e, 100) for e in range(100)]  # E = 100: ramp over 50..74, jump at 75
+    assert hundred[:50] == [0.0] * 50
+    assert hundred[50] == pytest.approx(-0.001)  # alpha * 1/50
+    assert hundred[74] == pytest.approx(-0.025)  # alpha * 25/50: half of alpha before the jump
+    assert hundred[75:] == [alpha] * 25
+    assert hundred == [reference_alpha(alpha, e, 100) for e in range(100)]  # the proportional one agrees at 100
+    sixty = [upstream_alpha(alpha, e, 60) for e in range(60)]  # E = 60: the ramp divides by 10, never jumps
+    assert sixty[:50] == [0.0] * 50
+    assert sixty[50] == pytest.approx(-0.005) and sixty[55] == pytest.approx(-0.03)  # alpha * 1/10, * 6/10
+    assert sixty[59] == pytest.approx(alpha)  # alpha * 10/10 at the last epoch
+    assert [upstream_alpha(alpha, e, 40) for e in range(40)] == [0.0] * 40  # under 50 epochs: never smooths
+    assert upstream_alpha(alpha, 74, 120) == pytest.approx(alpha * 25 / 70) and upstream_alpha(alpha, 75, 120) == alpha
+    upstream = SmoothingConfig(alpha=alpha, schedule="upstream")
+    assert alpha_trajectory(upstream, 60) == sixty
+    assert alpha_trajectory(upstream, 20) == [0.0] * 20  # unlike 'reference', which scales with the run
+    assert alpha_trajectory(upstream.model_copy(update={"alpha": 0.1}), 20) == [0.1] * 20  # positive: constant
 
 
 def test_linear_schedule_ends_exactly_at_alpha_and_is_monotone():

@@ -15,6 +15,7 @@ from lsmia.errors import LsmiaError
 from lsmia.metrics import (attack_accuracy, attribute_leakage, evaluate_attack, inception_fid, knowledge_extraction,
                            load_attribute_predictor, predict_logits, save_attribute_predictor,
                            train_attribute_predictor)
+from lsmia.metrics.evaluate import attack_diagnostics
 from lsmia.models.classifiers import build_classifier
 
 SIZE = 16
@@ -163,6 +164,22 @@ def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) ->
     assert metrics["delta_eval"] > 0 and metrics["fid_eval_features"] > 0
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision", "recall", "coverage", "xi", "attribute_acc"))
     assert metrics["attribute_acc"] == 1.0
+
+
+def test_evaluate_attack_summarises_the_attack_diagnostics(face_data: FaceData, predictor) -> None:
+    torch.set_num_threads(1)
+    result = fake_attack(face_data, targets=[0, 2], per_target=4, seed=0)
+    result.meta.update(final_target_confidence_raw=0.625,
+                       diagnostics={"loss": [3.0, 2.0, 1.0], "target_confidence": [0.1, 0.3, 0.6],
+                                    "grad_cosine": [0.25, 0.75]})
+    model = build_classifier("smallresnet", face_data.num_classes, SIZE, width=4)
+    cfg = MetricsConfig(prdc_k=1, student=STUDENT.model_copy(update={"epochs": 1}))
+    metrics = evaluate_attack(cfg, result, model, face_data, "cpu", attribute_predictor=predictor)
+    assert metrics["grad_cosine_mean"] == 0.5  # mean over steps
+    assert metrics["final_target_confidence_raw"] == 0.625  # as the attack measured it, no transforms
+    assert metrics["final_target_confidence"] == pytest.approx(result.final_scores.mean().item())  # under crops
+    del result.meta["diagnostics"], result.meta["final_target_confidence_raw"]  # an attack saved before them
+    assert attack_diagnostics(result) == {}
 
 
 def test_evaluate_attack_leaves_out_prdc_with_one_sample_per_target(face_data: FaceData, predictor) -> None:

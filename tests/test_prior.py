@@ -14,8 +14,8 @@ import lsmia.training.prior as prior_training
 from lsmia.config import PriorConfig
 from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
-from lsmia.models.generator import (DCGANPrior, Discriminator, Generator, TorchScriptPrior, load_dcgan_prior,
-                                    load_prior, save_dcgan_prior)
+from lsmia.models.generator import (W_AVG_BETA, DCGANPrior, Discriminator, Generator, TorchScriptPrior,
+                                    load_dcgan_prior, load_prior, save_dcgan_prior, truncate)
 from lsmia.training.prior import augment_translation, diff_augment, train_prior, update_ema
 
 CPU = torch.device("cpu")
@@ -128,7 +128,8 @@ def test_ema_generator_differs_from_raw_and_lies_towards_it(trained) -> None:
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        init = Generator(16, 16, 8)  # train_prior builds G first from the run seed
+        cfg = tiny_cfg()
+        init = Generator(16, 16, 8, cfg.mapping_layers, cfg.w_dim)  # train_prior builds G first from the run seed
     names = [n for n, _ in init.named_parameters()]
     raw = torch.cat([ckpt["generator"][n].flatten() for n in names])
     ema = torch.cat([ckpt["generator_ema"][n].flatten() for n in names])
@@ -282,3 +283,215 @@ def test_missing_or_foreign_files_are_user_errors(tmp_path: Path) -> None:
         load_prior(PriorConfig(), tmp_path / "other.pt")
     with pytest.raises(LsmiaError, match="high > low"):
         load_prior(PriorConfig(kind="torchscript", path=junk, latent_dim=8, output_range=(1.0, -1.0)), None)
+
+
+# --- the mapping network, w_avg and truncation ---
+
+MAPPED = dict(mapping_layers=2, w_dim=12)
+
+
+def plain_dcgan_16px(latent_dim: int) -> nn.Sequential:
+    """The DCGAN as lsmia built it before the mapping network existed (16 px, width 8), layer by layer."""
+    return nn.Sequential(nn.Linear(latent_dim, 16 * 16, bias=False), nn.Unflatten(1, (16, 4, 4)), nn.BatchNorm2d(16),
+                         nn.ReLU(), nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 3, 3, 1, 1), nn.Tanh())
+
+
+def test_mapping_layers_zero_is_the_plain_dcgan(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    old = plain_dcgan_16px(10).eval()
+    torch.manual_seed(0)
+    new = Generator(10, 16, 8, mapping_layers=0, w_dim=99).eval()
+    assert not new.has_mapping and new.w_dim == 10
+    assert not any(k.startswith("mapping") or k == "w_avg" for k in new.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters(), strict=True))
+    z = torch.randn(5, 10)
+    assert torch.equal(new(z), old(z))
+    prior = DCGANPrior(new)
+    prior.configure_latent("z", 0.5)  # no w_avg: the truncation cannot apply
+    assert prior.truncation is None and prior.latent_dim == 10
+    assert torch.equal(prior(z), old(z).add(1).mul(0.5).clamp(0, 1))
+    save_dcgan_prior(new, tmp_path / "prior.pt")
+    ckpt = torch.load(tmp_path / "prior.pt", weights_only=True)
+    assert set(ckpt) == {"format", "latent_dim", "image_size", "width", "state_dict"}  # the file as before
+
+
+def test_plain_dcgan_fingerprint_ignores_the_mapping_settings() -> None:
+    public = blobs(16)
+    plain = prior_training.fingerprint(tiny_cfg(mapping_layers=0), public, 0)
+    assert prior_training.fingerprint(tiny_cfg(mapping_layers=0, w_dim=7), public, 0) == plain
+    assert prior_training.fingerprint(tiny_cfg(**MAPPED), public, 0) != plain
+
+
+def test_mapping_generator_maps_z_to_w_and_synthesises_from_w() -> None:
+    g = Generator(16, 16, 8, **MAPPED).eval()
+    z = torch.randn(4, 16)
+    w = g.to_w(z)
+    assert w.shape == (4, 12)
+    assert torch.equal(g(z), g.synthesis(w))
+    torch.testing.assert_close(g.to_w(3.0 * z), w)  # z is normalised first, as in StyleGAN
+
+
+def test_w_avg_is_an_exponential_moving_average_in_training_mode_only() -> None:
+    g = Generator(16, 16, 8, **MAPPED)
+    with torch.no_grad():
+        g.w_avg.fill_(1.0)
+    z = torch.randn(32, 16)
+    g.eval()(z)
+    assert torch.equal(g.w_avg, torch.ones(12))
+    g.train()(z)
+    expected = W_AVG_BETA * torch.ones(12) + (1 - W_AVG_BETA) * g.mapping(z).mean(0)
+    torch.testing.assert_close(g.w_avg, expected)
+
+
+def test_w_avg_is_tracked_during_training_and_saved(tmp_path: Path) -> None:
+    public = blobs()
+    train_prior(tiny_cfg(**MAPPED), public, tmp_path, CPU, seed=0)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    tracked = ckpt["generator"]["w_avg"]
+    assert tracked.shape == (12,) and tracked.abs().sum() > 0
+    assert torch.equal(ckpt["generator_ema"]["w_avg"], tracked)  # G_ema copies G's buffers, as in StyleGAN
+    saved = torch.load(tmp_path / "prior.pt", weights_only=True)
+    assert (saved["mapping_layers"], saved["w_dim"]) == (2, 12)
+    assert torch.equal(saved["state_dict"]["w_avg"], tracked)  # BN calibration leaves w_avg alone
+    prior = load_prior(tiny_cfg(**MAPPED), tmp_path / "prior.pt")
+    assert prior.has_mapping and torch.equal(prior.generator.w_avg, tracked)
+    with torch.no_grad():  # 64 images, 4 steps: w_avg has moved from 0 towards the mapped mean, not reached it
+        mean_w = prior.generator.to_w(torch.randn(4000, 16)).mean(0)
+    steps = 2 * 64 // TINY["batch_size"]
+    assert 0.5 * (1 - W_AVG_BETA ** steps) < tracked.norm() / mean_w.norm() < 1.5 * (1 - W_AVG_BETA ** steps)
+
+
+def _mapping_prior() -> DCGANPrior:
+    torch.manual_seed(0)
+    prior = DCGANPrior(Generator(16, 16, 8, **MAPPED))
+    with torch.no_grad():
+        prior.generator.w_avg.normal_()
+    return prior
+
+
+def test_truncation_zero_gives_w_avg_and_one_the_raw_mapped_w() -> None:
+    prior = _mapping_prior()
+    prior.configure_latent("w", 0.0)
+    assert prior.latent_dim == 12
+    w = prior.sample_latents(6, torch.Generator().manual_seed(1))
+    assert torch.equal(w, prior.generator.w_avg.expand(6, -1))
+    prior.configure_latent("w", 1.0)
+    w = prior.sample_latents(6, torch.Generator().manual_seed(1))
+    z = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(w, prior.generator.to_w(z))
+    prior.configure_latent("w", 0.5)
+    half = prior.sample_latents(6, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(half, (w + prior.generator.w_avg) / 2)
+
+
+def test_z_and_w_spaces_start_from_the_same_truncated_images() -> None:
+    prior = _mapping_prior()
+    prior.configure_latent("z", 0.5)
+    z = prior.sample_latents(5, torch.Generator().manual_seed(2))
+    assert z.shape == (5, 16)
+    from_z = prior(z)
+    prior.configure_latent("w", 0.5)
+    w = prior.sample_latents(5, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(prior(w), from_z)
+    assert from_z.min() >= 0 and from_z.max() <= 1
+
+
+def test_w_space_without_a_mapping_network_is_a_one_line_error() -> None:
+    prior = DCGANPrior(Generator(16, 16, 8))
+    with pytest.raises(LsmiaError, match="no mapping network: set prior.mapping_layers > 0") as err:
+        prior.configure_latent("w", 0.5)
+    assert "\n" not in str(err.value)
+
+
+def test_truncation_cutoff_keeps_the_later_layers() -> None:
+    w = torch.randn(2, 10, 3)
+    avg = torch.randn(3)
+    out = truncate(w, avg, 0.0, cutoff=8)
+    assert torch.equal(out[:, :8], avg.expand(2, 8, 3)) and torch.equal(out[:, 8:], w[:, 8:])
+    assert torch.equal(truncate(w, avg, None, 8), w)
+
+
+# --- TorchScript StyleGAN: mapping + synthesis ---
+
+class TinyMapping(nn.Module):
+    """z [N, 8] -> w [N, num_ws, 6], one w repeated to every layer as StyleGAN2-ADA's G.mapping returns it."""
+
+    def __init__(self, num_ws: int) -> None:
+        super().__init__()
+        self.fc, self.num_ws = nn.Linear(8, 6), num_ws
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.fc(z), 0.2).unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+class TinySynthesis(nn.Module):
+    """ws [N, num_ws, 6] -> tanh images [N, 3, 8, 8]; the first and the last layer's w both shape the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(6, 3 * 8 * 8), nn.Linear(6, 3 * 8 * 8)
+
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.first(ws[:, 0]) + self.last(ws[:, -1])).view(-1, 3, 8, 8)
+
+
+class TinyStyleGANExport(nn.Module):
+    """The export format of the README: ``mapping`` and ``synthesis`` submodules and, optionally, ``w_avg``."""
+
+    def __init__(self, num_ws: int = 10, declare_w_avg: bool = True) -> None:
+        super().__init__()
+        self.mapping, self.synthesis = TinyMapping(num_ws), TinySynthesis()
+        if declare_w_avg:
+            self.register_buffer("w_avg", torch.linspace(-0.5, 0.5, 6))
+
+
+def _stylegan(path: Path, **kwargs: object) -> TorchScriptPrior:
+    torch.manual_seed(0)
+    torch.jit.script(TinyStyleGANExport(**kwargs)).save(str(path))
+    prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8), None)
+    assert isinstance(prior, TorchScriptPrior) and prior.has_mapping
+    return prior
+
+
+def test_torchscript_stylegan_samples_truncated_single_w_and_broadcasts_it(tmp_path: Path) -> None:
+    prior = _stylegan(tmp_path / "g.pt")
+    module = torch.jit.load(str(tmp_path / "g.pt"))
+    assert (prior.w_dim, prior.num_ws, prior.image_size) == (6, 10, 8)
+    assert torch.equal(prior.w_avg, torch.linspace(-0.5, 0.5, 6))  # declared in the export
+    prior.configure_latent("w", 0.5)
+    w = prior.sample_latents(4, torch.Generator().manual_seed(0))
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    assert w.shape == (4, 6) and prior.latent_dim == 6
+    torch.testing.assert_close(w, prior.w_avg + 0.5 * (module.mapping(z)[:, 0] - prior.w_avg))
+    images = prior(w)
+    expected = (module.synthesis(w.unsqueeze(1).repeat(1, 10, 1)) + 1) / 2
+    assert images.shape == (4, 3, 8, 8)
+    torch.testing.assert_close(images, expected)
+    prior.configure_latent("z", 0.5)  # StyleGAN's G(z, psi, cutoff 8): layers 8 and 9 keep the raw w
+    ws = module.mapping(z)
+    ws[:, :8] = prior.w_avg + 0.5 * (ws[:, :8] - prior.w_avg)
+    torch.testing.assert_close(prior(z), (module.synthesis(ws) + 1) / 2)
+
+
+def test_torchscript_stylegan_without_w_avg_averages_the_mapping(tmp_path: Path) -> None:
+    prior = _stylegan(tmp_path / "g.pt", declare_w_avg=False)
+    module = torch.jit.load(str(tmp_path / "g.pt"))
+    with torch.no_grad():
+        mean = module.mapping(torch.randn(20_000, 8, generator=torch.Generator().manual_seed(5))).mean(0)
+    assert prior.w_avg.shape == (10, 6)
+    torch.testing.assert_close(prior.w_avg, mean, atol=0.02, rtol=0)
+
+
+def test_torchscript_stylegan_with_the_wrong_latent_size_names_the_fix(tmp_path: Path) -> None:
+    torch.jit.script(TinyStyleGANExport()).save(str(tmp_path / "g.pt"))
+    with pytest.raises(LsmiaError, match="prior.latent_dim"):
+        load_prior(PriorConfig(kind="torchscript", path=tmp_path / "g.pt", latent_dim=5), None)
+
+
+def test_single_forward_torchscript_prior_knows_only_z(tmp_path: Path) -> None:
+    path = _scripted(TinyImageNet(), tmp_path / "g.pt")
+    prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8), None)
+    assert not prior.has_mapping
+    with pytest.raises(LsmiaError, match="no mapping network: export mapping and synthesis"):
+        prior.configure_latent("w", 0.5)

@@ -22,6 +22,12 @@ Under ``torchrun`` rank r optimises the batches ``index % world == r`` and the l
 all-gathered; a rank still draws the step crops of the batches it skips, so every batch gets
 the draws it gets in one process and the result is identical for any number of ranks. Initial
 and final selection are cheap and run on every rank.
+
+Diagnostics (``meta["diagnostics"]``): per attack step, means over all optimised rows of the loss, the
+target's confidence in the row's class on the augmented batch, and the cosine between each row's latent
+gradient and its gradient one step earlier (the paper's Fig. 6b). ``grad_cosine[i]`` compares steps i
+and i + 1, so it has ``steps - 1`` entries. They only read what the step computes anyway, so the latents
+are bit-identical with or without them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lsmia import distributed
 from lsmia.attack.result import AttackResult
@@ -120,6 +127,37 @@ def select_candidates(scores: torch.Tensor, targets: list[int], candidates: int)
     return scores[:, targets].topk(candidates, dim=0).indices.T
 
 
+def configure_latent_space(prior: nn.Module, cfg: AttackConfig) -> None:
+    """Set the prior to latents in ``cfg.latent`` space, truncated by ``cfg.truncation``; plain modules know only z."""
+    configure = getattr(prior, "configure_latent", None)
+    if configure is not None:
+        configure(cfg.latent, cfg.truncation)
+    elif cfg.latent == "w":
+        raise LsmiaError("attack.latent is 'w' but the prior has no mapping network: set attack.latent: z")
+
+
+def latent_scale(latents: torch.Tensor) -> float:
+    """The typical std of one latent coordinate: root mean square of the per-column stds."""
+    return float(latents.double().var(dim=0).mean().sqrt())
+
+
+def effective_lr(cfg: AttackConfig, pool: torch.Tensor) -> float:
+    """Adam's lr: ``cfg.lr``, times the pool's latent scale when ``cfg.lr_relative``."""
+    if not cfg.lr_relative:
+        return cfg.lr
+    scale = latent_scale(pool)
+    if not scale > 0:
+        raise LsmiaError("attack.lr_relative scales the lr by the initial latents' std, but they are all equal "
+                         "(attack.truncation 0?): raise attack.truncation or set attack.lr_relative: false")
+    return cfg.lr * scale
+
+
+def latent_meta(prior: nn.Module, cfg: AttackConfig, lr: float) -> dict[str, object]:
+    """What the report states about the optimised space: its name and size, the truncation, the lr used."""
+    return {"latent": cfg.latent, "latent_dim": int(prior.latent_dim),
+            "truncation": getattr(prior, "truncation", None), "lr_effective": lr}
+
+
 def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Schedule) -> list[torch.Tensor]:
     """Row indices per optimisation batch; rows are ordered target-major."""
     rows = torch.arange(num_targets * candidates)
@@ -128,21 +166,72 @@ def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Sc
     return [chunk for per_class in rows.split(candidates) for chunk in per_class.split(REFERENCE_BATCH)]
 
 
-def attack_step_loss(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
-                     cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> torch.Tensor:
-    """Sum over rows of the identity loss, so no row's gradient depends on the batch size."""
+def attack_step(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
+                cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over rows of the identity loss, so no row's gradient depends on the batch size; and the logits."""
     images = render(prior, z, target.image_size)
     images = random_resized_crop(images, cfg.step_crop_scale, (1.0, 1.0), gen=gen)
-    return loss_fn(target(images), labels) * len(z)
+    logits = target(images)
+    return loss_fn(logits, labels) * len(z), logits
+
+
+def attack_step_loss(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
+                     cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> torch.Tensor:
+    return attack_step(prior, target, z, labels, cfg, loss_fn, gen)[0]
+
+
+class StepDiagnostics:
+    """Per (batch, step) sums over rows of the loss, the target confidence and the gradient cosine.
+
+    Each entry is written only by the rank that optimised the batch, so merging the ranks' tables copies
+    every entry exactly and the curves are the same for any number of ranks.
+    """
+
+    def __init__(self, batches: list[torch.Tensor], steps: int) -> None:
+        self.sums = torch.zeros(len(batches), steps, 3, dtype=torch.float64)
+        self.rows = torch.tensor([len(batch) for batch in batches], dtype=torch.float64)
+        self._batch: list[torch.Tensor] = []
+        self._previous_grad: torch.Tensor | None = None
+
+    def record_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                    grad: torch.Tensor) -> None:
+        """One step's sums, kept on the device until the batch ends (no synchronisation per step)."""
+        with torch.no_grad():
+            confidence = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
+            grad = grad.detach().flatten(1).float()
+            cosine = torch.zeros((), device=grad.device) if step == 0 else \
+                F.cosine_similarity(grad, self._previous_grad, dim=1).sum()
+            self._batch.append(torch.stack([loss.detach().float(), confidence, cosine]))
+        self._previous_grad = grad.clone()
+
+    def end_batch(self, index: int) -> None:
+        self.sums[index] = torch.stack(self._batch).double().cpu()
+        self._batch, self._previous_grad = [], None
+
+    def merge_ranks(self) -> None:
+        self.take_owned(distributed.all_gather(self.sums))
+
+    def take_owned(self, parts: list[torch.Tensor]) -> None:
+        """Batch ``i``'s entries from ``parts[i % len(parts)]``, the rank that recorded them."""
+        for index in range(len(self.sums)):
+            self.sums[index] = parts[index % len(parts)][index]
+
+    def curves(self) -> dict[str, list[float]]:
+        """Means over all rows per step, rounded to 6 decimals so saved results are byte-stable."""
+        means = self.sums.sum(0) / self.rows.sum()
+        rounded = [[round(float(v), 6) for v in column] for column in means.T]
+        return {"loss": rounded[0], "target_confidence": rounded[1], "grad_cosine": rounded[2][1:]}
 
 
 def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: torch.Tensor,
              batches: list[torch.Tensor], cfg: AttackConfig, gen: torch.Generator, device: torch.device,
-             show_progress: bool, rank: int = 0, world: int = 1) -> torch.Tensor:
+             show_progress: bool, rank: int = 0, world: int = 1,
+             diagnostics: StepDiagnostics | None = None) -> torch.Tensor:
     """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each.
 
     With ``world`` > 1 only batches ``index % world == rank`` are optimised (the other rows keep
     their start); for the others only the step crops are drawn, so ``gen`` advances as in one process.
+    ``diagnostics`` records this rank's batches; call its ``merge_ranks`` afterwards.
     """
     loss_fn = identity_loss(cfg.loss)
     result = start.clone()
@@ -159,10 +248,16 @@ def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: 
                 z = start[batch].to(device).requires_grad_(True)
                 optimiser = torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas)
             optimiser.zero_grad(set_to_none=True)
-            attack_step_loss(prior, target, z, labels[batch].to(device), cfg, loss_fn, gen).backward()
+            batch_labels = labels[batch].to(device)
+            loss, logits = attack_step(prior, target, z, batch_labels, cfg, loss_fn, gen)
+            loss.backward()
+            if diagnostics is not None:  # before the update, which must not see any of this
+                diagnostics.record_step(step, loss, logits, batch_labels, z.grad)
             optimiser.step()
             if step == cfg.steps - 1:
                 result[batch] = z.detach().cpu()
+                if diagnostics is not None:
+                    diagnostics.end_batch(index)
     return result
 
 
@@ -200,6 +295,17 @@ def keep_best(scores: torch.Tensor, num_targets: int, keep: int) -> torch.Tensor
 
 
 @torch.no_grad()
+def raw_target_confidence(target: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                          device: torch.device) -> float:
+    """The target's mean confidence in each image's class, on the uint8 images as saved (no transforms)."""
+    total = 0.0
+    for image_chunk, label_chunk in zip(images.split(batch_size), labels.split(batch_size)):
+        probs = class_probabilities(target, image_chunk.to(device).float() / 255)
+        total += float(probs.gather(1, label_chunk.to(device).view(-1, 1)).sum())
+    return total / max(1, len(images))
+
+
+@torch.no_grad()
 def to_uint8_images(prior: nn.Module, z: torch.Tensor, size: int, batch_size: int,
                     device: torch.device) -> torch.Tensor:
     chunks = [render(prior, c.to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
@@ -208,15 +314,18 @@ def to_uint8_images(prior: nn.Module, z: torch.Tensor, size: int, batch_size: in
 
 
 def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets: list[int],
-               device: torch.device, progress: bool = True, schedule: Schedule = "batched") -> AttackResult:
+               device: torch.device, progress: bool = True, schedule: Schedule = "batched",
+               diagnostics: bool = True) -> AttackResult:
     """Run PPA against ``target`` for every class in ``targets`` (see the module docstring).
 
     The models are moved to ``device`` and put in eval mode; their parameters are frozen
-    during the attack and their requires_grad flags restored afterwards.
+    during the attack and their requires_grad flags restored afterwards. ``diagnostics`` False leaves
+    out the per-step curves and the raw final confidence (the latents are the same either way).
     """
     if schedule not in SCHEDULES:
         raise LsmiaError(f"unknown attack schedule '{schedule}': use one of {', '.join(SCHEDULES)}")
     targets = resolve_targets(list(targets), target.num_classes)
+    configure_latent_space(prior, cfg)
     prior, target = prior.to(device), target.to(device)
     pool_gen, step_gen, final_gen = stage_generators(cfg.seed)
     timings: dict[str, float] = {}
@@ -225,6 +334,7 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         prior, target = inference_copy(prior, device), inference_copy(target, device)
         started = time.perf_counter()
         pool = prior.sample_latents(cfg.pool_size, generator=pool_gen).cpu()
+        lr = effective_lr(cfg, pool)
         chosen = select_candidates(pool_scores(prior, target, pool, cfg.selection_batch_size, device),
                                    targets, cfg.candidates)
         start = pool[chosen.flatten()]
@@ -234,10 +344,13 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         started = time.perf_counter()
         batches = row_batches(len(targets), cfg.candidates, cfg.batch_size, schedule)
         rank, world = distributed.rank(), distributed.world_size()
-        latents = optimise(prior, target, start, labels, batches, cfg, step_gen, device,
-                           progress and distributed.is_main(), rank, world)
+        recorder = StepDiagnostics(batches, cfg.steps) if diagnostics else None
+        latents = optimise(prior, target, start, labels, batches, cfg.model_copy(update={"lr": lr}), step_gen, device,
+                           progress and distributed.is_main(), rank, world, recorder)
         if world > 1:
             latents = merge_ranks(distributed.all_gather(latents), batches)
+            if recorder is not None:
+                recorder.merge_ranks()
         timings["optimisation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -245,9 +358,13 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         best = keep_best(scores, len(targets), cfg.final_samples)
         images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device)
         timings["final_selection_s"] = time.perf_counter() - started
+        if recorder is not None:
+            raw = raw_target_confidence(target, images[best], labels[best], cfg.selection_batch_size, device)
 
-    meta = {**timings, "schedule": schedule, "pool_size": cfg.pool_size, "num_latents": len(latents),
-            "num_final": len(best), "latent_dim": int(prior.latent_dim), "config": cfg.model_dump(mode="json")}
+    meta = {"timings": timings, "schedule": schedule, "pool_size": cfg.pool_size, "num_latents": len(latents),
+            "num_final": len(best), **latent_meta(prior, cfg, lr), "config": cfg.model_dump(mode="json")}
+    if recorder is not None:
+        meta.update(diagnostics=recorder.curves(), final_target_confidence_raw=round(raw, 6))
     return AttackResult(targets=targets, all_latents=latents, all_images=images, all_targets=labels,
                         final_latents=latents[best], final_images=images[best], final_targets=labels[best],
                         final_scores=scores[best], meta=meta)

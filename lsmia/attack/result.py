@@ -32,7 +32,10 @@ class AttackResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path | str) -> None:
-        save_torch({k: getattr(self, k) for k in self.__dataclass_fields__}, path)
+        """Everything but the wall-clock timings (they differ per run; see utils.timings_path)."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields["meta"] = {k: v for k, v in self.meta.items() if k != "timings"}
+        save_torch(fields, path)
 
     @classmethod
     def load(cls, path: Path | str) -> "AttackResult":

@@ -86,7 +86,7 @@ class FaceData:
         obj = load_torch(path, what="prepared data set", fix="run 'lsmia data' first")
         try:
             public = ImageSet(obj["public_images"], obj["public_labels"]) if "public_images" in obj else None
-            return cls(
+            data = cls(
                 train=ImageSet(obj["train_images"], obj["train_labels"]),
                 test=ImageSet(obj["test_images"], obj["test_labels"]),
                 class_names=list(obj["class_names"]), public=public,
@@ -95,6 +95,21 @@ class FaceData:
             )
         except (KeyError, ValueError) as err:
             raise LsmiaError(f"{path} is not a prepared lsmia data set ({err}): re-run 'lsmia data'") from None
+        require_study_classes(data, path)
+        return data
+
+
+def require_study_classes(data: FaceData, source: Path | str) -> None:
+    """At least 2 identities, each with training and test images: what training, the attack and metrics need."""
+    fix = "prepare data with at least 2 identities, each with several images, and re-run 'lsmia data'"
+    if data.num_classes < 2:
+        raise LsmiaError(f"{source} holds {data.num_classes} identity; a classifier, the attack and its metrics "
+                         f"need at least 2: {fix}")
+    for split, images in (("training", data.train), ("test", data.test)):
+        counts = torch.bincount(images.labels, minlength=data.num_classes)
+        empty = (counts == 0).nonzero().squeeze(1).tolist()
+        if empty:
+            raise LsmiaError(f"{source}: identity '{data.class_names[empty[0]]}' has no {split} images: {fix}")
 
 
 def split_per_identity(labels: torch.Tensor, test_fraction: float, seed: int,

@@ -20,7 +20,7 @@ from PIL import Image
 from lsmia.config import DataConfig
 from lsmia.data.base import FaceData, ImageSet, split_per_identity
 from lsmia.errors import LsmiaError
-from lsmia.utils import progress
+from lsmia.utils import progress, require_memory
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESIZE_POLICY = "shorter-side+center-crop"
@@ -64,6 +64,8 @@ def decode_images(paths: list[Path], image_size: int, root: Path,
     Returns uint8 images [K, 3, S, S] of the readable files and the indices (into ``paths``)
     of those files. Skipped files are reported in one warning naming ``root`` and an example.
     """
+    require_memory(len(paths) * 3 * image_size ** 2, f"data.image_size={image_size} for {len(paths)} images",
+                   "lower data.image_size or use fewer images")
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     readable = torch.zeros(len(paths), dtype=torch.bool)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -140,6 +142,9 @@ def build_face_data(files: LabelledFiles, cfg: DataConfig, root: Path, source: s
     if not files.paths:
         raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
                          f"point data.root at a {source} folder laid out as {layout}")
+    if len(files.class_names) < 2:
+        raise LsmiaError(f"{root} holds {len(files.class_names)} identity folder(s); the attack and its metrics need at "
+                         f"least 2 identities, each with test images: add identities laid out as {layout}")
     images, kept = decode_images(files.paths, cfg.image_size, root)
     if len(kept) == 0:
         raise LsmiaError(f"none of the {len(files.paths)} images under {root} could be read: "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lsmia.config import DataConfig
 from lsmia.data.base import FaceData, ImageSet, split_per_identity
 from lsmia.errors import LsmiaError
+from lsmia.utils import require_memory
 
 ATTRIBUTE_VALUES: dict[str, list[str]] = {
     "face_shape": ["round", "oval", "long", "square"],
@@ -60,6 +61,7 @@ FAMILY_SIZE = 2  # identities per look-alike family
 FAMILY_DIFFERENCES = 2  # attributes in which a look-alike differs from its family's base
 RENDER_BATCH = 512
 SUPERSAMPLE = 2
+RENDER_WORKING_TENSORS = 8  # float images of a render batch alive at once (estimate)
 FACE_CENTRE_V = 0.04  # the face ellipse centre, below the image centre to leave room for hair
 ZOOM = 1.3  # image units per face unit: the face fills most of the frame, as in cropped face data sets
 
@@ -409,8 +411,18 @@ def _attribute_table(combos: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: combos[:, i].clone() for i, name in enumerate(ATTRIBUTE_VALUES)}
 
 
+def check_render_memory(cfg: DataConfig) -> None:
+    """Fail before rendering when the images (and one supersampled render batch) cannot fit in memory."""
+    count = cfg.num_identities * cfg.images_per_identity + cfg.num_public_identities * cfg.public_images_per_identity
+    stored = count * 3 * cfg.image_size ** 2
+    batch = min(RENDER_BATCH, count) * 3 * (cfg.image_size * SUPERSAMPLE) ** 2 * 4 * RENDER_WORKING_TENSORS
+    require_memory(stored + batch, f"data.image_size={cfg.image_size} for {count} images",
+                   "lower data.image_size or the number of images")
+
+
 def render_builtin(cfg: DataConfig) -> FaceData:
     """The built-in data set: private identities (train/test) and disjoint public identities."""
+    check_render_memory(cfg)
     private, public = sample_identities(cfg.num_identities, cfg.num_public_identities, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     images = render_identities(private, cfg.images_per_identity, cfg.image_size, cfg.difficulty, gen)

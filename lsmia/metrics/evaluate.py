@@ -52,6 +52,23 @@ def final_target_confidence(result: AttackResult) -> float:
     return float(result.final_scores.float().mean())
 
 
+def attack_diagnostics(result: AttackResult) -> dict[str, float]:
+    """Summaries of the attack's own diagnostics; empty for attacks saved without them.
+
+    ``final_target_confidence_raw``: the target's mean confidence in the final samples as saved (no
+    transforms), beside ``final_target_confidence`` under the selection's crops and flips.
+    ``grad_cosine_mean``: the cosine of consecutive latent gradients, averaged over rows and steps (the
+    paper's Fig. 6b quantity; it predicts lower values for negative smoothing).
+    """
+    summary: dict[str, float] = {}
+    if "final_target_confidence_raw" in result.meta:
+        summary["final_target_confidence_raw"] = float(result.meta["final_target_confidence_raw"])
+    cosines = result.meta.get("diagnostics", {}).get("grad_cosine", [])
+    if cosines:
+        summary["grad_cosine_mean"] = round(sum(cosines) / len(cosines), 6)
+    return summary
+
+
 def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Module, data: FaceData,
                     device: torch.device | str, seed: int = 0,
                     attribute_predictor: AttributePredictor | None = None) -> dict[str, float]:
@@ -83,6 +100,7 @@ def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Mod
     metrics.update(attribute_leakage(data, result.final_images, final_targets, device, cfg.attribute_epochs,
                                      seed, predictor=attribute_predictor))
     metrics["final_target_confidence"] = final_target_confidence(result)
+    metrics.update(attack_diagnostics(result))
     metrics["num_targets"] = float(len(result.targets))
     metrics["num_final_samples"] = float(len(result.final_images))
     return metrics

@@ -1,0 +1,1 @@
+"""Classifiers, the GAN prior and the forward passes every stage shares."""

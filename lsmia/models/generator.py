@@ -1,14 +1,16 @@
 """The generative image prior: a small DCGAN for the built-in data, or any TorchScript generator.
 
-The attack only sees :class:`Prior`: latents ``z`` [N, latent_dim] in, float images in [0, 1]
-[N, 3, S, S] out, and ``sample_latents`` to draw the initial pool reproducibly.
+The attack only sees :class:`Prior`: ``configure_latent`` picks the space it optimises (``z``, or
+StyleGAN's ``w`` = mapping(z) for priors with a mapping network), ``sample_latents`` draws the
+initial pool in that space reproducibly (w truncated around ``w_avg``), and ``forward`` turns
+latents [N, latent_dim] into float images in [0, 1] [N, 3, S, S].
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -20,6 +22,10 @@ from lsmia.utils import load_torch, save_torch
 
 DCGAN_FORMAT = "lsmia-dcgan-prior"
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 256
+W_AVG_BETA = 0.995  # StyleGAN2-ADA's w_avg tracking: w_avg <- lerp(mean w of the batch, w_avg, beta)
+TRUNCATION_CUTOFF = 8  # StyleGAN / PPA: truncate the first 8 layers of w
+W_AVG_SAMPLES = 10_000  # latents averaged for w_avg when a TorchScript StyleGAN does not declare it
+LatentSpace = Literal["z", "w"]
 
 
 def check_image_size(size: int) -> None:
@@ -38,20 +44,42 @@ def _resolutions(image_size: int) -> list[int]:
     return [2 ** k for k in range(2, int(math.log2(image_size)))]
 
 
+class MappingNetwork(nn.Module):
+    """StyleGAN's z -> w: z scaled to unit second moment, then ``layers`` x (Linear, LeakyReLU 0.2)."""
+
+    def __init__(self, latent_dim: int, w_dim: int, layers: int) -> None:
+        super().__init__()
+        dims = [latent_dim] + [w_dim] * layers
+        body: list[nn.Module] = []
+        for cin, cout in zip(dims[:-1], dims[1:]):
+            body += [nn.Linear(cin, cout), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z * z.square().mean(1, keepdim=True).add(1e-8).rsqrt())
+
+
 class Generator(nn.Module):
     """DCGAN generator: z -> 4x4 features -> (4x4 stride-2 transposed conv, BN, ReLU) per doubling -> RGB.
 
     The last doubling is nearest upsampling and a 3x3 conv to RGB (tanh): it avoids the
     checkerboard a transposed conv would print on the output, at a small cost.
+
+    With ``mapping_layers`` > 0 a StyleGAN-like mapping network turns z into w [N, w_dim], the
+    synthesis net (everything above) takes w, and ``w_avg`` tracks the mean w during training as
+    StyleGAN does. With 0 there is no mapping: w is z and the module is the plain DCGAN.
     """
 
-    def __init__(self, latent_dim: int, image_size: int, width: int) -> None:
+    def __init__(self, latent_dim: int, image_size: int, width: int, mapping_layers: int = 0,
+                 w_dim: int | None = None) -> None:
         super().__init__()
         check_image_size(image_size)
         self.latent_dim, self.image_size, self.width = latent_dim, image_size, width
+        self.mapping_layers = mapping_layers
+        self.w_dim = (w_dim or latent_dim) if mapping_layers else latent_dim
         res = _resolutions(image_size)
         c0 = _channels(4, image_size, width)
-        self.stem = nn.Sequential(nn.Linear(latent_dim, c0 * 16, bias=False), nn.Unflatten(1, (c0, 4, 4)),
+        self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.Unflatten(1, (c0, 4, 4)),
                                   nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         for r in res[1:]:
@@ -60,10 +88,31 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                     nn.Conv2d(_channels(res[-1], image_size, width), 3, 3, 1, 1), nn.Tanh())
+        if mapping_layers:  # built last, so the synthesis layers draw the same initial weights as without it
+            self.mapping = MappingNetwork(latent_dim, self.w_dim, mapping_layers)
+            self.register_buffer("w_avg", torch.zeros(self.w_dim))
+
+    @property
+    def has_mapping(self) -> bool:
+        return self.mapping_layers > 0
+
+    def to_w(self, z: torch.Tensor) -> torch.Tensor:
+        """w = mapping(z) (z itself without a mapping network); in training mode it also updates ``w_avg``."""
+        if not self.has_mapping:
+            return z
+        w = self.mapping(z)
+        if self.training:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, W_AVG_BETA))
+        return w
+
+    def synthesis(self, w: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from w [N, w_dim]."""
+        return self.to_rgb(self.blocks(self.stem(w)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1]."""
-        return self.to_rgb(self.blocks(self.stem(z)))
+        return self.synthesis(self.to_w(z))
 
 
 class Discriminator(nn.Module):
@@ -90,24 +139,91 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class Prior(nn.Module):
-    """What the attack uses: ``forward(z)`` -> float images in [0, 1] [N, 3, S, S]."""
+def truncate(w: torch.Tensor, w_avg: torch.Tensor, psi: float | None, cutoff: int | None = None) -> torch.Tensor:
+    """StyleGAN's truncation trick, w_avg + psi (w - w_avg); on [N, num_ws, w_dim] only the first ``cutoff`` layers.
 
-    latent_dim: int
+    ``psi`` None leaves w untouched; psi 0 gives exactly w_avg and psi 1 exactly w (torch.lerp's ends are exact).
+    """
+    if psi is None:
+        return w
+    truncated = torch.lerp(w_avg.to(w.dtype).expand_as(w), w, psi)
+    if w.ndim == 3 and cutoff is not None and cutoff < w.shape[1]:
+        layer = torch.arange(w.shape[1], device=w.device).view(1, -1, 1)
+        truncated = torch.where(layer < cutoff, truncated, w)
+    return truncated
+
+
+class Prior(nn.Module):
+    """What the attack uses: ``forward(latent)`` -> float images in [0, 1] [N, 3, S, S].
+
+    ``configure_latent`` chooses the space the latents live in: ``z`` (the generator's input) or
+    ``w`` (one mapped vector per sample, PPA's choice; priors with a mapping network only). In both
+    spaces a mapping prior applies the truncation psi around ``w_avg``, so z and w start from the
+    same images. Subclasses provide ``_images_from_z``, ``_images_from_w`` and ``_truncated_w``.
+    """
+
+    z_dim: int
+    w_dim: int
     image_size: int
+    latent_space: LatentSpace = "z"
+    truncation: float | None = None  # psi around w_avg; None: no truncation (also: no mapping network)
+    no_mapping_fix = "set attack.latent: z"
+
+    @property
+    def has_mapping(self) -> bool:
+        return False
+
+    @property
+    def latent_dim(self) -> int:
+        """Columns of the latents the attack optimises."""
+        return self.w_dim if self.latent_space == "w" else self.z_dim
+
+    def configure_latent(self, space: LatentSpace, truncation: float | None) -> None:
+        if space not in ("z", "w"):
+            raise LsmiaError(f"unknown latent space '{space}': set attack.latent to z or w")
+        if space == "w" and not self.has_mapping:
+            raise LsmiaError(f"attack.latent is 'w' but the prior has no mapping network: {self.no_mapping_fix}")
+        self.latent_space = space
+        self.truncation = truncation if self.has_mapping else None
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Standard normal latents [n, latent_dim], drawn on the CPU so a seed gives the same pool anywhere."""
-        return torch.randn(n, self.latent_dim, generator=generator, device="cpu")
+        """Latents [n, latent_dim] from standard normal z drawn on the CPU, so a seed gives the same pool anywhere."""
+        z = torch.randn(n, self.z_dim, generator=generator, device="cpu")
+        if self.latent_space == "z":
+            return z
+        with torch.no_grad():
+            return self._truncated_w(z.to(self._device())).cpu()
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._images_from_w(latent) if self.latent_space == "w" else self._images_from_z(latent)
+
+    def _device(self) -> torch.device:
+        tensor = next(iter([*self.parameters(), *self.buffers()]), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def _images_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _truncated_w(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class DCGANPrior(Prior):
     """The trained DCGAN generator (EMA weights) in eval mode, frozen."""
 
+    no_mapping_fix = "set prior.mapping_layers > 0 and re-run 'lsmia train-prior', or set attack.latent: z"
+
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.generator = generator.eval().requires_grad_(False)
-        self.latent_dim, self.image_size = generator.latent_dim, generator.image_size
+        self.z_dim, self.w_dim, self.image_size = generator.latent_dim, generator.w_dim, generator.image_size
+
+    @property
+    def has_mapping(self) -> bool:
+        return self.generator.has_mapping
 
     def train(self, mode: bool = True) -> "DCGANPrior":
         # BN must keep its running statistics: an image may never depend on the rest of its batch.
@@ -115,12 +231,34 @@ class DCGANPrior(Prior):
         self.generator.eval()
         return self
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z).add(1.0).mul(0.5).clamp(0.0, 1.0)
+    def _truncated_w(self, z: torch.Tensor) -> torch.Tensor:
+        return truncate(self.generator.to_w(z), self.generator.w_avg, self.truncation)
+
+    def _images_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        if self.has_mapping and self.truncation is not None:
+            return self._images_from_w(self._truncated_w(z))
+        return self._to_unit(self.generator(z))
+
+    def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
+        return self._to_unit(self.generator.synthesis(w))
+
+    @staticmethod
+    def _to_unit(images: torch.Tensor) -> torch.Tensor:
+        return images.add(1.0).mul(0.5).clamp(0.0, 1.0)
 
 
 class TorchScriptPrior(Prior):
-    """A user-exported TorchScript generator mapping latents [N, latent_dim] to images in ``output_range``."""
+    """A user-exported TorchScript generator with images in ``output_range``, in one of two formats.
+
+    - single forward: ``module(z)`` maps latents [N, latent_dim] to images (z space only);
+    - StyleGAN (both ``mapping`` and ``synthesis`` present, as submodules or exported methods):
+      ``mapping(z)`` -> w [N, num_ws, w_dim] (or [N, w_dim]) and ``synthesis(ws)`` -> images, with
+      ``w_avg`` a buffer of the module or, when it declares none, the mean mapping of 10,000 z.
+      In w space the attack optimises one w per sample, repeated to every layer as PPA does.
+    """
+
+    no_mapping_fix = ("export mapping and synthesis (README: 'Exporting a StyleGAN2-ADA generator') "
+                      "or set attack.latent: z")
 
     def __init__(self, path: Path, latent_dim: int, output_range: tuple[float, float],
                  center_crop: float = 1.0) -> None:
@@ -131,34 +269,96 @@ class TorchScriptPrior(Prior):
         self.module = _load_script(path).eval()
         for param in self.module.parameters():  # ScriptModules lack requires_grad_()
             param.requires_grad_(False)
-        self.latent_dim, self.low, self.high = latent_dim, low, high
-        self.full_size = self._probe(path)
+        self.path, self.z_dim, self.w_dim, self.low, self.high = path, latent_dim, latent_dim, low, high
+        self.is_stylegan = hasattr(self.module, "mapping") and hasattr(self.module, "synthesis")
+        self.num_ws = 0  # layers of w the synthesis takes; 0: it takes [N, w_dim]
+        if self.is_stylegan:
+            self._probe_mapping()
+            self.register_buffer("w_avg", self._declared_w_avg())
+        self.full_size = self._probe()
         self.crop = max(1, round(self.full_size * center_crop))  # PPA keeps the central 800 px of 1024
         self.image_size = self.crop
+
+    @property
+    def has_mapping(self) -> bool:
+        return self.is_stylegan
 
     def train(self, mode: bool = True) -> "TorchScriptPrior":
         super().train(mode)
         self.module.eval()
         return self
 
-    def _probe(self, path: Path) -> int:
-        """Run two latents through the module; return the image size or raise naming the fix."""
-        z = torch.randn(2, self.latent_dim, generator=torch.Generator().manual_seed(0))
+    def _probe_latents(self) -> torch.Tensor:
+        return torch.randn(2, self.z_dim, generator=torch.Generator().manual_seed(0))
+
+    def _fail(self, what: str, err: Exception, fix: str) -> LsmiaError:
+        return LsmiaError(f"TorchScript prior {self.path} failed on {what} ({type(err).__name__}): {fix}")
+
+    def _probe_mapping(self) -> None:
+        """Set ``w_dim`` and ``num_ws`` from the mapping of two latents, or raise naming the fix."""
         try:
             with torch.no_grad():
-                out = self.module(z)
+                w = self.module.mapping(self._probe_latents())
         except Exception as err:
-            raise LsmiaError(f"TorchScript prior {path} failed on latents of size {self.latent_dim} "
-                             f"({type(err).__name__}): set prior.latent_dim to the latent size it expects") from None
+            raise self._fail(f"latents of size {self.z_dim}", err,
+                             "set prior.latent_dim to the latent size its mapping expects") from None
+        if not isinstance(w, torch.Tensor) or w.ndim not in (2, 3) or w.shape[0] != 2 or not w.is_floating_point():
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise LsmiaError(f"TorchScript prior {self.path}: mapping returned {shape}, not w [N, num_ws, w_dim]: "
+                             "export a mapping that takes z [N, latent_dim] and returns float w")
+        self.w_dim, self.num_ws = int(w.shape[-1]), int(w.shape[1]) if w.ndim == 3 else 0
+
+    @torch.no_grad()
+    def _declared_w_avg(self) -> torch.Tensor:
+        """The module's ``w_avg`` buffer, or the mean mapping of W_AVG_SAMPLES fixed-seed latents."""
+        declared = getattr(self.module, "w_avg", None)
+        if isinstance(declared, torch.Tensor):
+            if declared.shape[-1] != self.w_dim:
+                raise LsmiaError(f"TorchScript prior {self.path}: w_avg has {declared.shape[-1]} columns but w has "
+                                 f"{self.w_dim}: export the mapping network's own w_avg buffer")
+            return declared.detach().float().clone()
+        gen = torch.Generator().manual_seed(0)
+        total = None
+        for _ in range(W_AVG_SAMPLES // 1000):
+            w = self.module.mapping(torch.randn(1000, self.z_dim, generator=gen)).float().sum(0)
+            total = w if total is None else total + w
+        return total / W_AVG_SAMPLES
+
+    def _probe(self) -> int:
+        """Run two latents through the module; return the image size or raise naming the fix."""
+        z = self._probe_latents()
+        try:
+            with torch.no_grad():
+                out = self._raw_images_from_z(z)
+        except Exception as err:
+            raise self._fail(f"latents of size {self.z_dim}", err,
+                             "set prior.latent_dim to the latent size it expects") from None
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != 2 or out.shape[1] != 3 \
                 or out.shape[2] != out.shape[3] or not out.is_floating_point():
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise LsmiaError(f"TorchScript prior {path} returned {shape}, not float images [N, 3, S, S]: "
+            raise LsmiaError(f"TorchScript prior {self.path} returned {shape}, not float images [N, 3, S, S]: "
                              "export a module that maps latents [N, latent_dim] to RGB images")
         return int(out.shape[-1])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.module(z).float()
+    def _raw_images_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.is_stylegan:
+            return self.module(z)
+        return self.module.synthesis(truncate(self.module.mapping(z), self.w_avg, self.truncation, TRUNCATION_CUTOFF))
+
+    def _truncated_w(self, z: torch.Tensor) -> torch.Tensor:
+        """One w per sample: PPA's single w, the (truncated) first layer of the mapping."""
+        w = truncate(self.module.mapping(z), self.w_avg, self.truncation, TRUNCATION_CUTOFF)
+        return w[:, 0] if w.ndim == 3 else w
+
+    def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
+        ws = w.unsqueeze(1).repeat(1, self.num_ws, 1) if self.num_ws else w
+        return self._to_unit(self.module.synthesis(ws))
+
+    def _images_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        return self._to_unit(self._raw_images_from_z(z))
+
+    def _to_unit(self, out: torch.Tensor) -> torch.Tensor:
+        out = out.float()
         if self.crop < self.full_size:
             start = (self.full_size - self.crop) // 2
             out = out[..., start:start + self.crop, start:start + self.crop]
@@ -176,12 +376,16 @@ def _load_script(path: Path) -> torch.jit.ScriptModule:
 
 
 def generator_spec(generator: Generator) -> dict[str, Any]:
-    return {"format": DCGAN_FORMAT, "latent_dim": generator.latent_dim,
+    """The constructor arguments; the mapping keys only with a mapping network, so plain DCGAN files stay as before."""
+    spec = {"format": DCGAN_FORMAT, "latent_dim": generator.latent_dim,
             "image_size": generator.image_size, "width": generator.width}
+    if generator.has_mapping:
+        spec.update(mapping_layers=generator.mapping_layers, w_dim=generator.w_dim)
+    return spec
 
 
 def save_dcgan_prior(generator: Generator, path: Path | str, extra: dict[str, Any] | None = None) -> None:
-    """Write the spec and state_dict of ``generator`` (tensors and primitives only)."""
+    """Write the spec and state_dict (with ``w_avg`` when it has a mapping network); tensors and primitives only."""
     save_torch({**generator_spec(generator), "state_dict": generator.state_dict(), **(extra or {})}, path)
 
 
@@ -189,7 +393,8 @@ def load_dcgan_prior(path: Path | str) -> DCGANPrior:
     ckpt = load_torch(path, what="prior checkpoint", fix="run 'lsmia train-prior' first")
     if not isinstance(ckpt, dict) or ckpt.get("format") != DCGAN_FORMAT:
         raise LsmiaError(f"{path} is not an lsmia DCGAN prior: re-run 'lsmia train-prior' to write it")
-    generator = Generator(int(ckpt["latent_dim"]), int(ckpt["image_size"]), int(ckpt["width"]))
+    generator = Generator(int(ckpt["latent_dim"]), int(ckpt["image_size"]), int(ckpt["width"]),
+                          mapping_layers=int(ckpt.get("mapping_layers", 0)), w_dim=ckpt.get("w_dim"))
     generator.load_state_dict(ckpt["state_dict"])
     return DCGANPrior(generator)
 

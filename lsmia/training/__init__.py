@@ -1,0 +1,1 @@
+"""Training loops: classifiers (targets, evaluation model) and the GAN prior."""

@@ -28,10 +28,11 @@ from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.losses import smoothed_cross_entropy
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
+from lsmia.models.inference import predict_logits
 from lsmia.schedules import alpha_at
-from lsmia.utils import load_torch, progress, save_json, save_torch, seed_everything
+from lsmia.utils import EpochCallback, load_torch, progress, save_json, save_timings, save_torch, seed_everything
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+TRAINING_EVAL_BATCH = 512  # rows per forward pass when training scores its test and train sets
 TrainOutputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -59,19 +60,6 @@ def make_scheduler(cfg: ClassifierConfig, optimizer: torch.optim.Optimizer) -> t
 
 
 @torch.no_grad()
-def predict_logits(model: Classifier, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Logits for uint8 or float images, in eval mode, batched."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-        out.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.num_classes)
-
-
 def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, float]:
     """Accuracy, expected calibration error (equal-width bins), mean confidence, mean logit L2 norm."""
     probs = logits.softmax(1)
@@ -215,6 +203,20 @@ def _load_resume_state(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, 
     return state
 
 
+def steps_per_epoch(batch_size: int, train_size: int, world: int = 1) -> int:
+    """Optimiser steps of one epoch: batches of at least 2 rows (at least 2 per process under torchrun)."""
+    sizes = [min(batch_size, train_size - start) for start in range(0, train_size, batch_size)]
+    return sum(1 for size in sizes if size > 1 and (world == 1 or size >= 2 * world))
+
+
+def require_training_steps(batch_size: int, train_size: int, world: int = 1) -> None:
+    """Fail before training when the configuration would take no optimiser step (an untrained model)."""
+    if steps_per_epoch(batch_size, train_size, world) == 0:
+        raise LsmiaError(f"batch_size {batch_size} with {train_size} training image(s) on {world} process(es) gives no "
+                         "batch of at least 2 images per process, so training would take no step: add training "
+                         "images or change batch_size")
+
+
 def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, device: torch.device, seed: int = 0,
                      smoothing: SmoothingConfig | None = None, on_epoch: EpochCallback | None = None,
                      show_progress: bool = True, stop_after_epoch: int | None = None) -> TrainResult:
@@ -224,12 +226,13 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     as an interruption would (used by tests of resume).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(seed)
     world, main = distributed.world_size(), distributed.is_main()
     if world > 1 and cfg.batch_size < 2 * world:
         raise LsmiaError(f"batch_size {cfg.batch_size} is the global batch and leaves fewer than 2 rows for each of "
                          f"{world} processes: set it to at least {2 * world}")
+    require_training_steps(cfg.batch_size, len(data.train), world)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
     model = build_classifier(cfg.arch, data.num_classes, data.image_size, cfg.width, cfg.pretrained_path).to(device)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
@@ -255,35 +258,36 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, outputs)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        test_logits = predict_logits(model, data.test.images, device)
+        test_logits = predict_logits(model, data.test.images, TRAINING_EVAL_BATCH)
         test_acc = (test_logits.argmax(1) == data.test.labels).float().mean().item()
         row = {"epoch": epoch, "alpha": alpha, "lr": lr, **stats, "test_acc": test_acc}
         history.append(row)
         if main:
+            if on_epoch:  # before the checkpoint: a kill between the two re-runs (and re-logs) this epoch, never skips it
+                on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
                         "history": history, "fingerprint": fingerprint}, out_dir / CHECKPOINT)
-            if on_epoch:
-                on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
         distributed.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return TrainResult(model.eval(), out_dir / CHECKPOINT, {}, history, start_epoch)
     model = plain_batchnorm(model) if sync_bn else model
     model.eval()
     metrics = final_metrics(model, data, device, history)
-    metrics["train_seconds"] = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     if main:
         save_classifier(model, out_dir / MODEL, extra={"history": history, "metrics": metrics,
                                                         "alpha": smoothing.alpha if smoothing else 0.0})
         save_json(metrics, out_dir / METRICS)
+        save_timings(out_dir / MODEL, {"train_s": seconds, "epochs_run": cfg.epochs - start_epoch})
     distributed.barrier()
-    return TrainResult(model, out_dir / MODEL, metrics, history, start_epoch)
+    return TrainResult(model, out_dir / MODEL, {**metrics, "train_seconds": seconds}, history, start_epoch)
 
 
 def final_metrics(model: Classifier, data: FaceData, device: torch.device,
                   history: list[dict[str, float]]) -> dict[str, float]:
-    test = calibration_metrics(predict_logits(model, data.test.images, device), data.test.labels)
-    train_logits = predict_logits(model, data.train.images, device)
+    test = calibration_metrics(predict_logits(model, data.test.images, TRAINING_EVAL_BATCH), data.test.labels)
+    train_logits = predict_logits(model, data.train.images, TRAINING_EVAL_BATCH)
     train_acc = (train_logits.argmax(1) == data.train.labels).float().mean().item()
     last = history[-1] if history else {}
     return {"test_acc": test["accuracy"], "train_acc": train_acc, "ece": test["ece"],

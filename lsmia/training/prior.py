@@ -27,7 +27,7 @@ from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.models.generator import (Discriminator, Generator, check_image_size, parameter_count,
                                     save_dcgan_prior)
-from lsmia.utils import atomic_path, load_torch, save_torch
+from lsmia.utils import atomic_path, load_torch, save_timings, save_torch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 TRANSLATION_RATIO = 0.125  # DiffAugment's default shift: up to 1/8 of the image size
@@ -110,12 +110,12 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
 
     The EMA weights never ran in train mode, so the statistics copied from G do not quite match them.
     """
-    calibrated = copy.deepcopy(generator)
+    calibrated = copy.deepcopy(generator).eval()  # only BN in training mode: w_avg must not move
     for module in calibrated.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None  # cumulative average
-    calibrated.train()
+            module.train()
     gen = torch.Generator().manual_seed(seed)
     for _ in range(BN_CALIBRATION_BATCHES):
         calibrated(torch.randn(batch_size, generator.latent_dim, generator=gen).to(device))
@@ -129,7 +129,10 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
 
 def fingerprint(cfg: PriorConfig, public: ImageSet, seed: int) -> str:
     """Identifies a run: everything that shapes the weights except the number of epochs."""
-    settings = cfg.model_dump(mode="json", exclude={"epochs", "sample_grid", "kind", "path", "output_range"})
+    ignored = {"epochs", "sample_grid", "kind", "path", "output_range"}
+    if cfg.mapping_layers == 0:  # a plain DCGAN keeps the fingerprint it had before the mapping network existed
+        ignored |= {"mapping_layers", "w_dim"}
+    settings = cfg.model_dump(mode="json", exclude=ignored)
     digest = hashlib.sha256(public.images.contiguous().numpy().tobytes()).hexdigest()
     text = json.dumps({"cfg": settings, "seed": seed, "data": digest}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -138,7 +141,7 @@ def fingerprint(cfg: PriorConfig, public: ImageSet, seed: int) -> str:
 def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int) -> GANState:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = Generator(cfg.latent_dim, image_size, cfg.width).to(device)
+        generator = Generator(cfg.latent_dim, image_size, cfg.width, cfg.mapping_layers, cfg.w_dim).to(device)
         discriminator = Discriminator(image_size, cfg.width).to(device)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
@@ -248,15 +251,18 @@ def train_prior(cfg: PriorConfig, public: ImageSet, out_dir: Path, device: torch
     state = new_state(cfg, image_size, device, seed)
     try_resume(state, checkpoint, run_id)
     first_epoch, images = state.epoch, public.images.to(device)
+    training_started = time.perf_counter()
     while state.epoch < cfg.epochs:
         started = time.perf_counter()
-        row = train_epoch(state, images, cfg, device, checkpoint)
+        state.metrics = train_epoch(state, images, cfg, device, checkpoint)  # no seconds: checkpoints stay byte-stable
         state.epoch += 1
-        state.metrics = {**row, "epoch_seconds": time.perf_counter() - started}
+        if on_epoch is not None:  # before the checkpoint: a kill between the two re-runs this epoch, never skips it
+            on_epoch(state.epoch, {**state.metrics, "epoch_seconds": time.perf_counter() - started})
         save_checkpoint(state, checkpoint, run_id)
-        if on_epoch is not None:
-            on_epoch(state.epoch, dict(state.metrics))
-    return finish(cfg, state, out_dir, device, seed, epochs_run=state.epoch - first_epoch)
+    result = finish(cfg, state, out_dir, device, seed, epochs_run=state.epoch - first_epoch)
+    save_timings(result.checkpoint_path, {"train_s": time.perf_counter() - training_started,
+                                     "epochs_run": state.epoch - first_epoch})
+    return result
 
 
 def finish(cfg: PriorConfig, state: GANState, out_dir: Path, device: torch.device, seed: int,

@@ -1,0 +1,481 @@
+"""The study's stage graph, declared once.
+
+Each :class:`Stage` names the library module that computes it, the params it reads, the stages whose
+outputs it reads and the files it writes. From this one declaration:
+
+- ``dvc.yaml`` is generated (``lsmia dvc-yaml``; a test fails when the committed file differs), with
+  code dependencies complete by construction: every ``lsmia`` file the stage's module imports,
+  directly or through other ``lsmia`` modules (function-level imports and package ``__init__`` files
+  included), found by reading the source, so editing e.g. ``lsmia/losses.py`` re-runs exactly the
+  stages whose code reaches it;
+- ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`execute`), each with its own
+  :class:`Layout` (where a stage's output lies) and observer (what is tracked);
+- the ablation cache keys a stage by its params, its code (:func:`code_digest`) and the keys of the
+  stages it reads (:func:`stage_keys`), so a code edit invalidates exactly what it can change.
+
+The CLI shell (``lsmia/cli.py``) and the tracking modules are not code dependencies: they change
+what is logged, never what a stage writes.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import torch
+
+from lsmia.config import Config, build_config
+from lsmia.paths import StudyPaths, run_tag
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+OUT = "${run.out_dir}"
+CELL = "alpha${item.alpha}_seed${item.seed}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (alpha, seed) of the study matrix."""
+
+    alpha: float
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return run_tag(self.alpha, self.seed)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what computes it, what it reads and what it writes (paths in DVC's template syntax).
+
+    ``output`` is the file whose presence marks the stage as done in a cache; ``outs`` what DVC tracks.
+    """
+
+    name: str
+    module: str  # the lsmia module whose import closure is the stage's code
+    params: tuple[str, ...]
+    needs: tuple[str, ...]
+    cmd: str
+    outs: tuple[str, ...]
+    output: str
+    per_cell: bool = False
+    file_deps: tuple[str, ...] = ()  # extra data inputs, besides the outputs of ``needs``
+    uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    applies: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
+
+    @property
+    def role(self) -> str | None:
+        return {"target": "target", "eval-model": "eval", "prior": "prior", "attributes": "attributes",
+                "report": "report"}.get(self.name)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "lsmia.stages.data", ("data",), (),
+          f"lsmia data --out {OUT}/data/dataset.pt", (f"{OUT}/data/dataset.pt",), "dataset.pt",
+          uncached_outs=(f"{OUT}/data/summary.json",)),
+    Stage("prior", "lsmia.stages.prior", ("prior", "run.seed"), ("data",),
+          f"lsmia train-prior --data {OUT}/data/dataset.pt --out-dir {OUT}/prior", (f"{OUT}/prior",), "prior.pt",
+          applies=lambda cfg: cfg.prior.kind == "dcgan"),
+    Stage("eval-model", "lsmia.stages.train", ("eval_model", "run.seed"), ("data",),
+          f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval",
+          (f"{OUT}/models/eval",), "model.pt"),
+    Stage("attributes", "lsmia.stages.attributes", ("metrics.attribute_epochs", "run.seed"), ("data",),
+          f"lsmia train-attributes --data {OUT}/data/dataset.pt --out {OUT}/models/attributes/predictor.pt",
+          (f"{OUT}/models/attributes",), "predictor.pt"),
+    Stage("target", "lsmia.stages.train", ("target",), ("data",),
+          f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+          f"--out-dir {OUT}/models/target_{CELL}", (f"{OUT}/models/target_{CELL}",), "model.pt", per_cell=True),
+    Stage("attack", "lsmia.stages.attack", ("attack", "prior.kind", "prior.path"), ("data", "target", "prior"),
+          f"lsmia attack --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+          f"--target {OUT}/models/target_{CELL}/model.pt --prior {OUT}/prior/prior.pt --out-dir {OUT}/attacks/{CELL}",
+          (f"{OUT}/attacks/{CELL}",), "attack.pt", per_cell=True),
+    Stage("evaluate", "lsmia.stages.evaluate", ("metrics",), ("data", "attack", "eval-model", "attributes", "target"),
+          f"lsmia evaluate --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+          f"--attack {OUT}/attacks/{CELL}/attack.pt --eval-model {OUT}/models/eval/model.pt "
+          f"--target-dir {OUT}/models/target_{CELL} --attributes {OUT}/models/attributes/predictor.pt "
+          f"--out {OUT}/metrics/{CELL}.json", (), "metrics.json", per_cell=True,
+          metrics=(f"{OUT}/metrics/{CELL}.json",)),
+    Stage("report", "lsmia.stages.report", ("study",), ("data", "target", "attack", "evaluate"),
+          f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
+          "--ablation out/ablations/factors/results.md --ablation out/ablations/alpha/results.md "
+          "--ablation out/ablations/data/results.md",
+          (f"{OUT}/report",), "index.html",
+          file_deps=(f"{OUT}/data/summary.json", "out/ablations/factors/results.md", "out/ablations/alpha/results.md",
+                     "out/ablations/data/results.md"),
+          plots=(f"{OUT}/plots",)),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}
+
+# The files of a stage's outputs that downstream stages of the same cell read (DVC deps), by stage name.
+READS: dict[str, tuple[str, ...]] = {
+    "data": (f"{OUT}/data/dataset.pt",),
+    "prior": (f"{OUT}/prior",),
+    "eval-model": (f"{OUT}/models/eval/model.pt",),
+    "attributes": (f"{OUT}/models/attributes",),
+    "target": (f"{OUT}/models/target_{CELL}/model.pt", f"{OUT}/models/target_{CELL}/metrics.json"),
+    "attack": (f"{OUT}/attacks/{CELL}",),
+}
+# What a stage outside the matrix (the report) reads of a per-cell stage: the folder of all its cells.
+COLLECTED: dict[str, tuple[str, ...]] = {
+    "target": (f"{OUT}/models",),
+    "attack": (f"{OUT}/attacks",),
+    "evaluate": (f"{OUT}/metrics",),
+}
+
+
+def stage(name: str) -> Stage:
+    return BY_NAME[name]
+
+
+# --------------------------------------------------------------------------- code dependencies
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of an lsmia module or package, or None for a name that is not a module."""
+    parts = module.split(".")
+    if parts[0] != "lsmia":
+        return None
+    base = PACKAGE_ROOT.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every lsmia module ``path`` imports anywhere (top level, inside functions, under TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "lsmia")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "lsmia":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from lsmia import pipeline`
+    return found
+
+
+def _with_parents(module: str) -> list[str]:
+    """Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+@lru_cache(maxsize=None)
+def code_files(module: str) -> tuple[Path, ...]:
+    """The source files of ``module`` and of every lsmia module it reaches through imports, sorted."""
+    seen: set[Path] = set()
+    pending = [module]
+    while pending:
+        for name in _with_parents(pending.pop()):
+            path = _module_file(name)
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            pending.extend(_imported_modules(path))
+    return tuple(sorted(seen))
+
+
+def code_deps(stage_: Stage) -> list[str]:
+    """The stage's code files relative to the repository, as DVC lists them."""
+    return [path.relative_to(REPO_ROOT).as_posix() for path in code_files(stage_.module)]
+
+
+def code_digest(stage_: Stage) -> str:
+    """A hash of the stage's code files (their bytes), for cache keys."""
+    digest = hashlib.sha256()
+    for path in code_files(stage_.module):
+        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- dvc.yaml
+
+
+def dvc_stage(stage_: Stage) -> dict[str, Any]:
+    deps: list[str] = []
+    for need in stage_.needs:
+        reads = COLLECTED[need] if BY_NAME[need].per_cell and not stage_.per_cell else READS[need]
+        deps += [d for d in reads if d not in deps]
+    deps += [d for d in stage_.file_deps if d not in deps]
+    deps += code_deps(stage_)
+    entry: dict[str, Any] = {}
+    if stage_.per_cell:
+        entry["matrix"] = {"alpha": "${study.alphas}", "seed": "${study.seeds}"}
+    entry["cmd"] = stage_.cmd
+    entry["deps"] = deps
+    entry["params"] = list(stage_.params)
+    outs: list[Any] = [*stage_.outs, *({o: {"cache": False}} for o in stage_.uncached_outs)]
+    if outs:
+        entry["outs"] = outs
+    metrics = [{m: {"cache": False}} for m in stage_.metrics]
+    if metrics:
+        entry["metrics"] = metrics
+    if stage_.plots:
+        entry["plots"] = [{p: {"cache": False}} for p in stage_.plots]
+    return entry
+
+
+PLOTS: list[dict[str, Any]] = [
+    {"accuracy vs alpha": {"template": "linear", "x": "alpha",
+                           "y": {"out/plots/study.json": ["test_acc", "final_acc1", "final_acc5"]}}},
+    {"accuracy-privacy trade-off": {"template": "scatter", "x": "test_acc", "y": {"out/plots/study.json": "final_acc1"}}},
+    {"leakage vs alpha": {"template": "linear", "x": "alpha", "y": {"out/plots/study.json": ["delta_eval", "xi"]}}},
+    {"reconstructions": {"y": "out/plots/reconstructions"}},
+]
+
+HEADER = """\
+# GENERATED by `lsmia dvc-yaml` from the stage graph in lsmia/graph.py: edit that, not this file.
+# Every stage calls the lsmia CLI; deps list the data it reads and every lsmia source file its code imports,
+# params the keys it reads, so `dvc repro` rebuilds exactly what a change of data, params or code can affect.
+# `dvc exp run -S attack.steps=80` sweeps a parameter.
+"""
+
+
+def dvc_yaml() -> str:
+    import yaml
+
+    document = {"stages": {s.name: dvc_stage(s) for s in STAGES}, "plots": PLOTS}
+    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+class Observer(Protocol):
+    """What a stage reports while it runs (MLflow through lsmia.tracked, a sweep trial, or nothing)."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+    def epoch_logger(self) -> Callable[[int, dict[str, float]], None] | None: ...
+    def log_prior(self, result: Any) -> None: ...
+    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
+    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
+    def log_report(self, report_dir: Path) -> None: ...
+
+
+class Observe(Protocol):
+    """Opens an observer for one stage run: ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)``."""
+
+    def __call__(self, cfg: Config, stage: str, run_name: str, **tags: Any) -> AbstractContextManager[Observer]: ...
+
+
+class Layout(Protocol):
+    """Where each stage's output file lies for a cell (``None`` for stages outside the matrix)."""
+
+    def output(self, stage_: Stage, cell: Cell | None) -> Path: ...
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The DVC layout under ``run.out_dir`` (lsmia.paths)."""
+
+    paths: StudyPaths
+
+    def output(self, stage_: Stage, cell: Cell | None) -> Path:
+        p = self.paths
+        fixed = {"data": p.data_file, "prior": p.prior_dir / "prior.pt", "eval-model": p.eval_dir / "model.pt",
+                 "attributes": p.attribute_dir / "predictor.pt", "report": p.report_dir / "index.html"}
+        if stage_.name in fixed:
+            return fixed[stage_.name]
+        assert cell is not None, f"stage {stage_.name} runs per cell"
+        return {"target": p.target_dir(cell.alpha, cell.seed) / "model.pt",
+                "attack": p.attack_dir(cell.alpha, cell.seed) / "attack.pt",
+                "evaluate": p.metrics_file(cell.alpha, cell.seed)}[stage_.name]
+
+
+@dataclass
+class StageRun:
+    """Everything one stage run gets: its config (with the cell's alpha), inputs, output and observer."""
+
+    stage: Stage
+    cfg: Config
+    cell: Cell | None
+    output: Path
+    inputs: dict[str, Path]
+    device: torch.device
+    observer: Observer
+
+
+def cell_config(cfg: Config, cell: Cell | None) -> Config:
+    """The config a stage of ``cell`` runs with: the cell's smoothing factor (validated like any value)."""
+    if cell is None or cfg.target.smoothing.alpha == cell.alpha:
+        return cfg
+    return build_config(cfg.to_dict(), {"target.smoothing.alpha": cell.alpha})
+
+
+def _run_data(run: StageRun) -> Any:
+    from lsmia.stages.data import stage_data
+
+    summary = stage_data(run.cfg, run.output, run.output.with_name("summary.json"))
+    run.observer.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    return summary
+
+
+def _run_prior(run: StageRun) -> Any:
+    from lsmia.stages.prior import stage_prior
+
+    result = stage_prior(run.cfg, run.inputs["data"], run.output.parent, run.device,
+                         on_epoch=run.observer.epoch_logger())
+    run.observer.log_prior(result)
+    return result
+
+
+def _run_train(run: StageRun) -> Any:
+    from lsmia.stages.train import stage_train
+
+    role = "target" if run.stage.name == "target" else "eval"
+    seed = run.cell.seed if run.cell is not None else run.cfg.run.seed
+    alpha = run.cell.alpha if run.cell is not None else 0.0
+    result = stage_train(run.cfg, role, run.inputs["data"], run.output.parent, run.device, seed,
+                         on_epoch=run.observer.epoch_logger())
+    run.observer.log_classifier(result, role, alpha, seed)
+    return result
+
+
+def _run_attributes(run: StageRun) -> Any:
+    from lsmia.stages.attributes import stage_attribute_predictor
+
+    return stage_attribute_predictor(run.cfg, run.inputs["data"], run.output, run.device)
+
+
+def _run_attack(run: StageRun) -> Any:
+    from lsmia.stages.attack import stage_attack
+
+    assert run.cell is not None
+    result = stage_attack(run.cfg, run.inputs["data"], run.inputs["target"], run.inputs.get("prior"),
+                          run.output.parent, run.device, run.cell.seed)
+    run.observer.log_attack(result, run.output.parent, run.cell.alpha, run.cell.seed)
+    return result
+
+
+def _run_evaluate(run: StageRun) -> Any:
+    from lsmia.stages.evaluate import stage_evaluate
+
+    assert run.cell is not None
+    metrics = stage_evaluate(run.cfg, run.inputs["data"], run.inputs["attack"], run.inputs["eval-model"],
+                             run.inputs["target"].parent, run.output, run.device, run.cell.alpha, run.cell.seed,
+                             run.inputs.get("attributes"))
+    run.observer.log_metrics(metrics)
+    return metrics
+
+
+def _run_report(run: StageRun) -> Any:
+    from lsmia.stages.report import stage_report
+
+    index = stage_report(run.cfg, StudyPaths(run.cfg.run.out_dir), run.output.parent, run.device)
+    run.observer.log_report(index.parent)
+    return index
+
+
+RUNNERS: dict[str, Callable[[StageRun], Any]] = {
+    "data": _run_data, "prior": _run_prior, "eval-model": _run_train, "attributes": _run_attributes,
+    "target": _run_train, "attack": _run_attack, "evaluate": _run_evaluate, "report": _run_report,
+}
+
+
+def stages_for(cfg: Config, names: Iterable[str] | None = None) -> list[Stage]:
+    """The stages that apply to ``cfg`` (no prior stage for a TorchScript prior), in graph order."""
+    wanted = set(names) if names is not None else None
+    return [s for s in STAGES if s.applies(cfg) and (wanted is None or s.name in wanted)]
+
+
+def inputs_of(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout) -> dict[str, Path]:
+    """The output files of the stages ``stage_`` reads that apply to ``cfg``."""
+    needs = [BY_NAME[n] for n in stage_.needs if BY_NAME[n].applies(cfg) and (cell is not None or not BY_NAME[n].per_cell)]
+    return {need.name: layout.output(need, cell if need.per_cell else None) for need in needs}
+
+
+def run_stage(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout, device: torch.device,
+              observe: Observe) -> Any:
+    """Run one stage of the graph under ``observe``; returns what its library function returns."""
+    run_cfg = cell_config(cfg, cell)
+    tags: dict[str, Any] = {"role": stage_.role}
+    if cell is not None:
+        tags.update(role="target", alpha=cell.alpha, seed=cell.seed)
+    elif stage_.name == "eval-model":
+        tags["seed"] = cfg.run.seed
+    stage_kind = {"eval-model": "train", "target": "train"}.get(stage_.name, stage_.name)
+    run_name = {"eval-model": "train-eval", "target": "train-target", "attributes": "train-attributes"}.get(
+        stage_.name, stage_.name)
+    system_metrics = stage_.name in ("prior", "eval-model", "target", "attack")
+    with observe(run_cfg, stage_kind, run_name, system_metrics=system_metrics,
+                 **{k: v for k, v in tags.items() if v is not None}) as observer:
+        run = StageRun(stage_, run_cfg, cell, layout.output(stage_, cell), inputs_of(stage_, cfg, cell, layout),
+                       device, observer)
+        return RUNNERS[stage_.name](run)
+
+
+def cells_of(cfg: Config, alphas: Iterable[float] | None = None, seeds: Iterable[int] | None = None) -> list[Cell]:
+    """The study matrix, seed-major like DVC's: every alpha of seed 0, then of seed 1, ..."""
+    alphas = list(cfg.study.alphas if alphas is None else alphas)
+    return [Cell(float(a), int(s)) for s in (cfg.study.seeds if seeds is None else seeds) for a in alphas]
+
+
+def schedule(cfg: Config, cells: list[Cell], names: Iterable[str] | None = None) -> Iterator[tuple[Stage, Cell | None]]:
+    """Every (stage, cell) to run, in an order that respects the graph: shared stages first, then per cell
+    its target, attack and evaluation (so a long study yields finished cells early), then the report."""
+    chosen = stages_for(cfg, names)
+    for s in chosen:
+        if not s.per_cell and s.name != "report":
+            yield s, None
+    for cell in cells:
+        for s in chosen:
+            if s.per_cell:
+                yield s, cell
+    for s in chosen:
+        if s.name == "report":
+            yield s, None
+
+
+# --------------------------------------------------------------------------- cache keys
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _param_values(cfg: Config, keys: Iterable[str]) -> dict[str, Any]:
+    dump = cfg.to_dict()
+    values = {}
+    for key in keys:
+        node: Any = dump
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
+def _key_params(stage_: Stage, cfg: Config, cell: Cell | None) -> dict[str, Any]:
+    """The params that shape the stage's output; a target's smoothing enters as its per-epoch alpha, so
+    alpha >= 0 models are shared across warm-up schedules that never apply to them."""
+    if stage_.name != "target":
+        return _param_values(cfg, stage_.params)
+    from lsmia.schedules import alpha_trajectory
+
+    assert cell is not None
+    target = {k: v for k, v in cfg.to_dict()["target"].items() if k != "smoothing"}
+    smoothing = cfg.target.smoothing.model_copy(update={"alpha": cell.alpha})
+    return {"target": target, "alpha_per_epoch": alpha_trajectory(smoothing, cfg.target.epochs)}
+
+
+def stage_keys(cfg: Config, cell: Cell) -> dict[str, str]:
+    """A cache key per stage of ``cell``: its params, its code and the keys of the stages it reads."""
+    keys: dict[str, str] = {}
+    for s in STAGES:
+        if s.name == "report":
+            continue
+        upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
+        seed = cell.seed if s.per_cell else None
+        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), code_digest(s), upstream,
+                              seed)
+    return keys

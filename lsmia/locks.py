@@ -1,0 +1,131 @@
+"""Output locks: one writer per output folder or file at a time.
+
+A stage holds an exclusive ``flock`` on ``.<name>.lsmia.lock`` beside its output (outside the output,
+so DVC never hashes it; .dvcignore and .gitignore list the pattern anyway) while it writes. A second
+writer fails at once with a one-line error naming the holder's pid and command, instead of
+silently overwriting the first one's results. The lock file is removed on release; the kernel drops
+the lock of a killed process, so a stale file never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from lsmia.errors import LsmiaError, from_os_error
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_SUFFIX = ".lsmia.lock"
+MAX_COMMAND = 200
+
+
+def lock_file(target: Path | str) -> Path:
+    """The lock file of an output folder or file: ``.<name>.lsmia.lock`` beside it."""
+    target = Path(target)
+    return target.parent / f".{target.name}{LOCK_SUFFIX}"
+
+
+def holder_text() -> str:
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"
+    return f"pid {os.getpid()}: {command[:MAX_COMMAND]}"
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; a folder the stage wrote into is not empty and stays
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise (from_os_error(err, path.parent) or err) from None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    """False when the lock file was removed (and maybe re-created) between our open and our lock."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _acquire(target: Path, path: Path) -> int:
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LsmiaError(f"{target} is being written by another lsmia process ({holder}): wait for it to end "
+                             "or write elsewhere (--out-dir, run.out_dir)") from None
+        if _still_linked(fd, path):
+            return fd
+        os.close(fd)
+
+
+def _write_holder(fd: int) -> None:
+    """Who holds the lock, for the error a second writer gets (best effort: on a full disk it stays empty)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_text().encode("utf-8"), 0)
+    except OSError:
+        pass
+
+
+@contextmanager
+def output_lock(target: Path | str) -> Iterator[Path]:
+    """Hold the write lock of ``target`` (a folder or a file) for the block; yields the lock file's path."""
+    path = lock_file(target)
+    if fcntl is None:
+        yield path
+        return
+    created = _missing_folders(path.parent)
+    fd = _acquire(Path(target), path)
+    try:
+        _write_holder(fd)
+        yield path
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # while still holding it: a waiting opener sees the unlink and retries
+        finally:
+            os.close(fd)
+            _remove_if_empty(created)  # a stage that failed before writing leaves no empty folders
+
+
+@contextmanager
+def output_locks(*targets: Path | str | None, enabled: bool = True) -> Iterator[None]:
+    """Hold the locks of every given target (None skipped); a no-op when not ``enabled`` (e.g. torchrun rank > 0)."""
+    with ExitStack() as stack:
+        for target in targets if enabled else ():
+            if target is not None:
+                stack.enter_context(output_lock(target))
+        yield

@@ -1,0 +1,37 @@
+"""Stage ``evaluate``: what one attack leaked, merged with its target's accuracy and calibration."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lsmia.attack.result import AttackResult
+from lsmia.config import Config
+from lsmia.data.base import FaceData
+from lsmia.models.classifiers import load_classifier
+from lsmia.utils import load_json, save_json, save_timings
+
+
+def stage_evaluate(cfg: Config, data_file: Path, attack_file: Path, eval_file: Path, target_dir: Path,
+                   out_file: Path, device: torch.device, alpha: float, seed: int,
+                   attribute_file: Path | None = None) -> dict[str, Any]:
+    from lsmia.metrics.attributes import load_attribute_predictor
+    from lsmia.metrics.evaluate import evaluate_attack
+
+    data = FaceData.load(data_file)
+    result = AttackResult.load(attack_file)
+    eval_model = load_classifier(eval_file, num_classes=data.num_classes, what="evaluation model").to(device)
+    predictor = None
+    if attribute_file is not None and Path(attribute_file).exists():
+        predictor = load_attribute_predictor(attribute_file).to(device)
+    started = time.perf_counter()
+    leakage = evaluate_attack(cfg.metrics, result, eval_model, data, device, seed=seed, attribute_predictor=predictor)
+    target_metrics = load_json(Path(target_dir) / "metrics.json", what="target metrics")
+    metrics = {"alpha": alpha, "seed": seed, **target_metrics, **leakage}
+    save_json(metrics, out_file)
+    seconds = time.perf_counter() - started
+    save_timings(out_file, {"evaluate_s": seconds})
+    return {**metrics, "evaluate_seconds": seconds}

@@ -1,0 +1,21 @@
+"""Stage ``report``: the HTML report and DVC's plot data, from the evaluated cells of the study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from lsmia.config import Config
+from lsmia.paths import StudyPaths
+
+
+def stage_report(cfg: Config, paths: StudyPaths, out_dir: Path, device: torch.device,
+                 ablation_files: Sequence[Path] = (), plots_dir: Path | None = None) -> Path:
+    """Write ``out_dir/index.html`` and ``plots_dir`` (default ``<out>/plots``); returns the index path."""
+    from lsmia.report import write_plot_data, write_report
+
+    index = write_report(paths, out_dir, device, ablation_files=list(ablation_files))
+    write_plot_data(paths, plots_dir or paths.root / "plots")
+    return index

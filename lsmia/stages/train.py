@@ -1,0 +1,29 @@
+"""Stages ``eval-model`` and ``target``: classifiers on the private identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lsmia.config import Config
+from lsmia.data.base import FaceData
+from lsmia.errors import LsmiaError
+from lsmia.training.classifier import TrainResult, train_classifier
+from lsmia.utils import EpochCallback
+
+EVAL_SEED_OFFSET = 1000  # the evaluation model never shares an initialisation with a target of the same seed
+
+
+def stage_train(cfg: Config, role: str, data_file: Path, out_dir: Path, device: torch.device,
+                seed: int | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train the target (label smoothing ``cfg.target.smoothing``) or the evaluation model (hard labels)."""
+    data = FaceData.load(data_file)
+    seed = cfg.run.seed if seed is None else seed
+    if role == "target":
+        return train_classifier(cfg.target, data, out_dir, device, seed=seed, smoothing=cfg.target.smoothing,
+                                on_epoch=on_epoch)
+    if role == "eval":
+        return train_classifier(cfg.eval_model, data, out_dir, device, seed=seed + EVAL_SEED_OFFSET,
+                                on_epoch=on_epoch)
+    raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")

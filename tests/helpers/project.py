@@ -1,0 +1,54 @@
+"""A throwaway git + DVC repository running the tiny study through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TINY = ROOT / "tests" / "tiny_params.yaml"
+
+
+def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def dvc(repo: Path, env: dict[str, str], *args: str) -> str:
+    return sh([str(BIN / "dvc"), *args], repo, env)
+
+
+def temp_dvc_repo(repo: Path, tracking: bool = True, repro: bool = True) -> tuple[Path, dict[str, str]]:
+    """Copy the project's pipeline files and code into ``repo``, with the tiny params (every key, as DVC reads
+    them), commit them and (by default) run ``dvc repro`` once; returns the repo and its environment."""
+    for name in ("dvc.yaml", "MLproject"):
+        shutil.copy(ROOT / name, repo / name)
+    for folder in ("lsmia", "mlflow_project"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for results in ROOT.glob("out/ablations/*/results.md"):  # committed ablation tables the report stage includes
+        (repo / results.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(results, repo / results.relative_to(ROOT))
+    from lsmia.config import load_config
+
+    params = load_config(TINY, {"run.tracking": tracking}).to_dict()
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.timings\n")
+    sh(["git", "init", "-q"], repo, env)
+    dvc(repo, env, "init", "-q")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "study"], repo, env)
+    if repro:
+        dvc(repo, env, "repro")
+    return repo, env
