@@ -29,7 +29,8 @@ from lsmia.stats import effects, mean_ci, verdict
 from lsmia.utils import load_json, save_json
 
 SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
-                "attribute_acc", "mean_logit_norm", "final_target_confidence")
+                "attribute_acc", "mean_logit_norm", "final_target_confidence", "final_target_confidence_raw",
+                "grad_cosine_mean")
 Log = Callable[[str], None]
 
 
@@ -104,9 +105,8 @@ def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[st
     cell = graph.Cell(float(alpha), int(seed))
     layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell))
     outputs = {}
-    for stage, stage_cell in graph.schedule(cfg, [cell]):
-        if stage.name != "report":
-            outputs[stage.name] = cache.ensure(stage, cfg, stage_cell, layout)
+    for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate")):
+        outputs[stage.name] = cache.ensure(stage, cfg, stage_cell, layout)
     row = load_json(outputs["evaluate"], what="ablation metrics")
     row["eval_test_acc"] = load_json(outputs["eval-model"].parent / "metrics.json", what="eval metrics")["test_acc"]
     return row
@@ -183,8 +183,8 @@ def effect_lines(result: AblationResult) -> list[str]:
 def markdown(result: AblationResult) -> str:
     """The paper's claims per variant, then one row per (variant, alpha) with every summary metric."""
     lines = [*effect_lines(result), "", "| variant | α | test acc | acc@1 | acc@1 − acc@1(α=0) | acc@1 / acc@1(α=0) | accuracy cost | "
-             "acc@1 all samples | target's confidence | δ_eval | ξ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "acc@1 all samples | target's confidence | gradient cosine | δ_eval | ξ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, variant in result.variants.items():
         by_alpha = {e["alpha"]: e for e in variant["effects"]}
         for summary in variant["summary"]:
@@ -193,7 +193,8 @@ def markdown(result: AblationResult) -> str:
             gain, ratio, cost = ((_cell(effect["acc1_gain"]), _cell(effect["acc1_ratio"], 2),
                                   _cell(effect["test_acc_cost"])) if effect else ("", "", ""))
             lines.append(f"| {name} | {alpha:+g} | {_cell(m['test_acc'])} | {_cell(m['final_acc1'])} | {gain} | "
-                         f"{ratio} | {cost} | {_cell(m['all_acc1'])} | {_cell(m['final_target_confidence'])} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
+                         f"{ratio} | {cost} | {_cell(m['all_acc1'])} | {_cell(m['final_target_confidence'])} | "
+                         f"{_cell(m['grad_cosine_mean'])} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
     seeds = sorted({row["seed"] for row in result.rows})
     lines.append("")
     lines.append(f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds; differences and ratios "

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from lsmia.config import Config, build_config, check_seed, load_config, parse_overrides
+from lsmia.config import Config, check_seed, load_config, parse_overrides
 from lsmia.errors import LsmiaError, from_os_error
 from lsmia.paths import StudyPaths
 
@@ -26,7 +26,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="Overri
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Study seed (default: run.seed).")]
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Label smoothing factor of the target.")]
-TrackOpt = Annotated[Optional[bool], typer.Option("--track/--no-track", help="MLflow tracking (default: run.tracking).")]
+NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
+TrackOpt = Annotated[Optional[bool], typer.Option("--track/--no-track", metavar=NO_VALUE,
+                                                  help="MLflow tracking (default: run.tracking).")]
 
 
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,14 +64,19 @@ def _set_sources(sets: list[str] | None) -> dict[str, str]:
 
 
 def resolve(params: Path, sets: list[str] | None, device: str | None = None, alpha: float | None = None,
-            track: bool | None = None, seed: int | None = None) -> Config:
-    """The config of ``params`` with ``--set`` overrides and flags; a bad value names the flag or file it came from."""
+            track: bool | None = None, seed: int | None = None,
+            flags: dict[str, tuple[str, Any]] | None = None) -> Config:
+    """The config of ``params`` with ``--set`` overrides and flags; a bad value names the flag or file it came from.
+
+    ``flags``: a command's own options that set config keys, ``{key: (flag, value)}``; None values are not set."""
     overrides = parse_overrides(sets)
     sources = _set_sources(sets)
-    for key, value in (("run.device", device), ("target.smoothing.alpha", alpha), ("run.tracking", track)):
+    named = {key: (FLAG_KEYS[key], value) for key, value in
+             (("run.device", device), ("target.smoothing.alpha", alpha), ("run.tracking", track))}
+    for key, (flag, value) in {**named, **(flags or {})}.items():
         if value is not None:
             overrides[key] = value
-            sources[key] = f"the {FLAG_KEYS[key]} flag"
+            sources[key] = f"the {flag} flag"
     if seed is not None:
         check_seed(seed, "the --seed flag")
     cfg = load_config(params, overrides, sources)
@@ -103,6 +110,13 @@ def output_file(path: Path, setting: str) -> Path:
         raise LsmiaError(f"{setting} {path} is a folder: name a file")
     output_folder(path.parent, f"the folder of {setting}")
     return path
+
+
+def _code_version(stage: str) -> str:
+    """The hash of a stage's code (lsmia.graph): a checkpoint written by other code is not resumed."""
+    from lsmia import graph
+
+    return graph.code_digest(graph.stage(stage))
 
 
 def _paths(cfg: Config) -> StudyPaths:
@@ -172,7 +186,7 @@ def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, de
     with _writing(out_dir), tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True,
                                           **_run_marker(out_dir)) as tracker:
         result = pipeline.stage_prior(cfg, data_file or paths.data_file, out_dir, _device(cfg),
-                                      on_epoch=tracker.epoch_logger())
+                                      on_epoch=tracker.epoch_logger(), code_version=_code_version("prior"))
         tracker.log_prior(result)
     _echo_json(result.metrics)
 
@@ -201,7 +215,8 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
             alpha=alpha_value if role == "target" else None, seed=seed, system_metrics=True,
             **_run_marker(out_dir)) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
         result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, rank_device, seed,
-                                      on_epoch=tracker.epoch_logger())
+                                      on_epoch=tracker.epoch_logger(),
+                                      code_version=_code_version("target" if role == "target" else "eval-model"))
         tracker.log_classifier(result, role, alpha_value, seed)
     if is_main():
         _echo_json(result.metrics)
@@ -293,8 +308,9 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
                "--ablation", help="Include an 'lsmia ablate' results.md, e.g. out/ablations/factors/results.md "
                                   "(repeatable).")] = None,
            track: TrackOpt = None) -> None:
-    """Write the HTML report (figures, tables, reconstructions) of every evaluated alpha and seed."""
-    from lsmia.report import write_plot_data, write_report
+    """Write the HTML report (figures, tables, reconstructions) of the study's alphas x seeds (study.alphas,
+    study.seeds); cells not evaluated yet are named in the report and skipped."""
+    from lsmia.stages.report import stage_report
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
@@ -305,8 +321,7 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
         missing = [str(f) for f in ablations or [] if not f.is_file()]
         if missing:
             raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
-        index = write_report(paths, out_dir, _device(cfg), ablation_files=ablations or [])
-        write_plot_data(paths, plots_dir)
+        index = stage_report(cfg, paths, out_dir, _device(cfg), ablation_files=ablations or [], plots_dir=plots_dir)
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")
 
@@ -340,7 +355,8 @@ def repro(targets: Annotated[Optional[list[str]], typer.Argument(help="DVC stage
 
 @app.command("dvc-yaml")
 @cli_errors
-def dvc_yaml(check: Annotated[bool, typer.Option("--check", help="Exit 1 if dvc.yaml differs instead of writing.")] = False,
+def dvc_yaml(check: Annotated[bool, typer.Option("--check", metavar=NO_VALUE,
+                                                       help="Exit 1 if dvc.yaml differs instead of writing.")] = False,
              path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml")) -> None:
     """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches."""
     from lsmia.graph import dvc_yaml as render
@@ -404,7 +420,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--n-workers", help="Worker p
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>).")]
 WorkerOpt = Annotated[bool, typer.Option(
-    "--worker", help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
+    "--worker", metavar=NO_VALUE, help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
 
 
 @app.command()
@@ -415,11 +431,9 @@ def sweep(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
     """Optuna search over label smoothing (alpha, warm-up) for the best accuracy-privacy trade-off."""
     from lsmia import sweep as sweeps
 
-    overrides = {"sweep.study_name": study_name, "sweep.n_trials": n_trials, "sweep.n_workers": n_workers,
-                 "sweep.storage": storage}
-    cfg = resolve(params, sets, device, track=track)
-    if any(value is not None for value in overrides.values()):
-        cfg = build_config(cfg.to_dict(), {k: v for k, v in overrides.items() if v is not None}, source="command line")
+    flags = {"sweep.study_name": ("--study-name", study_name), "sweep.n_trials": ("--n-trials", n_trials),
+             "sweep.n_workers": ("--n-workers", n_workers), "sweep.storage": ("--storage", storage)}
+    cfg = resolve(params, sets, device, track=track, flags=flags)
     if worker:
         ran = sweeps.run_worker(cfg, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"worker done: {ran} trials run here")

@@ -130,6 +130,7 @@ class PriorConfig(Section):
     width: int = Field(32, ge=8)  # 32 px: G ~0.3 M params, ~7 s per epoch of 4,000 images on one CPU thread
     mapping_layers: int = Field(2, ge=0)  # dcgan: Linear+LeakyReLU layers z -> w (StyleGAN: 8); 0: plain DCGAN, z only
     w_dim: int = Field(128, ge=1)  # dcgan: size of w, the mapping network's output (StyleGAN: 512)
+    mapping_lr_mult: float = Field(0.01, gt=0.0)  # dcgan: the mapping network's lr / prior.lr (StyleGAN: 0.01)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = 2e-4
@@ -264,7 +265,7 @@ class Config(Section):
 
 
 def source_of(key: str, source: str, sources: Mapping[str, str] | None) -> str:
-    """Where the value at dotted ``key`` came from: the override (flag, --set) that set it or a parent, else ``source``."""
+    """Where the value at dotted ``key`` came from: the override (flag, --set) of it or a parent, else ``source``."""
     for dotted, origin in (sources or {}).items():
         if key == dotted or key.startswith(f"{dotted}."):
             return f"from {origin}"
@@ -306,7 +307,10 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     merged = dict(data or {})
     merged = yaml.safe_load(yaml.safe_dump(merged))  # deep copy of plain data
     for dotted, value in (overrides or {}).items():
-        apply_override(merged, dotted, value)
+        try:
+            apply_override(merged, dotted, value)
+        except LsmiaError as err:
+            raise LsmiaError(f"{err} ({source_of(dotted, source, sources)})") from None
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
@@ -369,5 +373,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise LsmiaError(f"override '{item}' must look like section.key=value, e.g. attack.steps=20")
         key, _, value = item.partition("=")
-        out[key.strip()] = parse_value(value.strip())
+        try:
+            out[key.strip()] = parse_value(value.strip())
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise LsmiaError(f"the value of --set {item} is not valid YAML ({problem}): write it as YAML, e.g. "
+                             "study.alphas=[0.1,0.0] or quote a string") from None
     return out

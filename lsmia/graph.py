@@ -66,6 +66,7 @@ class Stage:
     outs: tuple[str, ...]
     output: str
     per_cell: bool = False
+    persist: bool = False  # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint
     file_deps: tuple[str, ...] = ()  # extra data inputs, besides the outputs of ``needs``
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
@@ -84,16 +85,17 @@ STAGES: tuple[Stage, ...] = (
           uncached_outs=(f"{OUT}/data/summary.json",)),
     Stage("prior", "lsmia.stages.prior", ("prior", "run.seed"), ("data",),
           f"lsmia train-prior --data {OUT}/data/dataset.pt --out-dir {OUT}/prior", (f"{OUT}/prior",), "prior.pt",
-          applies=lambda cfg: cfg.prior.kind == "dcgan"),
+          persist=True, applies=lambda cfg: cfg.prior.kind == "dcgan"),
     Stage("eval-model", "lsmia.stages.train", ("eval_model", "run.seed"), ("data",),
           f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval",
-          (f"{OUT}/models/eval",), "model.pt"),
+          (f"{OUT}/models/eval",), "model.pt", persist=True),
     Stage("attributes", "lsmia.stages.attributes", ("metrics.attribute_epochs", "run.seed"), ("data",),
           f"lsmia train-attributes --data {OUT}/data/dataset.pt --out {OUT}/models/attributes/predictor.pt",
           (f"{OUT}/models/attributes",), "predictor.pt"),
     Stage("target", "lsmia.stages.train", ("target",), ("data",),
           f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-          f"--out-dir {OUT}/models/target_{CELL}", (f"{OUT}/models/target_{CELL}",), "model.pt", per_cell=True),
+          f"--out-dir {OUT}/models/target_{CELL}", (f"{OUT}/models/target_{CELL}",), "model.pt", per_cell=True,
+          persist=True),
     Stage("attack", "lsmia.stages.attack", ("attack", "prior.kind", "prior.path"), ("data", "target", "prior"),
           f"lsmia attack --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
           f"--target {OUT}/models/target_{CELL}/model.pt --prior {OUT}/prior/prior.pt --out-dir {OUT}/attacks/{CELL}",
@@ -104,7 +106,8 @@ STAGES: tuple[Stage, ...] = (
           f"--target-dir {OUT}/models/target_{CELL} --attributes {OUT}/models/attributes/predictor.pt "
           f"--out {OUT}/metrics/{CELL}.json", (), "metrics.json", per_cell=True,
           metrics=(f"{OUT}/metrics/{CELL}.json",)),
-    Stage("report", "lsmia.stages.report", ("study",), ("data", "target", "attack", "evaluate"),
+    Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
+    Stage("report", "lsmia.stages.report", ("study",), ("data", "target", "attack", "evaluate", "toy"),
           f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
           "--ablation out/ablations/factors/results.md --ablation out/ablations/alpha/results.md "
           "--ablation out/ablations/data/results.md",
@@ -122,6 +125,7 @@ READS: dict[str, tuple[str, ...]] = {
     "eval-model": (f"{OUT}/models/eval/model.pt",),
     "attributes": (f"{OUT}/models/attributes",),
     "target": (f"{OUT}/models/target_{CELL}/model.pt", f"{OUT}/models/target_{CELL}/metrics.json"),
+    "toy": (f"{OUT}/toy",),
     "attack": (f"{OUT}/attacks/{CELL}",),
 }
 # What a stage outside the matrix (the report) reads of a per-cell stage: the folder of all its cells.
@@ -214,8 +218,10 @@ def dvc_stage(stage_: Stage) -> dict[str, Any]:
         entry["matrix"] = {"alpha": "${study.alphas}", "seed": "${study.seeds}"}
     entry["cmd"] = stage_.cmd
     entry["deps"] = deps
-    entry["params"] = list(stage_.params)
-    outs: list[Any] = [*stage_.outs, *({o: {"cache": False}} for o in stage_.uncached_outs)]
+    if stage_.params:
+        entry["params"] = list(stage_.params)
+    outs: list[Any] = [{o: {"persist": True}} if stage_.persist else o for o in stage_.outs]
+    outs += [{o: {"cache": False}} for o in stage_.uncached_outs]
     if outs:
         entry["outs"] = outs
     metrics = [{m: {"cache": False}} for m in stage_.metrics]
@@ -284,7 +290,8 @@ class StudyLayout:
     def output(self, stage_: Stage, cell: Cell | None) -> Path:
         p = self.paths
         fixed = {"data": p.data_file, "prior": p.prior_dir / "prior.pt", "eval-model": p.eval_dir / "model.pt",
-                 "attributes": p.attribute_dir / "predictor.pt", "report": p.report_dir / "index.html"}
+                 "attributes": p.attribute_dir / "predictor.pt", "toy": p.root / "toy" / "toy.json",
+                 "report": p.report_dir / "index.html"}
         if stage_.name in fixed:
             return fixed[stage_.name]
         assert cell is not None, f"stage {stage_.name} runs per cell"
@@ -325,7 +332,7 @@ def _run_prior(run: StageRun) -> Any:
     from lsmia.stages.prior import stage_prior
 
     result = stage_prior(run.cfg, run.inputs["data"], run.output.parent, run.device,
-                         on_epoch=run.observer.epoch_logger())
+                         on_epoch=run.observer.epoch_logger(), code_version=code_digest(run.stage))
     run.observer.log_prior(result)
     return result
 
@@ -337,7 +344,7 @@ def _run_train(run: StageRun) -> Any:
     seed = run.cell.seed if run.cell is not None else run.cfg.run.seed
     alpha = run.cell.alpha if run.cell is not None else 0.0
     result = stage_train(run.cfg, role, run.inputs["data"], run.output.parent, run.device, seed,
-                         on_epoch=run.observer.epoch_logger())
+                         on_epoch=run.observer.epoch_logger(), code_version=code_digest(run.stage))
     run.observer.log_classifier(result, role, alpha, seed)
     return result
 
@@ -369,6 +376,12 @@ def _run_evaluate(run: StageRun) -> Any:
     return metrics
 
 
+def _run_toy(run: StageRun) -> Any:
+    from lsmia.toy import run_toy
+
+    return run_toy(out_dir=run.output.parent)
+
+
 def _run_report(run: StageRun) -> Any:
     from lsmia.stages.report import stage_report
 
@@ -379,8 +392,20 @@ def _run_report(run: StageRun) -> Any:
 
 RUNNERS: dict[str, Callable[[StageRun], Any]] = {
     "data": _run_data, "prior": _run_prior, "eval-model": _run_train, "attributes": _run_attributes,
-    "target": _run_train, "attack": _run_attack, "evaluate": _run_evaluate, "report": _run_report,
+    "target": _run_train, "attack": _run_attack, "evaluate": _run_evaluate, "toy": _run_toy,
+    "report": _run_report,
 }
+
+
+def upstream_of(name: str) -> set[str]:
+    """``name`` and every stage whose output it reads, directly or not."""
+    found, pending = set(), [name]
+    while pending:
+        current = pending.pop()
+        if current not in found:
+            found.add(current)
+            pending.extend(BY_NAME[current].needs)
+    return found
 
 
 def stages_for(cfg: Config, names: Iterable[str] | None = None) -> list[Stage]:
@@ -472,7 +497,7 @@ def stage_keys(cfg: Config, cell: Cell) -> dict[str, str]:
     """A cache key per stage of ``cell``: its params, its code and the keys of the stages it reads."""
     keys: dict[str, str] = {}
     for s in STAGES:
-        if s.name == "report":
+        if s.name not in upstream_of("evaluate"):
             continue
         upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
         seed = cell.seed if s.per_cell else None

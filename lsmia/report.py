@@ -19,7 +19,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
-from lsmia.paths import StudyPaths
+from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
 from lsmia.models.inference import predict_logits
 from lsmia.utils import load_json, new_file_mode
@@ -89,14 +89,30 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def collect_metrics(metrics_dir: Path) -> list[dict[str, Any]]:
-    """Every ``*.json`` in ``metrics_dir`` as a dict with float ``alpha`` and int ``seed``, sorted by both."""
+Cells = Sequence[tuple[float, int]]  # the (alpha, seed) pairs of the study
+
+
+def collect_metrics(metrics_dir: Path, cells: Cells | None = None) -> list[dict[str, Any]]:
+    """The metrics of exactly ``cells`` (those evaluated; see :func:`missing_cells`), or without ``cells`` every
+    ``*.json`` in ``metrics_dir``; each a dict with float ``alpha`` and int ``seed``, sorted by both.
+
+    A study reads its own cells, never whatever files lie in the folder: a row of an alpha that was removed
+    from ``study.alphas`` (computed with other settings) must not appear next to the current ones."""
     metrics_dir = Path(metrics_dir)
-    files = sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []
+    if cells is not None:
+        files = [metrics_dir / f"{run_tag(a, s)}.json" for a, s in cells]
+        files = [f for f in files if f.is_file()]
+    else:
+        files = sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []
     if not files:
         raise LsmiaError(f"no metrics files in {metrics_dir}: run 'lsmia evaluate' (or dvc repro) first")
     rows = [_read_metrics_file(path) for path in files]
     return sorted(rows, key=lambda row: (row["alpha"], row["seed"]))
+
+
+def missing_cells(metrics_dir: Path, cells: Cells | None) -> list[tuple[float, int]]:
+    """The cells of the study that have no metrics file yet (the report skips and names them)."""
+    return [(a, s) for a, s in cells or [] if not (Path(metrics_dir) / f"{run_tag(a, s)}.json").is_file()]
 
 
 def _read_metrics_file(path: Path) -> dict[str, Any]:
@@ -522,6 +538,28 @@ def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: 
     return "<h2>Reconstructions per alpha</h2>" + note + "".join(blocks)
 
 
+TOY_COLUMNS = (("end_distance", "end point to nearest training sample"), ("end_confidence", "target confidence"),
+               ("grad_cosine", "consecutive-gradient cosine"), ("vanished_steps", "steps with zero gradient"))
+
+
+def toy_html(toy_dir: Path, folder: Path) -> str:
+    """The paper's 2-D toy (``lsmia toy``): its figure and, per alpha, where the attack ended."""
+    heading = "The paper's 2-D toy"
+    record, figure = toy_dir / "toy.json", toy_dir / "toy.png"
+    if not record.is_file() or not figure.is_file():
+        return f"<h2>{heading}</h2>" + _missing(f"no toy results in {toy_dir}: run 'lsmia toy' (or dvc repro toy)")
+    shutil.copyfile(figure, folder / "toy.png")
+    rows = load_json(record, what="toy results")["rows"]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TOY_COLUMNS)
+    body = "".join(f"<tr><th>{row['alpha']:+g}</th>" + "".join(
+        f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for key, _ in TOY_COLUMNS) + "</tr>"
+        for row in rows)
+    caption = ("Three Gaussian blobs, one small MLP per alpha trained with lsmia's smoothing loss, and a gradient "
+               "attack on the 2-D input from one fixed start towards the top class.")
+    return (_section(heading, folder, [FigureFile("toy.png", heading, caption)])
+            + f"<table><thead><tr><th>α</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
 def _section(title: str, folder: Path, figures: list[FigureFile]) -> str:
     return f"<h2>{html.escape(title)}</h2>" + "".join(figure_html(folder, fig) for fig in figures)
 
@@ -538,13 +576,17 @@ def _missing(what: str) -> str:
 
 
 def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: str,
-                 ablation_files: list[Path] = ()) -> None:
+                 ablation_files: Sequence[Path] = (), cells: Cells | None = None) -> None:
     """Write every figure and ``index.html`` into ``folder`` (an empty directory)."""
-    rows = collect_metrics(paths.metrics_dir)
+    rows = collect_metrics(paths.metrics_dir, cells)
     summaries = aggregate(rows)
     keys = metric_keys(rows)
     data_summary = load_json(paths.data_summary) if paths.data_summary.exists() else {}
     parts = [header_html(rows, data_summary)]
+    skipped = missing_cells(paths.metrics_dir, cells)
+    if skipped:
+        names = ", ".join(f"α = {a:g} seed {s}" for a, s in skipped)
+        parts.append(_missing(f"not evaluated yet, so not in this report: {names} (run 'dvc repro' or 'lsmia study')"))
 
     plots = [("Accuracy and attack accuracy", "accuracy.png", lambda p: plot_accuracy(rows, summaries, p),
               "Error bars: 95 % t-interval over seeds; faint points: single seeds."),
@@ -570,21 +612,23 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
     parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
     parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
     parts.append(ablations_html(ablation_files))
+    parts.append(toy_html(paths.root / "toy", folder))
     parts.append(reconstructions_html(paths, rows, folder))
     parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
     (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
 
 
 def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: str = "lsmia study",
-                 ablation_files: list[Path] = ()) -> Path:
-    """Build the report in a temporary folder beside ``out_dir`` and swap it in; returns ``out_dir/index.html``."""
+                 ablation_files: Sequence[Path] = (), cells: Cells | None = None) -> Path:
+    """Build the report of ``cells`` (default: every metrics file) in a temporary folder beside ``out_dir`` and
+    swap it in; returns ``out_dir/index.html``."""
     out_dir = Path(out_dir)
-    collect_metrics(paths.metrics_dir)  # fail before creating anything
+    collect_metrics(paths.metrics_dir, cells)  # fail before creating anything
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     staging.chmod(new_file_mode(folder=True))  # mkdtemp makes it private: give it the umask's mode like mkdir
     try:
-        build_report(paths, staging, device, title, list(ablation_files))
+        build_report(paths, staging, device, title, list(ablation_files), cells)
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -607,9 +651,9 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_plot_data(paths: StudyPaths, plots_dir: Path) -> Path:
+def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = None) -> Path:
     """DVC plot sources: ``study.json`` (one row per run, numeric metrics) and the reconstruction grids."""
-    rows = collect_metrics(paths.metrics_dir)
+    rows = collect_metrics(paths.metrics_dir, cells)
     plots_dir = Path(plots_dir)
     grids = plots_dir / "reconstructions"
     grids.mkdir(parents=True, exist_ok=True)

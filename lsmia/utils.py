@@ -206,9 +206,28 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
 
 
 def _plain_progress(iterable: Iterable, total: int | None, desc: str) -> Iterator:
+    """``desc: i/total (elapsed, about N s left)`` about ten times, the last item included."""
+    import time
+
     total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
     every = max(1, (total or 10) // 10)
+    started = time.perf_counter()
     for i, item in enumerate(iterable):
         yield item
         if total and ((i + 1) % every == 0 or i + 1 == total):
-            print(f"{desc}: {i + 1}/{total}", file=sys.stderr, flush=True)
+            print(f"{desc}: {i + 1}/{total} ({time_left(time.perf_counter() - started, i + 1, total)})",
+                  file=sys.stderr, flush=True)
+
+
+def time_left(elapsed: float, done: int, total: int) -> str:
+    """``12 s, about 30 s left`` from the mean time per item so far; ``12 s, done`` at the end."""
+    if done >= total:
+        return f"{_seconds(elapsed)}, done"
+    return f"{_seconds(elapsed)}, about {_seconds(elapsed / done * (total - done))} left"
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"

@@ -12,6 +12,16 @@ from lsmia.data.base import FaceData, ImageSet, split_per_identity
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need a CUDA device: skipped, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def colour_blobs(num_classes: int, per_class: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images whose class is a colour and a bright quadrant, plus noise: learnable in a few epochs."""
     gen = torch.Generator().manual_seed(seed)

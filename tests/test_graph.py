@@ -27,7 +27,7 @@ def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
     stages = yaml.safe_load(graph.dvc_yaml())["stages"]
     assert list(stages) == STAGE_NAMES
     for name, entry in stages.items():
-        assert entry["cmd"].startswith("lsmia ") and entry["params"] == list(graph.stage(name).params)
+        assert entry["cmd"].startswith("lsmia ") and entry.get("params", []) == list(graph.stage(name).params)
     assert set(stages["target"]["matrix"]) == {"alpha", "seed"}
 
 
@@ -112,3 +112,50 @@ def test_editing_the_loss_code_reruns_exactly_the_stages_that_import_it(repo):
     output = dvc(repo, env, "repro")
     assert ran(output) == {"eval-model": 1, "target": 2, "attack": 2}, output
     assert ran(dvc(repo, env, "repro")) == {}
+
+
+@pytest.mark.slow
+def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
+    """DVC keeps training outputs (persist) while a stage re-runs, so a killed `dvc repro` resumes the target
+    from its last checkpoint instead of epoch 0; the finished model is the uninterrupted one."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from lsmia.utils import load_timings
+
+    epochs = 300
+    (tmp_path / "repo").mkdir()
+    repo, env = temp_dvc_repo(tmp_path / "repo", tracking=False, repro=False)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["target"]["epochs"] = epochs
+    params["study"]["alphas"] = [0.1]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    target = repo / "out" / "models" / "target_alpha0.1_seed0"
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    killed_after = -1
+    while time.monotonic() < deadline and proc.poll() is None:
+        checkpoint = target / "checkpoint.pt"
+        if checkpoint.exists():
+            killed_after = int(torch.load(checkpoint, weights_only=True)["epoch"])
+            if killed_after >= 5:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    proc.wait(timeout=60)
+    assert 5 <= killed_after < epochs - 1, "training finished before it could be killed: raise the epochs"
+    dvc(repo, env, "repro")
+    epochs_run = load_timings(target / "model.pt")["epochs_run"]
+    assert 0 < epochs_run <= epochs - killed_after - 1  # resumed after the last checkpoint, not from epoch 0
+    resumed = torch.load(target / "model.pt", weights_only=True)
+    from lsmia import pipeline
+
+    cfg = load_config(repo / "params.yaml", {"run.out_dir": str(tmp_path / "fresh")})
+    pipeline.stage_train(cfg, "target", repo / "out" / "data" / "dataset.pt", tmp_path / "fresh", torch.device("cpu"),
+                         seed=0, code_version=graph.code_digest(graph.stage("target")))
+    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
+    assert all(torch.equal(resumed["state_dict"][k], fresh["state_dict"][k]) for k in fresh["state_dict"])

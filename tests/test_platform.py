@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.helpers.project import BIN, sh, temp_dvc_repo
+
 pytestmark = pytest.mark.slow
-
-
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("study")
-    for name in ("dvc.yaml", "MLproject"):
-        shutil.copy(ROOT / name, repo / name)
-    for folder in ("lsmia", "mlflow_project"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for results in ROOT.glob("out/ablations/*/results.md"):  # committed ablation tables the report stage includes
-        (repo / results.relative_to(ROOT)).parent.mkdir(parents=True)
-        shutil.copy(results, repo / results.relative_to(ROOT))
-    from lsmia.config import load_config
-
-    params = load_config(ROOT / "tests" / "tiny_params.yaml", {"run.tracking": True}).to_dict()  # every key, as DVC reads them
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_RUN_ID", None)
-    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
-    sh(["git", "init", "-q"], repo, env)
-    sh([str(BIN / "dvc"), "init", "-q"], repo, env)
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "study"], repo, env)
-    sh([str(BIN / "dvc"), "repro"], repo, env)
-    return repo, env
+    return temp_dvc_repo(tmp_path_factory.mktemp("study"), tracking=True)
 
 
 def dvc_stale(repo: Path, env: dict[str, str]) -> set[str]:
@@ -96,6 +64,24 @@ def test_adding_an_alpha_trains_only_that_target(project):
     assert (repo / "out/metrics/alpha0.0_seed0.json").exists()
 
 
+def test_a_removed_alpha_leaves_no_stale_row_in_report_or_plots(project):
+    """Removing alpha 0 (added above) and changing the attack and the data: the report and DVC's plot data show
+    exactly the study's cells, not the stale alpha-0 files that still lie in out/."""
+    repo, env = project
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["study"]["alphas"] = [0.1, -0.05]
+    params["attack"]["steps"] = 2
+    params["data"]["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh([str(BIN / "dvc"), "repro"], repo, env)
+    assert (repo / "out/metrics/alpha0.0_seed0.json").exists()  # the stale file is still there ...
+    plotted = json.loads((repo / "out/plots/study.json").read_text())
+    assert sorted(row["alpha"] for row in plotted) == [-0.05, 0.1]  # ... but not in the plots
+    page = (repo / "out/report/index.html").read_text()
+    assert "<tr><th>0</th><th>0</th>" not in page and "<tr><th>0.1</th><th>0</th>" in page  # raw table rows
+    assert "not evaluated yet" not in page
+
+
 def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(project):
     import mlflow
     from mlflow import MlflowClient
@@ -125,19 +111,27 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     assert all("final_acc1" in r.data.metrics for r in evaluate_runs)
 
 
-def test_mlflow_run_main_entry_point_nests_stage_runs(project):
+def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
+    """`mlflow run . -e main -P set=...` goes through DVC (dvc exp run -S): the stage runs nest under the
+    project run and `dvc status` is clean afterwards."""
     import mlflow
 
     repo, env = project
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["run"]["out_dir"] = "out_mlflow"
-    (repo / "mlflow_params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh([str(BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local", "--experiment-name", "lsmia",
-        "-P", "params=mlflow_params.yaml"], repo, env)
+        "-P", "set=attack.steps=4 attack.final_draws=3"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["attack"]["steps"] == 4 and params["attack"]["final_draws"] == 3
+    assert dvc_stale(repo, env) == set()
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["lsmia"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert {r.data.tags.get("stage") for r in children} >= {"data", "train", "attack", "evaluate"}
-    assert (repo / "out_mlflow/report/index.html").exists()
+    assert {r.data.tags.get("stage") for r in children} == {"attack", "evaluate", "report"}
+
+
+def test_mlflow_run_rejects_a_bad_override_before_dvc_runs(project):
+    repo, env = project
+    done = subprocess.run([str(BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
+                           "-P", "set=attack.stepz=4"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "unknown config key 'attack.stepz'" in done.stderr

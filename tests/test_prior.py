@@ -319,8 +319,18 @@ def test_mapping_layers_zero_is_the_plain_dcgan(tmp_path: Path) -> None:
 def test_plain_dcgan_fingerprint_ignores_the_mapping_settings() -> None:
     public = blobs(16)
     plain = prior_training.fingerprint(tiny_cfg(mapping_layers=0), public, 0)
-    assert prior_training.fingerprint(tiny_cfg(mapping_layers=0, w_dim=7), public, 0) == plain
+    assert prior_training.fingerprint(tiny_cfg(mapping_layers=0, w_dim=7, mapping_lr_mult=0.5), public, 0) == plain
     assert prior_training.fingerprint(tiny_cfg(**MAPPED), public, 0) != plain
+
+
+def test_mapping_network_trains_at_its_own_lr_multiplier() -> None:
+    state = prior_training.new_state(tiny_cfg(**MAPPED, mapping_lr_mult=0.01), 16, CPU, seed=0)
+    synthesis, mapping = state.opt_g.param_groups
+    assert mapping["lr"] == pytest.approx(TINY["lr"] * 0.01) and synthesis["lr"] == TINY["lr"]
+    assert {id(p) for p in mapping["params"]} == {id(p) for p in state.generator.mapping.parameters()}
+    assert len(synthesis["params"]) + len(mapping["params"]) == len(list(state.generator.parameters()))
+    plain = prior_training.new_state(tiny_cfg(mapping_layers=0), 16, CPU, seed=0)
+    assert len(plain.opt_g.param_groups) == 1  # the plain DCGAN's optimiser, as before
 
 
 def test_mapping_generator_maps_z_to_w_and_synthesises_from_w() -> None:

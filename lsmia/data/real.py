@@ -143,8 +143,8 @@ def build_face_data(files: LabelledFiles, cfg: DataConfig, root: Path, source: s
         raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
                          f"point data.root at a {source} folder laid out as {layout}")
     if len(files.class_names) < 2:
-        raise LsmiaError(f"{root} holds {len(files.class_names)} identity folder(s); the attack and its metrics need at "
-                         f"least 2 identities, each with test images: add identities laid out as {layout}")
+        raise LsmiaError(f"{root} holds {len(files.class_names)} identity folder(s); the attack and its metrics need "
+                         f"at least 2 identities, each with test images: add identities laid out as {layout}")
     images, kept = decode_images(files.paths, cfg.image_size, root)
     if len(kept) == 0:
         raise LsmiaError(f"none of the {len(files.paths)} images under {root} could be read: "

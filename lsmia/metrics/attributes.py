@@ -71,7 +71,8 @@ def train_attribute_predictor(data: FaceData, device: torch.device | str, epochs
         predictor = AttributePredictor(cardinality, data.image_size, width).to(device)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    fit(predictor, data.public.images, labels, _multi_head_loss, optimizer, epochs, batch_size, device, gen)
+    fit(predictor, data.public.images, labels, _multi_head_loss, optimizer, epochs, batch_size, device, gen,
+        desc="attribute predictor epochs")
     return predictor
 
 

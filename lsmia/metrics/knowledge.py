@@ -38,7 +38,8 @@ def train_student(cfg: StudentConfig, samples: torch.Tensor, labels: torch.Tenso
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    fit(student, samples, labels, _cross_entropy, optimizer, cfg.epochs, cfg.batch_size, device, gen)
+    fit(student, samples, labels, _cross_entropy, optimizer, cfg.epochs, cfg.batch_size, device, gen,
+        desc="evaluate: ξ student epochs")
     return student
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from lsmia.augment import training_augment
 from lsmia.errors import DivergenceError
 from lsmia.metrics.features import as_float_images
+from lsmia.utils import progress
 
 CROP_SCALE = (0.85, 1.0)  # PPA's RandomResizedCrop scale, ratio 1
 NO_JITTER = (0.0, 0.0, 0.0, 0.0)
@@ -20,15 +21,16 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
         optimizer: torch.optim.Optimizer, epochs: int, batch_size: int, device: torch.device,
-        gen: torch.Generator) -> None:
+        gen: torch.Generator, desc: str = "") -> None:
     """Train ``model`` with crop+flip augmentation and a per-step cosine learning-rate schedule.
 
     ``labels`` is indexed like ``images`` ([N] or [N, A]); ``loss_fn(model, x, y)`` returns the loss.
+    ``desc`` names the epochs in progress output (none without it).
     """
     steps_per_epoch = math.ceil(len(images) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
     model.train()
-    for _ in range(epochs):
+    for _ in progress(range(epochs), total=epochs, desc=desc) if desc else range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), batch_size):
             index = order[start:start + batch_size]

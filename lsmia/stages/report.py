@@ -16,6 +16,7 @@ def stage_report(cfg: Config, paths: StudyPaths, out_dir: Path, device: torch.de
     """Write ``out_dir/index.html`` and ``plots_dir`` (default ``<out>/plots``); returns the index path."""
     from lsmia.report import write_plot_data, write_report
 
-    index = write_report(paths, out_dir, device, ablation_files=list(ablation_files))
-    write_plot_data(paths, plots_dir or paths.root / "plots")
+    cells = [(float(a), int(s)) for s in cfg.study.seeds for a in cfg.study.alphas]
+    index = write_report(paths, out_dir, device, ablation_files=list(ablation_files), cells=cells)
+    write_plot_data(paths, plots_dir or paths.root / "plots", cells=cells)
     return index

@@ -10,6 +10,7 @@ over the ranks after each epoch. Rank 0 alone writes files and calls ``on_epoch`
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -187,9 +188,13 @@ def plain_batchnorm(model: Classifier) -> Classifier:
     return plain.to(next(model.parameters()).device).train(model.training)
 
 
-def _fingerprint(cfg: ClassifierConfig, smoothing: SmoothingConfig | None, data: FaceData, seed: int) -> dict[str, Any]:
+def _fingerprint(cfg: ClassifierConfig, smoothing: SmoothingConfig | None, data: FaceData, seed: int,
+                 code_version: str = "") -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: config, smoothing, the training images, seed and code."""
+    images = hashlib.sha256(data.train.images.contiguous().numpy().tobytes()).hexdigest()[:16]
     return {"config": cfg.model_dump(mode="json"), "smoothing": smoothing.model_dump(mode="json") if smoothing else None,
-            "num_classes": data.num_classes, "train_size": len(data.train), "seed": seed}
+            "num_classes": data.num_classes, "train_size": len(data.train), "train_images": images, "seed": seed,
+            "code": code_version}
 
 
 def _load_resume_state(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -219,7 +224,8 @@ def require_training_steps(batch_size: int, train_size: int, world: int = 1) -> 
 
 def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, device: torch.device, seed: int = 0,
                      smoothing: SmoothingConfig | None = None, on_epoch: EpochCallback | None = None,
-                     show_progress: bool = True, stop_after_epoch: int | None = None) -> TrainResult:
+                     show_progress: bool = True, stop_after_epoch: int | None = None,
+                     code_version: str = "") -> TrainResult:
     """Train a classifier on ``data.train``; resume from ``out_dir/checkpoint.pt`` when it matches.
 
     ``smoothing`` None means hard labels (alpha = 0). ``stop_after_epoch`` ends the run early
@@ -240,7 +246,7 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     gen = torch.Generator().manual_seed(seed)
-    fingerprint = _fingerprint(cfg, smoothing, data, seed)
+    fingerprint = _fingerprint(cfg, smoothing, data, seed, code_version)
     history: list[dict[str, float]] = []
     start_epoch = 0
     state = _load_resume_state(out_dir, fingerprint)
@@ -263,7 +269,7 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         row = {"epoch": epoch, "alpha": alpha, "lr": lr, **stats, "test_acc": test_acc}
         history.append(row)
         if main:
-            if on_epoch:  # before the checkpoint: a kill between the two re-runs (and re-logs) this epoch, never skips it
+            if on_epoch:  # before the checkpoint: a kill in between re-runs (and re-logs) this epoch, never skips it
                 on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,

@@ -27,7 +27,7 @@ from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.models.generator import (Discriminator, Generator, check_image_size, parameter_count,
                                     save_dcgan_prior)
-from lsmia.utils import atomic_path, load_torch, save_timings, save_torch
+from lsmia.utils import atomic_path, load_torch, progress, save_timings, save_torch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 TRANSLATION_RATIO = 0.125  # DiffAugment's default shift: up to 1/8 of the image size
@@ -127,15 +127,25 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
 
 # --- state, checkpoints and fingerprints ---
 
-def fingerprint(cfg: PriorConfig, public: ImageSet, seed: int) -> str:
+def fingerprint(cfg: PriorConfig, public: ImageSet, seed: int, code_version: str = "") -> str:
     """Identifies a run: everything that shapes the weights except the number of epochs."""
     ignored = {"epochs", "sample_grid", "kind", "path", "output_range"}
     if cfg.mapping_layers == 0:  # a plain DCGAN keeps the fingerprint it had before the mapping network existed
-        ignored |= {"mapping_layers", "w_dim"}
+        ignored |= {"mapping_layers", "w_dim", "mapping_lr_mult"}
     settings = cfg.model_dump(mode="json", exclude=ignored)
     digest = hashlib.sha256(public.images.contiguous().numpy().tobytes()).hexdigest()
-    text = json.dumps({"cfg": settings, "seed": seed, "data": digest}, sort_keys=True)
+    identity = {"cfg": settings, "seed": seed, "data": digest, **({"code": code_version} if code_version else {})}
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def generator_groups(generator: Generator, cfg: PriorConfig) -> list[dict]:
+    """Adam parameter groups: the mapping network (if any) at ``cfg.mapping_lr_mult`` times the lr, as in StyleGAN."""
+    if not generator.has_mapping:
+        return [{"params": list(generator.parameters())}]
+    mapping = {id(p) for p in generator.mapping.parameters()}
+    return [{"params": [p for p in generator.parameters() if id(p) not in mapping]},
+            {"params": list(generator.mapping.parameters()), "lr": cfg.lr * cfg.mapping_lr_mult}]
 
 
 def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int) -> GANState:
@@ -144,7 +154,7 @@ def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int
         generator = Generator(cfg.latent_dim, image_size, cfg.width, cfg.mapping_layers, cfg.w_dim).to(device)
         discriminator = Discriminator(image_size, cfg.width).to(device)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    opt_g = torch.optim.Adam(generator_groups(generator, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     return GANState(generator, discriminator, generator_ema, opt_g, opt_d, torch.Generator().manual_seed(seed))
 
@@ -242,17 +252,17 @@ def save_samples(generator: Generator, n: int, seed: int, path: Path, device: to
 
 
 def train_prior(cfg: PriorConfig, public: ImageSet, out_dir: Path, device: torch.device, seed: int,
-                on_epoch: EpochCallback | None = None) -> PriorResult:
-    """Train (or resume) the DCGAN prior; write prior.pt, checkpoint.pt and samples.png under ``out_dir``."""
+                on_epoch: EpochCallback | None = None, code_version: str = "") -> PriorResult:
+    """Train (or resume) the DCGAN prior (a checkpoint of the same config, data, seed and ``code_version`` only); write prior.pt, checkpoint.pt and samples.png under ``out_dir``."""
     image_size = check_public(public, cfg.batch_size)
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.pt"
-    run_id = fingerprint(cfg, public, seed)
+    run_id = fingerprint(cfg, public, seed, code_version)
     state = new_state(cfg, image_size, device, seed)
     try_resume(state, checkpoint, run_id)
     first_epoch, images = state.epoch, public.images.to(device)
     training_started = time.perf_counter()
-    while state.epoch < cfg.epochs:
+    for _ in progress(range(state.epoch, cfg.epochs), total=max(0, cfg.epochs - state.epoch), desc="prior epochs"):
         started = time.perf_counter()
         state.metrics = train_epoch(state, images, cfg, device, checkpoint)  # no seconds: checkpoints stay byte-stable
         state.epoch += 1
