@@ -18,14 +18,14 @@ import copy
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.nn as nn
 
 import benchutil
 from lsmia.attack import ppa
-from lsmia.attack.ppa import attack_step_loss, frozen, run_attack
+from lsmia.attack.ppa import Schedule, attack_step_loss, frozen, resolve_targets, run_attack
 from lsmia.config import AttackConfig
 from lsmia.losses import identity_loss
 from lsmia.models.classifiers import Classifier, build_classifier
@@ -34,6 +34,8 @@ from lsmia.models.generator import DCGANPrior, Generator
 
 PHASES = ["selection_s", "optimisation_s", "final_selection_s"]
 IMAGE_SIZE, LATENT_DIM, NUM_CLASSES = 32, 64, 50
+SCHEDULES: tuple[Schedule, ...] = ("batched", "per_class")
+M = TypeVar("M", bound=nn.Module)
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,13 +61,13 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
                         final_draws=args.final_draws, batch_size=args.batch_size)
 
 
-def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: str,
+def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: Schedule,
                 plain_models: bool = False) -> benchutil.Case:
     """``plain_models``: run on the models as given, as PPA does, instead of lsmia's BN-folded channels_last copies."""
     def case() -> benchutil.Timings:
         with plain_model_copies(plain_models):
-            result = run_attack(cfg, target, prior, list(range(cfg.targets)), torch.device("cpu"), progress=False,
-                                schedule=schedule)
+            result = run_attack(cfg, target, prior, resolve_targets(cfg.targets, NUM_CLASSES), torch.device("cpu"),
+                                progress=False, schedule=schedule)
         return {phase: float(result.meta[phase]) for phase in PHASES}
     return case
 
@@ -84,12 +86,12 @@ def plain_model_copies(active: bool) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- step sweep
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
+def fold_batchnorm(module: M) -> M:
     """A copy with every eval-mode BatchNorm folded into the conv before it (lsmia's attack does this)."""
     return fold_batchnorm_(copy.deepcopy(module).eval())
 
 
-def model_variants(target: Classifier, prior: DCGANPrior) -> dict[str, tuple[nn.Module, nn.Module]]:
+def model_variants(target: Classifier, prior: DCGANPrior) -> dict[str, tuple[Classifier, DCGANPrior]]:
     last = torch.channels_last
     folded_target, folded_prior = fold_batchnorm(target), fold_batchnorm(prior)
     return {"nchw": (target, prior),
@@ -109,7 +111,7 @@ def ms_per_row(fn: Callable[[], None], rows: int, min_rows: int) -> float:
     return statistics.median(times) / rows * 1000
 
 
-def step_fn(target: nn.Module, prior: nn.Module, rows: int, cfg: AttackConfig) -> Callable[[], None]:
+def step_fn(target: Classifier, prior: nn.Module, rows: int, cfg: AttackConfig) -> Callable[[], None]:
     z = torch.randn(rows, LATENT_DIM, requires_grad=True)
     labels = torch.randint(0, NUM_CLASSES, (rows,))
     optimiser = torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas)
@@ -155,7 +157,7 @@ def main() -> None:
           f"final draws {cfg.final_draws}, batched batch {cfg.batch_size}; {args.repeats} interleaved repeats")
     if args.step_sweep:
         step_sweep(target, prior, cfg, args.quick)
-    cases = {schedule: attack_case(cfg, target, prior, schedule) for schedule in ("batched", "per_class")}
+    cases: dict[str, benchutil.Case] = {schedule: attack_case(cfg, target, prior, schedule) for schedule in SCHEDULES}
     cases["ppa_style"] = attack_case(cfg, target, prior, "per_class", plain_models=True)
     rows = {name: benchutil.medians(runs) for name, runs in benchutil.interleaved(cases, args.repeats).items()}
     print()

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar, cast
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,7 @@ from lsmia.models.generator import DCGANPrior, Generator
 
 IMAGE_SIZE, LATENT_DIM, NUM_CLASSES = 32, 64, 50
 Step = Callable[[], None]
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,16 @@ def autocast(variant: Variant, device: torch.device) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-def prepare(module: nn.Module, variant: Variant, device: torch.device) -> nn.Module:
+def prepare(module: M, variant: Variant, device: torch.device) -> M:
     """A copy of ``module`` on ``device`` in the variant's memory format (compiled by the caller)."""
     module = copy.deepcopy(module).to(device)
     return module.to(memory_format=torch.channels_last) if variant.channels_last else module
 
 
-def maybe_compile(module: nn.Module, variant: Variant) -> nn.Module:
-    return torch.compile(module) if variant.compile else module
+def maybe_compile(module: M, variant: Variant) -> M:
+    """``module`` or its compiled wrapper, which forwards attribute access (e.g. ``image_size``) to it."""
+    # torch.compile's stub types the result as a plain callable; for a module it is an OptimizedModule
+    return cast(M, torch.compile(module)) if variant.compile else module
 
 
 def train_step(base: Classifier, variant: Variant, device: torch.device, batch: int) -> Step:
@@ -106,13 +109,13 @@ def train_step(base: Classifier, variant: Variant, device: torch.device, batch: 
 
 @contextlib.contextmanager
 def attack_models(target: Classifier, prior: DCGANPrior, variant: Variant,
-                  device: torch.device) -> Iterator[tuple[nn.Module, nn.Module]]:
+                  device: torch.device) -> Iterator[tuple[Classifier, DCGANPrior]]:
     target, prior = prepare(target, variant, device), prepare(prior, variant, device)
     with frozen(target, prior):
         yield target, prior
 
 
-def attack_step(target: nn.Module, prior: nn.Module, variant: Variant, device: torch.device, rows: int) -> Step:
+def attack_step(target: Classifier, prior: nn.Module, variant: Variant, device: torch.device, rows: int) -> Step:
     cfg = AttackConfig()
     compiled_target, compiled_prior = maybe_compile(target, variant), maybe_compile(prior, variant)
     z = torch.randn(rows, LATENT_DIM, device=device, requires_grad=True)
@@ -195,8 +198,8 @@ def main() -> None:
         attack_ms = measure("attack", steps, args, device)
     best_train = print_results("train", train_ms)
     print_results("attack", attack_ms)
-    base, fastest = attack_ms["fp32_eager"], min(attack_ms, key=attack_ms.get)
-    print(f"best training speed-up: {best_train:.2f}x ({min(train_ms, key=train_ms.get)})")
+    base, fastest = attack_ms["fp32_eager"], min(attack_ms, key=attack_ms.__getitem__)
+    print(f"best training speed-up: {best_train:.2f}x ({min(train_ms, key=train_ms.__getitem__)})")
     benchutil.print_ratio("gpu_attack_step_best", base / 1000, attack_ms[fastest] / 1000, "fp32_eager", fastest,
                           note="median seconds per step")
 

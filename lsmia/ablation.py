@@ -12,7 +12,6 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 from __future__ import annotations
 
 import fcntl
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,11 +20,12 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lsmia import ablation_tables as tables
 from lsmia import graph, pipeline
 from lsmia.config import Config, build_config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
-from lsmia.stats import effects, mean_ci, verdict
+from lsmia.stats import effects, mean_ci
 from lsmia.utils import load_json, save_json
 
 SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
@@ -144,7 +144,8 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
         raise LsmiaError("an ablation needs alpha 0 as the reference: add 0.0 to the plan's alphas")
     paths = StudyPaths(Path(base.run.out_dir))
     cache = StageCache(paths.ablation_cache, device, log)
-    rows, variants = [], {}
+    rows: list[dict[str, Any]] = []
+    variants: dict[str, dict[str, Any]] = {}
     result = AblationResult(plan, rows, variants, paths.ablation_dir(plan.name))
     for name, cfg in configs.items():
         variant_rows = []
@@ -159,47 +160,16 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
     return result
 
 
-def _cell(stat: dict[str, Any], digits: int = 3) -> str:
-    if not math.isfinite(stat["mean"]):
-        return "—"
-    if not math.isfinite(stat["ci95"]):
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
-
-
 def effect_lines(result: AblationResult) -> list[str]:
     """One row per (variant, non-zero alpha): the paired effect against alpha = 0 and the paper's claim."""
-    lines = ["| variant | α | acc@1 at α | acc@1 at 0 | acc@1 / acc@1(α=0) | accuracy cost | paper's claim |",
-             "|---|---|---|---|---|---|---|"]
-    for name, variant in result.variants.items():
-        acc1 = {s["alpha"]: s["metrics"]["final_acc1"] for s in variant["summary"]}
-        for effect in sorted(variant["effects"], key=lambda e: -e["alpha"]):
-            alpha = effect["alpha"]
-            lines.append(f"| {name} | {alpha:+g} | {_cell(acc1[alpha])} | {_cell(acc1[0.0])} | "
-                         f"{_cell(effect['acc1_ratio'], 2)} | {_cell(effect['test_acc_cost'])} | {verdict(effect)} |")
-    return lines
+    return tables.markdown_table(tables.EFFECT_COLUMNS, tables.effect_rows(result.variants))
 
 
 def markdown(result: AblationResult) -> str:
     """The paper's claims per variant, then one row per (variant, alpha) with every summary metric."""
-    lines = [*effect_lines(result), "", "| variant | α | test acc | acc@1 | acc@1 − acc@1(α=0) | acc@1 / acc@1(α=0) | accuracy cost | "
-             "acc@1 all samples | target's confidence | gradient cosine | δ_eval | ξ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, variant in result.variants.items():
-        by_alpha = {e["alpha"]: e for e in variant["effects"]}
-        for summary in variant["summary"]:
-            alpha, m = summary["alpha"], summary["metrics"]
-            effect = by_alpha.get(alpha)
-            gain, ratio, cost = ((_cell(effect["acc1_gain"]), _cell(effect["acc1_ratio"], 2),
-                                  _cell(effect["test_acc_cost"])) if effect else ("", "", ""))
-            lines.append(f"| {name} | {alpha:+g} | {_cell(m['test_acc'])} | {_cell(m['final_acc1'])} | {gain} | "
-                         f"{ratio} | {cost} | {_cell(m['all_acc1'])} | {_cell(m['final_target_confidence'])} | "
-                         f"{_cell(m['grad_cosine_mean'])} | {_cell(m['delta_eval'], 1)} | {_cell(m['xi'])} |")
-    seeds = sorted({row["seed"] for row in result.rows})
-    lines.append("")
-    lines.append(f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds; differences and ratios "
-                 "are paired by seed against α = 0 of the same variant. acc@1 is on the final samples; "
-                 "'all samples' is before the final selection (AlignMI's protocol).")
+    lines = [*effect_lines(result), "",
+             *tables.markdown_table(tables.SUMMARY_COLUMNS, tables.summary_rows(result.variants)), "",
+             tables.seeds_note(sorted({row["seed"] for row in result.rows}))]
     return "\n".join(lines) + "\n"
 
 

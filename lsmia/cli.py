@@ -183,9 +183,10 @@ def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, de
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.prior_dir
+    data_file = data_file or paths.data_file
     with _writing(out_dir), tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True,
-                                          **_run_marker(out_dir)) as tracker:
-        result = pipeline.stage_prior(cfg, data_file or paths.data_file, out_dir, _device(cfg),
+                                          data_file=data_file, **_run_marker(out_dir)) as tracker:
+        result = pipeline.stage_prior(cfg, data_file, out_dir, _device(cfg),
                                       on_epoch=tracker.epoch_logger(), code_version=_code_version("prior"))
         tracker.log_prior(result)
     _echo_json(result.metrics)
@@ -213,6 +214,7 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
     with _writing(out_dir), pipeline.launched_stage(
             cfg, _device(cfg), tracked_stage, "train", f"train-{role}", role=role,
             alpha=alpha_value if role == "target" else None, seed=seed, system_metrics=True,
+            data_file=data_file or paths.data_file,
             **_run_marker(out_dir)) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
         result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, rank_device, seed,
                                       on_epoch=tracker.epoch_logger(),
@@ -243,7 +245,8 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
     out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.attack_dir(a, seed)
     with _writing(out_dir), pipeline.launched_stage(
             cfg, _device(cfg), tracked_stage, "attack", "attack", role="target", alpha=a, seed=seed,
-            system_metrics=True, **_run_marker(out_dir, resumable=False)) as (tracker, rank_device):
+            system_metrics=True, data_file=data_file or paths.data_file,
+            **_run_marker(out_dir, resumable=False)) as (tracker, rank_device):
         result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, rank_device, seed)
         tracker.log_attack(result, out_dir, a, seed)
     if is_main():
@@ -269,7 +272,8 @@ def evaluate(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = P
     paths = _paths(cfg)
     a = cfg.target.smoothing.alpha
     out = output_file(out, "--out") if out else paths.metrics_file(a, seed)
-    with _writing(out), tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed) as tracker:
+    with _writing(out), tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed,
+                                      data_file=data_file or paths.data_file) as tracker:
         metrics = pipeline.stage_evaluate(
             cfg, data_file or paths.data_file, attack_file or paths.attack_dir(a, seed) / "attack.pt",
             eval_model or paths.eval_dir / "model.pt", target_dir or paths.target_dir(a, seed),
@@ -292,7 +296,8 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     out = output_file(out, "--out") if out else paths.attribute_dir / "predictor.pt"
-    with _writing(out), tracked_stage(cfg, "attributes", "train-attributes", role="attributes"):
+    with _writing(out), tracked_stage(cfg, "attributes", "train-attributes", role="attributes",
+                                      data_file=data_file or paths.data_file):
         trained = pipeline.stage_attribute_predictor(cfg, data_file or paths.data_file, out, _device(cfg))
     if not trained:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +425,8 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--n-workers", help="Worker p
 StorageOpt = Annotated[Optional[str], typer.Option(
     "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>).")]
 WorkerOpt = Annotated[bool, typer.Option(
-    "--worker", metavar=NO_VALUE, help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
+    "--worker", metavar=NO_VALUE,
+    help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
 
 
 @app.command()

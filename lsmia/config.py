@@ -113,8 +113,25 @@ class SmoothingConfig(Section):
         return self
 
 
+class DefenseConfig(Section):
+    """A training-time defense of the target (lsmia.defenses); ``none`` trains exactly as without this section.
+
+    Defaults are the reference settings; the strengths are what a comparison varies (configs/defenses.yaml).
+    """
+
+    kind: Literal["none", "mid", "bido", "tl"] = "none"
+    mid_beta: float = Field(0.01, ge=0.0)  # MID: weight of KL(q(z|x) || N(0, I)) (reference code: 0.01)
+    bido_lambda_x: float = Field(0.05, ge=0.0)  # BiDO: weight of dependence on the input (reference: 0.05)
+    bido_lambda_y: float = Field(0.5, ge=0.0)  # BiDO: weight of dependence on the label (reference: 0.5; VMI: 2)
+    bido_measure: Literal["nhsic", "hsic"] = "nhsic"  # BiDO: normalised HSIC (reference code) or plain HSIC
+    bido_label_kernel: Literal["linear", "gaussian"] = "linear"  # BiDO: kernel on one-hot labels (reference: linear)
+    tl_trained_layers: int = Field(2, ge=1)  # TL: last blocks (head = 1) trained on private data; the rest frozen
+    tl_pretrain_epochs: int = Field(0, ge=0)  # TL: epochs on the public identities; 0: the target's epochs
+
+
 class TargetConfig(ClassifierConfig):
     smoothing: SmoothingConfig = SmoothingConfig()
+    defense: DefenseConfig = DefenseConfig()
 
 
 class EvalModelConfig(ClassifierConfig):
@@ -150,7 +167,7 @@ class AttackConfig(Section):
     lr: float = Field(0.005, gt=0)  # PPA: 0.005 (absolute, on StyleGAN's w)
     lr_relative: bool = True  # Adam lr = lr x the std of the initial latents: the same relative move in z and w
     betas: tuple[float, float] = (0.1, 0.1)
-    loss: Literal["poincare", "ce", "max_margin"] = "poincare"
+    loss: Literal["poincare", "ce", "max_margin", "logit"] = "poincare"  # logit: LOMMA's logit maximisation
     batch_size: int = Field(64, ge=1)  # latents optimised together, across all targets (CPU: 64 fits the caches; GPU: larger)
     selection_batch_size: int = Field(512, ge=1)
     step_crop_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop each step, ratio 1
@@ -287,12 +304,14 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text != "" else ""
 
 
-def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
+def apply_override(data: dict[str, Any], dotted: str, value: Any, where: str = "") -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted`` ``a.b.c``; ``where`` names the override in an error."""
     keys = dotted.split(".")
     node = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         if not isinstance(node.get(key, {}), dict):
-            raise LsmiaError(f"cannot override '{dotted}': '{key}' is not a section")
+            raise LsmiaError(f"cannot override '{dotted}'{where}: '{key}' is not a section: set "
+                             f"'{'.'.join(keys[:depth + 1])}' itself")
         node = node.setdefault(key, {})
     node[keys[-1]] = value
 
@@ -307,10 +326,7 @@ def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] |
     merged = dict(data or {})
     merged = yaml.safe_load(yaml.safe_dump(merged))  # deep copy of plain data
     for dotted, value in (overrides or {}).items():
-        try:
-            apply_override(merged, dotted, value)
-        except LsmiaError as err:
-            raise LsmiaError(f"{err} ({source_of(dotted, source, sources)})") from None
+        apply_override(merged, dotted, value, where=f" {source_of(dotted, source, sources)}")
     try:
         return Config.model_validate(merged)
     except ValidationError as err:

@@ -45,7 +45,19 @@ def max_margin_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return (others.max(1).values - target_logit).mean()
 
 
+def logit_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """LOMMA's logit loss without its feature regulariser: -f_y(x), the target logit negated, batch mean.
+
+    Nguyen et al. (CVPR 2023) maximise the raw logit instead of a softmax probability, which saturates: L = -f_y(x)
+    + lambda * ||phi(x) - p_reg||^2. The regulariser pulls the penultimate features phi(x) to a public-feature
+    prototype p_reg; it is left out here (lambda = 0): this loss sees logits only, and PPA's GAN prior and final
+    selection already keep the images natural.
+    """
+    return -logits.gather(1, targets.view(-1, 1)).squeeze(1).mean()
+
+
 def identity_loss(name: str):
-    """The attack loss by config name: poincare, ce or max_margin."""
-    losses = {"poincare": poincare_loss, "ce": lambda lg, t: F.cross_entropy(lg, t), "max_margin": max_margin_loss}
+    """The attack loss by config name: poincare, ce, max_margin or logit."""
+    losses = {"poincare": poincare_loss, "ce": lambda lg, t: F.cross_entropy(lg, t), "max_margin": max_margin_loss,
+              "logit": logit_loss}
     return losses[name]

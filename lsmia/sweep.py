@@ -78,6 +78,7 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lsmia import graph
 from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.paths import StudyPaths, SweepPaths
@@ -401,10 +402,10 @@ class TrialLayout:
     """The study's shared outputs (data, prior, eval model, attributes) and the trial's own target, attack
     and metrics under ``out/sweep/<study>/trial_<n>/``."""
 
-    shared: "graph.StudyLayout"
+    shared: graph.StudyLayout
     trial_dir: Path
 
-    def output(self, stage: "graph.Stage", cell: "graph.Cell | None") -> Path:
+    def output(self, stage: graph.Stage, cell: graph.Cell | None) -> Path:
         own = {"target": self.trial_dir / "target" / "model.pt", "attack": self.trial_dir / "attack" / "attack.pt",
                "evaluate": self.trial_dir / "metrics.json"}
         return own.get(stage.name) or self.shared.output(stage, cell)
@@ -448,7 +449,6 @@ class TrialObserver:
 
 def _train_attack_evaluate(ctx: TrialContext, cfg: Config, trial: optuna.Trial, stage_log: Any) -> dict[str, Any]:
     """The graph's per-cell stages (target, attack, evaluate) for the trial's smoothing, on the shared models."""
-    from lsmia import graph
 
     cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed)
     layout = TrialLayout(graph.StudyLayout(StudyPaths(cfg.run.out_dir)), ctx.paths.trial_dir(trial.number))
@@ -462,6 +462,19 @@ def _train_attack_evaluate(ctx: TrialContext, cfg: Config, trial: optuna.Trial, 
     for stage in graph.stages_for(cfg, ("target", "attack", "evaluate")):
         metrics = graph.run_stage(stage, cfg, cell, layout, ctx.device, observe)
     return metrics
+
+
+def _epoch_hook(trial: optuna.Trial, sweep: SweepConfig, stage_log: Any) -> Callable[[int, dict[str, float]], None]:
+    """Per-epoch metrics to MLflow; in constrained mode also test accuracy to Optuna's pruner."""
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        stage_log.log_metrics(row, step=epoch)
+        if sweep.mode == "constrained":  # multi-objective studies cannot report or prune
+            trial.report(row["test_acc"], epoch)
+            if trial.should_prune():
+                set_floor_constraint(trial, sweep, row["test_acc"])
+                raise optuna.TrialPruned(f"test accuracy {row['test_acc']:.3f} at epoch {epoch} is below every "
+                                         "trial that reached the floor")
+    return on_epoch
 
 
 def _log_trial_outputs(tracker: Any, trained: Any, attack_dir: Path, log_model: bool) -> None:

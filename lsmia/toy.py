@@ -129,6 +129,7 @@ def invert(model: nn.Module, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     for _ in range(steps):
         optimiser.zero_grad()
         loss_fn(model(point[None]), target).backward()
+        assert point.grad is not None  # backward() sets it: point requires grad
         gradients.append(point.grad.detach().clone())
         optimiser.step()
         visited.append(point.detach().clone())
@@ -224,6 +225,7 @@ def plot_toy(runs: Sequence[_Run], rows: Sequence[dict[str, float]], points: tor
         ax.set_aspect("equal")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
+    assert contour is not None  # one panel per run, and there is at least one run
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=8)
     fig.colorbar(contour, ax=list(axes), label=f"confidence of class {TARGET_CLASS}")

@@ -6,23 +6,115 @@ With ``run.tracking`` off every call is a no-op, so the core runs without MLflow
 from __future__ import annotations
 
 import contextlib
+import json
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from lsmia.config import Config
+from lsmia.paths import StudyPaths
+from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
+
+# what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
+DATA_CONTEXT = {"prior": "training", "train": "training", "attributes": "training", "attack": "attack",
+                "evaluate": "evaluation"}
+HEADLINE = ("final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "test_acc")
+TARGET_MODEL = "lsmia-target"
+LATEST_ALIAS = "latest-study"
+LISTED_CLASSES = 50  # the registered model's description names at most this many classes
+
+
+def model_alias(alpha: float, seed: int) -> str:
+    """The registry alias of one target: ``alpha_-0p05_seed_0`` (MLflow aliases allow only letters, digits, _, -)."""
+    return f"alpha_{alpha:g}_seed_{seed}".replace(".", "p")
+
+
+def input_contract(image_size: int, classes: list[str]) -> str:
+    return (f"Input: float32 images [N, 3, {image_size}, {image_size}] with values in [0, 1]; the model normalises "
+            f"them itself (no mean/std step before it). Output: logits [N, {len(classes)}] over the class list, "
+            "in its order (MLmodel metadata 'classes' of each version; classes.json in its run).")
+
+
+def registry_description(image_size: int, classes: list[str]) -> str:
+    """The registered target model's description: what a version is, its input contract and the class list."""
+    shown = ", ".join(classes[:LISTED_CLASSES])
+    if len(classes) > LISTED_CLASSES:
+        shown += f", ... ({len(classes)} in all)"
+    return ("Target classifiers of the lsmia study: one version per label-smoothing factor and seed (version tags "
+            f"alpha, seed, {DIGEST_TAG}; aliases alpha_<alpha>_seed_<seed> with p for the decimal point, e.g. "
+            f"alpha_-0p05_seed_0, and {LATEST_ALIAS}, the target trained last).\n\n"
+            f"{input_contract(image_size, classes)}\n\nClasses: {shown}")
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the run inputs record of a prepared data file: its name, digest, counts and class list."""
+
+    name: str
+    digest: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+
+def data_facts(data_file: Path) -> DataFacts:
+    """Facts of ``data_file`` (cached while the file is unchanged); counts from its summary.json when beside it."""
+    stat = Path(data_file).stat()
+    return _data_facts(str(Path(data_file).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _data_facts(path: str, mtime_ns: int, size: int) -> DataFacts:
+    from lsmia.utils import file_digest
+
+    summary_file = Path(path).with_name("summary.json")
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    classes = list(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("class_names", []))
+    keys = ("num_classes", "image_size", "train_images", "test_images", "public_images")
+    profile = {"file": Path(path).name, "bytes": size, **{k: summary[k] for k in keys if k in summary}}
+    return DataFacts(str(summary.get("source") or Path(path).stem), file_digest(path), profile, classes)
 
 
 class StageLog:
-    """Stage-level logging on top of a lsmia.tracking Tracker (or its NullTracker)."""
+    """Stage-level logging on top of a lsmia.tracking Tracker (or its NullTracker).
 
-    def __init__(self, tracker: Any, cfg: Config) -> None:
-        self.tracker, self.cfg = tracker, cfg
+    ``data_file``: the prepared data the stage reads (default: the study's), logged as the run's data set input.
+    """
+
+    def __init__(self, tracker: Any, cfg: Config, stage: str = "", data_file: Path | None = None) -> None:
+        self.tracker, self.cfg, self.stage = tracker, cfg, stage
+        self.data_file = Path(data_file) if data_file is not None else StudyPaths(cfg.run.out_dir).data_file
+        self.attack_run: str | None = None  # evaluate: the attack run that gets the headline metrics
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.tracker.log_metrics(numbers, step=step)
+        headline = {k: numbers[k] for k in HEADLINE if k in numbers}
+        if step is None and self.attack_run and headline:
+            self.tracker.annotate_run(self.attack_run, headline, {f"{LINK_TAG_PREFIX}evaluation": self.tracker.run_id})
+
+    def _facts(self) -> DataFacts | None:
+        if not self.cfg.run.tracking or not self.data_file.is_file():
+            return None
+        return data_facts(self.data_file)
+
+    def log_dataset(self, context: str) -> None:
+        """The prepared data as the run's data set input (source, digest, counts), for the UI's Datasets column."""
+        facts = self._facts()
+        if facts is not None:
+            self.tracker.log_dataset(facts.name, self.data_file, facts.digest, facts.profile, context)
+
+    def link_evaluated_runs(self, alpha: float, seed: int) -> None:
+        """Evaluate: link the attack and target-training runs of the cell; the attack run gets the headline metrics."""
+        if not self.cfg.run.tracking:
+            return
+        cell = {"alpha": str(alpha), "seed": str(seed)}
+        self.attack_run = find_related({"stage": "attack", **cell})
+        self.tracker.link("attack", self.attack_run)
+        self.tracker.link("target_training", find_related({"stage": "train", "role": "target", **cell}))
 
     def epoch_logger(self) -> Callable[[int, dict[str, float]], None]:
         return lambda epoch, row: self.log_metrics(row, step=epoch)
@@ -33,12 +125,25 @@ class StageLog:
             self.tracker.log_artifact(result.samples_path, "samples")
 
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None:
+        """Metrics and the model with its class list; a target is registered (no duplicate of an unchanged file)."""
         self.log_metrics(result.metrics)
         model = result.model.cpu().eval()
         example = torch.rand(1, 3, model.image_size, model.image_size)
-        registered = f"lsmia-{role}" if role == "target" else None
-        self.tracker.log_model(model, "model", example, registered_name=registered,
-                               registry_tags={"alpha": str(alpha), "seed": str(seed), "role": role})
+        facts = self._facts()
+        classes = facts.classes if facts is not None else []
+        metadata = {"classes": classes, "input_contract": input_contract(model.image_size, classes)}
+        self.tracker.log_dict({"classes": classes}, "classes.json")
+        if role != "target":
+            self.tracker.log_model(model, "model", example, metadata=metadata)
+            return
+        tags = {"alpha": str(alpha), "seed": str(seed), "role": role}
+        if Path(result.model_path).is_file():
+            from lsmia.utils import file_digest
+
+            tags[DIGEST_TAG] = file_digest(result.model_path)
+        self.tracker.log_model(model, "model", example, registered_name=TARGET_MODEL, registry_tags=tags,
+                               aliases=(model_alias(alpha, seed), LATEST_ALIAS),
+                               description=registry_description(model.image_size, classes), metadata=metadata)
 
     def log_report(self, report_dir: Path) -> None:
         self.tracker.log_artifact(report_dir, "report")
@@ -53,8 +158,6 @@ class StageLog:
             self.log_metrics(by_step[step], step=step)
 
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None:
-        from lsmia.tracking import find_run
-
         self.log_metrics({"num_final_samples": len(result.final_targets), **result.meta.get("timings", {})})
         grid = Path(out_dir) / "reconstructions.png"
         if grid.exists():
@@ -63,19 +166,28 @@ class StageLog:
         self.log_attack_diagnostics(result.meta.get("diagnostics", {}))
         if not self.cfg.run.tracking:
             return
-        train_run = find_run("lsmia", {"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)})
-        if train_run:
-            self.tracker.link("target_training", train_run)
+        self.tracker.link("target_training",
+                          find_related({"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)}))
+
+
+def find_related(tags: dict[str, str]) -> str | None:
+    """The latest finished run with ``tags``, of this DVC experiment when it has one (a stage DVC did not re-run
+    in the experiment keeps the workspace's run)."""
+    from lsmia.tracking import dvc_experiment, find_run
+
+    return find_run("lsmia", {**tags, "dvc_experiment": dvc_experiment()}) or find_run("lsmia", tags)
 
 
 @contextmanager
 def tracked_stage(cfg: Config, stage: str, run_name: str, role: str | None = None, alpha: float | None = None,
                   seed: int | None = None, system_metrics: bool = False, run_marker: Path | None = None,
-                  resumable: bool = False) -> Iterator[StageLog]:
+                  resumable: bool = False, data_file: Path | None = None) -> Iterator[StageLog]:
     """One MLflow run for a stage. ``run_marker``: a file beside the stage's checkpoint holding the open run's id.
 
     A kill (SIGKILL) leaves the marker and its run RUNNING; the next run of the stage continues that run
     when ``resumable`` (it resumes from the checkpoint, same config), else marks it FAILED and links to it.
+    ``data_file`` (default: the study's prepared data) is logged as the run's data set input for the stages that
+    read it; an evaluate run links its attack and target-training runs.
     """
     from lsmia.tracking import start_tracking
 
@@ -90,7 +202,12 @@ def tracked_stage(cfg: Config, stage: str, run_name: str, role: str | None = Non
         with start_tracking(cfg.run.tracking, stage, run_name, cfg.to_dict(), tags, system_metrics=system_metrics,
                             resume_run_id=resume_id) as tracker:
             _record_interruption(tracker, marker, cfg, resume_id, orphan_id)
-            yield StageLog(tracker, cfg)
+            stage_log = StageLog(tracker, cfg, stage, data_file)
+            if stage in DATA_CONTEXT:
+                stage_log.log_dataset(DATA_CONTEXT[stage])
+            if stage == "evaluate" and alpha is not None:
+                stage_log.link_evaluated_runs(alpha, int(tags["seed"]))
+            yield stage_log
 
 
 @contextmanager

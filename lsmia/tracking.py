@@ -21,7 +21,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,15 @@ MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 SERVER_CHECK_TIMEOUT_S = 5.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"  # MLflow 3's UI then opens on the runs list, not the GenAI overview
+EXPERIMENT_DESCRIPTION = (
+    "lsmia: label smoothing vs. model inversion attacks. One run per stage (data, prior, train, attack, evaluate, "
+    "report); filter with the tags stage, alpha, seed and dvc_experiment (the DVC experiment, or workspace). Targets "
+    "are registered as lsmia-target with aliases alpha_<α>_seed_<seed> and latest-study; the evaluate run of a target "
+    "links to its attack and training runs (tags lsmia.link.*).")
+WORKSPACE = "workspace"  # the dvc_experiment tag of runs outside `dvc exp run`
+DIGEST_TAG = "model_digest"  # registry version tag: sha256 of the model file, so an unchanged model is not added twice
 
 
 # ---------------------------------------------------------------- locations
@@ -121,16 +130,31 @@ def git_commit(root: Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def dvc_experiment() -> str:
+    """The DVC experiment a stage runs in (``dvc exp run`` and queued runs set DVC_EXP_NAME), else "workspace"."""
+    return os.environ.get("DVC_EXP_NAME") or WORKSPACE
+
+
+def readable_run_name(run_name: str) -> str:
+    """``run_name``, with the DVC experiment appended inside ``dvc exp run``, so its runs stand apart in the list."""
+    experiment = dvc_experiment()
+    return run_name if experiment == WORKSPACE else f"{run_name} [{experiment}]"
+
+
 def standard_tags(stage: str, config: Mapping[str, Any], tags: Mapping[str, str]) -> dict[str, str]:
-    """stage, role, alpha, seed, dataset, git commit and dvc_stage; the caller's tags win."""
+    """stage, role, alpha, seed, dataset, git commit, dvc_stage and dvc_experiment; the caller's tags win."""
+    commit = git_commit(project_root())
     derived = {
         "stage": stage,
         "role": stage,
         "alpha": _lookup(config, "target.smoothing.alpha"),
         "seed": _lookup(config, "run.seed"),
         "dataset": _lookup(config, "data.source"),
-        "git_commit": git_commit(project_root()),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
         "dvc_stage": os.environ.get("DVC_STAGE") or stage,
+        "dvc_experiment": dvc_experiment(),
+        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
     }
     merged = {key: value for key, value in derived.items() if value is not None}
     merged.update(tags)
@@ -204,7 +228,16 @@ class NullTracker:
         pass
 
     def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
-                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None) -> None:
+                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
+                  aliases: Sequence[str] = (), description: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> None:
+        pass
+
+    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any],
+                    context: str) -> None:
+        pass
+
+    def annotate_run(self, run_id: str | None, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
         pass
 
     def log_image(self, image: str | Path | torch.Tensor | np.ndarray, artifact_file: str) -> None:
@@ -276,8 +309,10 @@ class Tracker(NullTracker):
         run_tags = standard_tags(self.stage, config, tags)
         if parent:
             run_tags[PARENT_TAG] = parent.info.run_id
-        run = self.client.create_run(experiment_id, tags=_with_context_tags(run_tags), run_name=run_name)
+        run = self.client.create_run(experiment_id, tags=_with_context_tags(run_tags),
+                                     run_name=readable_run_name(run_name))
         self._run_id, self.experiment_id = run.info.run_id, experiment_id
+        self._describe_experiment(experiment_id)
         # nested=True: a run already active in this process (e.g. a study parent) must not block ours
         mlflow.start_run(run_id=self._run_id, nested=True, log_system_metrics=_system_metrics_ready(system_metrics))
         self._active = self._open = True
@@ -318,6 +353,17 @@ class Tracker(NullTracker):
             if found is None:
                 raise
             return found.experiment_id
+
+    def _describe_experiment(self, experiment_id: str) -> None:
+        """Mark the experiment as model development (MLflow 3's UI opens on its runs) and describe it, once."""
+        try:
+            tags = self.client.get_experiment(experiment_id).tags
+            if EXPERIMENT_KIND_TAG not in tags:
+                self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+            if NOTE_TAG not in tags:
+                self.client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_DESCRIPTION)
+        except Exception as err:
+            self._warn("describing the experiment", err)
 
     def _log_config(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -417,31 +463,36 @@ class Tracker(NullTracker):
             self._failed("logging metrics", err)
 
     def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
-                  registered_name: str | None = None,
-                  registry_tags: Mapping[str, Any] | None = None) -> str | None:
+                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
+                  aliases: Sequence[str] = (), description: str | None = None,
+                  metadata: Mapping[str, Any] | None = None) -> str | None:
         """Log an eval-mode CPU copy (pt2, or pickle when torch.export fails); optionally register it.
 
+        ``metadata`` goes into the model's MLmodel file (e.g. the class list). Registering: a version whose
+        ``DIGEST_TAG`` equals the one in ``registry_tags`` is reused instead of adding a duplicate; ``aliases``
+        then point at the new or reused version and ``description`` describes the registered model.
         Returns the model URI (``models:/<model id>``), or None when logging failed.
         """
         if not self._active:
             return None
         try:
-            model_uri = self._log_model(model, name, input_example)
+            model_uri = self._log_model(model, name, input_example, metadata)
             if registered_name:
-                self._register(model_uri, registered_name, registry_tags or {})
+                self._register(model_uri, registered_name, registry_tags or {}, aliases, description)
             return model_uri
         except Exception as err:
             self._failed(f"logging model {name}", err)
             return None
 
-    def _log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor) -> str:
+    def _log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
+                   metadata: Mapping[str, Any] | None = None) -> str:
         from mlflow.models import infer_signature
 
         exported, example = _export_copy(model, input_example)
         with torch.no_grad():
             signature = infer_signature(example, exported(torch.from_numpy(example)).numpy())
         common = dict(name=name, input_example=example, signature=signature, run_id=self._run_id,
-                      pip_requirements=_pip_requirements())
+                      pip_requirements=_pip_requirements(), metadata=dict(metadata) if metadata else None)
         try:
             info = self._log_model_as("pt2", exported, **common)
             self.model_format[name] = "pt2"
@@ -468,12 +519,57 @@ class Tracker(NullTracker):
                     self.client.delete_logged_model(partial)
             raise
 
-    def _register(self, model_uri: str, registered_name: str, registry_tags: Mapping[str, Any]) -> None:
+    def _register(self, model_uri: str, registered_name: str, registry_tags: Mapping[str, Any],
+                  aliases: Sequence[str] = (), description: str | None = None) -> None:
         import mlflow
 
         tags = {str(key): str(value) for key, value in registry_tags.items()}
-        version = mlflow.register_model(model_uri, registered_name, tags=tags)
+        version = self._version_with_digest(registered_name, tags.get(DIGEST_TAG))
+        if version is None:
+            version = mlflow.register_model(model_uri, registered_name, tags=tags)
+        else:
+            self.client.set_tag(self._run_id, f"lsmia.registry_reused.{registered_name}", str(version.version))
+        for alias in aliases:
+            self.client.set_registered_model_alias(registered_name, alias, str(version.version))
+        if description is not None:
+            self.client.update_registered_model(registered_name, description=description)
         self.client.set_tag(self._run_id, f"lsmia.registered.{registered_name}", str(version.version))
+
+    def _version_with_digest(self, registered_name: str, digest: str | None) -> Any:
+        """The newest registered version of the same model file (same digest tag), or None."""
+        if not digest:
+            return None
+        versions = self.client.search_model_versions(f"name = '{_quote(registered_name)}'")
+        same = [v for v in versions if v.tags.get(DIGEST_TAG) == digest]
+        return max(same, key=lambda v: int(v.version)) if same else None
+
+    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any],
+                    context: str) -> None:
+        """A run input (the UI's Datasets column): the prepared data file, its digest and counts (``profile``)."""
+        if not self._active:
+            return
+        try:
+            from mlflow.entities import DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            dataset = _file_dataset(name, Path(path), digest, profile)
+            self.client.log_inputs(self._run_id, datasets=[
+                DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        except Exception as err:
+            self._failed(f"logging data set {name}", err)
+
+    def annotate_run(self, run_id: str | None, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
+        """Add metrics and tags to another (finished) run, e.g. the evaluation's headline numbers to its attack run."""
+        if not self._active or not run_id:
+            return
+        try:
+            from mlflow.entities import Metric, RunTag
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                                  tags=[RunTag(str(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items()])
+        except Exception as err:
+            self._failed(f"annotating run {run_id}", err)
 
     def log_image(self, image: str | Path | torch.Tensor | np.ndarray, artifact_file: str) -> None:
         """An image file, an image tensor or a batch of images (tiled into a grid)."""
@@ -542,6 +638,18 @@ class Tracker(NullTracker):
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{fragment}"
         return fragment
+
+
+def _file_dataset(name: str, path: Path, digest: str, profile: Mapping[str, Any]) -> Any:
+    """An mlflow.data Dataset that describes a file on disk (source, digest, profile) without reading it."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    class FileDataset(MetaDataset):
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(dict(profile), sort_keys=True, default=str)}
+
+    return FileDataset(LocalArtifactDatasetSource(str(path.resolve())), name=name, digest=digest)
 
 
 def _last_logged_model_id() -> str | None:

@@ -8,14 +8,16 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
 from lsmia.errors import DISK_FULL, LsmiaError, disk_full_error, from_os_error
 
+T = TypeVar("T")
 EpochCallback = Callable[[int, dict[str, float]], None]  # (epoch, metrics) after each training epoch
 
 
@@ -155,6 +157,17 @@ def load_timings(output: Path | str) -> dict[str, float]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def file_digest(path: Path | str, length: int = 16) -> str:
+    """The first ``length`` hex digits of the file's sha256 (read in 1 MiB chunks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
 def load_json(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
     path = Path(path)
     if not path.exists():
@@ -196,7 +209,7 @@ def require_memory(nbytes: int, what: str, fix: str) -> None:
                          f"is available: {fix}")
 
 
-def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:
     """A progress bar on a terminal; plain occasional lines otherwise."""
     from tqdm.auto import tqdm
 
@@ -205,11 +218,11 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> It
     return _plain_progress(iterable, total, desc)
 
 
-def _plain_progress(iterable: Iterable, total: int | None, desc: str) -> Iterator:
+def _plain_progress(iterable: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
     """``desc: i/total (elapsed, about N s left)`` about ten times, the last item included."""
     import time
 
-    total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+    total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
     every = max(1, (total or 10) // 10)
     started = time.perf_counter()
     for i, item in enumerate(iterable):

@@ -152,10 +152,9 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     epochs_run = load_timings(target / "model.pt")["epochs_run"]
     assert 0 < epochs_run <= epochs - killed_after - 1  # resumed after the last checkpoint, not from epoch 0
     resumed = torch.load(target / "model.pt", weights_only=True)
-    from lsmia import pipeline
-
-    cfg = load_config(repo / "params.yaml", {"run.out_dir": str(tmp_path / "fresh")})
-    pipeline.stage_train(cfg, "target", repo / "out" / "data" / "dataset.pt", tmp_path / "fresh", torch.device("cpu"),
-                         seed=0, code_version=graph.code_digest(graph.stage("target")))
-    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)
+    fresh_dir = tmp_path / "fresh"  # the same command without an interruption (same threads and environment)
+    subprocess.run([str(BIN / "lsmia"), "train", "--role", "target", "--alpha", "0.1", "--seed", "0", "--data",
+                    "out/data/dataset.pt", "--out-dir", str(fresh_dir)], cwd=repo, env=env, check=True,
+                   capture_output=True)
+    fresh = torch.load(fresh_dir / "model.pt", weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], fresh["state_dict"][k]) for k in fresh["state_dict"])

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from lsmia import pipeline, sweep
 from lsmia.cli import app
+from lsmia.stages import attack as attack_stage
 from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
@@ -196,15 +197,15 @@ def test_constrained_mode_prunes_targets_below_the_floor_and_records_the_constra
 
 def test_ctrl_c_fails_the_trial_queues_it_again_and_a_rerun_finishes_it(study_cfg, monkeypatch):
     cfg = configured(study_cfg, study_name="interrupt", n_trials=2)
-    honest = pipeline.stage_attack
+    honest = attack_stage.stage_attack
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "stage_attack", interrupted)
+    monkeypatch.setattr(attack_stage, "stage_attack", interrupted)  # the graph runs lsmia.stages.attack's
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, log=quiet)
-    monkeypatch.setattr(pipeline, "stage_attack", honest)
+    monkeypatch.setattr(attack_stage, "stage_attack", honest)
     first, queued = trials_of(cfg)
     assert first.state == TrialState.FAIL and "interrupted" in first.user_attrs["fail_reason"]
     assert queued.state == TrialState.WAITING and queued.params == first.params
@@ -263,9 +264,10 @@ def test_two_workers_share_the_budget_and_log_one_child_run_per_trial(study_cfg,
 
 WORKER_THAT_HANGS = """
 import json, sys, time
-from lsmia import pipeline, sweep
+from lsmia import sweep
 from lsmia.config import build_config
-pipeline.stage_attack = lambda *args, **kwargs: time.sleep(600)
+from lsmia.stages import attack
+attack.stage_attack = lambda *args, **kwargs: time.sleep(600)
 sweep.run_worker(build_config(json.loads(sys.argv[1])))
 """
 

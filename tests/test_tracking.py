@@ -362,3 +362,143 @@ def test_default_store_lives_in_the_project_root(tmp_path: Path, monkeypatch: py
     assert (tmp_path / "mlartifacts" / "lsmia" / tracker.run_id / "artifacts" / "config.json").exists()
     assert list((tmp_path / "stage_dir").iterdir()) == []  # nothing lands in the stage's cwd
     assert find_run("lsmia", {"stage": "attack"}) == tracker.run_id
+
+
+# --- fitting the habits of MLflow users (issue 12) ---
+
+
+def stage_config(tmp_path: Path) -> Config:
+    from lsmia.config import build_config
+
+    return build_config({"run": {"out_dir": str(tmp_path / "out"), "tracking": True}})
+
+
+def prepared_data(cfg: Config) -> Path:
+    """The study's prepared data file and its summary.json, as the data stage writes them."""
+    from lsmia.paths import StudyPaths
+    from lsmia.stages.data import data_summary
+    from lsmia.utils import save_json
+    from tests.conftest import make_face_data
+
+    data = make_face_data()
+    data_file = StudyPaths(cfg.run.out_dir).data_file
+    data_file.parent.mkdir(parents=True)
+    data.save(data_file)
+    save_json(data_summary(data), data_file.with_name("summary.json"))
+    return data_file
+
+
+def test_experiment_is_model_development_with_a_description(store: MlflowClient, experiment: str) -> None:
+    with track(experiment):
+        pass
+    tags = store.get_experiment_by_name(experiment).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs list
+    assert "label smoothing" in tags["mlflow.note.content"]
+
+
+def test_runs_name_and_tag_their_dvc_experiment_and_commit(store: MlflowClient, experiment: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with track(experiment) as baseline:
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-frog")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with track(experiment) as queued:
+        pass
+    base, exp = store.get_run(baseline.run_id), store.get_run(queued.run_id)
+    assert base.info.run_name == "train_target-run" and base.data.tags["dvc_experiment"] == "workspace"
+    assert exp.info.run_name == "train_target-run [bushy-frog]" and exp.data.tags["dvc_experiment"] == "bushy-frog"
+    assert exp.data.tags["dvc_baseline_rev"] == "a" * 40
+    for run in (base, exp):
+        assert "git_commit" not in run.data.tags or run.data.tags["mlflow.source.git.commit"] == run.data.tags[
+            "git_commit"]
+
+
+def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: MlflowClient,
+                                                                         tmp_path: Path) -> None:
+    from lsmia.tracked import tracked_stage
+    from lsmia.utils import file_digest
+
+    cfg = stage_config(tmp_path)
+    data_file = prepared_data(cfg)
+    ids = {}
+    for stage, context in (("train", "training"), ("attack", "attack"), ("report", None)):
+        with tracked_stage(cfg, stage, f"{stage}-dataset-test", role="target", alpha=-0.03, seed=21) as log:
+            ids[stage] = (log.tracker.run_id, context)
+    for run_id, context in ids.values():
+        inputs = store.get_run(run_id).inputs.dataset_inputs
+        if context is None:
+            assert inputs == []  # the report reads no data set
+            continue
+        (entry,) = inputs
+        assert entry.dataset.name == "test" and entry.dataset.digest == file_digest(data_file)
+        assert json.loads(entry.dataset.source) == {"uri": str(data_file.resolve())}
+        profile = json.loads(entry.dataset.profile)
+        assert profile["num_classes"] == 4 and profile["train_images"] == 32 and profile["test_images"] == 8
+        assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
+
+
+@pytest.mark.slow
+def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(store: MlflowClient,
+                                                                             tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lsmia.tracked import TARGET_MODEL, tracked_stage
+
+    cfg = stage_config(tmp_path)
+    prepared_data(cfg)
+    model = build_classifier("smallresnet", num_classes=4, image_size=16, width=4)
+    model_file = tmp_path / "model.pt"
+
+    def train_run(content: bytes) -> str:
+        model_file.write_bytes(content)
+        result = SimpleNamespace(model=model, model_path=model_file, metrics={"test_acc": 0.5})
+        with tracked_stage(cfg, "train", "train-target", role="target", alpha=-0.05, seed=0) as log:
+            log.log_classifier(result, "target", -0.05, 0)
+        return log.tracker.run_id
+
+    first, again, changed = train_run(b"weights"), train_run(b"weights"), train_run(b"other weights")
+    versions = store.search_model_versions(f"name = '{TARGET_MODEL}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # the re-run of an unchanged model added none
+    assert store.get_run(again).data.tags[f"lsmia.registered.{TARGET_MODEL}"] == "1"
+    assert store.get_run(again).data.tags[f"lsmia.registry_reused.{TARGET_MODEL}"] == "1"
+    assert store.get_model_version(TARGET_MODEL, "1").run_id == first
+    registered = store.get_registered_model(TARGET_MODEL)
+    assert registered.aliases == {"alpha_-0p05_seed_0": 2, "latest-study": 2}
+    assert store.get_model_version_by_alias(TARGET_MODEL, "alpha_-0p05_seed_0").run_id == changed
+    assert "[N, 3, 16, 16]" in registered.description and "in [0, 1]" in registered.description
+    assert "normalises" in registered.description and "Classes: c0, c1, c2, c3" in registered.description
+    model_info = mlflow.models.get_model_info(store.get_model_version(TARGET_MODEL, "2").source)
+    assert model_info.metadata["classes"] == ["c0", "c1", "c2", "c3"]
+    classes = mlflow.artifacts.load_dict(f"runs:/{changed}/classes.json")
+    assert classes == {"classes": ["c0", "c1", "c2", "c3"]}
+
+
+def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_the_leakage(
+        store: MlflowClient, tmp_path: Path) -> None:
+    from lsmia.tracked import tracked_stage
+
+    cfg = stage_config(tmp_path)
+    cell = {"role": "target", "alpha": 0.07, "seed": 13}
+    with tracked_stage(cfg, "train", "train-target", **cell) as trained:
+        pass
+    with tracked_stage(cfg, "attack", "attack", **cell) as attacked:
+        attacked.log_attack(SimpleAttack(), tmp_path, 0.07, 13)
+    with tracked_stage(cfg, "evaluate", "evaluate", **cell) as evaluated:
+        evaluated.log_metrics({"alpha": 0.07, "seed": 13, "final_acc1": 0.625, "delta_eval": 27.0, "xi": 0.4,
+                               "test_acc": 0.85, "ece": 0.1})
+    tags = store.get_run(evaluated.tracker.run_id).data.tags
+    assert tags["lsmia.link.attack"] == attacked.tracker.run_id
+    assert tags["lsmia.link.target_training"] == trained.tracker.run_id
+    assert store.get_run(attacked.tracker.run_id).data.tags["lsmia.link.target_training"] == trained.tracker.run_id
+    attack_run = store.get_run(attacked.tracker.run_id)
+    assert attack_run.data.metrics["final_acc1"] == 0.625 and attack_run.data.metrics["delta_eval"] == 27.0
+    assert "ece" not in attack_run.data.metrics  # headline numbers only
+    assert attack_run.data.tags["lsmia.link.evaluation"] == evaluated.tracker.run_id
+
+
+class SimpleAttack:
+    """The parts of an AttackResult that StageLog.log_attack reads."""
+
+    final_targets = torch.zeros(2, dtype=torch.long)
+    meta: dict = {}

@@ -42,9 +42,9 @@ class LabelledFiles:
 def decode_image(path: Path, image_size: int) -> torch.Tensor | None:
     """One image as uint8 [3, S, S]: shorter side resized to S, then center-cropped; None if unreadable."""
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale still >= S
-            img = img.convert("RGB")
+        with Image.open(path) as opened:
+            opened.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale still >= S
+            img = opened.convert("RGB")
             width, height = img.size
             scale = image_size / min(width, height)
             new_w, new_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))

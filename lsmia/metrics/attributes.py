@@ -20,6 +20,8 @@ from lsmia.metrics.training import fit
 from lsmia.models.classifiers import small_resnet
 from lsmia.utils import load_torch, save_torch
 
+NO_ATTRIBUTES = "attribute leakage needs data with public images and attributes: use data.source=builtin"
+
 
 class AttributePredictor(nn.Module):
     """A small ResNet with one linear head per attribute; forward returns all heads' logits concatenated."""
@@ -42,29 +44,36 @@ class AttributePredictor(nn.Module):
         return dict(zip(self.cardinality, logits.split(list(self.cardinality.values()), dim=1)))
 
 
-def _multi_head_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _multi_head_loss(model: AttributePredictor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     heads = model.split(model(x)).values()
-    return sum(F.cross_entropy(logits, y[:, i]) for i, logits in enumerate(heads))
+    losses = [F.cross_entropy(logits, y[:, i]) for i, logits in enumerate(heads)]
+    return sum(losses[1:], losses[0])
 
 
 def has_attributes(data: FaceData) -> bool:
     return data.attributes is not None and data.public_attributes is not None and data.public is not None
 
 
-def _cardinality(data: FaceData) -> dict[str, int]:
-    if data.attribute_cardinality is not None:
-        return {name: int(data.attribute_cardinality[name]) for name in data.attributes}
-    return {name: int(max(data.attributes[name].max(), data.public_attributes[name].max())) + 1
-            for name in data.attributes}
+def _private_attributes(data: FaceData) -> dict[str, torch.Tensor]:
+    if data.attributes is None:
+        raise LsmiaError(NO_ATTRIBUTES)
+    return data.attributes
+
+
+def _cardinality(attributes: dict[str, torch.Tensor], public_attributes: dict[str, torch.Tensor],
+                 known: dict[str, int] | None) -> dict[str, int]:
+    if known is not None:
+        return {name: int(known[name]) for name in attributes}
+    return {name: int(max(attributes[name].max(), public_attributes[name].max())) + 1 for name in attributes}
 
 
 def train_attribute_predictor(data: FaceData, device: torch.device | str, epochs: int, seed: int = 0,
                               width: int = 16, batch_size: int = 64, lr: float = 1e-3) -> AttributePredictor:
     """Train the predictor on the public identities' images labelled with their attributes (Adam, cosine)."""
-    if not has_attributes(data):
-        raise LsmiaError("attribute leakage needs data with public images and attributes: use data.source=builtin")
+    if data.attributes is None or data.public_attributes is None or data.public is None:  # not has_attributes(data)
+        raise LsmiaError(NO_ATTRIBUTES)
     device = torch.device(device)
-    cardinality = _cardinality(data)
+    cardinality = _cardinality(data.attributes, data.public_attributes, data.attribute_cardinality)
     labels = torch.stack([data.public_attributes[name][data.public.labels] for name in cardinality], dim=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -104,9 +113,10 @@ def identity_predictions(predictor: AttributePredictor, images: torch.Tensor, im
     return out
 
 
-def _accuracies(predicted: dict[str, torch.Tensor], data: FaceData, identities: list[int]) -> dict[str, float]:
+def _accuracies(predicted: dict[str, torch.Tensor], attributes: dict[str, torch.Tensor],
+                identities: list[int]) -> dict[str, float]:
     index = torch.tensor(identities, dtype=torch.long)
-    return {name: (pred == data.attributes[name][index]).double().mean().item() for name, pred in predicted.items()}
+    return {name: (pred == attributes[name][index]).double().mean().item() for name, pred in predicted.items()}
 
 
 def chance_accuracies(data: FaceData, identities: list[int]) -> dict[str, float]:
@@ -114,7 +124,7 @@ def chance_accuracies(data: FaceData, identities: list[int]) -> dict[str, float]
     among all private identities (the best guess without looking at any image)."""
     index = torch.tensor(identities, dtype=torch.long)
     out = {}
-    for name, values in data.attributes.items():
+    for name, values in _private_attributes(data).items():
         mode = torch.bincount(values).argmax()
         out[name] = (values[index] == mode).double().mean().item()
     return out
@@ -139,11 +149,13 @@ def attribute_leakage(data: FaceData, samples: torch.Tensor, sample_targets: tor
         raise LsmiaError(f"{len(samples)} samples and {len(sample_targets)} targets: pass one target per sample")
     predictor = predictor if predictor is not None else train_attribute_predictor(data, device, epochs, seed)
     predictor = predictor.to(device)
+    attributes = _private_attributes(data)
     targets = sorted(set(sample_targets.tolist()))
-    fake = _accuracies(identity_predictions(predictor, samples, sample_targets.cpu(), targets), data, targets)
+    fake = _accuracies(identity_predictions(predictor, samples, sample_targets.cpu(), targets), attributes, targets)
     real_test = data.test.of_classes(targets)
     tested = sorted(set(real_test.labels.tolist()))
-    real = _accuracies(identity_predictions(predictor, real_test.images, real_test.labels, tested), data, tested)
+    real = _accuracies(identity_predictions(predictor, real_test.images, real_test.labels, tested), attributes,
+                       tested)
     return {
         "attribute_acc": _mean(fake),
         **{f"attribute_acc_{name}": acc for name, acc in fake.items()},

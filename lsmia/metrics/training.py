@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -16,10 +16,11 @@ from lsmia.utils import progress
 CROP_SCALE = (0.85, 1.0)  # PPA's RandomResizedCrop scale, ratio 1
 NO_JITTER = (0.0, 0.0, 0.0, 0.0)
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+M = TypeVar("M", bound=nn.Module)
+LossFn = Callable[[M, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> loss
 
 
-def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn,
+def fit(model: M, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn[M],
         optimizer: torch.optim.Optimizer, epochs: int, batch_size: int, device: torch.device,
         gen: torch.Generator, desc: str = "") -> None:
     """Train ``model`` with crop+flip augmentation and a per-step cosine learning-rate schedule.

@@ -7,7 +7,7 @@ itself (PPA's Normalize(0.5, 0.5)), so data, attack and metrics never disagree o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ from lsmia.errors import LsmiaError
 from lsmia.utils import load_torch, save_torch
 
 SMALL_INPUT = 96  # below this, torchvision stems lose their stride-2 conv and max-pool
+M = TypeVar("M", bound=nn.Module)
 
 
 class BasicBlock(nn.Module):
@@ -58,13 +59,22 @@ def small_vgg(width: int) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), 4 * width
 
 
+def _layer(net: nn.Module, name: str, kind: type[M]) -> M:
+    """``net``'s submodule at the dotted path ``name``, checked to be a ``kind`` (torchvision has no type hints)."""
+    layer = net.get_submodule(name)
+    if not isinstance(layer, kind):
+        raise LsmiaError(f"{type(net).__name__}.{name} is a {type(layer).__name__}, not a {kind.__name__}: "
+                         "this torchvision version builds the network differently; report it as an lsmia bug")
+    return layer
+
+
 def _tv_resnet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tuple[nn.Module, int]]:
     def build(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
         net = factory(weights=None)
         if image_size < SMALL_INPUT:
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
-        dim = net.fc.in_features
+        dim = _layer(net, "fc", nn.Linear).in_features
         net.fc = nn.Identity()
         return net, dim
     return build
@@ -74,10 +84,11 @@ def _tv_densenet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tupl
     def build(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
         net = factory(weights=None)
         if image_size < SMALL_INPUT:
-            out = net.features.conv0.out_channels
-            net.features.conv0 = nn.Conv2d(3, out, 3, 1, 1, bias=False)
-            net.features.pool0 = nn.Identity()
-        dim = net.classifier.in_features
+            features = _layer(net, "features", nn.Sequential)
+            out = _layer(features, "conv0", nn.Conv2d).out_channels
+            features.conv0 = nn.Conv2d(3, out, 3, 1, 1, bias=False)
+            features.pool0 = nn.Identity()
+        dim = _layer(net, "classifier", nn.Linear).in_features
         net.classifier = nn.Identity()
         return net, dim
     return build

@@ -7,12 +7,14 @@ on CPU it roughly halves the cost of an attack step (bench/attack_batched_vs_per
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+M = TypeVar("M", bound=nn.Module)
 
 
 def _fold(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
@@ -21,7 +23,7 @@ def _fold(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
     return None
 
 
-def fold_batchnorm_(module: nn.Module) -> nn.Module:
+def fold_batchnorm_(module: M) -> M:
     """Fold in place: ``convN``/``bnN`` attribute pairs (ResNet blocks) and conv→BN neighbours in Sequentials."""
     for sub in module.modules():
         names = dict(sub.named_children())
@@ -39,7 +41,7 @@ def fold_batchnorm_(module: nn.Module) -> nn.Module:
     return module
 
 
-def inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+def inference_copy(model: M, device: torch.device) -> M:
     """A frozen, BN-folded copy; channels_last on CPU, where oneDNN is fastest with it."""
     if isinstance(model, torch.jit.ScriptModule) or any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
         return model  # TorchScript priors cannot be deep-copied and re-wired; use them as they are

@@ -6,7 +6,7 @@ model's ``image_size`` when it declares one, since a Classifier expects its own 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,8 @@ def _batched_outputs(model: nn.Module, images: torch.Tensor, batch_size: int,
 
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Penultimate features (``model.features``) of ``images`` as a CPU float tensor [N, D]."""
-    return _batched_outputs(model, images, batch_size, model.features)
+    features = cast(Callable[[torch.Tensor], torch.Tensor], model.features)  # a method, not a submodule or tensor
+    return _batched_outputs(model, images, batch_size, features)
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -136,7 +136,7 @@ def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch
     optimizer.zero_grad(set_to_none=True)
     (loss * scale if world > 1 else loss).backward()
     optimizer.step()
-    return loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)
+    return loss.item() * len(y), int((logits.argmax(1) == y).sum().item()), len(y)
 
 
 def _average_buffers(model: nn.Module) -> None:
