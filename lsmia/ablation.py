@@ -65,6 +65,16 @@ def variant_configs(base: Config, plan: AblationPlan) -> dict[str, Config]:
             for name, overrides in plan.variants.items()}
 
 
+def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[float]) -> list[float]:
+    """The plan's ``alphas``, or the variant's own ``study.alphas`` override (e.g. one smoothing variant among
+    defenses trained at alpha 0 only); alpha 0, the reference of the paired effect, must be among them."""
+    own = cfg.study.alphas if "study.alphas" in plan.variants[name] else alphas
+    if 0.0 not in own:
+        where = f"the study.alphas of variant '{name}'" if own is not alphas else "the plan's alphas"
+        raise LsmiaError(f"an ablation needs alpha 0 as the reference: add 0.0 to {where}")
+    return own
+
+
 class CacheLayout:
     """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.graph.stage_keys)."""
 
@@ -140,8 +150,7 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
     configs = variant_configs(base, plan)  # validate every variant before any work starts
     alphas = plan.alphas if plan.alphas is not None else base.study.alphas
     seeds = plan.seeds if plan.seeds is not None else base.study.seeds
-    if 0.0 not in alphas:
-        raise LsmiaError("an ablation needs alpha 0 as the reference: add 0.0 to the plan's alphas")
+    alphas_of = {name: variant_alphas(plan, name, cfg, alphas) for name, cfg in configs.items()}
     paths = StudyPaths(Path(base.run.out_dir))
     cache = StageCache(paths.ablation_cache, device, log)
     rows: list[dict[str, Any]] = []
@@ -150,7 +159,7 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
     for name, cfg in configs.items():
         variant_rows = []
         for seed in seeds:
-            for alpha in alphas:
+            for alpha in alphas_of[name]:
                 log(f"{name}: alpha={alpha} seed={seed}")
                 variant_rows.append({"variant": name, **run_cell(cache, cfg, alpha, seed)})
         rows += variant_rows

@@ -8,7 +8,6 @@ bad input into a one-line error with exit code 2.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -464,9 +463,27 @@ def toy(out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for toy.
     typer.echo(f"figure: {result.figure}")
 
 
+@app.command()
+@cli_errors
+def compare_defenses(
+        results_json: Annotated[Path, typer.Argument(help="An ablation's results.json, e.g. of configs/defenses.yaml.")],
+        out_dir: Annotated[Optional[Path], typer.Option(
+            "--out-dir", help="Folder for compare.{md,json} and fronts.png (default: beside RESULTS_JSON).")] = None,
+        levels: Annotated[Optional[str], typer.Option(
+            "--levels", help="Test accuracies to match, e.g. 0.6,0.7 (default: 5 across the range all fronts share).")
+        ] = None) -> None:
+    """Defenses at equal test accuracy, each against its strongest attack loss: fronts, table and figure."""
+    from lsmia.defenses.compare import compare_defenses as run_comparison
+    from lsmia.defenses.compare import markdown, parse_levels
+
+    comparison, folder = run_comparison(results_json, out_dir, parse_levels(levels))
+    typer.echo(markdown(comparison), nl=False)
+    typer.echo(f"results: {folder / 'compare.md'}, {folder / 'compare.json'}, {folder / 'fronts.png'}")
+
+
 def main() -> None:
     app(prog_name="lsmia")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
           (f"{OUT}/report",), "index.html",
           file_deps=(f"{OUT}/data/summary.json", "out/ablations/factors/results.md", "out/ablations/alpha/results.md",
                      "out/ablations/data/results.md"),
-          plots=(f"{OUT}/plots",)),
+          uncached_outs=(f"{OUT}/plots",)),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -232,12 +232,21 @@ def dvc_stage(stage_: Stage) -> dict[str, Any]:
     return entry
 
 
-PLOTS: list[dict[str, Any]] = [
-    {"accuracy vs alpha": {"template": "linear", "x": "alpha",
-                           "y": {"out/plots/study.json": ["test_acc", "final_acc1", "final_acc5"]}}},
-    {"accuracy-privacy trade-off": {"template": "scatter", "x": "test_acc", "y": {"out/plots/study.json": "final_acc1"}}},
-    {"leakage vs alpha": {"template": "linear", "x": "alpha", "y": {"out/plots/study.json": ["delta_eval", "xi"]}}},
-    {"reconstructions": {"y": "out/plots/reconstructions"}},
+STUDY_PLOT = "out/plots/study.json"  # one row per run (lsmia.report.write_plot_data)
+ALPHA_AXIS = {"x": "alpha", "x_label": "label smoothing α", "template": "lsmia_by_alpha"}
+# Templates lsmia_by_alpha / lsmia_tradeoff and the page (UTF-8) live in .dvc/plots/ (.dvc/config plots.html_template):
+# axes fitted to the data, the mean over seeds per alpha, points labelled with their alpha.
+PLOTS: list[dict[str, Any] | str] = [
+    {"accuracy_vs_alpha": {**ALPHA_AXIS, "title": "accuracy vs α (mean over seeds; faint points: runs)",
+                           "y": {STUDY_PLOT: ["test_acc", "final_acc1", "final_acc5"]}, "y_label": "accuracy"}},
+    {"tradeoff": {"template": "lsmia_tradeoff", "title": "accuracy–privacy trade-off (one point per run)",
+                  "x": "test_acc", "y": {STUDY_PLOT: "final_acc1"}, "x_label": "target test accuracy (utility)",
+                  "y_label": "attack acc@1 (leakage)"}},
+    {"delta_eval_vs_alpha": {**ALPHA_AXIS, "title": "δ_eval vs α (higher = less leakage)",
+                             "y": {STUDY_PLOT: "delta_eval"}, "y_label": "δ_eval (eval-feature distance)"}},
+    {"xi_vs_alpha": {**ALPHA_AXIS, "title": "ξ vs α (higher = more leakage)", "y": {STUDY_PLOT: "xi"},
+                     "y_label": "ξ knowledge extraction"}},
+    "out/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model
 ]
 
 HEADER = """\
@@ -252,7 +261,7 @@ def dvc_yaml() -> str:
     import yaml
 
     document = {"stages": {s.name: dvc_stage(s) for s in STAGES}, "plots": PLOTS}
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000)
+    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
 # --------------------------------------------------------------------------- execution

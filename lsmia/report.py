@@ -26,6 +26,7 @@ import torch
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
+from lsmia import ablation_tables as tables
 from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
@@ -34,6 +35,7 @@ from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
 from lsmia.models.inference import predict_logits
 from lsmia.utils import load_json, new_file_mode
+from lsmia.visualize import save_judged_grid
 
 ID_KEYS = ("alpha", "seed")
 
@@ -413,12 +415,13 @@ def _summary_cell(summary: dict[str, Any], key: str) -> str:
 
 
 def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    head = "".join(f"<th title='{html.escape(_label(k))}'>{html.escape(k)}</th>" for k in keys)
+    """One row per metric, one column per run (alpha, seed): tall rather than wide, so it fits the page."""
+    head = "".join(f"<th>α = {row['alpha']:g}<br><small>seed {row['seed']}</small></th>" for row in rows)
     body = []
-    for row in rows:
-        cells = "".join(f"<td>{_fmt(float(row[k])) if _is_number(row.get(k)) else '—'}</td>" for k in keys)
-        body.append(f"<tr><th>{row['alpha']:g}</th><th>{row['seed']}</th>{cells}</tr>")
-    return (f"<div class='scroll'><table class='raw'><thead><tr><th>alpha</th><th>seed</th>{head}</tr></thead>"
+    for key in keys:
+        cells = "".join(f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for row in rows)
+        body.append(f"<tr><th title='{html.escape(_label(key))}'>{html.escape(key)}</th>{cells}</tr>")
+    return (f"<div class='scroll'><table class='raw'><thead><tr><th>metric</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
@@ -440,12 +443,45 @@ def effect_table(rows: list[dict[str, Any]]) -> str:
             f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>")
 
 
-def ablations_html(ablation_files: list[Path]) -> str:
-    """The measured ablations (``lsmia ablate``): each plan's ``results.md`` table, verbatim."""
-    blocks = [f"<h3>{html.escape(path.parent.name)}</h3><pre>{html.escape(path.read_text())}</pre>"
-              for path in ablation_files]
+def ablations_html(ablation_files: Sequence[Path]) -> str:
+    """The measured ablations (``lsmia ablate``): each plan's tables as HTML, from the ``results.json`` beside the
+    ``results.md`` named."""
+    blocks = [ablation_html(path) for path in ablation_files]
     return "<h2>Measured ablations</h2>" + ("".join(blocks) or _missing(
         "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"))
+
+
+def ablation_html(results_md: Path) -> str:
+    """One plan's paired-effect table and per-variant summary table, with its variants and seeds."""
+    name = results_md.parent.name
+    heading = f"<h3>{html.escape(name)}</h3>"
+    results = results_md.with_name("results.json")
+    if not results.is_file():
+        return heading + _missing(f"no {results} beside {results_md.name}: re-run 'lsmia ablate' for plan {name}")
+    record = load_json(results, what="ablation results")
+    variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
+    overrides = "; ".join(f"<b>{html.escape(v)}</b>: " + (html.escape(", ".join(
+        f"{key} = {value}" for key, value in spec.get("overrides", {}).items())) or "the default settings")
+        for v, spec in variants.items())
+    seeds = sorted({int(row["seed"]) for row in record.get("rows", [])})
+    return (heading + f"<p class='caption'>Variants — {overrides}.</p>"
+            + html_table(tables.EFFECT_COLUMNS, tables.effect_rows(variants))
+            + html_table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants))
+            + f"<p class='caption'>{html.escape(tables.seeds_note(seeds))}</p>")
+
+
+def html_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    """A table in a horizontally scrolling box: the page never grows wider than its text."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(_row_html(row) for row in rows)
+    return (f"<div class='scroll'><table class='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table></div>")
+
+
+def _row_html(cells: list[str]) -> str:
+    """The first cell as the row's header, the rest as data."""
+    first, *rest = cells
+    return f"<tr><th>{html.escape(first)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in rest) + "</tr>"
 
 
 def _data_uri(path: Path) -> str:
@@ -488,7 +524,8 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 th{background:#f6f6f6}table.facts th,table.summary tbody th,table.summary thead th:nth-child(-n+2){text-align:left}
 table.summary td,table.raw td{white-space:nowrap}
 table.summary code{color:#888;font-size:11px}td.dir{color:#666;font-size:12px;text-align:left}
-.na{color:#aaa}.scroll{overflow-x:auto}.note{background:#f4f8fb;border-left:4px solid #4a90c2;padding:.6em 1em}
+.na{color:#aaa}.scroll{overflow-x:auto;margin:.6em 0}table.raw tbody th{text-align:left}
+.note{background:#f4f8fb;border-left:4px solid #4a90c2;padding:.6em 1em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}
 .missing{color:#a33}.caption{color:#555;font-size:13px;margin-top:0}
 .recon{display:flex;flex-wrap:wrap;gap:0 18px}.recon figure{margin:.4em 0}
@@ -505,7 +542,8 @@ def page_html(title: str, parts: list[str]) -> str:
 # --------------------------------------------------------------------------- assembly
 
 
-RECON_CAPTION = "left: real training images, right: reconstructions (one row per attacked identity)"
+RECON_CAPTION = ("left: real training images, right: reconstructions, best first (one row per attacked identity); "
+                 "a green frame: the evaluation model classifies the reconstruction as its identity, red: it does not")
 RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about this width, pixels kept sharp
 
 
@@ -515,9 +553,29 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path) -> str:
-    """Per alpha, every seed's reconstruction grid, copied into ``folder``; a note lists the runs without one."""
+def judging_inputs(paths: StudyPaths, device: torch.device) -> tuple[FaceData, torch.nn.Module] | None:
+    """The data and the evaluation model that judge each reconstruction; None when either is missing."""
+    eval_file = paths.eval_dir / "model.pt"
+    if not paths.data_file.is_file() or not eval_file.is_file():
+        return None
+    data = FaceData.load(paths.data_file)
+    return data, load_classifier(eval_file, num_classes=data.num_classes, what="evaluation model").to(device)
+
+
+def write_judged_grid(judge: tuple[FaceData, torch.nn.Module], attack_file: Path, out: Path) -> None:
+    """The attack's labelled grid with each reconstruction framed green (the evaluation model agrees) or red."""
+    data, eval_model = judge
+    result = AttackResult.load(attack_file)
+    correct = predict_logits(eval_model, result.final_images).argmax(1) == result.final_targets.cpu()
+    save_judged_grid(data, result, correct, out)
+
+
+def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path,
+                         device: torch.device | None = None) -> str:
+    """Per alpha, every seed's reconstruction grid in ``folder``, judged by the evaluation model where it and the
+    attack result exist (else the attack stage's grid); a note lists the runs without one."""
     blocks, missing = [], []
+    judge = judging_inputs(paths, device or torch.device("cpu"))
     for alpha in sorted({row["alpha"] for row in rows}):
         figures = []
         for row in (r for r in rows if r["alpha"] == alpha):
@@ -526,7 +584,11 @@ def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: 
                 missing.append(f"alpha {alpha:g}, seed {row['seed']}")
                 continue
             name = f"reconstructions_alpha{alpha:g}_seed{row['seed']}.png"
-            shutil.copyfile(source, folder / name)
+            attack_file = source.with_name("attack.pt")
+            if judge is not None and attack_file.is_file():
+                write_judged_grid(judge, attack_file, folder / name)
+            else:
+                shutil.copyfile(source, folder / name)
             width = png_size(folder / name)[0]
             figures.append(figure_html(folder, FigureFile(name, f"reconstructions alpha {alpha:g} seed {row['seed']}",
                                                           f"seed {row['seed']}"),
@@ -613,7 +675,7 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
     parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
     parts.append(ablations_html(ablation_files))
     parts.append(toy_html(paths.root / "toy", folder))
-    parts.append(reconstructions_html(paths, rows, folder))
+    parts.append(reconstructions_html(paths, rows, folder, device))
     parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
     (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
 
@@ -652,15 +714,24 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 
 
 def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = None) -> Path:
-    """DVC plot sources: ``study.json`` (one row per run, numeric metrics) and the reconstruction grids."""
+    """DVC plot sources: ``study.json`` (one row per run, numeric metrics) and the labelled reconstruction grids,
+    framed by the evaluation model's verdict where it and the attack result exist (grids of other runs removed)."""
     rows = collect_metrics(paths.metrics_dir, cells)
     plots_dir = Path(plots_dir)
     grids = plots_dir / "reconstructions"
     grids.mkdir(parents=True, exist_ok=True)
+    judge = judging_inputs(paths, torch.device("cpu"))
+    wanted = set()
     for row in rows:
         grid = paths.attack_dir(row["alpha"], row["seed"]) / "reconstructions.png"
-        if grid.exists():
-            shutil.copyfile(grid, grids / f"alpha{row['alpha']}_seed{row['seed']}.png")
+        out = grids / f"alpha{row['alpha']}_seed{row['seed']}.png"
+        if judge is not None and grid.with_name("attack.pt").is_file():
+            write_judged_grid(judge, grid.with_name("attack.pt"), out)
+        elif grid.exists():
+            shutil.copyfile(grid, out)
+        wanted.add(out.name)
+    for stale in (g for g in grids.glob("*.png") if g.name not in wanted):
+        stale.unlink()
     numeric = [{k: v for k, v in row.items() if _is_number(v)} for row in rows]
     target = plots_dir / "study.json"
     tmp = target.with_suffix(".json.tmp")

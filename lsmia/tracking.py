@@ -643,11 +643,15 @@ class Tracker(NullTracker):
 def _file_dataset(name: str, path: Path, digest: str, profile: Mapping[str, Any]) -> Any:
     """An mlflow.data Dataset that describes a file on disk (source, digest, profile) without reading it."""
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.data.sources import LocalArtifactDatasetSource  # type: ignore[attr-defined]  # registered at import
 
     class FileDataset(MetaDataset):
+        @property
+        def profile(self) -> dict[str, Any]:
+            return dict(profile)
+
         def to_dict(self) -> dict[str, str]:
-            return {**super().to_dict(), "profile": json.dumps(dict(profile), sort_keys=True, default=str)}
+            return {**super().to_dict(), "profile": json.dumps(self.profile, sort_keys=True, default=str)}
 
     return FileDataset(LocalArtifactDatasetSource(str(path.resolve())), name=name, digest=digest)
 

@@ -90,11 +90,10 @@ def labelled_grid(layout: GridLayout, correct: torch.Tensor | None = None) -> Im
     tiles = make_grid(layout.images, nrow=layout.nrow, padding=GRID_PADDING, pad_value=1.0)
     body = Image.fromarray(tiles.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
     font = _font()
-    draw = ImageDraw.Draw(body)
-    left = max(int(draw.textlength(label, font=font)) for label in layout.row_labels) + 2 * LABEL_GAP
+    left = label_margin(layout)
     width = left + body.width
     if correct is not None:
-        width = max(width, int(draw.textlength(LEGEND, font=font)) + 2 * LABEL_GAP)
+        width = max(width, _text_width(LEGEND, font) + 2 * LABEL_GAP)
     canvas = Image.new("RGB", (width, HEADER + body.height + (FOOTER if correct is not None else 0)), "white")
     canvas.paste(body, (left, HEADER))
     draw = ImageDraw.Draw(canvas)
@@ -104,6 +103,16 @@ def labelled_grid(layout: GridLayout, correct: torch.Tensor | None = None) -> Im
         _draw_frames(draw, layout, left, correct)
         draw.text((LABEL_GAP, HEADER + body.height + 2), LEGEND, fill=INK, font=font)
     return canvas
+
+
+def _text_width(text: str, font: Font) -> int:
+    return int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font))
+
+
+def label_margin(layout: GridLayout) -> int:
+    """The width of the band left of the tiles that holds each row's identity."""
+    font = _font()
+    return max(_text_width(label, font) for label in layout.row_labels) + 2 * LABEL_GAP
 
 
 def _tile_step(layout: GridLayout) -> int:

@@ -110,7 +110,8 @@ def test_mean_and_interval_are_rounded_to_the_interval_precision():
 def test_raw_table_lists_every_run(built):
     page = built[1].read_text()
     raw = page[page.index("Raw metrics per run"):]
-    assert len(re.findall(r"<tr><th>[-0-9.]+</th><th>\d</th>", raw)) == len(ALPHAS) * len(SEEDS)
+    assert len(re.findall(r"<th>α = [-0-9.]+<br><small>seed \d</small></th>", raw)) == len(ALPHAS) * len(SEEDS)
+    assert len(re.findall(r"<tr><th title='[^']*'>[a-z_0-9]+</th>", raw)) == len(fake_metrics(0.0, 0)) - 2
     assert f"<td>{fake_metrics(-0.05, 1)['delta_eval']:.4g}</td>" in raw
 
 
@@ -186,10 +187,49 @@ def test_effect_table_pairs_each_seed_with_hard_labels(built):
     assert "does not halve acc@1" in section and "0.82 ± 0.21" in section and "-0.05 ± 0" in section
 
 
-def test_ablation_results_are_included_verbatim(tmp_path):
+def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     paths = make_study(tmp_path / "out")
-    results = paths.ablation_dir("factors") / "results.md"
+    results = paths.ablation_dir("alpha") / "results.md"
     results.parent.mkdir(parents=True)
-    results.write_text("| variant | α |\n| baseline | +0.1 |\n")
-    page = report.write_report(paths, tmp_path / "report", torch.device("cpu"), ablation_files=[results]).read_text()
-    assert "<h3>factors</h3><pre>| variant | α |\n| baseline | +0.1 |\n</pre>" in page
+    results.write_text("| raw markdown, never shown |\n")
+    committed = Path(__file__).resolve().parents[1] / "out" / "ablations" / "alpha" / "results.json"
+    results.with_name("results.json").write_text(committed.read_text())
+    orphan = paths.ablation_dir("factors") / "results.md"  # a results.md without its results.json
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text("| variant |\n")
+    page = report.write_report(paths, tmp_path / "report", torch.device("cpu"),
+                               ablation_files=[results, orphan]).read_text()
+    section = page[page.index("Measured ablations"):page.index("The paper's 2-D toy")]
+    assert "<pre>" not in section and "raw markdown" not in section and "|" not in section
+    # the paired effect at -0.05 and the summary row at 0, as in the committed results.md
+    assert ("<tr><th>baseline</th><td>-0.05</td><td>0.537 ± 0.031</td><td>0.554 ± 0.065</td><td>0.97 ± 0.06</td>"
+            "<td>0.003 ± 0.007</td><td>does not halve acc@1</td></tr>") in section
+    assert "<tr><th>baseline</th><td>+0</td><td>0.857 ± 0.052</td><td>0.554 ± 0.065</td><td></td>" in section
+    assert section.count("<table") == 2 and section.count("<div class='scroll'>") == 2
+    assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section
+    assert "no " in section and "results.json beside results.md" in section  # the orphan is named, not shown raw
+
+
+def test_reconstructions_in_report_and_plots_are_judged_by_the_evaluation_model(tmp_path):
+    from lsmia.data.base import FaceData
+    from lsmia.models.inference import predict_logits
+    from lsmia.visualize import save_judged_grid
+    from tests.test_visualize import fake_attack
+
+    paths = make_study(tmp_path / "out")
+    torch.manual_seed(0)
+    eval_model = build_classifier("smallvgg", 4, 16, width=4).eval()
+    save_classifier(eval_model, paths.eval_dir / "model.pt")
+    result = fake_attack([1, 3])
+    result.final_images = torch.randint(0, 256, result.final_images.shape, dtype=torch.uint8)
+    for alpha in ALPHAS:
+        for seed in SEEDS:
+            result.save(paths.attack_dir(alpha, seed) / "attack.pt")
+    index = report.write_report(paths, tmp_path / "report", torch.device("cpu"))
+    report.write_plot_data(paths, tmp_path / "plots")
+    correct = predict_logits(eval_model, result.final_images).argmax(1) == result.final_targets
+    save_judged_grid(FaceData.load(paths.data_file), result, correct, tmp_path / "expected.png")
+    expected = (tmp_path / "expected.png").read_bytes()
+    assert (index.parent / "reconstructions_alpha0.1_seed1.png").read_bytes() == expected
+    assert (tmp_path / "plots" / "reconstructions" / "alpha0.1_seed1.png").read_bytes() == expected
+    assert "green frame" in index.read_text()

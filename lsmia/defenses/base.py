@@ -40,6 +40,15 @@ class Defense:
         for module in modules:
             self._handles.append(module.register_forward_hook(keep))
 
+    def capture_inputs(self, modules: Iterable[nn.Module], store: list[torch.Tensor]) -> None:
+        """Like :meth:`capture`, for each module's (first) input."""
+        def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if torch.is_grad_enabled():
+                store.append(inputs[0])
+
+        for module in modules:
+            self._handles.append(module.register_forward_pre_hook(keep))
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.models as tvm
 
+from lsmia.defenses.mid import VariationalBottleneck, bottleneck_dim
 from lsmia.errors import LsmiaError
 from lsmia.utils import load_torch, save_torch
 
@@ -114,10 +115,30 @@ ARCHITECTURES = sorted([*SMALL, *TORCHVISION])
 INCEPTION_MIN_SIZE = 299  # its auxiliary head needs the 17x17 map of 299 px inputs
 
 
-class Classifier(nn.Module):
-    """Normalisation, backbone (penultimate features) and a linear head."""
+def _starts_block(name: str, child: nn.Module) -> bool:
+    return isinstance(child, (nn.Conv2d, BasicBlock)) or name.startswith(("layer", "denseblock", "Mixed_"))
 
-    def __init__(self, arch: str, num_classes: int, image_size: int, width: int = 32) -> None:
+
+def backbone_blocks(backbone: nn.Module) -> list[list[nn.Module]]:
+    """The backbone's top-level modules grouped into blocks, input first: a block starts at a plain conv (the
+    small nets and torchvision stems), a residual block, a ResNet ``layerN``, a DenseNet ``denseblockN`` or an
+    Inception ``Mixed_*``; pooling, transitions and auxiliary heads join the block before them."""
+    root = backbone.features if isinstance(getattr(backbone, "features", None), nn.Sequential) else backbone
+    blocks: list[list[nn.Module]] = []
+    for name, child in root.named_children():
+        if not blocks or _starts_block(name, child):
+            blocks.append([])
+        blocks[-1].append(child)
+    return blocks
+
+
+class Classifier(nn.Module):
+    """Normalisation, backbone (penultimate features), an optional variational bottleneck (MID) and a linear head.
+
+    ``bottleneck`` puts a :class:`VariationalBottleneck` of half the feature size between backbone and head.
+    """
+
+    def __init__(self, arch: str, num_classes: int, image_size: int, width: int = 32, bottleneck: bool = False) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise LsmiaError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHITECTURES)}")
@@ -126,18 +147,22 @@ class Classifier(nn.Module):
             self.backbone, dim = SMALL[arch](width)
         else:
             self.backbone, dim = TORCHVISION[arch](image_size, num_classes)
-        self.head = nn.Linear(dim, num_classes)
-        self.feature_dim = dim
+        self.bottleneck = VariationalBottleneck(dim, bottleneck_dim(dim)) if bottleneck else None
+        self.feature_dim = bottleneck_dim(dim) if bottleneck else dim
+        self.head = nn.Linear(self.feature_dim, num_classes)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.arch == "inception_v3" and x.shape[-1] < INCEPTION_MIN_SIZE:
             x = F.interpolate(x, size=(INCEPTION_MIN_SIZE, INCEPTION_MIN_SIZE), mode="bilinear", align_corners=False)
         return (x - 0.5) / 0.5
 
+    def _bottlenecked(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.bottleneck is None else self.bottleneck(h)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (the input of the linear head)."""
+        """Penultimate features (the input of the linear head: z of the bottleneck when there is one)."""
         out = self.backbone(self._prepare(x))
-        return out.logits if hasattr(out, "logits") else out
+        return self._bottlenecked(out.logits if hasattr(out, "logits") else out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -146,16 +171,22 @@ class Classifier(nn.Module):
         """Logits and, for inception_v3 in training mode, the auxiliary logits."""
         out = self.backbone(self._prepare(x))
         if hasattr(out, "aux_logits"):
-            return self.head(out.logits), out.aux_logits
-        return self.head(out), None
+            return self.head(self._bottlenecked(out.logits)), out.aux_logits
+        return self.head(self._bottlenecked(out)), None
+
+    def blocks(self) -> list[list[nn.Module]]:
+        """The network in blocks from input to output, the head (with the bottleneck) last: what TL-DMI freezes
+        and whose outputs BiDO constrains."""
+        return [*backbone_blocks(self.backbone), [m for m in (self.bottleneck, self.head) if m is not None]]
 
     def spec(self) -> dict[str, Any]:
-        return {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size, "width": self.width}
+        spec = {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size, "width": self.width}
+        return {**spec, "bottleneck": True} if self.bottleneck is not None else spec
 
 
 def build_classifier(arch: str, num_classes: int, image_size: int, width: int = 32,
-                     pretrained_path: Path | None = None) -> Classifier:
-    model = Classifier(arch, num_classes, image_size, width)
+                     pretrained_path: Path | None = None, bottleneck: bool = False) -> Classifier:
+    model = Classifier(arch, num_classes, image_size, width, bottleneck)
     if pretrained_path is not None:
         load_pretrained_backbone(model, Path(pretrained_path))
     return model
@@ -188,7 +219,8 @@ def load_classifier(path: Path | str, num_classes: int | None = None, arch: str 
     if num_classes is not None and ckpt["num_classes"] != num_classes:
         raise LsmiaError(f"{path} has {ckpt['num_classes']} classes but the data has {num_classes}: "
                          "retrain it on this data set")
-    model = Classifier(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"], ckpt.get("width", 32))
+    model = Classifier(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"], ckpt.get("width", 32),
+                       bool(ckpt.get("bottleneck", False)))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:

@@ -52,7 +52,12 @@ class MappingNetwork(nn.Module):
         dims = [latent_dim] + [w_dim] * layers
         body: list[nn.Module] = []
         for cin, cout in zip(dims[:-1], dims[1:]):
-            body += [nn.Linear(cin, cout), nn.LeakyReLU(0.2)]
+            linear = nn.Linear(cin, cout)
+            # Variance-preserving (He) init and zero bias, as StyleGAN's equalised layers start: w keeps z's scale.
+            # PyTorch's default init shrinks the second moment ~6x per layer, leaving w a small wobble on a bias.
+            nn.init.kaiming_normal_(linear.weight, a=0.2, nonlinearity="leaky_relu")
+            nn.init.zeros_(linear.bias)
+            body += [linear, nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*body)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

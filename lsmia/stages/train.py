@@ -17,7 +17,8 @@ EVAL_SEED_OFFSET = 1000  # the evaluation model never shares an initialisation w
 
 def stage_train(cfg: Config, role: str, data_file: Path, out_dir: Path, device: torch.device,
                 seed: int | None = None, on_epoch: EpochCallback | None = None, code_version: str = "") -> TrainResult:
-    """Train the target (label smoothing ``cfg.target.smoothing``) or the evaluation model (hard labels).
+    """Train the target (label smoothing ``cfg.target.smoothing``, defense ``cfg.target.defense``) or the evaluation
+    model (hard labels).
 
     ``code_version`` (lsmia.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
     that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint."""
@@ -25,7 +26,7 @@ def stage_train(cfg: Config, role: str, data_file: Path, out_dir: Path, device: 
     seed = cfg.run.seed if seed is None else seed
     if role == "target":
         return train_classifier(cfg.target, data, out_dir, device, seed=seed, smoothing=cfg.target.smoothing,
-                                on_epoch=on_epoch, code_version=code_version)
+                                on_epoch=on_epoch, code_version=code_version, defense=cfg.target.defense)
     if role == "eval":
         return train_classifier(cfg.eval_model, data, out_dir, device, seed=seed + EVAL_SEED_OFFSET,
                                 on_epoch=on_epoch, code_version=code_version)

@@ -24,8 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lsmia import distributed
 from lsmia.augment import training_augment
-from lsmia.config import ClassifierConfig, SmoothingConfig
+from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
+from lsmia.defenses.base import Defense
+from lsmia.defenses.factory import active, needs_bottleneck, prepare_defense
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.losses import smoothed_cross_entropy
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
@@ -77,11 +79,15 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
 
 
 def _loss(outputs: TrainOutputs, x: torch.Tensor, y: torch.Tensor, alpha: float,
-          aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+          aux_weight: float, defense: Defense | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smoothed cross-entropy (plus the auxiliary head's) plus the defense's penalty of this forward pass."""
     logits, aux = outputs(x)
     loss = smoothed_cross_entropy(logits, y, alpha)
     if aux is not None:
         loss = loss + aux_weight * smoothed_cross_entropy(aux, y, alpha)
+    penalty = defense.penalty(x, y) if defense is not None else None
+    if penalty is not None:
+        loss = loss + penalty
     return loss, logits
 
 
@@ -116,7 +122,7 @@ def _finite_on_every_rank(loss: torch.Tensor) -> bool:
 
 
 def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               alpha: float, aux_weight: float) -> tuple[float, int, int]:
+               alpha: float, aux_weight: float, defense: Defense | None = None) -> tuple[float, int, int]:
     """One optimiser step on the global batch ``x, y``; (loss sum, correct, rows) of the rows run here.
 
     With world size > 1 this rank runs rows ``rank::world``; its mean loss is scaled by
@@ -129,7 +135,7 @@ def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch
         total = len(y)
         x, y = x[distributed.rank()::world], y[distributed.rank()::world]
         scale = len(y) * world / total
-    loss, logits = _loss(outputs, x, y, alpha, aux_weight)
+    loss, logits = _loss(outputs, x, y, alpha, aux_weight, defense)
     if not _finite_on_every_rank(loss):
         raise DivergenceError(f"training diverged (non-finite loss at alpha={alpha}): "
                               "lower the learning rate or |alpha|; the last good checkpoint is kept")
@@ -153,11 +159,13 @@ def _reduced_stats(total_loss: float, correct: int, seen: int, device: torch.dev
 
 def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSet, cfg: ClassifierConfig,
                alpha: float, device: torch.device, gen: torch.Generator,
-               outputs: nn.Module | None = None) -> dict[str, float]:
+               outputs: nn.Module | None = None, defense: Defense | None = None) -> dict[str, float]:
     """One epoch; ``outputs`` is the DDP-wrapped training pass under torchrun (None: ``model.train_outputs``)."""
     model.train()
     if outputs is not None:
         outputs.train()
+    if defense is not None:
+        defense.set_train_mode(model)
     world = distributed.world_size()
     order = torch.randperm(len(train), generator=gen)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
@@ -171,7 +179,7 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
         if world > 1 and len(index) < 2 * world:
             continue  # a shard of one row cannot train BatchNorm; the draws above keep the stream aligned
         loss_sum, right, rows = train_step(model.train_outputs if outputs is None else outputs, optimizer, x, y, alpha,
-                                           cfg.aux_loss_weight)
+                                           cfg.aux_loss_weight, defense)
         total_loss += loss_sum
         correct += right
         seen += rows
@@ -183,18 +191,34 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
 
 def plain_batchnorm(model: Classifier) -> Classifier:
     """A copy of ``model`` with plain BatchNorm layers (same state), usable outside the process group."""
-    plain = build_classifier(model.arch, model.num_classes, model.image_size, model.width)
+    plain = build_classifier(model.arch, model.num_classes, model.image_size, model.width,
+                             bottleneck=model.bottleneck is not None)
     plain.load_state_dict(model.state_dict())
     return plain.to(next(model.parameters()).device).train(model.training)
 
 
 def _fingerprint(cfg: ClassifierConfig, smoothing: SmoothingConfig | None, data: FaceData, seed: int,
-                 code_version: str = "") -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: config, smoothing, the training images, seed and code."""
+                 code_version: str = "", defense: DefenseConfig | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: config, smoothing, defense, the training images, seed and code."""
     images = hashlib.sha256(data.train.images.contiguous().numpy().tobytes()).hexdigest()[:16]
-    return {"config": cfg.model_dump(mode="json"), "smoothing": smoothing.model_dump(mode="json") if smoothing else None,
-            "num_classes": data.num_classes, "train_size": len(data.train), "train_images": images, "seed": seed,
-            "code": code_version}
+    fingerprint = {"config": cfg.model_dump(mode="json"),
+                   "smoothing": smoothing.model_dump(mode="json") if smoothing else None,
+                   "num_classes": data.num_classes, "train_size": len(data.train), "train_images": images, "seed": seed,
+                   "code": code_version}
+    return {**fingerprint, "defense": defense.model_dump(mode="json")} if defense is not None else fingerprint
+
+
+def _global_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global random streams (MID's sampling draws from them), saved with a checkpoint for an exact resume."""
+    state = {"torch_rng": torch.get_rng_state()}
+    return {**state, "cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else state
+
+
+def _restore_global_rng(state: dict[str, Any], device: torch.device) -> None:
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def _load_resume_state(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -225,12 +249,14 @@ def require_training_steps(batch_size: int, train_size: int, world: int = 1) -> 
 def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, device: torch.device, seed: int = 0,
                      smoothing: SmoothingConfig | None = None, on_epoch: EpochCallback | None = None,
                      show_progress: bool = True, stop_after_epoch: int | None = None,
-                     code_version: str = "") -> TrainResult:
+                     code_version: str = "", defense: DefenseConfig | None = None) -> TrainResult:
     """Train a classifier on ``data.train``; resume from ``out_dir/checkpoint.pt`` when it matches.
 
-    ``smoothing`` None means hard labels (alpha = 0). ``stop_after_epoch`` ends the run early
+    ``smoothing`` None means hard labels (alpha = 0). ``defense`` (lsmia.defenses; None or ``kind: none``: none)
+    shapes the model, the trained parameters and the loss. ``stop_after_epoch`` ends the run early
     as an interruption would (used by tests of resume).
     """
+    defense = active(defense)
     out_dir = Path(out_dir)
     world, main = distributed.world_size(), distributed.is_main()
     if world > 1 and cfg.batch_size < 2 * world:
@@ -239,14 +265,16 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     require_training_steps(cfg.batch_size, len(data.train), world)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    model = build_classifier(cfg.arch, data.num_classes, data.image_size, cfg.width, cfg.pretrained_path).to(device)
+    model = build_classifier(cfg.arch, data.num_classes, data.image_size, cfg.width, cfg.pretrained_path,
+                             bottleneck=needs_bottleneck(defense)).to(device)
+    guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model.parameters() if guard is None else guard.trainable(model))
     scheduler = make_scheduler(cfg, optimizer)
     gen = torch.Generator().manual_seed(seed)
-    fingerprint = _fingerprint(cfg, smoothing, data, seed, code_version)
+    fingerprint = _fingerprint(cfg, smoothing, data, seed, code_version, defense)
     history: list[dict[str, float]] = []
     start_epoch = 0
     state = _load_resume_state(out_dir, fingerprint)
@@ -255,13 +283,14 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        _restore_global_rng(state, device)
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
     outputs = distributed_outputs(model, device) if world > 1 else None  # every rank has loaded by now
     started = time.perf_counter()
     epochs = range(start_epoch, cfg.epochs)
     for epoch in (progress(epochs, desc="epochs") if show_progress and main else epochs):
         alpha = alpha_at(smoothing, epoch, cfg.epochs) if smoothing else 0.0
-        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, outputs)
+        stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, outputs, guard)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         test_logits = predict_logits(model, data.test.images, TRAINING_EVAL_BATCH)
@@ -273,10 +302,15 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
                 on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
-                        "history": history, "fingerprint": fingerprint}, out_dir / CHECKPOINT)
+                        "history": history, "fingerprint": fingerprint, **_global_rng(device)},
+                       out_dir / CHECKPOINT)
         distributed.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            if guard is not None:
+                guard.close()
             return TrainResult(model.eval(), out_dir / CHECKPOINT, {}, history, start_epoch)
+    if guard is not None:
+        guard.close()
     model = plain_batchnorm(model) if sync_bn else model
     model.eval()
     metrics = final_metrics(model, data, device, history)

@@ -1,0 +1,69 @@
+"""MID (Wang et al., AAAI 2021): a variational information bottleneck before the classifier head.
+
+The backbone features h give a Gaussian q(z|x) = N(mu(h), diag sigma(h)^2) of half their size (the reference's
+k = feature_dim // 2); training samples z = mu + sigma * eps (reparameterisation), evaluation and attacks use
+z = mu, and the head classifies z. The loss is CE + beta * KL(q(z|x) || N(0, I)), which bounds I(x; z) and so
+what the model's output can reveal about its input. As in the reference code (BiDO repository ``train_vib``,
+MIBench ``VibWrapper``), sigma = softplus(s - 5), so training starts with little noise (sigma ~ 0.0067);
+MIBench samples z in evaluation too, lsmia evaluates and attacks the deterministic mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsmia.defenses.base import Defense
+
+SIGMA_SHIFT = 5.0  # sigma = softplus(s - 5), the reference's parameterisation
+MIN_SIGMA = 1e-8  # keeps log sigma^2 finite where softplus underflows
+
+
+def bottleneck_dim(feature_dim: int) -> int:
+    """The size of z: half the backbone's feature size, as in the reference."""
+    return max(1, feature_dim // 2)
+
+
+class VariationalBottleneck(nn.Module):
+    """z = mu(h) + sigma(h) * eps in training, mu(h) in evaluation; one linear layer gives mu and s."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.encoder = nn.Linear(in_dim, 2 * dim)
+
+    def statistics(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log sigma^2) from the encoder's output [N, 2 * dim]."""
+        mu, s = encoded.split(self.dim, dim=1)
+        sigma = F.softplus(s - SIGMA_SHIFT).clamp_min(MIN_SIGMA)
+        return mu, 2.0 * sigma.log()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mu, log_var = self.statistics(self.encoder(h))
+        if not self.training:
+            return mu
+        return mu + torch.randn_like(mu) * (0.5 * log_var).exp()
+
+
+def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag e^log_var) || N(0, I)) = 1/2 * sum_k (mu_k^2 + sigma_k^2 - log sigma_k^2 - 1), batch mean."""
+    return 0.5 * (mu.pow(2) + log_var.exp() - log_var - 1.0).sum(dim=1).mean()
+
+
+class MidDefense(Defense):
+    """loss = CE + beta * KL(q(z|x) || N(0, I)) of the training batch, read from the bottleneck's encoder."""
+
+    name = "mid"
+
+    def __init__(self, bottleneck: VariationalBottleneck, beta: float) -> None:
+        super().__init__()
+        self.bottleneck, self.beta = bottleneck, beta
+        self.encoded: list[torch.Tensor] = []
+        self.capture([bottleneck.encoder], self.encoded)
+
+    def penalty(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        encoded = self.encoded[-1]
+        self.encoded.clear()
+        mu, log_var = self.bottleneck.statistics(encoded.float())
+        return self.beta * gaussian_kl(mu, log_var)
