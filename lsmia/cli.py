@@ -175,13 +175,17 @@ def data(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
 def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
                 data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
                 out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
-    """Train the GAN prior on the public images only."""
+    """Train the GAN prior on the public images only (with prior.kind torchscript: record the exported generator)."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.prior_dir
+    if cfg.prior.kind != "dcgan":  # the DVC graph's prior stage: nothing to train, the attacks load prior.path
+        with _writing(out_dir):
+            _echo_json(record_exported_prior(cfg, out_dir))
+        return
     data_file = data_file or paths.data_file
     with _writing(out_dir), tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True,
                                           data_file=data_file, **_run_marker(out_dir)) as tracker:
@@ -189,6 +193,19 @@ def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, de
                                       on_epoch=tracker.epoch_logger(), code_version=_code_version("prior"))
         tracker.log_prior(result)
     _echo_json(result.metrics)
+
+
+def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    """``out_dir/prior.json``: the exported generator's path and digest (what the DVC prior stage outputs for it)."""
+    from lsmia.utils import file_digest, save_json
+
+    path = Path(cfg.prior.path) if cfg.prior.path is not None else None
+    if path is None or not path.is_file():
+        raise LsmiaError(f"prior.kind is {cfg.prior.kind} but prior.path ({path}) is not a file: export the generator "
+                         "(README: 'Exporting a StyleGAN2-ADA generator') and set prior.path to it")
+    record = {"kind": cfg.prior.kind, "path": str(path), "sha256": file_digest(path, length=64)}
+    save_json(record, out_dir / "prior.json")
+    return record
 
 
 @app.command()

@@ -147,7 +147,7 @@ class PriorConfig(Section):
     width: int = Field(32, ge=8)  # 32 px: G ~0.3 M params, ~7 s per epoch of 4,000 images on one CPU thread
     mapping_layers: int = Field(2, ge=0)  # dcgan: Linear+LeakyReLU layers z -> w (StyleGAN: 8); 0: plain DCGAN, z only
     w_dim: int = Field(128, ge=1)  # dcgan: size of w, the mapping network's output (StyleGAN: 512)
-    mapping_lr_mult: float = Field(0.01, gt=0.0)  # dcgan: the mapping network's lr / prior.lr (StyleGAN: 0.01)
+    mapping_lr_mult: float = Field(1.0, gt=0.0)  # dcgan: the mapping network's lr / prior.lr (StyleGAN: 0.01)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = 2e-4

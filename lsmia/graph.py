@@ -232,7 +232,7 @@ def dvc_stage(stage_: Stage) -> dict[str, Any]:
     return entry
 
 
-STUDY_PLOT = "out/plots/study.json"  # one row per run (lsmia.report.write_plot_data)
+STUDY_PLOT = f"{OUT}/plots/study.json"  # one row per run (lsmia.report.write_plot_data)
 ALPHA_AXIS = {"x": "alpha", "x_label": "label smoothing α", "template": "lsmia_by_alpha"}
 # Templates lsmia_by_alpha / lsmia_tradeoff and the page (UTF-8) live in .dvc/plots/ (.dvc/config plots.html_template):
 # axes fitted to the data, the mean over seeds per alpha, points labelled with their alpha.
@@ -246,7 +246,7 @@ PLOTS: list[dict[str, Any] | str] = [
                              "y": {STUDY_PLOT: "delta_eval"}, "y_label": "δ_eval (eval-feature distance)"}},
     {"xi_vs_alpha": {**ALPHA_AXIS, "title": "ξ vs α (higher = more leakage)", "y": {STUDY_PLOT: "xi"},
                      "y_label": "ξ knowledge extraction"}},
-    "out/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model
+    f"{OUT}/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model
 ]
 
 HEADER = """\

@@ -103,5 +103,9 @@ class SweepPaths:
         return self.root / "pareto.html"
 
     @property
+    def importance_html(self) -> Path:
+        return self.root / "importance.html"
+
+    @property
     def recommendation(self) -> Path:
         return self.root / "recommendation.json"

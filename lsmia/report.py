@@ -524,7 +524,7 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 th{background:#f6f6f6}table.facts th,table.summary tbody th,table.summary thead th:nth-child(-n+2){text-align:left}
 table.summary td,table.raw td{white-space:nowrap}
 table.summary code{color:#888;font-size:11px}td.dir{color:#666;font-size:12px;text-align:left}
-.na{color:#aaa}.scroll{overflow-x:auto;margin:.6em 0}table.raw tbody th{text-align:left}
+.na{color:#aaa}.scroll{overflow-x:auto;margin:.6em 0}table.raw tbody th,table.raw thead th:first-child{text-align:left}
 .note{background:#f4f8fb;border-left:4px solid #4a90c2;padding:.6em 1em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}
 .missing{color:#a33}.caption{color:#555;font-size:13px;margin-top:0}

@@ -60,7 +60,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import html
 import json
 import math
 import multiprocessing
@@ -172,6 +171,24 @@ def directions(sweep: SweepConfig) -> list[str]:
     return ["maximize", "minimize"] if sweep.mode == "pareto" else ["minimize"]
 
 
+def objective_names(sweep: SweepConfig) -> list[str]:
+    """The objectives' names, as optuna-dashboard and optuna.visualization label them."""
+    return ["test_acc", "attack_acc1"] if sweep.mode == "pareto" else ["attack_acc1"]
+
+
+def name_objectives(study: optuna.Study, sweep: SweepConfig) -> None:
+    """Name the objectives (``study.set_metric_names``) and record each one's direction in the study's user attrs."""
+    names = objective_names(sweep)
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(names)
+    if "directions" not in study.user_attrs:
+        study.set_user_attr("directions", dict(zip(names, directions(sweep), strict=True)))
+        if sweep.mode == "constrained":
+            study.set_user_attr("constraint", f"test_acc >= {sweep.min_test_acc} ({CONSTRAINT})")
+
+
 def search_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
     """The searched parameters, in words (logged as params of the parent run)."""
     if sweep.sampler == "grid":
@@ -198,6 +215,12 @@ def suggest_smoothing(trial: optuna.Trial, sweep: SweepConfig, base: SmoothingCo
         end = min(1.0, start + fraction * (1.0 - start))
     return SmoothingConfig.model_validate({**base.model_dump(), "alpha": alpha, "schedule": schedule,
                                            "warmup_start": start, "warmup_end": end})
+
+
+def warmup_applies(smoothing: SmoothingConfig) -> bool:
+    """Whether the smoothing factor ramps up during training (lsmia.schedules.alpha_at): never for a constant
+    schedule, nor for alpha >= 0 when only negative alpha is warmed up (the paper's setting)."""
+    return smoothing.schedule != "constant" and (smoothing.alpha < 0 or not smoothing.negative_only)
 
 
 def grid_alphas(sweep: SweepConfig) -> list[float]:
@@ -266,6 +289,7 @@ def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed
         raise LsmiaError(f"study '{sweep.study_name}' was created with directions "
                          f"{[d.name.lower() for d in study.directions]}, not for mode '{sweep.mode}': "
                          "pass another --study-name or the original sweep.mode")
+    name_objectives(study, sweep)
     if "mode" not in study.user_attrs:
         study.set_user_attr("mode", sweep.mode)
         study.set_user_attr("search_space", search_space(sweep, cfg.target.smoothing))
@@ -374,8 +398,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
 
     sweep = ctx.cfg.sweep
     smoothing = suggest_smoothing(trial, sweep, ctx.cfg.target.smoothing)
-    for key in ("schedule", "warmup_start", "warmup_end"):  # the effective values, searched or not
-        trial.set_user_attr(key, getattr(smoothing, key))
+    trial.set_user_attr("schedule", smoothing.schedule)
+    for key in ("warmup_start", "warmup_end"):  # the effective values, searched or not; none where no warm-up applies
+        trial.set_user_attr(key, getattr(smoothing, key) if warmup_applies(smoothing) else None)
     cfg = trial_config(ctx.cfg, smoothing)
     tags = {"stage": STAGE, "role": "target", "study": sweep.study_name, "trial": str(trial.number),
             "alpha": str(smoothing.alpha), "seed": str(cfg.run.seed), "dataset": cfg.data.source}
@@ -386,6 +411,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
         tracker.log_dict(dict(trial.params), "trial_params.json")
         stage_log = StageLog(tracker, cfg)
+        stage_log.log_dataset("training")
         try:
             metrics = _train_attack_evaluate(ctx, cfg, trial, stage_log)
         except optuna.TrialPruned as err:
@@ -619,6 +645,8 @@ class SweepResult:
     pareto: list[dict[str, Any]]
     recommended: dict[str, Any] | None
     files: dict[str, Path] = field(default_factory=dict)
+    note: str = ""  # why nothing is recommended
+    importance: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> parameter -> importance
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
@@ -640,16 +668,69 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in done if not dominated(r)), key=lambda r: r["test_acc"])
 
 
+def front_of(study: optuna.Study, rows: Sequence[dict[str, Any]], sweep: SweepConfig) -> list[dict[str, Any]]:
+    """The Pareto front's rows by test accuracy: Optuna's ``study.best_trials`` in pareto mode; in constrained mode
+    (one objective) the trials no other beats on both test accuracy and attack acc@1."""
+    if sweep.mode != "pareto":
+        return pareto_front(rows)
+    best = {trial.number for trial in study.best_trials}
+    return sorted((r for r in rows if r["number"] in best), key=lambda r: r["test_acc"])
+
+
 def recommend(front: Sequence[dict[str, Any]], sweep: SweepConfig) -> dict[str, Any] | None:
-    """The Pareto point with the lowest attack acc@1 within ``max_acc_drop`` of the best test accuracy
-    (constrained mode: also at or above the floor); ties go to the higher test accuracy."""
+    """The Pareto point with the lowest attack acc@1 at or above ``min_test_acc`` and within ``max_acc_drop`` of the
+    best test accuracy, in every mode; ties go to the higher test accuracy. None when no point reaches the floor."""
     if not front:
         return None
-    floor = max(r["test_acc"] for r in front) - sweep.max_acc_drop
-    if sweep.mode == "constrained":
-        floor = max(floor, sweep.min_test_acc)
+    floor = max(max(r["test_acc"] for r in front) - sweep.max_acc_drop, sweep.min_test_acc)
     eligible = [r for r in front if r["test_acc"] >= floor - 1e-12]
     return min(eligible, key=lambda r: (r["final_acc1"], -r["test_acc"])) if eligible else None
+
+
+def no_recommendation(front: Sequence[dict[str, Any]], sweep: SweepConfig) -> str:
+    """Why :func:`recommend` found nothing, in words."""
+    if not front:
+        return "no completed trial"
+    best = max(r["test_acc"] for r in front)
+    return (f"no trial reaches the accuracy floor sweep.min_test_acc = {sweep.min_test_acc} (best test accuracy "
+            f"{best:.3f}): lower the floor, train the targets longer or run more trials")
+
+
+IMPORTANCE_MIN_TRIALS = 5  # fANOVA on fewer completed trials says nothing
+
+
+def param_importances(study: optuna.Study, sweep: SweepConfig) -> dict[str, dict[str, float]]:
+    """Per objective, ``optuna.importance`` (fANOVA, seeded) of the parameters the most trials share; empty with
+    fewer than IMPORTANCE_MIN_TRIALS such completed trials or fewer than two parameters, and without the objectives
+    that did not vary over them (fANOVA has nothing to attribute)."""
+    params, used = _importance_params(study)
+    if len(params) < 2 or used < IMPORTANCE_MIN_TRIALS:
+        return {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    found = {}
+    for index, name in enumerate(objective_names(sweep)):
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params,
+                                                                  target=_objective(index))
+        except RuntimeError:  # "zero total variance": the objective was the same in every trial
+            continue
+        found[name] = {key: round(float(value), 6) for key, value in importances.items()}
+    return found
+
+
+def _objective(index: int) -> Callable[[FrozenTrial], float]:
+    return lambda trial: float(trial.values[index])
+
+
+def _importance_params(study: optuna.Study) -> tuple[list[str], int]:
+    """The parameters common to every completed trial, or (a conditional space: the warm-up is searched for
+    negative alpha only) all parameters over the trials that have them all; and how many trials that uses."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    common = sorted(set.intersection(*(set(t.params) for t in done))) if done else []
+    if len(common) >= 2:
+        return common, len(done)
+    every = sorted(set().union(*(set(t.params) for t in done))) if done else []
+    return every, sum(1 for t in done if set(every) <= set(t.params))
 
 
 def _finite(value: Any) -> bool:
@@ -698,68 +779,64 @@ def plot_pareto_png(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, An
     plt.close(fig)
 
 
-def write_pareto_html(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
-                      recommended: dict[str, Any] | None, title: str, out: Path) -> None:
-    """A self-contained interactive page (SVG with hover details, no plotly) plus the trials table."""
-    done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
-    width, height, pad = 640, 440, 50
-    xs = [r["test_acc"] for r in done] or [0.0, 1.0]
-    ys = [r["final_acc1"] for r in done] or [0.0, 1.0]
-    x0, x1, y0, y1 = min(xs) - 0.02, max(xs) + 0.02, min(ys) - 0.02, max(ys) + 0.02
+def write_pareto_html(study: optuna.Study, sweep: SweepConfig, out: Path) -> None:
+    """Optuna's interactive Pareto front (``optuna.visualization.plot_pareto_front``, plotly embedded: works offline).
 
-    def px(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
+    Constrained mode has one objective: the figure shows test accuracy against attack acc@1 with the best feasible
+    trial marked."""
+    from optuna.visualization import plot_pareto_front
 
-    def py(y: float) -> float:
-        return height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)
-
-    front_ids = {r["number"] for r in front}
-    line = " ".join(f"{px(r['test_acc']):.1f},{py(r['final_acc1']):.1f}" for r in front)
-    dots = []
-    for r in done:
-        colour = "gold" if recommended and r["number"] == recommended["number"] else \
-            ("crimson" if r["number"] in front_ids else "grey")
-        detail = html.escape("\n".join(f"{k}: {_cell(v)}" for k, v in r.items() if v not in (None, "")))
-        dots.append(f'<circle cx="{px(r["test_acc"]):.1f}" cy="{py(r["final_acc1"]):.1f}" r="7" fill="{colour}" '
-                    f'stroke="black"><title>{detail}</title></circle>')
-    axes = (f'<text x="{width / 2}" y="{height - 10}" text-anchor="middle">target test accuracy '
-            f'({x0:.3f} .. {x1:.3f})</text><text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" '
-            f'text-anchor="middle">attack acc@1 ({y0:.3f} .. {y1:.3f})</text>'
-            f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" '
-            f'stroke="#ccc"/>')
-    table = _html_table(rows)
-    best = "none" if not recommended else html.escape(json.dumps(recommended, default=str))
-    out.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px}}circle:hover{{stroke-width:3}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>Hover a point for its trial. Red: Pareto front; gold: recommended.</p>
-<svg width="{width}" height="{height}">{axes}<polyline points="{line}" fill="none" stroke="crimson"/>
-{''.join(dots)}</svg><h2>Recommended</h2><pre>{best}</pre><h2>All trials</h2>{table}</body></html>
-""")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if sweep.mode == "pareto":
+            figure = plot_pareto_front(study)
+        else:
+            figure = plot_pareto_front(study, targets=lambda t: (t.user_attrs["test_acc"], t.user_attrs["final_acc1"]),
+                                       target_names=["test_acc", "attack_acc1"])
+    figure.update_layout(title=f"lsmia sweep '{study.study_name}': test accuracy (higher is better) vs attack acc@1 "
+                               "(lower is more private)")
+    figure.write_html(out, include_plotlyjs=True)
 
 
-def _html_table(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "<p>no trials</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def write_importance_html(study: optuna.Study, sweep: SweepConfig, importance: dict[str, dict[str, float]],
+                          out: Path) -> None:
+    """Optuna's parameter-importance figure (fANOVA, seeded): a bar group per objective that has importances."""
+    from optuna.visualization import plot_param_importances
+
+    params, _ = _importance_params(study)
+    names = objective_names(sweep)
+    options: dict[str, Any] = {}
+    if set(importance) != set(names):  # one objective did not vary: plot the other alone
+        index = names.index(next(iter(importance)))
+        options = {"target": _objective(index), "target_name": names[index]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        figure = plot_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                                        params=params, **options)
+    figure.write_html(out, include_plotlyjs=True)
 
 
 def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResult:
-    """Trials table (CSV + markdown), Pareto front (PNG + HTML) and the recommendation, written to files."""
+    """Trials table (CSV + markdown), Pareto front (PNG, and Optuna's interactive HTML), parameter importances
+    (JSON, HTML) and the recommendation, written to files."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    front = pareto_front(rows)
+    front = front_of(study, rows, cfg.sweep)
     recommended = recommend(front, cfg.sweep)
+    note = "" if recommended else no_recommendation(front, cfg.sweep)
+    importance = param_importances(study, cfg.sweep)
     paths.root.mkdir(parents=True, exist_ok=True)
     write_tables(rows, paths)
     plot_pareto_png(rows, front, recommended, paths.pareto_png)
-    write_pareto_html(rows, front, recommended, f"lsmia sweep '{cfg.sweep.study_name}'", paths.pareto_html)
-    paths.recommendation.write_text(json.dumps({"recommended": recommended, "pareto_front": front,
-                                                "max_acc_drop": cfg.sweep.max_acc_drop}, indent=2, default=str))
+    write_pareto_html(study, cfg.sweep, paths.pareto_html)
     files = {"trials_csv": paths.trials_csv, "trials_md": paths.trials_md, "pareto_png": paths.pareto_png,
              "pareto_html": paths.pareto_html, "recommendation": paths.recommendation}
-    return SweepResult(cfg.sweep.study_name, rows, front, recommended, files)
+    if importance:
+        write_importance_html(study, cfg.sweep, importance, paths.importance_html)
+        files["importance_html"] = paths.importance_html
+    paths.recommendation.write_text(json.dumps(
+        {"recommended": recommended, "note": note, "pareto_front": front, "min_test_acc": cfg.sweep.min_test_acc,
+         "max_acc_drop": cfg.sweep.max_acc_drop, "importance": importance}, indent=2, default=str))
+    return SweepResult(cfg.sweep.study_name, rows, front, recommended, files, note, importance)
 
 
 def _log_summary(tracker: Any, result: SweepResult) -> None:
@@ -768,6 +845,10 @@ def _log_summary(tracker: Any, result: SweepResult) -> None:
     if result.recommended:
         tracker.log_metrics({f"recommended_{k}": result.recommended[k] for k in ("alpha", "test_acc", "final_acc1")})
         tracker.set_tags({"recommended_trial": result.recommended["number"]})
+    else:
+        tracker.set_tags({"recommended_trial": "none", "recommendation_note": result.note})
+    tracker.log_metrics({f"importance.{objective}.{param}": value
+                         for objective, values in result.importance.items() for param, value in values.items()})
     for path in result.files.values():
         tracker.log_artifact(path, "sweep")
 
@@ -779,13 +860,24 @@ def summary_lines(result: SweepResult) -> list[str]:
              f"Pareto front: trials {[r['number'] for r in result.pareto]}"]
     if result.recommended:
         r = result.recommended
-        lines.append(f"recommended: trial {r['number']} alpha={r['alpha']:.4g} schedule={r['schedule']} "
-                     f"warmup={_cell(r['warmup_start'])}-{_cell(r['warmup_end'])} test_acc={r['test_acc']:.4f} "
-                     f"attack_acc1={r['final_acc1']:.4f}")
+        lines.append(f"recommended: trial {r['number']} alpha={r['alpha']:.4g} {smoothing_text(r)} "
+                     f"test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}")
     else:
-        lines.append("recommended: none (no completed trial)")
+        lines.append(f"recommended: none: {result.note}")
+    for objective, values in result.importance.items():
+        ranked = ", ".join(f"{param} {value:.2f}" for param, value in values.items())
+        lines.append(f"importance for {objective} (fANOVA): {ranked}")
     lines.append(f"files: {result.files['trials_md'].parent}")
     return lines
+
+
+def smoothing_text(row: dict[str, Any]) -> str:
+    """The trial's schedule in words; the warm-up only where one applies (never for alpha >= 0 by default)."""
+    if row.get("warmup_start") is None:
+        return "constant smoothing (no warm-up)"
+    if row.get("schedule") == "linear":
+        return f"linear warm-up {_cell(row['warmup_start'])}-{_cell(row['warmup_end'])}"
+    return f"{row.get('schedule')} warm-up"
 
 
 # ---------------------------------------------------------------- entry points

@@ -34,9 +34,9 @@ def model_alias(alpha: float, seed: int) -> str:
 
 
 def input_contract(image_size: int, classes: list[str]) -> str:
-    return (f"Input: float32 images [N, 3, {image_size}, {image_size}] with values in [0, 1]; the model normalises "
-            f"them itself (no mean/std step before it). Output: logits [N, {len(classes)}] over the class list, "
-            "in its order (MLmodel metadata 'classes' of each version; classes.json in its run).")
+    return (f"Input: float32 images `[N, 3, {image_size}, {image_size}]` with values in [0, 1]; the model normalises "
+            f"them itself (no mean/std step before it). Output: logits `[N, {len(classes)}]` over the class list, "
+            "in its order (MLmodel metadata `classes` of each version; `classes.json` in its run).")
 
 
 def registry_description(image_size: int, classes: list[str]) -> str:
@@ -45,8 +45,8 @@ def registry_description(image_size: int, classes: list[str]) -> str:
     if len(classes) > LISTED_CLASSES:
         shown += f", ... ({len(classes)} in all)"
     return ("Target classifiers of the lsmia study: one version per label-smoothing factor and seed (version tags "
-            f"alpha, seed, {DIGEST_TAG}; aliases alpha_<alpha>_seed_<seed> with p for the decimal point, e.g. "
-            f"alpha_-0p05_seed_0, and {LATEST_ALIAS}, the target trained last).\n\n"
+            f"`alpha`, `seed`, `{DIGEST_TAG}`; aliases `alpha_<alpha>_seed_<seed>` with p for the decimal point, "
+            f"e.g. `alpha_-0p05_seed_0`, and `{LATEST_ALIAS}`, the target trained last).\n\n"
             f"{input_contract(image_size, classes)}\n\nClasses: {shown}")
 
 
@@ -141,9 +141,12 @@ class StageLog:
             from lsmia.utils import file_digest
 
             tags[DIGEST_TAG] = file_digest(result.model_path)
+        accuracy = result.metrics.get("test_acc")
         self.tracker.log_model(model, "model", example, registered_name=TARGET_MODEL, registry_tags=tags,
                                aliases=(model_alias(alpha, seed), LATEST_ALIAS),
-                               description=registry_description(model.image_size, classes), metadata=metadata)
+                               description=registry_description(model.image_size, classes), metadata=metadata,
+                               version_description=f"label smoothing alpha = {alpha:g}, seed {seed}" + (
+                                   f", test accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""))
 
     def log_report(self, report_dir: Path) -> None:
         self.tracker.log_artifact(report_dir, "report")

@@ -230,7 +230,7 @@ class NullTracker:
     def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
                   registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
                   aliases: Sequence[str] = (), description: str | None = None,
-                  metadata: Mapping[str, Any] | None = None) -> None:
+                  metadata: Mapping[str, Any] | None = None, version_description: str | None = None) -> None:
         pass
 
     def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any],
@@ -465,12 +465,13 @@ class Tracker(NullTracker):
     def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
                   registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
                   aliases: Sequence[str] = (), description: str | None = None,
-                  metadata: Mapping[str, Any] | None = None) -> str | None:
+                  metadata: Mapping[str, Any] | None = None, version_description: str | None = None) -> str | None:
         """Log an eval-mode CPU copy (pt2, or pickle when torch.export fails); optionally register it.
 
         ``metadata`` goes into the model's MLmodel file (e.g. the class list). Registering: a version whose
         ``DIGEST_TAG`` equals the one in ``registry_tags`` is reused instead of adding a duplicate; ``aliases``
-        then point at the new or reused version and ``description`` describes the registered model.
+        then point at the new or reused version, ``description`` describes the registered model and
+        ``version_description`` a new version.
         Returns the model URI (``models:/<model id>``), or None when logging failed.
         """
         if not self._active:
@@ -478,7 +479,8 @@ class Tracker(NullTracker):
         try:
             model_uri = self._log_model(model, name, input_example, metadata)
             if registered_name:
-                self._register(model_uri, registered_name, registry_tags or {}, aliases, description)
+                self._register(model_uri, registered_name, registry_tags or {}, aliases, description,
+                               version_description)
             return model_uri
         except Exception as err:
             self._failed(f"logging model {name}", err)
@@ -520,13 +522,16 @@ class Tracker(NullTracker):
             raise
 
     def _register(self, model_uri: str, registered_name: str, registry_tags: Mapping[str, Any],
-                  aliases: Sequence[str] = (), description: str | None = None) -> None:
+                  aliases: Sequence[str] = (), description: str | None = None,
+                  version_description: str | None = None) -> None:
         import mlflow
 
         tags = {str(key): str(value) for key, value in registry_tags.items()}
         version = self._version_with_digest(registered_name, tags.get(DIGEST_TAG))
         if version is None:
             version = mlflow.register_model(model_uri, registered_name, tags=tags)
+            if version_description:
+                self.client.update_model_version(registered_name, str(version.version), description=version_description)
         else:
             self.client.set_tag(self._run_id, f"lsmia.registry_reused.{registered_name}", str(version.version))
         for alias in aliases:

@@ -219,7 +219,7 @@ def test_tl_pretrains_on_the_public_identities_and_keeps_those_blocks(tiny_data,
 
 def test_tl_without_public_identities_names_the_fix(tiny_data, tmp_path):
     tiny_data.public = None
-    with pytest.raises(LsmiaError, match="set target.pretrained_path"):
+    with pytest.raises(LsmiaError, match=r"set target\.pretrained_path"):
         train_classifier(tiny_target(), tiny_data, tmp_path, CPU, show_progress=False, defense=DefenseConfig(kind="tl"))
 
 
@@ -243,9 +243,9 @@ def test_logit_loss_is_the_negated_target_logit():
 def test_the_defense_section_validates_and_params_yaml_has_it():
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.target.defense == DefenseConfig() and cfg.target.defense.kind == "none"
-    with pytest.raises(LsmiaError, match="target.defense.kind"):
+    with pytest.raises(LsmiaError, match=r"target\.defense\.kind"):
         load_config(ROOT / "params.yaml", {"target.defense.kind": "dp"})
-    with pytest.raises(LsmiaError, match="target.defense.mid_beta"):
+    with pytest.raises(LsmiaError, match=r"target\.defense\.mid_beta"):
         load_config(ROOT / "params.yaml", {"target.defense.mid_beta": -1})
 
 
@@ -261,7 +261,7 @@ def test_the_defenses_plan_validates_against_the_params():
 def test_a_variant_without_alpha_zero_is_refused(tmp_path):
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
     plan = ablation.AblationPlan(name="t", alphas=[0.0], variants={"ls": {"study.alphas": [-0.05]}})
-    with pytest.raises(LsmiaError, match="add 0.0 to the study.alphas of variant 'ls'"):
+    with pytest.raises(LsmiaError, match=r"add 0\.0 to the study\.alphas of variant 'ls'"):
         ablation.run_ablation(cfg, plan, CPU, log=lambda line: None)
 
 
@@ -302,11 +302,12 @@ def hand_made_results() -> dict:
 def test_models_fronts_and_worst_cases_of_a_hand_made_ablation():
     result = compare.compare(hand_made_results())
     by_label = {(p.family, p.strength): p for p in result.points}
-    assert set(by_label) == {("none", "—"), ("ls", "α=-0.05"), ("mid", "β=0.01"), ("mid", "β=0.1"), ("mid", "β=0.05")}
+    assert set(by_label) == {("none", "undefended"), ("ls", "α=-0.05"), ("mid", "β=0.01"), ("mid", "β=0.1"),
+                             ("mid", "β=0.05")}
     assert by_label[("mid", "β=0.1")].strongest == "ce" and by_label[("mid", "β=0.01")].strongest == "poincare"
-    assert sorted(by_label[("none", "—")].variants) == ["ls@ce", "ls@p", "none@ce", "none@p"]  # one trained model
-    assert [p.strength for p in result.fronts["mid"]] == ["β=0.1", "β=0.01", "—"]  # beta 0.05 is dominated
-    assert [p.strength for p in result.fronts["ls"]] == ["α=-0.05", "—"]
+    assert sorted(by_label[("none", "undefended")].variants) == ["ls@ce", "ls@p", "none@ce", "none@p"]  # one model
+    assert [p.strength for p in result.fronts["mid"]] == ["β=0.1", "β=0.01", "undefended"]  # beta 0.05: dominated
+    assert [p.strength for p in result.fronts["ls"]] == ["α=-0.05", "undefended"]
     assert result.levels == pytest.approx([0.7, 0.75, 0.8, 0.85, 0.9])  # the range both fronts cover
 
 
@@ -330,7 +331,7 @@ def test_equal_accuracy_interpolation_seed_by_seed():
 def test_compare_defenses_writes_table_json_and_a_stable_figure(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(hand_made_results()))
-    comparison, folder = compare.compare_defenses(results)
+    _, folder = compare.compare_defenses(results)
     assert folder == tmp_path
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert [w["defense"] for w in saved["winners"]] == ["ls", "ls", "ls", "ls", "ls"]
@@ -383,7 +384,7 @@ def tiny_study(tmp_path_factory):
 def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense):
     from lsmia import pipeline
 
-    root, base = tiny_study
+    root, _ = tiny_study
     cfg = load_config(TINY, {"run.out_dir": str(root / "out"), "target.defense": defense, "attack.loss": "logit"})
     out = root / f"target_{defense['kind']}"
     trained = pipeline.stage_train(cfg, "target", root / "dataset.pt", out, CPU, seed=0)
@@ -411,7 +412,7 @@ def test_a_tiny_defenses_ablation_feeds_the_comparison(tmp_path):
     result = ablation.run_ablation(cfg, plan, CPU, log=lambda line: None)
     cache = tmp_path / "out" / "ablations" / "cache"
     assert len(list((cache / "target").iterdir())) == 10  # none, ls, mid, bido, tl x 2 seeds: shared across losses
-    assert len(list((cache / "attack").iterdir())) == 14  # 7 (model, loss) pairs x 2 seeds
+    assert len(list((cache / "attack").iterdir())) == 16  # 8 (model, loss) pairs x 2 seeds
     comparison, folder = compare.compare_defenses(result.out_dir / "results.json")
     assert set(comparison.fronts) == {"ls", "mid", "bido", "tl"}
     assert {p.strongest for p in comparison.points} <= {"base", "logit"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_face_data
-from test_attack import ColourPrior, MeanColourClassifier, make_cfg
+from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 from torch import nn
 
 from lsmia import distributed

@@ -16,7 +16,7 @@ from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.models.generator import (W_AVG_BETA, DCGANPrior, Discriminator, Generator, TorchScriptPrior,
                                     load_dcgan_prior, load_prior, save_dcgan_prior, truncate)
-from lsmia.training.prior import augment_translation, diff_augment, train_prior, update_ema
+from lsmia.training.prior import BN_CALIBRATION_BATCHES, augment_translation, diff_augment, train_prior, update_ema
 
 CPU = torch.device("cpu")
 TINY = dict(latent_dim=16, width=8, batch_size=16, epochs=2, sample_grid=9, lr=2e-3)
@@ -340,6 +340,8 @@ def test_mapping_generator_maps_z_to_w_and_synthesises_from_w() -> None:
     assert w.shape == (4, 12)
     assert torch.equal(g(z), g.synthesis(w))
     torch.testing.assert_close(g.to_w(3.0 * z), w)  # z is normalised first, as in StyleGAN
+    w = g.to_w(torch.randn(4000, 16))
+    assert 0.5 < w.square().mean().sqrt() < 2.0  # variance-preserving init: w keeps z's scale
 
 
 def test_w_avg_is_an_exponential_moving_average_in_training_mode_only() -> None:
@@ -370,6 +372,19 @@ def test_w_avg_is_tracked_during_training_and_saved(tmp_path: Path) -> None:
         mean_w = prior.generator.to_w(torch.randn(4000, 16)).mean(0)
     steps = 2 * 64 // TINY["batch_size"]
     assert 0.5 * (1 - W_AVG_BETA ** steps) < tracked.norm() / mean_w.norm() < 1.5 * (1 - W_AVG_BETA ** steps)
+
+
+def test_mapping_generator_normalises_its_stem_per_feature_and_calibrates_it(tmp_path: Path) -> None:
+    # w has a mean, so the stem's BN is per feature (1d); BN calibration must reach it too.
+    train_prior(tiny_cfg(**MAPPED), blobs(), tmp_path, CPU, seed=0)
+    g = load_dcgan_prior(tmp_path / "prior.pt").generator
+    bn = g.stem[1]
+    assert isinstance(bn, nn.BatchNorm1d) and bn.num_features == 16 * 16
+    gen = torch.Generator().manual_seed(0)  # the latents calibrate_batchnorm draws for seed 0
+    z = torch.cat([torch.randn(TINY["batch_size"], 16, generator=gen) for _ in range(BN_CALIBRATION_BATCHES)])
+    with torch.no_grad():
+        features = g.stem[0](g.to_w(z))
+    torch.testing.assert_close(bn.running_mean, features.mean(0), atol=1e-5, rtol=1e-4)
 
 
 def _mapping_prior() -> DCGANPrior:

@@ -138,7 +138,7 @@ def test_missing_shared_models_is_an_error_naming_the_fix(tmp_path):
 
 
 def test_resume_runs_only_the_remaining_budget(study_cfg):
-    cfg = configured(study_cfg, study_name="resume", n_trials=2)
+    cfg = configured(study_cfg, study_name="resume", n_trials=2, min_test_acc=0.0)  # tiny targets reach ~0.1
     first = sweep.run_sweep(cfg, log=quiet)
     assert [r["number"] for r in first.rows] == [0, 1] and all(r["state"] == "COMPLETE" for r in first.rows)
     ran: list[str] = []
@@ -217,9 +217,17 @@ def test_ctrl_c_fails_the_trial_queues_it_again_and_a_rerun_finishes_it(study_cf
 
 def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
     out = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={study_cfg.run.out_dir}",
-                                   "--study-name", "cli", "--n-trials", "1", "--no-track", "--device", "cpu"])
+                                   "-S", "sweep.min_test_acc=0", "--study-name", "cli", "--n-trials", "1",
+                                   "--no-track", "--device", "cpu"])
     assert out.exit_code == 0, out.output
     assert "recommended: trial 0" in out.output and "1 trials (1 complete" in out.output
+    floor = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={study_cfg.run.out_dir}",
+                                     "--study-name", "cli-floor", "--n-trials", "2", "--no-track", "--device", "cpu"])
+    assert floor.exit_code == 0, floor.output  # tiny targets stay far below the default floor of 0.5 ...
+    assert "recommended: none: no trial reaches the accuracy floor sweep.min_test_acc = 0.5" in floor.output
+    worker = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "--worker", "true"])
+    assert worker.exit_code == 2 and "unexpected extra argument" in worker.output  # --worker is a flag ...
+    assert "<bool>" not in CliRunner().invoke(app, ["sweep", "--help"]).output.split("--help")[0]  # ... and says so
     bad = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={tmp_path}"])
     assert bad.exit_code == 2 and "dvc repro" in bad.output
 
@@ -299,3 +307,118 @@ def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(study_cfg):
     assert len(trials) == 3 and sweep.consumed_budget(trials) == 2
     assert all(t.state == TrialState.COMPLETE for t in trials[1:])
     assert "trial 0: worker lost, FAILED; queued again" in lines
+
+
+# ---------------------------------------------------------------- Optuna's own tools (issue 12)
+
+
+def test_objectives_are_named_and_their_directions_stored():
+    pareto = sweep.create_or_load_study(Config(), optuna.storages.InMemoryStorage(), seed=0)
+    assert pareto.metric_names == ["test_acc", "attack_acc1"]
+    assert pareto.user_attrs["directions"] == {"test_acc": "maximize", "attack_acc1": "minimize"}
+    constrained = sweep.create_or_load_study(build_config({}, {"sweep.mode": "constrained"}),
+                                             optuna.storages.InMemoryStorage(), seed=0)
+    assert constrained.metric_names == ["attack_acc1"]
+    assert constrained.user_attrs["directions"] == {"attack_acc1": "minimize"}
+    assert "test_acc >= 0.5" in constrained.user_attrs["constraint"]
+
+
+def test_summary_uses_optuna_s_pareto_front_figure_and_importance(tmp_path):
+    cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "tools"})
+    grid = [(-0.3, 0.70, 0.30), (-0.2, 0.78, 0.41), (-0.1, 0.84, 0.52), (0.0, 0.86, 0.60), (0.1, 0.85, 0.66),
+            (0.2, 0.83, 0.70), (-0.25, 0.72, 0.45), (0.05, 0.86, 0.62)]
+    study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
+    for alpha, test_acc, acc1 in grid:
+        trial = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
+                           "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9)})
+        trial.set_user_attr("test_acc", test_acc)
+        trial.set_user_attr("final_acc1", acc1)
+        study.tell(trial, [test_acc, acc1])
+    result = sweep.summarize(study, cfg, sweep.SweepPaths.of(cfg))
+    assert [r["number"] for r in result.pareto] == sorted((t.number for t in study.best_trials),
+                                                          key=lambda n: grid[n][1])
+    assert set(result.importance) == {"test_acc", "attack_acc1"}
+    assert set(result.importance["attack_acc1"]) == {"alpha", "warmup_start"}
+    assert sum(result.importance["attack_acc1"].values()) == pytest.approx(1.0)
+    page = result.files["pareto_html"].read_text()
+    assert "plotly" in page.lower() and "attack_acc1" in page and "test_acc" in page  # named axes, offline JS
+    assert "importance" in result.files["importance_html"].read_text().lower()
+    assert result.files["pareto_png"].stat().st_size > 0  # the PNG stays
+    assert json.loads(result.files["recommendation"].read_text())["importance"] == result.importance
+
+
+def test_recommendation_respects_the_accuracy_floor_in_every_mode():
+    front = [{"number": 0, "state": "COMPLETE", "test_acc": 0.285, "final_acc1": 0.2, "alpha": -0.1},
+             {"number": 1, "state": "COMPLETE", "test_acc": 0.25, "final_acc1": 0.1, "alpha": -0.2}]
+    for mode in ("pareto", "constrained"):
+        config = SweepConfig(mode=mode, min_test_acc=0.5)
+        assert sweep.recommend(front, config) is None  # a 2-trial sweep once recommended 0.285 at a 0.5 floor
+        assert "no trial reaches the accuracy floor sweep.min_test_acc = 0.5 (best test accuracy 0.285)" in \
+            sweep.no_recommendation(front, config)
+        assert sweep.recommend(front, SweepConfig(mode=mode, min_test_acc=0.26))["number"] == 0
+    assert sweep.no_recommendation([], SweepConfig()) == "no completed trial"
+
+
+def test_no_warm_up_is_printed_where_none_applies():
+    positive = {"number": 3, "alpha": 0.12, "schedule": "linear", "warmup_start": None, "warmup_end": None,
+                "test_acc": 0.9, "final_acc1": 0.6, "state": "COMPLETE"}
+    negative = {**positive, "number": 4, "alpha": -0.1, "warmup_start": 0.4, "warmup_end": 0.7}
+    assert sweep.smoothing_text(positive) == "constant smoothing (no warm-up)"
+    assert sweep.smoothing_text(negative) == "linear warm-up 0.4-0.7"
+    result = sweep.SweepResult("s", [positive], [positive], positive, {"trials_md": Path("out/sweep/s/trials.md")})
+    assert not any("warm" in line and "no warm-up" not in line for line in sweep.summary_lines(result))
+    base = SmoothingConfig(alpha=0.1)
+    assert not sweep.warmup_applies(base) and sweep.warmup_applies(SmoothingConfig(alpha=-0.1))
+    assert sweep.warmup_applies(SmoothingConfig(alpha=0.1, negative_only=False))
+    assert not sweep.warmup_applies(SmoothingConfig(alpha=-0.1, schedule="constant"))
+
+
+def test_optuna_dashboard_serves_the_journal_with_named_objectives(tmp_path):
+    import shutil
+    import socket
+    import urllib.request
+
+    dashboard = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    if not Path(dashboard).exists():
+        pytest.skip("optuna-dashboard is not installed: pip install -e '.[dev]'")
+    cfg = build_config({"run": {"out_dir": str(tmp_path)}})
+    journal = sweep.SweepPaths.of(cfg).journal
+    study = sweep.create_or_load_study(cfg, sweep.open_storage(None, journal), seed=0)
+    trial = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3)})
+    study.tell(trial, [0.8, 0.4])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([dashboard, str(journal), "--port", str(port), "--host", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # as the README says
+    try:
+        detail = None
+        deadline = time.time() + 30
+        while detail is None:
+            assert time.time() < deadline and server.poll() is None, "optuna-dashboard did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0", timeout=2) as answer:
+                    detail = json.load(answer)
+            except OSError:
+                time.sleep(0.3)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert detail["name"] == "smoothing" and detail["objective_names"] == ["test_acc", "attack_acc1"]
+    assert detail["directions"] == ["maximize", "minimize"]
+
+
+def test_importance_leaves_out_an_objective_that_never_varied(tmp_path):
+    cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "flat"})
+    study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
+    for alpha, start in ((-0.3, 0.1), (-0.2, 0.5), (-0.1, 0.2), (-0.05, 0.8), (-0.25, 0.3), (-0.15, 0.6)):
+        trial = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
+                           "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9)})
+        trial.set_user_attr("test_acc", 0.125)
+        trial.set_user_attr("final_acc1", 0.5 + alpha)
+        study.tell(trial, [0.125, 0.5 + alpha])  # tiny targets: the same test accuracy in every trial
+    result = sweep.summarize(study, cfg, sweep.SweepPaths.of(cfg))
+    assert set(result.importance) == {"attack_acc1"}
+    assert result.importance["attack_acc1"]["alpha"] > result.importance["attack_acc1"]["warmup_start"]
+    assert result.files["importance_html"].stat().st_size > 0
+    assert any(line.startswith("importance for attack_acc1 (fANOVA): alpha") for line in sweep.summary_lines(result))

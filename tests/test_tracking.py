@@ -468,6 +468,8 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(sto
     assert store.get_model_version_by_alias(TARGET_MODEL, "alpha_-0p05_seed_0").run_id == changed
     assert "[N, 3, 16, 16]" in registered.description and "in [0, 1]" in registered.description
     assert "normalises" in registered.description and "Classes: c0, c1, c2, c3" in registered.description
+    assert store.get_model_version(TARGET_MODEL, "2").description == \
+        "label smoothing alpha = -0.05, seed 0, test accuracy 0.500"
     model_info = mlflow.models.get_model_info(store.get_model_version(TARGET_MODEL, "2").source)
     assert model_info.metadata["classes"] == ["c0", "c1", "c2", "c3"]
     classes = mlflow.artifacts.load_dict(f"runs:/{changed}/classes.json")

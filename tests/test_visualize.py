@@ -10,10 +10,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import make_face_data
 from lsmia.attack.result import AttackResult
-from lsmia.visualize import (CORRECT, FRAME, GRID_PADDING, HEADER, WRONG, comparison_layout, label_margin,
-                             save_attack_grid, save_judged_grid)
+from lsmia.visualize import (
+    CORRECT,
+    FRAME,
+    GRID_PADDING,
+    HEADER,
+    WRONG,
+    comparison_layout,
+    label_margin,
+    save_attack_grid,
+    save_judged_grid,
+)
+from tests.conftest import make_face_data
 
 TILE = 16
 

@@ -39,6 +39,7 @@ from lsmia.utils import atomic_path, load_json, save_json
 METRICS = ("final_acc1", "delta_eval", "xi")
 BASE_LOSS = "base"  # a variant without attack.loss: the base params' loss
 NO_DEFENSE = "none"
+UNDEFENDED = "undefended"  # the strength label of the model without any defense
 DEFAULT_LEVELS = 5
 COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 Stat = dict[str, float]
@@ -77,7 +78,7 @@ def describe(flat: dict[str, Any], alpha: float) -> tuple[str, str]:
     extra = [f"{k}={v}" for k, v in sorted(flat.items()) if not k.startswith("target.defense.")]
     parts = [_strength(kind, flat), f"α={alpha:+g}" if alpha != 0 else "", *extra]
     family = kind if alpha == 0 else ("ls" if kind == NO_DEFENSE else f"{kind}+ls")
-    return family, ", ".join(p for p in parts if p) or "—"
+    return family, ", ".join(p for p in parts if p) or UNDEFENDED
 
 
 @dataclass(eq=False)  # identity: a point is on a front when it is one of the front's objects
@@ -93,7 +94,7 @@ class Point:
 
     @property
     def undefended(self) -> bool:
-        return self.family == NO_DEFENSE and self.strength == "—"
+        return self.family == NO_DEFENSE and self.strength == UNDEFENDED
 
     def mean_test_acc(self) -> float:
         return float(np.mean(list(self.test_acc.values())))
@@ -182,7 +183,7 @@ def interpolate(front: Sequence[Point], level: float) -> Matched | None:
         a, w = b, 1.0
     pair = [a] if a is b else [a, b]
     values = {m: _mix(a.worst_case(m), b.worst_case(m), w) for m in METRICS}
-    return Matched(values, [p.strength for p in pair], [p.strongest for p in pair])
+    return Matched(values, [p.strength for p in pair], list(dict.fromkeys(p.strongest for p in pair)))
 
 
 def common_levels(fronts: dict[str, list[Point]], count: int = DEFAULT_LEVELS) -> list[float]:
@@ -357,6 +358,7 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
         for point in (p for p in comparison.points if p.family == family):
             _errorbar(ax, point, colour, filled=point in front)
     _errorbar(ax, comparison.undefended, "black", filled=True, marker="*", size=12, label="no defense")
+    ax.set_ylim(-0.02, 1.02)  # an accuracy; t-intervals of few seeds may reach past [0, 1]
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("attack acc@1 (worst case over attack losses)")
     ax.grid(alpha=0.3)

@@ -4,8 +4,10 @@ The backbone features h give a Gaussian q(z|x) = N(mu(h), diag sigma(h)^2) of ha
 k = feature_dim // 2); training samples z = mu + sigma * eps (reparameterisation), evaluation and attacks use
 z = mu, and the head classifies z. The loss is CE + beta * KL(q(z|x) || N(0, I)), which bounds I(x; z) and so
 what the model's output can reveal about its input. As in the reference code (BiDO repository ``train_vib``,
-MIBench ``VibWrapper``), sigma = softplus(s - 5), so training starts with little noise (sigma ~ 0.0067);
-MIBench samples z in evaluation too, lsmia evaluates and attacks the deterministic mean.
+MIBench ``VibWrapper``), sigma = softplus(s - 5), so training starts with little noise (sigma ~ 0.0067).
+The reference codes sample z in evaluation too (their ``predict``); lsmia evaluates and attacks the mean, a
+deterministic model whose gradients an attack can follow (sampling would add gradient noise, a form of
+obfuscation the comparison should not credit to the bottleneck).
 """
 
 from __future__ import annotations

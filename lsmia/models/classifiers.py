@@ -123,7 +123,8 @@ def backbone_blocks(backbone: nn.Module) -> list[list[nn.Module]]:
     """The backbone's top-level modules grouped into blocks, input first: a block starts at a plain conv (the
     small nets and torchvision stems), a residual block, a ResNet ``layerN``, a DenseNet ``denseblockN`` or an
     Inception ``Mixed_*``; pooling, transitions and auxiliary heads join the block before them."""
-    root = backbone.features if isinstance(getattr(backbone, "features", None), nn.Sequential) else backbone
+    features = getattr(backbone, "features", None)  # DenseNet: the blocks lie in ``features``
+    root = features if isinstance(features, nn.Sequential) else backbone
     blocks: list[list[nn.Module]] = []
     for name, child in root.named_children():
         if not blocks or _starts_block(name, child):

@@ -84,8 +84,14 @@ class Generator(nn.Module):
         self.w_dim = (w_dim or latent_dim) if mapping_layers else latent_dim
         res = _resolutions(image_size)
         c0 = _channels(4, image_size, width)
-        self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.Unflatten(1, (c0, 4, 4)),
-                                  nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
+        if mapping_layers:
+            # w has a mean (z has none): BN per channel would keep its projection as a fixed 4x4 pattern as strong
+            # as the per-sample signal (measured), and the GAN collapsed; BN per feature removes it.
+            self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.BatchNorm1d(c0 * 16),
+                                      nn.Unflatten(1, (c0, 4, 4)), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.Unflatten(1, (c0, 4, 4)),
+                                      nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         for r in res[1:]:
             cin, cout = _channels(r // 2, image_size, width), _channels(r, image_size, width)

@@ -33,6 +33,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 TRANSLATION_RATIO = 0.125  # DiffAugment's default shift: up to 1/8 of the image size
 EMA_WARMUP = 10  # the EMA decay ramps as (1 + step) / (EMA_WARMUP + step) until it reaches ema_decay
 BN_CALIBRATION_BATCHES = 16
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # 1d: the stem of a generator with a mapping network
 
 
 @dataclass
@@ -112,7 +113,7 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
     """
     calibrated = copy.deepcopy(generator).eval()  # only BN in training mode: w_avg must not move
     for module in calibrated.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, BATCH_NORMS):
             module.reset_running_stats()
             module.momentum = None  # cumulative average
             module.train()
@@ -120,7 +121,7 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
     for _ in range(BN_CALIBRATION_BATCHES):
         calibrated(torch.randn(batch_size, generator.latent_dim, generator=gen).to(device))
     for module in calibrated.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, BATCH_NORMS):
             module.momentum = 0.1
     return calibrated.eval()
 

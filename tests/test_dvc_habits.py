@@ -1,0 +1,44 @@
+"""DVC as its users read it: the README's `dvc exp show` recipe shows the few columns that matter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).parent / "dvc")
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def readme_command(prefix: str) -> list[str]:
+    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(prefix)]
+    return shlex.split(line)
+
+
+def test_readme_exp_show_recipe_keeps_alpha_seed_accuracy_acc1_and_delta_eval(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "out" / "metrics", repo / "out" / "metrics")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=GIT_ENV)
+    subprocess.run(["git", "commit", "-qm", "study"], cwd=repo, check=True, env=GIT_ENV)
+    command = readme_command("dvc exp show --drop")
+    assert command[-1] == "--md"
+    done = subprocess.run([DVC, *command[1:-1], "--csv"], cwd=repo, capture_output=True, text=True, check=True)
+    header = next(csv.reader(io.StringIO(done.stdout)))
+    runs = sorted(p.name for p in (ROOT / "out" / "metrics").glob("*.json"))
+    expected = {f"out/metrics/{run}:{key}" for run in runs
+                for key in ("alpha", "seed", "test_acc", "final_acc1", "delta_eval")}
+    assert set(header) == {"Experiment", "study.alphas", "study.seeds"} | expected
+    assert all(re.fullmatch(r"[^:]+(:[a-z_0-9]+)?", column) for column in header)
