@@ -17,13 +17,14 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
+import benchutil
 import torch
 import torch.nn as nn
 
-import benchutil
 from lsmia.attack import ppa
 from lsmia.attack.ppa import Schedule, attack_step_loss, frozen, resolve_targets, run_attack
 from lsmia.config import AttackConfig

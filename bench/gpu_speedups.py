@@ -21,13 +21,14 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar, cast
+from typing import TypeVar, cast
 
+import benchutil
 import torch
 import torch.nn as nn
 
-import benchutil
 from lsmia.attack.ppa import attack_step_loss, frozen
 from lsmia.augment import training_augment
 from lsmia.config import AttackConfig, AugmentConfig

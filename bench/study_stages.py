@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import benchutil
+
 from lsmia.errors import LsmiaError
 from lsmia.utils import TIMINGS_SUFFIX, load_timings
 

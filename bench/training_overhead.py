@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import benchutil
 import torch
 import torch.nn.functional as F
 
-import benchutil
 from lsmia.augment import training_augment
 from lsmia.config import ClassifierConfig, DataConfig
 from lsmia.data.base import FaceData

@@ -12,9 +12,10 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml

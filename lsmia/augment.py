@@ -40,7 +40,7 @@ def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], ratio: tupl
 
     Like torchvision's RandomResizedCrop but one draw per sample and bilinear via grid_sample.
     """
-    n, _, h, w = x.shape
+    n, _, h, _w = x.shape
     out_size = out_size or h
     crop_w, crop_h, cx, cy = sample_crop_params(n, scale, ratio, gen, x.device)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)

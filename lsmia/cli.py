@@ -326,8 +326,8 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
            out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Report folder.")] = None,
            plots_dir: Annotated[Optional[Path], typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
            ablations: Annotated[Optional[list[Path]], typer.Option(
-               "--ablation", help="Include an 'lsmia ablate' results.md, e.g. out/ablations/factors/results.md "
-                                  "(repeatable).")] = None,
+               "--ablation", help="Include an 'lsmia ablate' plan's results (its results.json, or the results.md "
+                                  "beside it), e.g. out/ablations/factors/results.json (repeatable).")] = None,
            track: TrackOpt = None) -> None:
     """Write the HTML report (figures, tables, reconstructions) of the study's alphas x seeds (study.alphas,
     study.seeds); cells not evaluated yet are named in the report and skipped."""

@@ -109,11 +109,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
     Stage("report", "lsmia.stages.report", ("study",), ("data", "target", "attack", "evaluate", "toy"),
           f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
-          "--ablation out/ablations/factors/results.md --ablation out/ablations/alpha/results.md "
-          "--ablation out/ablations/data/results.md",
+          "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
+          "--ablation out/ablations/data/results.json",
           (f"{OUT}/report",), "index.html",
-          file_deps=(f"{OUT}/data/summary.json", "out/ablations/factors/results.md", "out/ablations/alpha/results.md",
-                     "out/ablations/data/results.md"),
+          file_deps=(f"{OUT}/data/summary.json", "out/ablations/factors/results.json",
+                     "out/ablations/alpha/results.json", "out/ablations/data/results.json"),
           uncached_outs=(f"{OUT}/plots",)),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
 )
 BY_NAME = {stage.name: stage for stage in STAGES}

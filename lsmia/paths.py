@@ -72,7 +72,7 @@ class SweepPaths:
     root: Path
 
     @classmethod
-    def of(cls, cfg: "Config") -> "SweepPaths":
+    def of(cls, cfg: Config) -> SweepPaths:
         return cls(StudyPaths(Path(cfg.run.out_dir)).sweep_dir(cfg.sweep.study_name))
 
     @property

@@ -9,10 +9,11 @@ lsmia.graph, as ``lsmia ablate`` and ``lsmia sweep`` do with other layouts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -27,9 +28,22 @@ from lsmia.stages.prior import stage_prior
 from lsmia.stages.train import stage_train
 from lsmia.utils import EpochCallback
 
-__all__ = ["data_summary", "prepare_data", "stage_attack", "stage_attribute_predictor", "stage_data",
-           "stage_evaluate", "stage_prior", "stage_train", "with_alpha", "run_study", "launched_stage",
-           "quiet_stage", "QuietStage", "StudyResult"]
+__all__ = [
+    "QuietStage",
+    "StudyResult",
+    "data_summary",
+    "launched_stage",
+    "prepare_data",
+    "quiet_stage",
+    "run_study",
+    "stage_attack",
+    "stage_attribute_predictor",
+    "stage_data",
+    "stage_evaluate",
+    "stage_prior",
+    "stage_train",
+    "with_alpha",
+]
 
 
 def with_alpha(cfg: Config, alpha: float) -> Config:

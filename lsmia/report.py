@@ -451,13 +451,14 @@ def ablations_html(ablation_files: Sequence[Path]) -> str:
         "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"))
 
 
-def ablation_html(results_md: Path) -> str:
-    """One plan's paired-effect table and per-variant summary table, with its variants and seeds."""
-    name = results_md.parent.name
+def ablation_html(results_file: Path) -> str:
+    """One plan's paired-effect table and per-variant summary table, with its variants and seeds, from its
+    ``results.json`` (``results_file`` itself, or the one beside the ``results.md`` named)."""
+    name = results_file.parent.name
     heading = f"<h3>{html.escape(name)}</h3>"
-    results = results_md.with_name("results.json")
+    results = results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
     if not results.is_file():
-        return heading + _missing(f"no {results} beside {results_md.name}: re-run 'lsmia ablate' for plan {name}")
+        return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
     record = load_json(results, what="ablation results")
     variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
     overrides = "; ".join(f"<b>{html.escape(v)}</b>: " + (html.escape(", ".join(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from lsmia.config import SmoothingConfig
 
-
 UPSTREAM_RAMP_START, UPSTREAM_FULL = 50, 75  # absolute epochs of the reference code's warm-up
 
 

@@ -8,7 +8,8 @@ difference carries a 95 % Student-t interval over seeds.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats

@@ -32,10 +32,10 @@ number of steps whose gradient vanished exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -215,7 +215,7 @@ def plot_toy(runs: Sequence[_Run], rows: Sequence[dict[str, float]], points: tor
     axes = np.atleast_1d(fig.subplots(1, len(runs), sharex=True, sharey=True))
     levels = np.linspace(0.0, 1.0, 11)
     contour = None
-    for ax, run, row in zip(axes, runs, rows):
+    for ax, run, row in zip(axes, runs, rows, strict=False):
         confidence = target_confidence(run.model, grid).reshape(GRID_POINTS, GRID_POINTS).numpy()
         contour = ax.contourf(xs.numpy(), ys.numpy(), confidence, levels=levels, cmap="viridis")
         _draw_points(ax, points, labels)

@@ -8,10 +8,10 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 

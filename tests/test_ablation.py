@@ -111,7 +111,7 @@ def test_plan_errors_name_the_problem(tmp_path):
     with pytest.raises(LsmiaError, match="'varaints'"):
         ablation.load_plan(write_plan(tmp_path, varaints={"a": {}}))
     plan = ablation.load_plan(write_plan(tmp_path, variants={"bad": {"attack.stepz": 3}}))
-    with pytest.raises(LsmiaError, match="'attack.stepz' in ablation variant 'bad'"):
+    with pytest.raises(LsmiaError, match=r"'attack.stepz' in ablation variant 'bad'"):
         ablation.variant_configs(build_config(), plan)
 
 

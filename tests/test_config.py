@@ -25,11 +25,11 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
 def test_overrides_are_typed_and_validated():
     cfg = build_config({}, parse_overrides(["attack.steps=7", "study.alphas=[0.1, -0.2]", "run.device=cpu"]))
     assert cfg.attack.steps == 7 and cfg.study.alphas == [0.1, -0.2] and cfg.run.device == "cpu"
-    with pytest.raises(LsmiaError, match="target.smoothing.alpha"):
+    with pytest.raises(LsmiaError, match=r"target.smoothing.alpha"):
         build_config({}, {"target.smoothing.alpha": 1.5})
-    with pytest.raises(LsmiaError, match="target.smoothing.alpha"):
+    with pytest.raises(LsmiaError, match=r"target.smoothing.alpha"):
         build_config({}, {"target.smoothing.alpha": float("nan")})
-    with pytest.raises(LsmiaError, match="section.key=value"):
+    with pytest.raises(LsmiaError, match=r"section.key=value"):
         parse_overrides(["attack.steps"])
 
 

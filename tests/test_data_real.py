@@ -13,7 +13,13 @@ from PIL import Image
 from lsmia.config import DataConfig
 from lsmia.data.base import FaceData
 from lsmia.data.real import (
-    decode_image, load_celeba, load_facescrub, load_imagefolder, load_public_folder, load_real, top_identities,
+    decode_image,
+    load_celeba,
+    load_facescrub,
+    load_imagefolder,
+    load_public_folder,
+    load_real,
+    top_identities,
 )
 from lsmia.errors import LsmiaError
 
@@ -69,7 +75,7 @@ def facescrub_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def imagefolder_root(tmp_path: Path) -> Path:
     root = tmp_path / "folder"
-    for name, colour in zip(["carol", "alice", "bob"], COLOURS[:3]):
+    for name, colour in zip(["carol", "alice", "bob"], COLOURS[:3], strict=False):
         write_identity(root / name, colour, 5)
     return root
 
@@ -129,7 +135,7 @@ def test_facescrub_classes_counts_labels_and_sizes(facescrub_root: Path) -> None
     assert images.shape == (21, 3, 16, 16) and images.dtype == torch.uint8
     assert torch.bincount(labels).tolist() == [5, 5, 5, 6]
     expected_colour = {0: 1, 1: 0, 2: 3, 3: 2}  # label -> COLOURS index written for that identity
-    assert all(colour_index(img) == expected_colour[int(lab)] for img, lab in zip(images, labels))
+    assert all(colour_index(img) == expected_colour[int(lab)] for img, lab in zip(images, labels, strict=False))
     assert data.meta == {"source": "facescrub", "root": str(facescrub_root), "skipped": 0,
                          "resize": "shorter-side+center-crop"}
     assert data.public is None and data.image_size == 16
@@ -137,7 +143,7 @@ def test_facescrub_classes_counts_labels_and_sizes(facescrub_root: Path) -> None
 
 def image_keys(images: torch.Tensor, labels: torch.Tensor) -> set[tuple[int, int]]:
     """(label, brightness step) of each image: unique per file thanks to write_identity's shading."""
-    return {(int(lab), round(img.float().mean().item())) for img, lab in zip(images, labels)}
+    return {(int(lab), round(img.float().mean().item())) for img, lab in zip(images, labels, strict=False)}
 
 
 def test_facescrub_split_is_per_identity_disjoint_and_deterministic(facescrub_root: Path) -> None:
@@ -233,7 +239,7 @@ def test_celeba_selects_top_n_and_relabels_by_count(celeba_root: Path) -> None:
     assert images.shape == (20, 3, 12, 12)
     assert torch.bincount(labels).tolist() == [8, 6, 6]
     colour_of_id = {ident: i for i, ident in enumerate(sorted(celeba_counts()))}
-    assert all(colour_index(img) == colour_of_id[int(data.class_names[int(lab)])] for img, lab in zip(images, labels))
+    assert all(colour_index(img) == colour_of_id[int(data.class_names[int(lab)])] for img, lab in zip(images, labels, strict=False))
     assert data.meta["source"] == "celeba" and data.meta["skipped"] == 0
 
 
@@ -246,10 +252,10 @@ def test_celeba_missing_listed_file_is_skipped(celeba_root: Path) -> None:
 
 
 def test_celeba_errors(celeba_root: Path) -> None:
-    with pytest.raises(LsmiaError, match="lists only 5 identities, fewer than data.num_identities=6"):
+    with pytest.raises(LsmiaError, match=r"lists only 5 identities, fewer than data.num_identities=6"):
         load_celeba(DataConfig(source="celeba", root=celeba_root, num_identities=6))
     (celeba_root / "identity_CelebA.txt").unlink()
-    with pytest.raises(LsmiaError, match="identity_CelebA.txt does not exist: download"):
+    with pytest.raises(LsmiaError, match=r"identity_CelebA.txt does not exist: download"):
         load_celeba(DataConfig(source="celeba", root=celeba_root))
 
 
@@ -267,7 +273,7 @@ def test_imagefolder_sorted_classes_nested_files_and_extensions(imagefolder_root
     assert data.class_names == ["alice", "bob", "carol"]
     images, labels = all_images(data)
     assert torch.bincount(labels).tolist() == [6, 5, 5] and images.shape[-2:] == (10, 10)
-    assert all(colour_index(img) == [1, 2, 0][int(lab)] for img, lab in zip(images, labels))
+    assert all(colour_index(img) == [1, 2, 0][int(lab)] for img, lab in zip(images, labels, strict=False))
 
 
 def test_public_folder_flat_and_nested(tmp_path: Path) -> None:
@@ -283,10 +289,10 @@ def test_public_folder_flat_and_nested(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="skipped 1"):
         public = load_public_folder(nested, 8)
     assert torch.bincount(public.labels).tolist() == [3, 2]
-    assert all(colour_index(img) == [2, 1][int(lab)] for img, lab in zip(public.images, public.labels))
+    assert all(colour_index(img) == [2, 1][int(lab)] for img, lab in zip(public.images, public.labels, strict=False))
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LsmiaError, match="no images .* point data.public_root"):
+    with pytest.raises(LsmiaError, match=r"no images .* point data.public_root"):
         load_public_folder(tmp_path / "empty", 8)
 
 
@@ -296,5 +302,5 @@ def test_load_real_attaches_public_images(imagefolder_root: Path, tmp_path: Path
     data = quiet(load_real, cfg)
     assert data.public is not None and data.public.images.shape == (3, 3, 8, 8)
     assert all(colour_index(img) == 4 for img in data.public.images)
-    with pytest.raises(LsmiaError, match="data.public_root folder .* does not exist"):
+    with pytest.raises(LsmiaError, match=r"data.public_root folder .* does not exist"):
         load_real(cfg.model_copy(update={"public_root": tmp_path / "missing"}))

@@ -3,8 +3,14 @@ import torch
 
 from lsmia.config import DataConfig
 from lsmia.data.base import FaceData
-from lsmia.data.synthetic import (ATTRIBUTE_VALUES, attribute_cardinality, attribute_names, render_builtin,
-                                  render_faces, sample_identities)
+from lsmia.data.synthetic import (
+    ATTRIBUTE_VALUES,
+    attribute_cardinality,
+    attribute_names,
+    render_builtin,
+    render_faces,
+    sample_identities,
+)
 from lsmia.errors import LsmiaError
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_face_data
-from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 from torch import nn
 
 from lsmia import distributed
@@ -31,6 +30,7 @@ from lsmia.training.classifier import (
     train_classifier,
     train_step,
 )
+from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
 CPU = torch.device("cpu")
 WORLD = 2
@@ -164,9 +164,9 @@ def test_a_ddp_step_equals_the_single_process_step_on_the_global_batch(ddp_run, 
     assert rows == 7 and [r["step"][2] for r in results] == [4, 3]  # each rank ran only its shard
     assert sum(r["step"][0] for r in results) == pytest.approx(loss_sum, rel=1e-5)
     for result in results:
-        for grad, dist_grad in zip((p.grad for p in model.parameters()), result["step_grads"]):
+        for grad, dist_grad in zip((p.grad for p in model.parameters()), result["step_grads"], strict=False):
             torch.testing.assert_close(dist_grad, grad, rtol=1e-4, atol=1e-6)
-        for param, dist_param in zip(model.parameters(), result["step_params"]):
+        for param, dist_param in zip(model.parameters(), result["step_params"], strict=False):
             torch.testing.assert_close(dist_param, param.detach(), rtol=1e-4, atol=1e-6)
 
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -79,7 +80,7 @@ def test_linear_schedule_ends_exactly_at_alpha_and_is_monotone():
     values = [linear_alpha(-0.1, e, 20, 0.25, 0.75) for e in range(20)]
     assert values[:5] == [0.0] * 5
     assert values[15] == -0.1 and values[-1] == -0.1
-    assert all(b <= a for a, b in zip(values, values[1:]))
+    assert all(b <= a for a, b in itertools.pairwise(values))
     assert -0.1 < values[14] < 0
 
 

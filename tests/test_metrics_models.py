@@ -12,9 +12,17 @@ from lsmia.attack.result import AttackResult
 from lsmia.config import MetricsConfig, StudentConfig
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import LsmiaError
-from lsmia.metrics import (attack_accuracy, attribute_leakage, evaluate_attack, inception_fid, knowledge_extraction,
-                           load_attribute_predictor, predict_logits, save_attribute_predictor,
-                           train_attribute_predictor)
+from lsmia.metrics import (
+    attack_accuracy,
+    attribute_leakage,
+    evaluate_attack,
+    inception_fid,
+    knowledge_extraction,
+    load_attribute_predictor,
+    predict_logits,
+    save_attribute_predictor,
+    train_attribute_predictor,
+)
 from lsmia.metrics.evaluate import attack_diagnostics
 from lsmia.models.classifiers import build_classifier
 

@@ -8,9 +8,17 @@ import torch
 import torch.nn as nn
 
 from lsmia.errors import LsmiaError
+from lsmia.metrics import (
+    attack_accuracy,
+    delta_eval,
+    delta_eval_per_target,
+    extract_features,
+    feature_fid,
+    frechet_distance,
+    prdc,
+    prdc_per_class,
+)
 from lsmia.metrics.fid import trace_sqrt_from_covariances, trace_sqrt_from_samples
-from lsmia.metrics import (attack_accuracy, delta_eval, delta_eval_per_target, extract_features, feature_fid,
-                           frechet_distance, prdc, prdc_per_class)
 
 
 class PixelLogits(nn.Module):

@@ -11,48 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_face_data
 from lsmia import report
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
-from lsmia.pipeline import data_summary
 from lsmia.utils import save_json
-from lsmia.visualize import save_png
+from tests.conftest import make_face_data
+from tests.helpers.study import ALPHAS, SEEDS, fake_attack, fake_metrics, make_study
 
-ALPHAS = (-0.05, 0.0, 0.1)
-SEEDS = (0, 1)
 T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom (tables)
 T_975_DF2 = 4.302652729749464
-
-
-def fake_metrics(alpha: float, seed: int, attributes: bool = True) -> dict[str, float]:
-    row = {"alpha": alpha, "seed": seed, "test_acc": 0.8 - alpha + 0.03 * seed, "train_acc": 0.99,
-           "ece": 0.05 + alpha, "mean_confidence": 0.9 - alpha, "mean_logit_norm": 10.0 - 20 * alpha,
-           "final_acc1": 0.6 + 2 * alpha - 0.1 * seed, "final_acc5": 0.9 + alpha, "all_acc1": 0.4, "all_acc5": 0.7,
-           "delta_eval": 50.0 - 100 * alpha + seed, "fid_eval_features": 30.0 + seed, "precision": 0.5,
-           "recall": 0.4, "density": 0.6, "coverage": 0.3, "xi": 0.5 + alpha, "num_targets": 4.0,
-           "train_seconds": 1.5, "evaluate_seconds": 0.5}
-    if attributes:
-        row.update(attribute_acc=0.7 + alpha, attribute_chance=0.4, attribute_acc_real=0.9)
-    return row
-
-
-def make_study(root: Path, attributes: bool = True) -> StudyPaths:
-    paths = StudyPaths(root)
-    data = make_face_data()
-    data.save(paths.data_file)
-    save_json(data_summary(data), paths.data_summary)
-    for alpha in ALPHAS:
-        for seed in SEEDS:
-            torch.manual_seed(seed)
-            model = build_classifier("smallresnet", 4, 16, width=4)
-            with torch.no_grad():
-                model.head.weight.mul_(1.0 - 5 * alpha)  # distinct logit scales per alpha
-            save_classifier(model, paths.target_dir(alpha, seed) / "model.pt")
-            save_json(fake_metrics(alpha, seed, attributes), paths.metrics_file(alpha, seed))
-            save_png(torch.rand(6, 3, 16, 16), paths.attack_dir(alpha, seed) / "reconstructions.png", nrow=3)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +176,13 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     assert section.count("<table") == 2 and section.count("<div class='scroll'>") == 2
     assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section
     assert "no " in section and "results.json beside results.md" in section  # the orphan is named, not shown raw
+    assert report.ablation_html(results.with_name("results.json")) == report.ablation_html(results)  # either file
 
 
 def test_reconstructions_in_report_and_plots_are_judged_by_the_evaluation_model(tmp_path):
     from lsmia.data.base import FaceData
     from lsmia.models.inference import predict_logits
     from lsmia.visualize import save_judged_grid
-    from tests.test_visualize import fake_attack
 
     paths = make_study(tmp_path / "out")
     torch.manual_seed(0)

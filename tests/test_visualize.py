@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lsmia.attack.result import AttackResult
 from lsmia.visualize import (
     CORRECT,
     FRAME,
@@ -23,18 +22,7 @@ from lsmia.visualize import (
     save_judged_grid,
 )
 from tests.conftest import make_face_data
-
-TILE = 16
-
-
-def fake_attack(targets: list[int], per_target: int = 3) -> AttackResult:
-    """Final samples: solid grey images, ``per_target`` per target, scores falling within each target."""
-    n = len(targets) * per_target
-    final_targets = torch.tensor(targets).repeat_interleave(per_target)
-    images = torch.full((n, 3, TILE, TILE), 128, dtype=torch.uint8)
-    return AttackResult(targets=targets, all_latents=torch.zeros(n, 4), all_images=images, all_targets=final_targets,
-                        final_latents=torch.zeros(n, 4), final_images=images, final_targets=final_targets,
-                        final_scores=torch.linspace(1.0, 0.1, n))
+from tests.helpers.study import TILE, fake_attack
 
 
 def digest(path: Path) -> str:

@@ -38,7 +38,7 @@ class AttackResult:
         save_torch(fields, path)
 
     @classmethod
-    def load(cls, path: Path | str) -> "AttackResult":
+    def load(cls, path: Path | str) -> AttackResult:
         obj = load_torch(path, what="attack result")
         try:
             return cls(**{k: obj[k] for k in cls.__dataclass_fields__})

@@ -29,10 +29,10 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index])
 
-    def of_classes(self, classes: torch.Tensor | list[int]) -> "ImageSet":
+    def of_classes(self, classes: torch.Tensor | list[int]) -> ImageSet:
         mask = torch.isin(self.labels, torch.as_tensor(classes, dtype=torch.long))
         return self.subset(mask.nonzero().squeeze(1))
 
@@ -82,7 +82,7 @@ class FaceData:
         save_torch(obj, path)
 
     @classmethod
-    def load(cls, path: Path | str) -> "FaceData":
+    def load(cls, path: Path | str) -> FaceData:
         obj = load_torch(path, what="prepared data set", fix="run 'lsmia data' first")
         try:
             public = ImageSet(obj["public_images"], obj["public_labels"]) if "public_images" in obj else None

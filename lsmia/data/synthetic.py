@@ -13,7 +13,7 @@ alpha-composited back to front at twice the output size, then area-downsampled.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -16,7 +16,7 @@ and by default a linear kernel on the one-hot labels (the reference's ``ktype='l
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

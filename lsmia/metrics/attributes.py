@@ -41,7 +41,7 @@ class AttributePredictor(nn.Module):
 
     def split(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Concatenated logits -> {attribute: logits [N, cardinality]}."""
-        return dict(zip(self.cardinality, logits.split(list(self.cardinality.values()), dim=1)))
+        return dict(zip(self.cardinality, logits.split(list(self.cardinality.values()), dim=1), strict=False))
 
 
 def _multi_head_loss(model: AttributePredictor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def _prdc_or_nothing(cfg: MetricsConfig, train_feats: torch.Tensor, train_labels
         return prdc_per_class(train_feats, train_labels, fake_feats, result.final_targets.cpu(),
                               list(result.targets), cfg.prdc_k)
     except LsmiaError as err:  # e.g. one final sample per target: no k-NN radius exists
-        warnings.warn(f"PRDC left out: {err}")
+        warnings.warn(f"PRDC left out: {err}", stacklevel=2)
         return {}
 
 

@@ -55,7 +55,7 @@ def prdc_per_class(real_feats: torch.Tensor, real_labels: torch.Tensor, fake_fea
         fake = fake_feats[fake_labels == cls]
         k_used = min(k, len(real) - 1, len(fake) - 1)
         if k_used < 1:
-            warnings.warn(f"PRDC skips class {cls}: {len(real)} real and {len(fake)} fake samples (need 2 each)")
+            warnings.warn(f"PRDC skips class {cls}: {len(real)} real and {len(fake)} fake samples (need 2 each)", stacklevel=2)
             continue
         per_class.append(prdc(real, fake, k_used))
     if not per_class:

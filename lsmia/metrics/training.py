@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn as nn

@@ -6,8 +6,9 @@ itself (PPA's Normalize(0.5, 0.5)), so data, attack and metrics never disagree o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn

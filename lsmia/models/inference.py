@@ -6,7 +6,8 @@ model's ``image_size`` when it declares one, since a Classifier expects its own 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch.nn as nn

@@ -11,12 +11,14 @@ over the ranks after each epoch. Rank 0 alone writes files and calls ``on_epoch`
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +72,7 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
     ece = torch.zeros(())
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         in_bin = (conf > low) & (conf <= high)
         if in_bin.any():
             ece += in_bin.float().mean() * (conf[in_bin].mean() - correct[in_bin].mean()).abs()

@@ -32,7 +32,7 @@ def temp_dvc_repo(repo: Path, tracking: bool = True, repro: bool = True) -> tupl
         shutil.copy(ROOT / name, repo / name)
     for folder in ("lsmia", "mlflow_project"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for results in ROOT.glob("out/ablations/*/results.md"):  # committed ablation tables the report stage includes
+    for results in ROOT.glob("out/ablations/*/results.*"):  # committed ablation results the report stage includes
         (repo / results.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(results, repo / results.relative_to(ROOT))
     from lsmia.config import load_config
