@@ -59,7 +59,7 @@ def build_models(seed: int = 0) -> tuple[Classifier, DCGANPrior]:
 def attack_config(args: argparse.Namespace) -> AttackConfig:
     return AttackConfig(targets=args.targets, pool_size=max(args.candidates, 10 * args.targets),
                         candidates=args.candidates, final_samples=min(8, args.candidates), steps=args.steps,
-                        final_draws=args.final_draws, batch_size=args.batch_size)
+                        final_draws=args.final_draws, batch_size=args.batch_size, latent="z")  # the DCGAN has no w
 
 
 def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: Schedule,

@@ -222,7 +222,7 @@ def test_torchrun_train_and_attack_match_one_process(tmp_path: Path) -> None:
     data = make_face_data()
     data.save(tmp_path / "data.pt")
     torch.manual_seed(0)
-    save_dcgan_prior(Generator(8, 16, 8), tmp_path / "prior.pt")
+    save_dcgan_prior(Generator(8, 16, 8, mapping_layers=2, w_dim=8), tmp_path / "prior.pt")  # the default w attack
     (tmp_path / "params.yaml").write_text(
         "run: {device: cpu, seed: 0, threads: 1, tracking: false}\n"
         "target: {arch: smallresnet, width: 8, epochs: 6, batch_size: 8}\n"

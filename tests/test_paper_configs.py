@@ -18,16 +18,37 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-class TinyStyleGAN(nn.Module):
-    """Stands in for an exported StyleGAN2: latents [N, 512] -> images [N, 3, 64, 64] in [-1, 1]."""
+class TinyMapping(nn.Module):
+    """z [N, 512] -> w [N, 4, 512], one w repeated per layer, as StyleGAN2-ADA's G.mapping returns it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(512, 512)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.leaky_relu(self.fc(z), 0.2).unsqueeze(1).repeat(1, 4, 1)
+
+
+class TinySynthesis(nn.Module):
+    """ws [N, 4, 512] -> images [N, 3, 64, 64] in [-1, 1]."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(512, 3 * 8 * 8)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.fc(z)).view(-1, 3, 8, 8)
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.fc(ws[:, 0])).view(-1, 3, 8, 8)
         return nn.functional.interpolate(x, size=(64, 64), mode="nearest")
+
+
+class TinyStyleGAN(nn.Module):
+    """Stands in for an exported StyleGAN2 in the README's format (mapping, synthesis, w_avg): the paper
+    configs attack its w with truncation, as PPA does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping, self.synthesis = TinyMapping(), TinySynthesis()
+        self.register_buffer("w_avg", torch.zeros(512))
 
 
 def write_facescrub(root: Path, identities: int = 3, per_identity: int = 4) -> None:

@@ -424,7 +424,7 @@ def test_z_and_w_spaces_start_from_the_same_truncated_images() -> None:
 
 def test_w_space_without_a_mapping_network_is_a_one_line_error() -> None:
     prior = DCGANPrior(Generator(16, 16, 8))
-    with pytest.raises(LsmiaError, match="no mapping network: set prior.mapping_layers > 0") as err:
+    with pytest.raises(LsmiaError, match=r"no mapping network: set prior\.mapping_layers > 0") as err:
         prior.configure_latent("w", 0.5)
     assert "\n" not in str(err.value)
 
@@ -510,7 +510,7 @@ def test_torchscript_stylegan_without_w_avg_averages_the_mapping(tmp_path: Path)
 
 def test_torchscript_stylegan_with_the_wrong_latent_size_names_the_fix(tmp_path: Path) -> None:
     torch.jit.script(TinyStyleGANExport()).save(str(tmp_path / "g.pt"))
-    with pytest.raises(LsmiaError, match="prior.latent_dim"):
+    with pytest.raises(LsmiaError, match=r"prior\.latent_dim"):
         load_prior(PriorConfig(kind="torchscript", path=tmp_path / "g.pt", latent_dim=5), None)
 
 
@@ -518,5 +518,5 @@ def test_single_forward_torchscript_prior_knows_only_z(tmp_path: Path) -> None:
     path = _scripted(TinyImageNet(), tmp_path / "g.pt")
     prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8), None)
     assert not prior.has_mapping
-    with pytest.raises(LsmiaError, match="no mapping network: export mapping and synthesis"):
+    with pytest.raises(LsmiaError, match=r"no mapping network: export mapping and synthesis"):
         prior.configure_latent("w", 0.5)

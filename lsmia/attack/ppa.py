@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -154,7 +154,7 @@ def effective_lr(cfg: AttackConfig, pool: torch.Tensor) -> float:
 
 def latent_meta(prior: nn.Module, cfg: AttackConfig, lr: float) -> dict[str, object]:
     """What the report states about the optimised space: its name and size, the truncation, the lr used."""
-    return {"latent": cfg.latent, "latent_dim": int(prior.latent_dim),
+    return {"latent": cfg.latent, "latent_dim": int(cast(int, prior.latent_dim)),
             "truncation": getattr(prior, "truncation", None), "lr_effective": lr}
 
 
@@ -199,8 +199,10 @@ class StepDiagnostics:
         with torch.no_grad():
             confidence = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
             grad = grad.detach().flatten(1).float()
-            cosine = torch.zeros((), device=grad.device) if step == 0 else \
-                F.cosine_similarity(grad, self._previous_grad, dim=1).sum()
+            if step == 0 or self._previous_grad is None:
+                cosine = torch.zeros((), device=grad.device)
+            else:
+                cosine = F.cosine_similarity(grad, self._previous_grad, dim=1).sum()
             self._batch.append(torch.stack([loss.detach().float(), confidence, cosine]))
         self._previous_grad = grad.clone()
 
@@ -235,10 +237,11 @@ def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: 
     """
     loss_fn = identity_loss(cfg.loss)
     result = start.clone()
-    work = ((index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps))
+    work: Iterable[tuple[int, torch.Tensor, int]] = (
+        (index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps))
     if show_progress:
         work = progress_bar(work, total=len(batches) * cfg.steps, desc="attack steps")
-    z, optimiser = None, None
+    z, optimiser = torch.empty(0), None
     with torch.enable_grad():
         for index, batch, step in work:
             if index % world != rank:  # another rank's batch: same draws, no work
@@ -247,11 +250,12 @@ def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: 
             if step == 0:
                 z = start[batch].to(device).requires_grad_(True)
                 optimiser = torch.optim.Adam([z], lr=cfg.lr, betas=cfg.betas)
+            assert optimiser is not None, "every batch starts at step 0"
             optimiser.zero_grad(set_to_none=True)
             batch_labels = labels[batch].to(device)
             loss, logits = attack_step(prior, target, z, batch_labels, cfg, loss_fn, gen)
             loss.backward()
-            if diagnostics is not None:  # before the update, which must not see any of this
+            if diagnostics is not None and z.grad is not None:  # before the update, which must not see any of this
                 diagnostics.record_step(step, loss, logits, batch_labels, z.grad)
             optimiser.step()
             if step == cfg.steps - 1:
@@ -333,7 +337,8 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         images_prior = prior  # final images come from the caller's prior, untouched
         prior, target = inference_copy(prior, device), inference_copy(target, device)
         started = time.perf_counter()
-        pool = prior.sample_latents(cfg.pool_size, generator=pool_gen).cpu()
+        sample_latents = cast(Callable[..., torch.Tensor], prior.sample_latents)  # every prior has one (Prior)
+        pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         lr = effective_lr(cfg, pool)
         chosen = select_candidates(pool_scores(prior, target, pool, cfg.selection_batch_size, device),
                                    targets, cfg.candidates)

@@ -9,6 +9,7 @@ latents [N, latent_dim] into float images in [0, 1] [N, 3, S, S].
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,7 @@ class MappingNetwork(nn.Module):
         super().__init__()
         dims = [latent_dim] + [w_dim] * layers
         body: list[nn.Module] = []
-        for cin, cout in zip(dims[:-1], dims[1:]):
+        for cin, cout in pairwise(dims):
             linear = nn.Linear(cin, cout)
             # Variance-preserving (He) init and zero bias, as StyleGAN's equalised layers start: w keeps z's scale.
             # PyTorch's default init shrinks the second moment ~6x per layer, leaving w a small wobble on a bias.
@@ -74,6 +75,8 @@ class Generator(nn.Module):
     synthesis net (everything above) takes w, and ``w_avg`` tracks the mean w during training as
     StyleGAN does. With 0 there is no mapping: w is z and the module is the plain DCGAN.
     """
+
+    w_avg: torch.Tensor  # a buffer, with a mapping network only
 
     def __init__(self, latent_dim: int, image_size: int, width: int, mapping_layers: int = 0,
                  w_dim: int | None = None) -> None:
@@ -236,7 +239,7 @@ class DCGANPrior(Prior):
     def has_mapping(self) -> bool:
         return self.generator.has_mapping
 
-    def train(self, mode: bool = True) -> "DCGANPrior":
+    def train(self, mode: bool = True) -> DCGANPrior:
         # BN must keep its running statistics: an image may never depend on the rest of its batch.
         super().train(mode)
         self.generator.eval()
@@ -270,6 +273,7 @@ class TorchScriptPrior(Prior):
 
     no_mapping_fix = ("export mapping and synthesis (README: 'Exporting a StyleGAN2-ADA generator') "
                       "or set attack.latent: z")
+    w_avg: torch.Tensor  # a buffer, StyleGAN format only
 
     def __init__(self, path: Path, latent_dim: int, output_range: tuple[float, float],
                  center_crop: float = 1.0) -> None:
@@ -294,7 +298,7 @@ class TorchScriptPrior(Prior):
     def has_mapping(self) -> bool:
         return self.is_stylegan
 
-    def train(self, mode: bool = True) -> "TorchScriptPrior":
+    def train(self, mode: bool = True) -> TorchScriptPrior:
         super().train(mode)
         self.module.eval()
         return self
@@ -329,11 +333,9 @@ class TorchScriptPrior(Prior):
                                  f"{self.w_dim}: export the mapping network's own w_avg buffer")
             return declared.detach().float().clone()
         gen = torch.Generator().manual_seed(0)
-        total = None
-        for _ in range(W_AVG_SAMPLES // 1000):
-            w = self.module.mapping(torch.randn(1000, self.z_dim, generator=gen)).float().sum(0)
-            total = w if total is None else total + w
-        return total / W_AVG_SAMPLES
+        sums = [self.module.mapping(torch.randn(1000, self.z_dim, generator=gen)).float().sum(0)
+                for _ in range(W_AVG_SAMPLES // 1000)]
+        return torch.stack(sums).sum(0) / W_AVG_SAMPLES
 
     def _probe(self) -> int:
         """Run two latents through the module; return the image size or raise naming the fix."""

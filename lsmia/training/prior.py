@@ -155,8 +155,9 @@ def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int
         generator = Generator(cfg.latent_dim, image_size, cfg.width, cfg.mapping_layers, cfg.w_dim).to(device)
         discriminator = Discriminator(image_size, cfg.width).to(device)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(generator_groups(generator, cfg), lr=cfg.lr, betas=tuple(cfg.betas))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    betas = (cfg.betas[0], cfg.betas[1])
+    opt_g = torch.optim.Adam(generator_groups(generator, cfg), lr=cfg.lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
     return GANState(generator, discriminator, generator_ema, opt_g, opt_d, torch.Generator().manual_seed(seed))
 
 
