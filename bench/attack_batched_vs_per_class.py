@@ -57,19 +57,36 @@ def build_models(seed: int = 0) -> tuple[Classifier, DCGANPrior]:
 
 
 def attack_config(args: argparse.Namespace) -> AttackConfig:
-    return AttackConfig(targets=args.targets, pool_size=max(args.candidates, 10 * args.targets),
-                        candidates=args.candidates, final_samples=min(8, args.candidates), steps=args.steps,
-                        final_draws=args.final_draws, batch_size=args.batch_size, latent="z")  # the DCGAN has no w
+    return AttackConfig(
+        targets=args.targets,
+        pool_size=max(args.candidates, 10 * args.targets),
+        candidates=args.candidates,
+        final_samples=min(8, args.candidates),
+        steps=args.steps,
+        final_draws=args.final_draws,
+        batch_size=args.batch_size,
+        latent="z",
+    )  # the DCGAN has no w
 
 
-def attack_case(cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: Schedule,
-                plain_models: bool = False) -> benchutil.Case:
+def attack_case(
+    cfg: AttackConfig, target: Classifier, prior: DCGANPrior, schedule: Schedule, plain_models: bool = False
+) -> benchutil.Case:
     """``plain_models``: run on the models as given, as PPA does, instead of lsmia's BN-folded channels_last copies."""
+
     def case() -> benchutil.Timings:
         with plain_model_copies(plain_models):
-            result = run_attack(cfg, target, prior, resolve_targets(cfg.targets, NUM_CLASSES), torch.device("cpu"),
-                                progress=False, schedule=schedule)
+            result = run_attack(
+                cfg,
+                target,
+                prior,
+                resolve_targets(cfg.targets, NUM_CLASSES),
+                torch.device("cpu"),
+                progress=False,
+                schedule=schedule,
+            )
         return {phase: float(result.meta[phase]) for phase in PHASES}
+
     return case
 
 
@@ -87,6 +104,7 @@ def plain_model_copies(active: bool) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- step sweep
 
+
 def fold_batchnorm(module: M) -> M:
     """A copy with every eval-mode BatchNorm folded into the conv before it (lsmia's attack does this)."""
     return fold_batchnorm_(copy.deepcopy(module).eval())
@@ -95,10 +113,11 @@ def fold_batchnorm(module: M) -> M:
 def model_variants(target: Classifier, prior: DCGANPrior) -> dict[str, tuple[Classifier, DCGANPrior]]:
     last = torch.channels_last
     folded_target, folded_prior = fold_batchnorm(target), fold_batchnorm(prior)
-    return {"nchw": (target, prior),
-            "channels_last": (copy.deepcopy(target).to(memory_format=last),
-                              copy.deepcopy(prior).to(memory_format=last)),
-            "cl+bn_folded": (folded_target.to(memory_format=last), folded_prior.to(memory_format=last))}
+    return {
+        "nchw": (target, prior),
+        "channels_last": (copy.deepcopy(target).to(memory_format=last), copy.deepcopy(prior).to(memory_format=last)),
+        "cl+bn_folded": (folded_target.to(memory_format=last), folded_prior.to(memory_format=last)),
+    }
 
 
 def ms_per_row(fn: Callable[[], None], rows: int, min_rows: int) -> float:
@@ -122,6 +141,7 @@ def step_fn(target: Classifier, prior: nn.Module, rows: int, cfg: AttackConfig) 
         optimiser.zero_grad(set_to_none=True)
         attack_step_loss(prior, target, z, labels, cfg, loss_fn, gen).backward()
         optimiser.step()
+
     return step
 
 
@@ -131,6 +151,7 @@ def forward_fn(target: nn.Module, prior: nn.Module, rows: int) -> Callable[[], N
     def forward() -> None:
         with torch.inference_mode():
             target(prior(z))
+
     return forward
 
 
@@ -153,9 +174,11 @@ def main() -> None:
     benchutil.setup(args.threads, "attack: batched schedule vs per-class loop (25 latents per batch)")
     cfg = attack_config(args)
     target, prior = build_models()
-    print(f"# smallresnet w32 @ {IMAGE_SIZE}px, DCGANPrior(Generator({LATENT_DIM}, {IMAGE_SIZE}, 32)); "
-          f"{cfg.targets} targets x {cfg.candidates} candidates, {cfg.steps} steps, pool {cfg.pool_size}, "
-          f"final draws {cfg.final_draws}, batched batch {cfg.batch_size}; {args.repeats} interleaved repeats")
+    print(
+        f"# smallresnet w32 @ {IMAGE_SIZE}px, DCGANPrior(Generator({LATENT_DIM}, {IMAGE_SIZE}, 32)); "
+        f"{cfg.targets} targets x {cfg.candidates} candidates, {cfg.steps} steps, pool {cfg.pool_size}, "
+        f"final draws {cfg.final_draws}, batched batch {cfg.batch_size}; {args.repeats} interleaved repeats"
+    )
     if args.step_sweep:
         step_sweep(target, prior, cfg, args.quick)
     cases: dict[str, benchutil.Case] = {schedule: attack_case(cfg, target, prior, schedule) for schedule in SCHEDULES}
@@ -165,11 +188,21 @@ def main() -> None:
     benchutil.print_table(rows, [benchutil.TOTAL, *PHASES])
     optimisation = rows["per_class"]["optimisation_s"] / max(rows["batched"]["optimisation_s"], 1e-9)
     print(f"phase ratio optimisation (per_class / batched): {optimisation:.2f}x")
-    benchutil.print_ratio("attack_batched_vs_per_class", rows["per_class"][benchutil.TOTAL],
-                          rows["batched"][benchutil.TOTAL], "per_class", "batched")
+    benchutil.print_ratio(
+        "attack_batched_vs_per_class",
+        rows["per_class"][benchutil.TOTAL],
+        rows["batched"][benchutil.TOTAL],
+        "per_class",
+        "batched",
+    )
     # the whole of lsmia's attack (batched, BN-folded channels_last copies) against PPA's way (per-class, plain models)
-    benchutil.print_ratio("attack_lsmia_vs_ppa_style", rows["ppa_style"][benchutil.TOTAL],
-                          rows["batched"][benchutil.TOTAL], "ppa_style", "batched")
+    benchutil.print_ratio(
+        "attack_lsmia_vs_ppa_style",
+        rows["ppa_style"][benchutil.TOTAL],
+        rows["batched"][benchutil.TOTAL],
+        "ppa_style",
+        "batched",
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def setup(threads: int, title: str, device: str = "cpu") -> None:
         raise SystemExit(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
     print(f"# {title}")
-    print(f"# torch {torch.__version__} | python {platform.python_version()} | threads {torch.get_num_threads()} "
-          f"| device {device_name(device)}")
+    print(
+        f"# torch {torch.__version__} | python {platform.python_version()} | threads {torch.get_num_threads()} "
+        f"| device {device_name(device)}"
+    )
 
 
 def device_name(device: str) -> str:
@@ -87,8 +89,9 @@ def print_table(rows: Mapping[str, Timings], keys: list[str]) -> None:
         print(f"{name:<{name_width}}  " + "  ".join(f"{timings.get(key, float('nan')):>16.3f}" for key in keys))
 
 
-def print_ratio(name: str, slow_s: float, fast_s: float, slow_label: str, fast_label: str,
-                note: str = "medians") -> float:
+def print_ratio(
+    name: str, slow_s: float, fast_s: float, slow_label: str, fast_label: str, note: str = "medians"
+) -> float:
     """The final line every benchmark prints: ``RATIO <name>: <x.xx>x`` and the raw seconds."""
     ratio = slow_s / fast_s if fast_s > 0 else float("inf")
     print(f"RATIO {name}: {ratio:.2f}x ({slow_label} {slow_s:.3f} s / {fast_label} {fast_s:.3f} s, {note})")

@@ -79,10 +79,16 @@ def check_dvc_plots(repo: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         page, printed = browser.dvc_plots_page(repo, Path(tmp) / "plots", dvc=str(BIN / "dvc"))
         facts = browser.page_facts(browser.offline_copy(page, scripts))
-        browser.screenshot(browser.offline_copy(page, scripts, probe=False), out / "dvc_plots.png", 1280,
-                           max(1200, facts["height"] + 40))
-    print(f"dvc plots: {'no warnings' if 'WARNING' not in printed else printed.strip()}; "
-          f"{len(facts['images'])} images; page {facts['scrollWidth']} px wide")
+        browser.screenshot(
+            browser.offline_copy(page, scripts, probe=False),
+            out / "dvc_plots.png",
+            1280,
+            max(1200, facts["height"] + 40),
+        )
+    print(
+        f"dvc plots: {'no warnings' if 'WARNING' not in printed else printed.strip()}; "
+        f"{len(facts['images'])} images; page {facts['scrollWidth']} px wide"
+    )
     for chart in facts["charts"]:
         axes = [f"{a['title']}: {a['labels'][0]} .. {a['labels'][-1]}" for a in chart["axes"] if a["labels"]]
         labels = [t for t in chart["texts"] if t.startswith("α =")]
@@ -122,8 +128,16 @@ def check_mlflow(db: Path, out: Path) -> None:
     pages = mlflow_pages(db)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{db.resolve()}", "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [
+        str(BIN / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{db.resolve()}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with server(command, f"{base}/health"):
         for name, fragment in pages.items():
             browser.screenshot(f"{base}/{fragment}", out / f"{name}.png", 1500, 1000)
@@ -135,8 +149,9 @@ def check_optuna_dashboard(journal: Path | None, out: Path) -> None:
         return
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with server([str(BIN / "optuna-dashboard"), str(journal), "--host", "127.0.0.1", "--port", str(port)],
-                f"{base}/api/studies"):
+    with server(
+        [str(BIN / "optuna-dashboard"), str(journal), "--host", "127.0.0.1", "--port", str(port)], f"{base}/api/studies"
+    ):
         with urllib.request.urlopen(f"{base}/api/studies/0", timeout=10) as answer:
             names = json.load(answer).get("objective_names")
         browser.screenshot(f"{base}/dashboard/studies/0", out / "optuna_dashboard.png", 1500, 1000)

@@ -49,9 +49,14 @@ class Variant:
     compile: bool = False
 
 
-VARIANTS = [Variant("fp32_eager"), Variant("bf16", bf16=True), Variant("channels_last", channels_last=True),
-            Variant("bf16+channels_last", bf16=True, channels_last=True), Variant("compile", compile=True),
-            Variant("compile+bf16+channels_last", bf16=True, channels_last=True, compile=True)]
+VARIANTS = [
+    Variant("fp32_eager"),
+    Variant("bf16", bf16=True),
+    Variant("channels_last", channels_last=True),
+    Variant("bf16+channels_last", bf16=True, channels_last=True),
+    Variant("compile", compile=True),
+    Variant("compile+bf16+channels_last", bf16=True, channels_last=True, compile=True),
+]
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,12 +110,14 @@ def train_step(base: Classifier, variant: Variant, device: torch.device, batch: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
 @contextlib.contextmanager
-def attack_models(target: Classifier, prior: DCGANPrior, variant: Variant,
-                  device: torch.device) -> Iterator[tuple[Classifier, DCGANPrior]]:
+def attack_models(
+    target: Classifier, prior: DCGANPrior, variant: Variant, device: torch.device
+) -> Iterator[tuple[Classifier, DCGANPrior]]:
     target, prior = prepare(target, variant, device), prepare(prior, variant, device)
     with frozen(target, prior):
         yield target, prior
@@ -130,6 +137,7 @@ def attack_step(target: Classifier, prior: nn.Module, variant: Variant, device: 
             loss = attack_step_loss(compiled_prior, compiled_target, z, labels, cfg, loss_fn, gen)
         loss.float().backward()
         optimizer.step()
+
     return step
 
 
@@ -151,8 +159,9 @@ def time_steps(step: Step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - started) / steps * 1000
 
 
-def measure(name: str, steps_by_variant: dict[str, Step], args: argparse.Namespace,
-            device: torch.device) -> dict[str, float]:
+def measure(
+    name: str, steps_by_variant: dict[str, Step], args: argparse.Namespace, device: torch.device
+) -> dict[str, float]:
     """Warm every variant, then interleaved timed rounds; median ms per step by variant."""
     for variant, step in steps_by_variant.items():
         print(f"  {name} {variant}: warm-up {warm(step, args.warmup, device):.1f} s", flush=True)
@@ -175,22 +184,29 @@ def print_results(name: str, ms: dict[str, float]) -> float:
 def main() -> None:
     args = parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("SKIP gpu_speedups: no CUDA device (torch.cuda.is_available() is False); "
-              "run it on a GPU machine, or pass --device cpu to exercise the script")
+        print(
+            "SKIP gpu_speedups: no CUDA device (torch.cuda.is_available() is False); "
+            "run it on a GPU machine, or pass --device cpu to exercise the script"
+        )
         sys.exit(0)
     device = torch.device(args.device)
-    benchutil.setup(args.threads, "GPU speed-ups: bf16 autocast, channels_last, torch.compile vs fp32 eager",
-                    args.device)
+    benchutil.setup(
+        args.threads, "GPU speed-ups: bf16 autocast, channels_last, torch.compile vs fp32 eager", args.device
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     variants = [v for v in VARIANTS if not (v.compile and args.no_compile)]
     torch.manual_seed(0)
     target = build_classifier("smallresnet", NUM_CLASSES, IMAGE_SIZE, width=32)
     prior = DCGANPrior(Generator(LATENT_DIM, IMAGE_SIZE, 32))
-    print(f"# train batch {args.train_batch}, attack rows {args.attack_batch}, {args.steps} steps x "
-          f"{args.repeats} interleaved rounds per variant", flush=True)
-    train_ms = measure("train", {v.name: train_step(target, v, device, args.train_batch) for v in variants},
-                       args, device)
+    print(
+        f"# train batch {args.train_batch}, attack rows {args.attack_batch}, {args.steps} steps x "
+        f"{args.repeats} interleaved rounds per variant",
+        flush=True,
+    )
+    train_ms = measure(
+        "train", {v.name: train_step(target, v, device, args.train_batch) for v in variants}, args, device
+    )
     with contextlib.ExitStack() as stack:
         steps = {}
         for v in variants:
@@ -201,8 +217,14 @@ def main() -> None:
     print_results("attack", attack_ms)
     base, fastest = attack_ms["fp32_eager"], min(attack_ms, key=attack_ms.__getitem__)
     print(f"best training speed-up: {best_train:.2f}x ({min(train_ms, key=train_ms.__getitem__)})")
-    benchutil.print_ratio("gpu_attack_step_best", base / 1000, attack_ms[fastest] / 1000, "fp32_eager", fastest,
-                          note="median seconds per step")
+    benchutil.print_ratio(
+        "gpu_attack_step_best",
+        base / 1000,
+        attack_ms[fastest] / 1000,
+        "fp32_eager",
+        fastest,
+        note="median seconds per step",
+    )
 
 
 if __name__ == "__main__":

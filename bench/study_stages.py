@@ -77,8 +77,13 @@ def attack_rows(out: Path) -> list[Row]:
         recorded = load_timings(attack_file)
         for phase in ATTACK_PHASES:
             if phase in recorded:
-                rows.append((f"attack {phase.removesuffix('_s')}", f"attack {attack_file.parent.name} {phase}",
-                             float(recorded[phase])))
+                rows.append(
+                    (
+                        f"attack {phase.removesuffix('_s')}",
+                        f"attack {attack_file.parent.name} {phase}",
+                        float(recorded[phase]),
+                    )
+                )
     return rows
 
 
@@ -117,8 +122,21 @@ def grouped(rows: list[Row]) -> list[tuple[str, float]]:
 
 def run_study(params: Path, out: Path, threads: int) -> list[tuple[str, float]]:
     """Run ``lsmia study`` (no tracking, CPU) and return the stage wall times it logs."""
-    command = [sys.executable, "-m", "lsmia", "study", "--params", str(params.resolve()), "--device", "cpu",
-               "--no-track", "--set", f"run.out_dir={out.resolve()}", "--set", f"run.threads={threads}"]
+    command = [
+        sys.executable,
+        "-m",
+        "lsmia",
+        "study",
+        "--params",
+        str(params.resolve()),
+        "--device",
+        "cpu",
+        "--no-track",
+        "--set",
+        f"run.out_dir={out.resolve()}",
+        "--set",
+        f"run.threads={threads}",
+    ]
     print(f"# running: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command, cwd=out.parent, capture_output=True, text=True)
     if done.returncode != 0:
@@ -135,8 +153,9 @@ def report(out: Path, logged: list[tuple[str, float]] | None) -> None:
     train = sum(seconds for group, _, seconds in rows if group == "target training")
     attack = sum(seconds for group, _, seconds in rows if group.startswith("attack"))
     if train > 0 and attack > 0:
-        benchutil.print_ratio("study_train_vs_attack", train, attack, "target training", "attack",
-                              note="recorded seconds")
+        benchutil.print_ratio(
+            "study_train_vs_attack", train, attack, "target training", "attack", note="recorded seconds"
+        )
     else:
         print("RATIO study_train_vs_attack: n/a (no target training or attack timings recorded yet)")
 

@@ -50,8 +50,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_data(args: argparse.Namespace) -> FaceData:
-    return render_builtin(DataConfig(num_identities=args.identities, images_per_identity=args.images_per_identity,
-                                     num_public_identities=1, public_images_per_identity=1, test_fraction=0.1))
+    return render_builtin(
+        DataConfig(
+            num_identities=args.identities,
+            images_per_identity=args.images_per_identity,
+            num_public_identities=1,
+            public_images_per_identity=1,
+            test_fraction=0.1,
+        )
+    )
 
 
 def bare_train(cfg: ClassifierConfig, data: FaceData) -> Classifier:
@@ -95,6 +102,7 @@ def full_train(cfg: ClassifierConfig, data: FaceData) -> None:
 def as_case(fn: Callable[..., object], *args: object) -> benchutil.Case:
     def run() -> None:
         fn(*args)
+
     return run
 
 
@@ -113,8 +121,11 @@ def attribution(cfg: ClassifierConfig, data: FaceData) -> dict[str, float]:
         checkpoint = seconds(lambda: save_torch(state, Path(out_dir) / "checkpoint.pt"))
     test_eval = seconds(lambda: predict_logits(model, data.test.images, 512))
     final = seconds(lambda: final_metrics(model.eval(), data, DEVICE, []))
-    return {"per-epoch test evaluation": test_eval * cfg.epochs, "per-epoch checkpoint": checkpoint * cfg.epochs,
-            "final metrics (train + test pass)": final}
+    return {
+        "per-epoch test evaluation": test_eval * cfg.epochs,
+        "per-epoch checkpoint": checkpoint * cfg.epochs,
+        "final metrics (train + test pass)": final,
+    }
 
 
 def main() -> None:
@@ -122,10 +133,15 @@ def main() -> None:
     benchutil.setup(args.threads, "training: lsmia train_classifier vs a bare PyTorch loop")
     data = make_data(args)
     cfg = ClassifierConfig(arch="smallresnet", width=args.width, epochs=args.epochs, batch_size=args.batch_size)
-    print(f"# smallresnet w{cfg.width} @ {data.image_size}px, {data.num_classes} classes, {len(data.train)} train / "
-          f"{len(data.test)} test images, batch {cfg.batch_size}, {cfg.epochs} epochs; {args.repeats} repeats")
-    cases = {"bare": as_case(bare_train, cfg, data), "lsmia_epochs": as_case(lsmia_epochs, cfg, data),
-             "train_classifier": as_case(full_train, cfg, data)}
+    print(
+        f"# smallresnet w{cfg.width} @ {data.image_size}px, {data.num_classes} classes, {len(data.train)} train / "
+        f"{len(data.test)} test images, batch {cfg.batch_size}, {cfg.epochs} epochs; {args.repeats} repeats"
+    )
+    cases = {
+        "bare": as_case(bare_train, cfg, data),
+        "lsmia_epochs": as_case(lsmia_epochs, cfg, data),
+        "train_classifier": as_case(full_train, cfg, data),
+    }
     rows = {name: benchutil.medians(runs) for name, runs in benchutil.interleaved(cases, args.repeats).items()}
     print()
     benchutil.print_table(rows, [benchutil.TOTAL])
@@ -134,8 +150,9 @@ def main() -> None:
         print(f"  {part:<36} {part_seconds:8.3f} s")
     bare = rows["bare"][benchutil.TOTAL]
     print(f"ratio lsmia_epochs / bare: {rows['lsmia_epochs'][benchutil.TOTAL] / bare:.2f}x")
-    benchutil.print_ratio("training_overhead", rows["train_classifier"][benchutil.TOTAL], bare,
-                          "train_classifier", "bare")
+    benchutil.print_ratio(
+        "training_overhead", rows["train_classifier"][benchutil.TOTAL], bare, "train_classifier", "bare"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,20 @@ from lsmia.paths import StudyPaths
 from lsmia.stats import effects, mean_ci
 from lsmia.utils import load_json, save_json
 
-SUMMARY_KEYS = ("test_acc", "final_acc1", "final_acc5", "all_acc1", "delta_eval", "fid_eval_features", "xi",
-                "attribute_acc", "mean_logit_norm", "final_target_confidence", "final_target_confidence_raw",
-                "grad_cosine_mean")
+SUMMARY_KEYS = (
+    "test_acc",
+    "final_acc1",
+    "final_acc5",
+    "all_acc1",
+    "delta_eval",
+    "fid_eval_features",
+    "xi",
+    "attribute_acc",
+    "mean_logit_norm",
+    "final_target_confidence",
+    "final_target_confidence_raw",
+    "grad_cosine_mean",
+)
 Log = Callable[[str], None]
 
 
@@ -56,14 +67,18 @@ def load_plan(path: Path) -> AblationPlan:
         errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a misspelt key explains the rest
         key = ".".join(str(p) for p in errors[0]["loc"])
         if errors[0]["type"] == "extra_forbidden":
-            raise LsmiaError(f"unknown key '{key}' in ablation file {path}: use name, alphas, seeds and variants") from None
+            raise LsmiaError(
+                f"unknown key '{key}' in ablation file {path}: use name, alphas, seeds and variants"
+            ) from None
         raise LsmiaError(f"invalid ablation file {path} at '{key}': {errors[0]['msg']}") from None
 
 
 def variant_configs(base: Config, plan: AblationPlan) -> dict[str, Config]:
     """Each variant's validated config; a bad override names its variant."""
-    return {name: build_config(base.to_dict(), overrides, source=f"ablation variant '{name}'")
-            for name, overrides in plan.variants.items()}
+    return {
+        name: build_config(base.to_dict(), overrides, source=f"ablation variant '{name}'")
+        for name, overrides in plan.variants.items()
+    }
 
 
 def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[float]) -> list[float]:
@@ -164,8 +179,12 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
                 log(f"{name}: alpha={alpha} seed={seed}")
                 variant_rows.append({"variant": name, **run_cell(cache, cfg, alpha, seed)})
         rows += variant_rows
-        variants[name] = {"overrides": plan.variants[name], "summary": summarise(variant_rows),
-                          "effects": effects(variant_rows), "eval_test_acc": variant_rows[0]["eval_test_acc"]}
+        variants[name] = {
+            "overrides": plan.variants[name],
+            "summary": summarise(variant_rows),
+            "effects": effects(variant_rows),
+            "eval_test_acc": variant_rows[0]["eval_test_acc"],
+        }
         write_results(result)  # after every variant: a long ablation shows what it has so far
     return result
 
@@ -177,17 +196,23 @@ def effect_lines(result: AblationResult) -> list[str]:
 
 def markdown(result: AblationResult) -> str:
     """The paper's claims per variant, then one row per (variant, alpha) with every summary metric."""
-    lines = [*effect_lines(result), "",
-             *tables.markdown_table(tables.SUMMARY_COLUMNS, tables.summary_rows(result.variants)), "",
-             tables.seeds_note(sorted({row["seed"] for row in result.rows}))]
+    lines = [
+        *effect_lines(result),
+        "",
+        *tables.markdown_table(tables.SUMMARY_COLUMNS, tables.summary_rows(result.variants)),
+        "",
+        tables.seeds_note(sorted({row["seed"] for row in result.rows})),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def write_results(result: AblationResult) -> None:
     from lsmia.utils import atomic_path
 
-    save_json({"plan": result.plan.model_dump(mode="json"), "variants": result.variants, "rows": result.rows},
-              result.out_dir / "results.json")
+    save_json(
+        {"plan": result.plan.model_dump(mode="json"), "variants": result.variants, "rows": result.rows},
+        result.out_dir / "results.json",
+    )
     with atomic_path(result.out_dir / "results.md") as tmp:
         tmp.write_text(markdown(result))
 

@@ -17,8 +17,9 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, devic
     return torch.rand(n, generator=gen, device="cpu").to(device) * (high - low) + low
 
 
-def sample_crop_params(n: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator | None,
-                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_crop_params(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random draws of ``random_resized_crop`` for ``n`` samples: width, height (fractions) and centre.
 
     Calling it alone advances ``gen`` exactly as a crop of ``n`` samples would (the attack uses that
@@ -34,8 +35,13 @@ def sample_crop_params(n: int, scale: tuple[float, float], ratio: tuple[float, f
     return crop_w, crop_h, cx, cy
 
 
-def random_resized_crop(x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float] = (1.0, 1.0),
-                        out_size: int | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (1.0, 1.0),
+    out_size: int | None = None,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """Crop a random area fraction in ``scale`` with aspect ``ratio`` per sample, resize to ``out_size``.
 
     Like torchvision's RandomResizedCrop but one draw per sample and bilinear via grid_sample.
@@ -56,7 +62,7 @@ def random_flip(x: torch.Tensor, p: float = 0.5, gen: torch.Generator | None = N
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +71,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     minc, _ = x.min(1)
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(maxc == r, ((g - b) / safe) % 6,
-                    torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    h = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
     h = torch.where(delta > 0, h, torch.zeros_like(h))
     s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     return torch.stack([h, s, maxc], 1)
@@ -78,8 +83,14 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float,
-                 gen: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """Per-sample brightness, contrast, saturation and hue jitter (torchvision's ranges, fixed order)."""
     n = len(x)
     shape = (n, 1, 1, 1)
@@ -106,8 +117,13 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def training_augment(x: torch.Tensor, crop_scale: tuple[float, float], flip: bool,
-                     jitter: tuple[float, float, float, float], gen: torch.Generator | None = None) -> torch.Tensor:
+def training_augment(
+    x: torch.Tensor,
+    crop_scale: tuple[float, float],
+    flip: bool,
+    jitter: tuple[float, float, float, float],
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """PPA's training augmentation: RandomResizedCrop(ratio 1), ColorJitter, horizontal flip."""
     x = random_resized_crop(x, crop_scale, (1.0, 1.0), gen=gen)
     if any(j > 0 for j in jitter):

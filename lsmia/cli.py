@@ -8,8 +8,9 @@ bad input into a one-line error with exit code 2.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,21 +18,28 @@ from lsmia.config import Config, check_seed, load_config, parse_overrides
 from lsmia.errors import LsmiaError, from_os_error
 from lsmia.paths import StudyPaths
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Label smoothing vs. model inversion: data, training, PPA attack, metrics.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Label smoothing vs. model inversion: data, training, PPA attack, metrics.",
+)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (one typed schema).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Study seed (default: run.seed).")]
-AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Label smoothing factor of the target.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Study seed (default: run.seed).")]
+AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Label smoothing factor of the target.")]
 NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
-TrackOpt = Annotated[Optional[bool], typer.Option("--track/--no-track", metavar=NO_VALUE,
-                                                  help="MLflow tracking (default: run.tracking).")]
+TrackOpt = Annotated[
+    bool | None,
+    typer.Option("--track/--no-track", metavar=NO_VALUE, help="MLflow tracking (default: run.tracking)."),
+]
 
 
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input: one line on stderr, exit 2. Ctrl-C: exit 130, outputs stay resumable."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -46,6 +54,7 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("interrupted: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None
+
     return wrapper
 
 
@@ -62,16 +71,24 @@ def _set_sources(sets: list[str] | None) -> dict[str, str]:
     return {item.partition("=")[0].strip(): f"--set {item}" for item in sets or [] if "=" in item}
 
 
-def resolve(params: Path, sets: list[str] | None, device: str | None = None, alpha: float | None = None,
-            track: bool | None = None, seed: int | None = None,
-            flags: dict[str, tuple[str, Any]] | None = None) -> Config:
+def resolve(
+    params: Path,
+    sets: list[str] | None,
+    device: str | None = None,
+    alpha: float | None = None,
+    track: bool | None = None,
+    seed: int | None = None,
+    flags: dict[str, tuple[str, Any]] | None = None,
+) -> Config:
     """The config of ``params`` with ``--set`` overrides and flags; a bad value names the flag or file it came from.
 
     ``flags``: a command's own options that set config keys, ``{key: (flag, value)}``; None values are not set."""
     overrides = parse_overrides(sets)
     sources = _set_sources(sets)
-    named = {key: (FLAG_KEYS[key], value) for key, value in
-             (("run.device", device), ("target.smoothing.alpha", alpha), ("run.tracking", track))}
+    named = {
+        key: (FLAG_KEYS[key], value)
+        for key, value in (("run.device", device), ("target.smoothing.alpha", alpha), ("run.tracking", track))
+    }
     for key, (flag, value) in {**named, **(flags or {})}.items():
         if value is not None:
             overrides[key] = value
@@ -97,8 +114,9 @@ def output_folder(path: Path, setting: str) -> Path:
     for part in (path, *path.parents):
         if part.exists():
             if not part.is_dir():
-                raise LsmiaError(f"{setting} {path} cannot be a folder: {part} is a file; move it away or set "
-                                 f"{setting} to a folder")
+                raise LsmiaError(
+                    f"{setting} {path} cannot be a folder: {part} is a file; move it away or set {setting} to a folder"
+                )
             return path
     return path
 
@@ -155,9 +173,12 @@ def config(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None
 
 @app.command()
 @cli_errors
-def data(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
-         out: Annotated[Optional[Path], typer.Option(help="Prepared data file.")] = None,
-         track: TrackOpt = None) -> None:
+def data(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Prepared data file.")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Render the built-in identities or load FaceScrub / CelebA / an image folder."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
@@ -172,9 +193,14 @@ def data(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
 
 @app.command("train-prior")
 @cli_errors
-def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-                data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
-                out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+def train_prior(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Train the GAN prior on the public images only (with prior.kind torchscript: record the exported generator)."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
@@ -187,10 +213,15 @@ def train_prior(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, de
             _echo_json(record_exported_prior(cfg, out_dir))
         return
     data_file = data_file or paths.data_file
-    with _writing(out_dir), tracked_stage(cfg, "prior", "prior", role="prior", system_metrics=True,
-                                          data_file=data_file, **_run_marker(out_dir)) as tracker:
-        result = pipeline.stage_prior(cfg, data_file, out_dir, _device(cfg),
-                                      on_epoch=tracker.epoch_logger(), code_version=_code_version("prior"))
+    with (
+        _writing(out_dir),
+        tracked_stage(
+            cfg, "prior", "prior", role="prior", system_metrics=True, data_file=data_file, **_run_marker(out_dir)
+        ) as tracker,
+    ):
+        result = pipeline.stage_prior(
+            cfg, data_file, out_dir, _device(cfg), on_epoch=tracker.epoch_logger(), code_version=_code_version("prior")
+        )
         tracker.log_prior(result)
     _echo_json(result.metrics)
 
@@ -201,8 +232,10 @@ def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
 
     path = Path(cfg.prior.path) if cfg.prior.path is not None else None
     if path is None or not path.is_file():
-        raise LsmiaError(f"prior.kind is {cfg.prior.kind} but prior.path ({path}) is not a file: export the generator "
-                         "(README: 'Exporting a StyleGAN2-ADA generator') and set prior.path to it")
+        raise LsmiaError(
+            f"prior.kind is {cfg.prior.kind} but prior.path ({path}) is not a file: export the generator "
+            "(README: 'Exporting a StyleGAN2-ADA generator') and set prior.path to it"
+        )
     record = {"kind": cfg.prior.kind, "path": str(path), "sha256": file_digest(path, length=64)}
     save_json(record, out_dir / "prior.json")
     return record
@@ -210,10 +243,17 @@ def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
 
 @app.command()
 @cli_errors
-def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
-          alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
-          device: DeviceOpt = None, data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
-          out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+def train(
+    role: Annotated[str, typer.Option(help="target or eval")] = "target",
+    alpha: AlphaOpt = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
     from lsmia import pipeline
     from lsmia.distributed import is_main
@@ -225,16 +265,37 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
     alpha_value = cfg.target.smoothing.alpha if role == "target" else 0.0
-    out_dir = output_folder(out_dir, "--out-dir") if out_dir else (
-        paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
-    with _writing(out_dir), pipeline.launched_stage(
-            cfg, _device(cfg), tracked_stage, "train", f"train-{role}", role=role,
-            alpha=alpha_value if role == "target" else None, seed=seed, system_metrics=True,
+    out_dir = (
+        output_folder(out_dir, "--out-dir")
+        if out_dir
+        else (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
+    )
+    with (
+        _writing(out_dir),
+        pipeline.launched_stage(
+            cfg,
+            _device(cfg),
+            tracked_stage,
+            "train",
+            f"train-{role}",
+            role=role,
+            alpha=alpha_value if role == "target" else None,
+            seed=seed,
+            system_metrics=True,
             data_file=data_file or paths.data_file,
-            **_run_marker(out_dir)) as (tracker, rank_device):  # torchrun: DDP, rank 0 tracks
-        result = pipeline.stage_train(cfg, role, data_file or paths.data_file, out_dir, rank_device, seed,
-                                      on_epoch=tracker.epoch_logger(),
-                                      code_version=_code_version("target" if role == "target" else "eval-model"))
+            **_run_marker(out_dir),
+        ) as (tracker, rank_device),
+    ):  # torchrun: DDP, rank 0 tracks
+        result = pipeline.stage_train(
+            cfg,
+            role,
+            data_file or paths.data_file,
+            out_dir,
+            rank_device,
+            seed,
+            on_epoch=tracker.epoch_logger(),
+            code_version=_code_version("target" if role == "target" else "eval-model"),
+        )
         tracker.log_classifier(result, role, alpha_value, seed)
     if is_main():
         _echo_json(result.metrics)
@@ -242,11 +303,18 @@ def train(role: Annotated[str, typer.Option(help="target or eval")] = "target",
 
 @app.command()
 @cli_errors
-def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None,
-           device: DeviceOpt = None, data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
-           target: Annotated[Optional[Path], typer.Option(help="Target model file.")] = None,
-           prior: Annotated[Optional[Path], typer.Option(help="Prior file (dcgan).")] = None,
-           out_dir: Annotated[Optional[Path], typer.Option("--out-dir")] = None, track: TrackOpt = None) -> None:
+def attack(
+    alpha: AlphaOpt = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    target: Annotated[Path | None, typer.Option(help="Target model file.")] = None,
+    prior: Annotated[Path | None, typer.Option(help="Prior file (dcgan).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Invert a target with Plug & Play Attacks."""
     from lsmia import pipeline
     from lsmia.distributed import is_main
@@ -259,10 +327,22 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
     target = target or paths.target_dir(a, seed) / "model.pt"
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
     out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.attack_dir(a, seed)
-    with _writing(out_dir), pipeline.launched_stage(
-            cfg, _device(cfg), tracked_stage, "attack", "attack", role="target", alpha=a, seed=seed,
-            system_metrics=True, data_file=data_file or paths.data_file,
-            **_run_marker(out_dir, resumable=False)) as (tracker, rank_device):
+    with (
+        _writing(out_dir),
+        pipeline.launched_stage(
+            cfg,
+            _device(cfg),
+            tracked_stage,
+            "attack",
+            "attack",
+            role="target",
+            alpha=a,
+            seed=seed,
+            system_metrics=True,
+            data_file=data_file or paths.data_file,
+            **_run_marker(out_dir, resumable=False),
+        ) as (tracker, rank_device),
+    ):
         result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, rank_device, seed)
         tracker.log_attack(result, out_dir, a, seed)
     if is_main():
@@ -271,14 +351,20 @@ def attack(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Pat
 
 @app.command()
 @cli_errors
-def evaluate(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = Path("params.yaml"),
-             sets: SetOpt = None, device: DeviceOpt = None,
-             data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
-             attack_file: Annotated[Optional[Path], typer.Option("--attack")] = None,
-             eval_model: Annotated[Optional[Path], typer.Option("--eval-model")] = None,
-             target_dir: Annotated[Optional[Path], typer.Option("--target-dir")] = None,
-             attributes: Annotated[Optional[Path], typer.Option("--attributes", help="Attribute predictor file.")] = None,
-             out: Annotated[Optional[Path], typer.Option(help="Metrics JSON.")] = None, track: TrackOpt = None) -> None:
+def evaluate(
+    alpha: AlphaOpt = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    attack_file: Annotated[Path | None, typer.Option("--attack")] = None,
+    eval_model: Annotated[Path | None, typer.Option("--eval-model")] = None,
+    target_dir: Annotated[Path | None, typer.Option("--target-dir")] = None,
+    attributes: Annotated[Path | None, typer.Option("--attributes", help="Attribute predictor file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Metrics JSON.")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Measure what the attack leaked: attack accuracy, delta_eval, FID, PRDC, xi, attribute leakage."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
@@ -288,23 +374,38 @@ def evaluate(alpha: AlphaOpt = None, seed: SeedOpt = None, params: ParamsOpt = P
     paths = _paths(cfg)
     a = cfg.target.smoothing.alpha
     out = output_file(out, "--out") if out else paths.metrics_file(a, seed)
-    with _writing(out), tracked_stage(cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed,
-                                      data_file=data_file or paths.data_file) as tracker:
+    with (
+        _writing(out),
+        tracked_stage(
+            cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed, data_file=data_file or paths.data_file
+        ) as tracker,
+    ):
         metrics = pipeline.stage_evaluate(
-            cfg, data_file or paths.data_file, attack_file or paths.attack_dir(a, seed) / "attack.pt",
-            eval_model or paths.eval_dir / "model.pt", target_dir or paths.target_dir(a, seed),
-            out, _device(cfg), a, seed,
-            attributes or paths.attribute_dir / "predictor.pt")
+            cfg,
+            data_file or paths.data_file,
+            attack_file or paths.attack_dir(a, seed) / "attack.pt",
+            eval_model or paths.eval_dir / "model.pt",
+            target_dir or paths.target_dir(a, seed),
+            out,
+            _device(cfg),
+            a,
+            seed,
+            attributes or paths.attribute_dir / "predictor.pt",
+        )
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     _echo_json(metrics)
 
 
 @app.command("train-attributes")
 @cli_errors
-def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-                     data_file: Annotated[Optional[Path], typer.Option("--data")] = None,
-                     out: Annotated[Optional[Path], typer.Option(help="Predictor file.")] = None,
-                     track: TrackOpt = None) -> None:
+def train_attributes(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    out: Annotated[Path | None, typer.Option(help="Predictor file.")] = None,
+    track: TrackOpt = None,
+) -> None:
     """Train the attribute predictor on the public identities (built-in data) for attribute leakage."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
@@ -312,8 +413,10 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
     cfg = resolve(params, sets, device, track=track)
     paths = _paths(cfg)
     out = output_file(out, "--out") if out else paths.attribute_dir / "predictor.pt"
-    with _writing(out), tracked_stage(cfg, "attributes", "train-attributes", role="attributes",
-                                      data_file=data_file or paths.data_file):
+    with (
+        _writing(out),
+        tracked_stage(cfg, "attributes", "train-attributes", role="attributes", data_file=data_file or paths.data_file),
+    ):
         trained = pipeline.stage_attribute_predictor(cfg, data_file or paths.data_file, out, _device(cfg))
     if not trained:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,13 +425,22 @@ def train_attributes(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = Non
 
 @app.command()
 @cli_errors
-def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-           out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Report folder.")] = None,
-           plots_dir: Annotated[Optional[Path], typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
-           ablations: Annotated[Optional[list[Path]], typer.Option(
-               "--ablation", help="Include an 'lsmia ablate' plan's results (its results.json, or the results.md "
-                                  "beside it), e.g. out/ablations/factors/results.json (repeatable).")] = None,
-           track: TrackOpt = None) -> None:
+def report(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Report folder.")] = None,
+    plots_dir: Annotated[Path | None, typer.Option("--plots-dir", help="DVC plot data folder.")] = None,
+    ablations: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ablation",
+            help="Include an 'lsmia ablate' plan's results (its results.json, or the results.md "
+            "beside it), e.g. out/ablations/factors/results.json (repeatable).",
+        ),
+    ] = None,
+    track: TrackOpt = None,
+) -> None:
     """Write the HTML report (figures, tables, reconstructions) of the study's alphas x seeds (study.alphas,
     study.seeds); cells not evaluated yet are named in the report and skipped."""
     from lsmia.stages.report import stage_report
@@ -341,7 +453,9 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
     with _writing(out_dir, plots_dir), tracked_stage(cfg, "report", "report", role="report") as tracker:
         missing = [str(f) for f in ablations or [] if not f.is_file()]
         if missing:
-            raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
+            raise LsmiaError(
+                f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation"
+            )
         index = stage_report(cfg, paths, out_dir, _device(cfg), ablation_files=ablations or [], plots_dir=plots_dir)
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")
@@ -349,8 +463,11 @@ def report(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device:
 
 @app.command()
 @cli_errors
-def repro(targets: Annotated[Optional[list[str]], typer.Argument(help="DVC stages (default: all).")] = None,
-          params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
+def repro(
+    targets: Annotated[list[str] | None, typer.Argument(help="DVC stages (default: all).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
     """Run the DVC pipeline: `dvc repro`, or `dvc exp run -S ...` when --set overrides are given.
 
     This is what `mlflow run . -e main` runs, so every stage's MLflow run nests under the project run and
@@ -376,9 +493,12 @@ def repro(targets: Annotated[Optional[list[str]], typer.Argument(help="DVC stage
 
 @app.command("dvc-yaml")
 @cli_errors
-def dvc_yaml(check: Annotated[bool, typer.Option("--check", metavar=NO_VALUE,
-                                                       help="Exit 1 if dvc.yaml differs instead of writing.")] = False,
-             path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml")) -> None:
+def dvc_yaml(
+    check: Annotated[
+        bool, typer.Option("--check", metavar=NO_VALUE, help="Exit 1 if dvc.yaml differs instead of writing.")
+    ] = False,
+    path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml"),
+) -> None:
     """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches."""
     from lsmia.graph import dvc_yaml as render
     from lsmia.utils import atomic_path
@@ -398,29 +518,47 @@ def dvc_yaml(check: Annotated[bool, typer.Option("--check", metavar=NO_VALUE,
 
 @app.command()
 @cli_errors
-def study(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-          track: TrackOpt = None) -> None:
+def study(
+    params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None, track: TrackOpt = None
+) -> None:
     """Run the whole study in one process (without DVC): every stage for every alpha and seed."""
     from lsmia import pipeline
     from lsmia.tracked import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
     with _writing(_paths(cfg).root):  # the whole out dir: one study at a time
-        result = pipeline.run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True),
-                                    observe=tracked_stage)
-    keys = ["alpha", "seed", "test_acc", "final_acc1", "final_acc5", "delta_eval", "fid_eval_features", "xi",
-            "attribute_acc"]
+        result = pipeline.run_study(
+            cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage
+        )
+    keys = [
+        "alpha",
+        "seed",
+        "test_acc",
+        "final_acc1",
+        "final_acc5",
+        "delta_eval",
+        "fid_eval_features",
+        "xi",
+        "attribute_acc",
+    ]
     typer.echo("\t".join(keys))
     for row in result.metrics:
-        typer.echo("\t".join(f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k))
-                             for k in keys))
+        typer.echo(
+            "\t".join(
+                f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys
+            )
+        )
 
 
 @app.command()
 @cli_errors
-def ablate(plan_file: Annotated[Path, typer.Argument(help="Ablation file, e.g. configs/ablations.yaml.")],
-           params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-           track: TrackOpt = None) -> None:
+def ablate(
+    plan_file: Annotated[Path, typer.Argument(help="Ablation file, e.g. configs/ablations.yaml.")],
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    track: TrackOpt = None,
+) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
     from lsmia import ablation
     from lsmia.tracked import tracked_stage
@@ -435,26 +573,47 @@ def ablate(plan_file: Annotated[Path, typer.Argument(help="Ablation file, e.g. c
     typer.echo(f"results: {result.out_dir / 'results.md'}")
 
 
-StudyNameOpt = Annotated[Optional[str], typer.Option("--study-name", help="Study (default: sweep.study_name).")]
-TrialsOpt = Annotated[Optional[int], typer.Option("--n-trials", help="Total trial budget over all workers.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--n-workers", help="Worker processes on this machine.")]
-StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>).")]
-WorkerOpt = Annotated[bool, typer.Option(
-    "--worker", metavar=NO_VALUE,
-    help="Only run trials of an existing study (e.g. on another machine sharing --storage).")]
+StudyNameOpt = Annotated[str | None, typer.Option("--study-name", help="Study (default: sweep.study_name).")]
+TrialsOpt = Annotated[int | None, typer.Option("--n-trials", help="Total trial budget over all workers.")]
+WorkersOpt = Annotated[int | None, typer.Option("--n-workers", help="Worker processes on this machine.")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>)."
+    ),
+]
+WorkerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--worker",
+        metavar=NO_VALUE,
+        help="Only run trials of an existing study (e.g. on another machine sharing --storage).",
+    ),
+]
 
 
 @app.command()
 @cli_errors
-def sweep(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None,
-          study_name: StudyNameOpt = None, n_trials: TrialsOpt = None, n_workers: WorkersOpt = None,
-          storage: StorageOpt = None, worker: WorkerOpt = False, track: TrackOpt = None) -> None:
+def sweep(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    study_name: StudyNameOpt = None,
+    n_trials: TrialsOpt = None,
+    n_workers: WorkersOpt = None,
+    storage: StorageOpt = None,
+    worker: WorkerOpt = False,
+    track: TrackOpt = None,
+) -> None:
     """Optuna search over label smoothing (alpha, warm-up) for the best accuracy-privacy trade-off."""
     from lsmia import sweep as sweeps
 
-    flags = {"sweep.study_name": ("--study-name", study_name), "sweep.n_trials": ("--n-trials", n_trials),
-             "sweep.n_workers": ("--n-workers", n_workers), "sweep.storage": ("--storage", storage)}
+    flags = {
+        "sweep.study_name": ("--study-name", study_name),
+        "sweep.n_trials": ("--n-trials", n_trials),
+        "sweep.n_workers": ("--n-workers", n_workers),
+        "sweep.storage": ("--storage", storage),
+    }
     cfg = resolve(params, sets, device, track=track, flags=flags)
     if worker:
         ran = sweeps.run_worker(cfg, log=lambda line: typer.echo(line, err=True))
@@ -465,30 +624,38 @@ def sweep(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: 
 
 @app.command()
 @cli_errors
-def toy(out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for toy.png and toy.json.")] = Path("out/toy"),
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the data and the initial weights.")] = 0,
-        steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Attack steps (default: 300).")] = None,
-        ) -> None:
+def toy(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for toy.png and toy.json.")] = Path("out/toy"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data and the initial weights.")] = 0,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Attack steps (default: 300).")] = None,
+) -> None:
     """The paper's 2-D toy: one small classifier per alpha, one gradient attack each, from the same start."""
     from lsmia.toy import ATTACK_STEPS, run_toy
 
     result = run_toy(seed=seed, steps=ATTACK_STEPS if steps is None else steps, out_dir=out_dir)
     typer.echo("alpha\tend_distance\tconfidence\tgrad_cosine")
     for row in result.rows:
-        typer.echo(f"{row['alpha']:+.3g}\t{row['end_distance']:.4g}\t{row['end_confidence']:.4f}\t"
-                   f"{row['grad_cosine']:.3f}")
+        typer.echo(
+            f"{row['alpha']:+.3g}\t{row['end_distance']:.4g}\t{row['end_confidence']:.4f}\t{row['grad_cosine']:.3f}"
+        )
     typer.echo(f"figure: {result.figure}")
 
 
 @app.command()
 @cli_errors
 def compare_defenses(
-        results_json: Annotated[Path, typer.Argument(help="An ablation's results.json, e.g. of configs/defenses.yaml.")],
-        out_dir: Annotated[Optional[Path], typer.Option(
-            "--out-dir", help="Folder for compare.{md,json} and fronts.png (default: beside RESULTS_JSON).")] = None,
-        levels: Annotated[Optional[str], typer.Option(
-            "--levels", help="Test accuracies to match, e.g. 0.6,0.7 (default: 5 across the range all fronts share).")
-        ] = None) -> None:
+    results_json: Annotated[Path, typer.Argument(help="An ablation's results.json, e.g. of configs/defenses.yaml.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out-dir", help="Folder for compare.{md,json} and fronts.png (default: beside RESULTS_JSON)."),
+    ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(
+            "--levels", help="Test accuracies to match, e.g. 0.6,0.7 (default: 5 across the range all fronts share)."
+        ),
+    ] = None,
+) -> None:
     """Defenses at equal test accuracy, each against its strongest attack loss: fronts, table and figure."""
     from lsmia.defenses.compare import compare_defenses as run_comparison
     from lsmia.defenses.compare import markdown, parse_levels

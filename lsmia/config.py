@@ -8,23 +8,25 @@ an error that names the key. CLI flags override values through dotted paths
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lsmia.errors import LsmiaError
 
-SEED_MAX = 2 ** 62  # seeds get offsets (e.g. +1000) and must stay within torch's 64-bit seeds
+SEED_MAX = 2**62  # seeds get offsets (e.g. +1000) and must stay within torch's 64-bit seeds
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 def check_seed(value: int, source: str) -> int:
     """A seed given outside the config (e.g. ``--seed``), checked like ``run.seed``."""
     if not 0 <= value <= SEED_MAX:
-        raise LsmiaError(f"invalid seed {value} from {source}: a seed must be a whole number from 0 to {SEED_MAX} "
-                         "(2**62)")
+        raise LsmiaError(
+            f"invalid seed {value} from {source}: a seed must be a whole number from 0 to {SEED_MAX} (2**62)"
+        )
     return value
 
 
@@ -89,8 +91,10 @@ class ClassifierConfig(Section):
     @classmethod
     def _batch_size(cls, v: int) -> int:
         if v < 2:
-            raise ValueError(f"batch_size must be at least 2, got {v}: one-image batches are dropped (BatchNorm "
-                             "cannot train on them), so training would take no step")
+            raise ValueError(
+                f"batch_size must be at least 2, got {v}: one-image batches are dropped (BatchNorm "
+                "cannot train on them), so training would take no step"
+            )
         return v
 
 
@@ -107,7 +111,7 @@ class SmoothingConfig(Section):
         return _finite_alpha(v)
 
     @model_validator(mode="after")
-    def _window(self) -> "SmoothingConfig":
+    def _window(self) -> SmoothingConfig:
         if self.warmup_end < self.warmup_start:
             raise ValueError("warmup_end must be >= warmup_start")
         return self
@@ -168,7 +172,9 @@ class AttackConfig(Section):
     lr_relative: bool = True  # Adam lr = lr x the std of the initial latents: the same relative move in z and w
     betas: tuple[float, float] = (0.1, 0.1)
     loss: Literal["poincare", "ce", "max_margin", "logit"] = "poincare"  # logit: LOMMA's logit maximisation
-    batch_size: int = Field(64, ge=1)  # latents optimised together, across all targets (CPU: 64 fits the caches; GPU: larger)
+    batch_size: int = Field(
+        64, ge=1
+    )  # latents optimised together, across all targets (CPU: 64 fits the caches; GPU: larger)
     selection_batch_size: int = Field(512, ge=1)
     step_crop_scale: tuple[float, float] = (0.9, 1.0)  # RandomResizedCrop each step, ratio 1
     final_draws: int = Field(20, ge=1)  # PPA: 100
@@ -177,7 +183,7 @@ class AttackConfig(Section):
     seed: Seed = 0
 
     @model_validator(mode="after")
-    def _sizes(self) -> "AttackConfig":
+    def _sizes(self) -> AttackConfig:
         if self.final_samples > self.candidates:
             raise ValueError("final_samples must be <= candidates")
         if self.candidates > self.pool_size:
@@ -246,7 +252,7 @@ class SweepConfig(Section):
     log_models: bool = True  # log each trial's target model to its MLflow run
 
     @model_validator(mode="after")
-    def _bounds(self) -> "SweepConfig":
+    def _bounds(self) -> SweepConfig:
         if not self.alpha_low < self.alpha_high <= 1.0:
             raise ValueError("need alpha_low < alpha_high <= 1")
         if self.warmup_start_low > self.warmup_start_high:
@@ -310,14 +316,20 @@ def apply_override(data: dict[str, Any], dotted: str, value: Any, where: str = "
     node = data
     for depth, key in enumerate(keys[:-1]):
         if not isinstance(node.get(key, {}), dict):
-            raise LsmiaError(f"cannot override '{dotted}'{where}: '{key}' is not a section: set "
-                             f"'{'.'.join(keys[:depth + 1])}' itself")
+            raise LsmiaError(
+                f"cannot override '{dotted}'{where}: '{key}' is not a section: set "
+                f"'{'.'.join(keys[: depth + 1])}' itself"
+            )
         node = node.setdefault(key, {})
     node[keys[-1]] = value
 
 
-def build_config(data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                 source: str = "config", sources: Mapping[str, str] | None = None) -> Config:
+def build_config(
+    data: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str = "config",
+    sources: Mapping[str, str] | None = None,
+) -> Config:
     """Validate a nested dict (plus dotted overrides) into a Config, or raise LsmiaError.
 
     An error names where the bad value came from: ``sources`` maps an override's dotted key to its origin
@@ -342,12 +354,16 @@ def read_params_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         raise LsmiaError(f"params file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8 YAML") from None
     except OSError as err:
-        raise LsmiaError(f"params file {path} cannot be read ({err.strerror}): pass a readable YAML file "
-                         "with --params") from None
+        raise LsmiaError(
+            f"params file {path} cannot be read ({err.strerror}): pass a readable YAML file with --params"
+        ) from None
 
 
-def load_config(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None,
-                sources: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path | str | None = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    sources: Mapping[str, str] | None = None,
+) -> Config:
     """Load ``params.yaml`` (missing path and default name: built-in defaults) and apply overrides.
 
     ``sources`` names the origin of override keys for error messages (see :func:`build_config`).
@@ -393,6 +409,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             out[key.strip()] = parse_value(value.strip())
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or type(err).__name__
-            raise LsmiaError(f"the value of --set {item} is not valid YAML ({problem}): write it as YAML, e.g. "
-                             "study.alphas=[0.1,0.0] or quote a string") from None
+            raise LsmiaError(
+                f"the value of --set {item} is not valid YAML ({problem}): write it as YAML, e.g. "
+                "study.alphas=[0.1,0.0] or quote a string"
+            ) from None
     return out

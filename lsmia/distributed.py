@@ -17,8 +17,7 @@ import torch.distributed as dist
 
 def launched() -> bool:
     """True in a process that torchrun started as one of several."""
-    return all(key in os.environ for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK")) \
-        and int(os.environ["WORLD_SIZE"]) > 1
+    return all(key in os.environ for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK")) and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def active() -> bool:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -66,7 +67,9 @@ class Stage:
     outs: tuple[str, ...]
     output: str
     per_cell: bool = False
-    persist: bool = False  # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint
+    persist: bool = (
+        False  # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint
+    )
     file_deps: tuple[str, ...] = ()  # extra data inputs, besides the outputs of ``needs``
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
@@ -75,46 +78,112 @@ class Stage:
 
     @property
     def role(self) -> str | None:
-        return {"target": "target", "eval-model": "eval", "prior": "prior", "attributes": "attributes",
-                "report": "report"}.get(self.name)
+        return {
+            "target": "target",
+            "eval-model": "eval",
+            "prior": "prior",
+            "attributes": "attributes",
+            "report": "report",
+        }.get(self.name)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "lsmia.stages.data", ("data",), (),
-          f"lsmia data --out {OUT}/data/dataset.pt", (f"{OUT}/data/dataset.pt",), "dataset.pt",
-          uncached_outs=(f"{OUT}/data/summary.json",)),
-    Stage("prior", "lsmia.stages.prior", ("prior", "run.seed"), ("data",),
-          f"lsmia train-prior --data {OUT}/data/dataset.pt --out-dir {OUT}/prior", (f"{OUT}/prior",), "prior.pt",
-          persist=True, applies=lambda cfg: cfg.prior.kind == "dcgan"),
-    Stage("eval-model", "lsmia.stages.train", ("eval_model", "run.seed"), ("data",),
-          f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval",
-          (f"{OUT}/models/eval",), "model.pt", persist=True),
-    Stage("attributes", "lsmia.stages.attributes", ("metrics.attribute_epochs", "run.seed"), ("data",),
-          f"lsmia train-attributes --data {OUT}/data/dataset.pt --out {OUT}/models/attributes/predictor.pt",
-          (f"{OUT}/models/attributes",), "predictor.pt"),
-    Stage("target", "lsmia.stages.train", ("target",), ("data",),
-          f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-          f"--out-dir {OUT}/models/target_{CELL}", (f"{OUT}/models/target_{CELL}",), "model.pt", per_cell=True,
-          persist=True),
-    Stage("attack", "lsmia.stages.attack", ("attack", "prior.kind", "prior.path"), ("data", "target", "prior"),
-          f"lsmia attack --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-          f"--target {OUT}/models/target_{CELL}/model.pt --prior {OUT}/prior/prior.pt --out-dir {OUT}/attacks/{CELL}",
-          (f"{OUT}/attacks/{CELL}",), "attack.pt", per_cell=True),
-    Stage("evaluate", "lsmia.stages.evaluate", ("metrics",), ("data", "attack", "eval-model", "attributes", "target"),
-          f"lsmia evaluate --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-          f"--attack {OUT}/attacks/{CELL}/attack.pt --eval-model {OUT}/models/eval/model.pt "
-          f"--target-dir {OUT}/models/target_{CELL} --attributes {OUT}/models/attributes/predictor.pt "
-          f"--out {OUT}/metrics/{CELL}.json", (), "metrics.json", per_cell=True,
-          metrics=(f"{OUT}/metrics/{CELL}.json",)),
+    Stage(
+        "data",
+        "lsmia.stages.data",
+        ("data",),
+        (),
+        f"lsmia data --out {OUT}/data/dataset.pt",
+        (f"{OUT}/data/dataset.pt",),
+        "dataset.pt",
+        uncached_outs=(f"{OUT}/data/summary.json",),
+    ),
+    Stage(
+        "prior",
+        "lsmia.stages.prior",
+        ("prior", "run.seed"),
+        ("data",),
+        f"lsmia train-prior --data {OUT}/data/dataset.pt --out-dir {OUT}/prior",
+        (f"{OUT}/prior",),
+        "prior.pt",
+        persist=True,
+        applies=lambda cfg: cfg.prior.kind == "dcgan",
+    ),
+    Stage(
+        "eval-model",
+        "lsmia.stages.train",
+        ("eval_model", "run.seed"),
+        ("data",),
+        f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval",
+        (f"{OUT}/models/eval",),
+        "model.pt",
+        persist=True,
+    ),
+    Stage(
+        "attributes",
+        "lsmia.stages.attributes",
+        ("metrics.attribute_epochs", "run.seed"),
+        ("data",),
+        f"lsmia train-attributes --data {OUT}/data/dataset.pt --out {OUT}/models/attributes/predictor.pt",
+        (f"{OUT}/models/attributes",),
+        "predictor.pt",
+    ),
+    Stage(
+        "target",
+        "lsmia.stages.train",
+        ("target",),
+        ("data",),
+        f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+        f"--out-dir {OUT}/models/target_{CELL}",
+        (f"{OUT}/models/target_{CELL}",),
+        "model.pt",
+        per_cell=True,
+        persist=True,
+    ),
+    Stage(
+        "attack",
+        "lsmia.stages.attack",
+        ("attack", "prior.kind", "prior.path"),
+        ("data", "target", "prior"),
+        f"lsmia attack --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+        f"--target {OUT}/models/target_{CELL}/model.pt --prior {OUT}/prior/prior.pt --out-dir {OUT}/attacks/{CELL}",
+        (f"{OUT}/attacks/{CELL}",),
+        "attack.pt",
+        per_cell=True,
+    ),
+    Stage(
+        "evaluate",
+        "lsmia.stages.evaluate",
+        ("metrics",),
+        ("data", "attack", "eval-model", "attributes", "target"),
+        f"lsmia evaluate --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
+        f"--attack {OUT}/attacks/{CELL}/attack.pt --eval-model {OUT}/models/eval/model.pt "
+        f"--target-dir {OUT}/models/target_{CELL} --attributes {OUT}/models/attributes/predictor.pt "
+        f"--out {OUT}/metrics/{CELL}.json",
+        (),
+        "metrics.json",
+        per_cell=True,
+        metrics=(f"{OUT}/metrics/{CELL}.json",),
+    ),
     Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
-    Stage("report", "lsmia.stages.report", ("study",), ("data", "target", "attack", "evaluate", "toy"),
-          f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
-          "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
-          "--ablation out/ablations/data/results.json",
-          (f"{OUT}/report",), "index.html",
-          file_deps=(f"{OUT}/data/summary.json", "out/ablations/factors/results.json",
-                     "out/ablations/alpha/results.json", "out/ablations/data/results.json"),
-          uncached_outs=(f"{OUT}/plots",)),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
+    Stage(
+        "report",
+        "lsmia.stages.report",
+        ("study",),
+        ("data", "target", "attack", "evaluate", "toy"),
+        f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
+        "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
+        "--ablation out/ablations/data/results.json",
+        (f"{OUT}/report",),
+        "index.html",
+        file_deps=(
+            f"{OUT}/data/summary.json",
+            "out/ablations/factors/results.json",
+            "out/ablations/alpha/results.json",
+            "out/ablations/data/results.json",
+        ),
+        uncached_outs=(f"{OUT}/plots",),
+    ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -161,8 +230,12 @@ def _imported_modules(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "lsmia")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "lsmia":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "lsmia"
+        ):
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from lsmia import pipeline`
     return found
@@ -174,7 +247,7 @@ def _with_parents(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_files(module: str) -> tuple[Path, ...]:
     """The source files of ``module`` and of every lsmia module it reaches through imports, sorted."""
     seen: set[Path] = set()
@@ -237,15 +310,40 @@ ALPHA_AXIS = {"x": "alpha", "x_label": "label smoothing α", "template": "lsmia_
 # Templates lsmia_by_alpha / lsmia_tradeoff and the page (UTF-8) live in .dvc/plots/ (.dvc/config plots.html_template):
 # axes fitted to the data, the mean over seeds per alpha, points labelled with their alpha.
 PLOTS: list[dict[str, Any] | str] = [
-    {"accuracy_vs_alpha": {**ALPHA_AXIS, "title": "accuracy vs α (mean over seeds; faint points: runs)",
-                           "y": {STUDY_PLOT: ["test_acc", "final_acc1", "final_acc5"]}, "y_label": "accuracy"}},
-    {"tradeoff": {"template": "lsmia_tradeoff", "title": "accuracy–privacy trade-off (one point per run)",
-                  "x": "test_acc", "y": {STUDY_PLOT: "final_acc1"}, "x_label": "target test accuracy (utility)",
-                  "y_label": "attack acc@1 (leakage)"}},
-    {"delta_eval_vs_alpha": {**ALPHA_AXIS, "title": "δ_eval vs α (higher = less leakage)",
-                             "y": {STUDY_PLOT: "delta_eval"}, "y_label": "δ_eval (eval-feature distance)"}},
-    {"xi_vs_alpha": {**ALPHA_AXIS, "title": "ξ vs α (higher = more leakage)", "y": {STUDY_PLOT: "xi"},
-                     "y_label": "ξ knowledge extraction"}},
+    {
+        "accuracy_vs_alpha": {
+            **ALPHA_AXIS,
+            "title": "accuracy vs α (mean over seeds; faint points: runs)",
+            "y": {STUDY_PLOT: ["test_acc", "final_acc1", "final_acc5"]},
+            "y_label": "accuracy",
+        }
+    },
+    {
+        "tradeoff": {
+            "template": "lsmia_tradeoff",
+            "title": "accuracy–privacy trade-off (one point per run)",
+            "x": "test_acc",
+            "y": {STUDY_PLOT: "final_acc1"},
+            "x_label": "target test accuracy (utility)",
+            "y_label": "attack acc@1 (leakage)",
+        }
+    },
+    {
+        "delta_eval_vs_alpha": {
+            **ALPHA_AXIS,
+            "title": "δ_eval vs α (higher = less leakage)",
+            "y": {STUDY_PLOT: "delta_eval"},
+            "y_label": "δ_eval (eval-feature distance)",
+        }
+    },
+    {
+        "xi_vs_alpha": {
+            **ALPHA_AXIS,
+            "title": "ξ vs α (higher = more leakage)",
+            "y": {STUDY_PLOT: "xi"},
+            "y_label": "ξ knowledge extraction",
+        }
+    },
     f"{OUT}/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model
 ]
 
@@ -298,15 +396,22 @@ class StudyLayout:
 
     def output(self, stage_: Stage, cell: Cell | None) -> Path:
         p = self.paths
-        fixed = {"data": p.data_file, "prior": p.prior_dir / "prior.pt", "eval-model": p.eval_dir / "model.pt",
-                 "attributes": p.attribute_dir / "predictor.pt", "toy": p.root / "toy" / "toy.json",
-                 "report": p.report_dir / "index.html"}
+        fixed = {
+            "data": p.data_file,
+            "prior": p.prior_dir / "prior.pt",
+            "eval-model": p.eval_dir / "model.pt",
+            "attributes": p.attribute_dir / "predictor.pt",
+            "toy": p.root / "toy" / "toy.json",
+            "report": p.report_dir / "index.html",
+        }
         if stage_.name in fixed:
             return fixed[stage_.name]
         assert cell is not None, f"stage {stage_.name} runs per cell"
-        return {"target": p.target_dir(cell.alpha, cell.seed) / "model.pt",
-                "attack": p.attack_dir(cell.alpha, cell.seed) / "attack.pt",
-                "evaluate": p.metrics_file(cell.alpha, cell.seed)}[stage_.name]
+        return {
+            "target": p.target_dir(cell.alpha, cell.seed) / "model.pt",
+            "attack": p.attack_dir(cell.alpha, cell.seed) / "attack.pt",
+            "evaluate": p.metrics_file(cell.alpha, cell.seed),
+        }[stage_.name]
 
 
 @dataclass
@@ -340,8 +445,14 @@ def _run_data(run: StageRun) -> Any:
 def _run_prior(run: StageRun) -> Any:
     from lsmia.stages.prior import stage_prior
 
-    result = stage_prior(run.cfg, run.inputs["data"], run.output.parent, run.device,
-                         on_epoch=run.observer.epoch_logger(), code_version=code_digest(run.stage))
+    result = stage_prior(
+        run.cfg,
+        run.inputs["data"],
+        run.output.parent,
+        run.device,
+        on_epoch=run.observer.epoch_logger(),
+        code_version=code_digest(run.stage),
+    )
     run.observer.log_prior(result)
     return result
 
@@ -352,8 +463,16 @@ def _run_train(run: StageRun) -> Any:
     role = "target" if run.stage.name == "target" else "eval"
     seed = run.cell.seed if run.cell is not None else run.cfg.run.seed
     alpha = run.cell.alpha if run.cell is not None else 0.0
-    result = stage_train(run.cfg, role, run.inputs["data"], run.output.parent, run.device, seed,
-                         on_epoch=run.observer.epoch_logger(), code_version=code_digest(run.stage))
+    result = stage_train(
+        run.cfg,
+        role,
+        run.inputs["data"],
+        run.output.parent,
+        run.device,
+        seed,
+        on_epoch=run.observer.epoch_logger(),
+        code_version=code_digest(run.stage),
+    )
     run.observer.log_classifier(result, role, alpha, seed)
     return result
 
@@ -368,8 +487,15 @@ def _run_attack(run: StageRun) -> Any:
     from lsmia.stages.attack import stage_attack
 
     assert run.cell is not None
-    result = stage_attack(run.cfg, run.inputs["data"], run.inputs["target"], run.inputs.get("prior"),
-                          run.output.parent, run.device, run.cell.seed)
+    result = stage_attack(
+        run.cfg,
+        run.inputs["data"],
+        run.inputs["target"],
+        run.inputs.get("prior"),
+        run.output.parent,
+        run.device,
+        run.cell.seed,
+    )
     run.observer.log_attack(result, run.output.parent, run.cell.alpha, run.cell.seed)
     return result
 
@@ -378,9 +504,18 @@ def _run_evaluate(run: StageRun) -> Any:
     from lsmia.stages.evaluate import stage_evaluate
 
     assert run.cell is not None
-    metrics = stage_evaluate(run.cfg, run.inputs["data"], run.inputs["attack"], run.inputs["eval-model"],
-                             run.inputs["target"].parent, run.output, run.device, run.cell.alpha, run.cell.seed,
-                             run.inputs.get("attributes"))
+    metrics = stage_evaluate(
+        run.cfg,
+        run.inputs["data"],
+        run.inputs["attack"],
+        run.inputs["eval-model"],
+        run.inputs["target"].parent,
+        run.output,
+        run.device,
+        run.cell.alpha,
+        run.cell.seed,
+        run.inputs.get("attributes"),
+    )
     run.observer.log_metrics(metrics)
     return metrics
 
@@ -400,8 +535,14 @@ def _run_report(run: StageRun) -> Any:
 
 
 RUNNERS: dict[str, Callable[[StageRun], Any]] = {
-    "data": _run_data, "prior": _run_prior, "eval-model": _run_train, "attributes": _run_attributes,
-    "target": _run_train, "attack": _run_attack, "evaluate": _run_evaluate, "toy": _run_toy,
+    "data": _run_data,
+    "prior": _run_prior,
+    "eval-model": _run_train,
+    "attributes": _run_attributes,
+    "target": _run_train,
+    "attack": _run_attack,
+    "evaluate": _run_evaluate,
+    "toy": _run_toy,
     "report": _run_report,
 }
 
@@ -425,12 +566,15 @@ def stages_for(cfg: Config, names: Iterable[str] | None = None) -> list[Stage]:
 
 def inputs_of(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout) -> dict[str, Path]:
     """The output files of the stages ``stage_`` reads that apply to ``cfg``."""
-    needs = [BY_NAME[n] for n in stage_.needs if BY_NAME[n].applies(cfg) and (cell is not None or not BY_NAME[n].per_cell)]
+    needs = [
+        BY_NAME[n] for n in stage_.needs if BY_NAME[n].applies(cfg) and (cell is not None or not BY_NAME[n].per_cell)
+    ]
     return {need.name: layout.output(need, cell if need.per_cell else None) for need in needs}
 
 
-def run_stage(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout, device: torch.device,
-              observe: Observe) -> Any:
+def run_stage(
+    stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout, device: torch.device, observe: Observe
+) -> Any:
     """Run one stage of the graph under ``observe``; returns what its library function returns."""
     run_cfg = cell_config(cfg, cell)
     tags: dict[str, Any] = {"role": stage_.role}
@@ -440,12 +584,15 @@ def run_stage(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout, dev
         tags["seed"] = cfg.run.seed
     stage_kind = {"eval-model": "train", "target": "train"}.get(stage_.name, stage_.name)
     run_name = {"eval-model": "train-eval", "target": "train-target", "attributes": "train-attributes"}.get(
-        stage_.name, stage_.name)
+        stage_.name, stage_.name
+    )
     system_metrics = stage_.name in ("prior", "eval-model", "target", "attack")
-    with observe(run_cfg, stage_kind, run_name, system_metrics=system_metrics,
-                 **{k: v for k, v in tags.items() if v is not None}) as observer:
-        run = StageRun(stage_, run_cfg, cell, layout.output(stage_, cell), inputs_of(stage_, cfg, cell, layout),
-                       device, observer)
+    with observe(
+        run_cfg, stage_kind, run_name, system_metrics=system_metrics, **{k: v for k, v in tags.items() if v is not None}
+    ) as observer:
+        run = StageRun(
+            stage_, run_cfg, cell, layout.output(stage_, cell), inputs_of(stage_, cfg, cell, layout), device, observer
+        )
         return RUNNERS[stage_.name](run)
 
 
@@ -510,6 +657,5 @@ def stage_keys(cfg: Config, cell: Cell) -> dict[str, str]:
             continue
         upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
         seed = cell.seed if s.per_cell else None
-        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), code_digest(s), upstream,
-                              seed)
+        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), code_digest(s), upstream, seed)
     return keys

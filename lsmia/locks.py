@@ -85,8 +85,10 @@ def _acquire(target: Path, path: Path) -> int:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise LsmiaError(f"{target} is being written by another lsmia process ({holder}): wait for it to end "
-                             "or write elsewhere (--out-dir, run.out_dir)") from None
+            raise LsmiaError(
+                f"{target} is being written by another lsmia process ({holder}): wait for it to end "
+                "or write elsewhere (--out-dir, run.out_dir)"
+            ) from None
         if _still_linked(fd, path):
             return fd
         os.close(fd)

@@ -58,6 +58,10 @@ def logit_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def identity_loss(name: str):
     """The attack loss by config name: poincare, ce, max_margin or logit."""
-    losses = {"poincare": poincare_loss, "ce": lambda lg, t: F.cross_entropy(lg, t), "max_margin": max_margin_loss,
-              "logit": logit_loss}
+    losses = {
+        "poincare": poincare_loss,
+        "ce": lambda lg, t: F.cross_entropy(lg, t),
+        "max_margin": max_margin_loss,
+        "logit": logit_loss,
+    }
     return losses[name]

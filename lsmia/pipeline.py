@@ -61,7 +61,9 @@ class QuietStage:
     """The stage observer used without tracking: every hook is a no-op."""
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
-    def epoch_logger(self) -> EpochCallback | None: return None
+    def epoch_logger(self) -> EpochCallback | None:
+        return None
+
     def log_prior(self, result: Any) -> None: ...
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
@@ -74,8 +76,9 @@ def quiet_stage(cfg: Config, stage: str, run_name: str, **tags: Any) -> Iterator
 
 
 @contextmanager
-def launched_stage(cfg: Config, device: torch.device, observe: Callable[..., Any], stage: str, run_name: str,
-                   **tags: Any) -> Iterator[tuple[Any, torch.device]]:
+def launched_stage(
+    cfg: Config, device: torch.device, observe: Callable[..., Any], stage: str, run_name: str, **tags: Any
+) -> Iterator[tuple[Any, torch.device]]:
     """A stage alone or under torchrun: (observer, this rank's device).
 
     Under torchrun the process group lives for the block (nccl for CUDA, gloo for the CPU),
@@ -88,8 +91,9 @@ def launched_stage(cfg: Config, device: torch.device, observe: Callable[..., Any
             yield obs, distributed.rank_device(device)
 
 
-def run_study(cfg: Config, device: torch.device, log: Callable[[str], None] = print,
-              observe: Callable[..., Any] = quiet_stage) -> StudyResult:
+def run_study(
+    cfg: Config, device: torch.device, log: Callable[[str], None] = print, observe: Callable[..., Any] = quiet_stage
+) -> StudyResult:
     """The whole study in one process: the stage graph (lsmia.graph) for every alpha and seed of ``study``.
 
     ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)`` is a context manager yielding a

@@ -17,9 +17,10 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,9 @@ from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
+from lsmia.models.inference import predict_logits
 from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
-from lsmia.models.inference import predict_logits
 from lsmia.utils import load_json, new_file_mode
 from lsmia.visualize import save_judged_grid
 
@@ -74,14 +75,16 @@ EFFECT_NOTE = (
     "Paired by seed: each seed's smoothed target shares data, initialisation seed and attack randomness with the "
     "hard-label target of the same seed. Mean over seeds ± half-width of the 95 % t-interval. The paper's claims: "
     "alpha > 0 raises attack acc@1; negative alpha cuts it to at most half at a test-accuracy cost of at most "
-    "5 points.")
+    "5 points."
+)
 
 READING_NOTE = (
     "Each row of a table is one metric; each alpha column gives the mean over seeds ± the half-width of "
     "the 95 % t-interval (— with a single seed). Higher attack acc@1/@5, ξ, precision/density/coverage and "
     "attribute accuracy mean <b>more</b> leakage of the private identities; higher δ_eval and FID mean "
     "<b>less</b> (the reconstructions lie farther from the real training images). Positive alpha is label "
-    "smoothing, negative alpha negative label smoothing, alpha = 0 hard labels.")
+    "smoothing, negative alpha negative label smoothing, alpha = 0 hard labels."
+)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -121,8 +124,9 @@ def _read_metrics_file(path: Path) -> dict[str, Any]:
     try:
         row = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise LsmiaError(f"metrics file {path} is not valid JSON ({err.msg}): "
-                         "delete it and re-run 'lsmia evaluate'") from None
+        raise LsmiaError(
+            f"metrics file {path} is not valid JSON ({err.msg}): delete it and re-run 'lsmia evaluate'"
+        ) from None
     if not isinstance(row, dict) or not all(_is_number(row.get(key)) for key in ID_KEYS):
         raise LsmiaError(f"metrics file {path} has no numeric alpha and seed: delete it and re-run 'lsmia evaluate'")
     return {**row, "alpha": float(row["alpha"]), "seed": int(row["seed"])}
@@ -168,8 +172,9 @@ class FigureFile:
 def alpha_colors(alphas: list[float]) -> tuple[mcolors.Colormap, mcolors.Normalize]:
     """A diverging colormap centred on alpha = 0 (blue negative, red positive)."""
     low, high = min(min(alphas), -1e-3), max(max(alphas), 1e-3)
-    return mcolors.LinearSegmentedColormap.from_list("alpha", ["#2166ac", "#cccccc", "#b2182b"]), \
-        mcolors.TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=high)
+    return mcolors.LinearSegmentedColormap.from_list("alpha", ["#2166ac", "#cccccc", "#b2182b"]), mcolors.TwoSlopeNorm(
+        vmin=low, vcenter=0.0, vmax=high
+    )
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -177,18 +182,22 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _series(summaries: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    points = [(s["alpha"], s["metrics"][key]["mean"], s["metrics"][key]["ci95"])
-              for s in summaries if key in s["metrics"]]
-    alphas, means, cis = (np.array(col, dtype=float) for col in zip(*points)) if points else (np.array([]),) * 3
+    points = [
+        (s["alpha"], s["metrics"][key]["mean"], s["metrics"][key]["ci95"]) for s in summaries if key in s["metrics"]
+    ]
+    alphas, means, cis = (
+        (np.array(col, dtype=float) for col in zip(*points, strict=False)) if points else (np.array([]),) * 3
+    )
     return alphas, means, np.nan_to_num(cis, nan=0.0)
 
 
-def _plot_metric(ax, rows: list[dict[str, Any]], summaries: list[dict[str, Any]], key: str, color: str,
-                 label: str | None = None) -> None:
+def _plot_metric(
+    ax, rows: list[dict[str, Any]], summaries: list[dict[str, Any]], key: str, color: str, label: str | None = None
+) -> None:
     """Mean over seeds with 95 % CI error bars, and every seed as a faint point."""
     seed_points = [(row["alpha"], row[key]) for row in rows if _is_number(row.get(key))]
     if seed_points:
-        ax.scatter(*zip(*seed_points), color=color, alpha=0.25, s=14, linewidths=0)
+        ax.scatter(*zip(*seed_points, strict=False), color=color, alpha=0.25, s=14, linewidths=0)
     alphas, means, cis = _series(summaries, key)
     ax.errorbar(alphas, means, yerr=cis, color=color, marker="o", ms=5, capsize=3, label=label)
 
@@ -198,8 +207,11 @@ def _present(rows: list[dict[str, Any]], key: str) -> bool:
 
 
 def plot_accuracy(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> bool:
-    series = [("test_acc", "test accuracy", "#333333"), ("final_acc1", "attack acc@1", "#d95f02"),
-              ("final_acc5", "attack acc@5", "#7570b3")]
+    series = [
+        ("test_acc", "test accuracy", "#333333"),
+        ("final_acc1", "attack acc@1", "#d95f02"),
+        ("final_acc5", "attack acc@5", "#7570b3"),
+    ]
     series = [s for s in series if _present(rows, s[0])]
     if not series:
         return False
@@ -221,7 +233,7 @@ def plot_leakage(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], pa
         return False
     fig = Figure(figsize=(3.3 * len(panels), 3.3))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
-    for ax, key in zip(axes, panels):
+    for ax, key in zip(axes, panels, strict=False):
         _plot_metric(ax, rows, summaries, key, "#1b7837")
         if key == "attribute_acc":
             _reference_line(ax, summaries, "attribute_chance", "chance", "#999999", "--")
@@ -251,11 +263,17 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> bool:
     fig = Figure(figsize=(6.0, 4.6))
     ax = fig.subplots()
     x, y = [row["test_acc"] for row in points], [row["final_acc1"] for row in points]
-    dots = ax.scatter(x, y, c=[row["alpha"] for row in points], cmap=cmap, norm=norm, s=46, edgecolors="#333333",
-                      linewidths=0.6)
+    dots = ax.scatter(
+        x, y, c=[row["alpha"] for row in points], cmap=cmap, norm=norm, s=46, edgecolors="#333333", linewidths=0.6
+    )
     for row in points:
-        ax.annotate(f"{row['alpha']:g}", (row["test_acc"], row["final_acc1"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+        ax.annotate(
+            f"{row['alpha']:g}",
+            (row["test_acc"], row["final_acc1"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
     fig.colorbar(dots, ax=ax, label="alpha")
     ax.set(xlabel="test accuracy (utility)", ylabel="attack acc@1 (leakage)")
     ax.grid(alpha=0.3)
@@ -263,8 +281,9 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def private_test_outputs(paths: StudyPaths, rows: list[dict[str, Any]],
-                         device: torch.device) -> dict[float, dict[str, np.ndarray]]:
+def private_test_outputs(
+    paths: StudyPaths, rows: list[dict[str, Any]], device: torch.device
+) -> dict[float, dict[str, np.ndarray]]:
     """Per alpha, pooled over its seeds' target models: max-softmax confidence and logit L2 norm of the
     private test images (empty without the data file; runs without a model are skipped)."""
     if not paths.data_file.exists():
@@ -290,7 +309,9 @@ def plot_distributions(outputs: dict[float, dict[str, np.ndarray]], path: Path) 
     cmap, norm = alpha_colors(alphas)
     fig = Figure(figsize=(max(6.4, 0.9 * len(alphas) + 1.5), 6.4))
     axes = fig.subplots(2, 1, sharex=True)
-    for ax, key, label in zip(axes, ("confidence", "logit_norm"), ("max softmax confidence", "logit L2 norm")):
+    for ax, key, label in zip(
+        axes, ("confidence", "logit_norm"), ("max softmax confidence", "logit L2 norm"), strict=False
+    ):
         for position, alpha in enumerate(alphas):
             _violin(ax, outputs[alpha][key], position, cmap(norm(alpha)))
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
@@ -316,14 +337,18 @@ def _violin(ax, values: np.ndarray, position: int, color) -> None:
         ax.hlines(float(np.median(values)), position - 0.3, position + 0.3, color=color, lw=3)
 
 
-DIAGNOSTIC_PANELS = (("loss", "attack loss"), ("target_confidence", "target confidence (augmented batch)"),
-                     ("grad_cosine", "cosine of consecutive latent gradients"))
+DIAGNOSTIC_PANELS = (
+    ("loss", "attack loss"),
+    ("target_confidence", "target confidence (augmented batch)"),
+    ("grad_cosine", "cosine of consecutive latent gradients"),
+)
 DIAGNOSTICS_CAPTION = (
     "Per attack step, mean over all optimised latents (and over the seeds of each alpha): the attack's loss, "
     "the target's confidence in the attacked class on the step's cropped images, and the cosine similarity "
     "between a latent's gradient and its gradient one step earlier. The paper explains negative label "
     "smoothing's protection by unstable gradient directions during the attack (its Fig. 6b): it predicts a "
-    "lower gradient similarity for alpha &lt; 0 than for alpha ≥ 0.")
+    "lower gradient similarity for alpha &lt; 0 than for alpha ≥ 0."
+)
 
 
 def diagnostic_curves(paths: StudyPaths, rows: list[dict[str, Any]]) -> dict[float, dict[str, np.ndarray]]:
@@ -355,7 +380,7 @@ def diagnostics_figure(curves: dict[float, dict[str, np.ndarray]], path: Path) -
     cmap, norm = alpha_colors(list(curves))
     fig = Figure(figsize=(11.0, 3.4))
     axes = fig.subplots(1, len(DIAGNOSTIC_PANELS))
-    for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS):
+    for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS, strict=False):
         first_step = 1 if key == "grad_cosine" else 0  # the cosine needs a previous step
         for alpha, entry in curves.items():
             values = entry[key]
@@ -400,10 +425,14 @@ def summary_table(summaries: list[dict[str, Any]], keys: list[str]) -> str:
     for key in keys:
         cells = "".join(f"<td>{_summary_cell(s, key)}</td>" for s in summaries)
         direction = METRICS.get(key, ("", ""))[1]
-        body.append(f"<tr><th title='{html.escape(key)}'>{html.escape(_label(key))}<br><code>{html.escape(key)}</code>"
-                    f"</th><td class='dir'>{direction}</td>{cells}</tr>")
-    return (f"<div class='scroll'><table class='summary'><thead><tr><th>metric</th><th>higher =</th>{head}</tr>"
-            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
+        body.append(
+            f"<tr><th title='{html.escape(key)}'>{html.escape(_label(key))}<br><code>{html.escape(key)}</code>"
+            f"</th><td class='dir'>{direction}</td>{cells}</tr>"
+        )
+    return (
+        f"<div class='scroll'><table class='summary'><thead><tr><th>metric</th><th>higher =</th>{head}</tr>"
+        f"</thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _summary_cell(summary: dict[str, Any], key: str) -> str:
@@ -421,8 +450,10 @@ def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     for key in keys:
         cells = "".join(f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for row in rows)
         body.append(f"<tr><th title='{html.escape(_label(key))}'>{html.escape(key)}</th>{cells}</tr>")
-    return (f"<div class='scroll'><table class='raw'><thead><tr><th>metric</th>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (
+        f"<div class='scroll'><table class='raw'><thead><tr><th>metric</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _effect_cell(stat: dict[str, Any]) -> str:
@@ -437,18 +468,26 @@ def effect_table(rows: list[dict[str, Any]]) -> str:
     body = "".join(
         f"<tr><th>α = {e['alpha']:g}</th><td>{_effect_cell(e['acc1_gain'])}</td><td>{_effect_cell(e['acc1_ratio'])}</td>"
         f"<td>{_effect_cell(e['test_acc_cost'])}</td><td>{_effect_cell(e['delta_eval_gain'])}</td>"
-        f"<td>{verdict(e)}</td></tr>" for e in found)
-    return ("<div class='scroll'><table class='summary'><thead><tr><th></th><th>acc@1 − acc@1(α=0)</th>"
-            "<th>acc@1 / acc@1(α=0)</th><th>test-accuracy cost</th><th>δ_eval − δ_eval(α=0)</th><th>paper's claim</th>"
-            f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>")
+        f"<td>{verdict(e)}</td></tr>"
+        for e in found
+    )
+    return (
+        "<div class='scroll'><table class='summary'><thead><tr><th></th><th>acc@1 − acc@1(α=0)</th>"
+        "<th>acc@1 / acc@1(α=0)</th><th>test-accuracy cost</th><th>δ_eval − δ_eval(α=0)</th><th>paper's claim</th>"
+        f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>"
+    )
 
 
 def ablations_html(ablation_files: Sequence[Path]) -> str:
     """The measured ablations (``lsmia ablate``): each plan's tables as HTML, from the ``results.json`` beside the
     ``results.md`` named."""
     blocks = [ablation_html(path) for path in ablation_files]
-    return "<h2>Measured ablations</h2>" + ("".join(blocks) or _missing(
-        "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"))
+    return "<h2>Measured ablations</h2>" + (
+        "".join(blocks)
+        or _missing(
+            "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"
+        )
+    )
 
 
 def ablation_html(results_file: Path) -> str:
@@ -461,22 +500,31 @@ def ablation_html(results_file: Path) -> str:
         return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
     record = load_json(results, what="ablation results")
     variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
-    overrides = "; ".join(f"<b>{html.escape(v)}</b>: " + (html.escape(", ".join(
-        f"{key} = {value}" for key, value in spec.get("overrides", {}).items())) or "the default settings")
-        for v, spec in variants.items())
+    overrides = "; ".join(
+        f"<b>{html.escape(v)}</b>: "
+        + (
+            html.escape(", ".join(f"{key} = {value}" for key, value in spec.get("overrides", {}).items()))
+            or "the default settings"
+        )
+        for v, spec in variants.items()
+    )
     seeds = sorted({int(row["seed"]) for row in record.get("rows", [])})
-    return (heading + f"<p class='caption'>Variants — {overrides}.</p>"
-            + html_table(tables.EFFECT_COLUMNS, tables.effect_rows(variants))
-            + html_table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants))
-            + f"<p class='caption'>{html.escape(tables.seeds_note(seeds))}</p>")
+    return (
+        heading
+        + f"<p class='caption'>Variants — {overrides}.</p>"
+        + html_table(tables.EFFECT_COLUMNS, tables.effect_rows(variants))
+        + html_table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants))
+        + f"<p class='caption'>{html.escape(tables.seeds_note(seeds))}</p>"
+    )
 
 
 def html_table(columns: Sequence[str], rows: list[list[str]]) -> str:
     """A table in a horizontally scrolling box: the page never grows wider than its text."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(_row_html(row) for row in rows)
-    return (f"<div class='scroll'><table class='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-            "</table></div>")
+    return (
+        f"<div class='scroll'><table class='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
 
 
 def _row_html(cells: list[str]) -> str:
@@ -494,8 +542,10 @@ def figure_html(folder: Path, figure: FigureFile, width: int | None = None) -> s
     name = html.escape(figure.name)
     caption = f"<figcaption>{figure.caption}</figcaption>" if figure.caption else ""
     size = f" style='width:{width}px;max-width:100%'" if width else ""
-    return (f"<figure><a href='{name}'><img src='{_data_uri(folder / figure.name)}' alt='{html.escape(figure.title)}'"
-            f"{size}></a>{caption}</figure>")
+    return (
+        f"<figure><a href='{name}'><img src='{_data_uri(folder / figure.name)}' alt='{html.escape(figure.title)}'"
+        f"{size}></a>{caption}</figure>"
+    )
 
 
 def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str:
@@ -506,8 +556,10 @@ def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str
         ("data set", data_summary.get("source") or "unknown"),
         ("identities (classes)", data_summary.get("num_classes", "unknown")),
         ("image size", f"{data_summary['image_size']} px" if "image_size" in data_summary else "unknown"),
-        ("train / test / public images", " / ".join(str(data_summary.get(k, "?"))
-                                                    for k in ("train_images", "test_images", "public_images"))),
+        (
+            "train / test / public images",
+            " / ".join(str(data_summary.get(k, "?")) for k in ("train_images", "test_images", "public_images")),
+        ),
         ("attacked identities per run", ", ".join(map(str, targets)) or "unknown"),
         ("alphas", ", ".join(f"{a:g}" for a in alphas)),
         ("seeds", f"{', '.join(map(str, seeds))} ({len(seeds)})"),
@@ -535,16 +587,20 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{c
 
 
 def page_html(title: str, parts: list[str]) -> str:
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
-            f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------- assembly
 
 
-RECON_CAPTION = ("left: real training images, right: reconstructions, best first (one row per attacked identity); "
-                 "a green frame: the evaluation model classifies the reconstruction as its identity, red: it does not")
+RECON_CAPTION = (
+    "left: real training images, right: reconstructions, best first (one row per attacked identity); "
+    "a green frame: the evaluation model classifies the reconstruction as its identity, red: it does not"
+)
 RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about this width, pixels kept sharp
 
 
@@ -571,8 +627,9 @@ def write_judged_grid(judge: tuple[FaceData, torch.nn.Module], attack_file: Path
     save_judged_grid(data, result, correct, out)
 
 
-def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path,
-                         device: torch.device | None = None) -> str:
+def reconstructions_html(
+    paths: StudyPaths, rows: list[dict[str, Any]], folder: Path, device: torch.device | None = None
+) -> str:
     """Per alpha, every seed's reconstruction grid in ``folder``, judged by the evaluation model where it and the
     attack result exist (else the attack stage's grid); a note lists the runs without one."""
     blocks, missing = [], []
@@ -591,18 +648,28 @@ def reconstructions_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: 
             else:
                 shutil.copyfile(source, folder / name)
             width = png_size(folder / name)[0]
-            figures.append(figure_html(folder, FigureFile(name, f"reconstructions alpha {alpha:g} seed {row['seed']}",
-                                                          f"seed {row['seed']}"),
-                                       width=width * max(1, RECON_WIDTH // width)))
+            figures.append(
+                figure_html(
+                    folder,
+                    FigureFile(name, f"reconstructions alpha {alpha:g} seed {row['seed']}", f"seed {row['seed']}"),
+                    width=width * max(1, RECON_WIDTH // width),
+                )
+            )
         if figures:
-            blocks.append(f"<h3>α = {alpha:g}</h3><div class='recon'>{''.join(figures)}</div>"
-                          f"<p class='caption'>α = {alpha:g}: {RECON_CAPTION}</p>")
+            blocks.append(
+                f"<h3>α = {alpha:g}</h3><div class='recon'>{''.join(figures)}</div>"
+                f"<p class='caption'>α = {alpha:g}: {RECON_CAPTION}</p>"
+            )
     note = _missing("no reconstruction grid for: " + "; ".join(missing)) if missing else ""
     return "<h2>Reconstructions per alpha</h2>" + note + "".join(blocks)
 
 
-TOY_COLUMNS = (("end_distance", "end point to nearest training sample"), ("end_confidence", "target confidence"),
-               ("grad_cosine", "consecutive-gradient cosine"), ("vanished_steps", "steps with zero gradient"))
+TOY_COLUMNS = (
+    ("end_distance", "end point to nearest training sample"),
+    ("end_confidence", "target confidence"),
+    ("grad_cosine", "consecutive-gradient cosine"),
+    ("vanished_steps", "steps with zero gradient"),
+)
 
 
 def toy_html(toy_dir: Path, folder: Path) -> str:
@@ -614,13 +681,20 @@ def toy_html(toy_dir: Path, folder: Path) -> str:
     shutil.copyfile(figure, folder / "toy.png")
     rows = load_json(record, what="toy results")["rows"]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TOY_COLUMNS)
-    body = "".join(f"<tr><th>{row['alpha']:+g}</th>" + "".join(
-        f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for key, _ in TOY_COLUMNS) + "</tr>"
-        for row in rows)
-    caption = ("Three Gaussian blobs, one small MLP per alpha trained with lsmia's smoothing loss, and a gradient "
-               "attack on the 2-D input from one fixed start towards the top class.")
-    return (_section(heading, folder, [FigureFile("toy.png", heading, caption)])
-            + f"<table><thead><tr><th>α</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+    body = "".join(
+        f"<tr><th>{row['alpha']:+g}</th>"
+        + "".join(f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for key, _ in TOY_COLUMNS)
+        + "</tr>"
+        for row in rows
+    )
+    caption = (
+        "Three Gaussian blobs, one small MLP per alpha trained with lsmia's smoothing loss, and a gradient "
+        "attack on the 2-D input from one fixed start towards the top class."
+    )
+    return (
+        _section(heading, folder, [FigureFile("toy.png", heading, caption)])
+        + f"<table><thead><tr><th>α</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _section(title: str, folder: Path, figures: list[FigureFile]) -> str:
@@ -638,8 +712,14 @@ def _missing(what: str) -> str:
     return f"<p class='missing'>{html.escape(what)}</p>"
 
 
-def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: str,
-                 ablation_files: Sequence[Path] = (), cells: Cells | None = None) -> None:
+def build_report(
+    paths: StudyPaths,
+    folder: Path,
+    device: torch.device,
+    title: str,
+    ablation_files: Sequence[Path] = (),
+    cells: Cells | None = None,
+) -> None:
     """Write every figure and ``index.html`` into ``folder`` (an empty directory)."""
     rows = collect_metrics(paths.metrics_dir, cells)
     summaries = aggregate(rows)
@@ -651,12 +731,26 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
         names = ", ".join(f"α = {a:g} seed {s}" for a, s in skipped)
         parts.append(_missing(f"not evaluated yet, so not in this report: {names} (run 'dvc repro' or 'lsmia study')"))
 
-    plots = [("Accuracy and attack accuracy", "accuracy.png", lambda p: plot_accuracy(rows, summaries, p),
-              "Error bars: 95 % t-interval over seeds; faint points: single seeds."),
-             ("Leakage metrics", "leakage.png", lambda p: plot_leakage(rows, summaries, p),
-              "Small multiples over alpha; attribute accuracy (built-in data only) with its chance line."),
-             ("Accuracy–privacy trade-off", "tradeoff.png", lambda p: plot_tradeoff(rows, p),
-              "One point per (alpha, seed), labelled and coloured by alpha (blue: negative, red: positive).")]
+    plots = [
+        (
+            "Accuracy and attack accuracy",
+            "accuracy.png",
+            lambda p: plot_accuracy(rows, summaries, p),
+            "Error bars: 95 % t-interval over seeds; faint points: single seeds.",
+        ),
+        (
+            "Leakage metrics",
+            "leakage.png",
+            lambda p: plot_leakage(rows, summaries, p),
+            "Small multiples over alpha; attribute accuracy (built-in data only) with its chance line.",
+        ),
+        (
+            "Accuracy–privacy trade-off",
+            "tradeoff.png",
+            lambda p: plot_tradeoff(rows, p),
+            "One point per (alpha, seed), labelled and coloured by alpha (blue: negative, red: positive).",
+        ),
+    ]
     for heading, name, plot, caption in plots:
         if plot(folder / name):
             parts.append(_section(heading, folder, [FigureFile(name, heading, caption)]))
@@ -666,8 +760,13 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
     outputs = private_test_outputs(paths, rows, device)
     heading = "Confidence and logit norm on the private test images"
     if plot_distributions(outputs, folder / "distributions.png"):
-        parts.append(_section(heading, folder, [FigureFile("distributions.png", heading,
-                                                           "Pooled over seeds; line in each violin: median.")]))
+        parts.append(
+            _section(
+                heading,
+                folder,
+                [FigureFile("distributions.png", heading, "Pooled over seeds; line in each violin: median.")],
+            )
+        )
     else:
         parts.append(f"<h2>{heading}</h2>" + _missing(f"no target models or no data file {paths.data_file}"))
     parts.append(diagnostics_html(paths, rows, folder))
@@ -681,8 +780,14 @@ def build_report(paths: StudyPaths, folder: Path, device: torch.device, title: s
     (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
 
 
-def write_report(paths: StudyPaths, out_dir: Path, device: torch.device, title: str = "lsmia study",
-                 ablation_files: Sequence[Path] = (), cells: Cells | None = None) -> Path:
+def write_report(
+    paths: StudyPaths,
+    out_dir: Path,
+    device: torch.device,
+    title: str = "lsmia study",
+    ablation_files: Sequence[Path] = (),
+    cells: Cells | None = None,
+) -> Path:
     """Build the report of ``cells`` (default: every metrics file) in a temporary folder beside ``out_dir`` and
     swap it in; returns ``out_dir/index.html``."""
     out_dir = Path(out_dir)

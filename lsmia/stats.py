@@ -57,8 +57,13 @@ def effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         gain = paired(rows, alpha, "final_acc1", lambda a, z: a - z)
         ratio = paired(rows, alpha, "final_acc1", _ratio)
         cost = paired(rows, alpha, "test_acc", lambda a, z: z - a)
-        effect = {"alpha": alpha, "acc1_gain": gain, "acc1_ratio": ratio, "test_acc_cost": cost,
-                  "delta_eval_gain": paired(rows, alpha, "delta_eval", lambda a, z: a - z)}
+        effect = {
+            "alpha": alpha,
+            "acc1_gain": gain,
+            "acc1_ratio": ratio,
+            "test_acc_cost": cost,
+            "delta_eval_gain": paired(rows, alpha, "delta_eval", lambda a, z: a - z),
+        }
         if alpha > 0:
             effect["raises"] = bool(gain["n"] > 1 and gain["mean"] - gain["ci95"] > 0)
         else:

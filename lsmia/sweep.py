@@ -67,9 +67,10 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -107,14 +108,20 @@ class SharedModels:
 def shared_models(cfg: Config) -> SharedModels:
     """The data, prior, eval model and attribute predictor of the study, or an LsmiaError naming the missing one."""
     paths = StudyPaths(cfg.run.out_dir)
-    models = SharedModels(paths.data_file, paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None,
-                          paths.eval_dir / "model.pt", paths.attribute_dir / "predictor.pt")
+    models = SharedModels(
+        paths.data_file,
+        paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None,
+        paths.eval_dir / "model.pt",
+        paths.attribute_dir / "predictor.pt",
+    )
     # the attribute folder exists even for data without attributes (then it holds no predictor)
     required = [models.data_file, models.prior_file, models.eval_file, paths.attribute_dir]
     for path in (p for p in required if p is not None):
         if not path.exists():
-            raise LsmiaError(f"the sweep reuses the study's data and models but {path} is missing: run "
-                             "`dvc repro data prior eval-model attributes` (or `lsmia study`) first")
+            raise LsmiaError(
+                f"the sweep reuses the study's data and models but {path} is missing: run "
+                "`dvc repro data prior eval-model attributes` (or `lsmia study`) first"
+            )
     return models
 
 
@@ -138,12 +145,17 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
             return JournalStorage(JournalFileBackend(url))
         return optuna.storages.RDBStorage(url)
     except ImportError:
-        fix = "pip install redis" if url.startswith("redis") else \
-            "pip install its database driver (psycopg2-binary for PostgreSQL, pymysql for MySQL)"
+        fix = (
+            "pip install redis"
+            if url.startswith("redis")
+            else "pip install its database driver (psycopg2-binary for PostgreSQL, pymysql for MySQL)"
+        )
         raise LsmiaError(f"storage {redact(url)} needs a package that is not installed: {fix}") from None
     except Exception as err:
-        raise LsmiaError(f"cannot open storage {redact(url)} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:150]}): check the URL and that the server is up") from None
+        raise LsmiaError(
+            f"cannot open storage {redact(url)} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:150]}): check the URL and that the server is up"
+        ) from None
 
 
 def redact(url: str | None) -> str:
@@ -167,7 +179,7 @@ def budget_lock(paths: SweepPaths) -> Iterator[None]:
 # ---------------------------------------------------------------- search space and samplers
 
 
-def directions(sweep: SweepConfig) -> list[str]:
+def directions(sweep: SweepConfig) -> list[Literal["minimize", "maximize"]]:
     return ["maximize", "minimize"] if sweep.mode == "pareto" else ["minimize"]
 
 
@@ -192,8 +204,10 @@ def name_objectives(study: optuna.Study, sweep: SweepConfig) -> None:
 def search_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
     """The searched parameters, in words (logged as params of the parent run)."""
     if sweep.sampler == "grid":
-        return {"alpha": f"grid of {sweep.n_trials} in [{sweep.alpha_low}, {sweep.alpha_high}]",
-                "schedule": f"fixed {base.schedule} ({base.warmup_start}-{base.warmup_end})"}
+        return {
+            "alpha": f"grid of {sweep.n_trials} in [{sweep.alpha_low}, {sweep.alpha_high}]",
+            "schedule": f"fixed {base.schedule} ({base.warmup_start}-{base.warmup_end})",
+        }
     space = {"alpha": f"[{sweep.alpha_low}, {sweep.alpha_high}]", "schedule": ", ".join(sweep.schedules)}
     if "linear" in sweep.schedules:
         space["warmup_start"] = f"[{sweep.warmup_start_low}, {sweep.warmup_start_high}] (linear ramp only)"
@@ -206,15 +220,17 @@ def suggest_smoothing(trial: optuna.Trial, sweep: SweepConfig, base: SmoothingCo
     alpha = trial.suggest_float("alpha", sweep.alpha_low, sweep.alpha_high)
     if sweep.sampler == "grid":
         return SmoothingConfig.model_validate({**base.model_dump(), "alpha": alpha})
-    schedule = trial.suggest_categorical("schedule", sweep.schedules) if len(sweep.schedules) > 1 \
-        else sweep.schedules[0]
+    schedule = (
+        trial.suggest_categorical("schedule", sweep.schedules) if len(sweep.schedules) > 1 else sweep.schedules[0]
+    )
     start, end = base.warmup_start, base.warmup_end
     if schedule == "linear" and (alpha < 0 or not base.negative_only):
         start = trial.suggest_float("warmup_start", sweep.warmup_start_low, sweep.warmup_start_high)
         fraction = trial.suggest_float("warmup_fraction", 0.0, 1.0)
         end = min(1.0, start + fraction * (1.0 - start))
-    return SmoothingConfig.model_validate({**base.model_dump(), "alpha": alpha, "schedule": schedule,
-                                           "warmup_start": start, "warmup_end": end})
+    return SmoothingConfig.model_validate(
+        {**base.model_dump(), "alpha": alpha, "schedule": schedule, "warmup_start": start, "warmup_end": end}
+    )
 
 
 def warmup_applies(smoothing: SmoothingConfig) -> bool:
@@ -252,8 +268,11 @@ class FloorPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or trial.intermediate_values[step] >= self.floor:
             return False
-        reached = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if t.user_attrs.get("test_acc", -1.0) >= self.floor and step in t.intermediate_values]
+        reached = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("test_acc", -1.0) >= self.floor and step in t.intermediate_values
+        ]
         return len(reached) >= self.min_feasible and trial.intermediate_values[step] < min(reached)
 
 
@@ -262,8 +281,9 @@ def make_sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         if sweep.sampler == "tpe":
-            return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=sweep.startup_trials, seed=seed)
+            return optuna.samplers.TPESampler(
+                multivariate=True, group=True, constant_liar=True, n_startup_trials=sweep.startup_trials, seed=seed
+            )
         if sweep.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=sweep.population_size, seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)  # grid: the points are queued trials
@@ -281,14 +301,24 @@ def make_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed: int) -> optuna.Study:
     """The study (created on first use, grid points queued); an LsmiaError when its mode differs."""
     sweep = cfg.sweep
-    study = optuna.create_study(storage=storage, study_name=sweep.study_name, directions=directions(sweep),
-                                load_if_exists=True, sampler=make_sampler(sweep, seed), pruner=make_pruner(sweep))
-    wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
-              for d in directions(sweep)]
+    study = optuna.create_study(
+        storage=storage,
+        study_name=sweep.study_name,
+        directions=directions(sweep),
+        load_if_exists=True,
+        sampler=make_sampler(sweep, seed),
+        pruner=make_pruner(sweep),
+    )
+    wanted = [
+        optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+        for d in directions(sweep)
+    ]
     if list(study.directions) != wanted:
-        raise LsmiaError(f"study '{sweep.study_name}' was created with directions "
-                         f"{[d.name.lower() for d in study.directions]}, not for mode '{sweep.mode}': "
-                         "pass another --study-name or the original sweep.mode")
+        raise LsmiaError(
+            f"study '{sweep.study_name}' was created with directions "
+            f"{[d.name.lower() for d in study.directions]}, not for mode '{sweep.mode}': "
+            "pass another --study-name or the original sweep.mode"
+        )
     name_objectives(study, sweep)
     if "mode" not in study.user_attrs:
         study.set_user_attr("mode", sweep.mode)
@@ -301,18 +331,25 @@ def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed
 
 def load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed: int) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=cfg.sweep.study_name, storage=storage,
-                                 sampler=make_sampler(cfg.sweep, seed), pruner=make_pruner(cfg.sweep))
+        return optuna.load_study(
+            study_name=cfg.sweep.study_name,
+            storage=storage,
+            sampler=make_sampler(cfg.sweep, seed),
+            pruner=make_pruner(cfg.sweep),
+        )
     except KeyError:
-        raise LsmiaError(f"no study '{cfg.sweep.study_name}' in {redact(cfg.sweep.storage)}: start it with "
-                         "`lsmia sweep` (without --worker) first") from None
+        raise LsmiaError(
+            f"no study '{cfg.sweep.study_name}' in {redact(cfg.sweep.storage)}: start it with "
+            "`lsmia sweep` (without --worker) first"
+        ) from None
 
 
 def consumed_budget(trials: Sequence[FrozenTrial]) -> int:
     """Trials started so far, minus failed ones whose parameters were queued again (their retry counts)."""
     retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if t.state != TrialState.WAITING
-               and not (t.state == TrialState.FAIL and t.number in retried))
+    return sum(
+        1 for t in trials if t.state != TrialState.WAITING and not (t.state == TrialState.FAIL and t.number in retried)
+    )
 
 
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None) -> bool:
@@ -320,25 +357,35 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if max_retry is not None and len(history) > max_retry:
         return False
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
     return True
 
 
-def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, sweep: SweepConfig,
-                      log: Log) -> list[int]:
+def fail_stale_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, sweep: SweepConfig, log: Log
+) -> list[int]:
     """Fail the RUNNING trials silent for ``grace_period`` s (their worker is gone) and queue them again."""
     now, failed = time.time(), []
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = trial.system_attrs.get(HEARTBEAT_ATTR) or trial.datetime_start.timestamp()
+        started = trial.datetime_start.timestamp() if trial.datetime_start is not None else now
+        last = trial.system_attrs.get(HEARTBEAT_ATTR) or started
         if now - last <= sweep.grace_period:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, f"worker lost: no heartbeat for {now - last:.0f} s "
-                                                               f"(grace period {sweep.grace_period} s)")
+            storage.set_trial_user_attr(
+                trial_id,
+                FAIL_REASON,
+                f"worker lost: no heartbeat for {now - last:.0f} s (grace period {sweep.grace_period} s)",
+            )
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # it finished, or another worker failed it first
@@ -365,7 +412,7 @@ class Heartbeat:
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -402,11 +449,24 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
     for key in ("warmup_start", "warmup_end"):  # the effective values, searched or not; none where no warm-up applies
         trial.set_user_attr(key, getattr(smoothing, key) if warmup_applies(smoothing) else None)
     cfg = trial_config(ctx.cfg, smoothing)
-    tags = {"stage": STAGE, "role": "target", "study": sweep.study_name, "trial": str(trial.number),
-            "alpha": str(smoothing.alpha), "seed": str(cfg.run.seed), "dataset": cfg.data.source}
+    tags = {
+        "stage": STAGE,
+        "role": "target",
+        "study": sweep.study_name,
+        "trial": str(trial.number),
+        "alpha": str(smoothing.alpha),
+        "seed": str(cfg.run.seed),
+        "dataset": cfg.data.source,
+    }
     pruned: optuna.TrialPruned | None = None
-    with start_tracking(cfg.run.tracking, STAGE, f"{sweep.study_name} trial {trial.number}", cfg.to_dict(), tags,
-                        parent_run_id=ctx.parent_run_id) as tracker:
+    with start_tracking(
+        cfg.run.tracking,
+        STAGE,
+        f"{sweep.study_name} trial {trial.number}",
+        cfg.to_dict(),
+        tags,
+        parent_run_id=ctx.parent_run_id,
+    ) as tracker:
         if tracker.run_id:
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
         tracker.log_dict(dict(trial.params), "trial_params.json")
@@ -432,8 +492,11 @@ class TrialLayout:
     trial_dir: Path
 
     def output(self, stage: graph.Stage, cell: graph.Cell | None) -> Path:
-        own = {"target": self.trial_dir / "target" / "model.pt", "attack": self.trial_dir / "attack" / "attack.pt",
-               "evaluate": self.trial_dir / "metrics.json"}
+        own = {
+            "target": self.trial_dir / "target" / "model.pt",
+            "attack": self.trial_dir / "attack" / "attack.pt",
+            "evaluate": self.trial_dir / "metrics.json",
+        }
         return own.get(stage.name) or self.shared.output(stage, cell)
 
 
@@ -465,8 +528,9 @@ class TrialObserver:
         set_floor_constraint(self.trial, self.sweep, test_acc)
         self.stage_log.log_metrics(result.metrics)
         if self.sweep.mode == "constrained" and test_acc < self.sweep.min_test_acc:
-            raise optuna.TrialPruned(f"test accuracy {test_acc:.3f} is below the floor {self.sweep.min_test_acc}: "
-                                     "not attacked")
+            raise optuna.TrialPruned(
+                f"test accuracy {test_acc:.3f} is below the floor {self.sweep.min_test_acc}: not attacked"
+            )
 
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None:
         self.stage_log.log_metrics({"num_final_samples": len(result.final_targets)})
@@ -492,14 +556,17 @@ def _train_attack_evaluate(ctx: TrialContext, cfg: Config, trial: optuna.Trial, 
 
 def _epoch_hook(trial: optuna.Trial, sweep: SweepConfig, stage_log: Any) -> Callable[[int, dict[str, float]], None]:
     """Per-epoch metrics to MLflow; in constrained mode also test accuracy to Optuna's pruner."""
+
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         stage_log.log_metrics(row, step=epoch)
         if sweep.mode == "constrained":  # multi-objective studies cannot report or prune
             trial.report(row["test_acc"], epoch)
             if trial.should_prune():
                 set_floor_constraint(trial, sweep, row["test_acc"])
-                raise optuna.TrialPruned(f"test accuracy {row['test_acc']:.3f} at epoch {epoch} is below every "
-                                         "trial that reached the floor")
+                raise optuna.TrialPruned(
+                    f"test accuracy {row['test_acc']:.3f} at epoch {epoch} is below every trial that reached the floor"
+                )
+
     return on_epoch
 
 
@@ -512,12 +579,15 @@ def _log_trial_outputs(tracker: Any, trained: Any, attack_dir: Path, log_model: 
         tracker.log_artifact(grid, "reconstructions")
 
 
-def execute_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
-                  ctx: TrialContext) -> TrialState:
+def execute_trial(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial, ctx: TrialContext
+) -> TrialState:
     """Run one asked trial under a heartbeat and tell its outcome (Ctrl-C: failed, queued again, re-raised)."""
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                               trial.number)
-    values, state, reason, error = None, TrialState.COMPLETE, "", None
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
+    values, state, reason = None, TrialState.COMPLETE, ""
+    error: BaseException | None = None
     with Heartbeat(storage, trial_id, ctx.cfg.sweep.heartbeat_interval):
         try:
             values = run_trial(ctx, trial)
@@ -532,13 +602,23 @@ def execute_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, tri
     return _tell(study, trial, values, state, reason, error, ctx)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState, reason: str,
-          error: BaseException | None, ctx: TrialContext) -> TrialState:
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    values: Any,
+    state: TrialState,
+    reason: str,
+    error: BaseException | None,
+    ctx: TrialContext,
+) -> TrialState:
     try:
         if state == TrialState.FAIL:
             trial.set_user_attr(FAIL_REASON, reason)
-        frozen = study.tell(trial, values if state == TrialState.COMPLETE else None,
-                            state=None if state == TrialState.COMPLETE else state)
+        frozen = study.tell(
+            trial,
+            values if state == TrialState.COMPLETE else None,
+            state=None if state == TrialState.COMPLETE else state,
+        )
         state = frozen.state  # a NaN objective turns COMPLETE into FAIL
     except UpdateFinishedTrialError:
         ctx.log(f"trial {trial.number}: was failed as stale by another worker while it ran (heartbeat too slow?)")
@@ -554,8 +634,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialSta
 def describe_trial(trial: FrozenTrial) -> str:
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     attrs = trial.user_attrs
-    scores = "" if "final_acc1" not in attrs else \
-        f" test_acc={attrs['test_acc']:.3f} attack_acc1={attrs['final_acc1']:.3f}"
+    scores = (
+        "" if "final_acc1" not in attrs else f" test_acc={attrs['test_acc']:.3f} attack_acc1={attrs['final_acc1']:.3f}"
+    )
     reason = f" ({attrs[FAIL_REASON]})" if trial.state == TrialState.FAIL and FAIL_REASON in attrs else ""
     return f"trial {trial.number} {trial.state.name}: {params}{scores}{reason}"
 
@@ -617,8 +698,10 @@ def run_workers(cfg: Config, log: Log) -> None:
         run_worker(cfg, 0, log)
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_process, args=(cfg.to_dict(), index), name=f"lsmia-sweep-{index}")
-                 for index in range(cfg.sweep.n_workers)]
+    processes = [
+        context.Process(target=_worker_process, args=(cfg.to_dict(), index), name=f"lsmia-sweep-{index}")
+        for index in range(cfg.sweep.n_workers)
+    ]
     for process in processes:
         process.start()
     try:
@@ -651,10 +734,15 @@ class SweepResult:
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     attrs, params = trial.user_attrs, trial.params
-    return {"number": trial.number, "state": trial.state.name, "alpha": params.get("alpha"),
-            **{key: attrs.get(key) for key in ("schedule", "warmup_start", "warmup_end", *TABLE_KEYS)},
-            "retry_of": trial.system_attrs.get("failed_trial"), FAIL_REASON: attrs.get(FAIL_REASON, ""),
-            "mlflow_run_id": attrs.get("mlflow_run_id", "")}
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "alpha": params.get("alpha"),
+        **{key: attrs.get(key) for key in ("schedule", "warmup_start", "warmup_end", *TABLE_KEYS)},
+        "retry_of": trial.system_attrs.get("failed_trial"),
+        FAIL_REASON: attrs.get(FAIL_REASON, ""),
+        "mlflow_run_id": attrs.get("mlflow_run_id", ""),
+    }
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -662,8 +750,12 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
 
     def dominated(row: dict[str, Any]) -> bool:
-        return any(o["test_acc"] >= row["test_acc"] and o["final_acc1"] <= row["final_acc1"]
-                   and (o["test_acc"] > row["test_acc"] or o["final_acc1"] < row["final_acc1"]) for o in done)
+        return any(
+            o["test_acc"] >= row["test_acc"]
+            and o["final_acc1"] <= row["final_acc1"]
+            and (o["test_acc"] > row["test_acc"] or o["final_acc1"] < row["final_acc1"])
+            for o in done
+        )
 
     return sorted((r for r in done if not dominated(r)), key=lambda r: r["test_acc"])
 
@@ -692,8 +784,10 @@ def no_recommendation(front: Sequence[dict[str, Any]], sweep: SweepConfig) -> st
     if not front:
         return "no completed trial"
     best = max(r["test_acc"] for r in front)
-    return (f"no trial reaches the accuracy floor sweep.min_test_acc = {sweep.min_test_acc} (best test accuracy "
-            f"{best:.3f}): lower the floor, train the targets longer or run more trials")
+    return (
+        f"no trial reaches the accuracy floor sweep.min_test_acc = {sweep.min_test_acc} (best test accuracy "
+        f"{best:.3f}): lower the floor, train the targets longer or run more trials"
+    )
 
 
 IMPORTANCE_MIN_TRIALS = 5  # fANOVA on fewer completed trials says nothing
@@ -710,8 +804,9 @@ def param_importances(study: optuna.Study, sweep: SweepConfig) -> dict[str, dict
     found = {}
     for index, name in enumerate(objective_names(sweep)):
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params,
-                                                                  target=_objective(index))
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=params, target=_objective(index)
+            )
         except RuntimeError:  # "zero total variance": the objective was the same in every trial
             continue
         found[name] = {key: round(float(value), 6) for key, value in importances.items()}
@@ -754,8 +849,9 @@ def write_tables(rows: Sequence[dict[str, Any]], paths: SweepPaths) -> None:
     paths.trials_md.write_text("\n".join(lines) + "\n")
 
 
-def plot_pareto_png(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
-                    recommended: dict[str, Any] | None, out: Path) -> None:
+def plot_pareto_png(
+    rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], recommended: dict[str, Any] | None, out: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -766,11 +862,24 @@ def plot_pareto_png(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, An
     ax.scatter([r["test_acc"] for r in done], [r["final_acc1"] for r in done], c="0.6", label="trials")
     ax.plot([r["test_acc"] for r in front], [r["final_acc1"] for r in front], "o-", c="tab:red", label="Pareto front")
     for r in done:
-        ax.annotate(f"{r['number']}: α={r['alpha']:.3g}", (r["test_acc"], r["final_acc1"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{r['number']}: α={r['alpha']:.3g}",
+            (r["test_acc"], r["final_acc1"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if recommended:
-        ax.scatter([recommended["test_acc"]], [recommended["final_acc1"]], marker="*", s=250, c="gold",
-                   edgecolors="k", zorder=3, label=f"recommended (trial {recommended['number']})")
+        ax.scatter(
+            [recommended["test_acc"]],
+            [recommended["final_acc1"]],
+            marker="*",
+            s=250,
+            c="gold",
+            edgecolors="k",
+            zorder=3,
+            label=f"recommended (trial {recommended['number']})",
+        )
     ax.set_xlabel("target test accuracy (higher is better)")
     ax.set_ylabel("attack acc@1 (lower is more private)")
     ax.legend(fontsize=8)
@@ -791,15 +900,21 @@ def write_pareto_html(study: optuna.Study, sweep: SweepConfig, out: Path) -> Non
         if sweep.mode == "pareto":
             figure = plot_pareto_front(study)
         else:
-            figure = plot_pareto_front(study, targets=lambda t: (t.user_attrs["test_acc"], t.user_attrs["final_acc1"]),
-                                       target_names=["test_acc", "attack_acc1"])
-    figure.update_layout(title=f"lsmia sweep '{study.study_name}': test accuracy (higher is better) vs attack acc@1 "
-                               "(lower is more private)")
+            figure = plot_pareto_front(
+                study,
+                targets=lambda t: (t.user_attrs["test_acc"], t.user_attrs["final_acc1"]),
+                target_names=["test_acc", "attack_acc1"],
+            )
+    figure.update_layout(
+        title=f"lsmia sweep '{study.study_name}': test accuracy (higher is better) vs attack acc@1 "
+        "(lower is more private)"
+    )
     figure.write_html(out, include_plotlyjs=True)
 
 
-def write_importance_html(study: optuna.Study, sweep: SweepConfig, importance: dict[str, dict[str, float]],
-                          out: Path) -> None:
+def write_importance_html(
+    study: optuna.Study, sweep: SweepConfig, importance: dict[str, dict[str, float]], out: Path
+) -> None:
     """Optuna's parameter-importance figure (fANOVA, seeded): a bar group per objective that has importances."""
     from optuna.visualization import plot_param_importances
 
@@ -811,8 +926,9 @@ def write_importance_html(study: optuna.Study, sweep: SweepConfig, importance: d
         options = {"target": _objective(index), "target_name": names[index]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        figure = plot_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                                        params=params, **options)
+        figure = plot_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params, **options
+        )
     figure.write_html(out, include_plotlyjs=True)
 
 
@@ -828,14 +944,30 @@ def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResul
     write_tables(rows, paths)
     plot_pareto_png(rows, front, recommended, paths.pareto_png)
     write_pareto_html(study, cfg.sweep, paths.pareto_html)
-    files = {"trials_csv": paths.trials_csv, "trials_md": paths.trials_md, "pareto_png": paths.pareto_png,
-             "pareto_html": paths.pareto_html, "recommendation": paths.recommendation}
+    files = {
+        "trials_csv": paths.trials_csv,
+        "trials_md": paths.trials_md,
+        "pareto_png": paths.pareto_png,
+        "pareto_html": paths.pareto_html,
+        "recommendation": paths.recommendation,
+    }
     if importance:
         write_importance_html(study, cfg.sweep, importance, paths.importance_html)
         files["importance_html"] = paths.importance_html
-    paths.recommendation.write_text(json.dumps(
-        {"recommended": recommended, "note": note, "pareto_front": front, "min_test_acc": cfg.sweep.min_test_acc,
-         "max_acc_drop": cfg.sweep.max_acc_drop, "importance": importance}, indent=2, default=str))
+    paths.recommendation.write_text(
+        json.dumps(
+            {
+                "recommended": recommended,
+                "note": note,
+                "pareto_front": front,
+                "min_test_acc": cfg.sweep.min_test_acc,
+                "max_acc_drop": cfg.sweep.max_acc_drop,
+                "importance": importance,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return SweepResult(cfg.sweep.study_name, rows, front, recommended, files, note, importance)
 
 
@@ -847,21 +979,30 @@ def _log_summary(tracker: Any, result: SweepResult) -> None:
         tracker.set_tags({"recommended_trial": result.recommended["number"]})
     else:
         tracker.set_tags({"recommended_trial": "none", "recommendation_note": result.note})
-    tracker.log_metrics({f"importance.{objective}.{param}": value
-                         for objective, values in result.importance.items() for param, value in values.items()})
+    tracker.log_metrics(
+        {
+            f"importance.{objective}.{param}": value
+            for objective, values in result.importance.items()
+            for param, value in values.items()
+        }
+    )
     for path in result.files.values():
         tracker.log_artifact(path, "sweep")
 
 
 def summary_lines(result: SweepResult) -> list[str]:
     states = [r["state"] for r in result.rows]
-    lines = [f"study '{result.study_name}': {len(states)} trials ({states.count('COMPLETE')} complete, "
-             f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed); "
-             f"Pareto front: trials {[r['number'] for r in result.pareto]}"]
+    lines = [
+        f"study '{result.study_name}': {len(states)} trials ({states.count('COMPLETE')} complete, "
+        f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed); "
+        f"Pareto front: trials {[r['number'] for r in result.pareto]}"
+    ]
     if result.recommended:
         r = result.recommended
-        lines.append(f"recommended: trial {r['number']} alpha={r['alpha']:.4g} {smoothing_text(r)} "
-                     f"test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}")
+        lines.append(
+            f"recommended: trial {r['number']} alpha={r['alpha']:.4g} {smoothing_text(r)} "
+            f"test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}"
+        )
     else:
         lines.append(f"recommended: none: {result.note}")
     for objective, values in result.importance.items():
@@ -894,14 +1035,21 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     with budget_lock(paths):
         study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
         parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
-        tracker = start_tracking(cfg.run.tracking, STAGE, f"sweep {cfg.sweep.study_name}", _parent_config(cfg),
-                                 {"stage": STAGE, "role": "sweep", "study": cfg.sweep.study_name, "alpha": "n/a"},
-                                 resume_run_id=parent_id)
+        tracker = start_tracking(
+            cfg.run.tracking,
+            STAGE,
+            f"sweep {cfg.sweep.study_name}",
+            _parent_config(cfg),
+            {"stage": STAGE, "role": "sweep", "study": cfg.sweep.study_name, "alpha": "n/a"},
+            resume_run_id=parent_id,
+        )
         if tracker.run_id and tracker.run_id != parent_id:
             study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
     with tracker:
-        log(f"study '{cfg.sweep.study_name}' ({cfg.sweep.mode}, {cfg.sweep.sampler}) in {redact(cfg.sweep.storage)}"
-            f": {consumed_budget(study.trials)} of {cfg.sweep.n_trials} trials done")
+        log(
+            f"study '{cfg.sweep.study_name}' ({cfg.sweep.mode}, {cfg.sweep.sampler}) in {redact(cfg.sweep.storage)}"
+            f": {consumed_budget(study.trials)} of {cfg.sweep.n_trials} trials done"
+        )
         run_workers(cfg, log)
         result = summarize(study, cfg, paths)
         _log_summary(tracker, result)
@@ -914,6 +1062,9 @@ def _parent_config(cfg: Config) -> dict[str, Any]:
     """The config plus the study's identity and search space, logged as params of the parent run."""
     config = cfg.to_dict()
     config["sweep"]["storage"] = redact(cfg.sweep.storage)
-    study = {"name": cfg.sweep.study_name, "storage": redact(cfg.sweep.storage),
-             "search_space": search_space(cfg.sweep, cfg.target.smoothing)}
+    study = {
+        "name": cfg.sweep.study_name,
+        "storage": redact(cfg.sweep.storage),
+        "search_space": search_space(cfg.sweep, cfg.target.smoothing),
+    }
     return {**config, "sweep_study": study}

@@ -104,8 +104,9 @@ def make_classifier(seed: int) -> nn.Sequential:
     """2 -> 64 -> 64 -> C ReLU MLP; the same initial weights for every alpha, the caller's RNG left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                             nn.Linear(HIDDEN, NUM_CLASSES))
+        return nn.Sequential(
+            nn.Linear(2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, NUM_CLASSES)
+        )
 
 
 def train_classifier(points: torch.Tensor, labels: torch.Tensor, alpha: float, seed: int) -> nn.Module:
@@ -162,8 +163,9 @@ def measure(run: _Run, points: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     }
 
 
-def run_toy(alphas: Sequence[float] = (0.05, 0.0, -0.05), seed: int = 0, steps: int = ATTACK_STEPS,
-            out_dir: Path | None = None) -> ToyResult:
+def run_toy(
+    alphas: Sequence[float] = (0.05, 0.0, -0.05), seed: int = 0, steps: int = ATTACK_STEPS, out_dir: Path | None = None
+) -> ToyResult:
     """Train one toy classifier per alpha, invert each from the same start; write toy.png and toy.json if asked."""
     if steps < 1:
         raise LsmiaError(f"the toy attack needs at least 1 step, got {steps}: pass --steps 1 or more")
@@ -187,10 +189,21 @@ def run_toy(alphas: Sequence[float] = (0.05, 0.0, -0.05), seed: int = 0, steps: 
 
 
 def _json_record(rows: list[dict[str, float]], seed: int, steps: int) -> dict:
-    settings = {"seed": seed, "steps": steps, "num_classes": NUM_CLASSES, "points_per_class": POINTS_PER_CLASS,
-                "blob_radius": BLOB_RADIUS, "blob_std": BLOB_STD, "hidden": HIDDEN, "train_epochs": TRAIN_EPOCHS,
-                "train_lr": TRAIN_LR, "target_class": TARGET_CLASS, "start": list(START),
-                "attack_loss": ATTACK_LOSS, "attack_lr": ATTACK_LR}
+    settings = {
+        "seed": seed,
+        "steps": steps,
+        "num_classes": NUM_CLASSES,
+        "points_per_class": POINTS_PER_CLASS,
+        "blob_radius": BLOB_RADIUS,
+        "blob_std": BLOB_STD,
+        "hidden": HIDDEN,
+        "train_epochs": TRAIN_EPOCHS,
+        "train_lr": TRAIN_LR,
+        "target_class": TARGET_CLASS,
+        "start": list(START),
+        "attack_loss": ATTACK_LOSS,
+        "attack_lr": ATTACK_LR,
+    }
     return {"rows": rows, "settings": settings}
 
 
@@ -202,8 +215,9 @@ def _plot_bounds(points: torch.Tensor, runs: Sequence[_Run]) -> tuple[float, flo
     return centre[0].item() - half, centre[0].item() + half, centre[1].item() - half, centre[1].item() + half
 
 
-def plot_toy(runs: Sequence[_Run], rows: Sequence[dict[str, float]], points: torch.Tensor, labels: torch.Tensor,
-             path: Path) -> Path:
+def plot_toy(
+    runs: Sequence[_Run], rows: Sequence[dict[str, float]], points: torch.Tensor, labels: torch.Tensor, path: Path
+) -> Path:
     """One panel per alpha: target confidence (filled contour), training points, attack path; stable PNG bytes."""
     from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
@@ -220,8 +234,11 @@ def plot_toy(runs: Sequence[_Run], rows: Sequence[dict[str, float]], points: tor
         contour = ax.contourf(xs.numpy(), ys.numpy(), confidence, levels=levels, cmap="viridis")
         _draw_points(ax, points, labels)
         _draw_trajectory(ax, run.trajectory.numpy())
-        ax.set_title(f"α = {run.alpha:+.2f}: end {row['end_distance']:.2f} from the data\n"
-                     f"confidence {row['end_confidence']:.4f}, gradient cosine {row['grad_cosine']:.2f}", fontsize=9)
+        ax.set_title(
+            f"α = {run.alpha:+.2f}: end {row['end_distance']:.2f} from the data\n"
+            f"confidence {row['end_confidence']:.4f}, gradient cosine {row['grad_cosine']:.2f}",
+            fontsize=9,
+        )
         ax.set_aspect("equal")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
@@ -240,13 +257,30 @@ def _draw_points(ax, points: torch.Tensor, labels: torch.Tensor) -> None:
     for cls in range(NUM_CLASSES):
         chosen = points[labels == cls].numpy()
         name = f"class {cls} (target)" if cls == TARGET_CLASS else f"class {cls}"
-        ax.scatter(chosen[:, 0], chosen[:, 1], s=6, c=colours[cls % len(colours)], edgecolors="k",
-                   linewidths=0.3, label=name)
+        ax.scatter(
+            chosen[:, 0], chosen[:, 1], s=6, c=colours[cls % len(colours)], edgecolors="k", linewidths=0.3, label=name
+        )
 
 
 def _draw_trajectory(ax, trajectory: np.ndarray) -> None:
     ax.plot(trajectory[:, 0], trajectory[:, 1], color="#ff7f00", linewidth=1.5)
-    ax.scatter(trajectory[:1, 0], trajectory[:1, 1], marker="o", s=50, c="#ff7f00", edgecolors="k", zorder=3,
-               label="attack start")
-    ax.scatter(trajectory[-1:, 0], trajectory[-1:, 1], marker="*", s=160, c="#ffff33", edgecolors="k", zorder=3,
-               label="attack end")
+    ax.scatter(
+        trajectory[:1, 0],
+        trajectory[:1, 1],
+        marker="o",
+        s=50,
+        c="#ff7f00",
+        edgecolors="k",
+        zorder=3,
+        label="attack start",
+    )
+    ax.scatter(
+        trajectory[-1:, 0],
+        trajectory[-1:, 1],
+        marker="*",
+        s=160,
+        c="#ffff33",
+        edgecolors="k",
+        zorder=3,
+        label="attack end",
+    )

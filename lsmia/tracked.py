@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -20,8 +21,13 @@ from lsmia.paths import StudyPaths
 from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
-DATA_CONTEXT = {"prior": "training", "train": "training", "attributes": "training", "attack": "attack",
-                "evaluate": "evaluation"}
+DATA_CONTEXT = {
+    "prior": "training",
+    "train": "training",
+    "attributes": "training",
+    "attack": "attack",
+    "evaluate": "evaluation",
+}
 HEADLINE = ("final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "test_acc")
 TARGET_MODEL = "lsmia-target"
 LATEST_ALIAS = "latest-study"
@@ -34,9 +40,11 @@ def model_alias(alpha: float, seed: int) -> str:
 
 
 def input_contract(image_size: int, classes: list[str]) -> str:
-    return (f"Input: float32 images `[N, 3, {image_size}, {image_size}]` with values in [0, 1]; the model normalises "
-            f"them itself (no mean/std step before it). Output: logits `[N, {len(classes)}]` over the class list, "
-            "in its order (MLmodel metadata `classes` of each version; `classes.json` in its run).")
+    return (
+        f"Input: float32 images `[N, 3, {image_size}, {image_size}]` with values in [0, 1]; the model normalises "
+        f"them itself (no mean/std step before it). Output: logits `[N, {len(classes)}]` over the class list, "
+        "in its order (MLmodel metadata `classes` of each version; `classes.json` in its run)."
+    )
 
 
 def registry_description(image_size: int, classes: list[str]) -> str:
@@ -44,10 +52,12 @@ def registry_description(image_size: int, classes: list[str]) -> str:
     shown = ", ".join(classes[:LISTED_CLASSES])
     if len(classes) > LISTED_CLASSES:
         shown += f", ... ({len(classes)} in all)"
-    return ("Target classifiers of the lsmia study: one version per label-smoothing factor and seed (version tags "
-            f"`alpha`, `seed`, `{DIGEST_TAG}`; aliases `alpha_<alpha>_seed_<seed>` with p for the decimal point, "
-            f"e.g. `alpha_-0p05_seed_0`, and `{LATEST_ALIAS}`, the target trained last).\n\n"
-            f"{input_contract(image_size, classes)}\n\nClasses: {shown}")
+    return (
+        "Target classifiers of the lsmia study: one version per label-smoothing factor and seed (version tags "
+        f"`alpha`, `seed`, `{DIGEST_TAG}`; aliases `alpha_<alpha>_seed_<seed>` with p for the decimal point, "
+        f"e.g. `alpha_-0p05_seed_0`, and `{LATEST_ALIAS}`, the target trained last).\n\n"
+        f"{input_contract(image_size, classes)}\n\nClasses: {shown}"
+    )
 
 
 @dataclass(frozen=True)
@@ -142,11 +152,18 @@ class StageLog:
 
             tags[DIGEST_TAG] = file_digest(result.model_path)
         accuracy = result.metrics.get("test_acc")
-        self.tracker.log_model(model, "model", example, registered_name=TARGET_MODEL, registry_tags=tags,
-                               aliases=(model_alias(alpha, seed), LATEST_ALIAS),
-                               description=registry_description(model.image_size, classes), metadata=metadata,
-                               version_description=f"label smoothing alpha = {alpha:g}, seed {seed}" + (
-                                   f", test accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""))
+        self.tracker.log_model(
+            model,
+            "model",
+            example,
+            registered_name=TARGET_MODEL,
+            registry_tags=tags,
+            aliases=(model_alias(alpha, seed), LATEST_ALIAS),
+            description=registry_description(model.image_size, classes),
+            metadata=metadata,
+            version_description=f"label smoothing alpha = {alpha:g}, seed {seed}"
+            + (f", test accuracy {accuracy:.3f}" if isinstance(accuracy, float) else ""),
+        )
 
     def log_report(self, report_dir: Path) -> None:
         self.tracker.log_artifact(report_dir, "report")
@@ -169,8 +186,10 @@ class StageLog:
         self.log_attack_diagnostics(result.meta.get("diagnostics", {}))
         if not self.cfg.run.tracking:
             return
-        self.tracker.link("target_training",
-                          find_related({"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)}))
+        self.tracker.link(
+            "target_training",
+            find_related({"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)}),
+        )
 
 
 def find_related(tags: dict[str, str]) -> str | None:
@@ -182,9 +201,18 @@ def find_related(tags: dict[str, str]) -> str | None:
 
 
 @contextmanager
-def tracked_stage(cfg: Config, stage: str, run_name: str, role: str | None = None, alpha: float | None = None,
-                  seed: int | None = None, system_metrics: bool = False, run_marker: Path | None = None,
-                  resumable: bool = False, data_file: Path | None = None) -> Iterator[StageLog]:
+def tracked_stage(
+    cfg: Config,
+    stage: str,
+    run_name: str,
+    role: str | None = None,
+    alpha: float | None = None,
+    seed: int | None = None,
+    system_metrics: bool = False,
+    run_marker: Path | None = None,
+    resumable: bool = False,
+    data_file: Path | None = None,
+) -> Iterator[StageLog]:
     """One MLflow run for a stage. ``run_marker``: a file beside the stage's checkpoint holding the open run's id.
 
     A kill (SIGKILL) leaves the marker and its run RUNNING; the next run of the stage continues that run
@@ -201,21 +229,29 @@ def tracked_stage(cfg: Config, stage: str, run_name: str, role: str | None = Non
     if alpha is not None:
         run_name = f"{run_name} alpha={alpha} seed={tags['seed']}"
     marker = Path(run_marker) if cfg.run.tracking and run_marker is not None else None
-    with _orphan_handling(marker, cfg, resumable) as (resume_id, orphan_id):
-        with start_tracking(cfg.run.tracking, stage, run_name, cfg.to_dict(), tags, system_metrics=system_metrics,
-                            resume_run_id=resume_id) as tracker:
-            _record_interruption(tracker, marker, cfg, resume_id, orphan_id)
-            stage_log = StageLog(tracker, cfg, stage, data_file)
-            if stage in DATA_CONTEXT:
-                stage_log.log_dataset(DATA_CONTEXT[stage])
-            if stage == "evaluate" and alpha is not None:
-                stage_log.link_evaluated_runs(alpha, int(tags["seed"]))
-            yield stage_log
+    with (
+        _orphan_handling(marker, cfg, resumable) as (resume_id, orphan_id),
+        start_tracking(
+            cfg.run.tracking,
+            stage,
+            run_name,
+            cfg.to_dict(),
+            tags,
+            system_metrics=system_metrics,
+            resume_run_id=resume_id,
+        ) as tracker,
+    ):
+        _record_interruption(tracker, marker, cfg, resume_id, orphan_id)
+        stage_log = StageLog(tracker, cfg, stage, data_file)
+        if stage in DATA_CONTEXT:
+            stage_log.log_dataset(DATA_CONTEXT[stage])
+        if stage == "evaluate" and alpha is not None:
+            stage_log.link_evaluated_runs(alpha, int(tags["seed"]))
+        yield stage_log
 
 
 @contextmanager
-def _orphan_handling(marker: Path | None, cfg: Config,
-                     resumable: bool) -> Iterator[tuple[str | None, str | None]]:
+def _orphan_handling(marker: Path | None, cfg: Config, resumable: bool) -> Iterator[tuple[str | None, str | None]]:
     """(run to continue, orphan to link) before the stage; the marker removed after it (and its folder if empty)."""
     if marker is None:
         yield None, None
@@ -232,8 +268,9 @@ def _orphan_handling(marker: Path | None, cfg: Config,
                 marker.parent.rmdir()  # only when empty: a stage that failed validation leaves no folder
 
 
-def _record_interruption(tracker: Any, marker: Path | None, cfg: Config, resume_id: str | None,
-                         orphan_id: str | None) -> None:
+def _record_interruption(
+    tracker: Any, marker: Path | None, cfg: Config, resume_id: str | None, orphan_id: str | None
+) -> None:
     from lsmia.tracking import INTERRUPTED_LINK, RESUMED_TAG, remember_run
 
     if resume_id is not None:

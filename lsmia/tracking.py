@@ -18,10 +18,11 @@ import subprocess
 import time
 import urllib.request
 import warnings
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ EXPERIMENT_DESCRIPTION = (
     "lsmia: label smoothing vs. model inversion attacks. One run per stage (data, prior, train, attack, evaluate, "
     "report); filter with the tags stage, alpha, seed and dvc_experiment (the DVC experiment, or workspace). Targets "
     "are registered as lsmia-target with aliases alpha_<α>_seed_<seed> and latest-study; the evaluate run of a target "
-    "links to its attack and training runs (tags lsmia.link.*).")
+    "links to its attack and training runs (tags lsmia.link.*)."
+)
 WORKSPACE = "workspace"  # the dvc_experiment tag of runs outside `dvc exp run`
 DIGEST_TAG = "model_digest"  # registry version tag: sha256 of the model file, so an unchanged model is not added twice
 
@@ -170,8 +172,11 @@ def image_array(image: torch.Tensor | np.ndarray) -> np.ndarray:
     if tensor.dim() == 4:
         from torchvision.utils import make_grid
 
-        tensor = make_grid(tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor,
-                           nrow=max(1, math.ceil(math.sqrt(tensor.shape[0]))), padding=2)
+        tensor = make_grid(
+            tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor,
+            nrow=max(1, math.ceil(math.sqrt(tensor.shape[0]))),
+            padding=2,
+        )
     if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     if tensor.dtype != torch.uint8:
@@ -214,11 +219,12 @@ class NullTracker:
     def run_id(self) -> str | None:
         return None
 
-    def __enter__(self) -> "NullTracker":
+    def __enter__(self) -> NullTracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         return False
 
     def end(self, status: str = "FINISHED") -> None:
@@ -227,14 +233,21 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
-                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
-                  aliases: Sequence[str] = (), description: str | None = None,
-                  metadata: Mapping[str, Any] | None = None, version_description: str | None = None) -> None:
-        pass
+    def log_model(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        input_example: torch.Tensor,
+        registered_name: str | None = None,
+        registry_tags: Mapping[str, Any] | None = None,
+        aliases: Sequence[str] = (),
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        version_description: str | None = None,
+    ) -> str | None:
+        return None
 
-    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any],
-                    context: str) -> None:
+    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any], context: str) -> None:
         pass
 
     def annotate_run(self, run_id: str | None, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
@@ -259,9 +272,17 @@ class NullTracker:
 class Tracker(NullTracker):
     """One MLflow run for one stage run. Every method is best effort: it warns once and goes on."""
 
-    def __init__(self, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
-                 experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-                 system_metrics: bool = False, resume_run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        stage: str,
+        run_name: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str],
+        experiment: str = DEFAULT_EXPERIMENT,
+        parent_run_id: str | None = None,
+        system_metrics: bool = False,
+        resume_run_id: str | None = None,
+    ) -> None:
         self.stage, self.experiment = stage, experiment
         self._run_id: str | None = None
         self._active = False  # logging calls go through
@@ -296,8 +317,14 @@ class Tracker(NullTracker):
 
     # -- lifecycle
 
-    def _start(self, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
-               parent_run_id: str | None, system_metrics: bool) -> None:
+    def _start(
+        self,
+        run_name: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str],
+        parent_run_id: str | None,
+        system_metrics: bool,
+    ) -> None:
         import mlflow
 
         self.uri = tracking_uri()
@@ -309,8 +336,9 @@ class Tracker(NullTracker):
         run_tags = standard_tags(self.stage, config, tags)
         if parent:
             run_tags[PARENT_TAG] = parent.info.run_id
-        run = self.client.create_run(experiment_id, tags=_with_context_tags(run_tags),
-                                     run_name=readable_run_name(run_name))
+        run = self.client.create_run(
+            experiment_id, tags=_with_context_tags(run_tags), run_name=readable_run_name(run_name)
+        )
         self._run_id, self.experiment_id = run.info.run_id, experiment_id
         self._describe_experiment(experiment_id)
         # nested=True: a run already active in this process (e.g. a study parent) must not block ours
@@ -370,14 +398,22 @@ class Tracker(NullTracker):
 
         params = [Param(key, value) for key, value in flatten_config(config).items()]
         for start in range(0, len(params), BATCH):
-            self.client.log_batch(self._run_id, params=params[start:start + BATCH])
-        self.client.log_dict(self._run_id, json.loads(json.dumps(config, default=str)), "config.json")
+            self.client.log_batch(self._active_run_id, params=params[start : start + BATCH])
+        self.client.log_dict(self._active_run_id, json.loads(json.dumps(config, default=str)), "config.json")
 
-    def __enter__(self) -> "Tracker":
+    @property
+    def _active_run_id(self) -> str:
+        """The id of the run this tracker logs to; only called while one is open."""
+        if self._run_id is None:
+            raise RuntimeError("no MLflow run is open: the tracker logs only between start and end")
+        return self._run_id
+
+    def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if exc_type is None:
             self.end("FINISHED")
         else:
@@ -406,7 +442,7 @@ class Tracker(NullTracker):
         if active is not None and active.info.run_id == self._run_id:
             mlflow.end_run(status)
         else:
-            self.client.set_terminated(self._run_id, status)
+            self.client.set_terminated(self._active_run_id, status)
 
     def _forget_run(self) -> None:
         """Drop the run from mlflow's in-process state without calling the lost server.
@@ -444,8 +480,12 @@ class Tracker(NullTracker):
             return
         self._warned.add(action)
         reason = (str(err).strip().splitlines() or [""])[0][:200]
-        warnings.warn(f"MLflow tracking: {action} failed ({type(err).__name__}: {reason}); {then}, "
-                      "results are still written to disk", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"MLflow tracking: {action} failed ({type(err).__name__}: {reason}); {then}, "
+            "results are still written to disk",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     # -- logging
 
@@ -458,14 +498,22 @@ class Tracker(NullTracker):
             now = int(time.time() * 1000)
             batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
             for start in range(0, len(batch), 1000):
-                self.client.log_batch(self._run_id, metrics=batch[start:start + 1000])
+                self.client.log_batch(self._active_run_id, metrics=batch[start : start + 1000])
         except Exception as err:
             self._failed("logging metrics", err)
 
-    def log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
-                  registered_name: str | None = None, registry_tags: Mapping[str, Any] | None = None,
-                  aliases: Sequence[str] = (), description: str | None = None,
-                  metadata: Mapping[str, Any] | None = None, version_description: str | None = None) -> str | None:
+    def log_model(
+        self,
+        model: torch.nn.Module,
+        name: str,
+        input_example: torch.Tensor,
+        registered_name: str | None = None,
+        registry_tags: Mapping[str, Any] | None = None,
+        aliases: Sequence[str] = (),
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        version_description: str | None = None,
+    ) -> str | None:
         """Log an eval-mode CPU copy (pt2, or pickle when torch.export fails); optionally register it.
 
         ``metadata`` goes into the model's MLmodel file (e.g. the class list). Registering: a version whose
@@ -479,31 +527,42 @@ class Tracker(NullTracker):
         try:
             model_uri = self._log_model(model, name, input_example, metadata)
             if registered_name:
-                self._register(model_uri, registered_name, registry_tags or {}, aliases, description,
-                               version_description)
+                self._register(
+                    model_uri, registered_name, registry_tags or {}, aliases, description, version_description
+                )
             return model_uri
         except Exception as err:
             self._failed(f"logging model {name}", err)
             return None
 
-    def _log_model(self, model: torch.nn.Module, name: str, input_example: torch.Tensor,
-                   metadata: Mapping[str, Any] | None = None) -> str:
+    def _log_model(
+        self, model: torch.nn.Module, name: str, input_example: torch.Tensor, metadata: Mapping[str, Any] | None = None
+    ) -> str:
         from mlflow.models import infer_signature
 
         exported, example = _export_copy(model, input_example)
         with torch.no_grad():
             signature = infer_signature(example, exported(torch.from_numpy(example)).numpy())
-        common = dict(name=name, input_example=example, signature=signature, run_id=self._run_id,
-                      pip_requirements=_pip_requirements(), metadata=dict(metadata) if metadata else None)
+        common = dict(
+            name=name,
+            input_example=example,
+            signature=signature,
+            run_id=self._run_id,
+            pip_requirements=_pip_requirements(),
+            metadata=dict(metadata) if metadata else None,
+        )
         try:
             info = self._log_model_as("pt2", exported, **common)
             self.model_format[name] = "pt2"
         except Exception as err:
-            self._warn(f"exporting model {name} as pt2 (logged with pickle instead; loading it needs "
-                       "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true)", err)
+            self._warn(
+                f"exporting model {name} as pt2 (logged with pickle instead; loading it needs "
+                "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true)",
+                err,
+            )
             info = self._log_model_as("pickle", exported, code_paths=_lsmia_code_paths(model), **common)
             self.model_format[name] = "pickle"
-        self.client.set_tag(self._run_id, f"lsmia.model_format.{name}", self.model_format[name])
+        self.client.set_tag(self._active_run_id, f"lsmia.model_format.{name}", self.model_format[name])
         return info.model_uri
 
     def _log_model_as(self, serialization_format: str, model: torch.nn.Module, **options: Any) -> Any:
@@ -521,9 +580,15 @@ class Tracker(NullTracker):
                     self.client.delete_logged_model(partial)
             raise
 
-    def _register(self, model_uri: str, registered_name: str, registry_tags: Mapping[str, Any],
-                  aliases: Sequence[str] = (), description: str | None = None,
-                  version_description: str | None = None) -> None:
+    def _register(
+        self,
+        model_uri: str,
+        registered_name: str,
+        registry_tags: Mapping[str, Any],
+        aliases: Sequence[str] = (),
+        description: str | None = None,
+        version_description: str | None = None,
+    ) -> None:
         import mlflow
 
         tags = {str(key): str(value) for key, value in registry_tags.items()}
@@ -533,12 +598,12 @@ class Tracker(NullTracker):
             if version_description:
                 self.client.update_model_version(registered_name, str(version.version), description=version_description)
         else:
-            self.client.set_tag(self._run_id, f"lsmia.registry_reused.{registered_name}", str(version.version))
+            self.client.set_tag(self._active_run_id, f"lsmia.registry_reused.{registered_name}", str(version.version))
         for alias in aliases:
             self.client.set_registered_model_alias(registered_name, alias, str(version.version))
         if description is not None:
             self.client.update_registered_model(registered_name, description=description)
-        self.client.set_tag(self._run_id, f"lsmia.registered.{registered_name}", str(version.version))
+        self.client.set_tag(self._active_run_id, f"lsmia.registered.{registered_name}", str(version.version))
 
     def _version_with_digest(self, registered_name: str, digest: str | None) -> Any:
         """The newest registered version of the same model file (same digest tag), or None."""
@@ -548,8 +613,7 @@ class Tracker(NullTracker):
         same = [v for v in versions if v.tags.get(DIGEST_TAG) == digest]
         return max(same, key=lambda v: int(v.version)) if same else None
 
-    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any],
-                    context: str) -> None:
+    def log_dataset(self, name: str, path: str | Path, digest: str, profile: Mapping[str, Any], context: str) -> None:
         """A run input (the UI's Datasets column): the prepared data file, its digest and counts (``profile``)."""
         if not self._active:
             return
@@ -558,8 +622,10 @@ class Tracker(NullTracker):
             from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
             dataset = _file_dataset(name, Path(path), digest, profile)
-            self.client.log_inputs(self._run_id, datasets=[
-                DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+            self.client.log_inputs(
+                self._active_run_id,
+                datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])],
+            )
         except Exception as err:
             self._failed(f"logging data set {name}", err)
 
@@ -571,8 +637,11 @@ class Tracker(NullTracker):
             from mlflow.entities import Metric, RunTag
 
             now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                                  tags=[RunTag(str(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items()])
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                tags=[RunTag(str(k), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items()],
+            )
         except Exception as err:
             self._failed(f"annotating run {run_id}", err)
 
@@ -585,9 +654,9 @@ class Tracker(NullTracker):
                 from PIL import Image
 
                 with Image.open(image) as opened:
-                    self.client.log_image(self._run_id, opened.copy(), artifact_file=artifact_file)
+                    self.client.log_image(self._active_run_id, opened.copy(), artifact_file=artifact_file)
             else:
-                self.client.log_image(self._run_id, image_array(image), artifact_file=artifact_file)
+                self.client.log_image(self._active_run_id, image_array(image), artifact_file=artifact_file)
         except Exception as err:
             self._failed(f"logging image {artifact_file}", err)
 
@@ -597,9 +666,9 @@ class Tracker(NullTracker):
             return
         try:
             if Path(path).is_dir():
-                self.client.log_artifacts(self._run_id, str(path), artifact_path)
+                self.client.log_artifacts(self._active_run_id, str(path), artifact_path)
             else:
-                self.client.log_artifact(self._run_id, str(path), artifact_path)
+                self.client.log_artifact(self._active_run_id, str(path), artifact_path)
         except Exception as err:
             self._failed(f"logging artifact {path}", err)
 
@@ -607,7 +676,7 @@ class Tracker(NullTracker):
         if not self._active:
             return
         try:
-            self.client.log_dict(self._run_id, obj, artifact_file)
+            self.client.log_dict(self._active_run_id, obj, artifact_file)
         except Exception as err:
             self._failed(f"logging {artifact_file}", err)
 
@@ -619,7 +688,7 @@ class Tracker(NullTracker):
 
             batch = [RunTag(_clip(str(k), MAX_KEY), _clip(str(v), MAX_TAG_VALUE)) for k, v in tags.items()]
             for start in range(0, len(batch), BATCH):
-                self.client.log_batch(self._run_id, tags=batch[start:start + BATCH])
+                self.client.log_batch(self._active_run_id, tags=batch[start : start + BATCH])
         except Exception as err:
             self._failed("setting tags", err)
 
@@ -628,9 +697,9 @@ class Tracker(NullTracker):
         if not self._active or not run_id:
             return
         try:
-            self.client.set_tag(self._run_id, f"{LINK_TAG_PREFIX}{name}", run_id)
+            self.client.set_tag(self._active_run_id, f"{LINK_TAG_PREFIX}{name}", run_id)
             self._links.append(f"- {name}: [{self._run_label(run_id)}]({self._run_url(run_id)})")
-            self.client.set_tag(self._run_id, NOTE_TAG, "Related runs:\n" + "\n".join(self._links))
+            self.client.set_tag(self._active_run_id, NOTE_TAG, "Related runs:\n" + "\n".join(self._links))
         except Exception as err:
             self._failed(f"linking run {name}", err)
 
@@ -686,12 +755,18 @@ def _system_metrics_ready(wanted: bool) -> bool:
     if not wanted:
         return False
     if importlib.util.find_spec("psutil") is None:
-        warnings.warn("MLflow system metrics need psutil: pip install psutil (run goes on without them)",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "MLflow system metrics need psutil: pip install psutil (run goes on without them)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return False
     if torch.cuda.is_available() and importlib.util.find_spec("pynvml") is None:
-        warnings.warn("MLflow GPU metrics need nvidia-ml-py: pip install nvidia-ml-py (CPU/memory still logged)",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "MLflow GPU metrics need nvidia-ml-py: pip install nvidia-ml-py (CPU/memory still logged)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         import mlflow
 
@@ -709,9 +784,17 @@ def quiet_mlflow_logs() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str],
-                   experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
-                   system_metrics: bool = False, resume_run_id: str | None = None) -> Tracker | NullTracker:
+def start_tracking(
+    enabled: bool,
+    stage: str,
+    run_name: str,
+    config: Mapping[str, Any],
+    tags: Mapping[str, str],
+    experiment: str = DEFAULT_EXPERIMENT,
+    parent_run_id: str | None = None,
+    system_metrics: bool = False,
+    resume_run_id: str | None = None,
+) -> Tracker | NullTracker:
     """Start one MLflow run for a stage run (use it as a context manager), or a NullTracker when off.
 
     Inside ``mlflow run`` (MLFLOW_RUN_ID) or with ``parent_run_id`` the run is a nested child,
@@ -721,8 +804,16 @@ def start_tracking(enabled: bool, stage: str, run_name: str, config: Mapping[str
     if not enabled:
         return NullTracker()
     quiet_mlflow_logs()
-    return Tracker(stage, run_name, config, tags, experiment=experiment, parent_run_id=parent_run_id,
-                   system_metrics=system_metrics, resume_run_id=resume_run_id)
+    return Tracker(
+        stage,
+        run_name,
+        config,
+        tags,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        system_metrics=system_metrics,
+        resume_run_id=resume_run_id,
+    )
 
 
 def find_run(experiment: str, tags: Mapping[str, Any], parent_run_id: str | None = None) -> str | None:
@@ -741,12 +832,16 @@ def find_run(experiment: str, tags: Mapping[str, Any], parent_run_id: str | None
             return None
         clauses = [f"tags.`{key}` = '{_quote(str(value))}'" for key, value in tags.items()]
         clauses.append("attributes.status = 'FINISHED'")
-        runs = client.search_runs(experiment_ids, " and ".join(clauses), order_by=["attributes.start_time DESC"],
-                                  max_results=1)
+        runs = client.search_runs(
+            experiment_ids, " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1
+        )
     except Exception as err:
         reason = (str(err).strip().splitlines() or [""])[0][:200]
-        warnings.warn(f"MLflow tracking: searching for a run failed ({type(err).__name__}: {reason}); "
-                      "no run is linked", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"MLflow tracking: searching for a run failed ({type(err).__name__}: {reason}); no run is linked",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     return runs[0].info.run_id if runs else None
 
@@ -832,6 +927,10 @@ def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tu
         return None, run_id
     except Exception as err:
         reason = (str(err).strip().splitlines() or [""])[0][:200]
-        warnings.warn(f"MLflow tracking: checking the run {run_id} a killed stage left failed "
-                      f"({type(err).__name__}: {reason}); a new run is started", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"MLflow tracking: checking the run {run_id} a killed stage left failed "
+            f"({type(err).__name__}: {reason}); a new run is started",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None, None

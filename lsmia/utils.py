@@ -127,7 +127,9 @@ def load_torch(path: Path | str, what: str = "file", fix: str = "run the stage t
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign pickle
-        raise LsmiaError(f"{what} {path} cannot be read ({type(err).__name__}): delete it and re-run its stage") from None
+        raise LsmiaError(
+            f"{what} {path} cannot be read ({type(err).__name__}): delete it and re-run its stage"
+        ) from None
 
 
 def save_json(obj: Any, path: Path | str) -> None:
@@ -205,8 +207,9 @@ def require_memory(nbytes: int, what: str, fix: str) -> None:
     """Fail before allocating: ``what`` needs ``nbytes``, more than the memory available."""
     available = available_memory()
     if available is not None and nbytes > available:
-        raise LsmiaError(f"{what} needs about {human_bytes(nbytes)} of memory but only {human_bytes(available)} "
-                         f"is available: {fix}")
+        raise LsmiaError(
+            f"{what} needs about {human_bytes(nbytes)} of memory but only {human_bytes(available)} is available: {fix}"
+        )
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "") -> Iterable[T]:
@@ -228,8 +231,11 @@ def _plain_progress(iterable: Iterable[T], total: int | None, desc: str) -> Iter
     for i, item in enumerate(iterable):
         yield item
         if total and ((i + 1) % every == 0 or i + 1 == total):
-            print(f"{desc}: {i + 1}/{total} ({time_left(time.perf_counter() - started, i + 1, total)})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{desc}: {i + 1}/{total} ({time_left(time.perf_counter() - started, i + 1, total)})",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def time_left(elapsed: float, done: int, total: int) -> str:

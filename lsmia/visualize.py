@@ -40,15 +40,21 @@ class GridLayout:
     sample_index: list[int]  # per tile: its index into result.final_* for a reconstruction, else -1
 
 
-def comparison_layout(data: FaceData, result: AttackResult, n_real: int = 4, n_fake: int = 8,
-                      max_targets: int = 10) -> GridLayout:
+def comparison_layout(
+    data: FaceData, result: AttackResult, n_real: int = 4, n_fake: int = 8, max_targets: int = 10
+) -> GridLayout:
     """Per target a row: ``n_real`` training images of the class, a blank, then its best ``n_fake`` reconstructions."""
     size = result.final_images.shape[-1]
     rows, index, labels = [], [], []
     for cls in result.targets[:max_targets]:
         real = data.train.images[data.train.labels == cls][:n_real]
-        real = torch.nn.functional.interpolate(real.float(), size=(size, size), mode="bilinear",
-                                               antialias=True).clamp(0, 255) if real.shape[-1] != size else real.float()
+        real = (
+            torch.nn.functional.interpolate(real.float(), size=(size, size), mode="bilinear", antialias=True).clamp(
+                0, 255
+            )
+            if real.shape[-1] != size
+            else real.float()
+        )
         fake_idx = (result.final_targets == cls).nonzero().squeeze(1)
         fake_idx = fake_idx[result.final_scores[fake_idx].argsort(descending=True)][:n_fake]
         fake = result.final_images[fake_idx].float()
@@ -61,8 +67,9 @@ def comparison_layout(data: FaceData, result: AttackResult, n_real: int = 4, n_f
     return GridLayout(torch.cat(rows).div(255.0), n_real + 1 + n_fake, n_real, labels, index)
 
 
-def comparison_rows(data: FaceData, result: AttackResult, n_real: int = 4, n_fake: int = 8,
-                    max_targets: int = 10) -> tuple[torch.Tensor, int]:
+def comparison_rows(
+    data: FaceData, result: AttackResult, n_real: int = 4, n_fake: int = 8, max_targets: int = 10
+) -> tuple[torch.Tensor, int]:
     """The unlabelled tiles of :func:`comparison_layout` and the tiles per row."""
     layout = comparison_layout(data, result, n_real, n_fake, max_targets)
     return layout.images, layout.nrow
@@ -130,8 +137,13 @@ def _draw_titles(draw: ImageDraw.ImageDraw, layout: GridLayout, left: int, font:
 def _draw_row_labels(draw: ImageDraw.ImageDraw, layout: GridLayout, font: Font) -> None:
     step = _tile_step(layout)
     for row, label in enumerate(layout.row_labels):
-        draw.text((LABEL_GAP, HEADER + GRID_PADDING + row * step + (step - GRID_PADDING) / 2), label, fill=INK,
-                  font=font, anchor="lm")
+        draw.text(
+            (LABEL_GAP, HEADER + GRID_PADDING + row * step + (step - GRID_PADDING) / 2),
+            label,
+            fill=INK,
+            font=font,
+            anchor="lm",
+        )
 
 
 def _draw_frames(draw: ImageDraw.ImageDraw, layout: GridLayout, left: int, correct: torch.Tensor) -> None:
@@ -142,8 +154,7 @@ def _draw_frames(draw: ImageDraw.ImageDraw, layout: GridLayout, left: int, corre
         x = left + GRID_PADDING + (tile % layout.nrow) * step
         y = HEADER + GRID_PADDING + (tile // layout.nrow) * step
         colour = CORRECT if bool(correct[sample]) else WRONG
-        draw.rectangle((x - FRAME, y - FRAME, x + size + FRAME - 1, y + size + FRAME - 1), outline=colour,
-                       width=FRAME)
+        draw.rectangle((x - FRAME, y - FRAME, x + size + FRAME - 1, y + size + FRAME - 1), outline=colour, width=FRAME)
 
 
 def save_image_atomic(image: Image.Image, path: Path | str) -> None:
@@ -156,7 +167,6 @@ def save_attack_grid(data: FaceData, result: AttackResult, path: Path | str, **k
     save_image_atomic(labelled_grid(comparison_layout(data, result, **kwargs)), path)
 
 
-def save_judged_grid(data: FaceData, result: AttackResult, correct: torch.Tensor, path: Path | str,
-                     **kwargs) -> None:
+def save_judged_grid(data: FaceData, result: AttackResult, correct: torch.Tensor, path: Path | str, **kwargs) -> None:
     """The labelled grid with each reconstruction framed by the evaluation model's verdict (``correct`` per sample)."""
     save_image_atomic(labelled_grid(comparison_layout(data, result, **kwargs), correct), path)

@@ -42,9 +42,13 @@ def make_face_data(num_classes: int = 4, per_class: int = 10, size: int = 16, se
     images, labels = colour_blobs(num_classes, per_class, size, seed)
     train_idx, test_idx = split_per_identity(labels, 0.2, seed)
     pub_images, pub_labels = colour_blobs(3, per_class, size, seed + 1)
-    return FaceData(train=ImageSet(images[train_idx], labels[train_idx]), test=ImageSet(images[test_idx], labels[test_idx]),
-                    class_names=[f"c{i}" for i in range(num_classes)], public=ImageSet(pub_images, pub_labels),
-                    meta={"source": "test"})
+    return FaceData(
+        train=ImageSet(images[train_idx], labels[train_idx]),
+        test=ImageSet(images[test_idx], labels[test_idx]),
+        class_names=[f"c{i}" for i in range(num_classes)],
+        public=ImageSet(pub_images, pub_labels),
+        meta={"source": "test"},
+    )
 
 
 @pytest.fixture

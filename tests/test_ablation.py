@@ -51,8 +51,9 @@ def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_i
     losses = graph.PACKAGE_ROOT / "losses.py"
     before = keys({})
     real_read_bytes = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes",
-                        lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b""))
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b"")
+    )
     after = keys({})
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"eval-model", "target", "attack", "evaluate"}  # evaluate: its inputs' keys changed
@@ -68,13 +69,18 @@ def test_the_schedule_enters_only_through_the_alpha_in_force_per_epoch():
 
 
 def rows_from(acc1: dict[float, list[float]], test_acc: dict[float, list[float]]) -> list[dict]:
-    return [{"alpha": a, "seed": s, "final_acc1": v, "test_acc": test_acc[a][s], "delta_eval": 10.0}
-            for a, values in acc1.items() for s, v in enumerate(values)]
+    return [
+        {"alpha": a, "seed": s, "final_acc1": v, "test_acc": test_acc[a][s], "delta_eval": 10.0}
+        for a, values in acc1.items()
+        for s, v in enumerate(values)
+    ]
 
 
 def test_paired_effects_by_hand():
-    rows = rows_from({0.1: [0.7, 0.75, 0.9], 0.0: [0.6, 0.6, 0.8], -0.05: [0.3, 0.2, 0.4]},
-                     {0.1: [0.9, 0.9, 0.9], 0.0: [0.9, 0.92, 0.88], -0.05: [0.87, 0.9, 0.85]})
+    rows = rows_from(
+        {0.1: [0.7, 0.75, 0.9], 0.0: [0.6, 0.6, 0.8], -0.05: [0.3, 0.2, 0.4]},
+        {0.1: [0.9, 0.9, 0.9], 0.0: [0.9, 0.92, 0.88], -0.05: [0.87, 0.9, 0.85]},
+    )
     pos, neg = sorted(effects(rows), key=lambda e: -e["alpha"])
     gains = [0.1, 0.15, 0.1]  # paired differences; their sd is sqrt(1/1200)
     assert pos["acc1_gain"]["mean"] == pytest.approx(sum(gains) / 3)
@@ -118,8 +124,12 @@ def test_plan_errors_name_the_problem(tmp_path):
 @pytest.mark.slow
 def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
-    plan = ablation.AblationPlan(name="t", alphas=[0.1, 0.0, -0.05], seeds=[0, 1],
-                                 variants={"base": {}, "ce": {"attack.loss": "ce"}, "long": {"attack.steps": 3}})
+    plan = ablation.AblationPlan(
+        name="t",
+        alphas=[0.1, 0.0, -0.05],
+        seeds=[0, 1],
+        variants={"base": {}, "ce": {"attack.loss": "ce"}, "long": {"attack.steps": 3}},
+    )
     lines: list[str] = []
     result = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=lines.append)
     cache = tmp_path / "out" / "ablations" / "cache"
@@ -129,9 +139,14 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert len(saved["rows"]) == 18 and set(saved["variants"]) == {"base", "ce", "long"}
     for row in saved["rows"]:  # the target's mean confidence in exactly the final samples the attack kept
-        attack = AttackResult.load(cache / "attack" / graph.stage_keys(
-            ablation.variant_configs(cfg, plan)[row["variant"]], graph.Cell(row["alpha"], row["seed"]))["attack"]
-            / "attack.pt")
+        attack = AttackResult.load(
+            cache
+            / "attack"
+            / graph.stage_keys(
+                ablation.variant_configs(cfg, plan)[row["variant"]], graph.Cell(row["alpha"], row["seed"])
+            )["attack"]
+            / "attack.pt"
+        )
         assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 

@@ -6,25 +6,33 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lsmia.attack.ppa import (StepDiagnostics, keep_best, optimise, resolve_targets, row_batches, run_attack,
-                              select_candidates, stage_generators)
+from lsmia.attack.ppa import (
+    StepDiagnostics,
+    keep_best,
+    latent_scale,
+    optimise,
+    resolve_targets,
+    row_batches,
+    run_attack,
+    select_candidates,
+    stage_generators,
+)
 from lsmia.attack.result import AttackResult
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
 from lsmia.losses import poincare_loss
 from lsmia.models.classifiers import build_classifier
-from lsmia.attack.ppa import latent_scale
 from lsmia.models.generator import DCGANPrior, Generator, load_prior
-
-from tests.helpers.attack import NUM_CLASSES, ColourPrior, MeanColourClassifier, make_cfg
+from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
 CPU = torch.device("cpu")
 
 
 def attack(cfg: AttackConfig, targets: list[int] | None = None, schedule: str = "batched") -> AttackResult:
     torch.manual_seed(1234)  # the attack must not depend on the global RNG; tests below check that too
-    return run_attack(cfg, MeanColourClassifier(), ColourPrior(), targets or [0, 3, 4], CPU, progress=False,
-                      schedule=schedule)
+    return run_attack(
+        cfg, MeanColourClassifier(), ColourPrior(), targets or [0, 3, 4], CPU, progress=False, schedule=schedule
+    )
 
 
 def confidence(target: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -41,7 +49,10 @@ def brute_force_top(cfg: AttackConfig, target_class: int) -> torch.Tensor:
     with torch.no_grad():
         for z in pool:
             image = prior(z.view(1, -1))
-            p = torch.softmax(target(image), 1)[0, target_class] + torch.softmax(target(image.flip(-1)), 1)[0, target_class]
+            p = (
+                torch.softmax(target(image), 1)[0, target_class]
+                + torch.softmax(target(image.flip(-1)), 1)[0, target_class]
+            )
             scores.append(float(p) / 2)
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     return pool[order[: cfg.candidates]]
@@ -80,8 +91,10 @@ def test_every_loss_raises_confidence(loss: str) -> None:
     before, after = attack(cfg.model_copy(update={"steps": 0})), attack(cfg)
     target = MeanColourClassifier()
     assert torch.isfinite(after.all_latents).all()
-    gain = confidence(target, after.all_images, after.all_targets).mean() - \
-        confidence(target, before.all_images, before.all_targets).mean()
+    gain = (
+        confidence(target, after.all_images, after.all_targets).mean()
+        - confidence(target, before.all_images, before.all_targets).mean()
+    )
     assert gain > 0.25
 
 
@@ -96,8 +109,10 @@ def test_final_selection_keeps_best_candidates_per_class() -> None:
     expected = scores.sort(dim=1, descending=True).values[:, : cfg.final_samples].flatten()
     assert torch.allclose(result.final_scores, expected, atol=1e-5)
     assert result.final_targets.tolist() == [0] * 3 + [3] * 3 + [4] * 3
-    for latent, label in zip(result.final_latents, result.final_targets):
-        assert any(torch.equal(latent, a) for a, t in zip(result.all_latents, result.all_targets) if t == label)
+    for latent, label in zip(result.final_latents, result.final_targets, strict=False):
+        assert any(
+            torch.equal(latent, a) for a, t in zip(result.all_latents, result.all_targets, strict=False) if t == label
+        )
 
 
 def test_keep_best_indexes_each_target_block() -> None:
@@ -181,8 +196,9 @@ def test_diagnostics_record_every_step_and_leave_the_latents_unchanged(schedule:
     # 30 rows: batches of 8, or 10 per class; full-size step crops, so step 0 sees the start images unchanged
     cfg = make_cfg(steps=7, candidates=10, pool_size=32, step_crop_scale=(1.0, 1.0))
     result = attack(cfg, schedule=schedule)
-    plain = run_attack(cfg, MeanColourClassifier(), ColourPrior(), [0, 3, 4], CPU, progress=False,
-                       schedule=schedule, diagnostics=False)
+    plain = run_attack(
+        cfg, MeanColourClassifier(), ColourPrior(), [0, 3, 4], CPU, progress=False, schedule=schedule, diagnostics=False
+    )
     for name in ("all_latents", "all_images", "final_latents", "final_scores"):
         assert torch.equal(getattr(result, name), getattr(plain, name)), name
     assert "diagnostics" not in plain.meta and "final_target_confidence_raw" not in plain.meta
@@ -212,8 +228,9 @@ def test_diagnostics_are_the_same_for_any_number_of_ranks() -> None:
 
     def recorded(rank: int, world: int) -> StepDiagnostics:
         recorder = StepDiagnostics(batches, cfg.steps)
-        optimise(prior, target, start, labels, batches, cfg, stage_generators(cfg.seed)[1], CPU, False, rank, world,
-                 recorder)
+        optimise(
+            prior, target, start, labels, batches, cfg, stage_generators(cfg.seed)[1], CPU, False, rank, world, recorder
+        )
         return recorder
 
     alone = recorded(0, 1)
@@ -234,14 +251,17 @@ def test_resolve_targets() -> None:
     assert resolve_targets(10, 10) == list(range(10))
 
 
-@pytest.mark.parametrize("spec, problem", [
-    (11, "11 classes but the target model has 10"),
-    (0, "0 classes"),
-    ([3, 10], "class 10 outside 0..9"),
-    ([-1], "class -1 outside"),
-    ([2, 5, 2], "class 2 more than once"),
-    ([], "empty list"),
-])
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        (11, "11 classes but the target model has 10"),
+        (0, "0 classes"),
+        ([3, 10], "class 10 outside 0..9"),
+        ([-1], "class -1 outside"),
+        ([2, 5, 2], "class 2 more than once"),
+        ([], "empty list"),
+    ],
+)
 def test_resolve_targets_errors(spec, problem: str) -> None:
     with pytest.raises(LsmiaError, match=problem) as err:
         resolve_targets(spec, 10)
@@ -255,6 +275,7 @@ def test_progress_reports_the_steps(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --- the latent space: z or w, truncation, relative lr ---
+
 
 class ScaledColourPrior(ColourPrior):
     """ColourPrior with latents ``scale`` times larger: the same images from ``scale * z``."""
@@ -281,8 +302,9 @@ def mapping_prior(image_size: int = 8) -> DCGANPrior:
 def test_latent_w_optimises_w_from_the_truncated_pool() -> None:
     cfg = make_cfg(latent="w", truncation=0.5, steps=5)
     prior = mapping_prior()
-    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3, 4], CPU,
-                       progress=False)
+    start = run_attack(
+        cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3, 4], CPU, progress=False
+    )
     result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3, 4], CPU, progress=False)
     assert result.all_latents.shape == (18, 6) and result.final_latents.shape == (9, 6)  # w_dim columns
     assert not torch.allclose(result.all_latents, start.all_latents)
@@ -299,8 +321,9 @@ def test_latent_w_optimises_w_from_the_truncated_pool() -> None:
 def test_meta_records_space_truncation_and_effective_lr() -> None:
     result = attack(make_cfg(steps=1, lr_relative=False))
     assert (result.meta["latent"], result.meta["truncation"], result.meta["lr_effective"]) == ("z", None, 0.1)
-    z_space = run_attack(make_cfg(steps=1, truncation=0.7), MeanColourClassifier(), mapping_prior(), [0], CPU,
-                         progress=False)
+    z_space = run_attack(
+        make_cfg(steps=1, truncation=0.7), MeanColourClassifier(), mapping_prior(), [0], CPU, progress=False
+    )
     assert (z_space.meta["latent"], z_space.meta["latent_dim"], z_space.meta["truncation"]) == ("z", 4, 0.7)
 
 
@@ -312,7 +335,9 @@ def test_relative_lr_is_the_lr_times_the_std_of_the_initial_latents() -> None:
     scale = pool.double().var(dim=0).mean().sqrt().item()
     assert 0.05 < scale < 0.8  # w truncated by 0.5 is narrower than z
     assert result.meta["lr_effective"] == pytest.approx(0.01 * scale, rel=1e-9)
-    assert latent_scale(torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))) == pytest.approx(1, abs=0.01)
+    assert latent_scale(torch.randn(20_000, 8, generator=torch.Generator().manual_seed(0))) == pytest.approx(
+        1, abs=0.01
+    )
 
 
 def test_relative_lr_makes_the_same_relative_move_at_any_latent_scale() -> None:
@@ -322,13 +347,21 @@ def test_relative_lr_makes_the_same_relative_move_at_any_latent_scale() -> None:
     scaled = run_attack(cfg, MeanColourClassifier(), ScaledColourPrior(0.01), [0, 3, 4], CPU, progress=False)
     torch.testing.assert_close(scaled.all_latents / 0.01, unit.all_latents, atol=1e-4, rtol=1e-4)
     assert torch.equal(scaled.final_targets, unit.final_targets)
-    absolute = run_attack(cfg.model_copy(update={"lr_relative": False}), MeanColourClassifier(),
-                          ScaledColourPrior(0.01), [0, 3, 4], CPU, progress=False)
+    absolute = run_attack(
+        cfg.model_copy(update={"lr_relative": False}),
+        MeanColourClassifier(),
+        ScaledColourPrior(0.01),
+        [0, 3, 4],
+        CPU,
+        progress=False,
+    )
     assert (absolute.all_latents / 0.01 - unit.all_latents).abs().max() > 1.0  # lr 0.1 is huge at scale 0.01
 
 
-@pytest.mark.parametrize("prior, fix", [(ColourPrior(), "set attack.latent: z"),
-                                        (DCGANPrior(Generator(4, 8, 8)), "set prior.mapping_layers > 0")])
+@pytest.mark.parametrize(
+    "prior, fix",
+    [(ColourPrior(), "set attack.latent: z"), (DCGANPrior(Generator(4, 8, 8)), "set prior.mapping_layers > 0")],
+)
 def test_latent_w_without_a_mapping_network_is_a_one_line_error(prior: nn.Module, fix: str) -> None:
     with pytest.raises(LsmiaError, match=r"attack\.latent is 'w' but the prior has no mapping network") as err:
         run_attack(make_cfg(latent="w"), MeanColourClassifier(), prior, [0], CPU, progress=False)
@@ -373,11 +406,11 @@ def test_torchscript_stylegan_stand_in_round_trip(tmp_path) -> None:
 
     torch.manual_seed(0)
     torch.jit.script(StandInStyleGAN()).save(str(tmp_path / "stylegan.pt"))
-    prior = load_prior(PriorConfig(kind="torchscript", path=tmp_path / "stylegan.pt", latent_dim=4,
-                                   center_crop=0.75), None)
+    prior = load_prior(
+        PriorConfig(kind="torchscript", path=tmp_path / "stylegan.pt", latent_dim=4, center_crop=0.75), None
+    )
     cfg = make_cfg(latent="w", truncation=0.5, steps=2, pool_size=32, candidates=4, final_samples=2)
-    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3], CPU,
-                       progress=False)
+    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3], CPU, progress=False)
     result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3], CPU, progress=False)
     assert (prior.num_ws, prior.w_dim, prior.image_size) == (12, 5, 12)  # 16 px, central 75 % kept
     assert result.all_latents.shape == (8, 5) and result.all_images.shape == (8, 3, 8, 8)
@@ -386,6 +419,7 @@ def test_torchscript_stylegan_stand_in_round_trip(tmp_path) -> None:
     module = torch.jit.load(str(tmp_path / "stylegan.pt"))
     with torch.no_grad():  # w repeated to all 12 layers, centre-cropped, mapped from [-1, 1] to [0, 1]
         images = module.synthesis(result.final_latents.unsqueeze(1).repeat(1, 12, 1))[..., 2:14, 2:14]
-    expected = torch.nn.functional.interpolate(((images + 1) / 2).clamp(0, 1), size=(8, 8), mode="bilinear",
-                                               antialias=True, align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        ((images + 1) / 2).clamp(0, 1), size=(8, 8), mode="bilinear", antialias=True, align_corners=False
+    )
     assert (result.final_images.float() - expected * 255).abs().max() <= 1.0

@@ -40,8 +40,10 @@ ALPHA = "0.1"
 TAG = "alpha0.1_seed0"
 TARGET_DIR = Path("out/models") / f"target_{TAG}"
 ATTACK_DIR = Path("out/attacks") / TAG
-HOLD_LOCK = ("import sys, time\nfrom lsmia.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
-             "    print('held', flush=True)\n    time.sleep(300)\n")
+HOLD_LOCK = (
+    "import sys, time\nfrom lsmia.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
+    "    print('held', flush=True)\n    time.sleep(300)\n"
+)
 runner = CliRunner()
 
 
@@ -67,8 +69,11 @@ def assert_one_line_error(result: Result, *needles: str, absent: tuple[str, ...]
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` (locks excluded) and the digest of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lsmia.lock")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lsmia.lock")
+    }
 
 
 def can_mount() -> bool:
@@ -156,8 +161,14 @@ def earlier_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = Path.cwd()
     os.chdir(root)
     try:
-        for args in (["data"], ["train-prior"], ["train", "--alpha", ALPHA], ["train", "--role", "eval"],
-                     ["attack", "--alpha", ALPHA], ["evaluate", "--alpha", ALPHA]):
+        for args in (
+            ["data"],
+            ["train-prior"],
+            ["train", "--alpha", ALPHA],
+            ["train", "--role", "eval"],
+            ["attack", "--alpha", ALPHA],
+            ["evaluate", "--alpha", ALPHA],
+        ):
             result = cli(*args)
             assert result.exit_code == 0, result.output
     finally:
@@ -201,11 +212,15 @@ def test_params_file_that_is_a_folder(study: Path) -> None:
 # --------------------------------------------------------------------------- huge values
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["train", "--alpha", ALPHA, "--seed", str(2 ** 70)], ["1180591620717411303424", "the --seed flag"]),
-    (["data", "-S", f"run.seed={2 ** 70}"], ["run.seed", f"--set run.seed={2 ** 70}"]),
-    (["study", "-S", f"study.seeds=[0, {2 ** 70}]"], ["study.seeds", "--set study.seeds"]),
-], ids=["seed-flag", "run-seed", "study-seeds"])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--alpha", ALPHA, "--seed", str(2**70)], ["1180591620717411303424", "the --seed flag"]),
+        (["data", "-S", f"run.seed={2**70}"], ["run.seed", f"--set run.seed={2**70}"]),
+        (["study", "-S", f"study.seeds=[0, {2**70}]"], ["study.seeds", "--set study.seeds"]),
+    ],
+    ids=["seed-flag", "run-seed", "study-seeds"],
+)
 def test_huge_seed_is_rejected_before_any_folder_is_made(study: Path, args: list[str], needles: list[str]) -> None:
     before = snapshot(study / "out")
     folders = sorted(p for p in study.rglob("*") if p.is_dir())
@@ -216,21 +231,28 @@ def test_huge_seed_is_rejected_before_any_folder_is_made(study: Path, args: list
 
 def test_huge_image_size_names_the_size_and_the_memory(study: Path) -> None:
     before = snapshot(study / "out")
-    assert_one_line_error(cli("data", "-S", "data.image_size=100000"), "data.image_size=100000", "TiB of memory",
-                          "available")
+    assert_one_line_error(
+        cli("data", "-S", "data.image_size=100000"), "data.image_size=100000", "TiB of memory", "available"
+    )
     assert snapshot(study / "out") == before
 
 
 # --------------------------------------------------------------------------- a file where a folder should be
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["train", "--alpha", ALPHA, "-S", "run.out_dir=params.yaml"], ["run.out_dir params.yaml", "is a file"]),
-    (["train", "--alpha", ALPHA, "--out-dir", "out/data/summary.json/target"],
-     ["--out-dir out/data/summary.json/target", "out/data/summary.json is a file"]),
-    (["attack", "--alpha", ALPHA, "--out-dir", "out/data/summary.json"], ["--out-dir", "is a file"]),
-    (["data", "--out", "out/models"], ["--out out/models is a folder"]),
-], ids=["run-out-dir", "train-out-dir-below-a-file", "attack-out-dir", "data-out-is-a-folder"])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--alpha", ALPHA, "-S", "run.out_dir=params.yaml"], ["run.out_dir params.yaml", "is a file"]),
+        (
+            ["train", "--alpha", ALPHA, "--out-dir", "out/data/summary.json/target"],
+            ["--out-dir out/data/summary.json/target", "out/data/summary.json is a file"],
+        ),
+        (["attack", "--alpha", ALPHA, "--out-dir", "out/data/summary.json"], ["--out-dir", "is a file"]),
+        (["data", "--out", "out/models"], ["--out out/models is a folder"]),
+    ],
+    ids=["run-out-dir", "train-out-dir-below-a-file", "attack-out-dir", "data-out-is-a-folder"],
+)
 def test_output_path_of_the_wrong_kind(study: Path, args: list[str], needles: list[str]) -> None:
     before = snapshot(study)
     assert_one_line_error(cli(*args), *needles)
@@ -272,8 +294,9 @@ FULL_DISK_CASES = {
 
 
 @pytest.mark.parametrize("stage", FULL_DISK_CASES)
-def test_full_disk_says_so_and_names_the_path(study: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch,
-                                              stage: str) -> None:
+def test_full_disk_says_so_and_names_the_path(
+    study: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
     args, folder = FULL_DISK_CASES[stage]
     with full_disk(study / folder, scratch, monkeypatch):
         before = snapshot(study / folder)
@@ -284,11 +307,15 @@ def test_full_disk_says_so_and_names_the_path(study: Path, scratch: Path, monkey
 # --------------------------------------------------------------------------- configurations that train on nothing
 
 
-@pytest.mark.parametrize("args, key", [
-    (["train", "--alpha", ALPHA, "-S", "target.batch_size=1"], "target.batch_size"),
-    (["train", "--role", "eval", "-S", "eval_model.batch_size=1"], "eval_model.batch_size"),
-    (["study", "-S", "metrics.student.batch_size=1"], "metrics.student.batch_size"),
-], ids=["target", "eval-model", "student"])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["train", "--alpha", ALPHA, "-S", "target.batch_size=1"], "target.batch_size"),
+        (["train", "--role", "eval", "-S", "eval_model.batch_size=1"], "eval_model.batch_size"),
+        (["study", "-S", "metrics.student.batch_size=1"], "metrics.student.batch_size"),
+    ],
+    ids=["target", "eval-model", "student"],
+)
 def test_batch_size_that_would_take_no_step(study: Path, args: list[str], key: str) -> None:
     before = snapshot(study / "out")
     assert_one_line_error(cli(*args), key, f"--set {key}=1")
@@ -310,14 +337,18 @@ def test_training_steps_are_counted_before_training() -> None:
 
 def one_class_data() -> FaceData:
     images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
-    return FaceData(train=ImageSet(images[:3], torch.zeros(3)), test=ImageSet(images[3:], torch.zeros(1)),
-                    class_names=["only"])
+    return FaceData(
+        train=ImageSet(images[:3], torch.zeros(3)), test=ImageSet(images[3:], torch.zeros(1)), class_names=["only"]
+    )
 
 
 def data_with_an_untested_class() -> FaceData:
     images = torch.randint(0, 255, (6, 3, 16, 16), dtype=torch.uint8)
-    return FaceData(train=ImageSet(images[:4], torch.tensor([0, 0, 1, 1])), test=ImageSet(images[4:], torch.zeros(2)),
-                    class_names=["a", "b"])
+    return FaceData(
+        train=ImageSet(images[:4], torch.tensor([0, 0, 1, 1])),
+        test=ImageSet(images[4:], torch.zeros(2)),
+        class_names=["a", "b"],
+    )
 
 
 def test_image_folder_with_a_single_identity(study: Path) -> None:
@@ -328,29 +359,39 @@ def test_image_folder_with_a_single_identity(study: Path) -> None:
     for i in range(4):
         Image.new("RGB", (20, 20), (40 * i, 90, 160)).save(person / f"{i}.png")
     before = snapshot(study / "out")
-    assert_one_line_error(cli("data", "-S", "data.source=imagefolder", "-S", "data.root=faces"), "faces",
-                          "1 identity", "at least 2")
+    assert_one_line_error(
+        cli("data", "-S", "data.source=imagefolder", "-S", "data.root=faces"), "faces", "1 identity", "at least 2"
+    )
     assert snapshot(study / "out") == before
 
 
-@pytest.mark.parametrize("make, needles", [
-    (one_class_data, ["holds 1 identity", "at least 2"]),
-    (data_with_an_untested_class, ["identity 'b' has no test images"]),
-], ids=["one-identity", "identity-without-test-images"])
+@pytest.mark.parametrize(
+    "make, needles",
+    [
+        (one_class_data, ["holds 1 identity", "at least 2"]),
+        (data_with_an_untested_class, ["identity 'b' has no test images"]),
+    ],
+    ids=["one-identity", "identity-without-test-images"],
+)
 def test_prepared_data_the_study_cannot_use(study: Path, make, needles: list[str]) -> None:
     make().save(study / "small.pt")
     before = snapshot(study / "out")
-    assert_one_line_error(cli("train", "--alpha", ALPHA, "--data", "small.pt", "--out-dir", "one"), "small.pt",
-                          *needles)
+    assert_one_line_error(
+        cli("train", "--alpha", ALPHA, "--data", "small.pt", "--out-dir", "one"), "small.pt", *needles
+    )
     assert not (study / "one").exists()
     assert snapshot(study / "out") == before
 
 
-@pytest.mark.parametrize("value, needle", [
-    ("[]", "list at least one alpha"),
-    ("[0.1, 0.0, 0.1]", "alpha 0.1 is listed twice"),
-    ("[0.1, 1.5]", "alpha must be a finite number <= 1"),
-], ids=["empty", "duplicate", "out-of-range"])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("[]", "list at least one alpha"),
+        ("[0.1, 0.0, 0.1]", "alpha 0.1 is listed twice"),
+        ("[0.1, 1.5]", "alpha must be a finite number <= 1"),
+    ],
+    ids=["empty", "duplicate", "out-of-range"],
+)
 def test_study_alphas_are_validated_with_the_config(study: Path, value: str, needle: str) -> None:
     before = snapshot(study / "out")
     assert_one_line_error(cli("study", "-S", f"study.alphas={value}"), "study.alphas", needle)
@@ -367,8 +408,9 @@ def test_duplicate_study_seeds(study: Path) -> None:
 
 def hold_lock(target: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(target)], stdout=subprocess.PIPE, text=True,
-                              env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(target)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     return holder
 
@@ -380,8 +422,9 @@ def test_second_writer_gets_a_one_line_error_naming_the_holder(study: Path) -> N
     holder = hold_lock(shared)
     try:
         result = cli("train", "--alpha", "-0.05", "--out-dir", str(shared))
-        assert_one_line_error(result, "shared is being written by another lsmia process", f"pid {holder.pid}",
-                              "-c shared")
+        assert_one_line_error(
+            result, "shared is being written by another lsmia process", f"pid {holder.pid}", "-c shared"
+        )
         assert snapshot(study) == before
     finally:
         holder.kill()
@@ -413,13 +456,23 @@ def test_outputs_keep_the_umask_permissions(study: Path, umask: int, mode: int) 
         assert stat.S_IMODE((study / "out/data" / name).stat().st_mode) == mode, name
 
 
-@pytest.mark.parametrize("args, alpha_in_file, needles, absent", [
-    (["train", "--alpha", "1.5"], False, ["from the --alpha flag", "got 1.5"], ["params.yaml"]),
-    (["train", "-S", "target.smoothing.alpha=1.5"], False, ["from --set target.smoothing.alpha=1.5"], ["params.yaml"]),
-    (["train", "--role", "eval"], True, ["in params.yaml", "got 1.5"], ["flag", "--set"]),
-], ids=["alpha-flag", "set-option", "params-file"])
-def test_bad_value_names_its_source(study: Path, args: list[str], alpha_in_file: bool, needles: list[str],
-                                    absent: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args, alpha_in_file, needles, absent",
+    [
+        (["train", "--alpha", "1.5"], False, ["from the --alpha flag", "got 1.5"], ["params.yaml"]),
+        (
+            ["train", "-S", "target.smoothing.alpha=1.5"],
+            False,
+            ["from --set target.smoothing.alpha=1.5"],
+            ["params.yaml"],
+        ),
+        (["train", "--role", "eval"], True, ["in params.yaml", "got 1.5"], ["flag", "--set"]),
+    ],
+    ids=["alpha-flag", "set-option", "params-file"],
+)
+def test_bad_value_names_its_source(
+    study: Path, args: list[str], alpha_in_file: bool, needles: list[str], absent: list[str]
+) -> None:
     if alpha_in_file:
         params = yaml.safe_load(Path("params.yaml").read_text())
         params["target"]["smoothing"]["alpha"] = 1.5
@@ -469,8 +522,11 @@ def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str
     from mlflow import MlflowClient
 
     args = ["train", "--alpha", "-0.05", "--track", "-S", "target.epochs=20"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
+        "OMP_NUM_THREADS": "1",
+    }
     start_killed_training(study, args, env)
     (orphan,) = train_runs(mlflow_store)
     assert orphan.info.status == "RUNNING"

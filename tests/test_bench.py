@@ -14,16 +14,20 @@ from lsmia.utils import save_timings
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
-RATIO_LINE = re.compile(r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x "
-                        r"\(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s", re.MULTILINE)
+RATIO_LINE = re.compile(
+    r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x "
+    r"\(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s",
+    re.MULTILINE,
+)
 
 sys.path.insert(0, str(BENCH))
 import benchutil  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 
 def run_script(name: str, *args: str, timeout: int = 120) -> str:
-    done = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -75,8 +79,10 @@ def fake_run(out: Path) -> None:
     save_timings(out / "models" / "eval" / "model.pt", {"train_s": 3.0})
     save_timings(out / "models" / "target_alpha0.1_seed0" / "model.pt", {"train_s": 6.0})
     save_timings(out / "metrics" / "alpha0.1_seed0.json", {"evaluate_s": 1.0})
-    save_timings(out / "attacks" / "alpha0.1_seed0" / "attack.pt",
-                 {"selection_s": 0.5, "optimisation_s": 1.0, "final_selection_s": 0.5})
+    save_timings(
+        out / "attacks" / "alpha0.1_seed0" / "attack.pt",
+        {"selection_s": 0.5, "optimisation_s": 1.0, "final_selection_s": 0.5},
+    )
 
 
 def test_study_stages_reads_the_timings_of_an_existing_run(tmp_path: Path) -> None:
@@ -89,8 +95,13 @@ def test_study_stages_reads_the_timings_of_an_existing_run(tmp_path: Path) -> No
 
 
 def test_study_stages_without_timings_says_what_to_pass(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(BENCH / "study_stages.py"), "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "study_stages.py"), "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "no stage timings under" in done.stderr
 
 

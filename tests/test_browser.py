@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
 CHARTS = {"accuracy_vs_alpha", "tradeoff", "delta_eval_vs_alpha", "xi_vs_alpha"}
 
-needs_chromium = pytest.mark.skipif(browser.chromium() is None,
-                                    reason="needs headless Chromium: apt-get install chromium")
+needs_chromium = pytest.mark.skipif(
+    browser.chromium() is None, reason="needs headless Chromium: apt-get install chromium"
+)
 
 
 @pytest.fixture(scope="module")

@@ -69,12 +69,15 @@ def test_ablate_with_a_missing_plan(tmp_path):
     assert_one_line_error(invoke("ablate", "plan.yaml", "--no-track", cwd=tmp_path), "plan.yaml", "does not exist")
 
 
-@pytest.mark.parametrize("flag, needle", [
-    (["-S", "attack.steps=abc"], "from --set attack.steps=abc"),
-    (["-S", "study.alphas=[0.1, 0.0"], "the value of --set study.alphas=[0.1, 0.0 is not valid YAML"),
-    (["-S", "attack.steps.x=1"], "from --set attack.steps.x=1"),
-    (["-S", "run.tracking=maybe"], "from --set run.tracking=maybe"),
-])
+@pytest.mark.parametrize(
+    "flag, needle",
+    [
+        (["-S", "attack.steps=abc"], "from --set attack.steps=abc"),
+        (["-S", "study.alphas=[0.1, 0.0"], "the value of --set study.alphas=[0.1, 0.0 is not valid YAML"),
+        (["-S", "attack.steps.x=1"], "from --set attack.steps.x=1"),
+        (["-S", "run.tracking=maybe"], "from --set run.tracking=maybe"),
+    ],
+)
 def test_a_bad_set_value_names_the_flag_it_came_from(tmp_path, flag, needle):
     (tmp_path / "params.yaml").write_text("attack: {steps: 5}\n")
     result = invoke("config", *flag, cwd=tmp_path)
@@ -82,11 +85,14 @@ def test_a_bad_set_value_names_the_flag_it_came_from(tmp_path, flag, needle):
     assert "params.yaml" not in result.output  # the file holds no bad value
 
 
-@pytest.mark.parametrize("flag, value, needle", [
-    ("--n-trials", "0", "'sweep.n_trials' from the --n-trials flag"),
-    ("--study-name", "a b", "'sweep.study_name' from the --study-name flag"),
-    ("--n-workers", "0", "'sweep.n_workers' from the --n-workers flag"),
-])
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--n-trials", "0", "'sweep.n_trials' from the --n-trials flag"),
+        ("--study-name", "a b", "'sweep.study_name' from the --study-name flag"),
+        ("--n-workers", "0", "'sweep.n_workers' from the --n-workers flag"),
+    ],
+)
 def test_a_bad_sweep_flag_is_named(tmp_path, flag, value, needle):
     assert_one_line_error(invoke("sweep", flag, value, cwd=tmp_path), needle)
 
@@ -103,11 +109,13 @@ def test_train_prior_with_an_exported_generator_records_it_for_the_dvc_graph(tmp
     import json
 
     (tmp_path / "generator.pt").write_bytes(b"scripted")
-    result = invoke("train-prior", "--no-track", "-S", "prior.kind=torchscript", "-S", "prior.path=generator.pt",
-                    cwd=tmp_path)
+    result = invoke(
+        "train-prior", "--no-track", "-S", "prior.kind=torchscript", "-S", "prior.path=generator.pt", cwd=tmp_path
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "prior" / "prior.json").read_text())
     assert record["kind"] == "torchscript" and record["path"] == "generator.pt" and len(record["sha256"]) == 64
-    missing = invoke("train-prior", "--no-track", "-S", "prior.kind=torchscript", "-S", "prior.path=none.pt",
-                     cwd=tmp_path)
+    missing = invoke(
+        "train-prior", "--no-track", "-S", "prior.kind=torchscript", "-S", "prior.path=none.pt", cwd=tmp_path
+    )
     assert_one_line_error(missing, "prior.path (none.pt) is not a file")

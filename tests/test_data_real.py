@@ -106,6 +106,7 @@ def celeba_root(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- decoding
 
+
 def test_decode_resizes_shorter_side_then_center_crops(tmp_path: Path) -> None:
     path = tmp_path / "wide.png"
     image = Image.new("RGB", (40, 20), (255, 0, 0))
@@ -127,6 +128,7 @@ def test_decode_returns_none_for_corrupt_and_grey_becomes_rgb(tmp_path: Path) ->
 
 # --------------------------------------------------------------------------- FaceScrub
 
+
 def test_facescrub_classes_counts_labels_and_sizes(facescrub_root: Path) -> None:
     data = quiet(load_facescrub, DataConfig(source="facescrub", root=facescrub_root, image_size=16))
     # actors sorted, then actresses sorted (PPA's ImageFolder concatenation)
@@ -136,8 +138,12 @@ def test_facescrub_classes_counts_labels_and_sizes(facescrub_root: Path) -> None
     assert torch.bincount(labels).tolist() == [5, 5, 5, 6]
     expected_colour = {0: 1, 1: 0, 2: 3, 3: 2}  # label -> COLOURS index written for that identity
     assert all(colour_index(img) == expected_colour[int(lab)] for img, lab in zip(images, labels, strict=False))
-    assert data.meta == {"source": "facescrub", "root": str(facescrub_root), "skipped": 0,
-                         "resize": "shorter-side+center-crop"}
+    assert data.meta == {
+        "source": "facescrub",
+        "root": str(facescrub_root),
+        "skipped": 0,
+        "resize": "shorter-side+center-crop",
+    }
     assert data.public is None and data.image_size == 16
 
 
@@ -180,6 +186,7 @@ def test_facescrub_with_actors_only(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- errors
+
 
 def test_missing_root_and_unset_root_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(LsmiaError, match=r"does not exist: fix data.root"):
@@ -227,6 +234,7 @@ def test_builtin_source_is_not_a_real_data_set() -> None:
 
 # --------------------------------------------------------------------------- CelebA
 
+
 def test_top_identities_ties_broken_by_smaller_id() -> None:
     files = {f"{i}.jpg": ident for i, ident in enumerate([7, 7, 3, 3, 9, 9, 9, 1])}
     assert top_identities(files, 3) == [9, 3, 7]
@@ -239,7 +247,10 @@ def test_celeba_selects_top_n_and_relabels_by_count(celeba_root: Path) -> None:
     assert images.shape == (20, 3, 12, 12)
     assert torch.bincount(labels).tolist() == [8, 6, 6]
     colour_of_id = {ident: i for i, ident in enumerate(sorted(celeba_counts()))}
-    assert all(colour_index(img) == colour_of_id[int(data.class_names[int(lab)])] for img, lab in zip(images, labels, strict=False))
+    assert all(
+        colour_index(img) == colour_of_id[int(data.class_names[int(lab)])]
+        for img, lab in zip(images, labels, strict=False)
+    )
     assert data.meta["source"] == "celeba" and data.meta["skipped"] == 0
 
 
@@ -266,6 +277,7 @@ def test_celeba_malformed_identity_file(celeba_root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- ImageFolder and public
+
 
 def test_imagefolder_sorted_classes_nested_files_and_extensions(imagefolder_root: Path) -> None:
     write_image(imagefolder_root / "alice/deeper/extra.WEBP", COLOURS[1], (20, 20), fmt="WEBP")

@@ -15,8 +15,14 @@ from lsmia.errors import LsmiaError
 
 
 def small_config(**overrides: object) -> DataConfig:
-    values = dict(num_identities=6, num_public_identities=4, images_per_identity=6, public_images_per_identity=3,
-                  test_fraction=0.34, image_size=32)
+    values = dict(
+        num_identities=6,
+        num_public_identities=4,
+        images_per_identity=6,
+        public_images_per_identity=3,
+        test_fraction=0.34,
+        image_size=32,
+    )
     values.update(overrides)
     return DataConfig(**values)
 

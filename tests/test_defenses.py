@@ -101,8 +101,9 @@ def test_a_mid_model_saves_loads_and_resumes_exactly(tiny_data, tmp_path):
     loaded = load_classifier(tmp_path / "full" / "model.pt", num_classes=4)
     images = tiny_data.test.float_images()
     assert torch.equal(loaded(images), full.model(images))  # evaluation uses the mean: deterministic
-    train_classifier(cfg, tiny_data, tmp_path / "cut", CPU, seed=1, show_progress=False, defense=mid,
-                     stop_after_epoch=0)
+    train_classifier(
+        cfg, tiny_data, tmp_path / "cut", CPU, seed=1, show_progress=False, defense=mid, stop_after_epoch=0
+    )
     resumed = train_classifier(cfg, tiny_data, tmp_path / "cut", CPU, seed=1, show_progress=False, defense=mid)
     assert resumed.resumed_from_epoch == 1 and states_equal(resumed.model, full.model)
 
@@ -116,13 +117,15 @@ def direct_hsic(k: list[list[float]], q: list[list[float]]) -> float:
     both = sum(k[i][j] * q[i][j] for i in range(n) for j in range(n))
     rows = sum(sum(k[i][j] for j in range(n)) * sum(q[i][j] for j in range(n)) for i in range(n))
     total = sum(map(sum, k)) * sum(map(sum, q))
-    return (both - 2.0 * rows / n + total / n ** 2) / (n - 1) ** 2
+    return (both - 2.0 * rows / n + total / n**2) / (n - 1) ** 2
 
 
 def direct_gaussian(points: list[list[float]], sigma: float) -> list[list[float]]:
     d = len(points[0])
-    return [[math.exp(-sum((a - b) ** 2 for a, b in zip(p, q, strict=True)) / (2 * sigma ** 2 * d)) for q in points]
-            for p in points]
+    return [
+        [math.exp(-sum((a - b) ** 2 for a, b in zip(p, q, strict=True)) / (2 * sigma**2 * d)) for q in points]
+        for p in points
+    ]
 
 
 def test_gaussian_kernel_uses_the_reference_bandwidth():
@@ -140,8 +143,9 @@ def test_hsic_matches_the_sum_formula_on_known_kernels():
     q = [[sum(a * b for a, b in zip(p, r, strict=True)) for r in labels] for p in labels]  # linear kernel
     got = hsic(torch.tensor(k, dtype=torch.float64), linear_kernel(torch.tensor(labels)))
     assert got.item() == pytest.approx(direct_hsic(k, q), rel=1e-9)
-    assert hsic(torch.tensor(k, dtype=torch.float64), torch.ones(5, 5, dtype=torch.float64)).item() == \
-        pytest.approx(0.0, abs=1e-12)  # a constant kernel carries no dependence
+    assert hsic(torch.tensor(k, dtype=torch.float64), torch.ones(5, 5, dtype=torch.float64)).item() == pytest.approx(
+        0.0, abs=1e-12
+    )  # a constant kernel carries no dependence
 
 
 def test_normalized_hsic_matches_the_regularised_inverse_formula():
@@ -171,8 +175,11 @@ def test_bido_penalty_sums_the_dependences_of_every_block_output():
         h2 = body[4](h1)
         h3 = body[7](body[6](body[5](h2)))
     k_x, k_y = gaussian_kernel(x.flatten(1)), linear_kernel(torch.eye(3)[y])
-    expected = sum(0.3 * normalized_hsic(k_x, gaussian_kernel(h.flatten(1)))
-                   - 0.7 * normalized_hsic(k_y, gaussian_kernel(h.flatten(1))) for h in (h0, h1, h2, h3))
+    expected = sum(
+        0.3 * normalized_hsic(k_x, gaussian_kernel(h.flatten(1)))
+        - 0.7 * normalized_hsic(k_y, gaussian_kernel(h.flatten(1)))
+        for h in (h0, h1, h2, h3)
+    )
     assert defense.penalty(x, y).item() == pytest.approx(float(expected), rel=1e-4)
     assert defense.hidden == []
     defense.close()
@@ -189,8 +196,9 @@ def test_a_tl_step_changes_only_the_trained_blocks():
     optimizer = make_optimizer(ClassifierConfig(lr=0.1), defense.trainable(model))
     model.train()
     defense.set_train_mode(model)
-    train_step(model.train_outputs, optimizer, torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]), 0.0, 0.4,
-               defense)
+    train_step(
+        model.train_outputs, optimizer, torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2]), 0.0, 0.4, defense
+    )
     after = model.state_dict()
     frozen = ("backbone.0.", "backbone.1.", "backbone.3.", "backbone.4.")  # stem conv + BN, blocks 1 and 2
     for key in before:
@@ -228,8 +236,9 @@ def test_tl_without_public_identities_names_the_fix(tiny_data, tmp_path):
 
 def test_kind_none_trains_exactly_as_without_the_option(tiny_data, tmp_path):
     plain = train_classifier(tiny_target(), tiny_data, tmp_path / "a", CPU, seed=2, show_progress=False)
-    none = train_classifier(tiny_target(), tiny_data, tmp_path / "b", CPU, seed=2, show_progress=False,
-                            defense=DefenseConfig(kind="none"))
+    none = train_classifier(
+        tiny_target(), tiny_data, tmp_path / "b", CPU, seed=2, show_progress=False, defense=DefenseConfig(kind="none")
+    )
     assert states_equal(plain.model, none.model) and plain.history == none.history
     assert "bottleneck" not in torch.load(tmp_path / "b" / "model.pt", weights_only=False)
 
@@ -268,10 +277,18 @@ def test_a_variant_without_alpha_zero_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the comparison
 
 
-def row(variant: str, seed: int, test_acc: float, acc1: float, delta: float = 100.0, xi: float = 0.5,
-        alpha: float = 0.0) -> dict:
-    return {"variant": variant, "alpha": alpha, "seed": seed, "test_acc": test_acc, "final_acc1": acc1,
-            "delta_eval": delta, "xi": xi}
+def row(
+    variant: str, seed: int, test_acc: float, acc1: float, delta: float = 100.0, xi: float = 0.5, alpha: float = 0.0
+) -> dict:
+    return {
+        "variant": variant,
+        "alpha": alpha,
+        "seed": seed,
+        "test_acc": test_acc,
+        "final_acc1": acc1,
+        "delta_eval": delta,
+        "xi": xi,
+    }
 
 
 def hand_made_results() -> dict:
@@ -279,31 +296,49 @@ def hand_made_results() -> dict:
     [0.5, 0.7] / ce 0.4. MID beta 0.1: test 0.6, poincare 0.2 / ce [0.3, 0.5] (its strongest). MID beta 0.05:
     test 0.7, acc@1 0.7 (dominated by beta 0.01). LS alpha -0.05: test 0.7, poincare 0.3 / ce 0.2."""
     mid = {"kind": "mid"}
-    variants = {"none@p": {"attack.loss": "poincare"}, "none@ce": {"attack.loss": "ce"},
-                "ls@p": {"study.alphas": [0.0, -0.05], "attack.loss": "poincare"},
-                "ls@ce": {"study.alphas": [0.0, -0.05], "attack.loss": "ce"},
-                "mid1@p": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "poincare"},
-                "mid1@ce": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "ce"},
-                "mid2@p": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "poincare"},
-                "mid2@ce": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "ce"},
-                "mid3@p": {"target.defense": {**mid, "mid_beta": 0.05}, "attack.loss": "poincare"}}
+    variants = {
+        "none@p": {"attack.loss": "poincare"},
+        "none@ce": {"attack.loss": "ce"},
+        "ls@p": {"study.alphas": [0.0, -0.05], "attack.loss": "poincare"},
+        "ls@ce": {"study.alphas": [0.0, -0.05], "attack.loss": "ce"},
+        "mid1@p": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "poincare"},
+        "mid1@ce": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "ce"},
+        "mid2@p": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "poincare"},
+        "mid2@ce": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "ce"},
+        "mid3@p": {"target.defense": {**mid, "mid_beta": 0.05}, "attack.loss": "poincare"},
+    }
     rows = []
     for s in (0, 1):
-        rows += [row("none@p", s, 0.9, 0.8, 500.0), row("none@ce", s, 0.9, 0.7),
-                 row("ls@p", s, 0.9, 0.8, 500.0), row("ls@ce", s, 0.9, 0.7),
-                 row("ls@p", s, 0.7, 0.3, 600.0, alpha=-0.05), row("ls@ce", s, 0.7, 0.2, alpha=-0.05),
-                 row("mid1@p", s, 0.8, [0.5, 0.7][s], [300.0, 400.0][s], [0.2, 0.4][s]), row("mid1@ce", s, 0.8, 0.4),
-                 row("mid2@p", s, 0.6, 0.2), row("mid2@ce", s, 0.6, [0.3, 0.5][s], [100.0, 200.0][s], 0.1),
-                 row("mid3@p", s, 0.7, 0.7)]
-    return {"plan": {"name": "t", "variants": variants}, "rows": rows,
-            "variants": {name: {"overrides": over} for name, over in variants.items()}}
+        rows += [
+            row("none@p", s, 0.9, 0.8, 500.0),
+            row("none@ce", s, 0.9, 0.7),
+            row("ls@p", s, 0.9, 0.8, 500.0),
+            row("ls@ce", s, 0.9, 0.7),
+            row("ls@p", s, 0.7, 0.3, 600.0, alpha=-0.05),
+            row("ls@ce", s, 0.7, 0.2, alpha=-0.05),
+            row("mid1@p", s, 0.8, [0.5, 0.7][s], [300.0, 400.0][s], [0.2, 0.4][s]),
+            row("mid1@ce", s, 0.8, 0.4),
+            row("mid2@p", s, 0.6, 0.2),
+            row("mid2@ce", s, 0.6, [0.3, 0.5][s], [100.0, 200.0][s], 0.1),
+            row("mid3@p", s, 0.7, 0.7),
+        ]
+    return {
+        "plan": {"name": "t", "variants": variants},
+        "rows": rows,
+        "variants": {name: {"overrides": over} for name, over in variants.items()},
+    }
 
 
 def test_models_fronts_and_worst_cases_of_a_hand_made_ablation():
     result = compare.compare(hand_made_results())
     by_label = {(p.family, p.strength): p for p in result.points}
-    assert set(by_label) == {("none", "undefended"), ("ls", "α=-0.05"), ("mid", "β=0.01"), ("mid", "β=0.1"),
-                             ("mid", "β=0.05")}
+    assert set(by_label) == {
+        ("none", "undefended"),
+        ("ls", "α=-0.05"),
+        ("mid", "β=0.01"),
+        ("mid", "β=0.1"),
+        ("mid", "β=0.05"),
+    }
     assert by_label[("mid", "β=0.1")].strongest == "ce" and by_label[("mid", "β=0.01")].strongest == "poincare"
     assert sorted(by_label[("none", "undefended")].variants) == ["ls@ce", "ls@p", "none@ce", "none@p"]  # one model
     assert [p.strength for p in result.fronts["mid"]] == ["β=0.1", "β=0.01", "undefended"]  # beta 0.05: dominated
@@ -379,8 +414,9 @@ def tiny_study(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("defense", [{"kind": "mid", "mid_beta": 0.1}, {"kind": "bido"},
-                                     {"kind": "tl", "tl_trained_layers": 3}])
+@pytest.mark.parametrize(
+    "defense", [{"kind": "mid", "mid_beta": 0.1}, {"kind": "bido"}, {"kind": "tl", "tl_trained_layers": 3}]
+)
 def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense):
     from lsmia import pipeline
 
@@ -390,12 +426,27 @@ def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense)
     trained = pipeline.stage_train(cfg, "target", root / "dataset.pt", out, CPU, seed=0)
     assert 0.0 <= trained.metrics["test_acc"] <= 1.0 and (out / "model.pt").exists()
     assert (out / PUBLIC_DIR / "model.pt").exists() == (defense["kind"] == "tl")
-    attack = pipeline.stage_attack(cfg, root / "dataset.pt", out / "model.pt", root / "prior" / "prior.pt",
-                                   root / f"attack_{defense['kind']}", CPU, 0)
+    attack = pipeline.stage_attack(
+        cfg,
+        root / "dataset.pt",
+        out / "model.pt",
+        root / "prior" / "prior.pt",
+        root / f"attack_{defense['kind']}",
+        CPU,
+        0,
+    )
     assert attack.final_images.shape[0] == 4
-    metrics = pipeline.stage_evaluate(cfg, root / "dataset.pt", root / f"attack_{defense['kind']}" / "attack.pt",
-                                      root / "eval" / "model.pt", out, root / f"metrics_{defense['kind']}.json", CPU,
-                                      0.0, 0)
+    metrics = pipeline.stage_evaluate(
+        cfg,
+        root / "dataset.pt",
+        root / f"attack_{defense['kind']}" / "attack.pt",
+        root / "eval" / "model.pt",
+        out,
+        root / f"metrics_{defense['kind']}.json",
+        CPU,
+        0.0,
+        0,
+    )
     assert 0.0 <= metrics["final_acc1"] <= 1.0 and math.isfinite(metrics["delta_eval"])
 
 
@@ -403,11 +454,16 @@ def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense)
 def test_a_tiny_defenses_ablation_feeds_the_comparison(tmp_path):
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
     mid, tl = {"kind": "mid", "mid_beta": 0.1}, {"kind": "tl", "tl_trained_layers": 3, "tl_pretrain_epochs": 1}
-    variants = {"none@poincare": {}, "none@logit": {"attack.loss": "logit"},
-                "ls@poincare": {"study.alphas": [0.0, -0.05]}, "ls@logit": {"study.alphas": [0.0, -0.05],
-                                                                            "attack.loss": "logit"},
-                "mid@poincare": {"target.defense": mid}, "mid@logit": {"target.defense": mid, "attack.loss": "logit"},
-                "bido@poincare": {"target.defense": {"kind": "bido"}}, "tl@poincare": {"target.defense": tl}}
+    variants = {
+        "none@poincare": {},
+        "none@logit": {"attack.loss": "logit"},
+        "ls@poincare": {"study.alphas": [0.0, -0.05]},
+        "ls@logit": {"study.alphas": [0.0, -0.05], "attack.loss": "logit"},
+        "mid@poincare": {"target.defense": mid},
+        "mid@logit": {"target.defense": mid, "attack.loss": "logit"},
+        "bido@poincare": {"target.defense": {"kind": "bido"}},
+        "tl@poincare": {"target.defense": tl},
+    }
     plan = ablation.AblationPlan(name="defenses", alphas=[0.0], seeds=[0, 1], variants=variants)
     result = ablation.run_ablation(cfg, plan, CPU, log=lambda line: None)
     cache = tmp_path / "out" / "ablations" / "cache"

@@ -107,8 +107,9 @@ def test_plain_batchnorm_turns_sync_batchnorm_back() -> None:
 
 
 def _ddp_worker(rank: int, port: int, base: Path) -> None:
-    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     data = make_face_data()
     out: dict = {}
@@ -124,8 +125,15 @@ def _ddp_worker(rank: int, port: int, base: Path) -> None:
         out["step_params"] = [p.detach().clone() for p in model.parameters()]
         # Training: each rank gets its own folder, so anything rank 1 wrote would show.
         epochs: list[int] = []
-        full = train_classifier(TRAIN_CFG, data, base / f"rank{rank}", CPU, seed=0, show_progress=False,
-                                on_epoch=lambda epoch, row: epochs.append(epoch))
+        full = train_classifier(
+            TRAIN_CFG,
+            data,
+            base / f"rank{rank}",
+            CPU,
+            seed=0,
+            show_progress=False,
+            on_epoch=lambda epoch, row: epochs.append(epoch),
+        )
         out.update(state=full.model.state_dict(), history=full.history, metrics=full.metrics, epochs=epochs)
         # Interrupted after epoch 0 and resumed, in one shared folder.
         train_classifier(TRAIN_CFG, data, base / "cut", CPU, seed=0, show_progress=False, stop_after_epoch=0)
@@ -227,7 +235,8 @@ def test_torchrun_train_and_attack_match_one_process(tmp_path: Path) -> None:
         "run: {device: cpu, seed: 0, threads: 1, tracking: false}\n"
         "target: {arch: smallresnet, width: 8, epochs: 6, batch_size: 8}\n"
         "attack: {targets: 3, pool_size: 24, candidates: 4, final_samples: 2, steps: 3, batch_size: 3,"
-        " selection_batch_size: 8, final_draws: 2}\n")
+        " selection_batch_size: 8, final_draws: 2}\n"
+    )
     common = ["--data", "data.pt", "--alpha", "0.1"]
     printed = _lsmia(["train", *common, "--out-dir", "target"], tmp_path, WORLD)
     assert printed.count('"test_acc"') == 1  # only rank 0 prints

@@ -14,8 +14,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def readme_command(prefix: str) -> list[str]:
@@ -38,7 +43,8 @@ def test_readme_exp_show_recipe_keeps_alpha_seed_accuracy_acc1_and_delta_eval(tm
     done = subprocess.run([DVC, *command[1:-1], "--csv"], cwd=repo, capture_output=True, text=True, check=True)
     header = next(csv.reader(io.StringIO(done.stdout)))
     runs = sorted(p.name for p in (ROOT / "out" / "metrics").glob("*.json"))
-    expected = {f"out/metrics/{run}:{key}" for run in runs
-                for key in ("alpha", "seed", "test_acc", "final_acc1", "delta_eval")}
+    expected = {
+        f"out/metrics/{run}:{key}" for run in runs for key in ("alpha", "seed", "test_acc", "final_acc1", "delta_eval")
+    }
     assert set(header) == {"Experiment", "study.alphas", "study.seeds"} | expected
     assert all(re.fullmatch(r"[^:]+(:[a-z_0-9]+)?", column) for column in header)

@@ -46,8 +46,21 @@ def test_each_stage_through_the_cli(study_dir):
     metrics = json.loads((study_dir / "out/metrics/alpha-0.05_seed0.json").read_text())
     assert json.loads(out.stdout) == metrics
     assert metrics["alpha"] == -0.05 and metrics["num_targets"] == 2 and metrics["num_final_samples"] == 4
-    for key in ("test_acc", "final_acc1", "final_acc5", "delta_eval", "fid_eval_features", "xi", "attribute_acc",
-                "precision", "recall", "density", "coverage", "ece", "mean_logit_norm"):
+    for key in (
+        "test_acc",
+        "final_acc1",
+        "final_acc5",
+        "delta_eval",
+        "fid_eval_features",
+        "xi",
+        "attribute_acc",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "ece",
+        "mean_logit_norm",
+    ):
         assert isinstance(metrics[key], float), key
     assert 0 <= metrics["final_acc1"] <= metrics["final_acc5"] <= 1
     result = AttackResult.load(study_dir / "out/attacks/alpha-0.05_seed0/attack.pt")
@@ -71,7 +84,17 @@ def test_study_command_runs_every_alpha(study_dir):
 def test_bad_target_class_is_a_one_line_error_and_keeps_earlier_output(study_dir):
     run(study_dir, "data")
     before = (study_dir / "out/data/dataset.pt").read_bytes()
-    bad = runner.invoke(app, ["attack", "--params", str(study_dir / "params.yaml"), "-S", "attack.targets=[0, 9]",
-                              "-S", f"run.out_dir={study_dir / 'out'}"])
+    bad = runner.invoke(
+        app,
+        [
+            "attack",
+            "--params",
+            str(study_dir / "params.yaml"),
+            "-S",
+            "attack.targets=[0, 9]",
+            "-S",
+            f"run.out_dir={study_dir / 'out'}",
+        ],
+    )
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "Traceback" not in bad.output
     assert (study_dir / "out/data/dataset.pt").read_bytes() == before

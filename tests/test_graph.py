@@ -19,8 +19,9 @@ STAGE_NAMES = [s.name for s in graph.STAGES]
 
 
 def test_the_committed_dvc_yaml_is_the_one_generated_from_the_graph():
-    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == graph.dvc_yaml(), \
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == graph.dvc_yaml(), (
         "dvc.yaml differs from lsmia/graph.py: run 'lsmia dvc-yaml' and commit it"
+    )
 
 
 def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
@@ -31,12 +32,15 @@ def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
     assert set(stages["target"]["matrix"]) == {"alpha", "seed"}
 
 
-@pytest.mark.parametrize("stage_name, files", [
-    ("attack", {"losses.py", "augment.py", "models/fusion.py", "models/generator.py", "attack/ppa.py"}),
-    ("target", {"losses.py", "schedules.py", "training/classifier.py", "models/classifiers.py"}),
-    ("evaluate", {"metrics/evaluate.py", "metrics/knowledge.py", "models/classifiers.py", "attack/result.py"}),
-    ("report", {"report.py", "stats.py", "paths.py", "models/inference.py"}),
-])
+@pytest.mark.parametrize(
+    "stage_name, files",
+    [
+        ("attack", {"losses.py", "augment.py", "models/fusion.py", "models/generator.py", "attack/ppa.py"}),
+        ("target", {"losses.py", "schedules.py", "training/classifier.py", "models/classifiers.py"}),
+        ("evaluate", {"metrics/evaluate.py", "metrics/knowledge.py", "models/classifiers.py", "attack/result.py"}),
+        ("report", {"report.py", "stats.py", "paths.py", "models/inference.py"}),
+    ],
+)
 def test_code_deps_reach_every_module_a_stage_imports(stage_name, files):
     """The defects of the hand-written dvc.yaml: the attack missed losses.py, fusion and the generator, the
     report missed stats.py."""
@@ -59,8 +63,11 @@ def test_code_deps_leave_out_what_a_stage_never_runs():
 
 def tree_hashes(folder: Path) -> dict[str, str]:
     """md5 of every file under ``folder`` (wall-clock sidecars excluded, as DVC and git exclude them)."""
-    return {p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".timings")}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".timings")
+    }
 
 
 @pytest.mark.slow
@@ -75,8 +82,14 @@ def test_every_stage_writes_the_same_bytes_when_run_twice(tmp_path):
     shutil.rmtree(tmp_path / "out")
     pipeline.run_study(cfg, resolve_device("cpu"), log=lambda line: None)
     second = tree_hashes(tmp_path / "out")
-    assert {"data/dataset.pt", "prior/prior.pt", "models/eval/model.pt", "attacks/alpha0.1_seed0/attack.pt",
-            "metrics/alpha-0.05_seed0.json", "report/index.html"} <= set(first)
+    assert {
+        "data/dataset.pt",
+        "prior/prior.pt",
+        "models/eval/model.pt",
+        "attacks/alpha0.1_seed0/attack.pt",
+        "metrics/alpha-0.05_seed0.json",
+        "report/index.html",
+    } <= set(first)
     assert first == second, {k for k in first if first[k] != second.get(k)}
 
 
@@ -97,8 +110,9 @@ def test_rerunning_a_stage_by_hand_leaves_nothing_stale(repo):
     command = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["attack"]["cmd"]
     command = command.replace("${run.out_dir}", "out").replace("${item.alpha}", "0.1").replace("${item.seed}", "0")
     subprocess.run([str(BIN / "lsmia"), *command.split()[1:]], cwd=repo, env=env, check=True, capture_output=True)
-    subprocess.run([str(BIN / "lsmia"), "data", "--out", "out/data/dataset.pt"], cwd=repo, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(BIN / "lsmia"), "data", "--out", "out/data/dataset.pt"], cwd=repo, env=env, check=True, capture_output=True
+    )
     assert ran(dvc(repo, env, "repro")) == {}
 
 
@@ -134,8 +148,14 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     params["study"]["alphas"] = [0.1]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     target = repo / "out" / "models" / "target_alpha0.1_seed0"
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     killed_after = -1
     while time.monotonic() < deadline and proc.poll() is None:
@@ -153,8 +173,25 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     assert 0 < epochs_run <= epochs - killed_after - 1  # resumed after the last checkpoint, not from epoch 0
     resumed = torch.load(target / "model.pt", weights_only=True)
     fresh_dir = tmp_path / "fresh"  # the same command without an interruption (same threads and environment)
-    subprocess.run([str(BIN / "lsmia"), "train", "--role", "target", "--alpha", "0.1", "--seed", "0", "--data",
-                    "out/data/dataset.pt", "--out-dir", str(fresh_dir)], cwd=repo, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(BIN / "lsmia"),
+            "train",
+            "--role",
+            "target",
+            "--alpha",
+            "0.1",
+            "--seed",
+            "0",
+            "--data",
+            "out/data/dataset.pt",
+            "--out-dir",
+            str(fresh_dir),
+        ],
+        cwd=repo,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     fresh = torch.load(fresh_dir / "model.pt", weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], fresh["state_dict"][k]) for k in fresh["state_dict"])

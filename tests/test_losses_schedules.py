@@ -37,7 +37,7 @@ def test_poincare_loss_matches_hand_computation():
     logits, targets = torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([0])
     u = logits / 4.0
     v = torch.tensor([[1 - 1e-4, 0.0, 0.0]])
-    d = math.acosh(1 + 2 * ((u - v) ** 2).sum() / ((1 - (u ** 2).sum()) * (1 - (v ** 2).sum())))
+    d = math.acosh(1 + 2 * ((u - v) ** 2).sum() / ((1 - (u**2).sum()) * (1 - (v**2).sum())))
     assert math.isclose(poincare_loss(logits, targets).item(), d, rel_tol=1e-5)
     # more confident in the target class -> smaller distance
     assert poincare_loss(torch.tensor([[9.0, 1.0, 0.0]]), targets) < poincare_loss(logits, targets)

@@ -58,10 +58,15 @@ def face_data() -> FaceData:
     private = [(c, s, 4) for c in range(COLOURS) for s in range(ORIENTATIONS)]
     public = [(c, s, p) for p in (2, 8) for c in range(COLOURS) for s in range(ORIENTATIONS)]
     train, test = identity_set(private, 10, gen), identity_set(private, 4, gen)
-    return FaceData(train=train, test=test, class_names=[f"id{i}" for i in range(len(private))],
-                    public=identity_set(public, 10, gen), attributes=attribute_table(private),
-                    public_attributes=attribute_table(public),
-                    attribute_cardinality={"colour": COLOURS, "stripes": ORIENTATIONS})
+    return FaceData(
+        train=train,
+        test=test,
+        class_names=[f"id{i}" for i in range(len(private))],
+        public=identity_set(public, 10, gen),
+        attributes=attribute_table(private),
+        public_attributes=attribute_table(public),
+        attribute_cardinality={"colour": COLOURS, "stripes": ORIENTATIONS},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +90,9 @@ def test_xi_is_high_for_real_samples_and_near_chance_for_noise(face_data: FaceDa
     torch.set_num_threads(1)
     real = real_of(face_data)
     xi_real = knowledge_extraction(STUDENT, face_data.train.images, face_data.train.labels, real, "cpu", seed=0)
-    xi_noise = knowledge_extraction(STUDENT, noise_like(face_data.train.images, 1), face_data.train.labels,
-                                    real, "cpu", seed=0)
+    xi_noise = knowledge_extraction(
+        STUDENT, noise_like(face_data.train.images, 1), face_data.train.labels, real, "cpu", seed=0
+    )
     assert xi_real >= 0.9
     assert xi_noise <= 0.45  # chance is 1/6
     assert xi_real > xi_noise + 0.4
@@ -106,8 +112,9 @@ def test_xi_restricts_labels_to_the_targeted_classes(face_data: FaceData) -> Non
 def test_attribute_leakage_of_real_images_beats_chance_and_noise_does_not(face_data: FaceData, predictor) -> None:
     samples = face_data.train
     leaked = attribute_leakage(face_data, samples.images, samples.labels, "cpu", epochs=1, predictor=predictor)
-    noise = attribute_leakage(face_data, noise_like(samples.images, 2), samples.labels, "cpu", epochs=1,
-                              predictor=predictor)
+    noise = attribute_leakage(
+        face_data, noise_like(samples.images, 2), samples.labels, "cpu", epochs=1, predictor=predictor
+    )
     assert leaked["attribute_chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert leaked["attribute_acc"] == 1.0
     assert leaked["attribute_acc_colour"] == 1.0 and leaked["attribute_acc_stripes"] == 1.0
@@ -148,9 +155,16 @@ def fake_attack(data: FaceData, targets: list[int], per_target: int, seed: int) 
     labels = torch.tensor(targets).repeat_interleave(per_target)
     half = per_target // 2
     final = torch.cat([torch.arange(i * per_target, i * per_target + half) for i in range(len(targets))])
-    return AttackResult(targets=targets, all_latents=torch.zeros(len(images), 4), all_images=noisy,
-                        all_targets=labels, final_latents=torch.zeros(len(final), 4), final_images=noisy[final],
-                        final_targets=labels[final], final_scores=torch.linspace(0.2, 0.8, len(final)))
+    return AttackResult(
+        targets=targets,
+        all_latents=torch.zeros(len(images), 4),
+        all_images=noisy,
+        all_targets=labels,
+        final_latents=torch.zeros(len(final), 4),
+        final_images=noisy[final],
+        final_targets=labels[final],
+        final_scores=torch.linspace(0.2, 0.8, len(final)),
+    )
 
 
 def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) -> None:
@@ -160,10 +174,27 @@ def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) ->
     result = fake_attack(face_data, targets=[0, 2, 5], per_target=8, seed=0)
     cfg = MetricsConfig(prdc_k=2, student=STUDENT.model_copy(update={"epochs": 2}))
     metrics = evaluate_attack(cfg, result, eval_model, face_data, "cpu", seed=0, attribute_predictor=predictor)
-    expected_keys = {"final_acc1", "final_acc5", "all_acc1", "all_acc5", "delta_eval", "fid_eval_features",
-                     "precision", "recall", "density", "coverage", "xi", "attribute_acc", "attribute_acc_colour",
-                     "attribute_acc_stripes", "attribute_chance", "attribute_acc_real", "num_targets",
-                     "num_final_samples", "final_target_confidence"}
+    expected_keys = {
+        "final_acc1",
+        "final_acc5",
+        "all_acc1",
+        "all_acc5",
+        "delta_eval",
+        "fid_eval_features",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "xi",
+        "attribute_acc",
+        "attribute_acc_colour",
+        "attribute_acc_stripes",
+        "attribute_chance",
+        "attribute_acc_real",
+        "num_targets",
+        "num_final_samples",
+        "final_target_confidence",
+    }
     assert set(metrics) == expected_keys  # no inception_fid without metrics.inception_path
     direct = attack_accuracy(eval_model, result.final_images, result.final_targets)
     assert (metrics["final_acc1"], metrics["final_acc5"]) == (direct["acc1"], direct["acc5"])
@@ -177,9 +208,10 @@ def test_evaluate_attack_reports_every_metric(face_data: FaceData, predictor) ->
 def test_evaluate_attack_summarises_the_attack_diagnostics(face_data: FaceData, predictor) -> None:
     torch.set_num_threads(1)
     result = fake_attack(face_data, targets=[0, 2], per_target=4, seed=0)
-    result.meta.update(final_target_confidence_raw=0.625,
-                       diagnostics={"loss": [3.0, 2.0, 1.0], "target_confidence": [0.1, 0.3, 0.6],
-                                    "grad_cosine": [0.25, 0.75]})
+    result.meta.update(
+        final_target_confidence_raw=0.625,
+        diagnostics={"loss": [3.0, 2.0, 1.0], "target_confidence": [0.1, 0.3, 0.6], "grad_cosine": [0.25, 0.75]},
+    )
     model = build_classifier("smallresnet", face_data.num_classes, SIZE, width=4)
     cfg = MetricsConfig(prdc_k=1, student=STUDENT.model_copy(update={"epochs": 1}))
     metrics = evaluate_attack(cfg, result, model, face_data, "cpu", attribute_predictor=predictor)

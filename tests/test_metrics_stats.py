@@ -36,12 +36,15 @@ def logits_as_images(rows: list[list[float]], width: int) -> torch.Tensor:
 
 
 def test_accuracy_top1_top5_on_known_logits() -> None:
-    images = logits_as_images([
-        [0.9, 0.1, 0.2, 0.3, 0.4, 0.5],  # target 0 ranks 1st: top-1 hit
-        [0.1, 0.9, 0.8, 0.7, 0.6, 0.5],  # target 2 ranks 2nd: top-5 hit only
-        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 5 ranks last: miss
-        [0.2, 0.3, 0.9, 0.1, 0.5, 0.4],  # target 3 ranks last: miss
-    ], width=2)
+    images = logits_as_images(
+        [
+            [0.9, 0.1, 0.2, 0.3, 0.4, 0.5],  # target 0 ranks 1st: top-1 hit
+            [0.1, 0.9, 0.8, 0.7, 0.6, 0.5],  # target 2 ranks 2nd: top-5 hit only
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # target 5 ranks last: miss
+            [0.2, 0.3, 0.9, 0.1, 0.5, 0.4],  # target 3 ranks last: miss
+        ],
+        width=2,
+    )
     acc = attack_accuracy(PixelLogits(), images, torch.tensor([0, 2, 5, 3]), batch_size=3)
     assert acc == {"acc1": 0.25, "acc5": 0.5}
 

@@ -89,12 +89,30 @@ def test_paper_config_runs_end_to_end_on_tiny_real_layouts(name, tmp_path, monke
     generator = tmp_path / "stylegan.pt"
     torch.jit.script(TinyStyleGAN()).save(str(generator))
     monkeypatch.chdir(tmp_path)
-    shrink = [f"data.root={data_root}", "data.image_size=64", "data.test_fraction=0.34", f"prior.path={generator}",
-              "run.device=cpu", "run.tracking=false", "run.out_dir=out", "target.epochs=1", "target.batch_size=4",
-              "eval_model.epochs=1", "eval_model.batch_size=4", "attack.targets=2", "attack.pool_size=6",
-              "attack.candidates=2", "attack.final_samples=1", "attack.steps=1", "attack.final_draws=2",
-              "attack.batch_size=4", "metrics.student.epochs=1", "metrics.student.batch_size=4",
-              "study.alphas=[-0.05]", "data.num_identities=4"]
+    shrink = [
+        f"data.root={data_root}",
+        "data.image_size=64",
+        "data.test_fraction=0.34",
+        f"prior.path={generator}",
+        "run.device=cpu",
+        "run.tracking=false",
+        "run.out_dir=out",
+        "target.epochs=1",
+        "target.batch_size=4",
+        "eval_model.epochs=1",
+        "eval_model.batch_size=4",
+        "attack.targets=2",
+        "attack.pool_size=6",
+        "attack.candidates=2",
+        "attack.final_samples=1",
+        "attack.steps=1",
+        "attack.final_draws=2",
+        "attack.batch_size=4",
+        "metrics.student.epochs=1",
+        "metrics.student.batch_size=4",
+        "study.alphas=[-0.05]",
+        "data.num_identities=4",
+    ]
     args = ["study", "--params", str(ROOT / "configs" / f"{name}.yaml")]
     for item in shrink:
         args += ["-S", item]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,9 +26,16 @@ def dvc_stale(repo: Path, env: dict[str, str]) -> set[str]:
 
 def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
     repo, env = project
-    for path in ("out/data/dataset.pt", "out/prior/prior.pt", "out/models/eval/model.pt",
-                 "out/models/target_alpha0.1_seed0/model.pt", "out/attacks/alpha-0.05_seed0/attack.pt",
-                 "out/metrics/alpha0.1_seed0.json", "out/report/index.html", "out/plots/study.json"):
+    for path in (
+        "out/data/dataset.pt",
+        "out/prior/prior.pt",
+        "out/models/eval/model.pt",
+        "out/models/target_alpha0.1_seed0/model.pt",
+        "out/attacks/alpha-0.05_seed0/attack.pt",
+        "out/metrics/alpha0.1_seed0.json",
+        "out/report/index.html",
+        "out/plots/study.json",
+    ):
         assert (repo / path).exists(), path
     page = (repo / "out/report/index.html").read_text()
     for name in ("factors", "alpha", "data"):  # the committed ablation tables, through the report stage's --ablation
@@ -35,8 +43,11 @@ def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
     assert dvc_stale(repo, env) == set()
     again = sh([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in again
-    shown = json.loads(subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=repo, env=env,
-                                      capture_output=True, text=True).stdout)
+    shown = json.loads(
+        subprocess.run(
+            [str(BIN / "dvc"), "metrics", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True
+        ).stdout
+    )
     files = next(iter(shown.values()))["data"]
     assert "out/metrics/alpha-0.05_seed0.json" in files
 
@@ -87,7 +98,7 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     import mlflow
     from mlflow import MlflowClient
 
-    repo, env = project
+    _repo, env = project
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["lsmia"], output_format="list")
     stages = {r.data.tags.get("stage") for r in runs}
@@ -118,8 +129,23 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
     import mlflow
 
     repo, env = project
-    sh([str(BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local", "--experiment-name", "lsmia",
-        "-P", "set=attack.steps=4 attack.final_draws=3"], repo, env)
+    sh(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            ".",
+            "-e",
+            "main",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "lsmia",
+            "-P",
+            "set=attack.steps=4 attack.final_draws=3",
+        ],
+        repo,
+        env,
+    )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["attack"]["steps"] == 4 and params["attack"]["final_draws"] == 3
     assert dvc_stale(repo, env) == set()
@@ -133,6 +159,12 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
 
 def test_mlflow_run_rejects_a_bad_override_before_dvc_runs(project):
     repo, env = project
-    done = subprocess.run([str(BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local",
-                           "-P", "set=attack.stepz=4"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(BIN / "mlflow"), "run", ".", "-e", "main", "--env-manager", "local", "-P", "set=attack.stepz=4"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "unknown config key 'attack.stepz'" in done.stderr

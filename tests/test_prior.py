@@ -14,8 +14,17 @@ import lsmia.training.prior as prior_training
 from lsmia.config import PriorConfig
 from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
-from lsmia.models.generator import (W_AVG_BETA, DCGANPrior, Discriminator, Generator, TorchScriptPrior,
-                                    load_dcgan_prior, load_prior, save_dcgan_prior, truncate)
+from lsmia.models.generator import (
+    W_AVG_BETA,
+    DCGANPrior,
+    Discriminator,
+    Generator,
+    TorchScriptPrior,
+    load_dcgan_prior,
+    load_prior,
+    save_dcgan_prior,
+    truncate,
+)
 from lsmia.training.prior import BN_CALIBRATION_BATCHES, augment_translation, diff_augment, train_prior, update_ema
 
 CPU = torch.device("cpu")
@@ -53,7 +62,7 @@ def test_generator_and_discriminator_shapes(size: int) -> None:
 
 @pytest.mark.parametrize("size", [24, 4, 512])
 def test_image_size_must_be_a_power_of_two_in_range(size: int) -> None:
-    with pytest.raises(LsmiaError, match="data.image_size"):
+    with pytest.raises(LsmiaError, match=r"data.image_size"):
         Generator(8, size, 8)
 
 
@@ -86,7 +95,7 @@ def test_translation_shifts_content_without_resampling() -> None:
     assert torch.equal(out.sum((1, 2, 3)), torch.full((64,), 3.0))  # the one pixel moved, intact
     ys, xs = out[:, 0].flatten(1).argmax(1).div(16, rounding_mode="floor"), out[:, 0].flatten(1).argmax(1) % 16
     assert (ys - 8).abs().max() <= 2 and (xs - 8).abs().max() <= 2  # up to 1/8 of 16 px
-    assert len(set(zip(ys.tolist(), xs.tolist()))) > 5
+    assert len(set(zip(ys.tolist(), xs.tolist(), strict=False))) > 5
 
 
 def test_diff_augment_keeps_gradients() -> None:
@@ -106,7 +115,7 @@ def test_update_ema_interpolates_parameters_and_copies_buffers() -> None:
                 m.running_mean.fill_(3.0)
     before = [p.clone() for p in ema.parameters()]
     update_ema(ema, model, decay=0.75)
-    for p_ema, p_old in zip(ema.parameters(), before):
+    for p_ema, p_old in zip(ema.parameters(), before, strict=False):
         torch.testing.assert_close(p_ema, p_old + 0.25)
     assert torch.equal(ema.stem[2].running_mean, torch.full_like(ema.stem[2].running_mean, 3.0))
 
@@ -187,7 +196,7 @@ def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path: Path, m
         return out * float("nan") if calls["n"] > steps_per_epoch * augments_per_step else out
 
     monkeypatch.setattr(prior_training, "diff_augment", poisoned)
-    with pytest.raises(DivergenceError, match="prior.lr"):
+    with pytest.raises(DivergenceError, match=r"prior.lr"):
         train_prior(tiny_cfg(epochs=3), blobs(), tmp_path, CPU, seed=0)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "prior.pt").exists()
@@ -198,12 +207,15 @@ def test_huge_learning_rate_diverges(tmp_path: Path) -> None:
         train_prior(tiny_cfg(lr=1e30), blobs(), tmp_path, CPU, seed=0)
 
 
-@pytest.mark.parametrize("public, batch_size, match", [
-    (None, 16, "public images"),
-    (blobs(8), 16, "prior.batch_size"),
-    (ImageSet(torch.zeros(32, 3, 16, 8, dtype=torch.uint8), torch.zeros(32)), 16, "square"),
-    (blobs(32, size=24), 16, "power-of-two"),
-])
+@pytest.mark.parametrize(
+    "public, batch_size, match",
+    [
+        (None, 16, "public images"),
+        (blobs(8), 16, "prior.batch_size"),
+        (ImageSet(torch.zeros(32, 3, 16, 8, dtype=torch.uint8), torch.zeros(32)), 16, "square"),
+        (blobs(32, size=24), 16, "power-of-two"),
+    ],
+)
 def test_bad_public_set_is_a_user_error(public, batch_size: int, match: str, tmp_path: Path) -> None:
     with pytest.raises(LsmiaError, match=match):
         train_prior(tiny_cfg(batch_size=batch_size), public, tmp_path, CPU, seed=0)
@@ -255,7 +267,7 @@ def test_torchscript_prior_clamps_outside_declared_range(tmp_path: Path) -> None
 
 def test_torchscript_wrong_latent_dim_names_the_fix(tmp_path: Path) -> None:
     path = _scripted(TinyImageNet(), tmp_path / "g.pt")
-    with pytest.raises(LsmiaError, match="prior.latent_dim"):
+    with pytest.raises(LsmiaError, match=r"prior.latent_dim"):
         load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=5), None)
 
 
@@ -270,7 +282,7 @@ def test_missing_or_foreign_files_are_user_errors(tmp_path: Path) -> None:
     junk.write_text("not a model")
     with pytest.raises(LsmiaError, match="does not exist"):
         load_prior(PriorConfig(kind="torchscript", path=tmp_path / "none.pt", latent_dim=8), None)
-    with pytest.raises(LsmiaError, match="prior.path"):
+    with pytest.raises(LsmiaError, match=r"prior.path"):
         load_prior(PriorConfig(kind="torchscript", latent_dim=8), None)
     with pytest.raises(LsmiaError, match="not a TorchScript file"):
         load_prior(PriorConfig(kind="torchscript", path=junk, latent_dim=8), None)
@@ -292,9 +304,18 @@ MAPPED = dict(mapping_layers=2, w_dim=12)
 
 def plain_dcgan_16px(latent_dim: int) -> nn.Sequential:
     """The DCGAN as lsmia built it before the mapping network existed (16 px, width 8), layer by layer."""
-    return nn.Sequential(nn.Linear(latent_dim, 16 * 16, bias=False), nn.Unflatten(1, (16, 4, 4)), nn.BatchNorm2d(16),
-                         nn.ReLU(), nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(8, 3, 3, 1, 1), nn.Tanh())
+    return nn.Sequential(
+        nn.Linear(latent_dim, 16 * 16, bias=False),
+        nn.Unflatten(1, (16, 4, 4)),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.ConvTranspose2d(16, 8, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(8, 3, 3, 1, 1),
+        nn.Tanh(),
+    )
 
 
 def test_mapping_layers_zero_is_the_plain_dcgan(tmp_path: Path) -> None:
@@ -371,7 +392,7 @@ def test_w_avg_is_tracked_during_training_and_saved(tmp_path: Path) -> None:
     with torch.no_grad():  # 64 images, 4 steps: w_avg has moved from 0 towards the mapped mean, not reached it
         mean_w = prior.generator.to_w(torch.randn(4000, 16)).mean(0)
     steps = 2 * 64 // TINY["batch_size"]
-    assert 0.5 * (1 - W_AVG_BETA ** steps) < tracked.norm() / mean_w.norm() < 1.5 * (1 - W_AVG_BETA ** steps)
+    assert 0.5 * (1 - W_AVG_BETA**steps) < tracked.norm() / mean_w.norm() < 1.5 * (1 - W_AVG_BETA**steps)
 
 
 def test_mapping_generator_normalises_its_stem_per_feature_and_calibrates_it(tmp_path: Path) -> None:
@@ -438,6 +459,7 @@ def test_truncation_cutoff_keeps_the_later_layers() -> None:
 
 
 # --- TorchScript StyleGAN: mapping + synthesis ---
+
 
 class TinyMapping(nn.Module):
     """z [N, 8] -> w [N, num_ws, 6], one w repeated to every layer as StyleGAN2-ADA's G.mapping returns it."""

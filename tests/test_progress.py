@@ -43,7 +43,8 @@ def test_evaluation_reports_the_knowledge_extraction_epochs(capsys: pytest.Captu
 
     data = make_face_data()
     cfg = StudentConfig(width=4, epochs=3, batch_size=8)
-    knowledge_extraction(cfg, data.train.images, data.train.labels, ImageSet(data.test.images, data.test.labels),
-                         torch.device("cpu"))
+    knowledge_extraction(
+        cfg, data.train.images, data.train.labels, ImageSet(data.test.images, data.test.labels), torch.device("cpu")
+    )
     err = capsys.readouterr().err
     assert "evaluate: ξ student epochs: 3/3 (" in err

@@ -35,7 +35,8 @@ def test_every_figure_is_written_linked_and_embedded(built):
     page = index.read_text()
     names = {p.name for p in index.parent.glob("*.png")}
     expected = {"accuracy.png", "leakage.png", "tradeoff.png", "distributions.png"} | {
-        f"reconstructions_alpha{a:g}_seed{s}.png" for a in ALPHAS for s in SEEDS}
+        f"reconstructions_alpha{a:g}_seed{s}.png" for a in ALPHAS for s in SEEDS
+    }
     assert names == expected
     for name in names:
         png = (index.parent / name).read_bytes()
@@ -77,7 +78,7 @@ def test_mean_and_interval_are_rounded_to_the_interval_precision():
 
 def test_raw_table_lists_every_run(built):
     page = built[1].read_text()
-    raw = page[page.index("Raw metrics per run"):]
+    raw = page[page.index("Raw metrics per run") :]
     assert len(re.findall(r"<th>α = [-0-9.]+<br><small>seed \d</small></th>", raw)) == len(ALPHAS) * len(SEEDS)
     assert len(re.findall(r"<tr><th title='[^']*'>[a-z_0-9]+</th>", raw)) == len(fake_metrics(0.0, 0)) - 2
     assert f"<td>{fake_metrics(-0.05, 1)['delta_eval']:.4g}</td>" in raw
@@ -103,8 +104,11 @@ def test_missing_attribute_keys_and_files_are_tolerated(tmp_path):
     (paths.attack_dir(0.1, 1) / "reconstructions.png").unlink()
     summary = {s["alpha"]: s for s in report.aggregate(report.collect_metrics(paths.metrics_dir))}
     assert "attribute_acc" not in summary[0.1]["metrics"]
-    assert summary[0.0]["metrics"]["attribute_acc"] == {"mean": 0.75, "ci95": pytest.approx(math.nan, nan_ok=True),
-                                                          "n": 1}
+    assert summary[0.0]["metrics"]["attribute_acc"] == {
+        "mean": 0.75,
+        "ci95": pytest.approx(math.nan, nan_ok=True),
+        "n": 1,
+    }
     page = report.write_report(paths, tmp_path / "report", torch.device("cpu")).read_text()
     assert "0.75 <small>(n = 1)</small>" in page and "n/a" in page
     assert "no reconstruction grid for: alpha 0.1, seed 1" in page
@@ -165,13 +169,16 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     orphan = paths.ablation_dir("factors") / "results.md"  # a results.md without its results.json
     orphan.parent.mkdir(parents=True)
     orphan.write_text("| variant |\n")
-    page = report.write_report(paths, tmp_path / "report", torch.device("cpu"),
-                               ablation_files=[results, orphan]).read_text()
-    section = page[page.index("Measured ablations"):page.index("The paper's 2-D toy")]
+    page = report.write_report(
+        paths, tmp_path / "report", torch.device("cpu"), ablation_files=[results, orphan]
+    ).read_text()
+    section = page[page.index("Measured ablations") : page.index("The paper's 2-D toy")]
     assert "<pre>" not in section and "raw markdown" not in section and "|" not in section
     # the paired effect at -0.05 and the summary row at 0, as in the committed results.md
-    assert ("<tr><th>baseline</th><td>-0.05</td><td>0.537 ± 0.031</td><td>0.554 ± 0.065</td><td>0.97 ± 0.06</td>"
-            "<td>0.003 ± 0.007</td><td>does not halve acc@1</td></tr>") in section
+    assert (
+        "<tr><th>baseline</th><td>-0.05</td><td>0.537 ± 0.031</td><td>0.554 ± 0.065</td><td>0.97 ± 0.06</td>"
+        "<td>0.003 ± 0.007</td><td>does not halve acc@1</td></tr>"
+    ) in section
     assert "<tr><th>baseline</th><td>+0</td><td>0.857 ± 0.052</td><td>0.554 ± 0.065</td><td></td>" in section
     assert section.count("<table") == 2 and section.count("<div class='scroll'>") == 2
     assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from lsmia import pipeline, sweep
 from lsmia.cli import app
-from lsmia.stages import attack as attack_stage
 from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
+from lsmia.stages import attack as attack_stage
 
 TINY = Path(__file__).parent / "tiny_params.yaml"
 torch.set_num_threads(1)
@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def study_cfg(tmp_path_factory) -> Config:
     """The tiny study's data, prior, eval model and attribute predictor, built once for the module."""
     out = tmp_path_factory.mktemp("sweep") / "out"
-    cfg = load_config(TINY, {"run.out_dir": str(out), "sweep.heartbeat_interval": 1, "sweep.grace_period": 3,
-                             "sweep.log_models": False})
+    cfg = load_config(
+        TINY,
+        {"run.out_dir": str(out), "sweep.heartbeat_interval": 1, "sweep.grace_period": 3, "sweep.log_models": False},
+    )
     paths, device = StudyPaths(out), torch.device("cpu")
     pipeline.stage_data(cfg, paths.data_file)
     pipeline.stage_prior(cfg, paths.data_file, paths.prior_dir, device)
@@ -62,11 +64,13 @@ def quiet(line: str) -> None:
 def test_warmup_end_is_sampled_within_the_remainder_and_never_before_the_start():
     space = SweepConfig(alpha_low=-0.3, alpha_high=0.3)
     base = SmoothingConfig()
-    ends = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": -0.2, "warmup_start": 0.9,
-                                                            "warmup_fraction": 1.0}), space, base)
+    ends = sweep.suggest_smoothing(
+        optuna.trial.FixedTrial({"alpha": -0.2, "warmup_start": 0.9, "warmup_fraction": 1.0}), space, base
+    )
     assert ends.alpha == -0.2 and ends.warmup_start == 0.9 and ends.warmup_end == 1.0
-    half = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": -0.1, "warmup_start": 0.2,
-                                                            "warmup_fraction": 0.5}), space, base)
+    half = sweep.suggest_smoothing(
+        optuna.trial.FixedTrial({"alpha": -0.1, "warmup_start": 0.2, "warmup_fraction": 0.5}), space, base
+    )
     assert half.warmup_end == pytest.approx(0.6)
     # positive alpha with negative_only: the warm-up does not apply, so it is not searched
     positive = sweep.suggest_smoothing(optuna.trial.FixedTrial({"alpha": 0.1}), space, base)
@@ -84,8 +88,14 @@ def test_pareto_front_and_recommendation():
     def row(number, test_acc, acc1):
         return {"number": number, "state": "COMPLETE", "test_acc": test_acc, "final_acc1": acc1, "alpha": 0.0}
 
-    rows = [row(0, 0.90, 0.80), row(1, 0.88, 0.50), row(2, 0.80, 0.20), row(3, 0.85, 0.60), row(4, 0.70, 0.30),
-            {**row(5, 0.99, 0.01), "state": "FAIL"}]
+    rows = [
+        row(0, 0.90, 0.80),
+        row(1, 0.88, 0.50),
+        row(2, 0.80, 0.20),
+        row(3, 0.85, 0.60),
+        row(4, 0.70, 0.30),
+        {**row(5, 0.99, 0.01), "state": "FAIL"},
+    ]
     front = sweep.pareto_front(rows)
     assert [r["number"] for r in front] == [2, 1, 0]  # 3 is beaten by 1, 4 by 2, 5 failed
     assert sweep.recommend(front, SweepConfig(max_acc_drop=0.05))["number"] == 1
@@ -216,13 +226,44 @@ def test_ctrl_c_fails_the_trial_queues_it_again_and_a_rerun_finishes_it(study_cf
 
 
 def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
-    out = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={study_cfg.run.out_dir}",
-                                   "-S", "sweep.min_test_acc=0", "--study-name", "cli", "--n-trials", "1",
-                                   "--no-track", "--device", "cpu"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--params",
+            str(TINY),
+            "-S",
+            f"run.out_dir={study_cfg.run.out_dir}",
+            "-S",
+            "sweep.min_test_acc=0",
+            "--study-name",
+            "cli",
+            "--n-trials",
+            "1",
+            "--no-track",
+            "--device",
+            "cpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "recommended: trial 0" in out.output and "1 trials (1 complete" in out.output
-    floor = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={study_cfg.run.out_dir}",
-                                     "--study-name", "cli-floor", "--n-trials", "2", "--no-track", "--device", "cpu"])
+    floor = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--params",
+            str(TINY),
+            "-S",
+            f"run.out_dir={study_cfg.run.out_dir}",
+            "--study-name",
+            "cli-floor",
+            "--n-trials",
+            "2",
+            "--no-track",
+            "--device",
+            "cpu",
+        ],
+    )
     assert floor.exit_code == 0, floor.output  # tiny targets stay far below the default floor of 0.5 ...
     assert "recommended: none: no trial reaches the accuracy floor sweep.min_test_acc = 0.5" in floor.output
     worker = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "--worker", "true"])
@@ -245,8 +286,10 @@ def test_two_workers_share_the_budget_and_log_one_child_run_per_trial(study_cfg,
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    cfg = build_config(configured(study_cfg, study_name="workers", n_trials=5, n_workers=2, log_models=True).to_dict(),
-                       {"run.tracking": True})
+    cfg = build_config(
+        configured(study_cfg, study_name="workers", n_trials=5, n_workers=2, log_models=True).to_dict(),
+        {"run.tracking": True},
+    )
     result = sweep.run_sweep(cfg, log=quiet)
     trials = trials_of(cfg)
     assert len(trials) == 5 and sorted(t.number for t in trials) == list(range(5))
@@ -285,12 +328,17 @@ def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(study_cfg):
     cfg = configured(study_cfg, study_name="killed", n_trials=2)
     paths = sweep.SweepPaths.of(cfg)
     sweep.create_or_load_study(cfg, sweep.open_storage(None, paths.journal), 0)
-    worker = subprocess.Popen([sys.executable, "-c", WORKER_THAT_HANGS, json.dumps(cfg.to_dict())], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER_THAT_HANGS, json.dumps(cfg.to_dict())],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
-        while not any(sweep.HEARTBEAT_ATTR in t.system_attrs and t.user_attrs.get("test_acc") is not None
-                      for t in trials_of(cfg)):
+        while not any(
+            sweep.HEARTBEAT_ATTR in t.system_attrs and t.user_attrs.get("test_acc") is not None for t in trials_of(cfg)
+        ):
             assert time.time() < deadline and worker.poll() is None, "the worker never reached its attack"
             time.sleep(0.2)
     finally:
@@ -316,8 +364,9 @@ def test_objectives_are_named_and_their_directions_stored():
     pareto = sweep.create_or_load_study(Config(), optuna.storages.InMemoryStorage(), seed=0)
     assert pareto.metric_names == ["test_acc", "attack_acc1"]
     assert pareto.user_attrs["directions"] == {"test_acc": "maximize", "attack_acc1": "minimize"}
-    constrained = sweep.create_or_load_study(build_config({}, {"sweep.mode": "constrained"}),
-                                             optuna.storages.InMemoryStorage(), seed=0)
+    constrained = sweep.create_or_load_study(
+        build_config({}, {"sweep.mode": "constrained"}), optuna.storages.InMemoryStorage(), seed=0
+    )
     assert constrained.metric_names == ["attack_acc1"]
     assert constrained.user_attrs["directions"] == {"attack_acc1": "minimize"}
     assert "test_acc >= 0.5" in constrained.user_attrs["constraint"]
@@ -325,18 +374,31 @@ def test_objectives_are_named_and_their_directions_stored():
 
 def test_summary_uses_optuna_s_pareto_front_figure_and_importance(tmp_path):
     cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "tools"})
-    grid = [(-0.3, 0.70, 0.30), (-0.2, 0.78, 0.41), (-0.1, 0.84, 0.52), (0.0, 0.86, 0.60), (0.1, 0.85, 0.66),
-            (0.2, 0.83, 0.70), (-0.25, 0.72, 0.45), (0.05, 0.86, 0.62)]
+    grid = [
+        (-0.3, 0.70, 0.30),
+        (-0.2, 0.78, 0.41),
+        (-0.1, 0.84, 0.52),
+        (0.0, 0.86, 0.60),
+        (0.1, 0.85, 0.66),
+        (0.2, 0.83, 0.70),
+        (-0.25, 0.72, 0.45),
+        (0.05, 0.86, 0.62),
+    ]
     study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
-    for alpha, test_acc, acc1 in grid:
-        trial = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
-                           "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9)})
+    for _alpha, test_acc, acc1 in grid:
+        trial = study.ask(
+            {
+                "alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
+                "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9),
+            }
+        )
         trial.set_user_attr("test_acc", test_acc)
         trial.set_user_attr("final_acc1", acc1)
         study.tell(trial, [test_acc, acc1])
     result = sweep.summarize(study, cfg, sweep.SweepPaths.of(cfg))
-    assert [r["number"] for r in result.pareto] == sorted((t.number for t in study.best_trials),
-                                                          key=lambda n: grid[n][1])
+    assert [r["number"] for r in result.pareto] == sorted(
+        (t.number for t in study.best_trials), key=lambda n: grid[n][1]
+    )
     assert set(result.importance) == {"test_acc", "attack_acc1"}
     assert set(result.importance["attack_acc1"]) == {"alpha", "warmup_start"}
     assert sum(result.importance["attack_acc1"].values()) == pytest.approx(1.0)
@@ -348,20 +410,32 @@ def test_summary_uses_optuna_s_pareto_front_figure_and_importance(tmp_path):
 
 
 def test_recommendation_respects_the_accuracy_floor_in_every_mode():
-    front = [{"number": 0, "state": "COMPLETE", "test_acc": 0.285, "final_acc1": 0.2, "alpha": -0.1},
-             {"number": 1, "state": "COMPLETE", "test_acc": 0.25, "final_acc1": 0.1, "alpha": -0.2}]
+    front = [
+        {"number": 0, "state": "COMPLETE", "test_acc": 0.285, "final_acc1": 0.2, "alpha": -0.1},
+        {"number": 1, "state": "COMPLETE", "test_acc": 0.25, "final_acc1": 0.1, "alpha": -0.2},
+    ]
     for mode in ("pareto", "constrained"):
         config = SweepConfig(mode=mode, min_test_acc=0.5)
         assert sweep.recommend(front, config) is None  # a 2-trial sweep once recommended 0.285 at a 0.5 floor
-        assert "no trial reaches the accuracy floor sweep.min_test_acc = 0.5 (best test accuracy 0.285)" in \
-            sweep.no_recommendation(front, config)
+        assert (
+            "no trial reaches the accuracy floor sweep.min_test_acc = 0.5 (best test accuracy 0.285)"
+            in sweep.no_recommendation(front, config)
+        )
         assert sweep.recommend(front, SweepConfig(mode=mode, min_test_acc=0.26))["number"] == 0
     assert sweep.no_recommendation([], SweepConfig()) == "no completed trial"
 
 
 def test_no_warm_up_is_printed_where_none_applies():
-    positive = {"number": 3, "alpha": 0.12, "schedule": "linear", "warmup_start": None, "warmup_end": None,
-                "test_acc": 0.9, "final_acc1": 0.6, "state": "COMPLETE"}
+    positive = {
+        "number": 3,
+        "alpha": 0.12,
+        "schedule": "linear",
+        "warmup_start": None,
+        "warmup_end": None,
+        "test_acc": 0.9,
+        "final_acc1": 0.6,
+        "state": "COMPLETE",
+    }
     negative = {**positive, "number": 4, "alpha": -0.1, "warmup_start": 0.4, "warmup_end": 0.7}
     assert sweep.smoothing_text(positive) == "constant smoothing (no warm-up)"
     assert sweep.smoothing_text(negative) == "linear warm-up 0.4-0.7"
@@ -389,8 +463,11 @@ def test_optuna_dashboard_serves_the_journal_with_named_objectives(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([dashboard, str(journal), "--port", str(port), "--host", "127.0.0.1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # as the README says
+    server = subprocess.Popen(
+        [dashboard, str(journal), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # as the README says
     try:
         detail = None
         deadline = time.time() + 30
@@ -411,9 +488,13 @@ def test_optuna_dashboard_serves_the_journal_with_named_objectives(tmp_path):
 def test_importance_leaves_out_an_objective_that_never_varied(tmp_path):
     cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "flat"})
     study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
-    for alpha, start in ((-0.3, 0.1), (-0.2, 0.5), (-0.1, 0.2), (-0.05, 0.8), (-0.25, 0.3), (-0.15, 0.6)):
-        trial = study.ask({"alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
-                           "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9)})
+    for alpha, _start in ((-0.3, 0.1), (-0.2, 0.5), (-0.1, 0.2), (-0.05, 0.8), (-0.25, 0.3), (-0.15, 0.6)):
+        trial = study.ask(
+            {
+                "alpha": optuna.distributions.FloatDistribution(-0.3, 0.3),
+                "warmup_start": optuna.distributions.FloatDistribution(0.0, 0.9),
+            }
+        )
         trial.set_user_attr("test_acc", 0.125)
         trial.set_user_attr("final_acc1", 0.5 + alpha)
         study.tell(trial, [0.125, 0.5 + alpha])  # tiny targets: the same test accuracy in every trial

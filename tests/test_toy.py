@@ -84,7 +84,7 @@ def test_bad_steps_is_a_clear_error() -> None:
 
 def test_gradient_cosine_ignores_zero_gradients() -> None:
     gradients = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
-    assert mean_consecutive_cosine(gradients) == pytest.approx(2 ** -0.5)
+    assert mean_consecutive_cosine(gradients) == pytest.approx(2**-0.5)
     assert torch.isnan(torch.tensor(mean_consecutive_cosine(torch.zeros(4, 2))))
 
 

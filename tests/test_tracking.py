@@ -8,6 +8,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import mlflow
 import mlflow.pytorch
@@ -96,8 +97,9 @@ def test_flatten_config_dots_keys_and_clips_long_values() -> None:
     assert len(flat["note"]) == 6000 and flat["note"].endswith("...")
 
 
-def test_run_records_tags_params_metrics_and_config(store: MlflowClient, store_uri: str, experiment: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_records_tags_params_metrics_and_config(
+    store: MlflowClient, store_uri: str, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DVC_STAGE", "train_target@-0.05")
     monkeypatch.setenv("DVC_ROOT", str(Path(__file__).resolve().parents[1]))  # the lsmia git checkout
     with track(experiment, tags={"role": "target", "extra": "yes"}) as tracker:
@@ -116,8 +118,9 @@ def test_run_records_tags_params_metrics_and_config(store: MlflowClient, store_u
     assert run.data.params["target.milestones"] == "[0.75, 0.9]"
     history = store.get_metric_history(tracker.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.25)]
-    config_path = mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="config.json",
-                                                      tracking_uri=store_uri)
+    config_path = mlflow.artifacts.download_artifacts(
+        run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
+    )
     assert json.loads(Path(config_path).read_text())["attack"]["steps"] == 7
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.stage = 'train_target'")
     assert list(runs["run_id"]) == [tracker.run_id]
@@ -137,8 +140,13 @@ def test_logged_model_loads_back_and_is_registered(store: MlflowClient, experime
     model.train()  # logging must export eval-mode behaviour without changing the caller's model
     name = f"target-{experiment}"
     with track(experiment) as tracker:
-        model_uri = tracker.log_model(model, "target", input_example=torch.rand(1, 3, 16, 16),
-                                      registered_name=name, registry_tags={"alpha": -0.05, "seed": 0})
+        model_uri = tracker.log_model(
+            model,
+            "target",
+            input_example=torch.rand(1, 3, 16, 16),
+            registered_name=name,
+            registry_tags={"alpha": -0.05, "seed": 0},
+        )
     assert model.training
     assert tracker.model_format == {"target": "pt2"}
     loaded = mlflow.pytorch.load_model(f"models:/{name}/1")
@@ -159,8 +167,9 @@ def live(store: MlflowClient, model_id: str) -> bool:
     return True
 
 
-def test_model_that_cannot_be_exported_falls_back_to_pickle(store: MlflowClient, experiment: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_that_cannot_be_exported_falls_back_to_pickle(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     class DataDependent(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2 if x.sum() > 0 else x  # data-dependent control flow: torch.export refuses it
@@ -221,8 +230,9 @@ def test_find_run_returns_latest_finished_run_with_tags(store: MlflowClient, exp
     assert find_run("no-such-experiment", tags) is None
 
 
-def test_stage_run_nests_under_mlflow_run_parent(store: MlflowClient, experiment: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_run_nests_under_mlflow_run_parent(
+    store: MlflowClient, experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     parent_experiment = store.create_experiment(f"{experiment}-project", artifact_location=str(tmp_path / "project"))
     parent = store.create_run(parent_experiment, run_name="mlflow-run-entry")
     monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
@@ -239,24 +249,26 @@ def test_stage_run_nests_under_mlflow_run_parent(store: MlflowClient, experiment
 
 
 def test_parent_run_id_nests_a_sweep_worker(store: MlflowClient, experiment: str) -> None:
-    with track(experiment, stage="sweep") as study:
-        with track(experiment, stage="train_target", parent_run_id=study.run_id) as worker:
-            pass
+    with (
+        track(experiment, stage="sweep") as study,
+        track(experiment, stage="train_target", parent_run_id=study.run_id) as worker,
+    ):
+        pass
     assert store.get_run(worker.run_id).data.tags["mlflow.parentRunId"] == study.run_id
     assert store.get_run(study.run_id).info.status == "FINISHED"
 
 
 def test_block_exception_marks_run_failed_and_propagates(store: MlflowClient, experiment: str) -> None:
-    with pytest.raises(RuntimeError, match="diverged"):
-        with track(experiment) as tracker:
-            tracker.log_metrics({"loss": 1.0}, step=0)
-            raise RuntimeError("diverged")
+    with pytest.raises(RuntimeError, match="diverged"), track(experiment) as tracker:
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        raise RuntimeError("diverged")
     assert store.get_run(tracker.run_id).info.status == "FAILED"
     assert mlflow.active_run() is None
 
 
-@pytest.mark.parametrize("uri", ["bogus-scheme://nowhere", "sqlite:////proc/no/such/dir/mlflow.db",
-                                 "http://127.0.0.1:9"])
+@pytest.mark.parametrize(
+    "uri", ["bogus-scheme://nowhere", "sqlite:////proc/no/such/dir/mlflow.db", "http://127.0.0.1:9"]
+)
 def test_broken_tracking_uri_only_warns(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     results = []
@@ -292,8 +304,9 @@ def test_failing_log_call_warns_once_and_the_stage_goes_on(store: MlflowClient, 
     assert [m.value for m in store.get_metric_history(tracker.run_id, "loss")] == [0.5]
 
 
-def test_lost_server_turns_tracking_off_without_waiting(store: MlflowClient, experiment: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lost_server_turns_tracking_off_without_waiting(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     dead = "http://127.0.0.1:9"
     with warnings.catch_warnings(record=True) as caught:
@@ -320,20 +333,25 @@ def test_system_metrics_are_sampled_in_a_short_run(store: MlflowClient, experime
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
-def test_system_metrics_without_psutil_only_warn(store: MlflowClient, experiment: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_system_metrics_without_psutil_only_warn(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "psutil" else real_find_spec(name, *args))
-    with pytest.warns(RuntimeWarning, match="need psutil"):
-        with track(experiment, stage="attack", system_metrics=True) as tracker:
-            tracker.log_metrics({"loss": 1.0})
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "psutil" else real_find_spec(name, *args)
+    )
+    with (
+        pytest.warns(RuntimeWarning, match="need psutil"),
+        track(experiment, stage="attack", system_metrics=True) as tracker,
+    ):
+        tracker.log_metrics({"loss": 1.0})
     run = store.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and list(run.data.metrics) == ["loss"]
 
 
-def test_disabled_tracking_gives_a_null_tracker_that_does_nothing(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disabled_tracking_gives_a_null_tracker_that_does_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with start_tracking(False, "attack", "r", small_config(), {}) as tracker:
@@ -396,8 +414,9 @@ def test_experiment_is_model_development_with_a_description(store: MlflowClient,
     assert "label smoothing" in tags["mlflow.note.content"]
 
 
-def test_runs_name_and_tag_their_dvc_experiment_and_commit(store: MlflowClient, experiment: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_name_and_tag_their_dvc_experiment_and_commit(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     with track(experiment) as baseline:
         pass
@@ -410,12 +429,13 @@ def test_runs_name_and_tag_their_dvc_experiment_and_commit(store: MlflowClient, 
     assert exp.info.run_name == "train_target-run [bushy-frog]" and exp.data.tags["dvc_experiment"] == "bushy-frog"
     assert exp.data.tags["dvc_baseline_rev"] == "a" * 40
     for run in (base, exp):
-        assert "git_commit" not in run.data.tags or run.data.tags["mlflow.source.git.commit"] == run.data.tags[
-            "git_commit"]
+        assert (
+            "git_commit" not in run.data.tags
+            or run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
+        )
 
 
-def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: MlflowClient,
-                                                                         tmp_path: Path) -> None:
+def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: MlflowClient, tmp_path: Path) -> None:
     from lsmia.tracked import tracked_stage
     from lsmia.utils import file_digest
 
@@ -439,8 +459,9 @@ def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: 
 
 
 @pytest.mark.slow
-def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(store: MlflowClient,
-                                                                             tmp_path: Path) -> None:
+def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(
+    store: MlflowClient, tmp_path: Path
+) -> None:
     from types import SimpleNamespace
 
     from lsmia.tracked import TARGET_MODEL, tracked_stage
@@ -468,8 +489,10 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(sto
     assert store.get_model_version_by_alias(TARGET_MODEL, "alpha_-0p05_seed_0").run_id == changed
     assert "[N, 3, 16, 16]" in registered.description and "in [0, 1]" in registered.description
     assert "normalises" in registered.description and "Classes: c0, c1, c2, c3" in registered.description
-    assert store.get_model_version(TARGET_MODEL, "2").description == \
-        "label smoothing alpha = -0.05, seed 0, test accuracy 0.500"
+    assert (
+        store.get_model_version(TARGET_MODEL, "2").description
+        == "label smoothing alpha = -0.05, seed 0, test accuracy 0.500"
+    )
     model_info = mlflow.models.get_model_info(store.get_model_version(TARGET_MODEL, "2").source)
     assert model_info.metadata["classes"] == ["c0", "c1", "c2", "c3"]
     classes = mlflow.artifacts.load_dict(f"runs:/{changed}/classes.json")
@@ -477,7 +500,8 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(sto
 
 
 def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_the_leakage(
-        store: MlflowClient, tmp_path: Path) -> None:
+    store: MlflowClient, tmp_path: Path
+) -> None:
     from lsmia.tracked import tracked_stage
 
     cfg = stage_config(tmp_path)
@@ -487,8 +511,17 @@ def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_t
     with tracked_stage(cfg, "attack", "attack", **cell) as attacked:
         attacked.log_attack(SimpleAttack(), tmp_path, 0.07, 13)
     with tracked_stage(cfg, "evaluate", "evaluate", **cell) as evaluated:
-        evaluated.log_metrics({"alpha": 0.07, "seed": 13, "final_acc1": 0.625, "delta_eval": 27.0, "xi": 0.4,
-                               "test_acc": 0.85, "ece": 0.1})
+        evaluated.log_metrics(
+            {
+                "alpha": 0.07,
+                "seed": 13,
+                "final_acc1": 0.625,
+                "delta_eval": 27.0,
+                "xi": 0.4,
+                "test_acc": 0.85,
+                "ece": 0.1,
+            }
+        )
     tags = store.get_run(evaluated.tracker.run_id).data.tags
     assert tags["lsmia.link.attack"] == attacked.tracker.run_id
     assert tags["lsmia.link.target_training"] == trained.tracker.run_id
@@ -503,4 +536,4 @@ class SimpleAttack:
     """The parts of an AttackResult that StageLog.log_attack reads."""
 
     final_targets = torch.zeros(2, dtype=torch.long)
-    meta: dict = {}
+    meta: ClassVar[dict] = {}

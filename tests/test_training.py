@@ -28,8 +28,15 @@ def test_training_learns_and_writes_model_and_metrics(tiny_data, tmp_path):
 def test_the_alpha_schedule_is_applied_in_training(tiny_data, tmp_path):
     smoothing = SmoothingConfig(alpha=-0.05, schedule="linear", warmup_start=0.25, warmup_end=0.75)
     seen = []
-    result = train_classifier(tiny_cfg(), tiny_data, tmp_path, CPU, smoothing=smoothing, show_progress=False,
-                              on_epoch=lambda e, row: seen.append(row["alpha"]))
+    result = train_classifier(
+        tiny_cfg(),
+        tiny_data,
+        tmp_path,
+        CPU,
+        smoothing=smoothing,
+        show_progress=False,
+        on_epoch=lambda e, row: seen.append(row["alpha"]),
+    )
     assert seen == [row["alpha"] for row in result.history] == alpha_trajectory(smoothing, 4)
     assert seen[0] == 0.0 and seen[-1] == -0.05
 

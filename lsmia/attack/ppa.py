@@ -33,8 +33,9 @@ are bit-identical with or without them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
@@ -43,11 +44,11 @@ import torch.nn.functional as F
 from lsmia import distributed
 from lsmia.attack.result import AttackResult
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
-from lsmia.models.fusion import inference_copy
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
 from lsmia.losses import identity_loss
 from lsmia.models.classifiers import Classifier
+from lsmia.models.fusion import inference_copy
 from lsmia.utils import progress as progress_bar
 
 Schedule = Literal["batched", "per_class"]
@@ -59,19 +60,24 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def resolve_targets(spec: list[int] | int, num_classes: int) -> list[int]:
     """An int N means the first N classes; a list is checked for range and repeats."""
     if isinstance(spec, bool) or not isinstance(spec, (int, list)):
-        raise LsmiaError(f"attack.targets must be a class count or a list of classes, got {spec!r}: "
-                         "set it to e.g. 10 or [0, 3, 7]")
+        raise LsmiaError(
+            f"attack.targets must be a class count or a list of classes, got {spec!r}: set it to e.g. 10 or [0, 3, 7]"
+        )
     if isinstance(spec, int):
         if not 1 <= spec <= num_classes:
-            raise LsmiaError(f"attack.targets asks for {spec} classes but the target model has {num_classes}: "
-                             f"set attack.targets to a number from 1 to {num_classes}")
+            raise LsmiaError(
+                f"attack.targets asks for {spec} classes but the target model has {num_classes}: "
+                f"set attack.targets to a number from 1 to {num_classes}"
+            )
         return list(range(spec))
     if not spec:
         raise LsmiaError("attack.targets is an empty list: list at least one class or give a class count")
     outside = [c for c in spec if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes]
     if outside:
-        raise LsmiaError(f"attack.targets holds class {outside[0]!r} outside 0..{num_classes - 1}: "
-                         f"list only classes of the target model")
+        raise LsmiaError(
+            f"attack.targets holds class {outside[0]!r} outside 0..{num_classes - 1}: "
+            f"list only classes of the target model"
+        )
     repeated = sorted({c for c in spec if spec.count(c) > 1})
     if repeated:
         raise LsmiaError(f"attack.targets lists class {repeated[0]} more than once: list each class once")
@@ -111,8 +117,9 @@ def class_probabilities(target: Classifier, images: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def pool_scores(prior: nn.Module, target: Classifier, pool: torch.Tensor, batch_size: int,
-                device: torch.device) -> torch.Tensor:
+def pool_scores(
+    prior: nn.Module, target: Classifier, pool: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """[pool, C] target softmax averaged over each image and its horizontal flip."""
     scores = []
     for chunk in pool.split(batch_size):
@@ -147,15 +154,21 @@ def effective_lr(cfg: AttackConfig, pool: torch.Tensor) -> float:
         return cfg.lr
     scale = latent_scale(pool)
     if not scale > 0:
-        raise LsmiaError("attack.lr_relative scales the lr by the initial latents' std, but they are all equal "
-                         "(attack.truncation 0?): raise attack.truncation or set attack.lr_relative: false")
+        raise LsmiaError(
+            "attack.lr_relative scales the lr by the initial latents' std, but they are all equal "
+            "(attack.truncation 0?): raise attack.truncation or set attack.lr_relative: false"
+        )
     return cfg.lr * scale
 
 
 def latent_meta(prior: nn.Module, cfg: AttackConfig, lr: float) -> dict[str, object]:
     """What the report states about the optimised space: its name and size, the truncation, the lr used."""
-    return {"latent": cfg.latent, "latent_dim": int(cast(int, prior.latent_dim)),
-            "truncation": getattr(prior, "truncation", None), "lr_effective": lr}
+    return {
+        "latent": cfg.latent,
+        "latent_dim": int(cast(int, prior.latent_dim)),
+        "truncation": getattr(prior, "truncation", None),
+        "lr_effective": lr,
+    }
 
 
 def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Schedule) -> list[torch.Tensor]:
@@ -166,8 +179,15 @@ def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Sc
     return [chunk for per_class in rows.split(candidates) for chunk in per_class.split(REFERENCE_BATCH)]
 
 
-def attack_step(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
-                cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def attack_step(
+    prior: nn.Module,
+    target: Classifier,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: AttackConfig,
+    loss_fn: LossFn,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over rows of the identity loss, so no row's gradient depends on the batch size; and the logits."""
     images = render(prior, z, target.image_size)
     images = random_resized_crop(images, cfg.step_crop_scale, (1.0, 1.0), gen=gen)
@@ -175,8 +195,15 @@ def attack_step(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: t
     return loss_fn(logits, labels) * len(z), logits
 
 
-def attack_step_loss(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
-                     cfg: AttackConfig, loss_fn: LossFn, gen: torch.Generator) -> torch.Tensor:
+def attack_step_loss(
+    prior: nn.Module,
+    target: Classifier,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: AttackConfig,
+    loss_fn: LossFn,
+    gen: torch.Generator,
+) -> torch.Tensor:
     return attack_step(prior, target, z, labels, cfg, loss_fn, gen)[0]
 
 
@@ -193,8 +220,9 @@ class StepDiagnostics:
         self._batch: list[torch.Tensor] = []
         self._previous_grad: torch.Tensor | None = None
 
-    def record_step(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                    grad: torch.Tensor) -> None:
+    def record_step(
+        self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, grad: torch.Tensor
+    ) -> None:
         """One step's sums, kept on the device until the batch ends (no synchronisation per step)."""
         with torch.no_grad():
             confidence = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
@@ -225,10 +253,20 @@ class StepDiagnostics:
         return {"loss": rounded[0], "target_confidence": rounded[1], "grad_cosine": rounded[2][1:]}
 
 
-def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: torch.Tensor,
-             batches: list[torch.Tensor], cfg: AttackConfig, gen: torch.Generator, device: torch.device,
-             show_progress: bool, rank: int = 0, world: int = 1,
-             diagnostics: StepDiagnostics | None = None) -> torch.Tensor:
+def optimise(
+    prior: nn.Module,
+    target: Classifier,
+    start: torch.Tensor,
+    labels: torch.Tensor,
+    batches: list[torch.Tensor],
+    cfg: AttackConfig,
+    gen: torch.Generator,
+    device: torch.device,
+    show_progress: bool,
+    rank: int = 0,
+    world: int = 1,
+    diagnostics: StepDiagnostics | None = None,
+) -> torch.Tensor:
     """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each.
 
     With ``world`` > 1 only batches ``index % world == rank`` are optimised (the other rows keep
@@ -238,7 +276,8 @@ def optimise(prior: nn.Module, target: Classifier, start: torch.Tensor, labels: 
     loss_fn = identity_loss(cfg.loss)
     result = start.clone()
     work: Iterable[tuple[int, torch.Tensor, int]] = (
-        (index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps))
+        (index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps)
+    )
     if show_progress:
         work = progress_bar(work, total=len(batches) * cfg.steps, desc="attack steps")
     z, optimiser = torch.empty(0), None
@@ -274,12 +313,19 @@ def merge_ranks(parts: list[torch.Tensor], batches: list[torch.Tensor]) -> torch
 
 
 @torch.no_grad()
-def final_scores(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor,
-                 cfg: AttackConfig, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def final_scores(
+    prior: nn.Module,
+    target: Classifier,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: AttackConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
     """Each row's mean target confidence over ``cfg.final_draws`` random crops and flips."""
     rows_per_chunk = max(1, cfg.selection_batch_size // cfg.final_draws)
     scores = []
-    for z_chunk, label_chunk in zip(z.split(rows_per_chunk), labels.split(rows_per_chunk)):
+    for z_chunk, label_chunk in zip(z.split(rows_per_chunk), labels.split(rows_per_chunk), strict=False):
         images = render(prior, z_chunk.to(device), target.image_size)
         draws = images.repeat(cfg.final_draws, 1, 1, 1)  # draw-major: [draws * rows, ...]
         draws = random_resized_crop(draws, cfg.final_crop_scale, cfg.final_crop_ratio, gen=gen)
@@ -299,27 +345,38 @@ def keep_best(scores: torch.Tensor, num_targets: int, keep: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def raw_target_confidence(target: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                          device: torch.device) -> float:
+def raw_target_confidence(
+    target: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+) -> float:
     """The target's mean confidence in each image's class, on the uint8 images as saved (no transforms)."""
     total = 0.0
-    for image_chunk, label_chunk in zip(images.split(batch_size), labels.split(batch_size)):
+    for image_chunk, label_chunk in zip(images.split(batch_size), labels.split(batch_size), strict=False):
         probs = class_probabilities(target, image_chunk.to(device).float() / 255)
         total += float(probs.gather(1, label_chunk.to(device).view(-1, 1)).sum())
     return total / max(1, len(images))
 
 
 @torch.no_grad()
-def to_uint8_images(prior: nn.Module, z: torch.Tensor, size: int, batch_size: int,
-                    device: torch.device) -> torch.Tensor:
-    chunks = [render(prior, c.to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-              for c in z.split(batch_size)]
+def to_uint8_images(
+    prior: nn.Module, z: torch.Tensor, size: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    chunks = [
+        render(prior, c.to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+        for c in z.split(batch_size)
+    ]
     return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
 
-def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets: list[int],
-               device: torch.device, progress: bool = True, schedule: Schedule = "batched",
-               diagnostics: bool = True) -> AttackResult:
+def run_attack(
+    cfg: AttackConfig,
+    target: Classifier,
+    prior: nn.Module,
+    targets: list[int],
+    device: torch.device,
+    progress: bool = True,
+    schedule: Schedule = "batched",
+    diagnostics: bool = True,
+) -> AttackResult:
     """Run PPA against ``target`` for every class in ``targets`` (see the module docstring).
 
     The models are moved to ``device`` and put in eval mode; their parameters are frozen
@@ -340,8 +397,9 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         sample_latents = cast(Callable[..., torch.Tensor], prior.sample_latents)  # every prior has one (Prior)
         pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         lr = effective_lr(cfg, pool)
-        chosen = select_candidates(pool_scores(prior, target, pool, cfg.selection_batch_size, device),
-                                   targets, cfg.candidates)
+        chosen = select_candidates(
+            pool_scores(prior, target, pool, cfg.selection_batch_size, device), targets, cfg.candidates
+        )
         start = pool[chosen.flatten()]
         labels = torch.tensor(targets, dtype=torch.int64).repeat_interleave(cfg.candidates)
         timings["selection_s"] = time.perf_counter() - started
@@ -350,8 +408,20 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         batches = row_batches(len(targets), cfg.candidates, cfg.batch_size, schedule)
         rank, world = distributed.rank(), distributed.world_size()
         recorder = StepDiagnostics(batches, cfg.steps) if diagnostics else None
-        latents = optimise(prior, target, start, labels, batches, cfg.model_copy(update={"lr": lr}), step_gen, device,
-                           progress and distributed.is_main(), rank, world, recorder)
+        latents = optimise(
+            prior,
+            target,
+            start,
+            labels,
+            batches,
+            cfg.model_copy(update={"lr": lr}),
+            step_gen,
+            device,
+            progress and distributed.is_main(),
+            rank,
+            world,
+            recorder,
+        )
         if world > 1:
             latents = merge_ranks(distributed.all_gather(latents), batches)
             if recorder is not None:
@@ -366,10 +436,25 @@ def run_attack(cfg: AttackConfig, target: Classifier, prior: nn.Module, targets:
         if recorder is not None:
             raw = raw_target_confidence(target, images[best], labels[best], cfg.selection_batch_size, device)
 
-    meta = {"timings": timings, "schedule": schedule, "pool_size": cfg.pool_size, "num_latents": len(latents),
-            "num_final": len(best), **latent_meta(prior, cfg, lr), "config": cfg.model_dump(mode="json")}
+    meta = {
+        "timings": timings,
+        "schedule": schedule,
+        "pool_size": cfg.pool_size,
+        "num_latents": len(latents),
+        "num_final": len(best),
+        **latent_meta(prior, cfg, lr),
+        "config": cfg.model_dump(mode="json"),
+    }
     if recorder is not None:
         meta.update(diagnostics=recorder.curves(), final_target_confidence_raw=round(raw, 6))
-    return AttackResult(targets=targets, all_latents=latents, all_images=images, all_targets=labels,
-                        final_latents=latents[best], final_images=images[best], final_targets=labels[best],
-                        final_scores=scores[best], meta=meta)
+    return AttackResult(
+        targets=targets,
+        all_latents=latents,
+        all_images=images,
+        all_targets=labels,
+        final_latents=latents[best],
+        final_images=images[best],
+        final_targets=labels[best],
+        final_scores=scores[best],
+        meta=meta,
+    )

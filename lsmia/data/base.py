@@ -70,9 +70,12 @@ class FaceData:
 
     def save(self, path: Path | str) -> None:
         obj: dict[str, Any] = {
-            "train_images": self.train.images, "train_labels": self.train.labels,
-            "test_images": self.test.images, "test_labels": self.test.labels,
-            "class_names": list(self.class_names), "meta": self.meta,
+            "train_images": self.train.images,
+            "train_labels": self.train.labels,
+            "test_images": self.test.images,
+            "test_labels": self.test.labels,
+            "class_names": list(self.class_names),
+            "meta": self.meta,
         }
         if self.public is not None:
             obj["public_images"], obj["public_labels"] = self.public.images, self.public.labels
@@ -89,9 +92,12 @@ class FaceData:
             data = cls(
                 train=ImageSet(obj["train_images"], obj["train_labels"]),
                 test=ImageSet(obj["test_images"], obj["test_labels"]),
-                class_names=list(obj["class_names"]), public=public,
-                attributes=obj.get("attributes"), public_attributes=obj.get("public_attributes"),
-                attribute_cardinality=obj.get("attribute_cardinality"), meta=obj.get("meta", {}),
+                class_names=list(obj["class_names"]),
+                public=public,
+                attributes=obj.get("attributes"),
+                public_attributes=obj.get("public_attributes"),
+                attribute_cardinality=obj.get("attribute_cardinality"),
+                meta=obj.get("meta", {}),
             )
         except (KeyError, ValueError) as err:
             raise LsmiaError(f"{path} is not a prepared lsmia data set ({err}): re-run 'lsmia data'") from None
@@ -103,8 +109,10 @@ def require_study_classes(data: FaceData, source: Path | str) -> None:
     """At least 2 identities, each with training and test images: what training, the attack and metrics need."""
     fix = "prepare data with at least 2 identities, each with several images, and re-run 'lsmia data'"
     if data.num_classes < 2:
-        raise LsmiaError(f"{source} holds {data.num_classes} identity; a classifier, the attack and its metrics "
-                         f"need at least 2: {fix}")
+        raise LsmiaError(
+            f"{source} holds {data.num_classes} identity; a classifier, the attack and its metrics "
+            f"need at least 2: {fix}"
+        )
     for split, images in (("training", data.train), ("test", data.test)):
         counts = torch.bincount(images.labels, minlength=data.num_classes)
         empty = (counts == 0).nonzero().squeeze(1).tolist()
@@ -112,8 +120,9 @@ def require_study_classes(data: FaceData, source: Path | str) -> None:
             raise LsmiaError(f"{source}: identity '{data.class_names[empty[0]]}' has no {split} images: {fix}")
 
 
-def split_per_identity(labels: torch.Tensor, test_fraction: float, seed: int,
-                       min_per_identity: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def split_per_identity(
+    labels: torch.Tensor, test_fraction: float, seed: int, min_per_identity: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random train/test split within each identity (at least one image on each side).
 
     Raises LsmiaError naming the identity that has too few images.
@@ -125,7 +134,8 @@ def split_per_identity(labels: torch.Tensor, test_fraction: float, seed: int,
         if len(idx) < min_per_identity:
             raise LsmiaError(
                 f"identity {cls} has {len(idx)} image(s), fewer than the {min_per_identity} a train/test split needs: "
-                "add images or drop the identity")
+                "add images or drop the identity"
+            )
         idx = idx[torch.randperm(len(idx), generator=gen)]
         n_test = min(len(idx) - 1, max(1, round(len(idx) * test_fraction)))
         test_idx.append(idx[:n_test])

@@ -39,6 +39,7 @@ class LabelledFiles:
 
 # --------------------------------------------------------------------------- decoding
 
+
 def decode_image(path: Path, image_size: int) -> torch.Tensor | None:
     """One image as uint8 [3, S, S]: shorter side resized to S, then center-cropped; None if unreadable."""
     try:
@@ -57,15 +58,19 @@ def decode_image(path: Path, image_size: int) -> torch.Tensor | None:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_images(paths: list[Path], image_size: int, root: Path,
-                  workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_images(
+    paths: list[Path], image_size: int, root: Path, workers: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``paths`` in a thread pool (PIL releases the GIL).
 
     Returns uint8 images [K, 3, S, S] of the readable files and the indices (into ``paths``)
     of those files. Skipped files are reported in one warning naming ``root`` and an example.
     """
-    require_memory(len(paths) * 3 * image_size ** 2, f"data.image_size={image_size} for {len(paths)} images",
-                   "lower data.image_size or use fewer images")
+    require_memory(
+        len(paths) * 3 * image_size**2,
+        f"data.image_size={image_size} for {len(paths)} images",
+        "lower data.image_size or use fewer images",
+    )
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     readable = torch.zeros(len(paths), dtype=torch.bool)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -83,6 +88,7 @@ def decode_images(paths: list[Path], image_size: int, root: Path,
 
 
 # --------------------------------------------------------------------------- file discovery
+
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
@@ -127,6 +133,7 @@ def concat_files(parts: list[LabelledFiles]) -> LabelledFiles:
 
 # --------------------------------------------------------------------------- assembly
 
+
 def check_identity_counts(labels: torch.Tensor, class_names: list[str], root: Path) -> None:
     """Every identity needs images on both sides of the split (after skipping unreadable files)."""
     counts = torch.bincount(labels, minlength=len(class_names))
@@ -134,32 +141,45 @@ def check_identity_counts(labels: torch.Tensor, class_names: list[str], root: Pa
         if count < MIN_IMAGES_PER_IDENTITY:
             raise LsmiaError(
                 f"identity '{class_names[label]}' under {root} has {count} readable image(s), fewer than the "
-                f"{MIN_IMAGES_PER_IDENTITY} a train/test split needs: add images or remove that identity")
+                f"{MIN_IMAGES_PER_IDENTITY} a train/test split needs: add images or remove that identity"
+            )
 
 
 def build_face_data(files: LabelledFiles, cfg: DataConfig, root: Path, source: str, layout: str) -> FaceData:
     """Decode, split per identity and attach the public images named by ``cfg.public_root``."""
     if not files.paths:
-        raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
-                         f"point data.root at a {source} folder laid out as {layout}")
+        raise LsmiaError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
+            f"point data.root at a {source} folder laid out as {layout}"
+        )
     if len(files.class_names) < 2:
-        raise LsmiaError(f"{root} holds {len(files.class_names)} identity folder(s); the attack and its metrics need "
-                         f"at least 2 identities, each with test images: add identities laid out as {layout}")
+        raise LsmiaError(
+            f"{root} holds {len(files.class_names)} identity folder(s); the attack and its metrics need "
+            f"at least 2 identities, each with test images: add identities laid out as {layout}"
+        )
     images, kept = decode_images(files.paths, cfg.image_size, root)
     if len(kept) == 0:
-        raise LsmiaError(f"none of the {len(files.paths)} images under {root} could be read: "
-                         f"point data.root at a {source} folder of valid images laid out as {layout}")
+        raise LsmiaError(
+            f"none of the {len(files.paths)} images under {root} could be read: "
+            f"point data.root at a {source} folder of valid images laid out as {layout}"
+        )
     labels = torch.tensor(files.labels, dtype=torch.long)[kept]
     check_identity_counts(labels, files.class_names, root)
     train_idx, test_idx = split_per_identity(labels, cfg.test_fraction, cfg.split_seed)
     everything = ImageSet(images, labels)
     public = load_public_folder(cfg.public_root, cfg.image_size) if cfg.public_root is not None else None
     meta = {"source": source, "root": str(root), "skipped": len(files.paths) - len(kept), "resize": RESIZE_POLICY}
-    return FaceData(train=everything.subset(train_idx), test=everything.subset(test_idx),
-                    class_names=files.class_names, public=public, meta=meta)
+    return FaceData(
+        train=everything.subset(train_idx),
+        test=everything.subset(test_idx),
+        class_names=files.class_names,
+        public=public,
+        meta=meta,
+    )
 
 
 # --------------------------------------------------------------------------- public loaders
+
 
 def load_facescrub(cfg: DataConfig) -> FaceData:
     """FaceScrub from ``<root>/actors/faces/<identity>/`` and ``<root>/actresses/faces/<identity>/``.
@@ -171,8 +191,10 @@ def load_facescrub(cfg: DataConfig) -> FaceData:
     root = require_dir(cfg.root, "data.source=facescrub", "data.root")
     group_dirs = [root / group / "faces" for group in FACESCRUB_GROUPS if (root / group / "faces").is_dir()]
     if not group_dirs:
-        raise LsmiaError(f"no FaceScrub faces folders under {root} (expected {root}/actors/faces/<identity>/ "
-                         f"and {root}/actresses/faces/<identity>/): point data.root at the FaceScrub root")
+        raise LsmiaError(
+            f"no FaceScrub faces folders under {root} (expected {root}/actors/faces/<identity>/ "
+            f"and {root}/actresses/faces/<identity>/): point data.root at the FaceScrub root"
+        )
     files = concat_files([class_folder_files(d) for d in group_dirs])
     return build_face_data(files, cfg, root, "facescrub", "ROOT/actors/faces/<identity>/<images>")
 
@@ -185,8 +207,9 @@ def read_celeba_identities(path: Path) -> dict[str, int]:
         if not fields:
             continue
         if len(fields) != 2 or not fields[1].isdigit():
-            raise LsmiaError(f"{path} line {line_no} is not '<file name> <identity id>': "
-                             "restore the original identity_CelebA.txt")
+            raise LsmiaError(
+                f"{path} line {line_no} is not '<file name> <identity id>': restore the original identity_CelebA.txt"
+            )
         identities[fields[0]] = int(fields[1])
     return identities
 
@@ -207,21 +230,26 @@ def load_celeba(cfg: DataConfig) -> FaceData:
     root = require_dir(cfg.root, "data.source=celeba", "data.root")
     identity_file = root / "identity_CelebA.txt"
     if not identity_file.is_file():
-        raise LsmiaError(f"{identity_file} does not exist: download identity_CelebA.txt from the CelebA "
-                         "Anno folder into data.root")
+        raise LsmiaError(
+            f"{identity_file} does not exist: download identity_CelebA.txt from the CelebA Anno folder into data.root"
+        )
     image_dir = root / "img_align_celeba"
     if not image_dir.is_dir():
         raise LsmiaError(f"{image_dir} does not exist: unpack img_align_celeba.zip into data.root")
     identities = read_celeba_identities(identity_file)
     selected = top_identities(identities, cfg.num_identities)
     if len(selected) < cfg.num_identities:
-        raise LsmiaError(f"{identity_file} lists only {len(selected)} identities, fewer than "
-                         f"data.num_identities={cfg.num_identities}: lower data.num_identities")
+        raise LsmiaError(
+            f"{identity_file} lists only {len(selected)} identities, fewer than "
+            f"data.num_identities={cfg.num_identities}: lower data.num_identities"
+        )
     label_of = {ident: label for label, ident in enumerate(selected)}
     chosen = sorted(name for name, ident in identities.items() if ident in label_of)
-    files = LabelledFiles(paths=[image_dir / name for name in chosen],
-                          labels=[label_of[identities[name]] for name in chosen],
-                          class_names=[str(ident) for ident in selected])
+    files = LabelledFiles(
+        paths=[image_dir / name for name in chosen],
+        labels=[label_of[identities[name]] for name in chosen],
+        class_names=[str(ident) for ident in selected],
+    )
     return build_face_data(files, cfg, root, "celeba", "ROOT/img_align_celeba/<images>")
 
 
@@ -240,14 +268,18 @@ def load_public_folder(root: Path | str, image_size: int) -> ImageSet:
     root = require_dir(Path(root), "data.public_root", "data.public_root")
     paths = image_files(root)
     if not paths:
-        raise LsmiaError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
-                         "point data.public_root at a folder of public face images")
+        raise LsmiaError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}: "
+            "point data.public_root at a folder of public face images"
+        )
     groups = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "." for p in paths]
     index_of = {name: i for i, name in enumerate(sorted(set(groups)))}
     images, kept = decode_images(paths, image_size, root)
     if len(kept) == 0:
-        raise LsmiaError(f"none of the {len(paths)} images under {root} could be read: "
-                         "point data.public_root at a folder of valid images")
+        raise LsmiaError(
+            f"none of the {len(paths)} images under {root} could be read: "
+            "point data.public_root at a folder of valid images"
+        )
     labels = torch.tensor([index_of[g] for g in groups], dtype=torch.long)[kept]
     return ImageSet(images, labels)
 

@@ -43,10 +43,12 @@ ATTRIBUTE_VALUES: dict[str, list[str]] = {
 
 # Numeric rendering parameters per attribute value (rows follow ATTRIBUTE_VALUES).
 FACE_SHAPE = torch.tensor([[0.47, 0.54, 2.0], [0.42, 0.58, 2.0], [0.38, 0.64, 2.2], [0.46, 0.56, 3.6]])  # a, b, p
-SKIN = torch.tensor([[0.97, 0.86, 0.78], [0.92, 0.75, 0.62], [0.80, 0.60, 0.45],
-                     [0.64, 0.45, 0.31], [0.42, 0.28, 0.19]])
-HAIR = torch.tensor([[0.09, 0.07, 0.06], [0.40, 0.24, 0.12], [0.90, 0.77, 0.45],
-                     [0.72, 0.30, 0.12], [0.72, 0.72, 0.74]])
+SKIN = torch.tensor(
+    [[0.97, 0.86, 0.78], [0.92, 0.75, 0.62], [0.80, 0.60, 0.45], [0.64, 0.45, 0.31], [0.42, 0.28, 0.19]]
+)
+HAIR = torch.tensor(
+    [[0.09, 0.07, 0.06], [0.40, 0.24, 0.12], [0.90, 0.77, 0.45], [0.72, 0.30, 0.12], [0.72, 0.72, 0.74]]
+)
 HAIRLINE_DEPTH = torch.tensor([0.12, 0.20, 0.28])  # fraction of the face height below its top
 IRIS = torch.tensor([[0.30, 0.16, 0.06], [0.20, 0.50, 0.95], [0.20, 0.65, 0.25], [0.62, 0.64, 0.68]])
 EYE_HALF_GAP = torch.tensor([0.14, 0.18, 0.22])
@@ -77,6 +79,7 @@ def attribute_cardinality() -> dict[str, int]:
 
 # --------------------------------------------------------------------------- identities
 
+
 def _balanced_column(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     """n values in 0..k-1, each used floor(n/k) or ceil(n/k) times, in random order."""
     start = int(torch.randint(k, (1,), generator=gen))
@@ -106,8 +109,9 @@ def _all_distinct(combos: torch.Tensor) -> bool:
     return len(torch.unique(combos, dim=0)) == len(combos)
 
 
-def sample_identities(num_private: int, num_public: int, seed: int,
-                      max_tries: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_identities(
+    num_private: int, num_public: int, seed: int, max_tries: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct attribute combinations [n, num_attributes] for the private and the public identities.
 
     Each group uses every attribute value about equally often; no combination repeats,
@@ -115,9 +119,11 @@ def sample_identities(num_private: int, num_public: int, seed: int,
     """
     space = math.prod(attribute_cardinality().values())
     if num_private + num_public > space // 100:
-        raise LsmiaError(f"{num_private + num_public} built-in identities asked for, more than the "
-                         f"{space // 100} the attribute space supports: lower data.num_identities or "
-                         "data.num_public_identities")
+        raise LsmiaError(
+            f"{num_private + num_public} built-in identities asked for, more than the "
+            f"{space // 100} the attribute space supports: lower data.num_identities or "
+            "data.num_public_identities"
+        )
     gen = torch.Generator().manual_seed(seed)
     for _ in range(max_tries):
         private, public = _draw_group(num_private, gen), _draw_group(num_public, gen)
@@ -127,6 +133,7 @@ def sample_identities(num_private: int, num_public: int, seed: int,
 
 
 # --------------------------------------------------------------------------- nuisance
+
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen) * (high - low) + low
@@ -149,7 +156,8 @@ def draw_nuisance(n: int, difficulty: float, gen: torch.Generator) -> dict[str, 
         "light_angle": _uniform(n, 0.0, 2 * math.pi, gen),
         "light_strength": torch.rand(n, generator=gen) * 0.45 * d,
         "brightness": 1.0 + _symmetric(n, 0.22 * d, gen),
-        "background": torch.full((n, 3), 0.55) * (1 - background_mix) + torch.rand(n, 3, generator=gen) * background_mix,
+        "background": torch.full((n, 3), 0.55) * (1 - background_mix)
+        + torch.rand(n, 3, generator=gen) * background_mix,
         "background_gradient": torch.randn(n, 2, generator=gen) * 0.18 * d,
         "clothes": torch.full((n, 3), 0.30) * (1 - clothes_mix) + torch.rand(n, 3, generator=gen) * clothes_mix,
         "smile": _symmetric(n, 1.8 * d, gen),
@@ -165,20 +173,32 @@ def _identity_params(combos: torch.Tensor) -> dict[str, torch.Tensor]:
     col = {name: combos[:, i] for i, name in enumerate(ATTRIBUTE_VALUES)}
     face = FACE_SHAPE[col["face_shape"]]
     return {
-        "face_a": face[:, 0], "face_b": face[:, 1], "face_p": face[:, 2],
-        "skin": SKIN[col["skin_tone"]], "hair": HAIR[col["hair_colour"]],
-        "hair_style": col["hair_style"], "hairline": HAIRLINE_DEPTH[col["hairline"]],
-        "iris": IRIS[col["eye_colour"]], "eye_gap": EYE_HALF_GAP[col["eye_spacing"]],
-        "eye_rx": EYE_RADII[col["eye_size"], 0], "eye_ry": EYE_RADII[col["eye_size"], 1],
-        "brow_half": BROWS[col["brows"], 0], "brow_arch": BROWS[col["brows"], 1],
-        "nose_w": NOSE[col["nose"], 0], "nose_len": NOSE[col["nose"], 1],
-        "mouth_w": MOUTH[col["mouth"], 0], "mouth_half": MOUTH[col["mouth"], 1],
-        "ear_h": EAR_HEIGHT[col["ears"]], "glasses": col["glasses"], "beard": col["beard"],
+        "face_a": face[:, 0],
+        "face_b": face[:, 1],
+        "face_p": face[:, 2],
+        "skin": SKIN[col["skin_tone"]],
+        "hair": HAIR[col["hair_colour"]],
+        "hair_style": col["hair_style"],
+        "hairline": HAIRLINE_DEPTH[col["hairline"]],
+        "iris": IRIS[col["eye_colour"]],
+        "eye_gap": EYE_HALF_GAP[col["eye_spacing"]],
+        "eye_rx": EYE_RADII[col["eye_size"], 0],
+        "eye_ry": EYE_RADII[col["eye_size"], 1],
+        "brow_half": BROWS[col["brows"], 0],
+        "brow_arch": BROWS[col["brows"], 1],
+        "nose_w": NOSE[col["nose"], 0],
+        "nose_len": NOSE[col["nose"], 1],
+        "mouth_w": MOUTH[col["mouth"], 0],
+        "mouth_half": MOUTH[col["mouth"], 1],
+        "ear_h": EAR_HEIGHT[col["ears"]],
+        "glasses": col["glasses"],
+        "beard": col["beard"],
         "mole": MOLE_SIDE[col["mole"]],
     }
 
 
 # --------------------------------------------------------------------------- drawing primitives
+
 
 def _b(t: torch.Tensor) -> torch.Tensor:
     """[n] -> [n, 1, 1], to broadcast per-image values over a pixel grid."""
@@ -190,15 +210,28 @@ def _soft(signed_distance: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(-signed_distance / edge)
 
 
-def _ellipse(u: torch.Tensor, v: torch.Tensor, cu: torch.Tensor | float, cv: torch.Tensor | float,
-             ru: torch.Tensor | float, rv: torch.Tensor | float, edge: torch.Tensor) -> torch.Tensor:
+def _ellipse(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor | float,
+    cv: torch.Tensor | float,
+    ru: torch.Tensor | float,
+    rv: torch.Tensor | float,
+    edge: torch.Tensor,
+) -> torch.Tensor:
     ru_t, rv_t = torch.as_tensor(ru), torch.as_tensor(rv)
     radius = torch.hypot((u - cu) / ru_t, (v - cv) / rv_t)
     return _soft((radius - 1) * torch.minimum(ru_t, rv_t), edge)
 
 
-def _band(u: torch.Tensor, v: torch.Tensor, centre_v: torch.Tensor, half_width: torch.Tensor,
-          half_thickness: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
+def _band(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    centre_v: torch.Tensor,
+    half_width: torch.Tensor,
+    half_thickness: torch.Tensor,
+    edge: torch.Tensor,
+) -> torch.Tensor:
     """A horizontal stroke following the curve ``centre_v(u)``, ``|u| < half_width``."""
     across = _soft((v - centre_v).abs() - half_thickness, edge)
     along = _soft(u.abs() - half_width, edge)
@@ -210,6 +243,7 @@ def _paint(canvas: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> to
 
 
 # --------------------------------------------------------------------------- face layers
+
 
 class FaceCanvas:
     """One batch being drawn: face coordinates per pixel and the identity/nuisance parameters."""
@@ -266,8 +300,9 @@ def _back_hair(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
 
 def _ears(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     ear_h = _b(c.p["ear_h"])
-    ears = torch.maximum(_ellipse(c.u, c.v, -c.a, 0.02, 0.06, ear_h, c.edge),
-                         _ellipse(c.u, c.v, c.a, 0.02, 0.06, ear_h, c.edge))
+    ears = torch.maximum(
+        _ellipse(c.u, c.v, -c.a, 0.02, 0.06, ear_h, c.edge), _ellipse(c.u, c.v, c.a, 0.02, 0.06, ear_h, c.edge)
+    )
     return _paint(canvas, ears, c.p["skin"] * 0.92)
 
 
@@ -275,8 +310,14 @@ def _beard(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     style = _b(c.p["beard"])
     face = c.head_mask()
     full = face * _soft(0.2 - c.v, c.edge) * (style == 2)
-    moustache = _band(c.fu, c.v, torch.full_like(c.v, 0.235) + 0.5 * c.fu ** 2, torch.full_like(c.v, 0.12),
-                      torch.full_like(c.v, 0.028), c.edge) * (style >= 1)
+    moustache = _band(
+        c.fu,
+        c.v,
+        torch.full_like(c.v, 0.235) + 0.5 * c.fu**2,
+        torch.full_like(c.v, 0.12),
+        torch.full_like(c.v, 0.028),
+        c.edge,
+    ) * (style >= 1)
     return _paint(canvas, torch.maximum(full, moustache), c.p["hair"] * 0.8)
 
 
@@ -291,7 +332,7 @@ def _nose(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
 
 def _mouth(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     half_w = _b(c.p["mouth_w"])
-    curve = 0.29 - _b(c.n["smile"]) * (half_w ** 2 - c.fu ** 2).clamp(min=0)
+    curve = 0.29 - _b(c.n["smile"]) * (half_w**2 - c.fu**2).clamp(min=0)
     thickness = _b(c.p["mouth_half"]) + _b(c.n["mouth_open"]) * 0.03
     lips = _band(c.fu, c.v, curve, half_w, thickness, c.edge)
     lip_colour = c.p["skin"] * torch.tensor([0.75, 0.42, 0.42])
@@ -325,7 +366,7 @@ def _brows(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     brows = torch.zeros_like(c.u)
     for cu in _eye_centres(c):
         du = c.fu - cu
-        centre_v = -0.02 - _b(c.p["eye_ry"]) - 0.06 + arch * du ** 2
+        centre_v = -0.02 - _b(c.p["eye_ry"]) - 0.06 + arch * du**2
         brows = torch.maximum(brows, _band(du, c.v, centre_v, _b(c.p["eye_rx"]) * 1.15, half, c.edge))
     return _paint(canvas, brows, c.p["hair"] * 0.75)
 
@@ -342,9 +383,13 @@ def _top_hair(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
     volume = torch.where(style == 3, 0.11, 0.05)
     # Curly hair: a bumpy outline; bald: hair on the sides only.
     bumps = torch.where(style == 3, 0.025 * torch.sin(18 * torch.atan2(c.v, c.u)), torch.zeros_like(c.u))
-    cap = _soft(torch.maximum(
-        (((c.u / (c.a + volume)) ** 2 + (c.v / (c.b + volume)) ** 2).sqrt() - 1) * c.a + bumps,
-        c.v - line - 0.08 * (c.u / c.a) ** 2), c.edge)
+    cap = _soft(
+        torch.maximum(
+            (((c.u / (c.a + volume)) ** 2 + (c.v / (c.b + volume)) ** 2).sqrt() - 1) * c.a + bumps,
+            c.v - line - 0.08 * (c.u / c.a) ** 2,
+        ),
+        c.edge,
+    )
     bald = _soft(torch.maximum(0.8 * c.a - c.u.abs(), (c.v - line + 0.05).abs() - 0.12), c.edge) * c.head_mask(0.03)
     hair = torch.where(style == 0, bald, cap)
     return _paint(canvas, hair, c.p["hair"])
@@ -359,8 +404,9 @@ def _glasses(canvas: torch.Tensor, c: FaceCanvas) -> torch.Tensor:
         dist = torch.hypot(c.fu - cu, c.v + 0.02)
         rim = torch.maximum(rim, _soft((dist - radius).abs() - 0.014, c.edge))
         lens = torch.maximum(lens, _soft(dist - radius, c.edge))
-    bridge = _band(c.fu, c.v, torch.full_like(c.v, -0.03), _b(c.p["eye_gap"]) - radius, torch.full_like(c.v, 0.012),
-                   c.edge)
+    bridge = _band(
+        c.fu, c.v, torch.full_like(c.v, -0.03), _b(c.p["eye_gap"]) - radius, torch.full_like(c.v, 0.012), c.edge
+    )
     frame = torch.maximum(rim, bridge) * (kind >= 1)
     canvas = _paint(canvas, lens * (kind == 2), torch.full((len(canvas), 3), 0.08))
     return _paint(canvas, frame, torch.full((len(canvas), 3), 0.1))
@@ -399,8 +445,9 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def render_identities(combos: torch.Tensor, per_identity: int, image_size: int, difficulty: float,
-                      gen: torch.Generator) -> ImageSet:
+def render_identities(
+    combos: torch.Tensor, per_identity: int, image_size: int, difficulty: float, gen: torch.Generator
+) -> ImageSet:
     """``per_identity`` images of each identity (labels = row index of ``combos``)."""
     labels = torch.arange(len(combos)).repeat_interleave(per_identity)
     images = [render_faces(combos[labels[s]], image_size, difficulty, gen) for s in _batches(len(labels), RENDER_BATCH)]
@@ -414,10 +461,13 @@ def _attribute_table(combos: torch.Tensor) -> dict[str, torch.Tensor]:
 def check_render_memory(cfg: DataConfig) -> None:
     """Fail before rendering when the images (and one supersampled render batch) cannot fit in memory."""
     count = cfg.num_identities * cfg.images_per_identity + cfg.num_public_identities * cfg.public_images_per_identity
-    stored = count * 3 * cfg.image_size ** 2
+    stored = count * 3 * cfg.image_size**2
     batch = min(RENDER_BATCH, count) * 3 * (cfg.image_size * SUPERSAMPLE) ** 2 * 4 * RENDER_WORKING_TENSORS
-    require_memory(stored + batch, f"data.image_size={cfg.image_size} for {count} images",
-                   "lower data.image_size or the number of images")
+    require_memory(
+        stored + batch,
+        f"data.image_size={cfg.image_size} for {count} images",
+        "lower data.image_size or the number of images",
+    )
 
 
 def render_builtin(cfg: DataConfig) -> FaceData:
@@ -429,10 +479,18 @@ def render_builtin(cfg: DataConfig) -> FaceData:
     public_set = render_identities(public, cfg.public_images_per_identity, cfg.image_size, cfg.difficulty, gen)
     train_idx, test_idx = split_per_identity(images.labels, cfg.test_fraction, cfg.split_seed)
     return FaceData(
-        train=images.subset(train_idx), test=images.subset(test_idx),
-        class_names=[f"id_{i:03d}" for i in range(cfg.num_identities)], public=public_set,
-        attributes=_attribute_table(private), public_attributes=_attribute_table(public),
+        train=images.subset(train_idx),
+        test=images.subset(test_idx),
+        class_names=[f"id_{i:03d}" for i in range(cfg.num_identities)],
+        public=public_set,
+        attributes=_attribute_table(private),
+        public_attributes=_attribute_table(public),
         attribute_cardinality=attribute_cardinality(),
-        meta={"source": "builtin", "attribute_values": {k: list(v) for k, v in ATTRIBUTE_VALUES.items()},
-              "seed": cfg.seed, "difficulty": cfg.difficulty, "image_size": cfg.image_size},
+        meta={
+            "source": "builtin",
+            "attribute_values": {k: list(v) for k, v in ATTRIBUTE_VALUES.items()},
+            "seed": cfg.seed,
+            "difficulty": cfg.difficulty,
+            "image_size": cfg.image_size,
+        },
     )

@@ -33,6 +33,7 @@ class Defense:
     def capture(self, modules: Iterable[nn.Module], store: list[torch.Tensor]) -> None:
         """Append each module's output to ``store`` on every forward pass with gradients (the training pass, not
         the no-grad scoring of the test set); the consumer clears ``store``."""
+
         def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if torch.is_grad_enabled():
                 store.append(output)
@@ -42,6 +43,7 @@ class Defense:
 
     def capture_inputs(self, modules: Iterable[nn.Module], store: list[torch.Tensor]) -> None:
         """Like :meth:`capture`, for each module's (first) input."""
+
         def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             if torch.is_grad_enabled():
                 store.append(inputs[0])

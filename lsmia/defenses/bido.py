@@ -38,7 +38,7 @@ def squared_distances(a: torch.Tensor) -> torch.Tensor:
 
 def gaussian_kernel(a: torch.Tensor, sigma: float = SIGMA) -> torch.Tensor:
     """k_ij = exp(-||a_i - a_j||^2 / (2 sigma^2 d)), d = a.shape[1] (the reference's bandwidth sigma * sqrt(d))."""
-    return torch.exp(-squared_distances(a) / (2.0 * sigma ** 2 * a.shape[1]))
+    return torch.exp(-squared_distances(a) / (2.0 * sigma**2 * a.shape[1]))
 
 
 def linear_kernel(a: torch.Tensor) -> torch.Tensor:
@@ -78,16 +78,24 @@ class BidoDefense(Defense):
 
     name = "bido"
 
-    def __init__(self, blocks: Sequence[Sequence[nn.Module]], num_classes: int, lambda_x: float, lambda_y: float,
-                 measure: str = "nhsic", label_kernel: str = "linear") -> None:
+    def __init__(
+        self,
+        blocks: Sequence[Sequence[nn.Module]],
+        num_classes: int,
+        lambda_x: float,
+        lambda_y: float,
+        measure: str = "nhsic",
+        label_kernel: str = "linear",
+    ) -> None:
         super().__init__()
         self.num_classes, self.lambda_x, self.lambda_y = num_classes, lambda_x, lambda_y
         self.measure, self.label_kernel = MEASURES[measure], KERNELS[label_kernel]
         self.hidden: list[torch.Tensor] = []
         self.capture_inputs([block[0] for block in blocks[1:]], self.hidden)  # block j's output enters block j + 1
 
-    def dependences(self, x: torch.Tensor, y: torch.Tensor, hidden: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor,
-                                                                                                        torch.Tensor]]:
+    def dependences(
+        self, x: torch.Tensor, y: torch.Tensor, hidden: Sequence[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(dep(x, z_j), dep(y, z_j)) per hidden representation z_j."""
         k_x = gaussian_kernel(x.flatten(1).float())
         k_y = self.label_kernel(F.one_hot(y, self.num_classes).float())

@@ -126,8 +126,9 @@ def collect_points(results: dict[str, Any]) -> list[Point]:
         flat, alpha, seed = overrides[row["variant"]], float(row["alpha"]), int(row["seed"])
         key = _model_key(flat, alpha)
         if key not in points:
-            points[key] = Point(*describe({k: v for k, v in flat.items()
-                                           if not k.startswith(("attack.", "study."))}, alpha), alpha)
+            points[key] = Point(
+                *describe({k: v for k, v in flat.items() if not k.startswith(("attack.", "study."))}, alpha), alpha
+            )
         point = points[key]
         point.variants += [] if row["variant"] in point.variants else [row["variant"]]
         point.test_acc[seed] = float(row["test_acc"])
@@ -211,16 +212,20 @@ class Comparison:
 def _undefended(points: list[Point]) -> Point:
     plain = [p for p in points if p.undefended]
     if not plain:
-        raise LsmiaError("the results hold no undefended model (a variant without target.defense at alpha 0): "
-                         "add the variant 'none: {}' to the plan and re-run 'lsmia ablate'")
+        raise LsmiaError(
+            "the results hold no undefended model (a variant without target.defense at alpha 0): "
+            "add the variant 'none: {}' to the plan and re-run 'lsmia ablate'"
+        )
     return plain[0]
 
 
 def build_fronts(points: list[Point], undefended: Point) -> dict[str, list[Point]]:
     families = sorted({p.family for p in points} - {NO_DEFENSE})
     if not families:
-        raise LsmiaError("the results hold no defended model: add variants with target.defense.kind mid, bido or tl "
-                         "(or label smoothing through study.alphas) to the plan, e.g. configs/defenses.yaml")
+        raise LsmiaError(
+            "the results hold no defended model: add variants with target.defense.kind mid, bido or tl "
+            "(or label smoothing through study.alphas) to the plan, e.g. configs/defenses.yaml"
+        )
     return {f: pareto_front([undefended, *[p for p in points if p.family == f]]) for f in families}
 
 
@@ -231,8 +236,15 @@ def matched_table(fronts: dict[str, list[Point]], levels: list[float]) -> list[d
         for family, front in fronts.items():
             matched = interpolate(front, level)
             if matched is not None:
-                table.append({"test_acc": level, "defense": family, **{m: matched.stat(m) for m in METRICS},
-                              "between": matched.between, "strongest": matched.losses})
+                table.append(
+                    {
+                        "test_acc": level,
+                        "defense": family,
+                        **{m: matched.stat(m) for m in METRICS},
+                        "between": matched.between,
+                        "strongest": matched.losses,
+                    }
+                )
     return table
 
 
@@ -274,20 +286,38 @@ def _stat(values: Iterable[float]) -> Stat:
 
 
 def point_record(point: Point, fronts: dict[str, list[Point]]) -> dict[str, Any]:
-    return {"defense": point.family, "strength": point.strength, "alpha": point.alpha, "variants": point.variants,
-            "test_acc": _stat(point.test_acc.values()), "strongest": point.strongest,
-            "attacks": {loss: {m: _stat(row[m] for row in seeds.values() if m in row) for m in METRICS}
-                        for loss, seeds in sorted(point.attacks.items())},
-            "on_front": [family for family, front in fronts.items() if point in front]}
+    return {
+        "defense": point.family,
+        "strength": point.strength,
+        "alpha": point.alpha,
+        "variants": point.variants,
+        "test_acc": _stat(point.test_acc.values()),
+        "strongest": point.strongest,
+        "attacks": {
+            loss: {m: _stat(row[m] for row in seeds.values() if m in row) for m in METRICS}
+            for loss, seeds in sorted(point.attacks.items())
+        },
+        "on_front": [family for family, front in fronts.items() if point in front],
+    }
 
 
 def to_json(comparison: Comparison, source: str) -> dict[str, Any]:
     fronts = comparison.fronts
-    lines = {family: [{"strength": p.strength, "test_acc": p.mean_test_acc(), "final_acc1": p.mean(p.strongest)}
-                      for p in front] for family, front in fronts.items()}
-    return {"source": source, "levels": comparison.levels, "table": comparison.table,
-            "winners": winners(comparison), "undefended": point_record(comparison.undefended, fronts),
-            "fronts": lines, "points": [point_record(p, fronts) for p in comparison.points]}
+    lines = {
+        family: [
+            {"strength": p.strength, "test_acc": p.mean_test_acc(), "final_acc1": p.mean(p.strongest)} for p in front
+        ]
+        for family, front in fronts.items()
+    }
+    return {
+        "source": source,
+        "levels": comparison.levels,
+        "table": comparison.table,
+        "winners": winners(comparison),
+        "undefended": point_record(comparison.undefended, fronts),
+        "fronts": lines,
+        "points": [point_record(p, fronts) for p in comparison.points],
+    }
 
 
 def winners(comparison: Comparison) -> list[dict[str, Any]]:
@@ -298,31 +328,50 @@ def winners(comparison: Comparison) -> list[dict[str, Any]]:
         if len(rows) >= 2:
             best, second = rows[0]["final_acc1"], rows[1]["final_acc1"]
             clear = best["mean"] + best["ci95"] < second["mean"] - second["ci95"]
-            out.append({"test_acc": level, "defense": rows[0]["defense"], "runner_up": rows[1]["defense"],
-                        "intervals_separate": bool(clear)})
+            out.append(
+                {
+                    "test_acc": level,
+                    "defense": rows[0]["defense"],
+                    "runner_up": rows[1]["defense"],
+                    "intervals_separate": bool(clear),
+                }
+            )
     return out
 
 
 def _cell(stat: Stat, digits: int = 3) -> str:
     if not math.isfinite(stat["mean"]):
         return "—"
-    return f"{stat['mean']:.{digits}f}" if not math.isfinite(stat["ci95"]) else \
-        f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+    return (
+        f"{stat['mean']:.{digits}f}"
+        if not math.isfinite(stat["ci95"])
+        else f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+    )
 
 
 def markdown(comparison: Comparison) -> str:
-    lines = ["## Defenses at equal test accuracy (worst case over attack losses)", "",
-             "| test acc | defense | attack acc@1 | δ_eval | ξ | strongest attack | front points |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Defenses at equal test accuracy (worst case over attack losses)",
+        "",
+        "| test acc | defense | attack acc@1 | δ_eval | ξ | strongest attack | front points |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in sorted(comparison.table, key=lambda r: (-r["test_acc"], r["final_acc1"]["mean"])):
-        lines.append(f"| {row['test_acc']:.3f} | {row['defense']} | {_cell(row['final_acc1'])} | "
-                     f"{_cell(row['delta_eval'], 1)} | {_cell(row['xi'])} | {' / '.join(row['strongest'])} | "
-                     f"{' … '.join(row['between'])} |")
+        lines.append(
+            f"| {row['test_acc']:.3f} | {row['defense']} | {_cell(row['final_acc1'])} | "
+            f"{_cell(row['delta_eval'], 1)} | {_cell(row['xi'])} | {' / '.join(row['strongest'])} | "
+            f"{' … '.join(row['between'])} |"
+        )
     if not comparison.levels:
         lines.append("| — | no accuracy range is shared by every front: pass --levels | | | | | |")
-    lines += ["", *[f"- at test accuracy {w['test_acc']:.3f}: **{w['defense']}** has the lowest attack acc@1 "
-                    f"(next: {w['runner_up']}; 95 % intervals {'separate' if w['intervals_separate'] else 'overlap'})"
-                    for w in winners(comparison)]]
+    lines += [
+        "",
+        *[
+            f"- at test accuracy {w['test_acc']:.3f}: **{w['defense']}** has the lowest attack acc@1 "
+            f"(next: {w['runner_up']}; 95 % intervals {'separate' if w['intervals_separate'] else 'overlap'})"
+            for w in winners(comparison)
+        ],
+    ]
     lines += ["", *model_lines(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -330,18 +379,27 @@ def markdown(comparison: Comparison) -> str:
 def model_lines(comparison: Comparison) -> list[str]:
     losses = sorted({loss for p in comparison.points for loss in p.attacks})
     heads = " | ".join(f"acc@1 {loss}" for loss in losses)
-    lines = ["## Every model", "", f"| defense | strength | test acc | {heads} | strongest | on front |",
-             "|---|---|---|" + "---|" * len(losses) + "---|---|"]
+    lines = [
+        "## Every model",
+        "",
+        f"| defense | strength | test acc | {heads} | strongest | on front |",
+        "|---|---|---|" + "---|" * len(losses) + "---|---|",
+    ]
     for p in sorted(comparison.points, key=lambda p: (p.family, -p.mean_test_acc())):
         record = point_record(p, comparison.fronts)
         accs = [_cell(record["attacks"][loss]["final_acc1"]) if loss in record["attacks"] else "" for loss in losses]
-        lines.append(f"| {p.family} | {p.strength} | {_cell(record['test_acc'])} | {' | '.join(accs)} | "
-                     f"{p.strongest} | {', '.join(record['on_front']) or 'no'} |")
+        lines.append(
+            f"| {p.family} | {p.strength} | {_cell(record['test_acc'])} | {' | '.join(accs)} | "
+            f"{p.strongest} | {', '.join(record['on_front']) or 'no'} |"
+        )
     seeds = sorted({s for p in comparison.points for s in p.test_acc})
-    lines += ["", f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds. acc@1 is the evaluation "
-              "model's top-1 accuracy on the final samples; each model counts against its strongest attack. "
-              "Matched-accuracy rows interpolate each defense's Pareto front (with the undefended model as strength "
-              "0) linearly at that mean test accuracy, seed by seed."]
+    lines += [
+        "",
+        f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds. acc@1 is the evaluation "
+        "model's top-1 accuracy on the final samples; each model counts against its strongest attack. "
+        "Matched-accuracy rows interpolate each defense's Pareto front (with the undefended model as strength "
+        "0) linearly at that mean test accuracy, seed by seed.",
+    ]
     return lines
 
 
@@ -354,8 +412,9 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
     ax = fig.subplots()
     for index, (family, front) in enumerate(comparison.fronts.items()):
         colour = COLOURS[index % len(COLOURS)]
-        ax.plot([p.mean_test_acc() for p in front], [p.mean(p.strongest) for p in front], "-", color=colour,
-                label=family)
+        ax.plot(
+            [p.mean_test_acc() for p in front], [p.mean(p.strongest) for p in front], "-", color=colour, label=family
+        )
         for point in (p for p in comparison.points if p.family == family):
             _errorbar(ax, point, colour, filled=point in front)
     _errorbar(ax, comparison.undefended, "black", filled=True, marker="*", size=12, label="no defense")
@@ -370,17 +429,29 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
     return path
 
 
-def _errorbar(ax: Any, point: Point, colour: str, filled: bool, marker: str = "o", size: int = 6,
-              label: str | None = None) -> None:
+def _errorbar(
+    ax: Any, point: Point, colour: str, filled: bool, marker: str = "o", size: int = 6, label: str | None = None
+) -> None:
     x, y = _stat(point.test_acc.values()), _stat(point.worst_case("final_acc1").values())
     xerr = x["ci95"] if math.isfinite(x["ci95"]) else 0.0
     yerr = y["ci95"] if math.isfinite(y["ci95"]) else 0.0
-    ax.errorbar([x["mean"]], [y["mean"]], xerr=[xerr], yerr=[yerr], fmt=marker, color=colour, markersize=size,
-                markerfacecolor=colour if filled else "white", capsize=2, label=label)
+    ax.errorbar(
+        [x["mean"]],
+        [y["mean"]],
+        xerr=[xerr],
+        yerr=[yerr],
+        fmt=marker,
+        color=colour,
+        markersize=size,
+        markerfacecolor=colour if filled else "white",
+        capsize=2,
+        label=label,
+    )
 
 
-def compare_defenses(results_path: Path, out_dir: Path | None = None,
-                     levels: list[float] | None = None) -> tuple[Comparison, Path]:
+def compare_defenses(
+    results_path: Path, out_dir: Path | None = None, levels: list[float] | None = None
+) -> tuple[Comparison, Path]:
     """Read an ablation's results.json, write compare.json, compare.md and fronts.png; (comparison, folder)."""
     results_path = Path(results_path)
     comparison = compare(load_results(results_path), levels)

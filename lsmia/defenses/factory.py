@@ -31,13 +31,27 @@ def build_defense(defense: DefenseConfig, model: Classifier) -> Defense:
         assert model.bottleneck is not None, "a MID model is built with bottleneck=True"
         return MidDefense(model.bottleneck, defense.mid_beta)
     if defense.kind == "bido":
-        return BidoDefense(model.blocks(), model.num_classes, defense.bido_lambda_x, defense.bido_lambda_y,
-                           defense.bido_measure, defense.bido_label_kernel)
+        return BidoDefense(
+            model.blocks(),
+            model.num_classes,
+            defense.bido_lambda_x,
+            defense.bido_lambda_y,
+            defense.bido_measure,
+            defense.bido_label_kernel,
+        )
     return TransferDefense(model, defense.tl_trained_layers)
 
 
-def prepare_defense(defense: DefenseConfig, cfg: ClassifierConfig, model: Classifier, data: FaceData, out_dir: Path,
-                    device: torch.device, seed: int, code_version: str = "") -> Defense:
+def prepare_defense(
+    defense: DefenseConfig,
+    cfg: ClassifierConfig,
+    model: Classifier,
+    data: FaceData,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    code_version: str = "",
+) -> Defense:
     """Build the defense (which checks its settings against ``model``), then pre-train ``model`` when it needs it
     (TL without ``pretrained_path``)."""
     built = build_defense(defense, model)

@@ -37,8 +37,10 @@ def public_task(data: FaceData, seed: int) -> FaceData:
     """The public identities as a classification task, split per identity (90/10)."""
     public = data.public
     if public is None or len(torch.unique(public.labels)) < 2:
-        raise LsmiaError("target.defense.kind 'tl' pre-trains on public identities, but the data has fewer than 2: "
-                         "use data with public identities (the built-in data has them) or set target.pretrained_path")
+        raise LsmiaError(
+            "target.defense.kind 'tl' pre-trains on public identities, but the data has fewer than 2: "
+            "use data with public identities (the built-in data has them) or set target.pretrained_path"
+        )
     train_idx, test_idx = split_per_identity(public.labels, PUBLIC_TEST_FRACTION, seed)
     names = [f"public_{i}" for i in range(int(public.labels.max()) + 1)]
     return FaceData(train=public.subset(train_idx), test=public.subset(test_idx), class_names=names)
@@ -51,14 +53,27 @@ def pretraining_config(cfg: ClassifierConfig, defense: DefenseConfig) -> Classif
     return ClassifierConfig.model_validate(fields)
 
 
-def pretrain_on_public(cfg: ClassifierConfig, defense: DefenseConfig, data: FaceData, out_dir: Path,
-                       device: torch.device, seed: int, code_version: str = "") -> dict[str, torch.Tensor]:
+def pretrain_on_public(
+    cfg: ClassifierConfig,
+    defense: DefenseConfig,
+    data: FaceData,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    code_version: str = "",
+) -> dict[str, torch.Tensor]:
     """Train on the public identities into ``out_dir/public`` (resumable like any training); its backbone's state."""
     from lsmia.training.classifier import train_classifier  # here: lsmia.training.classifier imports this package
 
-    result = train_classifier(pretraining_config(cfg, defense), public_task(data, seed + PRETRAIN_SEED_OFFSET),
-                              Path(out_dir) / PUBLIC_DIR, device, seed=seed + PRETRAIN_SEED_OFFSET,
-                              show_progress=False, code_version=code_version)
+    result = train_classifier(
+        pretraining_config(cfg, defense),
+        public_task(data, seed + PRETRAIN_SEED_OFFSET),
+        Path(out_dir) / PUBLIC_DIR,
+        device,
+        seed=seed + PRETRAIN_SEED_OFFSET,
+        show_progress=False,
+        code_version=code_version,
+    )
     return result.model.backbone.state_dict()
 
 
@@ -71,14 +86,16 @@ class TransferDefense(Defense):
         super().__init__()
         blocks = model.blocks()
         if trained_layers > len(blocks):
-            raise LsmiaError(f"target.defense.tl_trained_layers is {trained_layers} but {model.arch} has {len(blocks)} "
-                             f"blocks (the head counts as one): set it from 1 to {len(blocks)}")
+            raise LsmiaError(
+                f"target.defense.tl_trained_layers is {trained_layers} but {model.arch} has {len(blocks)} "
+                f"blocks (the head counts as one): set it from 1 to {len(blocks)}"
+            )
         self.frozen_blocks = len(blocks) - trained_layers
         for module in self.frozen(model):
             module.requires_grad_(False)
 
     def frozen(self, model: Classifier) -> list[nn.Module]:
-        return [module for block in model.blocks()[:self.frozen_blocks] for module in block]
+        return [module for block in model.blocks()[: self.frozen_blocks] for module in block]
 
     def set_train_mode(self, model: nn.Module) -> None:
         if isinstance(model, Classifier):

@@ -2,11 +2,11 @@
 
 from lsmia.metrics.accuracy import attack_accuracy, topk_accuracy
 from lsmia.metrics.attributes import (
-                                      AttributePredictor,
-                                      attribute_leakage,
-                                      load_attribute_predictor,
-                                      save_attribute_predictor,
-                                      train_attribute_predictor,
+    AttributePredictor,
+    attribute_leakage,
+    load_attribute_predictor,
+    save_attribute_predictor,
+    train_attribute_predictor,
 )
 from lsmia.metrics.delta import delta_eval, delta_eval_per_target
 from lsmia.metrics.evaluate import evaluate_attack
@@ -16,22 +16,22 @@ from lsmia.metrics.knowledge import knowledge_extraction
 from lsmia.metrics.prdc import prdc, prdc_per_class
 
 __all__ = [
-                                      "AttributePredictor",
-                                      "attack_accuracy",
-                                      "attribute_leakage",
-                                      "delta_eval",
-                                      "delta_eval_per_target",
-                                      "evaluate_attack",
-                                      "extract_features",
-                                      "feature_fid",
-                                      "frechet_distance",
-                                      "inception_fid",
-                                      "knowledge_extraction",
-                                      "load_attribute_predictor",
-                                      "prdc",
-                                      "prdc_per_class",
-                                      "predict_logits",
-                                      "save_attribute_predictor",
-                                      "topk_accuracy",
-                                      "train_attribute_predictor",
+    "AttributePredictor",
+    "attack_accuracy",
+    "attribute_leakage",
+    "delta_eval",
+    "delta_eval_per_target",
+    "evaluate_attack",
+    "extract_features",
+    "feature_fid",
+    "frechet_distance",
+    "inception_fid",
+    "knowledge_extraction",
+    "load_attribute_predictor",
+    "prdc",
+    "prdc_per_class",
+    "predict_logits",
+    "save_attribute_predictor",
+    "topk_accuracy",
+    "train_attribute_predictor",
 ]

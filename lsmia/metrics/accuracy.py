@@ -16,8 +16,9 @@ def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     return hits.double().mean().item()
 
 
-def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                    batch_size: int = 256) -> dict[str, float]:
+def attack_accuracy(
+    eval_model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch_size: int = 256
+) -> dict[str, float]:
     """Top-1 and top-5 accuracy of ``eval_model`` on ``images`` w.r.t. their target classes.
 
     ``acc5`` counts a target within the top-5 logits, or within all C when C < 5.
@@ -27,6 +28,8 @@ def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, targets: torch.
     logits = predict_logits(eval_model, images, batch_size)
     targets = targets.long().cpu()
     if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-        raise LsmiaError(f"targets must lie in 0..{logits.shape[1] - 1} for a {logits.shape[1]}-class "
-                         "evaluation model: evaluate with the model trained on the attacked data set")
+        raise LsmiaError(
+            f"targets must lie in 0..{logits.shape[1] - 1} for a {logits.shape[1]}-class "
+            "evaluation model: evaluate with the model trained on the attacked data set"
+        )
     return {"acc1": topk_accuracy(logits, targets, 1), "acc5": topk_accuracy(logits, targets, 5)}

@@ -60,15 +60,23 @@ def _private_attributes(data: FaceData) -> dict[str, torch.Tensor]:
     return data.attributes
 
 
-def _cardinality(attributes: dict[str, torch.Tensor], public_attributes: dict[str, torch.Tensor],
-                 known: dict[str, int] | None) -> dict[str, int]:
+def _cardinality(
+    attributes: dict[str, torch.Tensor], public_attributes: dict[str, torch.Tensor], known: dict[str, int] | None
+) -> dict[str, int]:
     if known is not None:
         return {name: int(known[name]) for name in attributes}
     return {name: int(max(attributes[name].max(), public_attributes[name].max())) + 1 for name in attributes}
 
 
-def train_attribute_predictor(data: FaceData, device: torch.device | str, epochs: int, seed: int = 0,
-                              width: int = 16, batch_size: int = 64, lr: float = 1e-3) -> AttributePredictor:
+def train_attribute_predictor(
+    data: FaceData,
+    device: torch.device | str,
+    epochs: int,
+    seed: int = 0,
+    width: int = 16,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+) -> AttributePredictor:
     """Train the predictor on the public identities' images labelled with their attributes (Adam, cosine)."""
     if data.attributes is None or data.public_attributes is None or data.public is None:  # not has_attributes(data)
         raise LsmiaError(NO_ATTRIBUTES)
@@ -80,14 +88,31 @@ def train_attribute_predictor(data: FaceData, device: torch.device | str, epochs
         predictor = AttributePredictor(cardinality, data.image_size, width).to(device)
     optimizer = torch.optim.Adam(predictor.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    fit(predictor, data.public.images, labels, _multi_head_loss, optimizer, epochs, batch_size, device, gen,
-        desc="attribute predictor epochs")
+    fit(
+        predictor,
+        data.public.images,
+        labels,
+        _multi_head_loss,
+        optimizer,
+        epochs,
+        batch_size,
+        device,
+        gen,
+        desc="attribute predictor epochs",
+    )
     return predictor
 
 
 def save_attribute_predictor(predictor: AttributePredictor, path: Path | str) -> None:
-    save_torch({"cardinality": predictor.cardinality, "image_size": predictor.image_size,
-                "width": predictor.width, "state_dict": predictor.state_dict()}, path)
+    save_torch(
+        {
+            "cardinality": predictor.cardinality,
+            "image_size": predictor.image_size,
+            "width": predictor.width,
+            "state_dict": predictor.state_dict(),
+        },
+        path,
+    )
 
 
 def load_attribute_predictor(path: Path | str) -> AttributePredictor:
@@ -96,16 +121,25 @@ def load_attribute_predictor(path: Path | str) -> AttributePredictor:
         predictor = AttributePredictor(ckpt["cardinality"], ckpt["image_size"], ckpt["width"])
         predictor.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError):
-        raise LsmiaError(f"{path} is not an lsmia attribute predictor: delete it and re-run 'lsmia train-attributes'") from None
+        raise LsmiaError(
+            f"{path} is not an lsmia attribute predictor: delete it and re-run 'lsmia train-attributes'"
+        ) from None
     return predictor.eval()
 
 
-def identity_predictions(predictor: AttributePredictor, images: torch.Tensor, image_targets: torch.Tensor,
-                         identities: list[int], batch_size: int = 256) -> dict[str, torch.Tensor]:
+def identity_predictions(
+    predictor: AttributePredictor,
+    images: torch.Tensor,
+    image_targets: torch.Tensor,
+    identities: list[int],
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
     """Per attribute, the predicted value [len(identities)] of each identity: argmax of the mean
     predicted probability over that identity's images."""
-    probs = {name: logits.softmax(dim=1) for name, logits in predictor.split(
-        predict_logits(predictor, images, batch_size)).items()}
+    probs = {
+        name: logits.softmax(dim=1)
+        for name, logits in predictor.split(predict_logits(predictor, images, batch_size)).items()
+    }
     out = {}
     for name, p in probs.items():
         means = [p[image_targets == ident].mean(dim=0) for ident in identities]
@@ -113,8 +147,9 @@ def identity_predictions(predictor: AttributePredictor, images: torch.Tensor, im
     return out
 
 
-def _accuracies(predicted: dict[str, torch.Tensor], attributes: dict[str, torch.Tensor],
-                identities: list[int]) -> dict[str, float]:
+def _accuracies(
+    predicted: dict[str, torch.Tensor], attributes: dict[str, torch.Tensor], identities: list[int]
+) -> dict[str, float]:
     index = torch.tensor(identities, dtype=torch.long)
     return {name: (pred == attributes[name][index]).double().mean().item() for name, pred in predicted.items()}
 
@@ -134,9 +169,15 @@ def _mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values)
 
 
-def attribute_leakage(data: FaceData, samples: torch.Tensor, sample_targets: torch.Tensor,
-                      device: torch.device | str, epochs: int, seed: int = 0,
-                      predictor: AttributePredictor | None = None) -> dict[str, float]:
+def attribute_leakage(
+    data: FaceData,
+    samples: torch.Tensor,
+    sample_targets: torch.Tensor,
+    device: torch.device | str,
+    epochs: int,
+    seed: int = 0,
+    predictor: AttributePredictor | None = None,
+) -> dict[str, float]:
     """Attribute accuracy of the reconstructions per target identity; {} for data without attributes.
 
     Keys: attribute_acc (mean over attributes and targets), attribute_acc_<name>,
@@ -154,8 +195,7 @@ def attribute_leakage(data: FaceData, samples: torch.Tensor, sample_targets: tor
     fake = _accuracies(identity_predictions(predictor, samples, sample_targets.cpu(), targets), attributes, targets)
     real_test = data.test.of_classes(targets)
     tested = sorted(set(real_test.labels.tolist()))
-    real = _accuracies(identity_predictions(predictor, real_test.images, real_test.labels, tested), attributes,
-                       tested)
+    real = _accuracies(identity_predictions(predictor, real_test.images, real_test.labels, tested), attributes, tested)
     return {
         "attribute_acc": _mean(fake),
         **{f"attribute_acc_{name}": acc for name, acc in fake.items()},

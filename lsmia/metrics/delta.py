@@ -7,8 +7,9 @@ import torch
 from lsmia.errors import LsmiaError
 
 
-def nearest_class_distances(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
-                            train_feats: torch.Tensor, train_labels: torch.Tensor) -> torch.Tensor:
+def nearest_class_distances(
+    sample_feats: torch.Tensor, sample_targets: torch.Tensor, train_feats: torch.Tensor, train_labels: torch.Tensor
+) -> torch.Tensor:
     """Per sample, the squared L2 distance to the nearest training feature of its target class [N]."""
     if len(sample_feats) != len(sample_targets) or len(train_feats) != len(train_labels):
         raise LsmiaError("features and labels differ in length: pass one label per feature row")
@@ -23,14 +24,16 @@ def nearest_class_distances(sample_feats: torch.Tensor, sample_targets: torch.Te
     return out
 
 
-def delta_eval(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
-               train_feats: torch.Tensor, train_labels: torch.Tensor) -> float:
+def delta_eval(
+    sample_feats: torch.Tensor, sample_targets: torch.Tensor, train_feats: torch.Tensor, train_labels: torch.Tensor
+) -> float:
     """Mean over samples of the squared L2 distance to the nearest training image of the target class."""
     return nearest_class_distances(sample_feats, sample_targets, train_feats, train_labels).mean().item()
 
 
-def delta_eval_per_target(sample_feats: torch.Tensor, sample_targets: torch.Tensor,
-                          train_feats: torch.Tensor, train_labels: torch.Tensor) -> dict[int, float]:
+def delta_eval_per_target(
+    sample_feats: torch.Tensor, sample_targets: torch.Tensor, train_feats: torch.Tensor, train_labels: torch.Tensor
+) -> dict[int, float]:
     """δ_eval averaged separately over each target's samples."""
     dist = nearest_class_distances(sample_feats, sample_targets, train_feats, train_labels)
     return {int(cls): dist[sample_targets == cls].mean().item() for cls in torch.unique(sample_targets).tolist()}

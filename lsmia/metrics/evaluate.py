@@ -25,19 +25,27 @@ def _check_targets(result: AttackResult, data: FaceData) -> None:
         raise LsmiaError("the attack result holds no final samples: re-run 'lsmia attack'")
     bad = [t for t in result.targets if not 0 <= t < data.num_classes]
     if bad:
-        raise LsmiaError(f"attack targets {bad[:5]} do not exist in the {data.num_classes}-class data set: "
-                         "evaluate the attack against the data it was run on")
+        raise LsmiaError(
+            f"attack targets {bad[:5]} do not exist in the {data.num_classes}-class data set: "
+            "evaluate the attack against the data it was run on"
+        )
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{key}": value for key, value in values.items()}
 
 
-def _prdc_or_nothing(cfg: MetricsConfig, train_feats: torch.Tensor, train_labels: torch.Tensor,
-                     fake_feats: torch.Tensor, result: AttackResult) -> dict[str, float]:
+def _prdc_or_nothing(
+    cfg: MetricsConfig,
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    fake_feats: torch.Tensor,
+    result: AttackResult,
+) -> dict[str, float]:
     try:
-        return prdc_per_class(train_feats, train_labels, fake_feats, result.final_targets.cpu(),
-                              list(result.targets), cfg.prdc_k)
+        return prdc_per_class(
+            train_feats, train_labels, fake_feats, result.final_targets.cpu(), list(result.targets), cfg.prdc_k
+        )
     except LsmiaError as err:  # e.g. one final sample per target: no k-NN radius exists
         warnings.warn(f"PRDC left out: {err}", stacklevel=2)
         return {}
@@ -69,9 +77,15 @@ def attack_diagnostics(result: AttackResult) -> dict[str, float]:
     return summary
 
 
-def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Module, data: FaceData,
-                    device: torch.device | str, seed: int = 0,
-                    attribute_predictor: AttributePredictor | None = None) -> dict[str, float]:
+def evaluate_attack(
+    cfg: MetricsConfig,
+    result: AttackResult,
+    eval_model: nn.Module,
+    data: FaceData,
+    device: torch.device | str,
+    seed: int = 0,
+    attribute_predictor: AttributePredictor | None = None,
+) -> dict[str, float]:
     """Every metric of ``result``; real references are the targeted classes' images of ``data``.
 
     ``fid_eval_features`` is a Fréchet distance in the evaluation model's feature space, not
@@ -97,8 +111,11 @@ def evaluate_attack(cfg: MetricsConfig, result: AttackResult, eval_model: nn.Mod
     test = data.test.of_classes(result.targets)
     real = ImageSet(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))
     metrics["xi"] = knowledge_extraction(cfg.student, result.final_images, final_targets, real, device, seed)
-    metrics.update(attribute_leakage(data, result.final_images, final_targets, device, cfg.attribute_epochs,
-                                     seed, predictor=attribute_predictor))
+    metrics.update(
+        attribute_leakage(
+            data, result.final_images, final_targets, device, cfg.attribute_epochs, seed, predictor=attribute_predictor
+        )
+    )
     metrics["final_target_confidence"] = final_target_confidence(result)
     metrics.update(attack_diagnostics(result))
     metrics["num_targets"] = float(len(result.targets))

@@ -29,12 +29,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _check_sets(feats_a: torch.Tensor, feats_b: torch.Tensor) -> None:
     if feats_a.shape[1:] != feats_b.shape[1:]:
-        raise LsmiaError(f"feature sets differ in dimension ({feats_a.shape[1]} vs {feats_b.shape[1]}): "
-                         "extract both with the same model")
+        raise LsmiaError(
+            f"feature sets differ in dimension ({feats_a.shape[1]} vs {feats_b.shape[1]}): "
+            "extract both with the same model"
+        )
     for what, feats in (("first", feats_a), ("second", feats_b)):
         if len(feats) < 2:
-            raise LsmiaError(f"FID needs at least 2 images in the {what} set, got {len(feats)}: "
-                             "attack more samples or classes")
+            raise LsmiaError(
+                f"FID needs at least 2 images in the {what} set, got {len(feats)}: attack more samples or classes"
+            )
 
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, eps: float = 1e-6) -> float:
@@ -48,13 +51,14 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, eps: float = 
     a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     centred_a, centred_b = a - mu_a, b - mu_b
-    trace_a = (centred_a ** 2).sum() / (len(a) - 1)
-    trace_b = (centred_b ** 2).sum() / (len(b) - 1)
+    trace_a = (centred_a**2).sum() / (len(a) - 1)
+    trace_b = (centred_b**2).sum() / (len(b) - 1)
     if max(len(a), len(b)) <= a.shape[1]:
         trace_sqrt = trace_sqrt_from_samples(centred_a, centred_b)
     else:
-        trace_sqrt = trace_sqrt_from_covariances(np.atleast_2d(np.cov(a, rowvar=False)),
-                                                 np.atleast_2d(np.cov(b, rowvar=False)), eps)
+        trace_sqrt = trace_sqrt_from_covariances(
+            np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False)), eps
+        )
     diff = mu_a - mu_b
     return float(max(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt, 0.0))
 
@@ -84,8 +88,9 @@ def _nearly_real(matrix: np.ndarray, atol: float = 1e-3) -> bool:
 
 def feature_fid(eval_model: nn.Module, fake: torch.Tensor, real: torch.Tensor, batch_size: int = 256) -> float:
     """FID in the evaluation model's penultimate feature space (not Inception FID)."""
-    return frechet_distance(extract_features(eval_model, fake, batch_size),
-                            extract_features(eval_model, real, batch_size))
+    return frechet_distance(
+        extract_features(eval_model, fake, batch_size), extract_features(eval_model, real, batch_size)
+    )
 
 
 def load_inception(weights_path: Path | str) -> nn.Module:
@@ -105,8 +110,10 @@ def load_inception(weights_path: Path | str) -> nn.Module:
     try:
         net.load_state_dict(state)
     except RuntimeError:
-        raise LsmiaError(f"{weights_path} does not hold torchvision inception_v3 weights: "
-                         "save torchvision.models.inception_v3(weights='IMAGENET1K_V1').state_dict()") from None
+        raise LsmiaError(
+            f"{weights_path} does not hold torchvision inception_v3 weights: "
+            "save torchvision.models.inception_v3(weights='IMAGENET1K_V1').state_dict()"
+        ) from None
     net.fc = nn.Identity()
     return net.eval()
 
@@ -127,8 +134,13 @@ def inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 6
     return torch.cat(outs)
 
 
-def inception_fid(fake: torch.Tensor, real: torch.Tensor, weights_path: Path | str,
-                  device: torch.device | str = "cpu", batch_size: int = 64) -> float:
+def inception_fid(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    weights_path: Path | str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> float:
     """FID on torchvision Inception-v3 pool3 features (weights from ``weights_path``)."""
     net = load_inception(weights_path).to(device)
     return frechet_distance(inception_features(net, fake, batch_size), inception_features(net, real, batch_size))

@@ -20,7 +20,9 @@ def remap_labels(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
     lookup = {cls: i for i, cls in enumerate(classes)}
     missing = sorted(set(labels.tolist()) - set(lookup))
     if missing:
-        raise LsmiaError(f"labels {missing[:5]} are not among the targeted classes: pass real images of the targets only")
+        raise LsmiaError(
+            f"labels {missing[:5]} are not among the targeted classes: pass real images of the targets only"
+        )
     return torch.tensor([lookup[v] for v in labels.tolist()], dtype=torch.long)
 
 
@@ -28,23 +30,44 @@ def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return F.cross_entropy(model(x), y)
 
 
-def train_student(cfg: StudentConfig, samples: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                  device: torch.device | str, seed: int) -> nn.Module:
+def train_student(
+    cfg: StudentConfig,
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    device: torch.device | str,
+    seed: int,
+) -> nn.Module:
     """A classifier trained from scratch on ``samples`` (uint8) with ``labels`` in 0..num_classes-1."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = build_classifier(cfg.arch, num_classes, int(samples.shape[-1]), width=cfg.width).to(device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    fit(student, samples, labels, _cross_entropy, optimizer, cfg.epochs, cfg.batch_size, device, gen,
-        desc="evaluate: ξ student epochs")
+    fit(
+        student,
+        samples,
+        labels,
+        _cross_entropy,
+        optimizer,
+        cfg.epochs,
+        cfg.batch_size,
+        device,
+        gen,
+        desc="evaluate: ξ student epochs",
+    )
     return student
 
 
-def knowledge_extraction(cfg: StudentConfig, samples: torch.Tensor, sample_targets: torch.Tensor,
-                         real: ImageSet, device: torch.device | str, seed: int = 0) -> float:
+def knowledge_extraction(
+    cfg: StudentConfig,
+    samples: torch.Tensor,
+    sample_targets: torch.Tensor,
+    real: ImageSet,
+    device: torch.device | str,
+    seed: int = 0,
+) -> float:
     """ξ: top-1 accuracy on ``real`` of a student trained only on ``samples`` labelled by their targets.
 
     The student's label space is the targeted classes only (labels remapped to 0..T-1 in

@@ -27,8 +27,10 @@ def prdc(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int) -> dict[str
     coverage: share of reals whose own ball contains at least one fake.
     """
     if k < 1 or len(real_feats) <= k or len(fake_feats) <= k:
-        raise LsmiaError(f"PRDC with k={k} needs more than k real ({len(real_feats)}) and fake "
-                         f"({len(fake_feats)}) samples: lower metrics.prdc_k or attack more samples")
+        raise LsmiaError(
+            f"PRDC with k={k} needs more than k real ({len(real_feats)}) and fake "
+            f"({len(fake_feats)}) samples: lower metrics.prdc_k or attack more samples"
+        )
     real, fake = real_feats.double(), fake_feats.double()
     real_radii, fake_radii = _knn_radii(real, k), _knn_radii(fake, k)
     real_fake = torch.cdist(real, fake)  # [n_real, n_fake]
@@ -41,8 +43,14 @@ def prdc(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int) -> dict[str
     }
 
 
-def prdc_per_class(real_feats: torch.Tensor, real_labels: torch.Tensor, fake_feats: torch.Tensor,
-                   fake_labels: torch.Tensor, classes: list[int], k: int) -> dict[str, float]:
+def prdc_per_class(
+    real_feats: torch.Tensor,
+    real_labels: torch.Tensor,
+    fake_feats: torch.Tensor,
+    fake_labels: torch.Tensor,
+    classes: list[int],
+    k: int,
+) -> dict[str, float]:
     """PRDC computed within each of ``classes`` (exactly those, e.g. the attack's targets), then averaged.
 
     A class with k or fewer real or fake samples uses k clamped to (smaller count - 1); a class
@@ -55,10 +63,13 @@ def prdc_per_class(real_feats: torch.Tensor, real_labels: torch.Tensor, fake_fea
         fake = fake_feats[fake_labels == cls]
         k_used = min(k, len(real) - 1, len(fake) - 1)
         if k_used < 1:
-            warnings.warn(f"PRDC skips class {cls}: {len(real)} real and {len(fake)} fake samples (need 2 each)", stacklevel=2)
+            warnings.warn(
+                f"PRDC skips class {cls}: {len(real)} real and {len(fake)} fake samples (need 2 each)", stacklevel=2
+            )
             continue
         per_class.append(prdc(real, fake, k_used))
     if not per_class:
-        raise LsmiaError("no targeted class has 2 real and 2 reconstructed samples for PRDC: "
-                         "set attack.final_samples >= 2")
+        raise LsmiaError(
+            "no targeted class has 2 real and 2 reconstructed samples for PRDC: set attack.final_samples >= 2"
+        )
     return {key: sum(m[key] for m in per_class) / len(per_class) for key in per_class[0]}

@@ -21,9 +21,18 @@ M = TypeVar("M", bound=nn.Module)
 LossFn = Callable[[M, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> loss
 
 
-def fit(model: M, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn[M],
-        optimizer: torch.optim.Optimizer, epochs: int, batch_size: int, device: torch.device,
-        gen: torch.Generator, desc: str = "") -> None:
+def fit(
+    model: M,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: LossFn[M],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    gen: torch.Generator,
+    desc: str = "",
+) -> None:
     """Train ``model`` with crop+flip augmentation and a per-step cosine learning-rate schedule.
 
     ``labels`` is indexed like ``images`` ([N] or [N, A]); ``loss_fn(model, x, y)`` returns the loss.
@@ -35,7 +44,7 @@ def fit(model: M, images: torch.Tensor, labels: torch.Tensor, loss_fn: LossFn[M]
     for _ in progress(range(epochs), total=epochs, desc=desc) if desc else range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for start in range(0, len(images), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x = as_float_images(images[index].to(device))
             x = training_augment(x, CROP_SCALE, flip=True, jitter=NO_JITTER, gen=gen)
             loss = loss_fn(model, x, labels[index].to(device))

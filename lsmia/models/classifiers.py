@@ -42,22 +42,36 @@ class BasicBlock(nn.Module):
 def small_resnet(width: int) -> tuple[nn.Module, int]:
     """A three-stage ResNet for small images; width 32 gives about 0.3 M parameters."""
     body = nn.Sequential(
-        nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        BasicBlock(width, width, 1), BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 4 * width, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        BasicBlock(width, width, 1),
+        BasicBlock(width, 2 * width, 2),
+        BasicBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     return body, 4 * width
 
 
 def small_vgg(width: int) -> tuple[nn.Module, int]:
     """A plain conv net (no skip connections): a different architecture for the evaluation model."""
+
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
-    layers = [*block(3, width), *block(width, width), nn.MaxPool2d(2),
-              *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
-              *block(2 * width, 4 * width), *block(4 * width, 4 * width),
-              nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers = [
+        *block(3, width),
+        *block(width, width),
+        nn.MaxPool2d(2),
+        *block(width, 2 * width),
+        *block(2 * width, 2 * width),
+        nn.MaxPool2d(2),
+        *block(2 * width, 4 * width),
+        *block(4 * width, 4 * width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
     return nn.Sequential(*layers), 4 * width
 
 
@@ -65,8 +79,10 @@ def _layer(net: nn.Module, name: str, kind: type[M]) -> M:
     """``net``'s submodule at the dotted path ``name``, checked to be a ``kind`` (torchvision has no type hints)."""
     layer = net.get_submodule(name)
     if not isinstance(layer, kind):
-        raise LsmiaError(f"{type(net).__name__}.{name} is a {type(layer).__name__}, not a {kind.__name__}: "
-                         "this torchvision version builds the network differently; report it as an lsmia bug")
+        raise LsmiaError(
+            f"{type(net).__name__}.{name} is a {type(layer).__name__}, not a {kind.__name__}: "
+            "this torchvision version builds the network differently; report it as an lsmia bug"
+        )
     return layer
 
 
@@ -79,6 +95,7 @@ def _tv_resnet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tuple[
         dim = _layer(net, "fc", nn.Linear).in_features
         net.fc = nn.Identity()
         return net, dim
+
     return build
 
 
@@ -93,6 +110,7 @@ def _tv_densenet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tupl
         dim = _layer(net, "classifier", nn.Linear).in_features
         net.classifier = nn.Identity()
         return net, dim
+
     return build
 
 
@@ -105,11 +123,16 @@ def _tv_inception(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
 
 
 TORCHVISION: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
-    "resnet18": _tv_resnet(tvm.resnet18), "resnet34": _tv_resnet(tvm.resnet34),
-    "resnet50": _tv_resnet(tvm.resnet50), "resnet101": _tv_resnet(tvm.resnet101),
-    "resnet152": _tv_resnet(tvm.resnet152), "resnext50_32x4d": _tv_resnet(tvm.resnext50_32x4d),
-    "densenet121": _tv_densenet(tvm.densenet121), "densenet169": _tv_densenet(tvm.densenet169),
-    "densenet201": _tv_densenet(tvm.densenet201), "inception_v3": _tv_inception,
+    "resnet18": _tv_resnet(tvm.resnet18),
+    "resnet34": _tv_resnet(tvm.resnet34),
+    "resnet50": _tv_resnet(tvm.resnet50),
+    "resnet101": _tv_resnet(tvm.resnet101),
+    "resnet152": _tv_resnet(tvm.resnet152),
+    "resnext50_32x4d": _tv_resnet(tvm.resnext50_32x4d),
+    "densenet121": _tv_densenet(tvm.densenet121),
+    "densenet169": _tv_densenet(tvm.densenet169),
+    "densenet201": _tv_densenet(tvm.densenet201),
+    "inception_v3": _tv_inception,
 }
 SMALL = {"smallresnet": small_resnet, "smallvgg": small_vgg}
 ARCHITECTURES = sorted([*SMALL, *TORCHVISION])
@@ -186,8 +209,14 @@ class Classifier(nn.Module):
         return {**spec, "bottleneck": True} if self.bottleneck is not None else spec
 
 
-def build_classifier(arch: str, num_classes: int, image_size: int, width: int = 32,
-                     pretrained_path: Path | None = None, bottleneck: bool = False) -> Classifier:
+def build_classifier(
+    arch: str,
+    num_classes: int,
+    image_size: int,
+    width: int = 32,
+    pretrained_path: Path | None = None,
+    bottleneck: bool = False,
+) -> Classifier:
     model = Classifier(arch, num_classes, image_size, width, bottleneck)
     if pretrained_path is not None:
         load_pretrained_backbone(model, Path(pretrained_path))
@@ -202,7 +231,9 @@ def load_pretrained_backbone(model: Classifier, path: Path) -> None:
     own = model.backbone.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise LsmiaError(f"pretrained weights {path} share no tensors with {model.arch}: pass weights of that architecture")
+        raise LsmiaError(
+            f"pretrained weights {path} share no tensors with {model.arch}: pass weights of that architecture"
+        )
     model.backbone.load_state_dict(usable, strict=False)
 
 
@@ -210,8 +241,9 @@ def save_classifier(model: Classifier, path: Path | str, extra: dict[str, Any] |
     save_torch({**model.spec(), "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
-def load_classifier(path: Path | str, num_classes: int | None = None, arch: str | None = None,
-                    what: str = "classifier checkpoint") -> Classifier:
+def load_classifier(
+    path: Path | str, num_classes: int | None = None, arch: str | None = None, what: str = "classifier checkpoint"
+) -> Classifier:
     """Load a checkpoint written by save_classifier; a mismatch with the expectation is a one-line error."""
     ckpt = load_torch(path, what=what, fix="train it first with 'lsmia train'")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
@@ -219,10 +251,16 @@ def load_classifier(path: Path | str, num_classes: int | None = None, arch: str 
     if arch is not None and ckpt["arch"] != arch:
         raise LsmiaError(f"{path} holds a {ckpt['arch']} but {arch} was expected: retrain or fix the arch setting")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
-        raise LsmiaError(f"{path} has {ckpt['num_classes']} classes but the data has {num_classes}: "
-                         "retrain it on this data set")
-    model = Classifier(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"], ckpt.get("width", 32),
-                       bool(ckpt.get("bottleneck", False)))
+        raise LsmiaError(
+            f"{path} has {ckpt['num_classes']} classes but the data has {num_classes}: retrain it on this data set"
+        )
+    model = Classifier(
+        ckpt["arch"],
+        ckpt["num_classes"],
+        ckpt["image_size"],
+        ckpt.get("width", 32),
+        bool(ckpt.get("bottleneck", False)),
+    )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:

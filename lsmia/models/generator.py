@@ -31,8 +31,10 @@ LatentSpace = Literal["z", "w"]
 
 def check_image_size(size: int) -> None:
     if size < MIN_IMAGE_SIZE or size > MAX_IMAGE_SIZE or size & (size - 1):
-        raise LsmiaError(f"the DCGAN prior needs square power-of-two images (16, 32, 64, 128), got {size} px: "
-                         "set data.image_size to a power of two")
+        raise LsmiaError(
+            f"the DCGAN prior needs square power-of-two images (16, 32, 64, 128), got {size} px: "
+            "set data.image_size to a power of two"
+        )
 
 
 def _channels(resolution: int, image_size: int, width: int) -> int:
@@ -42,7 +44,7 @@ def _channels(resolution: int, image_size: int, width: int) -> int:
 
 def _resolutions(image_size: int) -> list[int]:
     """The intermediate resolutions 4, 8, ..., image_size / 2."""
-    return [2 ** k for k in range(2, int(math.log2(image_size)))]
+    return [2**k for k in range(2, int(math.log2(image_size)))]
 
 
 class MappingNetwork(nn.Module):
@@ -78,8 +80,9 @@ class Generator(nn.Module):
 
     w_avg: torch.Tensor  # a buffer, with a mapping network only
 
-    def __init__(self, latent_dim: int, image_size: int, width: int, mapping_layers: int = 0,
-                 w_dim: int | None = None) -> None:
+    def __init__(
+        self, latent_dim: int, image_size: int, width: int, mapping_layers: int = 0, w_dim: int | None = None
+    ) -> None:
         super().__init__()
         check_image_size(image_size)
         self.latent_dim, self.image_size, self.width = latent_dim, image_size, width
@@ -90,18 +93,29 @@ class Generator(nn.Module):
         if mapping_layers:
             # w has a mean (z has none): BN per channel would keep its projection as a fixed 4x4 pattern as strong
             # as the per-sample signal (measured), and the GAN collapsed; BN per feature removes it.
-            self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.BatchNorm1d(c0 * 16),
-                                      nn.Unflatten(1, (c0, 4, 4)), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Linear(self.w_dim, c0 * 16, bias=False),
+                nn.BatchNorm1d(c0 * 16),
+                nn.Unflatten(1, (c0, 4, 4)),
+                nn.ReLU(inplace=True),
+            )
         else:
-            self.stem = nn.Sequential(nn.Linear(self.w_dim, c0 * 16, bias=False), nn.Unflatten(1, (c0, 4, 4)),
-                                      nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Linear(self.w_dim, c0 * 16, bias=False),
+                nn.Unflatten(1, (c0, 4, 4)),
+                nn.BatchNorm2d(c0),
+                nn.ReLU(inplace=True),
+            )
         blocks: list[nn.Module] = []
         for r in res[1:]:
             cin, cout = _channels(r // 2, image_size, width), _channels(r, image_size, width)
             blocks += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.blocks = nn.Sequential(*blocks)
-        self.to_rgb = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                    nn.Conv2d(_channels(res[-1], image_size, width), 3, 3, 1, 1), nn.Tanh())
+        self.to_rgb = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(_channels(res[-1], image_size, width), 3, 3, 1, 1),
+            nn.Tanh(),
+        )
         if mapping_layers:  # built last, so the synthesis layers draw the same initial weights as without it
             self.mapping = MappingNetwork(latent_dim, self.w_dim, mapping_layers)
             self.register_buffer("w_avg", torch.zeros(self.w_dim))
@@ -271,12 +285,14 @@ class TorchScriptPrior(Prior):
       In w space the attack optimises one w per sample, repeated to every layer as PPA does.
     """
 
-    no_mapping_fix = ("export mapping and synthesis (README: 'Exporting a StyleGAN2-ADA generator') "
-                      "or set attack.latent: z")
+    no_mapping_fix = (
+        "export mapping and synthesis (README: 'Exporting a StyleGAN2-ADA generator') or set attack.latent: z"
+    )
     w_avg: torch.Tensor  # a buffer, StyleGAN format only
 
-    def __init__(self, path: Path, latent_dim: int, output_range: tuple[float, float],
-                 center_crop: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, latent_dim: int, output_range: tuple[float, float], center_crop: float = 1.0
+    ) -> None:
         super().__init__()
         low, high = float(output_range[0]), float(output_range[1])
         if not high > low:
@@ -315,12 +331,15 @@ class TorchScriptPrior(Prior):
             with torch.no_grad():
                 w = self.module.mapping(self._probe_latents())
         except Exception as err:
-            raise self._fail(f"latents of size {self.z_dim}", err,
-                             "set prior.latent_dim to the latent size its mapping expects") from None
+            raise self._fail(
+                f"latents of size {self.z_dim}", err, "set prior.latent_dim to the latent size its mapping expects"
+            ) from None
         if not isinstance(w, torch.Tensor) or w.ndim not in (2, 3) or w.shape[0] != 2 or not w.is_floating_point():
             shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
-            raise LsmiaError(f"TorchScript prior {self.path}: mapping returned {shape}, not w [N, num_ws, w_dim]: "
-                             "export a mapping that takes z [N, latent_dim] and returns float w")
+            raise LsmiaError(
+                f"TorchScript prior {self.path}: mapping returned {shape}, not w [N, num_ws, w_dim]: "
+                "export a mapping that takes z [N, latent_dim] and returns float w"
+            )
         self.w_dim, self.num_ws = int(w.shape[-1]), int(w.shape[1]) if w.ndim == 3 else 0
 
     @torch.no_grad()
@@ -329,12 +348,16 @@ class TorchScriptPrior(Prior):
         declared = getattr(self.module, "w_avg", None)
         if isinstance(declared, torch.Tensor):
             if declared.shape[-1] != self.w_dim:
-                raise LsmiaError(f"TorchScript prior {self.path}: w_avg has {declared.shape[-1]} columns but w has "
-                                 f"{self.w_dim}: export the mapping network's own w_avg buffer")
+                raise LsmiaError(
+                    f"TorchScript prior {self.path}: w_avg has {declared.shape[-1]} columns but w has "
+                    f"{self.w_dim}: export the mapping network's own w_avg buffer"
+                )
             return declared.detach().float().clone()
         gen = torch.Generator().manual_seed(0)
-        sums = [self.module.mapping(torch.randn(1000, self.z_dim, generator=gen)).float().sum(0)
-                for _ in range(W_AVG_SAMPLES // 1000)]
+        sums = [
+            self.module.mapping(torch.randn(1000, self.z_dim, generator=gen)).float().sum(0)
+            for _ in range(W_AVG_SAMPLES // 1000)
+        ]
         return torch.stack(sums).sum(0) / W_AVG_SAMPLES
 
     def _probe(self) -> int:
@@ -344,13 +367,22 @@ class TorchScriptPrior(Prior):
             with torch.no_grad():
                 out = self._raw_images_from_z(z)
         except Exception as err:
-            raise self._fail(f"latents of size {self.z_dim}", err,
-                             "set prior.latent_dim to the latent size it expects") from None
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != 2 or out.shape[1] != 3 \
-                or out.shape[2] != out.shape[3] or not out.is_floating_point():
+            raise self._fail(
+                f"latents of size {self.z_dim}", err, "set prior.latent_dim to the latent size it expects"
+            ) from None
+        if (
+            not isinstance(out, torch.Tensor)
+            or out.ndim != 4
+            or out.shape[0] != 2
+            or out.shape[1] != 3
+            or out.shape[2] != out.shape[3]
+            or not out.is_floating_point()
+        ):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise LsmiaError(f"TorchScript prior {self.path} returned {shape}, not float images [N, 3, S, S]: "
-                             "export a module that maps latents [N, latent_dim] to RGB images")
+            raise LsmiaError(
+                f"TorchScript prior {self.path} returned {shape}, not float images [N, 3, S, S]: "
+                "export a module that maps latents [N, latent_dim] to RGB images"
+            )
         return int(out.shape[-1])
 
     def _raw_images_from_z(self, z: torch.Tensor) -> torch.Tensor:
@@ -374,7 +406,7 @@ class TorchScriptPrior(Prior):
         out = out.float()
         if self.crop < self.full_size:
             start = (self.full_size - self.crop) // 2
-            out = out[..., start:start + self.crop, start:start + self.crop]
+            out = out[..., start : start + self.crop, start : start + self.crop]
         return ((out - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
 
 
@@ -384,14 +416,20 @@ def _load_script(path: Path) -> torch.jit.ScriptModule:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as err:
-        raise LsmiaError(f"{path} is not a TorchScript file ({type(err).__name__}): "
-                         "export the generator with torch.jit.script or torch.jit.trace and torch.jit.save") from None
+        raise LsmiaError(
+            f"{path} is not a TorchScript file ({type(err).__name__}): "
+            "export the generator with torch.jit.script or torch.jit.trace and torch.jit.save"
+        ) from None
 
 
 def generator_spec(generator: Generator) -> dict[str, Any]:
     """The constructor arguments; the mapping keys only with a mapping network, so plain DCGAN files stay as before."""
-    spec = {"format": DCGAN_FORMAT, "latent_dim": generator.latent_dim,
-            "image_size": generator.image_size, "width": generator.width}
+    spec = {
+        "format": DCGAN_FORMAT,
+        "latent_dim": generator.latent_dim,
+        "image_size": generator.image_size,
+        "width": generator.width,
+    }
     if generator.has_mapping:
         spec.update(mapping_layers=generator.mapping_layers, w_dim=generator.w_dim)
     return spec
@@ -406,8 +444,13 @@ def load_dcgan_prior(path: Path | str) -> DCGANPrior:
     ckpt = load_torch(path, what="prior checkpoint", fix="run 'lsmia train-prior' first")
     if not isinstance(ckpt, dict) or ckpt.get("format") != DCGAN_FORMAT:
         raise LsmiaError(f"{path} is not an lsmia DCGAN prior: re-run 'lsmia train-prior' to write it")
-    generator = Generator(int(ckpt["latent_dim"]), int(ckpt["image_size"]), int(ckpt["width"]),
-                          mapping_layers=int(ckpt.get("mapping_layers", 0)), w_dim=ckpt.get("w_dim"))
+    generator = Generator(
+        int(ckpt["latent_dim"]),
+        int(ckpt["image_size"]),
+        int(ckpt["width"]),
+        mapping_layers=int(ckpt.get("mapping_layers", 0)),
+        w_dim=ckpt.get("w_dim"),
+    )
     generator.load_state_dict(ckpt["state_dict"])
     return DCGANPrior(generator)
 
@@ -416,7 +459,9 @@ def load_prior(cfg: PriorConfig, checkpoint: Path | None) -> Prior:
     """The prior named by ``cfg``: the DCGAN at ``checkpoint`` or the TorchScript file at ``cfg.path``."""
     if cfg.kind == "torchscript":
         if cfg.path is None:
-            raise LsmiaError("prior.kind is 'torchscript' but prior.path is not set: set prior.path to the exported file")
+            raise LsmiaError(
+                "prior.kind is 'torchscript' but prior.path is not set: set prior.path to the exported file"
+            )
         return TorchScriptPrior(Path(cfg.path), cfg.latent_dim, cfg.output_range, cfg.center_crop)
     if checkpoint is None:
         raise LsmiaError("the DCGAN prior needs the checkpoint written by 'lsmia train-prior': run that stage first")

@@ -30,18 +30,20 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def image_batches(images: torch.Tensor, batch_size: int, device: torch.device,
-                  size: int | None = None) -> Iterator[torch.Tensor]:
+def image_batches(
+    images: torch.Tensor, batch_size: int, device: torch.device, size: int | None = None
+) -> Iterator[torch.Tensor]:
     """Float [0, 1] batches on ``device``, resized to ``size`` when given."""
     if batch_size < 1:
         raise LsmiaError(f"batch size must be >= 1, got {batch_size}: pass a positive batch size")
     for start in range(0, len(images), batch_size):
-        batch = as_float_images(images[start:start + batch_size].to(device))
+        batch = as_float_images(images[start : start + batch_size].to(device))
         yield batch if size is None else resize(batch, size)
 
 
-def _batched_outputs(model: nn.Module, images: torch.Tensor, batch_size: int,
-                     call: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _batched_outputs(
+    model: nn.Module, images: torch.Tensor, batch_size: int, call: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     device = model_device(model)
     size = getattr(model, "image_size", None)
     was_training = model.training

@@ -15,8 +15,15 @@ from lsmia.utils import save_timings, seed_everything
 from lsmia.visualize import save_attack_grid
 
 
-def stage_attack(cfg: Config, data_file: Path, target_file: Path, prior_file: Path | None, out_dir: Path,
-                 device: torch.device, seed: int = 0) -> AttackResult:
+def stage_attack(
+    cfg: Config,
+    data_file: Path,
+    target_file: Path,
+    prior_file: Path | None,
+    out_dir: Path,
+    device: torch.device,
+    seed: int = 0,
+) -> AttackResult:
     """Invert the target; ``seed`` (the study seed) offsets ``attack.seed`` so replicates are independent."""
     from lsmia.attack.ppa import resolve_targets, run_attack
     from lsmia.models.generator import load_prior

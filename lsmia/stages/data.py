@@ -23,9 +23,15 @@ def prepare_data(cfg: Config) -> FaceData:
 
 
 def data_summary(data: FaceData) -> dict[str, Any]:
-    return {"num_classes": data.num_classes, "image_size": data.image_size, "train_images": len(data.train),
-            "test_images": len(data.test), "public_images": len(data.public) if data.public is not None else 0,
-            "attributes": sorted(data.attributes) if data.attributes else [], "source": data.meta.get("source", "")}
+    return {
+        "num_classes": data.num_classes,
+        "image_size": data.image_size,
+        "train_images": len(data.train),
+        "test_images": len(data.test),
+        "public_images": len(data.public) if data.public is not None else 0,
+        "attributes": sorted(data.attributes) if data.attributes else [],
+        "source": data.meta.get("source", ""),
+    }
 
 
 def stage_data(cfg: Config, out_file: Path, summary_file: Path | None = None) -> dict[str, Any]:

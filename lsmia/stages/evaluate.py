@@ -15,9 +15,18 @@ from lsmia.models.classifiers import load_classifier
 from lsmia.utils import load_json, save_json, save_timings
 
 
-def stage_evaluate(cfg: Config, data_file: Path, attack_file: Path, eval_file: Path, target_dir: Path,
-                   out_file: Path, device: torch.device, alpha: float, seed: int,
-                   attribute_file: Path | None = None) -> dict[str, Any]:
+def stage_evaluate(
+    cfg: Config,
+    data_file: Path,
+    attack_file: Path,
+    eval_file: Path,
+    target_dir: Path,
+    out_file: Path,
+    device: torch.device,
+    alpha: float,
+    seed: int,
+    attribute_file: Path | None = None,
+) -> dict[str, Any]:
     from lsmia.metrics.attributes import load_attribute_predictor
     from lsmia.metrics.evaluate import evaluate_attack
 

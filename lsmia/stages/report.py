@@ -11,8 +11,14 @@ from lsmia.config import Config
 from lsmia.paths import StudyPaths
 
 
-def stage_report(cfg: Config, paths: StudyPaths, out_dir: Path, device: torch.device,
-                 ablation_files: Sequence[Path] = (), plots_dir: Path | None = None) -> Path:
+def stage_report(
+    cfg: Config,
+    paths: StudyPaths,
+    out_dir: Path,
+    device: torch.device,
+    ablation_files: Sequence[Path] = (),
+    plots_dir: Path | None = None,
+) -> Path:
     """Write ``out_dir/index.html`` and ``plots_dir`` (default ``<out>/plots``); returns the index path."""
     from lsmia.report import write_plot_data, write_report
 

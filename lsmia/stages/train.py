@@ -15,8 +15,16 @@ from lsmia.utils import EpochCallback
 EVAL_SEED_OFFSET = 1000  # the evaluation model never shares an initialisation with a target of the same seed
 
 
-def stage_train(cfg: Config, role: str, data_file: Path, out_dir: Path, device: torch.device,
-                seed: int | None = None, on_epoch: EpochCallback | None = None, code_version: str = "") -> TrainResult:
+def stage_train(
+    cfg: Config,
+    role: str,
+    data_file: Path,
+    out_dir: Path,
+    device: torch.device,
+    seed: int | None = None,
+    on_epoch: EpochCallback | None = None,
+    code_version: str = "",
+) -> TrainResult:
     """Train the target (label smoothing ``cfg.target.smoothing``, defense ``cfg.target.defense``) or the evaluation
     model (hard labels).
 
@@ -25,9 +33,25 @@ def stage_train(cfg: Config, role: str, data_file: Path, out_dir: Path, device: 
     data = FaceData.load(data_file)
     seed = cfg.run.seed if seed is None else seed
     if role == "target":
-        return train_classifier(cfg.target, data, out_dir, device, seed=seed, smoothing=cfg.target.smoothing,
-                                on_epoch=on_epoch, code_version=code_version, defense=cfg.target.defense)
+        return train_classifier(
+            cfg.target,
+            data,
+            out_dir,
+            device,
+            seed=seed,
+            smoothing=cfg.target.smoothing,
+            on_epoch=on_epoch,
+            code_version=code_version,
+            defense=cfg.target.defense,
+        )
     if role == "eval":
-        return train_classifier(cfg.eval_model, data, out_dir, device, seed=seed + EVAL_SEED_OFFSET,
-                                on_epoch=on_epoch, code_version=code_version)
+        return train_classifier(
+            cfg.eval_model,
+            data,
+            out_dir,
+            device,
+            seed=seed + EVAL_SEED_OFFSET,
+            on_epoch=on_epoch,
+            code_version=code_version,
+        )
     raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")

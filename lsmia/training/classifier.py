@@ -76,12 +76,22 @@ def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, bins: int = 
         in_bin = (conf > low) & (conf <= high)
         if in_bin.any():
             ece += in_bin.float().mean() * (conf[in_bin].mean() - correct[in_bin].mean()).abs()
-    return {"accuracy": correct.mean().item(), "ece": ece.item(), "mean_confidence": conf.mean().item(),
-            "mean_logit_norm": logits.norm(dim=1).mean().item()}
+    return {
+        "accuracy": correct.mean().item(),
+        "ece": ece.item(),
+        "mean_confidence": conf.mean().item(),
+        "mean_logit_norm": logits.norm(dim=1).mean().item(),
+    }
 
 
-def _loss(outputs: TrainOutputs, x: torch.Tensor, y: torch.Tensor, alpha: float,
-          aux_weight: float, defense: Defense | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(
+    outputs: TrainOutputs,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    aux_weight: float,
+    defense: Defense | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Smoothed cross-entropy (plus the auxiliary head's) plus the defense's penalty of this forward pass."""
     logits, aux = outputs(x)
     loss = smoothed_cross_entropy(logits, y, alpha)
@@ -123,8 +133,15 @@ def _finite_on_every_rank(loss: torch.Tensor) -> bool:
     return bool(distributed.all_reduce_(flag, "min").item())
 
 
-def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               alpha: float, aux_weight: float, defense: Defense | None = None) -> tuple[float, int, int]:
+def train_step(
+    outputs: TrainOutputs,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float,
+    aux_weight: float,
+    defense: Defense | None = None,
+) -> tuple[float, int, int]:
     """One optimiser step on the global batch ``x, y``; (loss sum, correct, rows) of the rows run here.
 
     With world size > 1 this rank runs rows ``rank::world``; its mean loss is scaled by
@@ -135,12 +152,14 @@ def train_step(outputs: TrainOutputs, optimizer: torch.optim.Optimizer, x: torch
     scale = 1.0
     if world > 1:
         total = len(y)
-        x, y = x[distributed.rank()::world], y[distributed.rank()::world]
+        x, y = x[distributed.rank() :: world], y[distributed.rank() :: world]
         scale = len(y) * world / total
     loss, logits = _loss(outputs, x, y, alpha, aux_weight, defense)
     if not _finite_on_every_rank(loss):
-        raise DivergenceError(f"training diverged (non-finite loss at alpha={alpha}): "
-                              "lower the learning rate or |alpha|; the last good checkpoint is kept")
+        raise DivergenceError(
+            f"training diverged (non-finite loss at alpha={alpha}): "
+            "lower the learning rate or |alpha|; the last good checkpoint is kept"
+        )
     optimizer.zero_grad(set_to_none=True)
     (loss * scale if world > 1 else loss).backward()
     optimizer.step()
@@ -159,9 +178,17 @@ def _reduced_stats(total_loss: float, correct: int, seen: int, device: torch.dev
     return stats[0].item(), int(stats[1].item()), int(stats[2].item())
 
 
-def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSet, cfg: ClassifierConfig,
-               alpha: float, device: torch.device, gen: torch.Generator,
-               outputs: nn.Module | None = None, defense: Defense | None = None) -> dict[str, float]:
+def _run_epoch(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    train: ImageSet,
+    cfg: ClassifierConfig,
+    alpha: float,
+    device: torch.device,
+    gen: torch.Generator,
+    outputs: nn.Module | None = None,
+    defense: Defense | None = None,
+) -> dict[str, float]:
     """One epoch; ``outputs`` is the DDP-wrapped training pass under torchrun (None: ``model.train_outputs``)."""
     model.train()
     if outputs is not None:
@@ -170,7 +197,7 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
         defense.set_train_mode(model)
     world = distributed.world_size()
     order = torch.randperm(len(train), generator=gen)
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     batches = [b for b in batches if len(b) > 1]  # BatchNorm cannot train on a single sample
     total_loss, correct, seen = 0.0, 0, 0
     aug = cfg.augment
@@ -180,8 +207,9 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
         x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)  # whole global batch
         if world > 1 and len(index) < 2 * world:
             continue  # a shard of one row cannot train BatchNorm; the draws above keep the stream aligned
-        loss_sum, right, rows = train_step(model.train_outputs if outputs is None else outputs, optimizer, x, y, alpha,
-                                           cfg.aux_loss_weight, defense)
+        loss_sum, right, rows = train_step(
+            model.train_outputs if outputs is None else outputs, optimizer, x, y, alpha, cfg.aux_loss_weight, defense
+        )
         total_loss += loss_sum
         correct += right
         seen += rows
@@ -193,20 +221,32 @@ def _run_epoch(model: Classifier, optimizer: torch.optim.Optimizer, train: Image
 
 def plain_batchnorm(model: Classifier) -> Classifier:
     """A copy of ``model`` with plain BatchNorm layers (same state), usable outside the process group."""
-    plain = build_classifier(model.arch, model.num_classes, model.image_size, model.width,
-                             bottleneck=model.bottleneck is not None)
+    plain = build_classifier(
+        model.arch, model.num_classes, model.image_size, model.width, bottleneck=model.bottleneck is not None
+    )
     plain.load_state_dict(model.state_dict())
     return plain.to(next(model.parameters()).device).train(model.training)
 
 
-def _fingerprint(cfg: ClassifierConfig, smoothing: SmoothingConfig | None, data: FaceData, seed: int,
-                 code_version: str = "", defense: DefenseConfig | None = None) -> dict[str, Any]:
+def _fingerprint(
+    cfg: ClassifierConfig,
+    smoothing: SmoothingConfig | None,
+    data: FaceData,
+    seed: int,
+    code_version: str = "",
+    defense: DefenseConfig | None = None,
+) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: config, smoothing, defense, the training images, seed and code."""
     images = hashlib.sha256(data.train.images.contiguous().numpy().tobytes()).hexdigest()[:16]
-    fingerprint = {"config": cfg.model_dump(mode="json"),
-                   "smoothing": smoothing.model_dump(mode="json") if smoothing else None,
-                   "num_classes": data.num_classes, "train_size": len(data.train), "train_images": images, "seed": seed,
-                   "code": code_version}
+    fingerprint = {
+        "config": cfg.model_dump(mode="json"),
+        "smoothing": smoothing.model_dump(mode="json") if smoothing else None,
+        "num_classes": data.num_classes,
+        "train_size": len(data.train),
+        "train_images": images,
+        "seed": seed,
+        "code": code_version,
+    }
     return {**fingerprint, "defense": defense.model_dump(mode="json")} if defense is not None else fingerprint
 
 
@@ -243,15 +283,26 @@ def steps_per_epoch(batch_size: int, train_size: int, world: int = 1) -> int:
 def require_training_steps(batch_size: int, train_size: int, world: int = 1) -> None:
     """Fail before training when the configuration would take no optimiser step (an untrained model)."""
     if steps_per_epoch(batch_size, train_size, world) == 0:
-        raise LsmiaError(f"batch_size {batch_size} with {train_size} training image(s) on {world} process(es) gives no "
-                         "batch of at least 2 images per process, so training would take no step: add training "
-                         "images or change batch_size")
+        raise LsmiaError(
+            f"batch_size {batch_size} with {train_size} training image(s) on {world} process(es) gives no "
+            "batch of at least 2 images per process, so training would take no step: add training "
+            "images or change batch_size"
+        )
 
 
-def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, device: torch.device, seed: int = 0,
-                     smoothing: SmoothingConfig | None = None, on_epoch: EpochCallback | None = None,
-                     show_progress: bool = True, stop_after_epoch: int | None = None,
-                     code_version: str = "", defense: DefenseConfig | None = None) -> TrainResult:
+def train_classifier(
+    cfg: ClassifierConfig,
+    data: FaceData,
+    out_dir: Path,
+    device: torch.device,
+    seed: int = 0,
+    smoothing: SmoothingConfig | None = None,
+    on_epoch: EpochCallback | None = None,
+    show_progress: bool = True,
+    stop_after_epoch: int | None = None,
+    code_version: str = "",
+    defense: DefenseConfig | None = None,
+) -> TrainResult:
     """Train a classifier on ``data.train``; resume from ``out_dir/checkpoint.pt`` when it matches.
 
     ``smoothing`` None means hard labels (alpha = 0). ``defense`` (lsmia.defenses; None or ``kind: none``: none)
@@ -262,13 +313,21 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     out_dir = Path(out_dir)
     world, main = distributed.world_size(), distributed.is_main()
     if world > 1 and cfg.batch_size < 2 * world:
-        raise LsmiaError(f"batch_size {cfg.batch_size} is the global batch and leaves fewer than 2 rows for each of "
-                         f"{world} processes: set it to at least {2 * world}")
+        raise LsmiaError(
+            f"batch_size {cfg.batch_size} is the global batch and leaves fewer than 2 rows for each of "
+            f"{world} processes: set it to at least {2 * world}"
+        )
     require_training_steps(cfg.batch_size, len(data.train), world)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    model = build_classifier(cfg.arch, data.num_classes, data.image_size, cfg.width, cfg.pretrained_path,
-                             bottleneck=needs_bottleneck(defense)).to(device)
+    model = build_classifier(
+        cfg.arch,
+        data.num_classes,
+        data.image_size,
+        cfg.width,
+        cfg.pretrained_path,
+        bottleneck=needs_bottleneck(defense),
+    ).to(device)
     guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
@@ -290,7 +349,7 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     outputs = distributed_outputs(model, device) if world > 1 else None  # every rank has loaded by now
     started = time.perf_counter()
     epochs = range(start_epoch, cfg.epochs)
-    for epoch in (progress(epochs, desc="epochs") if show_progress and main else epochs):
+    for epoch in progress(epochs, desc="epochs") if show_progress and main else epochs:
         alpha = alpha_at(smoothing, epoch, cfg.epochs) if smoothing else 0.0
         stats = _run_epoch(model, optimizer, data.train, cfg, alpha, device, gen, outputs, guard)
         lr = optimizer.param_groups[0]["lr"]
@@ -302,10 +361,19 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
         if main:
             if on_epoch:  # before the checkpoint: a kill in between re-runs (and re-logs) this epoch, never skips it
                 on_epoch(epoch, {k: float(v) for k, v in row.items() if k != "epoch"})
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
-                        "history": history, "fingerprint": fingerprint, **_global_rng(device)},
-                       out_dir / CHECKPOINT)
+            save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": gen.get_state(),
+                    "epoch": epoch,
+                    "history": history,
+                    "fingerprint": fingerprint,
+                    **_global_rng(device),
+                },
+                out_dir / CHECKPOINT,
+            )
         distributed.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             if guard is not None:
@@ -318,21 +386,31 @@ def train_classifier(cfg: ClassifierConfig, data: FaceData, out_dir: Path, devic
     metrics = final_metrics(model, data, device, history)
     seconds = time.perf_counter() - started
     if main:
-        save_classifier(model, out_dir / MODEL, extra={"history": history, "metrics": metrics,
-                                                        "alpha": smoothing.alpha if smoothing else 0.0})
+        save_classifier(
+            model,
+            out_dir / MODEL,
+            extra={"history": history, "metrics": metrics, "alpha": smoothing.alpha if smoothing else 0.0},
+        )
         save_json(metrics, out_dir / METRICS)
         save_timings(out_dir / MODEL, {"train_s": seconds, "epochs_run": cfg.epochs - start_epoch})
     distributed.barrier()
     return TrainResult(model, out_dir / MODEL, {**metrics, "train_seconds": seconds}, history, start_epoch)
 
 
-def final_metrics(model: Classifier, data: FaceData, device: torch.device,
-                  history: list[dict[str, float]]) -> dict[str, float]:
+def final_metrics(
+    model: Classifier, data: FaceData, device: torch.device, history: list[dict[str, float]]
+) -> dict[str, float]:
     test = calibration_metrics(predict_logits(model, data.test.images, TRAINING_EVAL_BATCH), data.test.labels)
     train_logits = predict_logits(model, data.train.images, TRAINING_EVAL_BATCH)
     train_acc = (train_logits.argmax(1) == data.train.labels).float().mean().item()
     last = history[-1] if history else {}
-    return {"test_acc": test["accuracy"], "train_acc": train_acc, "ece": test["ece"],
-            "mean_confidence": test["mean_confidence"], "mean_logit_norm": test["mean_logit_norm"],
-            "final_loss": float(last.get("loss", math.nan)), "final_alpha": float(last.get("alpha", 0.0)),
-            "epochs": float(len(history))}
+    return {
+        "test_acc": test["accuracy"],
+        "train_acc": train_acc,
+        "ece": test["ece"],
+        "mean_confidence": test["mean_confidence"],
+        "mean_logit_norm": test["mean_logit_norm"],
+        "final_loss": float(last.get("loss", math.nan)),
+        "final_alpha": float(last.get("alpha", 0.0)),
+        "epochs": float(len(history)),
+    }

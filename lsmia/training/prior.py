@@ -12,9 +12,9 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -25,8 +25,7 @@ from torchvision.utils import make_grid
 from lsmia.config import PriorConfig
 from lsmia.data.base import ImageSet
 from lsmia.errors import DivergenceError, LsmiaError
-from lsmia.models.generator import (Discriminator, Generator, check_image_size, parameter_count,
-                                    save_dcgan_prior)
+from lsmia.models.generator import Discriminator, Generator, check_image_size, parameter_count, save_dcgan_prior
 from lsmia.utils import atomic_path, load_torch, progress, save_timings, save_torch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -58,6 +57,7 @@ class GANState:
 
 
 # --- DiffAugment (Zhao et al. 2020): the same random transform family on real and fake images ---
+
 
 def _rand(n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, 1, 1, 1, generator=gen).to(device)
@@ -92,12 +92,13 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 # --- EMA and BN calibration ---
 
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BN statistics) are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=False):
         p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=False):
         b_ema.copy_(b)
 
 
@@ -128,6 +129,7 @@ def calibrate_batchnorm(generator: Generator, batch_size: int, seed: int, device
 
 # --- state, checkpoints and fingerprints ---
 
+
 def fingerprint(cfg: PriorConfig, public: ImageSet, seed: int, code_version: str = "") -> str:
     """Identifies a run: everything that shapes the weights except the number of epochs."""
     ignored = {"epochs", "sample_grid", "kind", "path", "output_range"}
@@ -145,8 +147,10 @@ def generator_groups(generator: Generator, cfg: PriorConfig) -> list[dict]:
     if not generator.has_mapping:
         return [{"params": list(generator.parameters())}]
     mapping = {id(p) for p in generator.mapping.parameters()}
-    return [{"params": [p for p in generator.parameters() if id(p) not in mapping]},
-            {"params": list(generator.mapping.parameters()), "lr": cfg.lr * cfg.mapping_lr_mult}]
+    return [
+        {"params": [p for p in generator.parameters() if id(p) not in mapping]},
+        {"params": list(generator.mapping.parameters()), "lr": cfg.lr * cfg.mapping_lr_mult},
+    ]
 
 
 def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int) -> GANState:
@@ -162,10 +166,21 @@ def new_state(cfg: PriorConfig, image_size: int, device: torch.device, seed: int
 
 
 def save_checkpoint(state: GANState, path: Path, run_id: str) -> None:
-    save_torch({"fingerprint": run_id, "epoch": state.epoch, "step": state.step, "metrics": state.metrics,
-                "generator": state.generator.state_dict(), "discriminator": state.discriminator.state_dict(),
-                "generator_ema": state.generator_ema.state_dict(), "opt_g": state.opt_g.state_dict(),
-                "opt_d": state.opt_d.state_dict(), "rng": state.rng.get_state()}, path)
+    save_torch(
+        {
+            "fingerprint": run_id,
+            "epoch": state.epoch,
+            "step": state.step,
+            "metrics": state.metrics,
+            "generator": state.generator.state_dict(),
+            "discriminator": state.discriminator.state_dict(),
+            "generator_ema": state.generator_ema.state_dict(),
+            "opt_g": state.opt_g.state_dict(),
+            "opt_d": state.opt_d.state_dict(),
+            "rng": state.rng.get_state(),
+        },
+        path,
+    )
 
 
 def try_resume(state: GANState, path: Path, run_id: str) -> bool:
@@ -190,17 +205,21 @@ def try_resume(state: GANState, path: Path, run_id: str) -> bool:
 
 # --- training ---
 
+
 def check_public(public: ImageSet | None, batch_size: int) -> int:
     """Return the image size of the public set, or raise naming the fix."""
     if public is None or len(public) == 0:
-        raise LsmiaError("the prior needs public images but there are none: set data.public_root or use the builtin data")
+        raise LsmiaError(
+            "the prior needs public images but there are none: set data.public_root or use the builtin data"
+        )
     h, w = public.images.shape[-2:]
     if h != w:
         raise LsmiaError(f"the prior needs square images, got {h}x{w}: set data.image_size to resize them")
     check_image_size(int(h))
     if len(public) < batch_size:
-        raise LsmiaError(f"the public set has {len(public)} images, fewer than prior.batch_size={batch_size}: "
-                         "lower prior.batch_size")
+        raise LsmiaError(
+            f"the public set has {len(public)} images, fewer than prior.batch_size={batch_size}: lower prior.batch_size"
+        )
     return int(h)
 
 
@@ -224,23 +243,25 @@ def train_step(state: GANState, real: torch.Tensor, cfg: PriorConfig) -> tuple[f
     return loss_d.item(), loss_g.item(), d_real.mean().item(), d_fake.mean().item()
 
 
-def train_epoch(state: GANState, images: torch.Tensor, cfg: PriorConfig, device: torch.device,
-                checkpoint: Path) -> dict[str, float]:
+def train_epoch(
+    state: GANState, images: torch.Tensor, cfg: PriorConfig, device: torch.device, checkpoint: Path
+) -> dict[str, float]:
     state.generator.train()
     state.discriminator.train()
     perm = torch.randperm(len(images), generator=state.rng)
     steps = len(images) // cfg.batch_size
     totals = torch.zeros(4, dtype=torch.float64)
     for i in range(steps):
-        batch = images[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)]
+        batch = images[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)]
         values = train_step(state, batch.float().div_(127.5).sub_(1.0), cfg)
         if not all(math.isfinite(v) for v in values[:2]):
             raise DivergenceError(
                 f"prior training diverged in epoch {state.epoch + 1} (loss_d={values[0]}, loss_g={values[1]}): "
-                f"lower prior.lr (now {cfg.lr}); the last good checkpoint {checkpoint} is kept")
+                f"lower prior.lr (now {cfg.lr}); the last good checkpoint {checkpoint} is kept"
+            )
         totals += torch.tensor(values, dtype=torch.float64)
     means = (totals / steps).tolist()
-    return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), means))
+    return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), means, strict=False))
 
 
 @torch.no_grad()
@@ -253,8 +274,15 @@ def save_samples(generator: Generator, n: int, seed: int, path: Path, device: to
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def train_prior(cfg: PriorConfig, public: ImageSet, out_dir: Path, device: torch.device, seed: int,
-                on_epoch: EpochCallback | None = None, code_version: str = "") -> PriorResult:
+def train_prior(
+    cfg: PriorConfig,
+    public: ImageSet,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    code_version: str = "",
+) -> PriorResult:
     """Train (or resume) the DCGAN prior (a checkpoint of the same config, data, seed and ``code_version`` only); write prior.pt, checkpoint.pt and samples.png under ``out_dir``."""
     image_size = check_public(public, cfg.batch_size)
     out_dir = Path(out_dir)
@@ -272,18 +300,24 @@ def train_prior(cfg: PriorConfig, public: ImageSet, out_dir: Path, device: torch
             on_epoch(state.epoch, {**state.metrics, "epoch_seconds": time.perf_counter() - started})
         save_checkpoint(state, checkpoint, run_id)
     result = finish(cfg, state, out_dir, device, seed, epochs_run=state.epoch - first_epoch)
-    save_timings(result.checkpoint_path, {"train_s": time.perf_counter() - training_started,
-                                     "epochs_run": state.epoch - first_epoch})
+    save_timings(
+        result.checkpoint_path,
+        {"train_s": time.perf_counter() - training_started, "epochs_run": state.epoch - first_epoch},
+    )
     return result
 
 
-def finish(cfg: PriorConfig, state: GANState, out_dir: Path, device: torch.device, seed: int,
-           epochs_run: int) -> PriorResult:
+def finish(
+    cfg: PriorConfig, state: GANState, out_dir: Path, device: torch.device, seed: int, epochs_run: int
+) -> PriorResult:
     final = calibrate_batchnorm(state.generator_ema, cfg.batch_size, seed, device)
     prior_path, samples_path = out_dir / "prior.pt", out_dir / "samples.png"
     save_dcgan_prior(final, prior_path, extra={"epochs": state.epoch, "seed": seed})
     save_samples(final, cfg.sample_grid, seed, samples_path, device)
-    metrics = {**state.metrics, "epochs": float(state.epoch),
-               "generator_params": float(parameter_count(state.generator)),
-               "discriminator_params": float(parameter_count(state.discriminator))}
+    metrics = {
+        **state.metrics,
+        "epochs": float(state.epoch),
+        "generator_params": float(parameter_count(state.generator)),
+        "discriminator_params": float(parameter_count(state.discriminator)),
+    }
     return PriorResult(prior_path, samples_path, metrics, epochs_run)

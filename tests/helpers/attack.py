@@ -52,6 +52,17 @@ class MeanColourClassifier(nn.Module):
 
 
 def make_cfg(**overrides) -> AttackConfig:
-    base = dict(targets=3, pool_size=64, candidates=6, final_samples=3, steps=20, lr=0.1, batch_size=8,
-                selection_batch_size=16, final_draws=4, seed=0, latent="z")
+    base = dict(
+        targets=3,
+        pool_size=64,
+        candidates=6,
+        final_samples=3,
+        steps=20,
+        lr=0.1,
+        batch_size=8,
+        selection_batch_size=16,
+        final_draws=4,
+        seed=0,
+        latent="z",
+    )
     return AttackConfig(**{**base, **overrides})

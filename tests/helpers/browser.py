@@ -46,8 +46,9 @@ def vega_dir(fetch: bool = True) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for package, name in VEGA_SCRIPTS.values():
-            done = subprocess.run(["npm", "pack", "--silent", package], cwd=tmp, capture_output=True, text=True,
-                                  timeout=120)
+            done = subprocess.run(
+                ["npm", "pack", "--silent", package], cwd=tmp, capture_output=True, text=True, timeout=120
+            )
             if done.returncode != 0:
                 return None
             with tarfile.open(Path(tmp) / done.stdout.strip().splitlines()[-1]) as archive:
@@ -73,7 +74,8 @@ def offline_copy(page: Path, scripts: Path, probe: bool = True) -> Path:
 
 
 # After the charts are drawn: per chart its title, texts and axis tick labels; the page's width; images and errors.
-PROBE_SCRIPT = """<script>
+PROBE_SCRIPT = (
+    """<script>
 window.lsmiaErrors = [];
 window.addEventListener('error', e => window.lsmiaErrors.push(String(e.message)));
 window.addEventListener('load', () => setTimeout(() => {
@@ -89,25 +91,40 @@ window.addEventListener('load', () => setTimeout(() => {
                  scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
                  height: document.documentElement.scrollHeight};
   const probe = document.createElement('pre');
-  probe.id = '""" + PROBE_ID + """';
+  probe.id = '"""
+    + PROBE_ID
+    + """';
   probe.textContent = JSON.stringify(facts);
   document.body.appendChild(probe);
 }, 500));
 </script>"""
+)
 
 
 def _browser_args(width: int, height: int) -> list[str]:
     executable = chromium()
     if executable is None:
         raise RuntimeError("no Chromium: apt-get install chromium")
-    return [executable, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
-            f"--window-size={width},{height}", "--virtual-time-budget=15000"]
+    return [
+        executable,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--mute-audio",
+        f"--window-size={width},{height}",
+        "--virtual-time-budget=15000",
+    ]
 
 
 def page_facts(page: Path, width: int = 1280, height: int = 900) -> dict[str, Any]:
     """What the probe script of :func:`offline_copy` (or :data:`PROBE_SCRIPT` added to any page) recorded."""
-    done = subprocess.run([*_browser_args(width, height), "--dump-dom", page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*_browser_args(width, height), "--dump-dom", page.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(rf'<pre id="{PROBE_ID}">(.*?)</pre>', done.stdout, re.S)
     if found is None:
         raise RuntimeError(f"the page {page} did not finish drawing: {done.stderr[-500:]}")
@@ -128,15 +145,15 @@ def screenshot(url_or_page: str | Path, png: Path, width: int = 1280, height: in
     """A PNG of the page (a file or an http URL) as a window of ``width`` x ``height`` shows it."""
     target = url_or_page if isinstance(url_or_page, str) else url_or_page.resolve().as_uri()
     png.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*_browser_args(width, height), f"--screenshot={png}", target], capture_output=True, timeout=180,
-                   check=True)
+    subprocess.run(
+        [*_browser_args(width, height), f"--screenshot={png}", target], capture_output=True, timeout=180, check=True
+    )
     return png
 
 
 def dvc_plots_page(repo: Path, out: Path, dvc: str = "dvc") -> tuple[Path, str]:
     """`dvc plots show -o out` in ``repo``: the page and what DVC printed (warnings included)."""
-    done = subprocess.run([dvc, "plots", "show", "-o", str(out)], cwd=repo, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([dvc, "plots", "show", "-o", str(out)], cwd=repo, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"dvc plots show failed: {done.stdout}{done.stderr}")
     return out / "index.html", done.stdout + done.stderr

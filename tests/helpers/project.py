@@ -39,9 +39,16 @@ def temp_dvc_repo(repo: Path, tracking: bool = True, repro: bool = True) -> tupl
 
     params = load_config(TINY, {"run.tracking": tracking}).to_dict()
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_RUN_ID", None)
     (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.timings\n")
     sh(["git", "init", "-q"], repo, env)

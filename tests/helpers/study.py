@@ -20,12 +20,29 @@ TILE = 16  # px: make_face_data's image size
 
 
 def fake_metrics(alpha: float, seed: int, attributes: bool = True) -> dict[str, float]:
-    row = {"alpha": alpha, "seed": seed, "test_acc": 0.8 - alpha + 0.03 * seed, "train_acc": 0.99,
-           "ece": 0.05 + alpha, "mean_confidence": 0.9 - alpha, "mean_logit_norm": 10.0 - 20 * alpha,
-           "final_acc1": 0.6 + 2 * alpha - 0.1 * seed, "final_acc5": 0.9 + alpha, "all_acc1": 0.4, "all_acc5": 0.7,
-           "delta_eval": 50.0 - 100 * alpha + seed, "fid_eval_features": 30.0 + seed, "precision": 0.5,
-           "recall": 0.4, "density": 0.6, "coverage": 0.3, "xi": 0.5 + alpha, "num_targets": 4.0,
-           "train_seconds": 1.5, "evaluate_seconds": 0.5}
+    row = {
+        "alpha": alpha,
+        "seed": seed,
+        "test_acc": 0.8 - alpha + 0.03 * seed,
+        "train_acc": 0.99,
+        "ece": 0.05 + alpha,
+        "mean_confidence": 0.9 - alpha,
+        "mean_logit_norm": 10.0 - 20 * alpha,
+        "final_acc1": 0.6 + 2 * alpha - 0.1 * seed,
+        "final_acc5": 0.9 + alpha,
+        "all_acc1": 0.4,
+        "all_acc5": 0.7,
+        "delta_eval": 50.0 - 100 * alpha + seed,
+        "fid_eval_features": 30.0 + seed,
+        "precision": 0.5,
+        "recall": 0.4,
+        "density": 0.6,
+        "coverage": 0.3,
+        "xi": 0.5 + alpha,
+        "num_targets": 4.0,
+        "train_seconds": 1.5,
+        "evaluate_seconds": 0.5,
+    }
     if attributes:
         row.update(attribute_acc=0.7 + alpha, attribute_chance=0.4, attribute_acc_real=0.9)
     return row
@@ -53,6 +70,13 @@ def fake_attack(targets: list[int], per_target: int = 3) -> AttackResult:
     n = len(targets) * per_target
     final_targets = torch.tensor(targets).repeat_interleave(per_target)
     images = torch.full((n, 3, TILE, TILE), 128, dtype=torch.uint8)
-    return AttackResult(targets=targets, all_latents=torch.zeros(n, 4), all_images=images, all_targets=final_targets,
-                        final_latents=torch.zeros(n, 4), final_images=images, final_targets=final_targets,
-                        final_scores=torch.linspace(1.0, 0.1, n))
+    return AttackResult(
+        targets=targets,
+        all_latents=torch.zeros(n, 4),
+        all_images=images,
+        all_targets=final_targets,
+        final_latents=torch.zeros(n, 4),
+        final_images=images,
+        final_targets=final_targets,
+        final_scores=torch.linspace(1.0, 0.1, n),
+    )
