@@ -85,7 +85,7 @@ def attack_case(
                 progress=False,
                 schedule=schedule,
             )
-        return {phase: float(result.meta[phase]) for phase in PHASES}
+        return {phase: float(result.meta["timings"][phase]) for phase in PHASES}
 
     return case
 

@@ -108,7 +108,7 @@ def test_study_stages_without_timings_says_what_to_pass(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_study_stages_quick_runs_the_tiny_study() -> None:
     stdout = run_script("study_stages.py", "--quick", "--threads", "1", timeout=300)
-    assert "stage wall times logged by 'lsmia study'" in stdout and "attribute_predictor" in stdout
+    assert "stage wall times logged by 'lsmia study'" in stdout and "attributes" in stdout and "toy" in stdout
     assert last_ratio(stdout, "study_train_vs_attack") > 0
 
 

@@ -186,7 +186,12 @@ def test_ddp_training_keeps_ranks_identical_and_only_rank0_writes(ddp_run, tiny_
         assert torch.equal(value, other["state"][key]), key  # parameters and averaged BN statistics
     assert main["history"] == other["history"] and main["metrics"].keys() == other["metrics"].keys()
     assert main["epochs"] == list(range(TRAIN_CFG.epochs)) and other["epochs"] == []  # on_epoch: rank 0 only
-    assert {p.name for p in (base / "rank0").iterdir()} == {"checkpoint.pt", "model.pt", "metrics.json"}
+    assert {p.name for p in (base / "rank0").iterdir()} == {
+        "checkpoint.pt",
+        "model.pt",
+        "metrics.json",
+        "model.pt.timings",  # the wall-clock sidecar
+    }
     assert list((base / "rank1").iterdir()) == []
     model = load_classifier(base / "rank0" / "model.pt", num_classes=4)
     for key, value in model.state_dict().items():

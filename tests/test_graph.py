@@ -118,13 +118,14 @@ def test_rerunning_a_stage_by_hand_leaves_nothing_stale(repo):
 
 @pytest.mark.slow
 def test_editing_the_loss_code_reruns_exactly_the_stages_that_import_it(repo):
-    """An edit of lsmia/losses.py re-runs the eval model and targets (their smoothing loss) and the attacks
-    (the Poincaré loss); their outputs are byte-identical, so evaluation and report do not run again."""
+    """An edit of lsmia/losses.py re-runs the eval model and targets (their smoothing loss), the attacks (the
+    Poincaré loss) and the toy (both); their outputs are byte-identical, so evaluation and report do not run
+    again."""
     repo, env = repo
     losses = repo / "lsmia" / "losses.py"
     losses.write_text(losses.read_text() + "\n# a comment: the code changed, the results do not\n")
     output = dvc(repo, env, "repro")
-    assert ran(output) == {"eval-model": 1, "target": 2, "attack": 2}, output
+    assert ran(output) == {"eval-model": 1, "target": 2, "attack": 2, "toy": 1}, output  # the toy trains with it too
     assert ran(dvc(repo, env, "repro")) == {}
 
 
