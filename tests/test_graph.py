@@ -196,3 +196,27 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     )
     fresh = torch.load(fresh_dir / "model.pt", weights_only=True)
     assert all(torch.equal(resumed["state_dict"][k], fresh["state_dict"][k]) for k in fresh["state_dict"])
+
+
+@pytest.mark.parametrize("stage_name", ["eval-model", "prior"])
+def test_a_training_stage_rerun_on_its_finished_checkpoint_writes_the_same_bytes(stage_name, tmp_path):
+    """DVC keeps training outputs (persist), so `dvc repro -f` of a finished stage resumes its complete checkpoint:
+    the outputs must not change by a byte, or every downstream stage would run again."""
+    import torch
+
+    from lsmia.stages.data import stage_data
+    from lsmia.stages.prior import stage_prior
+    from lsmia.stages.train import stage_train
+
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path)})
+    stage_data(cfg, tmp_path / "data.pt")
+    out = tmp_path / stage_name
+
+    def run() -> dict[str, str]:
+        if stage_name == "prior":
+            stage_prior(cfg, tmp_path / "data.pt", out, torch.device("cpu"), code_version="v")
+        else:
+            stage_train(cfg, "eval", tmp_path / "data.pt", out, torch.device("cpu"), 0, code_version="v")
+        return tree_hashes(out)
+
+    assert run() == run()

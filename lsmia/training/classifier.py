@@ -11,6 +11,7 @@ over the ranks after each epoch. Rank 0 alone writes files and calls ``on_epoch`
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 import math
 import time
@@ -389,7 +390,11 @@ def train_classifier(
         save_classifier(
             model,
             out_dir / MODEL,
-            extra={"history": history, "metrics": metrics, "alpha": smoothing.alpha if smoothing else 0.0},
+            # through JSON: the pickle then holds no shared float objects, so a run resumed from a finished
+            # checkpoint writes the same bytes as the run that finished it (DVC sees no change)
+            extra=json.loads(
+                json.dumps({"history": history, "metrics": metrics, "alpha": smoothing.alpha if smoothing else 0.0})
+            ),
         )
         save_json(metrics, out_dir / METRICS)
         save_timings(out_dir / MODEL, {"train_s": seconds, "epochs_run": cfg.epochs - start_epoch})
