@@ -11,8 +11,8 @@ over the ranks after each epoch. Rank 0 alone writes files and calls ``on_epoch`
 from __future__ import annotations
 
 import hashlib
-import json
 import itertools
+import json
 import math
 import time
 import warnings
