@@ -173,7 +173,7 @@ STAGES: tuple[Stage, ...] = (
         ("data", "target", "attack", "evaluate", "toy"),
         f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
         "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
-        "--ablation out/ablations/data/results.json",
+        "--ablation out/ablations/data/results.json --ablation out/ablations/converged/results.json",
         (f"{OUT}/report",),
         "index.html",
         file_deps=(
@@ -181,6 +181,7 @@ STAGES: tuple[Stage, ...] = (
             "out/ablations/factors/results.json",
             "out/ablations/alpha/results.json",
             "out/ablations/data/results.json",
+            "out/ablations/converged/results.json",
         ),
         uncached_outs=(f"{OUT}/plots",),
     ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
