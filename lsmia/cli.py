@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (one typed schema).")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Prepared data file (default: under run.out_dir).")]
+OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (default: under run.out_dir).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Study seed (default: run.seed).")]
@@ -197,8 +199,8 @@ def train_prior(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
-    data_file: Annotated[Path | None, typer.Option("--data")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    data_file: DataOpt = None,
+    out_dir: OutDirOpt = None,
     track: TrackOpt = None,
 ) -> None:
     """Train the GAN prior on the public images only (with prior.kind torchscript: record the exported generator)."""
@@ -250,8 +252,8 @@ def train(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
-    data_file: Annotated[Path | None, typer.Option("--data")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    data_file: DataOpt = None,
+    out_dir: OutDirOpt = None,
     track: TrackOpt = None,
 ) -> None:
     """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
@@ -309,10 +311,10 @@ def attack(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
-    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    data_file: DataOpt = None,
     target: Annotated[Path | None, typer.Option(help="Target model file.")] = None,
     prior: Annotated[Path | None, typer.Option(help="Prior file (dcgan).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out-dir")] = None,
+    out_dir: OutDirOpt = None,
     track: TrackOpt = None,
 ) -> None:
     """Invert a target with Plug & Play Attacks."""
@@ -357,7 +359,7 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
-    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    data_file: DataOpt = None,
     attack_file: Annotated[Path | None, typer.Option("--attack")] = None,
     eval_model: Annotated[Path | None, typer.Option("--eval-model")] = None,
     target_dir: Annotated[Path | None, typer.Option("--target-dir")] = None,
@@ -402,7 +404,7 @@ def train_attributes(
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
-    data_file: Annotated[Path | None, typer.Option("--data")] = None,
+    data_file: DataOpt = None,
     out: Annotated[Path | None, typer.Option(help="Predictor file.")] = None,
     track: TrackOpt = None,
 ) -> None:
