@@ -329,6 +329,8 @@ def train_classifier(
         cfg.pretrained_path,
         bottleneck=needs_bottleneck(defense),
     ).to(device)
+    if device.type == "cpu":  # oneDNN's NHWC convolutions: training ~1.25x faster (bench/training_overhead.py)
+        model.backbone.to(memory_format=torch.channels_last)
     guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
@@ -383,6 +385,7 @@ def train_classifier(
     if guard is not None:
         guard.close()
     model = plain_batchnorm(model) if sync_bn else model
+    model.backbone.to(memory_format=torch.contiguous_format)  # the layout a loaded model has: the same numbers
     model.eval()
     metrics = final_metrics(model, data, device, history)
     seconds = time.perf_counter() - started
