@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch/torchvision first, pinned: these versions are served locally (a plain `torch` would pull another build)
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# postgres, redis: the drivers for several machines (README 'Several machines'); the tests use both
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,postgres,redis]'
 
 export PATH="$PWD/.venv/bin:$PATH"
 if [ "${LSMIA_SETUP_ONLY:-0}" = 1 ]; then

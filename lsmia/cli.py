@@ -316,9 +316,19 @@ def attack(
     prior: Annotated[Path | None, typer.Option(help="Prior file (dcgan).")] = None,
     out_dir: OutDirOpt = None,
     track: TrackOpt = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes", help="Attack only these classes of attack.targets, e.g. 0-9,20: a shard (lsmia merge-attack)."
+        ),
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="I/N: the I-th of N equal class ranges of attack.targets (a shard).")
+    ] = None,
 ) -> None:
-    """Invert a target with Plug & Play Attacks."""
+    """Invert a target with Plug & Play Attacks (all of attack.targets, or one shard of them)."""
     from lsmia import pipeline
+    from lsmia.attack import shards
     from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
@@ -328,7 +338,16 @@ def attack(
     a = cfg.target.smoothing.alpha
     target = target or paths.target_dir(a, seed) / "model.pt"
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
-    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.attack_dir(a, seed)
+    if classes is not None and shard is not None:
+        raise LsmiaError("--classes and --shard both choose the shard's classes: pass one of them")
+    chosen = shards.parse_classes(classes) if classes is not None else None
+    if shard is not None:
+        index, count = shards.parse_shard(shard)
+        chosen = shards.shard_classes(shards.target_list(cfg.attack.targets), index, count)
+    default_dir = paths.attack_dir(a, seed)
+    if chosen is not None:
+        default_dir = paths.root / "attack-shards" / default_dir.name / shards.compact(chosen)
+    out_dir = output_folder(out_dir, "--out-dir") if out_dir else default_dir
     with (
         _writing(out_dir),
         pipeline.launched_stage(
@@ -342,13 +361,44 @@ def attack(
             seed=seed,
             system_metrics=True,
             data_file=data_file or paths.data_file,
-            **_run_marker(out_dir, resumable=False),
+            **_run_marker(out_dir),
         ) as (tracker, rank_device),
     ):
-        result = pipeline.stage_attack(cfg, data_file or paths.data_file, target, prior, out_dir, rank_device, seed)
+        result = pipeline.stage_attack(
+            cfg,
+            data_file or paths.data_file,
+            target,
+            prior,
+            out_dir,
+            rank_device,
+            seed,
+            classes=chosen,
+            code_version=_code_version("attack"),
+            log=lambda line: typer.echo(line, err=True),
+        )
         tracker.log_attack(result, out_dir, a, seed)
     if is_main():
-        typer.echo(f"attack: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
+        what = "shard" if "shard" in result.meta else "attack"
+        typer.echo(f"{what}: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
+
+
+@app.command("merge-attack")
+@cli_errors
+def merge_attack(
+    shard_dirs: Annotated[list[Path], typer.Argument(help="Shard folders (lsmia attack --classes/--shard outputs).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the merged attack.pt.")],
+    data_file: DataOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """Merge attack shards covering every target into one attack.pt (identical to an unsharded run)."""
+    from lsmia.stages.attack import stage_merge_attack
+
+    cfg = resolve(params, sets)
+    out_dir = output_folder(out_dir, "--out-dir")
+    with _writing(out_dir):
+        result = stage_merge_attack(data_file or _paths(cfg).data_file, shard_dirs, out_dir)
+    typer.echo(f"merged {len(shard_dirs)} shards: {len(result.targets)} targets -> {out_dir / 'attack.pt'}")
 
 
 @app.command()
@@ -441,6 +491,14 @@ def report(
             "beside it), e.g. out/ablations/factors/results.json (repeatable).",
         ),
     ] = None,
+    defenses: Annotated[
+        Path | None,
+        typer.Option(
+            "--defenses",
+            help="The defense comparison: compare.json of 'lsmia compare-defenses' (or the ablation's results.json); "
+            "default: <run.out_dir>/ablations/defenses/compare.json. Absent: the section says how to make it.",
+        ),
+    ] = None,
     track: TrackOpt = None,
 ) -> None:
     """Write the HTML report (figures, tables, reconstructions) of the study's alphas x seeds (study.alphas,
@@ -458,7 +516,15 @@ def report(
             raise LsmiaError(
                 f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation"
             )
-        index = stage_report(cfg, paths, out_dir, _device(cfg), ablation_files=ablations or [], plots_dir=plots_dir)
+        index = stage_report(
+            cfg,
+            paths,
+            out_dir,
+            _device(cfg),
+            ablation_files=ablations or [],
+            plots_dir=plots_dir,
+            defenses_file=defenses,
+        )
         tracker.log_report(index.parent)
     typer.echo(f"report: {index}")
 
@@ -500,12 +566,16 @@ def dvc_yaml(
         bool, typer.Option("--check", metavar=NO_VALUE, help="Exit 1 if dvc.yaml differs instead of writing.")
     ] = False,
     path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml"),
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches."""
+    """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches.
+
+    ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage."""
     from lsmia.graph import dvc_yaml as render
     from lsmia.utils import atomic_path
 
-    text = render()
+    shards = load_config(params).attack.shards if params.is_file() else 1
+    text = render(shards)
     if check:
         current = path.read_text(encoding="utf-8") if path.is_file() else ""
         if current != text:
@@ -594,6 +664,16 @@ WorkerOpt = Annotated[
 ]
 
 
+SharedRemoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shared-remote",
+        help="DVC remote to pull data/prior/eval model from (or train and push them under a lock); "
+        "'default': the default remote (sweep.shared_remote).",
+    ),
+]
+
+
 @app.command()
 @cli_errors
 def sweep(
@@ -605,16 +685,28 @@ def sweep(
     n_workers: WorkersOpt = None,
     storage: StorageOpt = None,
     worker: WorkerOpt = False,
+    defense: Annotated[
+        str | None,
+        typer.Option(
+            "--defense",
+            help="What is searched: ls (alpha and warm-up), mid (beta), bido (lambda_x, lambda_y), tl (trained "
+            "layers) or none (the undefended model); default: sweep.defense.",
+        ),
+    ] = None,
+    shared_remote: SharedRemoteOpt = None,
     track: TrackOpt = None,
 ) -> None:
-    """Optuna search over label smoothing (alpha, warm-up) for the best accuracy-privacy trade-off."""
+    """Optuna search over label smoothing (alpha, warm-up) or a defense's strength for the best accuracy-privacy
+    trade-off; writes the front (fronts.png, points.json for 'lsmia compare-defenses') beside the trials."""
     from lsmia import sweep as sweeps
 
     flags = {
+        "sweep.defense": ("--defense", defense),
         "sweep.study_name": ("--study-name", study_name),
         "sweep.n_trials": ("--n-trials", n_trials),
         "sweep.n_workers": ("--n-workers", n_workers),
         "sweep.storage": ("--storage", storage),
+        "sweep.shared_remote": ("--shared-remote", shared_remote),
     }
     cfg = resolve(params, sets, device, track=track, flags=flags)
     if worker:
@@ -622,6 +714,24 @@ def sweep(
         typer.echo(f"worker done: {ran} trials run here")
         return
     sweeps.run_sweep(cfg, log=typer.echo)
+
+
+@app.command("pull-shared")
+@cli_errors
+def pull_shared(
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="DVC remote name (default: sweep.shared_remote, else the default).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """Get the shared stages (data, prior, eval model, attributes) from a DVC remote, or train and push those it
+    lacks under a lock, so machines sharing the remote never train them twice (run in the project's clone)."""
+    from lsmia.remote import ensure_shared
+
+    cfg = resolve(params, sets)
+    name = remote or cfg.sweep.shared_remote
+    ensure_shared(cfg, None if name in (None, "default") else name, Path.cwd(), log=typer.echo)
 
 
 @app.command()
@@ -646,10 +756,20 @@ def toy(
 @app.command()
 @cli_errors
 def compare_defenses(
-    results_json: Annotated[Path, typer.Argument(help="An ablation's results.json, e.g. of configs/defenses.yaml.")],
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="An ablation's results.json (e.g. of configs/defenses.yaml) and/or sweep folders "
+            "(out/sweep/<study> of 'lsmia sweep --defense ...'), overlaid on one figure.",
+            metavar="RESULTS_JSON|SWEEP_DIR...",
+        ),
+    ],
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out-dir", help="Folder for compare.{md,json} and fronts.png (default: beside RESULTS_JSON)."),
+        typer.Option(
+            "--out-dir",
+            help="Folder for compare.{md,json} and fronts.png (default: beside a single input; needed for several).",
+        ),
     ] = None,
     levels: Annotated[
         str | None,
@@ -659,12 +779,30 @@ def compare_defenses(
     ] = None,
 ) -> None:
     """Defenses at equal test accuracy, each against its strongest attack loss: fronts, table and figure."""
-    from lsmia.defenses.compare import compare_defenses as run_comparison
-    from lsmia.defenses.compare import markdown, parse_levels
+    from lsmia.defenses.compare import compare_many, markdown, parse_levels
 
-    comparison, folder = run_comparison(results_json, out_dir, parse_levels(levels))
+    comparison, folder = compare_many(sources, out_dir, parse_levels(levels))
     typer.echo(markdown(comparison), nl=False)
     typer.echo(f"results: {folder / 'compare.md'}, {folder / 'compare.json'}, {folder / 'fronts.png'}")
+
+
+@app.command()
+@cli_errors
+def server(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where PostgreSQL's data, the password and the served artifacts live.")
+    ] = Path("services"),
+    host: Annotated[
+        str, typer.Option("--host", help="Address both services listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    pg_port: Annotated[int, typer.Option("--pg-port", help="PostgreSQL's port.")] = 5432,
+    port: Annotated[int, typer.Option("--port", help="The MLflow tracking server's port.")] = 5000,
+) -> None:
+    """Start PostgreSQL (Optuna's storage, MLflow's backend) and an MLflow tracking server with served artifacts for
+    workers on several machines; prints what to export on them. Ctrl-C stops both."""
+    from lsmia.services import serve
+
+    serve(output_folder(folder, "--dir"), host, pg_port, port, log=lambda line: typer.echo(line))
 
 
 def main() -> None:

@@ -181,6 +181,8 @@ class AttackConfig(Section):
     final_crop_scale: tuple[float, float] = (0.5, 0.9)
     final_crop_ratio: tuple[float, float] = (0.8, 1.2)
     seed: Seed = 0
+    shards: int = Field(1, ge=1)  # DVC: attack each cell in this many class shards, then merge (same result as 1)
+    checkpoint_seconds: float = Field(300.0, ge=0)  # save a resumable attack checkpoint at most this often
 
     @model_validator(mode="after")
     def _sizes(self) -> AttackConfig:
@@ -236,6 +238,9 @@ class SweepConfig(Section):
     n_trials: int = Field(20, ge=1)  # total over all workers and resumed runs
     n_workers: int = Field(1, ge=1)  # processes on this machine
     storage: str | None = None  # RDB (postgresql://, mysql://, sqlite://) or redis:// URL; None: journal file
+    # a DVC remote (name; "default": the repo's default) the workers pull the shared stages from, training and
+    # pushing the ones it lacks under a lock (lsmia.remote); None: they must exist under run.out_dir
+    shared_remote: str | None = None
     alpha_low: float = -0.3
     alpha_high: float = 0.3
     schedules: list[Literal["constant", "reference", "upstream", "linear"]] = ["linear"]
@@ -250,11 +255,28 @@ class SweepConfig(Section):
     grace_period: int = Field(120, ge=2)  # seconds without heartbeat before a running trial is failed and retried
     max_retry: int = Field(2, ge=0)  # retries of a trial whose worker was lost
     log_models: bool = True  # log each trial's target model to its MLflow run
+    # What is searched (lsmia sweep --defense): ls = alpha and its warm-up (above); mid, bido, tl = that defense's
+    # strength (target.defense, the smoothing kept as in target.smoothing); none = the undefended model, nothing
+    # searched (one trial is enough). Log-uniform ranges around the references' defaults (see target.defense).
+    defense: Literal["ls", "mid", "bido", "tl", "none"] = "ls"
+    mid_beta_low: float = Field(1e-4, gt=0.0)  # MID beta, log-uniform (reference: 0.01)
+    mid_beta_high: float = Field(1.0, gt=0.0)
+    bido_lambda_x_low: float = Field(0.005, gt=0.0)  # BiDO lambda_x, log-uniform (reference: 0.05)
+    bido_lambda_x_high: float = Field(0.5, gt=0.0)
+    bido_lambda_y_low: float = Field(0.05, gt=0.0)  # BiDO lambda_y, log-uniform (reference: 0.5; VMI: 2)
+    bido_lambda_y_high: float = Field(5.0, gt=0.0)
+    tl_layers_low: int = Field(1, ge=1)  # TL: trained last blocks, an integer (smallresnet has 5 blocks)
+    tl_layers_high: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _bounds(self) -> SweepConfig:
         if not self.alpha_low < self.alpha_high <= 1.0:
             raise ValueError("need alpha_low < alpha_high <= 1")
+        for name in ("mid_beta", "bido_lambda_x", "bido_lambda_y", "tl_layers"):
+            if getattr(self, f"{name}_low") > getattr(self, f"{name}_high"):
+                raise ValueError(f"{name}_low must be <= {name}_high")
+        if self.sampler == "grid" and self.defense != "ls":
+            raise ValueError("the grid sampler searches alpha only: use sampler tpe or random with a defense")
         if self.warmup_start_low > self.warmup_start_high:
             raise ValueError("warmup_start_low must be <= warmup_start_high")
         if not self.schedules:

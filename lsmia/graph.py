@@ -71,6 +71,9 @@ class Stage:
         False  # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint
     )
     file_deps: tuple[str, ...] = ()  # extra data inputs, besides the outputs of ``needs``
+    # inputs the stage reads only when they exist: listed in dvc.yaml while they exist in the repository (DVC
+    # fails on a missing dependency), so `lsmia dvc-yaml` adds them once they are committed
+    optional_deps: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
@@ -173,7 +176,8 @@ STAGES: tuple[Stage, ...] = (
         ("data", "target", "attack", "evaluate", "toy"),
         f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
         "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
-        "--ablation out/ablations/data/results.json --ablation out/ablations/converged/results.json",
+        "--ablation out/ablations/data/results.json --ablation out/ablations/converged/results.json "
+        "--defenses out/ablations/defenses/compare.json",
         (f"{OUT}/report",),
         "index.html",
         file_deps=(
@@ -182,6 +186,11 @@ STAGES: tuple[Stage, ...] = (
             "out/ablations/alpha/results.json",
             "out/ablations/data/results.json",
             "out/ablations/converged/results.json",
+        ),
+        optional_deps=(
+            "out/ablations/defenses/compare.json",
+            "out/ablations/defenses/fronts.png",
+            "out/ablations/defenses/results.json",
         ),
         uncached_outs=(f"{OUT}/plots",),
     ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
@@ -286,6 +295,7 @@ def dvc_stage(stage_: Stage) -> dict[str, Any]:
         reads = COLLECTED[need] if BY_NAME[need].per_cell and not stage_.per_cell else READS[need]
         deps += [d for d in reads if d not in deps]
     deps += [d for d in stage_.file_deps if d not in deps]
+    deps += [d for d in stage_.optional_deps if d not in deps and (REPO_ROOT / d).exists()]
     deps += code_deps(stage_)
     entry: dict[str, Any] = {}
     if stage_.per_cell:
@@ -356,10 +366,37 @@ HEADER = """\
 """
 
 
-def dvc_yaml() -> str:
+ATTACK_SHARD = f"{OUT}/attack-shards/{CELL}/${{item.shard}}"  # beside out/attacks: DVC outputs must not overlap
+
+
+def dvc_attack_shards(shards: int) -> dict[str, dict[str, Any]]:
+    """``attack.shards`` > 1: the attack of a cell as ``shards`` class shards (a matrix: separate jobs or GPUs,
+    each resumable, its outputs persisted while it re-runs) and a merge into the usual attack output."""
+    attack = BY_NAME["attack"]
+    shard = dvc_stage(attack)
+    cells = dict(shard["matrix"])
+    shard["matrix"]["shard"] = list(range(shards))
+    shard_flag = f"--shard ${{item.shard}}/{shards} --out-dir {ATTACK_SHARD}"
+    shard["cmd"] = attack.cmd.replace(f"--out-dir {OUT}/attacks/{CELL}", shard_flag)
+    shard["outs"] = [{ATTACK_SHARD: {"persist": True}}]
+    dirs = [ATTACK_SHARD.replace("${item.shard}", str(i)) for i in range(shards)]
+    merge = {
+        "matrix": cells,
+        "cmd": f"lsmia merge-attack {' '.join(dirs)} --data {OUT}/data/dataset.pt --out-dir {OUT}/attacks/{CELL}",
+        "deps": [f"{OUT}/data/dataset.pt", *dirs, *code_deps(attack)],
+        "outs": [f"{OUT}/attacks/{CELL}"],
+    }
+    return {"attack-shard": shard, "attack": merge}
+
+
+def dvc_yaml(shards: int = 1) -> str:
+    """The pipeline; ``shards`` (``attack.shards``) > 1 splits every cell's attack into class shards."""
     import yaml
 
-    document = {"stages": {s.name: dvc_stage(s) for s in STAGES}, "plots": PLOTS}
+    stages: dict[str, Any] = {}
+    for s in STAGES:
+        stages.update(dvc_attack_shards(shards) if s.name == "attack" and shards > 1 else {s.name: dvc_stage(s)})
+    document = {"stages": stages, "plots": PLOTS}
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
@@ -488,17 +525,62 @@ def _run_attack(run: StageRun) -> Any:
     from lsmia.stages.attack import stage_attack
 
     assert run.cell is not None
-    result = stage_attack(
-        run.cfg,
-        run.inputs["data"],
-        run.inputs["target"],
-        run.inputs.get("prior"),
-        run.output.parent,
-        run.device,
-        run.cell.seed,
-    )
+    if run.cfg.attack.shards > 1:
+        result = _run_attack_shards(run)
+    else:
+        result = stage_attack(
+            run.cfg,
+            run.inputs["data"],
+            run.inputs["target"],
+            run.inputs.get("prior"),
+            run.output.parent,
+            run.device,
+            run.cell.seed,
+            code_version=code_digest(run.stage),
+        )
     run.observer.log_attack(result, run.output.parent, run.cell.alpha, run.cell.seed)
     return result
+
+
+def _run_attack_shards(run: StageRun) -> Any:
+    """``attack.shards`` class shards one after another (each resumable; a finished one is kept), then the merge:
+    what the DVC matrix of ``attack-shard`` stages runs as separate jobs."""
+    from lsmia.attack.shards import shard_classes, shard_dir, target_list
+    from lsmia.stages.attack import stage_attack, stage_merge_attack
+
+    assert run.cell is not None
+    count, targets = run.cfg.attack.shards, target_list(run.cfg.attack.targets)
+    dirs = [shard_dir(run.output.parent, index) for index in range(count)]
+    for index, folder in enumerate(dirs):
+        classes = shard_classes(targets, index, count)
+        if _finished_shard(folder, classes, run.cfg, run.cell.seed):
+            continue
+        stage_attack(
+            run.cfg,
+            run.inputs["data"],
+            run.inputs["target"],
+            run.inputs.get("prior"),
+            folder,
+            run.device,
+            run.cell.seed,
+            classes=classes,
+            code_version=code_digest(run.stage),
+        )
+    return stage_merge_attack(run.inputs["data"], dirs, run.output.parent)
+
+
+def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int) -> bool:
+    """Whether ``folder`` holds this shard's finished result for the current attack config."""
+    from lsmia.attack.ppa import RUN_ONLY_KEYS
+    from lsmia.attack.result import AttackResult
+
+    if not (folder / "attack.pt").is_file() or (folder / "checkpoint.pt").exists():
+        return False
+    meta = AttackResult.load(folder / "attack.pt").meta
+    wanted = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed}).model_dump(
+        mode="json", exclude=set(RUN_ONLY_KEYS)
+    )
+    return meta.get("shard", {}).get("classes") == classes and meta.get("config") == wanted
 
 
 def _run_evaluate(run: StageRun) -> Any:
@@ -640,6 +722,12 @@ def _param_values(cfg: Config, keys: Iterable[str]) -> dict[str, Any]:
 def _key_params(stage_: Stage, cfg: Config, cell: Cell | None) -> dict[str, Any]:
     """The params that shape the stage's output; a target's smoothing enters as its per-epoch alpha, so
     alpha >= 0 models are shared across warm-up schedules that never apply to them."""
+    if stage_.name == "attack":  # how the attack runs (shards, checkpoints) does not change what it computes
+        from lsmia.attack.ppa import RUN_ONLY_KEYS
+
+        values = _param_values(cfg, stage_.params)
+        values["attack"] = {k: v for k, v in values["attack"].items() if k not in RUN_ONLY_KEYS}
+        return values
     if stage_.name != "target":
         return _param_values(cfg, stage_.params)
     from lsmia.schedules import alpha_trajectory

@@ -131,3 +131,20 @@ def output_locks(*targets: Path | str | None, enabled: bool = True) -> Iterator[
             if target is not None:
                 stack.enter_context(output_lock(target))
         yield
+
+
+@contextmanager
+def wait_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the block, waiting for another holder (another
+    process or, on a shared file system, another machine) to release it; the file stays (it may be re-used)."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _write_holder(fd)
+        yield
+    finally:
+        os.close(fd)

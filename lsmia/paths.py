@@ -109,3 +109,11 @@ class SweepPaths:
     @property
     def recommendation(self) -> Path:
         return self.root / "recommendation.json"
+
+    @property
+    def points_json(self) -> Path:
+        return self.root / "points.json"  # the trials as models, read by lsmia compare-defenses
+
+    @property
+    def fronts_png(self) -> Path:
+        return self.root / "fronts.png"

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend
 from lsmia import ablation_tables as tables
 from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
+from lsmia.defenses import compare as defense_comparison
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
 from lsmia.models.inference import predict_logits
@@ -518,6 +519,67 @@ def ablation_html(results_file: Path) -> str:
     )
 
 
+DEFENSES_HEADING = "Defenses at equal accuracy"
+DEFENSES_HOWTO = (
+    "no defense comparison at {path}: run 'lsmia ablate configs/defenses.yaml' and "
+    "'lsmia compare-defenses out/ablations/defenses/results.json', then 'lsmia report --defenses {path}'"
+)
+DEFENSES_CAPTION = (
+    "Test accuracy against attack acc@1, each model against its strongest attack loss (95 % intervals over seeds); "
+    "lines: each defense's Pareto front with the undefended model (black star) as strength 0; hollow: off the front."
+)
+DEFENSES_NOTE = (
+    "Each defense's front interpolated linearly at the same test accuracies, seed by seed: attack acc@1, δ_eval "
+    "and ξ of the strongest attack, mean ± half-width of the 95 % t-interval over seeds."
+)
+
+
+def defenses_html(source: Path, folder: Path) -> str:
+    """The equal-accuracy comparison of defenses (lsmia.defenses.compare): the fronts figure and the worst-case
+    table, from ``compare.json`` (its ``fronts.png`` beside it) or, without one, computed from the ablation's
+    ``results.json`` beside it; absent: how to produce it."""
+    heading = f"<h2>{DEFENSES_HEADING}</h2>"
+    source = Path(source)
+    compare_file = source if source.name != "results.json" else source.with_name("compare.json")
+    results_file = source if source.name == "results.json" else source.with_name("results.json")
+    figure = folder / "defenses_fronts.png"
+    if compare_file.is_file():
+        record = load_json(compare_file, what="defense comparison")
+        if not isinstance(record, dict) or not {"table", "winners"} <= record.keys():
+            raise LsmiaError(f"{compare_file} is not the compare.json of 'lsmia compare-defenses': re-run that command")
+        drawn = compare_file.with_name("fronts.png")
+        if drawn.is_file():
+            shutil.copyfile(drawn, figure)
+        elif results_file.is_file():
+            levels = record.get("levels")
+            defense_comparison.plot_fronts(
+                defense_comparison.compare(defense_comparison.load_results(results_file), levels), figure
+            )
+    elif results_file.is_file():
+        comparison = defense_comparison.compare(defense_comparison.load_results(results_file))
+        record = defense_comparison.to_json(comparison, str(results_file))
+        defense_comparison.plot_fronts(comparison, figure)
+    else:
+        return heading + _missing(DEFENSES_HOWTO.format(path=source))
+    read = compare_file if compare_file.is_file() else results_file
+    parts = [heading, f"<p class='caption'>From {html.escape(str(read))}.</p>"]
+    if figure.is_file():
+        parts.append(figure_html(folder, FigureFile(figure.name, DEFENSES_HEADING, DEFENSES_CAPTION)))
+    else:
+        parts.append(_missing(f"no fronts.png beside {compare_file}: re-run 'lsmia compare-defenses'"))
+    rows = defense_comparison.table_cells(record["table"])
+    parts.append(
+        html_table(defense_comparison.TABLE_COLUMNS, rows)
+        if rows
+        else _missing("no accuracy level is shared by every front: re-run 'lsmia compare-defenses' with --levels")
+    )
+    parts.append(f"<p class='caption'>{html.escape(DEFENSES_NOTE)}</p>")
+    winners = defense_comparison.winner_lines(record["winners"])
+    if winners:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in winners) + "</ul>")
+    return "".join(parts)
+
+
 def html_table(columns: Sequence[str], rows: list[list[str]]) -> str:
     """A table in a horizontally scrolling box: the page never grows wider than its text."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -719,8 +781,10 @@ def build_report(
     title: str,
     ablation_files: Sequence[Path] = (),
     cells: Cells | None = None,
+    defenses_file: Path | None = None,
 ) -> None:
-    """Write every figure and ``index.html`` into ``folder`` (an empty directory)."""
+    """Write every figure and ``index.html`` into ``folder`` (an empty directory); the defenses section from
+    ``defenses_file`` (default: ``<out>/ablations/defenses/compare.json``)."""
     rows = collect_metrics(paths.metrics_dir, cells)
     summaries = aggregate(rows)
     keys = metric_keys(rows)
@@ -774,6 +838,7 @@ def build_report(
     parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
     parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
     parts.append(ablations_html(ablation_files))
+    parts.append(defenses_html(defenses_file or paths.ablation_dir("defenses") / "compare.json", folder))
     parts.append(toy_html(paths.root / "toy", folder))
     parts.append(reconstructions_html(paths, rows, folder, device))
     parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
@@ -787,6 +852,7 @@ def write_report(
     title: str = "lsmia study",
     ablation_files: Sequence[Path] = (),
     cells: Cells | None = None,
+    defenses_file: Path | None = None,
 ) -> Path:
     """Build the report of ``cells`` (default: every metrics file) in a temporary folder beside ``out_dir`` and
     swap it in; returns ``out_dir/index.html``."""
@@ -796,7 +862,7 @@ def write_report(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     staging.chmod(new_file_mode(folder=True))  # mkdtemp makes it private: give it the umask's mode like mkdir
     try:
-        build_report(paths, staging, device, title, list(ablation_files), cells)
+        build_report(paths, staging, device, title, list(ablation_files), cells, defenses_file)
         _swap_in(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -29,23 +29,35 @@ warmup_start_high] and ``warmup_fraction`` in [0, 1], with warmup_end = start + 
 so end >= start by construction. A linear ramp with start = end = 0 is a constant schedule, so the
 default ``schedules: [linear]`` already covers constant smoothing.
 
+Defenses (``sweep.defense`` / ``--defense``): ``ls`` (default) searches the smoothing as above; ``mid`` searches
+MID's beta, ``bido`` BiDO's lambda_x and lambda_y (each log-uniform in ``sweep.<name>_low..high``), ``tl`` the
+number of trained last blocks (an integer), each with ``target.smoothing`` as configured; ``none`` searches
+nothing and trains the undefended target (alpha 0; one trial is enough). A study keeps the defense it was created
+with. Besides the trials table, the summary writes ``points.json`` (every completed trial as a model, read by
+``lsmia compare-defenses``) and ``fronts.png``, the front drawn by lsmia.defenses.compare with the undefended model
+marked: the study's own alpha 0 target at ``run.seed`` (``out/metrics/alpha0.0_seed<s>.json``) when it exists.
+
 Storage: by default a journal file ``out/sweep/<study>/journal.log`` (several processes on this
 machine; ``optuna-dashboard`` reads it); ``sweep.storage`` / ``--storage`` takes an RDB URL
 (postgresql://, mysql://) or redis:// for workers on many machines. Re-running the same study resumes
-it and runs only what is left of ``sweep.n_trials``, a total over every worker and every run.
+it and runs only what is left of ``sweep.n_trials``, a total over every worker and every run. The budget is
+stored in the study (user attr ``n_trials``, set by each ``lsmia sweep`` run): ``--worker`` processes on other
+machines follow it, whatever their own ``sweep.n_trials``.
 
 Budget: trials are drawn with ask/tell in our own loop, so the budget check and ``ask`` happen under one
-lock (an flock in ``out/sweep/<study>/``, exact for every process of one machine; no lock spans machines,
-so workers on other machines sharing an RDB or Redis storage may overshoot by one trial each). A trial
-counts once it starts; a trial failed because its worker was lost and queued again does not count (its
-retry does).
+lock: an flock in ``out/sweep/<study>/`` for the processes of one machine, plus, for workers on several
+machines, the shared storage's own lock (a PostgreSQL advisory lock, a MySQL named lock, a Redis lock), so
+the budget is exact over every machine. A trial counts once it starts; a trial failed because its worker was
+lost and queued again does not count (its retry does). Each trial records the worker that ran it (user attr
+``worker``, ``host:pid``).
 
 Faults: a diverging target (DivergenceError) is a FAILED trial with user attr ``fail_reason``; the
-study goes on. Optuna's heartbeat exists only for RDBStorage, so it is done here for every storage: a
-running trial records a heartbeat (a trial system attr) every ``heartbeat_interval`` s; before drawing a
-trial, a worker fails every RUNNING trial silent for ``grace_period`` s and queues its parameters again
-(at most ``max_retry`` times; system attrs ``failed_trial`` / ``retry_history`` as Optuna's
-RetryHeartbeatStaleTrialCallback writes them). Ctrl-C fails the running trial, queues it again and
+study goes on. A running trial records a heartbeat every ``heartbeat_interval`` s; before drawing a trial, a
+worker fails every RUNNING trial silent for ``grace_period`` s and queues its parameters again (at most
+``max_retry`` times; system attrs ``failed_trial`` / ``retry_history``). With an RDB (PostgreSQL) this is
+Optuna's own heartbeat (``RDBStorage(heartbeat_interval, grace_period, heartbeat_stale_trial_callback=
+RetryHeartbeatStaleTrialCallback(max_retry))``, timed by the database's clock); Optuna has none for journal
+storages (file, Redis), so lsmia does the same there with a trial system attr and its own retry. Ctrl-C fails the running trial, queues it again and
 leaves the study resumable.
 
 MLflow (through lsmia.tracking only): one parent run per study, its id stored as study user attr so
@@ -63,10 +75,13 @@ import fcntl
 import json
 import math
 import multiprocessing
+import os
 import re
+import socket
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,20 +94,32 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lsmia import graph
-from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config
+from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.paths import StudyPaths, SweepPaths
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+BUDGET_ATTR = "n_trials"  # the study's total trial budget, set by `lsmia sweep`, followed by every worker
 HEARTBEAT_ATTR = "lsmia:heartbeat"
 FAIL_REASON = "fail_reason"
 CONSTRAINT = "test_acc_floor"
 STAGE = "sweep"
 TABLE_KEYS = ("test_acc", "final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "ece")
+# The parameters each sweep.defense searches (target.defense fields; ls: the smoothing, see suggest_smoothing).
+DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ls": ("alpha",),
+    "mid": ("mid_beta",),
+    "bido": ("bido_lambda_x", "bido_lambda_y"),
+    "tl": ("tl_trained_layers",),
+    "none": (),
+}
 Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------- files
+
+
+_FETCHED: set[tuple[str, ...]] = set()  # shared-stage keys this process has fetched from the remote
 
 
 @dataclass(frozen=True)
@@ -105,8 +132,19 @@ class SharedModels:
     attribute_file: Path
 
 
-def shared_models(cfg: Config) -> SharedModels:
-    """The data, prior, eval model and attribute predictor of the study, or an LsmiaError naming the missing one."""
+def shared_models(cfg: Config, log: Log = print) -> SharedModels:
+    """The data, prior, eval model and attribute predictor of the study, or an LsmiaError naming the missing one.
+
+    With ``sweep.shared_remote`` they are first pulled from that DVC remote, or trained and pushed under a lock
+    when it lacks them (lsmia.remote; once per process)."""
+    if cfg.sweep.shared_remote is not None:
+        from lsmia.remote import ensure_shared, shared_keys
+
+        keys = tuple(shared_keys(cfg).values())
+        if keys not in _FETCHED:
+            remote = None if cfg.sweep.shared_remote == "default" else cfg.sweep.shared_remote
+            ensure_shared(cfg, remote, Path.cwd(), log)
+            _FETCHED.add(keys)
     paths = StudyPaths(cfg.run.out_dir)
     models = SharedModels(
         paths.data_file,
@@ -128,8 +166,14 @@ def shared_models(cfg: Config) -> SharedModels:
 # ---------------------------------------------------------------- storage
 
 
-def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
-    """A journal file (default), a Redis journal (redis://) or an RDB (sqlalchemy URL)."""
+def open_storage(url: str | None, journal: Path, sweep: SweepConfig | None = None) -> optuna.storages.BaseStorage:
+    """A journal file (default), a Redis journal (redis://) or an RDB (sqlalchemy URL).
+
+    With ``sweep`` (a worker's storage) an RDB gets Optuna's own heartbeat: ``heartbeat_interval``,
+    ``grace_period`` and a stale trial queued again (``RetryHeartbeatStaleTrialCallback``, the name Optuna 5
+    gives RetryFailedTrialCallback) up to ``max_retry`` times. Journal storages have no heartbeat in Optuna:
+    :class:`Heartbeat` and :func:`fail_stale_trials` do it for them.
+    """
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 
     if not url:
@@ -139,23 +183,52 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             if url.startswith(("redis://", "rediss://")):
+                import redis  # noqa: F401  (optuna defers a missing client to a vague error)
+
                 return JournalStorage(JournalRedisBackend(url))
         if "://" not in url:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url))
-        return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval: experimental since Optuna 2.9
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **_rdb_heartbeat(sweep))
     except ImportError:
-        fix = (
-            "pip install redis"
-            if url.startswith("redis")
-            else "pip install its database driver (psycopg2-binary for PostgreSQL, pymysql for MySQL)"
-        )
-        raise LsmiaError(f"storage {redact(url)} needs a package that is not installed: {fix}") from None
+        raise LsmiaError(f"storage {redact(url)} needs a package that is not installed: {_driver_fix(url)}") from None
     except Exception as err:
         raise LsmiaError(
             f"cannot open storage {redact(url)} ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:150]}): check the URL and that the server is up"
         ) from None
+
+
+def _driver_fix(url: str) -> str:
+    """How to install the client a storage URL needs (SQLAlchemy 2.1 maps postgresql:// to psycopg 3)."""
+    if url.startswith("redis"):
+        return "pip install 'lsmia[redis]'"
+    if url.startswith("postgresql"):
+        return "pip install 'lsmia[postgres]'"
+    return "pip install its database driver (pymysql for MySQL)"
+
+
+def _rdb_heartbeat(sweep: SweepConfig | None) -> dict[str, Any]:
+    """RDBStorage's heartbeat arguments for a worker (none for a reader such as the summary or a test)."""
+    if sweep is None:
+        return {}
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retry)
+    return {
+        "heartbeat_interval": sweep.heartbeat_interval,
+        "grace_period": sweep.grace_period,
+        "heartbeat_stale_trial_callback": retry,
+    }
+
+
+def optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether Optuna keeps the heartbeat of this storage (an RDB opened for a worker)."""
+    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
 def redact(url: str | None) -> str:
@@ -164,16 +237,66 @@ def redact(url: str | None) -> str:
 
 
 @contextlib.contextmanager
-def budget_lock(paths: SweepPaths) -> Iterator[None]:
-    """Serialises 'count the budget, then ask' between the processes of this machine (no lock spans
-    machines: see the module docstring)."""
+def budget_lock(
+    paths: SweepPaths, storage: optuna.storages.BaseStorage | None = None, url: str | None = None, study_name: str = ""
+) -> Iterator[None]:
+    """Serialises 'count the budget, then ask': between the processes of this machine (an flock), and between
+    machines through the shared storage where it has locks: a PostgreSQL advisory lock, a MySQL named lock,
+    a Redis lock. A journal file has no other machine to lock out."""
     paths.root.mkdir(parents=True, exist_ok=True)
     with open(paths.lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with _storage_lock(storage, url, f"lsmia-sweep:{study_name}"):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+STORAGE_LOCK_TIMEOUT_S = 120  # a lock held longer than this belongs to a lost worker (Redis expires it)
+
+
+@contextlib.contextmanager
+def _storage_lock(storage: optuna.storages.BaseStorage | None, url: str | None, name: str) -> Iterator[None]:
+    """The storage's own cross-machine lock named ``name``; nothing for a journal file."""
+    import hashlib
+
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.engine.name in ("postgresql", "mysql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        postgres = storage.engine.name == "postgresql"
+        with storage.engine.connect() as connection:  # a session lock: released when the connection closes
+            if postgres:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            else:
+                connection.execute(
+                    sqlalchemy.text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": STORAGE_LOCK_TIMEOUT_S}
+                )
+            try:
+                yield
+            finally:
+                unlock = "SELECT pg_advisory_unlock(:key)" if postgres else "SELECT RELEASE_LOCK(:name)"
+                connection.execute(sqlalchemy.text(unlock), {"key": key, "name": name})
+        return
+    if url and url.startswith(("redis://", "rediss://")):
+        import redis
+
+        lock = redis.Redis.from_url(url).lock(
+            name, timeout=STORAGE_LOCK_TIMEOUT_S, blocking_timeout=STORAGE_LOCK_TIMEOUT_S
+        )
+        if not lock.acquire():
+            raise LsmiaError(
+                f"the sweep lock {name} in {redact(url)} stayed taken for {STORAGE_LOCK_TIMEOUT_S} s: "
+                "check that the Redis server is healthy"
+            )
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+        return
+    yield
 
 
 # ---------------------------------------------------------------- search space and samplers
@@ -203,6 +326,8 @@ def name_objectives(study: optuna.Study, sweep: SweepConfig) -> None:
 
 def search_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
     """The searched parameters, in words (logged as params of the parent run)."""
+    if sweep.defense != "ls":
+        return defense_space(sweep, base)
     if sweep.sampler == "grid":
         return {
             "alpha": f"grid of {sweep.n_trials} in [{sweep.alpha_low}, {sweep.alpha_high}]",
@@ -231,6 +356,33 @@ def suggest_smoothing(trial: optuna.Trial, sweep: SweepConfig, base: SmoothingCo
     return SmoothingConfig.model_validate(
         {**base.model_dump(), "alpha": alpha, "schedule": schedule, "warmup_start": start, "warmup_end": end}
     )
+
+
+def defense_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
+    """A defense sweep's searched parameters, in words."""
+    smoothing = f"fixed: target.smoothing (alpha {base.alpha:g}, {base.schedule})"
+    if sweep.defense == "none":
+        return {"defense": "none: the undefended target, nothing searched", "alpha": "fixed: 0"}
+    if sweep.defense == "tl":
+        return {"tl_trained_layers": f"integer in [{sweep.tl_layers_low}, {sweep.tl_layers_high}]", "alpha": smoothing}
+    ranges = {name: (getattr(sweep, f"{name}_low"), getattr(sweep, f"{name}_high")) for name in _log_params(sweep)}
+    return {name: f"log-uniform in [{low:g}, {high:g}]" for name, (low, high) in ranges.items()} | {"alpha": smoothing}
+
+
+def _log_params(sweep: SweepConfig) -> tuple[str, ...]:
+    return DEFENSE_PARAMS[sweep.defense] if sweep.defense in ("mid", "bido") else ()
+
+
+def suggest_defense(trial: optuna.Trial, sweep: SweepConfig, base: DefenseConfig) -> DefenseConfig:
+    """Sample the trial's defense strength (``sweep.defense`` mid, bido or tl); ``none``: no defense."""
+    values: dict[str, Any] = {"kind": sweep.defense}
+    for name in _log_params(sweep):
+        values[name] = trial.suggest_float(
+            name, getattr(sweep, f"{name}_low"), getattr(sweep, f"{name}_high"), log=True
+        )
+    if sweep.defense == "tl":
+        values["tl_trained_layers"] = trial.suggest_int("tl_trained_layers", sweep.tl_layers_low, sweep.tl_layers_high)
+    return DefenseConfig.model_validate({**base.model_dump(), **values})
 
 
 def warmup_applies(smoothing: SmoothingConfig) -> bool:
@@ -320,6 +472,14 @@ def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed
             "pass another --study-name or the original sweep.mode"
         )
     name_objectives(study, sweep)
+    searched = study.user_attrs.get("defense", "ls" if "mode" in study.user_attrs else sweep.defense)
+    if searched != sweep.defense:
+        raise LsmiaError(
+            f"study '{sweep.study_name}' searches defense '{searched}', not '{sweep.defense}': "
+            f"pass another --study-name (e.g. --study-name {sweep.defense}) or --defense {searched}"
+        )
+    if "defense" not in study.user_attrs:
+        study.set_user_attr("defense", sweep.defense)
     if "mode" not in study.user_attrs:
         study.set_user_attr("mode", sweep.mode)
         study.set_user_attr("search_space", search_space(sweep, cfg.target.smoothing))
@@ -371,7 +531,11 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None
 def fail_stale_trials(
     study: optuna.Study, storage: optuna.storages.BaseStorage, sweep: SweepConfig, log: Log
 ) -> list[int]:
-    """Fail the RUNNING trials silent for ``grace_period`` s (their worker is gone) and queue them again."""
+    """Fail the RUNNING trials silent for ``grace_period`` s (their worker is gone) and queue them again.
+
+    An RDB worker's storage leaves this to Optuna (``optuna.storages.fail_stale_trials`` and its retry callback)."""
+    if optuna_heartbeat(storage):
+        return _optuna_fail_stale_trials(study, log)
     now, failed = time.time(), []
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -395,6 +559,19 @@ def fail_stale_trials(
     return failed
 
 
+def _optuna_fail_stale_trials(study: optuna.Study, log: Log) -> list[int]:
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    failed = [t.number for t in trials if t.number in running and t.state == TrialState.FAIL]
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    for number in failed:
+        log(f"trial {number}: worker lost, FAILED" + ("; queued again" if number in retried else "; retries used up"))
+    return failed
+
+
 class Heartbeat:
     """Records the time as a trial system attr every ``interval`` s while the trial runs."""
 
@@ -406,7 +583,10 @@ class Heartbeat:
     def _beat(self) -> None:
         while True:
             try:
-                self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+                if optuna_heartbeat(self.storage):  # Optuna's heartbeat table, read with the database's clock
+                    self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+                else:
+                    self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
             except Exception:
                 return  # the trial was finished (e.g. failed as stale by another worker)
             if self._stop.wait(self.interval):
@@ -434,8 +614,30 @@ class TrialContext:
     log: Log
 
 
-def trial_config(cfg: Config, smoothing: SmoothingConfig) -> Config:
-    return build_config(cfg.to_dict(), {"target.smoothing": smoothing.model_dump(mode="json")})
+def trial_config(cfg: Config, smoothing: SmoothingConfig, defense: DefenseConfig | None = None) -> Config:
+    overrides = {"target.smoothing": smoothing.model_dump(mode="json")}
+    if defense is not None:
+        overrides["target.defense"] = defense.model_dump(mode="json")
+    return build_config(cfg.to_dict(), overrides)
+
+
+def suggest_trial(trial: optuna.Trial, cfg: Config) -> Config:
+    """The trial's config: its smoothing (``ls``) or its defense (mid, bido, tl; ``none``: undefended, alpha 0),
+    with the effective settings recorded as user attrs."""
+    sweep, base = cfg.sweep, cfg.target.smoothing
+    trial.set_user_attr("defense", sweep.defense)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it (host:pid)
+    if sweep.defense == "ls":
+        smoothing = suggest_smoothing(trial, sweep, base)
+        trial.set_user_attr("schedule", smoothing.schedule)
+        for key in ("warmup_start", "warmup_end"):  # the effective values, searched or not; none without warm-up
+            trial.set_user_attr(key, getattr(smoothing, key) if warmup_applies(smoothing) else None)
+        return trial_config(cfg, smoothing)
+    smoothing = base if sweep.defense != "none" else SmoothingConfig.model_validate({**base.model_dump(), "alpha": 0})
+    defense = suggest_defense(trial, sweep, cfg.target.defense)
+    for name in DEFENSE_PARAMS[sweep.defense]:
+        trial.set_user_attr(name, getattr(defense, name))
+    return trial_config(cfg, smoothing, defense)
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
@@ -444,17 +646,14 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
     from lsmia.tracking import start_tracking
 
     sweep = ctx.cfg.sweep
-    smoothing = suggest_smoothing(trial, sweep, ctx.cfg.target.smoothing)
-    trial.set_user_attr("schedule", smoothing.schedule)
-    for key in ("warmup_start", "warmup_end"):  # the effective values, searched or not; none where no warm-up applies
-        trial.set_user_attr(key, getattr(smoothing, key) if warmup_applies(smoothing) else None)
-    cfg = trial_config(ctx.cfg, smoothing)
+    cfg = suggest_trial(trial, ctx.cfg)
     tags = {
         "stage": STAGE,
         "role": "target",
         "study": sweep.study_name,
         "trial": str(trial.number),
-        "alpha": str(smoothing.alpha),
+        "alpha": str(cfg.target.smoothing.alpha),
+        "defense": cfg.target.defense.kind,
         "seed": str(cfg.run.seed),
         "dataset": cfg.data.source,
     }
@@ -649,27 +848,33 @@ def worker_seed(cfg: Config, worker_index: int, trials_so_far: int) -> int:
     return (cfg.run.seed * 1_000_003 + worker_index * 10_007 + trials_so_far) % (2**31)
 
 
-def run_worker(cfg: Config, worker_index: int = 0, log: Log = print) -> int:
+def run_worker(cfg: Config, worker_index: int | None = None, log: Log = print) -> int:
     """Draw and run trials of an existing study until the total budget is spent; the number run here.
 
     Waits while other workers' trials are still running, so a lost worker's trial is failed and
-    retried (after ``grace_period``) before the budget is declared spent.
+    retried (after ``grace_period``) before the budget is declared spent. ``worker_index`` None (a
+    ``--worker`` process, maybe on another machine) seeds the sampler from this host and process, so two
+    machines starting together never draw the same random trials.
     """
     from lsmia.utils import resolve_device
 
-    models, paths = shared_models(cfg), SweepPaths.of(cfg)
-    storage = open_storage(cfg.sweep.storage, paths.journal)
+    models, paths = shared_models(cfg, log), SweepPaths.of(cfg)
+    storage = open_storage(cfg.sweep.storage, paths.journal, cfg.sweep)
     probe = load_study(cfg, storage, 0)
+    if worker_index is None:
+        worker_index = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000 + 1_000
     study = load_study(cfg, storage, worker_seed(cfg, worker_index, len(probe.trials)))
     ctx = TrialContext(cfg, models, paths, resolve_device(cfg.run.device), study.user_attrs.get(PARENT_RUN_ATTR), log)
     ran = 0
     while True:
-        with budget_lock(paths):
+        with budget_lock(paths, storage, cfg.sweep.storage, cfg.sweep.study_name):
             fail_stale_trials(study, storage, cfg.sweep, log)
             trials = study.get_trials(deepcopy=False)
-            spent = consumed_budget(trials) >= cfg.sweep.n_trials
+            attrs = study.user_attrs  # read afresh: a worker may start before `lsmia sweep` opened the parent run
+            ctx.parent_run_id = attrs.get(PARENT_RUN_ATTR, ctx.parent_run_id)
+            spent = consumed_budget(trials) >= int(attrs.get(BUDGET_ATTR, cfg.sweep.n_trials))
             running = any(t.state == TrialState.RUNNING for t in trials)
-            trial = None if spent else study.ask()
+            trial = None if spent else _ask(study)
         if trial is None:
             if not running:
                 return ran
@@ -677,6 +882,12 @@ def run_worker(cfg: Config, worker_index: int = 0, log: Log = print) -> int:
             continue
         execute_trial(study, storage, trial, ctx)
         ran += 1
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():  # ask/tell with a heartbeat: Optuna expects optimize, lsmia beats itself
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
 
 
 def _worker_process(config: dict[str, Any], worker_index: int) -> None:
@@ -732,17 +943,35 @@ class SweepResult:
     importance: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> parameter -> importance
 
 
-def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+def trial_row(trial: FrozenTrial, defense: str = "ls") -> dict[str, Any]:
+    """A trial as a table row: its smoothing (``ls``) or its defense strength, the objectives and metrics."""
     attrs, params = trial.user_attrs, trial.params
+    if defense == "ls":
+        setting = {
+            "alpha": params.get("alpha"),
+            **{k: attrs.get(k) for k in ("schedule", "warmup_start", "warmup_end")},
+        }
+    else:
+        strengths = {name: params.get(name, attrs.get(name)) for name in DEFENSE_PARAMS[defense]}
+        setting = {"defense": defense, **strengths, "alpha": attrs.get("alpha")}
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "alpha": params.get("alpha"),
-        **{key: attrs.get(key) for key in ("schedule", "warmup_start", "warmup_end", *TABLE_KEYS)},
+        **setting,
+        **{key: attrs.get(key) for key in TABLE_KEYS},
         "retry_of": trial.system_attrs.get("failed_trial"),
         FAIL_REASON: attrs.get(FAIL_REASON, ""),
         "mlflow_run_id": attrs.get("mlflow_run_id", ""),
     }
+
+
+SYMBOLS = {"alpha": "α", "mid_beta": "β", "bido_lambda_x": "λx", "bido_lambda_y": "λy", "tl_trained_layers": "trained"}
+
+
+def setting_text(row: dict[str, Any]) -> str:
+    """The trial's searched setting in a few characters, e.g. ``α=-0.05`` or ``β=0.012``."""
+    names = DEFENSE_PARAMS[row.get("defense", "ls")]
+    return ", ".join(f"{SYMBOLS[name]}={_cell(row.get(name))}" for name in names) or "undefended"
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -863,7 +1092,7 @@ def plot_pareto_png(
     ax.plot([r["test_acc"] for r in front], [r["final_acc1"] for r in front], "o-", c="tab:red", label="Pareto front")
     for r in done:
         ax.annotate(
-            f"{r['number']}: α={r['alpha']:.3g}",
+            f"{r['number']}: {setting_text(r)}",
             (r["test_acc"], r["final_acc1"]),
             fontsize=7,
             xytext=(3, 3),
@@ -935,7 +1164,7 @@ def write_importance_html(
 def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResult:
     """Trials table (CSV + markdown), Pareto front (PNG, and Optuna's interactive HTML), parameter importances
     (JSON, HTML) and the recommendation, written to files."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    rows = [trial_row(t, cfg.sweep.defense) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     front = front_of(study, rows, cfg.sweep)
     recommended = recommend(front, cfg.sweep)
     note = "" if recommended else no_recommendation(front, cfg.sweep)
@@ -944,11 +1173,14 @@ def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResul
     write_tables(rows, paths)
     plot_pareto_png(rows, front, recommended, paths.pareto_png)
     write_pareto_html(study, cfg.sweep, paths.pareto_html)
+    write_points(rows, cfg, paths)
     files = {
         "trials_csv": paths.trials_csv,
         "trials_md": paths.trials_md,
         "pareto_png": paths.pareto_png,
         "pareto_html": paths.pareto_html,
+        "points_json": paths.points_json,
+        "fronts_png": paths.fronts_png,
         "recommendation": paths.recommendation,
     }
     if importance:
@@ -971,11 +1203,71 @@ def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResul
     return SweepResult(cfg.sweep.study_name, rows, front, recommended, files, note, importance)
 
 
+POINT_METRICS = ("test_acc", "final_acc1", "delta_eval", "xi")
+
+
+def points_record(rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """The completed trials as models for lsmia.defenses.compare (``points.json``): each one's defense settings
+    (dotted target.defense keys; none for ``ls`` and ``none``), alpha, seed, attack loss and metrics; and the
+    undefended reference: the study's alpha 0 target at ``run.seed``, when it was evaluated."""
+    defense = cfg.sweep.defense
+    base_alpha = 0.0 if defense == "none" else cfg.target.smoothing.alpha
+    trials = []
+    for row in rows:
+        if row["state"] != "COMPLETE" or not (_finite(row["test_acc"]) and _finite(row["final_acc1"])):
+            continue
+        settings = {f"target.defense.{name}": row[name] for name in DEFENSE_PARAMS[defense]}
+        trials.append(
+            {
+                "trial": row["number"],
+                "defense": {} if defense in ("ls", "none") else {"target.defense.kind": defense, **settings},
+                "alpha": row["alpha"] if _finite(row.get("alpha")) else base_alpha,
+                "seed": cfg.run.seed,
+                "attack_loss": cfg.attack.loss,
+                **{key: row.get(key) for key in POINT_METRICS},
+            }
+        )
+    return {
+        "study": cfg.sweep.study_name,
+        "defense": defense,
+        "seed": cfg.run.seed,
+        "attack_loss": cfg.attack.loss,
+        "trials": trials,
+        "undefended": None if defense == "none" else study_reference(cfg),
+    }
+
+
+def study_reference(cfg: Config) -> dict[str, Any] | None:
+    """The study's undefended target (alpha 0, ``run.seed``) from its metrics file; None when not evaluated."""
+    from lsmia.utils import load_json
+
+    path = StudyPaths(cfg.run.out_dir).metrics_file(0.0, cfg.run.seed)
+    if not path.is_file():
+        return None
+    metrics = load_json(path, what="study metrics")
+    if not (_finite(metrics.get("test_acc")) and _finite(metrics.get("final_acc1"))):
+        return None
+    values = {key: metrics[key] for key in POINT_METRICS if _finite(metrics.get(key))}
+    return {"source": str(path), "seed": cfg.run.seed, "attack_loss": cfg.attack.loss, **values}
+
+
+def write_points(rows: Sequence[dict[str, Any]], cfg: Config, paths: SweepPaths) -> None:
+    """``points.json`` and ``fronts.png``: the sweep's front drawn as lsmia.defenses.compare draws every front."""
+    from lsmia.defenses.compare import sweep_figure
+    from lsmia.utils import save_json
+
+    record = points_record(rows, cfg)
+    save_json(record, paths.points_json)
+    sweep_figure(record, paths.fronts_png)
+
+
 def _log_summary(tracker: Any, result: SweepResult) -> None:
     states = [r["state"] for r in result.rows]
     tracker.log_metrics({f"trials_{s.lower()}": float(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL")})
     if result.recommended:
-        tracker.log_metrics({f"recommended_{k}": result.recommended[k] for k in ("alpha", "test_acc", "final_acc1")})
+        searched = DEFENSE_PARAMS[result.recommended.get("defense", "ls")]
+        keys = [key for key in (*searched, "test_acc", "final_acc1") if _finite(result.recommended.get(key))]
+        tracker.log_metrics({f"recommended_{k}": float(result.recommended[k]) for k in keys})
         tracker.set_tags({"recommended_trial": result.recommended["number"]})
     else:
         tracker.set_tags({"recommended_trial": "none", "recommendation_note": result.note})
@@ -999,9 +1291,11 @@ def summary_lines(result: SweepResult) -> list[str]:
     ]
     if result.recommended:
         r = result.recommended
+        setting = (
+            f"alpha={r['alpha']:.4g} {smoothing_text(r)}" if "defense" not in r else f"{r['defense']} {setting_text(r)}"
+        )
         lines.append(
-            f"recommended: trial {r['number']} alpha={r['alpha']:.4g} {smoothing_text(r)} "
-            f"test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}"
+            f"recommended: trial {r['number']} {setting} test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}"
         )
     else:
         lines.append(f"recommended: none: {result.note}")
@@ -1028,12 +1322,14 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     """Create or resume the study, run its remaining budget on ``sweep.n_workers`` workers, summarise it."""
     from lsmia.tracking import start_tracking
 
-    shared_models(cfg)  # fail before creating anything
+    shared_models(cfg, log)  # fail before creating anything (or fetch them: sweep.shared_remote)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     paths = SweepPaths.of(cfg)
     storage = open_storage(cfg.sweep.storage, paths.journal)
-    with budget_lock(paths):
+    with budget_lock(paths, storage, cfg.sweep.storage, cfg.sweep.study_name):
         study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
+        if study.user_attrs.get(BUDGET_ATTR) != cfg.sweep.n_trials:
+            study.set_user_attr(BUDGET_ATTR, cfg.sweep.n_trials)
         parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
         tracker = start_tracking(
             cfg.run.tracking,

@@ -37,6 +37,9 @@ MAX_KEY = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 SERVER_CHECK_TIMEOUT_S = 5.0
+# mlflow retries a failed HTTP call 7 times with a back-off factor of 2: about 4 minutes per call against a server
+# that went away. 3 retries with factor 1 (about 10 s) ride out a restart; set MLFLOW_HTTP_REQUEST_* to change them.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"  # MLflow 3's UI then opens on the runs list, not the GenAI overview
 EXPERIMENT_DESCRIPTION = (
@@ -428,6 +431,12 @@ class Tracker(NullTracker):
         try:
             if self._server_lost:
                 self._forget_run()
+                warnings.warn(
+                    f"MLflow tracking: run {self._run_id} ({self.stage}) is incomplete on {self.uri}: the server went "
+                    "away mid-run, what followed was not logged (the stage's outputs are on disk)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             else:
                 self._terminate(status)
         except Exception as err:
@@ -779,6 +788,8 @@ def quiet_mlflow_logs() -> None:
     import logging
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    for key, value in HTTP_RETRIES.items():  # read at each request: a lost server is noticed in seconds
+        os.environ.setdefault(key, value)
     import mlflow  # noqa: F401  (mlflow configures its logger on import; set the level after that)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

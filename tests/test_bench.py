@@ -112,6 +112,19 @@ def test_study_stages_quick_runs_the_tiny_study() -> None:
     assert last_ratio(stdout, "study_train_vs_attack") > 0
 
 
+@pytest.mark.slow
+def test_several_machines_quick_measures_both_storages_and_both_stores() -> None:
+    stdout = run_script("several_machines.py", "--quick", "--threads", "1", timeout=600)
+    assert "| journal |" in stdout and "| postgresql |" in stdout and "| evaluate |" in stdout
+    ratios = dict(re.findall(r"^RATIO (\S+): (\d+\.\d\d)x", stdout, re.MULTILINE))
+    assert set(ratios) == {
+        "sweep_postgresql_vs_journal_1w",
+        "sweep_postgresql_vs_journal_2w",
+        "tracking_http_vs_sqlite",
+    }
+    assert last_ratio(stdout, "tracking_http_vs_sqlite") > 0
+
+
 def test_interleaved_alternates_cases_and_takes_medians() -> None:
     order: list[str] = []
     phase = iter([5.0, 1.0, 3.0])

@@ -23,6 +23,7 @@ from lsmia.errors import LsmiaError
 from lsmia.losses import identity_loss, logit_loss
 from lsmia.models.classifiers import build_classifier, load_classifier
 from lsmia.training.classifier import make_optimizer, train_classifier, train_step
+from tests.helpers.defenses import hand_made_results, sweep_points_record
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,58 +278,6 @@ def test_a_variant_without_alpha_zero_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the comparison
 
 
-def row(
-    variant: str, seed: int, test_acc: float, acc1: float, delta: float = 100.0, xi: float = 0.5, alpha: float = 0.0
-) -> dict:
-    return {
-        "variant": variant,
-        "alpha": alpha,
-        "seed": seed,
-        "test_acc": test_acc,
-        "final_acc1": acc1,
-        "delta_eval": delta,
-        "xi": xi,
-    }
-
-
-def hand_made_results() -> dict:
-    """Two seeds. Undefended: test 0.9, acc@1 0.8 (poincare) / 0.7 (ce). MID beta 0.01: test 0.8, poincare
-    [0.5, 0.7] / ce 0.4. MID beta 0.1: test 0.6, poincare 0.2 / ce [0.3, 0.5] (its strongest). MID beta 0.05:
-    test 0.7, acc@1 0.7 (dominated by beta 0.01). LS alpha -0.05: test 0.7, poincare 0.3 / ce 0.2."""
-    mid = {"kind": "mid"}
-    variants = {
-        "none@p": {"attack.loss": "poincare"},
-        "none@ce": {"attack.loss": "ce"},
-        "ls@p": {"study.alphas": [0.0, -0.05], "attack.loss": "poincare"},
-        "ls@ce": {"study.alphas": [0.0, -0.05], "attack.loss": "ce"},
-        "mid1@p": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "poincare"},
-        "mid1@ce": {"target.defense": {**mid, "mid_beta": 0.01}, "attack.loss": "ce"},
-        "mid2@p": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "poincare"},
-        "mid2@ce": {"target.defense.kind": "mid", "target.defense.mid_beta": 0.1, "attack.loss": "ce"},
-        "mid3@p": {"target.defense": {**mid, "mid_beta": 0.05}, "attack.loss": "poincare"},
-    }
-    rows = []
-    for s in (0, 1):
-        rows += [
-            row("none@p", s, 0.9, 0.8, 500.0),
-            row("none@ce", s, 0.9, 0.7),
-            row("ls@p", s, 0.9, 0.8, 500.0),
-            row("ls@ce", s, 0.9, 0.7),
-            row("ls@p", s, 0.7, 0.3, 600.0, alpha=-0.05),
-            row("ls@ce", s, 0.7, 0.2, alpha=-0.05),
-            row("mid1@p", s, 0.8, [0.5, 0.7][s], [300.0, 400.0][s], [0.2, 0.4][s]),
-            row("mid1@ce", s, 0.8, 0.4),
-            row("mid2@p", s, 0.6, 0.2),
-            row("mid2@ce", s, 0.6, [0.3, 0.5][s], [100.0, 200.0][s], 0.1),
-            row("mid3@p", s, 0.7, 0.7),
-        ]
-    return {
-        "plan": {"name": "t", "variants": variants},
-        "rows": rows,
-        "variants": {name: {"overrides": over} for name, over in variants.items()},
-    }
-
-
 def test_models_fronts_and_worst_cases_of_a_hand_made_ablation():
     result = compare.compare(hand_made_results())
     by_label = {(p.family, p.strength): p for p in result.points}
@@ -393,6 +342,52 @@ def test_compare_defenses_cli_and_its_errors(tmp_path):
     undefended_only["rows"] = [r for r in undefended_only["rows"] if r["variant"].startswith("none")]
     results.write_text(json.dumps(undefended_only))
     assert "no defended model" in runner.invoke(app, ["compare-defenses", str(results)]).output
+
+
+def write_sweep(folder: Path, record: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "points.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_compare_defenses_overlays_sweeps_with_the_undefended_model_marked(tmp_path):
+    mid = write_sweep(
+        tmp_path / "sweep" / "mid",
+        sweep_points_record(
+            "mid",
+            "mid",
+            [
+                ({"target.defense.kind": "mid", "target.defense.mid_beta": 0.01}, 0.8, 0.5),
+                ({"target.defense.kind": "mid", "target.defense.mid_beta": 0.1}, 0.6, 0.2),
+                ({"target.defense.kind": "mid", "target.defense.mid_beta": 0.05}, 0.7, 0.7),  # dominated
+            ],
+            undefended=True,
+        ),
+    )
+    ls = write_sweep(tmp_path / "sweep" / "ls", sweep_points_record("ls", "ls", [({}, 0.7, 0.3)]))
+    runner = CliRunner()
+    out = runner.invoke(app, ["compare-defenses", str(mid), str(ls), "--out-dir", str(tmp_path / "c")])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [p["strength"] for p in saved["fronts"]["mid"]] == ["β=0.1", "β=0.01", "undefended"]
+    assert [p["strength"] for p in saved["fronts"]["ls"]] == ["α=-0.1", "undefended"]
+    assert saved["undefended"]["test_acc"]["mean"] == pytest.approx(0.9)  # mid's sweep found the study's alpha 0
+    assert saved["undefended"]["variants"] == ["out/metrics/alpha0.0_seed0.json"]
+    assert (tmp_path / "c" / "fronts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 0.700 | ls | 0.300 |" in out.output  # one seed: no interval
+    # a second mid sweep keeps its own front, named after its study; an ablation's undefended model comes first
+    again = write_sweep(tmp_path / "sweep" / "mid2", json.loads((mid / "points.json").read_text()) | {"study": "m2"})
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(hand_made_results()))
+    both = compare.compare_sources([results, mid, again])
+    assert {"mid", "ls", "mid (mid)", "mid (m2)"} == set(both.fronts)
+    assert both.undefended is not None and sorted(both.undefended.test_acc) == [0, 1]  # the ablation's, 2 seeds
+    several = runner.invoke(app, ["compare-defenses", str(mid), str(ls)])
+    assert several.exit_code == 2 and "pass --out-dir" in several.output
+    nothing = runner.invoke(app, ["compare-defenses", str(ls), "--out-dir", str(tmp_path / "d")])
+    assert nothing.exit_code == 2 and "no undefended model among the inputs" in nothing.output
+    empty = runner.invoke(app, ["compare-defenses", str(tmp_path / "sweep")])
+    assert empty.exit_code == 2 and "neither a sweep's points.json nor an ablation's results.json" in empty.output
 
 
 # --------------------------------------------------------------------------- end to end on the tiny config

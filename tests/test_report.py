@@ -17,6 +17,7 @@ from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
 from lsmia.utils import save_json
 from tests.conftest import make_face_data
+from tests.helpers.defenses import hand_made_results
 from tests.helpers.study import ALPHAS, SEEDS, fake_attack, fake_metrics, make_study
 
 T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom (tables)
@@ -184,6 +185,71 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section
     assert "no " in section and "results.json beside results.md" in section  # the orphan is named, not shown raw
     assert report.ablation_html(results.with_name("results.json")) == report.ablation_html(results)  # either file
+
+
+def defenses_section(page: str) -> str:
+    return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("The paper's 2-D toy")]
+
+
+def test_defenses_section_says_how_to_produce_it_when_absent(built):
+    paths, index = built
+    section = defenses_section(index.read_text())
+    expected = paths.ablation_dir("defenses") / "compare.json"
+    assert f"no defense comparison at {expected}" in section
+    assert "run &#x27;lsmia ablate configs/defenses.yaml&#x27;" in section
+    assert "&#x27;lsmia compare-defenses out/ablations/defenses/results.json&#x27;" in section
+    assert "<table" not in section and "<img" not in section
+
+
+def test_defenses_section_from_an_ablation_s_results_json_and_from_compare_json(tmp_path):
+    paths = make_study(tmp_path / "out")
+    folder = paths.ablation_dir("defenses")
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(hand_made_results()))
+    # results.json alone: the report computes the comparison and draws the fronts itself
+    page = report.write_report(paths, tmp_path / "report", torch.device("cpu")).read_text()
+    section = defenses_section(page)
+    figure = (tmp_path / "report" / "defenses_fronts.png").read_bytes()
+    assert "data:image/png;base64," + base64.b64encode(figure).decode() in section
+    assert "<tr><th>0.700</th><td>ls</td><td>0.300 ± 0.000</td>" in section  # the hand-computed worst case
+    assert "at test accuracy 0.700: ls has the lowest attack acc@1 (next: mid; 95 % intervals overlap)" in section
+    assert section.count("<tr><th>0.") == 10  # 5 levels x 2 defenses
+    # a hand-made compare.json (no results.json, no fronts.png beside it): its table, the figure named as missing
+    record = {
+        "levels": [0.75],
+        "table": [
+            {
+                "test_acc": 0.75,
+                "defense": "bido",
+                "final_acc1": {"mean": 0.25, "ci95": 0.05, "n": 3},
+                "delta_eval": {"mean": 120.0, "ci95": float("nan"), "n": 1},
+                "xi": {"mean": 0.4, "ci95": 0.1, "n": 3},
+                "between": ["λx=0.05, λy=0.5", "undefended"],
+                "strongest": ["logit"],
+            }
+        ],
+        "winners": [],
+    }
+    alone = tmp_path / "elsewhere" / "compare.json"
+    alone.parent.mkdir()
+    alone.write_text(json.dumps(record))
+    html_part = report.defenses_html(alone, tmp_path)
+    assert (
+        "<tr><th>0.750</th><td>bido</td><td>0.250 ± 0.050</td><td>120.0</td><td>0.400 ± 0.100</td><td>logit</td>"
+        "<td>λx=0.05, λy=0.5 … undefended</td></tr>"
+    ) in html_part
+    assert f"no fronts.png beside {alone}" in html_part
+    # compare.json of lsmia compare-defenses with its fronts.png: that figure, byte for byte
+    compare_defenses = report.defense_comparison.compare_defenses
+    compare_defenses(folder / "results.json")
+    page = report.write_report(
+        paths, tmp_path / "report", torch.device("cpu"), defenses_file=folder / "compare.json"
+    ).read_text()
+    assert (tmp_path / "report" / "defenses_fronts.png").read_bytes() == (folder / "fronts.png").read_bytes()
+    assert f"From {folder / 'compare.json'}" in defenses_section(page)
+    (folder / "compare.json").write_text("[1, 2]")
+    with pytest.raises(LsmiaError, match=r"is not the compare\.json of 'lsmia compare-defenses'"):
+        report.defenses_html(folder / "compare.json", tmp_path)
 
 
 def test_reconstructions_in_report_and_plots_are_judged_by_the_evaluation_model(tmp_path):

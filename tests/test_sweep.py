@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from lsmia import pipeline, sweep
 from lsmia.cli import app
-from lsmia.config import Config, SmoothingConfig, SweepConfig, build_config, load_config
+from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 from lsmia.stages import attack as attack_stage
@@ -271,6 +271,75 @@ def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
     assert "<bool>" not in CliRunner().invoke(app, ["sweep", "--help"]).output.split("--help")[0]  # ... and says so
     bad = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "-S", f"run.out_dir={tmp_path}"])
     assert bad.exit_code == 2 and "dvc repro" in bad.output
+
+
+def test_a_mid_sweep_searches_beta_records_it_per_trial_and_draws_its_front(study_cfg, tmp_path, monkeypatch):
+    import mlflow
+
+    from lsmia.models.classifiers import load_classifier
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = study_cfg.run.out_dir
+    reference = StudyPaths(out).metrics_file(0.0, study_cfg.run.seed)  # the study's undefended target, evaluated
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    reference.write_text(json.dumps({"alpha": 0.0, "seed": 0, "test_acc": 0.5, "final_acc1": 0.9, "delta_eval": 1.0}))
+    args = ["sweep", "--params", str(TINY), "-S", f"run.out_dir={out}", "-S", "sweep.min_test_acc=0"]
+    args += ["-S", "sweep.log_models=false", "--study-name", "mid", "--n-trials", "2", "--device", "cpu"]
+    try:
+        done = CliRunner().invoke(app, [*args, "--defense", "mid", "--track"])
+    finally:
+        reference.unlink()
+    assert done.exit_code == 0, done.output
+    assert "recommended: trial" in done.output and " mid β=" in done.output
+    cfg = configured(study_cfg, study_name="mid", defense="mid")
+    trials = trials_of(cfg)
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    paths = sweep.SweepPaths.of(cfg)
+    for trial in trials:
+        beta = trial.params["mid_beta"]
+        assert set(trial.params) == {"mid_beta"} and 1e-4 <= beta <= 1.0 and trial.user_attrs["mid_beta"] == beta
+        model = load_classifier(paths.trial_dir(trial.number) / "target" / "model.pt", num_classes=4)
+        assert model.bottleneck is not None  # the target was trained with MID's bottleneck
+    record = json.loads(paths.points_json.read_text())
+    assert [t["defense"] for t in record["trials"]] == [
+        {"target.defense.kind": "mid", "target.defense.mid_beta": t.params["mid_beta"]} for t in trials
+    ]
+    assert record["undefended"]["source"] == str(reference) and record["undefended"]["final_acc1"] == 0.9
+    assert paths.fronts_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mid_beta" in paths.trials_csv.read_text().splitlines()[0]
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    study = optuna.load_study(study_name="mid", storage=sweep.open_storage(None, paths.journal))
+    parent_id = study.user_attrs[sweep.PARENT_RUN_ATTR]
+    assert {"sweep/fronts.png", "sweep/points.json"} <= {a.path for a in client.list_artifacts(parent_id, "sweep")}
+    for trial in trials:
+        child = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent_id and child.data.tags["defense"] == "mid"
+        assert float(child.data.params["target.defense.mid_beta"]) == pytest.approx(trial.params["mid_beta"])
+    # the study keeps its defense; a defense that does not exist is a one-line error
+    other = CliRunner().invoke(app, [*args, "--defense", "bido", "--no-track"])
+    assert other.exit_code == 2 and "study 'mid' searches defense 'mid', not 'bido'" in other.output
+    bad = CliRunner().invoke(app, ["sweep", "--params", str(TINY), "--defense", "foo"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1
+    assert bad.output.startswith("error: invalid config value for 'sweep.defense' from the --defense flag")
+
+
+def test_defense_search_spaces_and_their_bounds():
+    mid = SweepConfig(defense="mid")
+    beta = sweep.suggest_defense(optuna.trial.FixedTrial({"mid_beta": 0.02}), mid, DefenseConfig())
+    assert (beta.kind, beta.mid_beta) == ("mid", 0.02)
+    lambdas = optuna.trial.FixedTrial({"bido_lambda_x": 0.1, "bido_lambda_y": 2.0})
+    bido = sweep.suggest_defense(lambdas, SweepConfig(defense="bido"), DefenseConfig())
+    assert (bido.kind, bido.bido_lambda_x, bido.bido_lambda_y) == ("bido", 0.1, 2.0)
+    layers = optuna.trial.FixedTrial({"tl_trained_layers": 3})
+    tl = sweep.suggest_defense(layers, SweepConfig(defense="tl"), DefenseConfig())
+    assert (tl.kind, tl.tl_trained_layers) == ("tl", 3)
+    nothing = sweep.suggest_defense(optuna.trial.FixedTrial({}), SweepConfig(defense="none"), DefenseConfig())
+    assert nothing.kind == "none"
+    assert sweep.search_space(mid, SmoothingConfig())["mid_beta"] == "log-uniform in [0.0001, 1]"
+    with pytest.raises(ValueError, match="mid_beta_low must be <= mid_beta_high"):
+        SweepConfig(defense="mid", mid_beta_low=1.0, mid_beta_high=0.1)
+    with pytest.raises(ValueError, match="the grid sampler searches alpha only"):
+        SweepConfig(defense="tl", sampler="grid")
 
 
 def journal_processes_that_created_trials(journal: Path) -> set[str]:

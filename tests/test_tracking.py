@@ -320,7 +320,9 @@ def test_lost_server_turns_tracking_off_without_waiting(
             tracker.log_dict({"a": 1}, "a.json")
             assert time.monotonic() - started < 10
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) == 1 and "tracking is off for the rest of this run" in messages[0]
+    # one warning when the server goes away, one line at the end naming the run that is incomplete on the server
+    assert len(messages) == 2 and "tracking is off for the rest of this run" in messages[0]
+    assert f"run {tracker.run_id} (" in messages[1] and "is incomplete on http://127.0.0.1:9" in messages[1]
     assert mlflow.active_run() is None  # forgotten locally, no end_run against the dead server
     assert [m.step for m in store.get_metric_history(tracker.run_id, "loss")] == [0]
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal, cast
 
 import torch
@@ -49,10 +50,12 @@ from lsmia.errors import LsmiaError
 from lsmia.losses import identity_loss
 from lsmia.models.classifiers import Classifier
 from lsmia.models.fusion import inference_copy
+from lsmia.utils import load_torch, save_torch
 from lsmia.utils import progress as progress_bar
 
 Schedule = Literal["batched", "per_class"]
 SCHEDULES = ("batched", "per_class")
+RUN_ONLY_KEYS = ("shards", "checkpoint_seconds")  # how the attack runs, not what it computes
 REFERENCE_BATCH = 25  # PPA's latents per GPU batch, used by the per_class schedule
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -266,24 +269,30 @@ def optimise(
     rank: int = 0,
     world: int = 1,
     diagnostics: StepDiagnostics | None = None,
+    needed: set[int] | None = None,
+    first: int = 0,
+    on_batch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each.
 
     With ``world`` > 1 only batches ``index % world == rank`` are optimised (the other rows keep
     their start); for the others only the step crops are drawn, so ``gen`` advances as in one process.
+    ``needed`` (a shard's batches; None: all) skips the other batches the same way. ``first`` starts at
+    that batch (a resumed shard: ``start`` holds the earlier batches' results, ``gen`` its state there);
+    ``on_batch(index, latents)`` is called after each batch this rank optimised, with the latents so far.
     ``diagnostics`` records this rank's batches; call its ``merge_ranks`` afterwards.
     """
     loss_fn = identity_loss(cfg.loss)
     result = start.clone()
     work: Iterable[tuple[int, torch.Tensor, int]] = (
-        (index, batch, step) for index, batch in enumerate(batches) for step in range(cfg.steps)
+        (index, batch, step) for index, batch in enumerate(batches) if index >= first for step in range(cfg.steps)
     )
     if show_progress:
-        work = progress_bar(work, total=len(batches) * cfg.steps, desc="attack steps")
+        work = progress_bar(work, total=(len(batches) - first) * cfg.steps, desc="attack steps")
     z, optimiser = torch.empty(0), None
     with torch.enable_grad():
         for index, batch, step in work:
-            if index % world != rank:  # another rank's batch: same draws, no work
+            if index % world != rank or (needed is not None and index not in needed):  # same draws, no work
                 sample_crop_params(len(batch), cfg.step_crop_scale, (1.0, 1.0), gen, torch.device("cpu"))
                 continue
             if step == 0:
@@ -301,6 +310,8 @@ def optimise(
                 result[batch] = z.detach().cpu()
                 if diagnostics is not None:
                     diagnostics.end_batch(index)
+                if on_batch is not None:
+                    on_batch(index, result)
     return result
 
 
@@ -321,11 +332,25 @@ def final_scores(
     cfg: AttackConfig,
     gen: torch.Generator,
     device: torch.device,
+    wanted: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Each row's mean target confidence over ``cfg.final_draws`` random crops and flips."""
+    """Each row's mean target confidence over ``cfg.final_draws`` random crops and flips.
+
+    ``wanted`` (a shard's rows, a bool mask): chunks without such a row are only drawn, not scored (NaN), so
+    ``gen`` advances as for all rows and every chunk is scored at the same shape as in an unsharded run.
+    """
     rows_per_chunk = max(1, cfg.selection_batch_size // cfg.final_draws)
     scores = []
-    for z_chunk, label_chunk in zip(z.split(rows_per_chunk), labels.split(rows_per_chunk), strict=False):
+    cpu = torch.device("cpu")
+    for index, (z_chunk, label_chunk) in enumerate(
+        zip(z.split(rows_per_chunk), labels.split(rows_per_chunk), strict=False)
+    ):
+        if wanted is not None and not wanted[index * rows_per_chunk : index * rows_per_chunk + len(z_chunk)].any():
+            n = cfg.final_draws * len(z_chunk)
+            sample_crop_params(n, cfg.final_crop_scale, cfg.final_crop_ratio, gen, cpu)
+            torch.rand(n, generator=gen)  # random_flip's draw
+            scores.append(torch.full((len(z_chunk),), float("nan")))
+            continue
         images = render(prior, z_chunk.to(device), target.image_size)
         draws = images.repeat(cfg.final_draws, 1, 1, 1)  # draw-major: [draws * rows, ...]
         draws = random_resized_crop(draws, cfg.final_crop_scale, cfg.final_crop_ratio, gen=gen)
@@ -344,27 +369,111 @@ def keep_best(scores: torch.Tensor, num_targets: int, keep: int) -> torch.Tensor
     return (best + offsets).flatten()
 
 
+def chunks_of(rows: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The chunks ``[start, stop)`` of size ``chunk`` over all rows that hold some of ``rows`` (sorted indices),
+    with the positions of those rows inside ``rows``."""
+    chunk_of = torch.div(rows, chunk, rounding_mode="floor")
+    for index in torch.unique_consecutive(chunk_of).tolist():
+        yield index * chunk, (index + 1) * chunk, (chunk_of == index).nonzero().flatten()
+
+
 @torch.no_grad()
-def raw_target_confidence(
-    target: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
-) -> float:
-    """The target's mean confidence in each image's class, on the uint8 images as saved (no transforms)."""
-    total = 0.0
-    for image_chunk, label_chunk in zip(images.split(batch_size), labels.split(batch_size), strict=False):
-        probs = class_probabilities(target, image_chunk.to(device).float() / 255)
-        total += float(probs.gather(1, label_chunk.to(device).view(-1, 1)).sum())
-    return total / max(1, len(images))
+def raw_confidences(
+    target: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    positions: torch.Tensor,
+    total: int,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The target's confidence in each image's class, on the uint8 images as saved (no transforms).
+
+    ``images`` are the rows at ``positions`` (sorted) of a list of ``total``; each is scored inside its chunk of
+    ``batch_size`` of that list (other rows zero), at the shape it has in the whole list.
+    """
+    found = torch.empty(len(images))
+    for begin, end, mine in chunks_of(positions, batch_size):
+        chunk = torch.zeros((min(end, total) - begin, *images.shape[1:]), dtype=images.dtype)
+        chunk_labels = torch.zeros(len(chunk), dtype=torch.int64)
+        chunk[positions[mine] - begin], chunk_labels[positions[mine] - begin] = images[mine], labels[mine]
+        probs = class_probabilities(target, chunk.to(device).float() / 255)
+        found[mine] = probs.gather(1, chunk_labels.to(device).view(-1, 1)).flatten().cpu()[positions[mine] - begin]
+    return found
 
 
 @torch.no_grad()
 def to_uint8_images(
-    prior: nn.Module, z: torch.Tensor, size: int, batch_size: int, device: torch.device
+    prior: nn.Module,
+    z: torch.Tensor,
+    size: int,
+    batch_size: int,
+    device: torch.device,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    chunks = [
-        render(prior, c.to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-        for c in z.split(batch_size)
-    ]
-    return torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    """The prior's images of ``z[rows]`` (default all), each rendered in its chunk of ``batch_size`` rows of ``z``."""
+    rows = torch.arange(len(z)) if rows is None else rows
+    images = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
+    for begin, end, mine in chunks_of(rows, batch_size):
+        chunk = render(prior, z[begin:end].to(device), size).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+        images[mine] = chunk[rows[mine] - begin]
+    return images
+
+
+def shard_rows(targets: list[int], classes: list[int], per_class: int) -> torch.Tensor:
+    """The rows (target-major, ``per_class`` each) of ``classes`` among ``targets``, in the order of ``targets``."""
+    positions = sorted(targets.index(c) for c in classes)
+    return (torch.tensor(positions, dtype=torch.int64).view(-1, 1) * per_class + torch.arange(per_class)).flatten()
+
+
+def resolve_classes(classes: list[int] | None, targets: list[int]) -> list[int]:
+    """A shard's classes in the order of ``targets``; every class must be a target, none twice."""
+    if classes is None:
+        return list(targets)
+    if not classes:
+        raise LsmiaError("the shard lists no class: give at least one class of attack.targets")
+    outside = [c for c in classes if c not in targets]
+    if outside:
+        raise LsmiaError(
+            f"class {outside[0]} is not among attack.targets ({len(targets)} classes): "
+            "shard only classes the attack targets"
+        )
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise LsmiaError(f"the shard lists class {repeated[0]} more than once: list each class once")
+    wanted = set(classes)
+    return [c for c in targets if c in wanted]
+
+
+class Checkpoint:
+    """A shard's progress after its last finished batch: the next batch, the step generator's state there, the
+    optimised latents and diagnostics so far. Saved at most every ``every`` seconds and when interrupted; loaded
+    only when ``key`` (config, classes, inputs, code) matches."""
+
+    def __init__(self, path: Path | None, key: str, every: float) -> None:
+        self.path, self.key, self.every = path, key, every
+        self.last_save = time.monotonic()
+        self.snapshot: dict[str, object] | None = None
+
+    def load(self) -> dict[str, object] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        state = load_torch(self.path, what="attack checkpoint")
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def record(self, state: dict[str, object]) -> None:
+        self.snapshot = {"key": self.key, **state}
+        if time.monotonic() - self.last_save >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        if self.path is not None and self.snapshot is not None:
+            save_torch(self.snapshot, self.path)
+            self.last_save = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def run_attack(
@@ -376,20 +485,57 @@ def run_attack(
     progress: bool = True,
     schedule: Schedule = "batched",
     diagnostics: bool = True,
+    classes: list[int] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_key: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> AttackResult:
     """Run PPA against ``target`` for every class in ``targets`` (see the module docstring).
+
+    ``classes`` (a subset of ``targets``) runs one shard: the rows of those classes get exactly what they get
+    in a run of all ``targets``, so :func:`lsmia.attack.shards.merge_shards` of shards covering ``targets``
+    equals the unsharded result. A shard result carries ``meta["shard"]``. ``checkpoint`` (a file) makes the
+    optimisation resumable after a kill (single process only).
 
     The models are moved to ``device`` and put in eval mode; their parameters are frozen
     during the attack and their requires_grad flags restored afterwards. ``diagnostics`` False leaves
     out the per-step curves and the raw final confidence (the latents are the same either way).
     """
+    from lsmia.attack.shards import merge_shards
+
     if schedule not in SCHEDULES:
         raise LsmiaError(f"unknown attack schedule '{schedule}': use one of {', '.join(SCHEDULES)}")
     targets = resolve_targets(list(targets), target.num_classes)
+    shard_classes = resolve_classes(classes, targets)
+    part = attack_shard(
+        cfg, target, prior, targets, shard_classes, device, progress, schedule, diagnostics,
+        Checkpoint(checkpoint, checkpoint_key, cfg.checkpoint_seconds), log or (lambda line: None),
+    )  # fmt: skip
+    return part if len(shard_classes) < len(targets) else merge_shards([part])
+
+
+def attack_shard(
+    cfg: AttackConfig,
+    target: Classifier,
+    prior: nn.Module,
+    targets: list[int],
+    classes: list[int],
+    device: torch.device,
+    progress: bool,
+    schedule: Schedule,
+    diagnostics: bool,
+    checkpoint: Checkpoint,
+    log: Callable[[str], None],
+) -> AttackResult:
+    """The rows of ``classes`` of an attack on ``targets``, as a shard result (``meta["shard"]``)."""
     configure_latent_space(prior, cfg)
     prior, target = prior.to(device), target.to(device)
     pool_gen, step_gen, final_gen = stage_generators(cfg.seed)
     timings: dict[str, float] = {}
+    num_targets, candidates = len(targets), cfg.candidates
+    rows = shard_rows(targets, classes, candidates)
+    wanted = torch.zeros(num_targets * candidates, dtype=torch.bool)
+    wanted[rows] = True
     with frozen(prior, target):
         images_prior = prior  # final images come from the caller's prior, untouched
         prior, target = inference_copy(prior, device), inference_copy(target, device)
@@ -398,30 +544,60 @@ def run_attack(
         pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         lr = effective_lr(cfg, pool)
         chosen = select_candidates(
-            pool_scores(prior, target, pool, cfg.selection_batch_size, device), targets, cfg.candidates
+            pool_scores(prior, target, pool, cfg.selection_batch_size, device), targets, candidates
         )
         start = pool[chosen.flatten()]
-        labels = torch.tensor(targets, dtype=torch.int64).repeat_interleave(cfg.candidates)
+        labels = torch.tensor(targets, dtype=torch.int64).repeat_interleave(candidates)
         timings["selection_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        batches = row_batches(len(targets), cfg.candidates, cfg.batch_size, schedule)
+        batches = row_batches(num_targets, candidates, cfg.batch_size, schedule)
+        needed = {index for index, batch in enumerate(batches) if wanted[batch].any()}
         rank, world = distributed.rank(), distributed.world_size()
         recorder = StepDiagnostics(batches, cfg.steps) if diagnostics else None
-        latents = optimise(
-            prior,
-            target,
-            start,
-            labels,
-            batches,
-            cfg.model_copy(update={"lr": lr}),
-            step_gen,
-            device,
-            progress and distributed.is_main(),
-            rank,
-            world,
-            recorder,
-        )
+        first, begin = 0, start
+        resumed = checkpoint.load() if world == 1 else None
+        if resumed is not None:
+            first = int(cast(int, resumed["next_batch"]))
+            begin = start.clone()
+            begin[rows] = cast(torch.Tensor, resumed["latents"])
+            step_gen.set_state(cast(torch.Tensor, resumed["generator"]))
+            if recorder is not None and resumed.get("diagnostics") is not None:
+                recorder.sums = cast(torch.Tensor, resumed["diagnostics"]).clone()
+            log(f"attack: resumed at batch {first} of {len(batches)} from {checkpoint.path}")
+
+        def on_batch(index: int, so_far: torch.Tensor) -> None:
+            if world == 1:
+                checkpoint.record(
+                    {
+                        "next_batch": index + 1,
+                        "generator": step_gen.get_state(),
+                        "latents": so_far[rows].clone(),
+                        "diagnostics": None if recorder is None else recorder.sums.clone(),
+                    }
+                )
+
+        try:
+            latents = optimise(
+                prior,
+                target,
+                begin,
+                labels,
+                batches,
+                cfg.model_copy(update={"lr": lr}),
+                step_gen,
+                device,
+                progress and distributed.is_main(),
+                rank,
+                world,
+                recorder,
+                needed,
+                first,
+                on_batch,
+            )
+        except BaseException:
+            checkpoint.save()  # Ctrl-C or a crash: keep what finished
+            raise
         if world > 1:
             latents = merge_ranks(distributed.all_gather(latents), batches)
             if recorder is not None:
@@ -429,31 +605,48 @@ def run_attack(
         timings["optimisation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device)
-        best = keep_best(scores, len(targets), cfg.final_samples)
-        images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device)
+        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted)
+        positions = torch.tensor(sorted(targets.index(c) for c in classes), dtype=torch.int64)
+        keep = cfg.final_samples
+        best = keep_best(scores.view(num_targets, candidates)[positions].flatten(), len(classes), keep)
+        best = rows[best]  # rows of the whole attack
+        images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device, rows)
+        final_images = images[torch.searchsorted(rows, best)]
         timings["final_selection_s"] = time.perf_counter() - started
+        raw = None
         if recorder is not None:
-            raw = raw_target_confidence(target, images[best], labels[best], cfg.selection_batch_size, device)
+            final_positions = (positions.view(-1, 1) * keep + torch.arange(keep)).flatten()
+            raw = raw_confidences(
+                target,
+                final_images,
+                labels[best],
+                final_positions,
+                num_targets * keep,
+                cfg.selection_batch_size,
+                device,
+            )
 
     meta = {
         "timings": timings,
         "schedule": schedule,
         "pool_size": cfg.pool_size,
-        "num_latents": len(latents),
-        "num_final": len(best),
         **latent_meta(prior, cfg, lr),
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.model_dump(mode="json", exclude=set(RUN_ONLY_KEYS)),
+        "shard": {
+            "targets": targets,
+            "classes": classes,
+            "batches": sorted(needed),
+            "diagnostics": None if recorder is None else recorder.sums[sorted(needed)],
+            "final_confidence_raw": raw,
+        },
     }
-    if recorder is not None:
-        meta.update(diagnostics=recorder.curves(), final_target_confidence_raw=round(raw, 6))
     return AttackResult(
-        targets=targets,
-        all_latents=latents,
+        targets=classes,
+        all_latents=latents[rows],
         all_images=images,
-        all_targets=labels,
+        all_targets=labels[rows],
         final_latents=latents[best],
-        final_images=images[best],
+        final_images=final_images,
         final_targets=labels[best],
         final_scores=scores[best],
         meta=meta,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,17 @@ import torch
 
 from lsmia.errors import LsmiaError
 from lsmia.utils import load_torch, save_torch
+
+
+def interned(value: Any) -> Any:
+    """``value`` with every string (dict keys included) interned, containers copied, everything else as is."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {interned(k): interned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(interned(v) for v in value)
+    return value
 
 
 @dataclass
@@ -32,9 +44,12 @@ class AttackResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path | str) -> None:
-        """Everything but the wall-clock timings (they differ per run; see utils.timings_path)."""
+        """Everything but the wall-clock timings (they differ per run; see utils.timings_path).
+
+        Strings are interned, so equal results are equal bytes (pickle memoises strings by identity: a result
+        loaded from disk and merged would otherwise differ from one computed in memory)."""
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        fields["meta"] = {k: v for k, v in self.meta.items() if k != "timings"}
+        fields["meta"] = interned({k: v for k, v in self.meta.items() if k != "timings"})
         save_torch(fields, path)
 
     @classmethod

@@ -19,6 +19,13 @@ and its strength (``target.defense.*``; label smoothing through the variant's ``
    level outside a front's range is left empty.
 
 Writes ``compare.json``, ``compare.md`` and ``fronts.png`` (byte-stable) into the output folder.
+
+Sweeps (``lsmia sweep --defense mid|bido|tl|ls|none``) are read too: each writes ``points.json`` (one record per
+completed trial: its defense settings, alpha, seed, test accuracy and metrics under ``attack.loss``, and the
+undefended reference it found) into ``out/sweep/<study>/``; its trials are models like an ablation's, at one seed.
+Several sources (ablations and sweeps) are overlaid on one figure: the first undefended model among them stands
+for every defense at strength 0, and a defense found in two sources keeps both fronts (the later one named after
+its source).
 """
 
 from __future__ import annotations
@@ -203,7 +210,7 @@ def common_levels(fronts: dict[str, list[Point]], count: int = DEFAULT_LEVELS) -
 @dataclass
 class Comparison:
     points: list[Point]
-    undefended: Point
+    undefended: Point | None  # None only for a sweep's own figure, before any undefended model exists
     fronts: dict[str, list[Point]]
     levels: list[float]
     table: list[dict[str, Any]]
@@ -219,14 +226,21 @@ def _undefended(points: list[Point]) -> Point:
     return plain[0]
 
 
-def build_fronts(points: list[Point], undefended: Point) -> dict[str, list[Point]]:
+def fronts_of(points: list[Point], undefended: Point | None) -> dict[str, list[Point]]:
+    """Per defense family, the Pareto front of its points and the undefended model (when there is one)."""
     families = sorted({p.family for p in points} - {NO_DEFENSE})
-    if not families:
+    plain = [] if undefended is None else [undefended]
+    return {f: pareto_front([*plain, *[p for p in points if p.family == f]]) for f in families}
+
+
+def build_fronts(points: list[Point], undefended: Point | None) -> dict[str, list[Point]]:
+    fronts = fronts_of(points, undefended)
+    if not fronts:
         raise LsmiaError(
             "the results hold no defended model: add variants with target.defense.kind mid, bido or tl "
             "(or label smoothing through study.alphas) to the plan, e.g. configs/defenses.yaml"
         )
-    return {f: pareto_front([undefended, *[p for p in points if p.family == f]]) for f in families}
+    return fronts
 
 
 def matched_table(fronts: dict[str, list[Point]], levels: list[float]) -> list[dict[str, Any]]:
@@ -251,10 +265,93 @@ def matched_table(fronts: dict[str, list[Point]], levels: list[float]) -> list[d
 def compare(results: dict[str, Any], levels: list[float] | None = None) -> Comparison:
     """The fronts and the equal-accuracy table of an ablation's results (see the module docstring)."""
     points = collect_points(results)
-    undefended = _undefended(points)
+    return compare_points(points, _undefended(points), levels)
+
+
+def compare_points(points: list[Point], undefended: Point, levels: list[float] | None = None) -> Comparison:
+    """The fronts and the equal-accuracy table of models (``points``, the undefended one among them)."""
     fronts = build_fronts(points, undefended)
     chosen = common_levels(fronts) if levels is None else sorted(levels)
     return Comparison(points, undefended, fronts, chosen, matched_table(fronts, chosen))
+
+
+# --------------------------------------------------------------------------- sweeps as sources
+
+SWEEP_POINTS = "points.json"  # written by lsmia.sweep into out/sweep/<study>/
+
+
+def _add_row(
+    points: dict[str, Point], flat: dict[str, Any], alpha: float, seed: int, label: str, row: dict[str, Any]
+) -> None:
+    """One model's row (test accuracy, metrics under ``row['attack_loss']``) into ``points``, keyed by the model."""
+    key = _model_key(flat, alpha)
+    point = points.setdefault(key, Point(*describe(flat, alpha), alpha))
+    point.variants += [] if label in point.variants else [label]
+    point.test_acc[seed] = float(row["test_acc"])
+    point.attacks.setdefault(str(row.get("attack_loss", BASE_LOSS)), {})[seed] = {
+        m: float(row[m]) for m in METRICS if isinstance(row.get(m), (int, float))
+    }
+
+
+def sweep_points(record: dict[str, Any]) -> list[Point]:
+    """The models of a sweep's ``points.json``: one per distinct defense setting and alpha (trials that repeat a
+    setting are one model), plus the undefended reference the sweep recorded (when it found one)."""
+    points: dict[str, Point] = {}
+    for trial in record.get("trials", []):
+        label = f"{record.get('study', 'sweep')} trial {trial['trial']}"
+        _add_row(points, trial.get("defense", {}), float(trial["alpha"]), int(trial["seed"]), label, trial)
+    reference = record.get("undefended")
+    if reference:
+        _add_row(points, {}, 0.0, int(reference["seed"]), str(reference.get("source", "study")), reference)
+    return list(points.values())
+
+
+def load_source(path: Path) -> tuple[str, list[Point]]:
+    """(name, models) of one input of ``lsmia compare-defenses``: an ablation's results.json, or a sweep's folder
+    (or its points.json)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (SWEEP_POINTS, "results.json"):
+            if (path / name).is_file():
+                return load_source(path / name)
+        raise LsmiaError(
+            f"{path} holds neither a sweep's {SWEEP_POINTS} nor an ablation's results.json: pass "
+            "out/sweep/<study> after 'lsmia sweep --defense ...' or out/ablations/<name>/results.json"
+        )
+    if path.name == SWEEP_POINTS:
+        record = load_json(path, what="sweep points", fix="run 'lsmia sweep --defense ...' for that study first")
+        if not isinstance(record, dict) or "trials" not in record:
+            raise LsmiaError(f"{path} is not the {SWEEP_POINTS} of 'lsmia sweep': pass out/sweep/<study>")
+        return str(record.get("study", path.parent.name)), sweep_points(record)
+    results = load_results(path)
+    return str(results.get("plan", {}).get("name", path.parent.name)), collect_points(results)
+
+
+def combine(sources: Sequence[tuple[str, list[Point]]]) -> tuple[list[Point], Point | None]:
+    """The models of several sources on one figure: the first undefended model stands for all (the others are
+    left out); a defense family seen in an earlier source is renamed ``family (source)``."""
+    undefended = next((p for _, points in sources for p in points if p.undefended), None)
+    combined: list[Point] = [] if undefended is None else [undefended]
+    seen: set[str] = set()
+    for name, points in sources:
+        families = {p.family for p in points if not p.undefended}
+        for point in (p for p in points if not p.undefended):
+            if point.family in seen:
+                point.family = f"{point.family} ({name})"
+            combined.append(point)
+        seen |= families
+    return combined, undefended
+
+
+def compare_sources(sources: Sequence[Path], levels: list[float] | None = None) -> Comparison:
+    """The comparison of ablations' results.json and sweeps' folders together (see the module docstring)."""
+    points, undefended = combine([load_source(path) for path in sources])
+    if undefended is None:
+        raise LsmiaError(
+            "no undefended model among the inputs: add an ablation with the variant 'none: {}', the folder of "
+            "an 'lsmia sweep --defense none' study, or evaluate the study's alpha 0 target before the sweep"
+        )
+    return compare_points(points, undefended, levels)
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -309,12 +406,13 @@ def to_json(comparison: Comparison, source: str) -> dict[str, Any]:
         ]
         for family, front in fronts.items()
     }
+    plain = comparison.undefended
     return {
         "source": source,
         "levels": comparison.levels,
         "table": comparison.table,
         "winners": winners(comparison),
-        "undefended": point_record(comparison.undefended, fronts),
+        "undefended": None if plain is None else point_record(plain, fronts),
         "fronts": lines,
         "points": [point_record(p, fronts) for p in comparison.points],
     }
@@ -349,29 +447,47 @@ def _cell(stat: Stat, digits: int = 3) -> str:
     )
 
 
+TABLE_COLUMNS = ("test acc", "defense", "attack acc@1", "δ_eval", "ξ", "strongest attack", "front points")
+
+
+def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The equal-accuracy table (``Comparison.table`` or compare.json's ``table``) as text cells, by falling test
+    accuracy, then rising attack acc@1 (TABLE_COLUMNS)."""
+    return [
+        [
+            f"{row['test_acc']:.3f}",
+            str(row["defense"]),
+            _cell(row["final_acc1"]),
+            _cell(row["delta_eval"], 1),
+            _cell(row["xi"]),
+            " / ".join(row["strongest"]),
+            " … ".join(row["between"]),
+        ]
+        for row in sorted(table, key=lambda r: (-r["test_acc"], r["final_acc1"]["mean"]))
+    ]
+
+
+def winner_lines(found: Sequence[dict[str, Any]]) -> list[str]:
+    """Per level, which defense has the lowest attack acc@1 (``winners`` or compare.json's), in words."""
+    return [
+        f"at test accuracy {w['test_acc']:.3f}: {w['defense']} has the lowest attack acc@1 "
+        f"(next: {w['runner_up']}; 95 % intervals {'separate' if w['intervals_separate'] else 'overlap'})"
+        for w in found
+    ]
+
+
 def markdown(comparison: Comparison) -> str:
     lines = [
         "## Defenses at equal test accuracy (worst case over attack losses)",
         "",
-        "| test acc | defense | attack acc@1 | δ_eval | ξ | strongest attack | front points |",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|---|---|---|---|---|---|---|",
+        *["| " + " | ".join(cells) + " |" for cells in table_cells(comparison.table)],
     ]
-    for row in sorted(comparison.table, key=lambda r: (-r["test_acc"], r["final_acc1"]["mean"])):
-        lines.append(
-            f"| {row['test_acc']:.3f} | {row['defense']} | {_cell(row['final_acc1'])} | "
-            f"{_cell(row['delta_eval'], 1)} | {_cell(row['xi'])} | {' / '.join(row['strongest'])} | "
-            f"{' … '.join(row['between'])} |"
-        )
     if not comparison.levels:
         lines.append("| — | no accuracy range is shared by every front: pass --levels | | | | | |")
-    lines += [
-        "",
-        *[
-            f"- at test accuracy {w['test_acc']:.3f}: **{w['defense']}** has the lowest attack acc@1 "
-            f"(next: {w['runner_up']}; 95 % intervals {'separate' if w['intervals_separate'] else 'overlap'})"
-            for w in winners(comparison)
-        ],
-    ]
+    bold = [w | {"defense": f"**{w['defense']}**"} for w in winners(comparison)]
+    lines += ["", *[f"- {line}" for line in winner_lines(bold)]]
     lines += ["", *model_lines(comparison)]
     return "\n".join(lines) + "\n"
 
@@ -417,12 +533,14 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
         )
         for point in (p for p in comparison.points if p.family == family):
             _errorbar(ax, point, colour, filled=point in front)
-    _errorbar(ax, comparison.undefended, "black", filled=True, marker="*", size=12, label="no defense")
+    if comparison.undefended is not None:
+        _errorbar(ax, comparison.undefended, "black", filled=True, marker="*", size=12, label="no defense")
     ax.set_ylim(-0.02, 1.02)  # an accuracy; t-intervals of few seeds may reach past [0, 1]
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("attack acc@1 (worst case over attack losses)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
@@ -456,9 +574,39 @@ def compare_defenses(
     results_path = Path(results_path)
     comparison = compare(load_results(results_path), levels)
     folder = Path(out_dir) if out_dir is not None else results_path.parent
+    write_comparison(comparison, folder, str(results_path))
+    return comparison, folder
+
+
+def write_comparison(comparison: Comparison, folder: Path, source: str) -> None:
+    """compare.json, compare.md and fronts.png of ``comparison`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_json(to_json(comparison, str(results_path)), folder / "compare.json")
+    save_json(to_json(comparison, source), folder / "compare.json")
     with atomic_path(folder / "compare.md") as tmp:
         tmp.write_text(markdown(comparison), encoding="utf-8")
     plot_fronts(comparison, folder / "fronts.png")
+
+
+def compare_many(
+    sources: Sequence[Path], out_dir: Path | None = None, levels: list[float] | None = None
+) -> tuple[Comparison, Path]:
+    """``lsmia compare-defenses`` on one or more sources: one ablation's results.json alone as before; sweeps'
+    folders and several sources overlaid (--out-dir needed for several). (comparison, folder)."""
+    paths = [Path(p) for p in sources]
+    if not paths:
+        raise LsmiaError("no input: pass an ablation's results.json or sweep folders (out/sweep/<study>)")
+    if len(paths) == 1 and not paths[0].is_dir() and paths[0].name != SWEEP_POINTS:
+        return compare_defenses(paths[0], out_dir, levels)
+    if out_dir is None and len(paths) > 1:
+        raise LsmiaError("several inputs: pass --out-dir, the folder for compare.{md,json} and fronts.png")
+    folder = Path(out_dir) if out_dir is not None else (paths[0] if paths[0].is_dir() else paths[0].parent)
+    comparison = compare_sources(paths, levels)
+    write_comparison(comparison, folder, ", ".join(str(p) for p in paths))
     return comparison, folder
+
+
+def sweep_figure(record: dict[str, Any], path: Path) -> Path:
+    """A sweep's own front figure (the undefended model marked when the sweep found one)."""
+    points = sweep_points(record)
+    undefended = next((p for p in points if p.undefended), None)
+    return plot_fronts(Comparison(points, undefended, fronts_of(points, undefended), [], []), path)
