@@ -177,7 +177,7 @@ STAGES: tuple[Stage, ...] = (
         f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
         "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
         "--ablation out/ablations/data/results.json --ablation out/ablations/converged/results.json "
-        "--defenses out/ablations/defenses/compare.json",
+        "--ablation out/ablations/screen/results.json --defenses out/ablations/defenses/compare.json",
         (f"{OUT}/report",),
         "index.html",
         file_deps=(
@@ -186,6 +186,7 @@ STAGES: tuple[Stage, ...] = (
             "out/ablations/alpha/results.json",
             "out/ablations/data/results.json",
             "out/ablations/converged/results.json",
+            "out/ablations/screen/results.json",
         ),
         optional_deps=(
             "out/ablations/defenses/compare.json",
