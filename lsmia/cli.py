@@ -774,7 +774,8 @@ def compare_defenses(
     levels: Annotated[
         str | None,
         typer.Option(
-            "--levels", help="Test accuracies to match, e.g. 0.6,0.7 (default: 5 across the range all fronts share)."
+            "--levels",
+            help="Test accuracies to match, e.g. 0.6,0.7 (default: the undefended accuracy less 0, 1, 2, 5, 10, 20 points).",
         ),
     ] = None,
 ) -> None:

@@ -526,11 +526,12 @@ DEFENSES_HOWTO = (
 )
 DEFENSES_CAPTION = (
     "Test accuracy against attack acc@1, each model against its strongest attack loss (95 % intervals over seeds); "
-    "lines: each defense's Pareto front with the undefended model (black star) as strength 0; hollow: off the front."
+    "steps: each defense's Pareto front with the undefended model (black star) as strength 0; hollow: off the front."
 )
 DEFENSES_NOTE = (
-    "Each defense's front interpolated linearly at the same test accuracies, seed by seed: attack acc@1, δ_eval "
-    "and ξ of the strongest attack, mean ± half-width of the 95 % t-interval over seeds."
+    "At each test accuracy, each defense's model of lowest attack acc@1 among those that keep at least that "
+    "accuracy (no interpolation between models): attack acc@1, δ_eval and ξ under its strongest attack, mean ± "
+    "half-width of the 95 % t-interval over seeds."
 )
 
 
@@ -571,7 +572,7 @@ def defenses_html(source: Path, folder: Path) -> str:
     parts.append(
         html_table(defense_comparison.TABLE_COLUMNS, rows)
         if rows
-        else _missing("no accuracy level is shared by every front: re-run 'lsmia compare-defenses' with --levels")
+        else _missing("no test accuracy that two defenses keep: re-run 'lsmia compare-defenses' with --levels")
     )
     parts.append(f"<p class='caption'>{html.escape(DEFENSES_NOTE)}</p>")
     winners = defense_comparison.winner_lines(record["winners"])

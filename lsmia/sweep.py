@@ -1323,6 +1323,7 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     from lsmia.tracking import start_tracking
 
     shared_models(cfg, log)  # fail before creating anything (or fetch them: sweep.shared_remote)
+    cfg = single_trial_without_search(cfg, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     paths = SweepPaths.of(cfg)
     storage = open_storage(cfg.sweep.storage, paths.journal)
@@ -1352,6 +1353,15 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     for line in summary_lines(result):
         log(line)
     return result
+
+
+def single_trial_without_search(cfg: Config, log: Log = print) -> Config:
+    """``sweep.defense: none`` searches nothing and every trial has the same seed, so more trials would train the
+    same model again: its budget is one trial."""
+    if cfg.sweep.defense != "none" or cfg.sweep.n_trials == 1:
+        return cfg
+    log(f"sweep.defense none searches nothing: 1 trial (the undefended model), not {cfg.sweep.n_trials}")
+    return build_config(cfg.to_dict(), {"sweep.n_trials": 1}, source="sweep.defense none")
 
 
 def _parent_config(cfg: Config) -> dict[str, Any]:

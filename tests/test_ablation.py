@@ -164,6 +164,21 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     assert timeless(rerun.rows) == timeless(result.rows)
 
 
+PLANS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "plan_file", [p for p in PLANS if "variants" in yaml.safe_load(p.read_text())], ids=lambda p: p.name
+)
+def test_every_committed_plan_validates_against_params_yaml(plan_file):
+    """A misspelt key or a variant without its alpha-0 reference fails here, not hours into an ablation."""
+    plan = ablation.load_plan(plan_file)
+    base = load_config(Path(__file__).parent.parent / "params.yaml")
+    configs = ablation.variant_configs(base, plan)
+    for name, cfg in configs.items():
+        assert 0.0 in ablation.variant_alphas(plan, name, cfg, plan.alphas or base.study.alphas)
+
+
 def test_cli_bad_plan_is_one_line_exit_2(tmp_path):
     shutil.copy(TINY, tmp_path / "params.yaml")
     plan = write_plan(tmp_path, variants={"x": {"target.epochz": 1}}, alphas=[0.0])

@@ -265,7 +265,12 @@ def test_the_defenses_plan_validates_against_the_params():
     kinds = {cfg.target.defense.kind for cfg in configs.values()}
     losses = {cfg.attack.loss for cfg in configs.values()}
     assert kinds == {"none", "mid", "bido", "tl"} and losses == {"poincare", "ce", "max_margin", "logit"}
-    assert plan.seeds == [0, 1, 2] and configs["ls_a-0.05@ce"].study.alphas == [0.0, -0.05]
+    assert plan.seeds == [0, 1, 2] and configs["ls@ce"].study.alphas == [0.0, -0.05, -0.1, -0.2]
+    for paper in ("facescrub", "celeba"):  # the same plan on the GPU configs: -p configs/<paper>.yaml
+        on_paper = ablation.variant_configs(load_config(ROOT / "configs" / f"{paper}.yaml"), plan)
+        assert (
+            on_paper["mid_0.01@ce"].target.defense.kind == "mid" and on_paper["mid_0.01@ce"].target.arch == "resnet152"
+        )
 
 
 def test_a_variant_without_alpha_zero_is_refused(tmp_path):
@@ -292,24 +297,44 @@ def test_models_fronts_and_worst_cases_of_a_hand_made_ablation():
     assert sorted(by_label[("none", "undefended")].variants) == ["ls@ce", "ls@p", "none@ce", "none@p"]  # one model
     assert [p.strength for p in result.fronts["mid"]] == ["β=0.1", "β=0.01", "undefended"]  # beta 0.05: dominated
     assert [p.strength for p in result.fronts["ls"]] == ["α=-0.05", "undefended"]
-    assert result.levels == pytest.approx([0.7, 0.75, 0.8, 0.85, 0.9])  # the range both fronts cover
+    assert result.levels == pytest.approx([0.7, 0.8, 0.85, 0.88, 0.89, 0.9])  # 0.9 less 20, 10, 5, 2, 1, 0 points
 
 
-def test_equal_accuracy_interpolation_seed_by_seed():
+def test_equal_accuracy_takes_each_defense_s_best_model_that_keeps_the_level():
     table = {(round(r["test_acc"], 6), r["defense"]): r for r in compare.compare(hand_made_results()).table}
-    mid07 = table[(0.7, "mid")]  # halfway between beta 0.1 (ce: 0.3, 0.5) and beta 0.01 (poincare: 0.5, 0.7)
-    assert mid07["final_acc1"]["mean"] == pytest.approx(0.5)
-    assert mid07["final_acc1"]["ci95"] == pytest.approx(12.7062047 * 0.1, rel=1e-6)  # values 0.4, 0.6: t(1) x sem
-    assert mid07["delta_eval"]["mean"] == pytest.approx(250.0) and mid07["xi"]["mean"] == pytest.approx(0.2)
-    assert mid07["between"] == ["β=0.1", "β=0.01"] and mid07["strongest"] == ["ce", "poincare"]
+    mid07 = table[(0.7, "mid")]  # beta 0.1 (test 0.6) falls short of 0.7; beta 0.01 (test 0.8, poincare) keeps it
+    assert mid07["final_acc1"]["mean"] == pytest.approx(0.6) and mid07["model"] == "β=0.01"
+    assert mid07["final_acc1"]["ci95"] == pytest.approx(12.7062047 * 0.1, rel=1e-6)  # values 0.5, 0.7: t(1) x sem
+    assert mid07["delta_eval"]["mean"] == pytest.approx(350.0) and mid07["xi"]["mean"] == pytest.approx(0.3)
+    assert mid07["strongest"] == "poincare"
     assert table[(0.7, "ls")]["final_acc1"] == {"mean": pytest.approx(0.3), "ci95": 0.0, "n": 2}
-    assert table[(0.8, "mid")]["final_acc1"]["mean"] == pytest.approx(0.6)  # exactly on beta 0.01
-    assert table[(0.8, "ls")]["final_acc1"]["mean"] == pytest.approx(0.55)
-    assert table[(0.85, "mid")]["final_acc1"]["mean"] == pytest.approx(0.7)
-    assert table[(0.85, "ls")]["final_acc1"]["mean"] == pytest.approx(0.25 * 0.3 + 0.75 * 0.8)
+    assert table[(0.8, "mid")]["model"] == "β=0.01" and table[(0.8, "ls")]["model"] == "undefended"
+    assert table[(0.85, "mid")]["final_acc1"]["mean"] == pytest.approx(0.8)  # nothing between: the undefended
     assert table[(0.9, "ls")]["final_acc1"]["mean"] == pytest.approx(0.8)
-    explicit = compare.compare(hand_made_results(), levels=[0.65, 0.95]).table
-    assert [(r["test_acc"], r["defense"]) for r in explicit] == [(0.65, "mid")]  # no extrapolation
+    explicit = compare.compare(hand_made_results(), levels=[0.55, 0.65, 0.95]).table
+    assert sorted((r["test_acc"], r["defense"], r["model"]) for r in explicit) == [
+        (0.55, "ls", "α=-0.05"),
+        (0.55, "mid", "β=0.1"),
+        (0.65, "ls", "α=-0.05"),
+        (0.65, "mid", "β=0.01"),
+    ]  # 0.95: no model keeps it
+
+
+def test_winners_name_ties_and_levels_where_nothing_beats_the_undefended_model():
+    found = compare.winners(compare.compare(hand_made_results()))
+    assert [(w["test_acc"], w["defense"]) for w in found][:2] == [(0.7, "ls"), (pytest.approx(0.8), "mid")]
+    assert {w["defense"] for w in found[2:]} == {"none"} and all(w["runner_up"] is None for w in found[2:])
+    lines = compare.winner_lines(found)
+    assert (
+        lines[-1]
+        == "at test accuracy 0.900: no defense has a model there with lower attack acc@1 than the undefended model"
+    )
+    tie = compare.winner_lines(
+        [{"test_acc": 0.5, "defense": "bido = mid", "runner_up": "ls", "intervals_separate": False}]
+    )
+    assert tie == [
+        "at test accuracy 0.500: bido = mid tie for the lowest attack acc@1 (next: ls; 95 % intervals overlap)"
+    ]
 
 
 def test_compare_defenses_writes_table_json_and_a_stable_figure(tmp_path):
@@ -318,7 +343,7 @@ def test_compare_defenses_writes_table_json_and_a_stable_figure(tmp_path):
     _, folder = compare.compare_defenses(results)
     assert folder == tmp_path
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert [w["defense"] for w in saved["winners"]] == ["ls", "ls", "ls", "ls", "ls"]
+    assert [w["defense"] for w in saved["winners"]] == ["ls", "mid", "none", "none", "none", "none"]
     assert saved["undefended"]["strongest"] == "poincare" and saved["fronts"]["mid"][0]["strength"] == "β=0.1"
     text = (tmp_path / "compare.md").read_text()
     assert "| 0.700 | ls | 0.300 ± 0.000 |" in text and "**ls** has the lowest attack acc@1" in text
@@ -333,7 +358,7 @@ def test_compare_defenses_cli_and_its_errors(tmp_path):
     results.write_text(json.dumps(hand_made_results()))
     out = runner.invoke(app, ["compare-defenses", str(results), "--out-dir", str(tmp_path / "c"), "--levels", "0.8"])
     assert out.exit_code == 0, out.output
-    assert "| 0.800 | ls | 0.550 ± 0.000 |" in out.output and (tmp_path / "c" / "fronts.png").exists()
+    assert "| 0.800 | mid | 0.600 ± 1.271 |" in out.output and (tmp_path / "c" / "fronts.png").exists()
     missing = runner.invoke(app, ["compare-defenses", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and "run 'lsmia ablate configs/defenses.yaml' first" in missing.output
     bad = runner.invoke(app, ["compare-defenses", str(results), "--levels", "high"])

@@ -213,7 +213,7 @@ def test_defenses_section_from_an_ablation_s_results_json_and_from_compare_json(
     assert "data:image/png;base64," + base64.b64encode(figure).decode() in section
     assert "<tr><th>0.700</th><td>ls</td><td>0.300 ± 0.000</td>" in section  # the hand-computed worst case
     assert "at test accuracy 0.700: ls has the lowest attack acc@1 (next: mid; 95 % intervals overlap)" in section
-    assert section.count("<tr><th>0.") == 10  # 5 levels x 2 defenses
+    assert section.count("<tr><th>0.") == 12  # 6 levels x 2 defenses
     # a hand-made compare.json (no results.json, no fronts.png beside it): its table, the figure named as missing
     record = {
         "levels": [0.75],
@@ -224,8 +224,8 @@ def test_defenses_section_from_an_ablation_s_results_json_and_from_compare_json(
                 "final_acc1": {"mean": 0.25, "ci95": 0.05, "n": 3},
                 "delta_eval": {"mean": 120.0, "ci95": float("nan"), "n": 1},
                 "xi": {"mean": 0.4, "ci95": 0.1, "n": 3},
-                "between": ["λx=0.05, λy=0.5", "undefended"],
-                "strongest": ["logit"],
+                "model": "λx=0.05, λy=0.5",
+                "strongest": "logit",
             }
         ],
         "winners": [],
@@ -236,7 +236,7 @@ def test_defenses_section_from_an_ablation_s_results_json_and_from_compare_json(
     html_part = report.defenses_html(alone, tmp_path)
     assert (
         "<tr><th>0.750</th><td>bido</td><td>0.250 ± 0.050</td><td>120.0</td><td>0.400 ± 0.100</td><td>logit</td>"
-        "<td>λx=0.05, λy=0.5 … undefended</td></tr>"
+        "<td>λx=0.05, λy=0.5</td></tr>"
     ) in html_part
     assert f"no fronts.png beside {alone}" in html_part
     # compare.json of lsmia compare-defenses with its fronts.png: that figure, byte for byte

@@ -342,6 +342,17 @@ def test_defense_search_spaces_and_their_bounds():
         SweepConfig(defense="tl", sampler="grid")
 
 
+def test_an_undefended_sweep_trains_its_one_model_once_whatever_the_budget(study_cfg):
+    lines: list[str] = []
+    once = sweep.single_trial_without_search(configured(study_cfg, defense="none", n_trials=6), lines.append)
+    assert once.sweep.n_trials == 1 and lines == [
+        "sweep.defense none searches nothing: 1 trial (the undefended model), not 6"
+    ]
+    assert once.to_dict() == configured(study_cfg, defense="none", n_trials=1).to_dict()
+    searched = configured(study_cfg, defense="mid", n_trials=6)
+    assert sweep.single_trial_without_search(searched, lines.append) is searched and len(lines) == 1
+
+
 def journal_processes_that_created_trials(journal: Path) -> set[str]:
     """The processes (worker id '<process uuid>-<thread>') whose journal entries created a trial."""
     from optuna.storages.journal._storage import JournalOperation

@@ -12,11 +12,14 @@ and its strength (``target.defense.*``; label smoothing through the variant's ``
 3. **Fronts.** Per defense, the points (mean test accuracy, mean worst-case acc@1) of its strengths and of the
    undefended model (every defense at strength 0), reduced to the Pareto front: a point stays unless another
    one has at least its accuracy and at most its acc@1.
-4. **Matched accuracy.** Each front is interpolated linearly in mean test accuracy at common levels (default:
-   5 levels spanning the accuracy range every front covers). At a level between two front points with weights
-   (1 - w, w), each seed's values are mixed with the same weights, giving one value per seed: mean and 95 %
-   t-interval over seeds (the interval leaves out the seeds' spread in test accuracy). No extrapolation: a
-   level outside a front's range is left empty.
+4. **Matched accuracy.** At each level of test accuracy, each defense is represented by its best model that keeps
+   at least that mean test accuracy: the front point of lowest worst-case acc@1 at or above the level (the
+   undefended model counts for every defense), with that model's per-seed values: mean and 95 % t-interval over
+   seeds. No interpolation: a defender deploys one model, not a mix of two, and a line across a wide gap in a
+   front (MID between a collapsed and a barely regularised model) would promise what no model delivers. Default
+   levels: the undefended model's test accuracy less 0, 1, 2, 5, 10 and 20 points (the accuracy a defender
+   gives up), each kept where at least two defenses have a model; a defense that only raises accuracy, as TL-DMI
+   can, meets the others at the undefended level.
 
 Writes ``compare.json``, ``compare.md`` and ``fronts.png`` (byte-stable) into the output folder.
 
@@ -48,7 +51,7 @@ METRICS = ("final_acc1", "delta_eval", "xi")
 BASE_LOSS = "base"  # a variant without attack.loss: the base params' loss
 NO_DEFENSE = "none"
 UNDEFENDED = "undefended"  # the strength label of the model without any defense
-DEFAULT_LEVELS = 5
+COSTS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20)  # default levels: the undefended test accuracy less these
 COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 Stat = dict[str, float]
 
@@ -144,7 +147,7 @@ def collect_points(results: dict[str, Any]) -> list[Point]:
     return list(points.values())
 
 
-# --------------------------------------------------------------------------- fronts and interpolation
+# --------------------------------------------------------------------------- fronts and matched accuracy
 
 
 def pareto_front(points: Iterable[Point]) -> list[Point]:
@@ -162,46 +165,37 @@ def pareto_front(points: Iterable[Point]) -> list[Point]:
 
 @dataclass
 class Matched:
-    """A front at one test-accuracy level: per metric the per-seed values, and where on the front it lies."""
+    """A defense at one test-accuracy level: per metric the per-seed values of its model there, and which model."""
 
     values: dict[str, list[float]]
-    between: list[str]
-    losses: list[str]
+    model: str  # the defense's strength at that level
+    loss: str  # its strongest attack
 
     def stat(self, metric: str) -> Stat:
         mean, ci95, n = mean_ci(self.values.get(metric, []))
         return {"mean": mean, "ci95": ci95, "n": n}
 
 
-def _mix(a: dict[int, float], b: dict[int, float], w: float) -> list[float]:
-    seeds = sorted(a.keys() & b.keys())
-    return [(1.0 - w) * a[s] + w * b[s] for s in seeds]
-
-
-def interpolate(front: Sequence[Point], level: float) -> Matched | None:
-    """The front at mean test accuracy ``level`` (None outside its range): per-seed values mixed linearly."""
-    xs = [p.mean_test_acc() for p in front]
-    if not front or level < xs[0] - 1e-12 or level > xs[-1] + 1e-12:
+def at_level(front: Sequence[Point], level: float) -> Matched | None:
+    """The defense at test accuracy ``level``: its front point of lowest acc@1 with at least that mean test
+    accuracy (the first one, since acc@1 rises along a front), or None when no model keeps that accuracy."""
+    point = next((p for p in front if p.mean_test_acc() >= level - 1e-12), None)
+    if point is None:
         return None
-    upper = next(i for i, x in enumerate(xs) if x >= level - 1e-12)
-    lower = max(upper - 1, 0)
-    span = xs[upper] - xs[lower]
-    w = 1.0 if span <= 0 else (level - xs[lower]) / span
-    a, b = front[lower], front[upper]
-    if w >= 1.0 - 1e-12:
-        a, w = b, 1.0
-    pair = [a] if a is b else [a, b]
-    values = {m: _mix(a.worst_case(m), b.worst_case(m), w) for m in METRICS}
-    return Matched(values, [p.strength for p in pair], list(dict.fromkeys(p.strongest for p in pair)))
+    values = {m: [value for _, value in sorted(point.worst_case(m).items())] for m in METRICS}
+    return Matched(values, point.strength, point.strongest)
 
 
-def common_levels(fronts: dict[str, list[Point]], count: int = DEFAULT_LEVELS) -> list[float]:
-    """``count`` accuracy levels, evenly spaced over the range that every front covers (empty: none shared)."""
-    low = max(front[0].mean_test_acc() for front in fronts.values())
-    high = min(front[-1].mean_test_acc() for front in fronts.values())
-    if low > high:
-        return []
-    return [float(v) for v in np.linspace(low, high, count)] if high > low else [low]
+def default_levels(fronts: dict[str, list[Point]], undefended: Point) -> list[float]:
+    """The undefended model's mean test accuracy less each of ``COSTS``, kept where at least two fronts (the only
+    one, for a single defense) reach it without extrapolation; ascending."""
+    needed = min(2, len(fronts))
+    base = undefended.mean_test_acc()
+
+    def reach(level: float) -> int:
+        return sum(at_level(front, level) is not None for front in fronts.values())
+
+    return sorted(level for level in (base - cost for cost in COSTS) if level > 0 and reach(level) >= needed)
 
 
 # --------------------------------------------------------------------------- the comparison
@@ -248,15 +242,15 @@ def matched_table(fronts: dict[str, list[Point]], levels: list[float]) -> list[d
     table = []
     for level in levels:
         for family, front in fronts.items():
-            matched = interpolate(front, level)
+            matched = at_level(front, level)
             if matched is not None:
                 table.append(
                     {
                         "test_acc": level,
                         "defense": family,
                         **{m: matched.stat(m) for m in METRICS},
-                        "between": matched.between,
-                        "strongest": matched.losses,
+                        "model": matched.model,
+                        "strongest": matched.loss,
                     }
                 )
     return table
@@ -271,7 +265,7 @@ def compare(results: dict[str, Any], levels: list[float] | None = None) -> Compa
 def compare_points(points: list[Point], undefended: Point, levels: list[float] | None = None) -> Comparison:
     """The fronts and the equal-accuracy table of models (``points``, the undefended one among them)."""
     fronts = build_fronts(points, undefended)
-    chosen = common_levels(fronts) if levels is None else sorted(levels)
+    chosen = default_levels(fronts, undefended) if levels is None else sorted(levels)
     return Comparison(points, undefended, fronts, chosen, matched_table(fronts, chosen))
 
 
@@ -419,21 +413,26 @@ def to_json(comparison: Comparison, source: str) -> dict[str, Any]:
 
 
 def winners(comparison: Comparison) -> list[dict[str, Any]]:
-    """Per level, the defense with the lowest mean worst-case acc@1, and whether its interval clears the next."""
+    """Per level, the defense with the lowest mean worst-case acc@1 (``none`` when no defense's model there beats
+    the undefended one; tied defenses joined by ``=``), and whether its interval clears the next."""
     out = []
     for level in comparison.levels:
         rows = sorted((r for r in comparison.table if r["test_acc"] == level), key=lambda r: r["final_acc1"]["mean"])
-        if len(rows) >= 2:
-            best, second = rows[0]["final_acc1"], rows[1]["final_acc1"]
-            clear = best["mean"] + best["ci95"] < second["mean"] - second["ci95"]
-            out.append(
-                {
-                    "test_acc": level,
-                    "defense": rows[0]["defense"],
-                    "runner_up": rows[1]["defense"],
-                    "intervals_separate": bool(clear),
-                }
-            )
+        if len(rows) < 2:
+            continue
+        lowest = rows[0]["final_acc1"]["mean"]
+        tied = [r for r in rows if r["final_acc1"]["mean"] <= lowest + 1e-12]
+        rest = rows[len(tied) :]
+        best, second = rows[0]["final_acc1"], (rest[0] if rest else rows[1])["final_acc1"]
+        undefended = rows[0]["model"] == UNDEFENDED
+        out.append(
+            {
+                "test_acc": level,
+                "defense": NO_DEFENSE if undefended else " = ".join(sorted(r["defense"] for r in tied)),
+                "runner_up": rest[0]["defense"] if rest else None,
+                "intervals_separate": bool(rest) and best["mean"] + best["ci95"] < second["mean"] - second["ci95"],
+            }
+        )
     return out
 
 
@@ -447,7 +446,7 @@ def _cell(stat: Stat, digits: int = 3) -> str:
     )
 
 
-TABLE_COLUMNS = ("test acc", "defense", "attack acc@1", "δ_eval", "ξ", "strongest attack", "front points")
+TABLE_COLUMNS = ("test acc", "defense", "attack acc@1", "δ_eval", "ξ", "strongest attack", "model")
 
 
 def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
@@ -460,8 +459,8 @@ def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
             _cell(row["final_acc1"]),
             _cell(row["delta_eval"], 1),
             _cell(row["xi"]),
-            " / ".join(row["strongest"]),
-            " … ".join(row["between"]),
+            row["strongest"],
+            row["model"],
         ]
         for row in sorted(table, key=lambda r: (-r["test_acc"], r["final_acc1"]["mean"]))
     ]
@@ -469,11 +468,18 @@ def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 def winner_lines(found: Sequence[dict[str, Any]]) -> list[str]:
     """Per level, which defense has the lowest attack acc@1 (``winners`` or compare.json's), in words."""
-    return [
-        f"at test accuracy {w['test_acc']:.3f}: {w['defense']} has the lowest attack acc@1 "
-        f"(next: {w['runner_up']}; 95 % intervals {'separate' if w['intervals_separate'] else 'overlap'})"
-        for w in found
-    ]
+    lines = []
+    for w in found:
+        at = f"at test accuracy {w['test_acc']:.3f}: "
+        if w["defense"] == NO_DEFENSE:
+            lines.append(at + "no defense has a model there with lower attack acc@1 than the undefended model")
+            continue
+        spread = "separate" if w["intervals_separate"] else "overlap"
+        lines.append(
+            at + f"{w['defense']} {'tie for' if ' = ' in w['defense'] else 'has'} the lowest attack acc@1 "
+            f"(next: {w['runner_up']}; 95 % intervals {spread})"
+        )
+    return lines
 
 
 def markdown(comparison: Comparison) -> str:
@@ -485,8 +491,8 @@ def markdown(comparison: Comparison) -> str:
         *["| " + " | ".join(cells) + " |" for cells in table_cells(comparison.table)],
     ]
     if not comparison.levels:
-        lines.append("| — | no accuracy range is shared by every front: pass --levels | | | | | |")
-    bold = [w | {"defense": f"**{w['defense']}**"} for w in winners(comparison)]
+        lines.append("| — | no test accuracy that two defenses keep: pass --levels | | | | | |")
+    bold = [w if w["defense"] == NO_DEFENSE else w | {"defense": f"**{w['defense']}**"} for w in winners(comparison)]
     lines += ["", *[f"- {line}" for line in winner_lines(bold)]]
     lines += ["", *model_lines(comparison)]
     return "\n".join(lines) + "\n"
@@ -513,14 +519,15 @@ def model_lines(comparison: Comparison) -> list[str]:
         "",
         f"Seeds {seeds}; mean ± half-width of the 95 % t-interval over seeds. acc@1 is the evaluation "
         "model's top-1 accuracy on the final samples; each model counts against its strongest attack. "
-        "Matched-accuracy rows interpolate each defense's Pareto front (with the undefended model as strength "
-        "0) linearly at that mean test accuracy, seed by seed.",
+        "At each test accuracy, each defense's model of lowest attack acc@1 among those that keep at least that "
+        "mean test accuracy (the undefended model counts for every defense); no interpolation between models.",
     ]
     return lines
 
 
 def plot_fronts(comparison: Comparison, path: Path) -> Path:
-    """Test accuracy vs worst-case attack acc@1: each defense's points (hollow: off its front) and front line,
+    """Test accuracy vs worst-case attack acc@1: each defense's points (hollow: off its front) and its front as the
+    step the matched table reads (the best acc@1 that keeps at least that accuracy),
     95 % intervals over seeds on both axes, the undefended model as a black star; stable PNG bytes."""
     from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
@@ -529,7 +536,12 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
     for index, (family, front) in enumerate(comparison.fronts.items()):
         colour = COLOURS[index % len(COLOURS)]
         ax.plot(
-            [p.mean_test_acc() for p in front], [p.mean(p.strongest) for p in front], "-", color=colour, label=family
+            [p.mean_test_acc() for p in front],
+            [p.mean(p.strongest) for p in front],
+            "-",
+            drawstyle="steps-pre",
+            color=colour,
+            label=family,
         )
         for point in (p for p in comparison.points if p.family == family):
             _errorbar(ax, point, colour, filled=point in front)
