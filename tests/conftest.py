@@ -22,6 +22,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def mlflow_global_uris_restored():
+    """A test that calls ``mlflow.set_tracking_uri`` must not redirect later tests' ``models:/`` or run lookups
+    (the registry falls back to the process-wide tracking URI before the environment variable)."""
+    import mlflow.tracking._model_registry.utils as registry
+    import mlflow.tracking._tracking_service.utils as tracking
+
+    saved = tracking._tracking_uri, registry._registry_uri
+    yield
+    tracking._tracking_uri, registry._registry_uri = saved
+
+
 def colour_blobs(num_classes: int, per_class: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images whose class is a colour and a bright quadrant, plus noise: learnable in a few epochs."""
     gen = torch.Generator().manual_seed(seed)

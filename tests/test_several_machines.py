@@ -173,6 +173,7 @@ def test_stage_runs_models_registry_and_images_reach_the_server_from_a_worker_fo
         out = finish(lsmia(worker, args, team.tracking.uri), 300, worker / "lsmia.log")
         assert "Traceback" not in out and "MLflow tracking:" not in out, out[-3000:]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.tracking.uri)  # models:/ URIs resolve through the server's registry
+    mlflow.set_registry_uri(team.tracking.uri)  # ... even where an earlier test set a process-wide tracking URI
     client = mlflow.MlflowClient(team.tracking.uri)
     (version,) = client.search_model_versions("name = 'lsmia-target'")
     model_dir = mlflow.artifacts.download_artifacts(

@@ -25,6 +25,12 @@ def dvc(repo: Path, env: dict[str, str], *args: str) -> str:
     return sh([str(BIN / "dvc"), *args], repo, env)
 
 
+def report_inputs_outside_the_graph() -> list[str]:
+    """The committed ablation files the report stage reads (tables, comparisons, figures), as dvc.yaml lists them."""
+    report = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    return [dep for dep in report["deps"] if isinstance(dep, str) and dep.startswith("out/ablations/")]
+
+
 def temp_dvc_repo(repo: Path, tracking: bool = True, repro: bool = True) -> tuple[Path, dict[str, str]]:
     """Copy the project's pipeline files and code into ``repo``, with the tiny params (every key, as DVC reads
     them), commit them and (by default) run ``dvc repro`` once; returns the repo and its environment."""
@@ -32,9 +38,9 @@ def temp_dvc_repo(repo: Path, tracking: bool = True, repro: bool = True) -> tupl
         shutil.copy(ROOT / name, repo / name)
     for folder in ("lsmia", "mlflow_project"):
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for results in ROOT.glob("out/ablations/*/results.*"):  # committed ablation results the report stage includes
-        (repo / results.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(results, repo / results.relative_to(ROOT))
+    for committed in report_inputs_outside_the_graph():
+        (repo / committed).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / committed, repo / committed)
     from lsmia.config import load_config
 
     params = load_config(TINY, {"run.tracking": tracking}).to_dict()
