@@ -166,7 +166,8 @@ class AttackConfig(Section):
     candidates: int = Field(16, ge=1)  # PPA: 200 per class
     final_samples: int = Field(8, ge=1)  # PPA: 50 per class
     steps: int = Field(60, ge=0)  # PPA: 50 (FaceScrub) / 70 (CelebA)
-    latent: Literal["z", "w"] = "w"  # space optimised; w = mapping(z), one vector per sample (PPA; needs a mapping)
+    latent: Literal["z", "w", "w+"] = "w"  # space optimised; w = mapping(z), one vector per sample (PPA; needs a
+    # mapping); w+: one w per synthesis layer (PPA's single_w: false; StyleGAN priors only)
     truncation: float = Field(1.0, ge=0.0, le=1.0)  # psi around w_avg (mapping priors); PPA: 0.5, here 1 attacks better
     lr: float = Field(0.005, gt=0)  # PPA: 0.005 (absolute, on StyleGAN's w)
     lr_relative: bool = True  # Adam lr = lr x the std of the initial latents: the same relative move in z and w

@@ -423,3 +423,27 @@ def test_torchscript_stylegan_stand_in_round_trip(tmp_path) -> None:
         ((images + 1) / 2).clamp(0, 1), size=(8, 8), mode="bilinear", antialias=True, align_corners=False
     )
     assert (result.final_images.float() - expected * 255).abs().max() <= 1.0
+
+
+def test_torchscript_stylegan_w_plus_attack_moves_each_layer_s_w(tmp_path) -> None:
+    from lsmia.config import PriorConfig
+
+    torch.manual_seed(0)
+    torch.jit.script(StandInStyleGAN()).save(str(tmp_path / "stylegan.pt"))
+    prior = load_prior(PriorConfig(kind="torchscript", path=tmp_path / "stylegan.pt", latent_dim=4), None)
+    cfg = make_cfg(latent="w+", truncation=0.5, steps=2, pool_size=32, candidates=4, final_samples=2)
+    start = run_attack(cfg.model_copy(update={"steps": 0}), MeanColourClassifier(), prior, [0, 3], CPU, progress=False)
+    result = run_attack(cfg, MeanColourClassifier(), prior, [0, 3], CPU, progress=False)
+    assert result.meta["latent"] == "w+" and result.meta["latent_dim"] == 12 * 5
+    moved = (result.all_latents - start.all_latents).view(8, 12, 5)
+    # the synthesis reads only the first and the last layer's w: only those move, and independently
+    assert moved[:, 1:11].abs().max() == 0
+    assert moved[:, 0].abs().max() > 0 and moved[:, -1].abs().max() > 0
+    assert not torch.allclose(moved[:, 0], moved[:, -1])
+    module = torch.jit.load(str(tmp_path / "stylegan.pt"))
+    with torch.no_grad():
+        images = (module.synthesis(result.final_latents.view(-1, 12, 5)) + 1) / 2
+    expected = torch.nn.functional.interpolate(
+        images.clamp(0, 1), size=(8, 8), mode="bilinear", antialias=True, align_corners=False
+    )
+    assert (result.final_images.float() - expected * 255).abs().max() <= 1.0

@@ -521,6 +521,71 @@ def test_torchscript_stylegan_samples_truncated_single_w_and_broadcasts_it(tmp_p
     torch.testing.assert_close(prior(z), (module.synthesis(ws) + 1) / 2)
 
 
+def test_torchscript_stylegan_w_plus_optimises_one_w_per_layer_from_the_truncated_mapping(tmp_path: Path) -> None:
+    prior = _stylegan(tmp_path / "g.pt")
+    module = torch.jit.load(str(tmp_path / "g.pt"))
+    prior.configure_latent("w+", 0.5)
+    ws = prior.sample_latents(4, torch.Generator().manual_seed(0))
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    assert ws.shape == (4, 60) and prior.latent_dim == 60  # 10 layers x 6, flattened for the attack
+    expected = module.mapping(z)
+    expected[:, :8] = prior.w_avg + 0.5 * (expected[:, :8] - prior.w_avg)  # cutoff 8: the last two stay raw
+    torch.testing.assert_close(ws.view(4, 10, 6), expected)
+    from_w_plus = prior(ws)
+    prior.configure_latent("z", 0.5)
+    torch.testing.assert_close(from_w_plus, prior(z))  # w+ starts from the images z gives
+    prior.configure_latent("w+", 0.5)
+    moved = ws.view(4, 10, 6).clone()
+    moved[:, -1] += 1.0  # the last layer alone: a different image, which one shared w could not give
+    assert not torch.allclose(prior(moved.flatten(1)), prior(ws))
+    torch.testing.assert_close(prior(moved.flatten(1)), (module.synthesis(moved) + 1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "fix"),
+    [
+        (lambda path: DCGANPrior(Generator(16, 16, 8, mapping_layers=2)), "feeds w to its first layer only"),
+        (
+            lambda path: load_prior(
+                PriorConfig(kind="torchscript", path=_scripted(TinyFlatStyleGAN(), path), latent_dim=8), None
+            ),
+            "returns one w [N, w_dim] for all layers",
+        ),
+    ],
+)
+def test_w_plus_on_a_prior_whose_synthesis_takes_one_w_is_a_one_line_error(make, fix, tmp_path: Path) -> None:
+    prior = make(tmp_path / "g.pt")
+    with pytest.raises(LsmiaError, match=r"attack\.latent is 'w\+' but .*set attack\.latent: w$") as err:
+        prior.configure_latent("w+", 0.5)
+    assert fix in str(err.value) and "\n" not in str(err.value)
+
+
+class TinyFlatMapping(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
+
+class TinyFlatSynthesis(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3 * 8 * 8)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(w)).view(-1, 3, 8, 8)
+
+
+class TinyFlatStyleGAN(nn.Module):
+    """A mapping that returns w [N, w_dim] (no per-layer copies) and a synthesis that takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping, self.synthesis = TinyFlatMapping(), TinyFlatSynthesis()
+
+
 def test_torchscript_stylegan_without_w_avg_averages_the_mapping(tmp_path: Path) -> None:
     prior = _stylegan(tmp_path / "g.pt", declare_w_avg=False)
     module = torch.jit.load(str(tmp_path / "g.pt"))

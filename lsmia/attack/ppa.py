@@ -142,8 +142,8 @@ def configure_latent_space(prior: nn.Module, cfg: AttackConfig) -> None:
     configure = getattr(prior, "configure_latent", None)
     if configure is not None:
         configure(cfg.latent, cfg.truncation)
-    elif cfg.latent == "w":
-        raise LsmiaError("attack.latent is 'w' but the prior has no mapping network: set attack.latent: z")
+    elif cfg.latent != "z":
+        raise LsmiaError(f"attack.latent is '{cfg.latent}' but the prior has no mapping network: set attack.latent: z")
 
 
 def latent_scale(latents: torch.Tensor) -> float:

@@ -26,7 +26,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 256
 W_AVG_BETA = 0.995  # StyleGAN2-ADA's w_avg tracking: w_avg <- lerp(mean w of the batch, w_avg, beta)
 TRUNCATION_CUTOFF = 8  # StyleGAN / PPA: truncate the first 8 layers of w
 W_AVG_SAMPLES = 10_000  # latents averaged for w_avg when a TorchScript StyleGAN does not declare it
-LatentSpace = Literal["z", "w"]
+LatentSpace = Literal["z", "w", "w+"]
 
 
 def check_image_size(size: int) -> None:
@@ -185,9 +185,12 @@ class Prior(nn.Module):
     """What the attack uses: ``forward(latent)`` -> float images in [0, 1] [N, 3, S, S].
 
     ``configure_latent`` chooses the space the latents live in: ``z`` (the generator's input) or
-    ``w`` (one mapped vector per sample, PPA's choice; priors with a mapping network only). In both
-    spaces a mapping prior applies the truncation psi around ``w_avg``, so z and w start from the
-    same images. Subclasses provide ``_images_from_z``, ``_images_from_w`` and ``_truncated_w``.
+    ``w`` (one mapped vector per sample, PPA's choice; priors with a mapping network only) or ``w+``
+    (one w per synthesis layer, PPA's ``single_w: false``; StyleGAN priors only), flattened to
+    [N, num_ws * w_dim] so the attack treats every space alike. In all spaces a mapping prior applies
+    the truncation psi around ``w_avg``, so they start from the same images. Subclasses provide
+    ``_images_from_z``, ``_images_from_w``, ``_truncated_w`` and, for w+, ``_truncated_ws`` and
+    ``_images_from_ws`` with ``num_ws`` > 0.
     """
 
     z_dim: int
@@ -195,7 +198,9 @@ class Prior(nn.Module):
     image_size: int
     latent_space: LatentSpace = "z"
     truncation: float | None = None  # psi around w_avg; None: no truncation (also: no mapping network)
+    num_ws: int = 0  # synthesis layers that each take a w; 0: w enters once and w+ is not defined
     no_mapping_fix = "set attack.latent: z"
+    no_per_layer_fix = "its synthesis takes one w, so w+ is w: set attack.latent: w"
 
     @property
     def has_mapping(self) -> bool:
@@ -204,13 +209,17 @@ class Prior(nn.Module):
     @property
     def latent_dim(self) -> int:
         """Columns of the latents the attack optimises."""
+        if self.latent_space == "w+":
+            return self.num_ws * self.w_dim
         return self.w_dim if self.latent_space == "w" else self.z_dim
 
     def configure_latent(self, space: LatentSpace, truncation: float | None) -> None:
-        if space not in ("z", "w"):
-            raise LsmiaError(f"unknown latent space '{space}': set attack.latent to z or w")
-        if space == "w" and not self.has_mapping:
-            raise LsmiaError(f"attack.latent is 'w' but the prior has no mapping network: {self.no_mapping_fix}")
+        if space not in ("z", "w", "w+"):
+            raise LsmiaError(f"unknown latent space '{space}': set attack.latent to z, w or w+")
+        if space in ("w", "w+") and not self.has_mapping:
+            raise LsmiaError(f"attack.latent is '{space}' but the prior has no mapping network: {self.no_mapping_fix}")
+        if space == "w+" and not self.num_ws:
+            raise LsmiaError(f"attack.latent is 'w+' but {self.no_per_layer_fix}")
         self.latent_space = space
         self.truncation = truncation if self.has_mapping else None
 
@@ -220,9 +229,13 @@ class Prior(nn.Module):
         if self.latent_space == "z":
             return z
         with torch.no_grad():
+            if self.latent_space == "w+":
+                return self._truncated_ws(z.to(self._device())).flatten(1).cpu()
             return self._truncated_w(z.to(self._device())).cpu()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.latent_space == "w+":
+            return self._images_from_ws(latent.view(-1, self.num_ws, self.w_dim))
         return self._images_from_w(latent) if self.latent_space == "w" else self._images_from_z(latent)
 
     def _device(self) -> torch.device:
@@ -238,11 +251,18 @@ class Prior(nn.Module):
     def _truncated_w(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _truncated_ws(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _images_from_ws(self, ws: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
 
 class DCGANPrior(Prior):
     """The trained DCGAN generator (EMA weights) in eval mode, frozen."""
 
     no_mapping_fix = "set prior.mapping_layers > 0 and re-run 'lsmia train-prior', or set attack.latent: z"
+    no_per_layer_fix = "the built-in prior feeds w to its first layer only, so w+ is w: set attack.latent: w"
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
@@ -282,12 +302,14 @@ class TorchScriptPrior(Prior):
     - StyleGAN (both ``mapping`` and ``synthesis`` present, as submodules or exported methods):
       ``mapping(z)`` -> w [N, num_ws, w_dim] (or [N, w_dim]) and ``synthesis(ws)`` -> images, with
       ``w_avg`` a buffer of the module or, when it declares none, the mean mapping of 10,000 z.
-      In w space the attack optimises one w per sample, repeated to every layer as PPA does.
+      In w space the attack optimises one w per sample, repeated to every layer as PPA does; in w+
+      space one w per layer (PPA's ``single_w: false``), starting from the truncated mapping.
     """
 
     no_mapping_fix = (
         "export mapping and synthesis (README: 'Exporting a StyleGAN2-ADA generator') or set attack.latent: z"
     )
+    no_per_layer_fix = "its mapping returns one w [N, w_dim] for all layers: set attack.latent: w"
     w_avg: torch.Tensor  # a buffer, StyleGAN format only
 
     def __init__(
@@ -388,15 +410,22 @@ class TorchScriptPrior(Prior):
     def _raw_images_from_z(self, z: torch.Tensor) -> torch.Tensor:
         if not self.is_stylegan:
             return self.module(z)
-        return self.module.synthesis(truncate(self.module.mapping(z), self.w_avg, self.truncation, TRUNCATION_CUTOFF))
+        return self.module.synthesis(self._truncated_ws(z))
 
     def _truncated_w(self, z: torch.Tensor) -> torch.Tensor:
         """One w per sample: PPA's single w, the (truncated) first layer of the mapping."""
-        w = truncate(self.module.mapping(z), self.w_avg, self.truncation, TRUNCATION_CUTOFF)
+        w = self._truncated_ws(z)
         return w[:, 0] if w.ndim == 3 else w
+
+    def _truncated_ws(self, z: torch.Tensor) -> torch.Tensor:
+        """Every layer's w [N, num_ws, w_dim], truncated as StyleGAN's G(z) truncates them."""
+        return truncate(self.module.mapping(z), self.w_avg, self.truncation, TRUNCATION_CUTOFF)
 
     def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
         ws = w.unsqueeze(1).repeat(1, self.num_ws, 1) if self.num_ws else w
+        return self._images_from_ws(ws)
+
+    def _images_from_ws(self, ws: torch.Tensor) -> torch.Tensor:
         return self._to_unit(self.module.synthesis(ws))
 
     def _images_from_z(self, z: torch.Tensor) -> torch.Tensor:
