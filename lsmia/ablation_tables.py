@@ -105,3 +105,78 @@ def markdown_table(columns: Sequence[str], rows: Rows) -> list[str]:
         "|" + "---|" * len(columns),
         *("| " + " | ".join(row) + " |" for row in rows),
     ]
+
+
+CLAIM_COLUMNS = ("the paper's claim", "cells measured", "where it holds", "closest to holding", "there")
+Measured = list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]  # (where, effect, metrics at α, at 0)
+
+
+def _measured(plans: dict[str, Variants], negative: bool) -> Measured:
+    """Every (plan/variant, effect) with alpha of the given sign, and its summary metrics at alpha and at 0."""
+    out = []
+    for plan, variants in plans.items():
+        for name, variant in variants.items():
+            metrics = {s["alpha"]: s["metrics"] for s in variant["summary"]}
+            for effect in variant["effects"]:
+                if (effect["alpha"] < 0) == negative:
+                    where = f"{plan}/{name} α = {effect['alpha']:+g}"
+                    out.append((where, effect, metrics.get(effect["alpha"], {}), metrics.get(0.0, {})))
+    return out
+
+
+def _lower(stat: dict[str, Any]) -> float:
+    lower = stat["mean"] - stat["ci95"]
+    return lower if math.isfinite(lower) else -math.inf
+
+
+def _cosine_drop(entry: tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]) -> float:
+    at_alpha, at_zero = entry[2].get("grad_cosine_mean"), entry[3].get("grad_cosine_mean")
+    return at_zero["mean"] - at_alpha["mean"] if at_alpha and at_zero else math.nan
+
+
+def _claim(text: str, measured: Measured, holds: Any, score: Any, show: Any) -> list[str]:
+    """A row: how many cells hold the claim and the one closest to it (highest ``score``) with ``show``."""
+    scored = [m for m in measured if not math.isnan(score(m))]
+    if not scored:
+        return [text, "0", "—", "—", "—"]
+    held = [m[0] for m in scored if holds(m)]
+    best = max(scored, key=score)
+    return [text, str(len(scored)), ", ".join(held) or "none", best[0], show(best)]
+
+
+def claim_rows(plans: dict[str, Variants]) -> Rows:
+    """The paper's claims checked in every measured ablation cell (plan -> its results.json ``variants``):
+    where each holds and which cell comes closest. Rises and δ_eval need the interval above 0; halving is the
+    paper's criterion on the mean (lsmia.stats.effects); the gradient similarity compares means (not paired)."""
+    positive, negative = _measured(plans, negative=False), _measured(plans, negative=True)
+    affordable = [m for m in negative if m[1]["test_acc_cost"]["mean"] <= 0.05]
+    return [
+        _claim(
+            "α > 0 raises attack acc@1 (interval above 0)",
+            positive,
+            lambda m: m[1]["raises"],
+            lambda m: _lower(m[1]["acc1_gain"]),
+            lambda m: f"acc@1 − acc@1(α=0) = {cell(m[1]['acc1_gain'])}",
+        ),
+        _claim(
+            "α < 0 keeps at most half of acc@1 at ≤ 5 points of test accuracy",
+            affordable,
+            lambda m: m[1]["halves"],
+            lambda m: -m[1]["acc1_ratio"]["mean"],
+            lambda m: f"ratio {cell(m[1]['acc1_ratio'], 2)}, cost {cell(m[1]['test_acc_cost'])}",
+        ),
+        _claim(
+            "α < 0 moves the samples away from the private data (δ_eval up, interval above 0)",
+            negative,
+            lambda m: _lower(m[1]["delta_eval_gain"]) > 0,
+            lambda m: _lower(m[1]["delta_eval_gain"]),
+            lambda m: f"δ_eval − δ_eval(α=0) = {cell(m[1]['delta_eval_gain'], 1)}",
+        ),
+        _claim(
+            "α < 0 makes consecutive attack gradients less similar (mean cosine below α = 0's)",
+            negative,
+            lambda m: _cosine_drop(m) > 0,
+            _cosine_drop,
+            lambda m: f"cosine {m[3]['grad_cosine_mean']['mean']:.2f} → {m[2]['grad_cosine_mean']['mean']:.2f}",
+        ),
+    ]

@@ -483,11 +483,42 @@ def ablations_html(ablation_files: Sequence[Path]) -> str:
     """The measured ablations (``lsmia ablate``): each plan's tables as HTML, from the ``results.json`` beside the
     ``results.md`` named."""
     blocks = [ablation_html(path) for path in ablation_files]
-    return "<h2>Measured ablations</h2>" + (
-        "".join(blocks)
-        or _missing(
-            "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"
+    return (
+        "<h2>Measured ablations</h2>"
+        + claims_html(ablation_files)
+        + (
+            "".join(blocks)
+            or _missing(
+                "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"
+            )
         )
+    )
+
+
+CLAIMS_NOTE = (
+    "Every cell of the ablations below (plan/variant at one α, paired by seed against α = 0 of the same "
+    "variant), checked against the paper's claims: how many were measured, where a claim holds, and the cell "
+    "that comes closest. A cell measured on one seed has no interval, so it cannot hold an interval claim."
+)
+
+
+def _results_json(results_file: Path) -> Path:
+    return results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
+
+
+def claims_html(ablation_files: Sequence[Path]) -> str:
+    """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); empty without any."""
+    plans = {
+        path.parent.name: load_json(_results_json(path), what="ablation results")["variants"]
+        for path in ablation_files
+        if _results_json(path).is_file()
+    }
+    if not plans:
+        return ""
+    return (
+        "<h3>Does the paper's effect appear anywhere?</h3>"
+        + html_table(tables.CLAIM_COLUMNS, tables.claim_rows(plans))
+        + f"<p class='caption'>{html.escape(CLAIMS_NOTE)}</p>"
     )
 
 
@@ -496,7 +527,7 @@ def ablation_html(results_file: Path) -> str:
     ``results.json`` (``results_file`` itself, or the one beside the ``results.md`` named)."""
     name = results_file.parent.name
     heading = f"<h3>{html.escape(name)}</h3>"
-    results = results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
+    results = _results_json(results_file)
     if not results.is_file():
         return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
     record = load_json(results, what="ablation results")

@@ -105,6 +105,36 @@ def test_halving_that_costs_too_much_accuracy_does_not_count():
     assert neg["halves"] is False
 
 
+def variant_from(rows: list[dict]) -> dict:
+    return {"summary": ablation.summarise(rows), "effects": effects(rows)}
+
+
+def test_claims_across_ablations_name_where_each_holds_and_the_closest_cell():
+    from lsmia.ablation_tables import claim_rows
+
+    strong = rows_from(  # halves at 2 points; +0.1 rises 0.1 on both seeds
+        {0.1: [0.7, 0.8], 0.0: [0.6, 0.7], -0.05: [0.3, 0.3]}, {0.1: [0.9] * 2, 0.0: [0.9] * 2, -0.05: [0.88] * 2}
+    )
+    for row in strong:
+        row["grad_cosine_mean"] = {0.1: 0.9, 0.0: 0.8, -0.05: 0.5}[row["alpha"]]
+        row["delta_eval"] = {0.1: 9.0, 0.0: 10.0, -0.05: 12.0 + 0.1 * row["seed"]}[row["alpha"]]
+    weak = rows_from({0.0: [0.6, 0.6], -0.1: [0.45, 0.5]}, {0.0: [0.9, 0.9], -0.1: [0.9, 0.9]})
+    costly = rows_from({0.0: [0.6, 0.6], -0.3: [0.1, 0.1]}, {0.0: [0.9, 0.9], -0.3: [0.7, 0.7]})
+    plans = {"a": {"strong": variant_from(strong)}, "b": {"weak": variant_from(weak), "costly": variant_from(costly)}}
+    rises, halves, moves, cosine = claim_rows(plans)
+    assert rises[1:4] == ["1", "a/strong α = +0.1", "a/strong α = +0.1"]
+    assert rises[4] == "acc@1 − acc@1(α=0) = 0.100 ± 0.000"
+    # the costly cell (ratio 1/6 at 20 points) is not counted; of the other two, strong halves (ratio 0.464)
+    assert halves[1:4] == ["2", "a/strong α = -0.05", "a/strong α = -0.05"]
+    assert halves[4].startswith("ratio 0.46 ± ")
+    # δ_eval rises by 2.0 and 2.1 on strong's seeds (interval above 0); weak and costly keep 10.0
+    assert moves[1:4] == ["3", "a/strong α = -0.05", "a/strong α = -0.05"]
+    # only strong logged gradient cosines: the cells without them are not measured for this claim
+    assert cosine[1:] == ["1", "a/strong α = -0.05", "a/strong α = -0.05", "cosine 0.80 → 0.50"]
+    none_hold = claim_rows({"b": {"weak": variant_from(weak)}})
+    assert none_hold[1][1:4] == ["1", "none", "b/weak α = -0.1"] and none_hold[0][1:] == ["0", "—", "—", "—"]
+
+
 def write_plan(folder: Path, **plan) -> Path:
     path = folder / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))

@@ -181,7 +181,12 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
         "<td>0.003 ± 0.007</td><td>does not halve acc@1</td></tr>"
     ) in section
     assert "<tr><th>baseline</th><td>+0</td><td>0.857 ± 0.052</td><td>0.554 ± 0.065</td><td></td>" in section
-    assert section.count("<table") == 2 and section.count("<div class='scroll'>") == 2
+    assert section.count("<table") == 3 and section.count("<div class='scroll'>") == 3  # claims, effects, summary
+    # the claims across the included ablations: of the three negative alphas, -0.2 comes closest to halving
+    assert (
+        "<tr><th>α &lt; 0 keeps at most half of acc@1 at ≤ 5 points of test accuracy</th><td>3</td><td>none</td>"
+        "<td>alpha/baseline α = -0.2</td><td>ratio 0.81 ± 0.14, cost 0.018 ± 0.052</td></tr>"
+    ) in section
     assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section
     assert "no " in section and "results.json beside results.md" in section  # the orphan is named, not shown raw
     assert report.ablation_html(results.with_name("results.json")) == report.ablation_html(results)  # either file
