@@ -109,6 +109,7 @@ class StageCache:
 
     def __init__(self, root: Path, device: torch.device, log: Log) -> None:
         self.root, self.device, self.log = Path(root), device, log
+        self.code = graph.code_digests()  # the code this run has loaded: one version for all its cells
 
     def ensure(self, stage: graph.Stage, cfg: Config, cell: graph.Cell | None, layout: CacheLayout) -> Path:
         """The stage's output path, built first unless done; a lock lets parallel ablations share the work."""
@@ -129,7 +130,7 @@ class StageCache:
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
     cell = graph.Cell(float(alpha), int(seed))
-    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell))
+    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell, cache.code))
     outputs = {}
     for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate")):
         outputs[stage.name] = cache.ensure(stage, cfg, stage_cell, layout)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cache
@@ -739,13 +739,22 @@ def _key_params(stage_: Stage, cfg: Config, cell: Cell | None) -> dict[str, Any]
     return {"target": target, "alpha_per_epoch": alpha_trajectory(smoothing, cfg.target.epochs)}
 
 
-def stage_keys(cfg: Config, cell: Cell) -> dict[str, str]:
-    """A cache key per stage of ``cell``: its params, its code and the keys of the stages it reads."""
+def code_digests() -> dict[str, str]:
+    """Every stage's :func:`code_digest` now: a long run takes them once, at its start, and keys every cell with
+    them, so an edit made while it runs neither splits its cells across two code versions nor files outputs of
+    the code it has loaded under the edited code's key."""
+    return {s.name: code_digest(s) for s in STAGES}
+
+
+def stage_keys(cfg: Config, cell: Cell, code: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A cache key per stage of ``cell``: its params, its code (``code``, from :func:`code_digests`, or read
+    now) and the keys of the stages it reads."""
     keys: dict[str, str] = {}
     for s in STAGES:
         if s.name not in upstream_of("evaluate"):
             continue
         upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
         seed = cell.seed if s.per_cell else None
-        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), code_digest(s), upstream, seed)
+        source = code[s.name] if code is not None else code_digest(s)
+        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), source, upstream, seed)
     return keys

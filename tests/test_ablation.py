@@ -59,6 +59,23 @@ def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_i
     assert changed == {"eval-model", "target", "attack", "evaluate"}  # evaluate: its inputs' keys changed
 
 
+def test_a_running_ablation_keys_every_cell_with_the_code_it_started_with(monkeypatch, tmp_path):
+    """An edit made while a long ablation runs must not give its later cells other keys (they would retrain
+    every stage, and file the loaded code's outputs under the edited code's digest)."""
+    cache = ablation.StageCache(tmp_path, torch.device("cpu"), print)
+    cfg, cell = build_config({}, {}), graph.Cell(-0.05, 0)
+    before = graph.stage_keys(cfg, cell, cache.code)
+    losses = graph.PACKAGE_ROOT / "losses.py"
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b"")
+    )
+    assert graph.stage_keys(cfg, cell, cache.code) == before
+    restarted = ablation.StageCache(tmp_path, torch.device("cpu"), print)  # a new run sees the edit
+    assert graph.stage_keys(cfg, cell, restarted.code)["target"] != before["target"]
+    assert graph.stage_keys(cfg, cell, restarted.code) == graph.stage_keys(cfg, cell)
+
+
 def test_the_schedule_enters_only_through_the_alpha_in_force_per_epoch():
     # alpha >= 0 is never warmed up, so the schedule cannot change those models ...
     for alpha in (0.0, 0.1):
