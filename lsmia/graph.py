@@ -90,6 +90,12 @@ class Stage:
         }.get(self.name)
 
 
+# Committed ablation results the report includes.
+REPORT_ABLATIONS = tuple(
+    f"out/ablations/{name}/results.json"
+    for name in ("factors", "alpha", "data", "converged", "screen", "screen_converged")
+)
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "data",
@@ -175,19 +181,11 @@ STAGES: tuple[Stage, ...] = (
         ("study",),
         ("data", "target", "attack", "evaluate", "toy"),
         f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
-        "--ablation out/ablations/factors/results.json --ablation out/ablations/alpha/results.json "
-        "--ablation out/ablations/data/results.json --ablation out/ablations/converged/results.json "
-        "--ablation out/ablations/screen/results.json --defenses out/ablations/defenses/compare.json",
+        + " ".join(f"--ablation {path}" for path in REPORT_ABLATIONS)
+        + " --defenses out/ablations/defenses/compare.json",
         (f"{OUT}/report",),
         "index.html",
-        file_deps=(
-            f"{OUT}/data/summary.json",
-            "out/ablations/factors/results.json",
-            "out/ablations/alpha/results.json",
-            "out/ablations/data/results.json",
-            "out/ablations/converged/results.json",
-            "out/ablations/screen/results.json",
-        ),
+        file_deps=(f"{OUT}/data/summary.json", *REPORT_ABLATIONS),
         optional_deps=(
             "out/ablations/defenses/compare.json",
             "out/ablations/defenses/fronts.png",
