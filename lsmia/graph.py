@@ -277,12 +277,28 @@ def code_deps(stage_: Stage) -> list[str]:
 
 
 def code_digest(stage_: Stage) -> str:
-    """A hash of the stage's code files (their bytes), for cache keys."""
+    """A hash of the stage's code files, for cache keys: of their syntax trees without comments and docstrings,
+    so an edit of the prose around the code keeps hours of cached models while any edit of the code drops them."""
     digest = hashlib.sha256()
     for path in code_files(stage_.module):
         digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_only(path.read_bytes()).encode())
     return digest.hexdigest()[:16]
+
+
+def _code_only(source: bytes) -> str:
+    """The module's syntax tree, docstrings removed, as text (comments never reach the tree)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 # --------------------------------------------------------------------------- dvc.yaml

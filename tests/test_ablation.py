@@ -52,11 +52,34 @@ def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_i
     before = keys({})
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
-        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b"")
+        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"\nEDITED = 1\n" if self == losses else b"")
     )
     after = keys({})
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"eval-model", "target", "attack", "evaluate"}  # evaluate: its inputs' keys changed
+
+
+def test_comments_and_docstrings_do_not_enter_the_code_digest(monkeypatch):
+    """A cache of hours of trained models must survive an edit of the prose, and only of the prose."""
+    losses = graph.PACKAGE_ROOT / "losses.py"
+    before = keys({})
+    real_read_bytes = Path.read_bytes
+
+    def edited(replace: tuple[bytes, bytes]) -> dict[str, str]:
+        old, new = replace
+        monkeypatch.setattr(
+            Path,
+            "read_bytes",
+            lambda self: real_read_bytes(self).replace(old, new, 1) if self == losses else real_read_bytes(self),
+        )
+        assert old in real_read_bytes(losses)
+        return keys({})
+
+    source = real_read_bytes(losses)
+    docstring = source.split(b'"""')[1]
+    assert edited((docstring, docstring + b" More prose.")) == before
+    assert edited((b"\nimport", b"\n# a new comment\nimport")) == before
+    assert edited((b"\nimport", b"\nEDITED = 1\nimport"))["target"] != before["target"]
 
 
 def test_a_running_ablation_keys_every_cell_with_the_code_it_started_with(monkeypatch, tmp_path):
@@ -68,7 +91,7 @@ def test_a_running_ablation_keys_every_cell_with_the_code_it_started_with(monkey
     losses = graph.PACKAGE_ROOT / "losses.py"
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
-        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"# edited" if self == losses else b"")
+        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"\nEDITED = 1\n" if self == losses else b"")
     )
     assert graph.stage_keys(cfg, cell, cache.code) == before
     restarted = ablation.StageCache(tmp_path, torch.device("cpu"), print)  # a new run sees the edit
