@@ -288,7 +288,8 @@ def start_tracking_server(
 
 def _server_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store is --backend-store-uri
+    for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(inherited, None)  # the server's own stores are --backend-store-uri (runs and registry)
     return env
 
 

@@ -24,14 +24,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def mlflow_global_uris_restored():
-    """A test that calls ``mlflow.set_tracking_uri`` must not redirect later tests' ``models:/`` or run lookups
-    (the registry falls back to the process-wide tracking URI before the environment variable)."""
+    """A test that calls ``mlflow.set_tracking_uri`` or ``set_registry_uri`` must not redirect later tests'
+    ``models:/`` or run lookups (the registry URI comes from the process-wide value, then MLFLOW_REGISTRY_URI)."""
     import mlflow.tracking._model_registry.utils as registry
     import mlflow.tracking._tracking_service.utils as tracking
 
     saved = tracking._tracking_uri, registry._registry_uri
+    # mlflow.set_*_uri also exports MLFLOW_*_URI so that subprocesses inherit it: restore those too
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     yield
     tracking._tracking_uri, registry._registry_uri = saved
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def colour_blobs(num_classes: int, per_class: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,6 +130,7 @@ def lsmia(
     """``lsmia ARGS`` on the tiny config in ``folder`` (its out/ there), output to ``folder/log_name``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     command = [sys.executable, "-m", "lsmia", *args, "--params", str(TINY), "-S", f"run.out_dir={folder / 'out'}"]
