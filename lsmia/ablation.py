@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fcntl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,12 @@ class StageCache:
                 (folder / self.DONE).write_text("")
         return path
 
+    def finished(self, cfg: Config, cell: graph.Cell) -> bool:
+        """Whether every stage the cell's metrics need is done (nothing would run)."""
+        layout = CacheLayout(self.root, graph.stage_keys(cfg, cell, self.code))
+        stages = graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate"))
+        return all((layout.output(stage, None).parent / self.DONE).exists() for stage, _ in stages)
+
 
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
@@ -160,10 +166,16 @@ class AblationResult:
     rows: list[dict[str, Any]]
     variants: dict[str, dict[str, Any]]
     out_dir: Path
+    missing: list[dict[str, Any]] = field(default_factory=list)  # cells left out by ``finished_only``
 
 
-def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Log = print) -> AblationResult:
-    """Run (or take from the cache) every cell of the plan; write ``results.json`` and ``results.md``."""
+def run_ablation(
+    base: Config, plan: AblationPlan, device: torch.device, log: Log = print, finished_only: bool = False
+) -> AblationResult:
+    """Run (or take from the cache) every cell of the plan; write ``results.json`` and ``results.md``.
+
+    ``finished_only``: run nothing, tabulate the cells already finished and list the others as missing,
+    to read a long ablation's results so far while it runs or after it was interrupted."""
     configs = variant_configs(base, plan)  # validate every variant before any work starts
     alphas = plan.alphas if plan.alphas is not None else base.study.alphas
     seeds = plan.seeds if plan.seeds is not None else base.study.seeds
@@ -177,8 +189,13 @@ def run_ablation(base: Config, plan: AblationPlan, device: torch.device, log: Lo
         variant_rows = []
         for seed in seeds:
             for alpha in alphas_of[name]:
+                if finished_only and not cache.finished(cfg, graph.Cell(float(alpha), int(seed))):
+                    result.missing.append({"variant": name, "alpha": alpha, "seed": seed})
+                    continue
                 log(f"{name}: alpha={alpha} seed={seed}")
                 variant_rows.append({"variant": name, **run_cell(cache, cfg, alpha, seed)})
+        if not variant_rows:
+            continue
         rows += variant_rows
         variants[name] = {
             "overrides": plan.variants[name],
@@ -204,6 +221,8 @@ def markdown(result: AblationResult) -> str:
         "",
         tables.seeds_note(sorted({row["seed"] for row in result.rows})),
     ]
+    if result.missing:
+        lines += ["", tables.missing_note(result.missing)]
     return "\n".join(lines) + "\n"
 
 
@@ -211,7 +230,12 @@ def write_results(result: AblationResult) -> None:
     from lsmia.utils import atomic_path
 
     save_json(
-        {"plan": result.plan.model_dump(mode="json"), "variants": result.variants, "rows": result.rows},
+        {
+            "plan": result.plan.model_dump(mode="json"),
+            "variants": result.variants,
+            "rows": result.rows,
+            "missing": result.missing,
+        },
         result.out_dir / "results.json",
     )
     with atomic_path(result.out_dir / "results.md") as tmp:

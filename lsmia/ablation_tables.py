@@ -99,6 +99,14 @@ def seeds_note(seeds: Sequence[int]) -> str:
     )
 
 
+def missing_note(missing: Sequence[dict[str, Any]]) -> str:
+    """The cells a ``--finished-only`` table leaves out; empty when none."""
+    if not missing:
+        return ""
+    cells = ", ".join(f"{m['variant']} α={m['alpha']:+g} seed {m['seed']}" for m in missing)
+    return f"Not finished yet ({len(missing)} cells, left out above): {cells}."
+
+
 def markdown_table(columns: Sequence[str], rows: Rows) -> list[str]:
     return [
         "| " + " | ".join(columns) + " |",

@@ -630,6 +630,14 @@ def ablate(
     sets: SetOpt = None,
     device: DeviceOpt = None,
     track: TrackOpt = None,
+    finished_only: Annotated[
+        bool,
+        typer.Option(
+            "--finished-only",
+            metavar=NO_VALUE,
+            help="Run nothing: tabulate the cells already finished, list the others (a long run's results so far).",
+        ),
+    ] = False,
 ) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
     from lsmia import ablation
@@ -637,7 +645,9 @@ def ablate(
 
     cfg = resolve(params, sets, device, track=track)
     plan = ablation.load_plan(plan_file)
-    result = ablation.run_ablation(cfg, plan, _device(cfg), log=lambda line: typer.echo(line, err=True))
+    result = ablation.run_ablation(
+        cfg, plan, _device(cfg), log=lambda line: typer.echo(line, err=True), finished_only=finished_only
+    )
     with tracked_stage(cfg, "ablation", f"ablation {plan.name}", role="ablation") as tracker:
         tracker.log_metrics(ablation.effect_metrics(result))
         tracker.tracker.log_artifact(result.out_dir, "ablation")

@@ -547,6 +547,11 @@ def ablation_html(results_file: Path) -> str:
         + html_table(tables.EFFECT_COLUMNS, tables.effect_rows(variants))
         + html_table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants))
         + f"<p class='caption'>{html.escape(tables.seeds_note(seeds))}</p>"
+        + (
+            f"<p class='caption'>{html.escape(note)}</p>"
+            if (note := tables.missing_note(record.get("missing", [])))
+            else ""
+        )
     )
 
 

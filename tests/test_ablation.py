@@ -220,8 +220,27 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
         assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 
-    # an interrupted run lost one attack and every evaluation: only those run again, with identical metrics
-    shutil.rmtree(cache / "attack" / sorted(p.name for p in (cache / "attack").iterdir())[0])
+    # an interrupted run lost one attack: --finished-only runs nothing and tabulates the other 17 cells
+    lost = sorted(p.name for p in (cache / "attack").iterdir())[0]
+    shutil.rmtree(cache / "attack" / lost)
+    so_far: list[str] = []
+    partial = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=so_far.append, finished_only=True)
+    assert not [line for line in so_far if line.endswith("running")] and len(partial.rows) == 17
+    (missing,) = partial.missing
+    configs = ablation.variant_configs(cfg, plan)
+    assert (
+        graph.stage_keys(configs[missing["variant"]], graph.Cell(missing["alpha"], missing["seed"]))["attack"] == lost
+    )
+    assert json.loads((partial.out_dir / "results.json").read_text())["missing"] == [missing]
+    assert "Not finished yet (1 cells" in (partial.out_dir / "results.md").read_text()
+
+    def cell(row):
+        return row["variant"], row["alpha"], row["seed"]
+
+    expected = {cell(r): r["final_acc1"] for r in result.rows if cell(r) != cell(missing)}
+    assert {cell(r): r["final_acc1"] for r in partial.rows} == expected
+
+    # ... and every evaluation: only those run again, with identical metrics
     shutil.rmtree(cache / "evaluate")
     again: list[str] = []
     rerun = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=again.append)

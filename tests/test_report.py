@@ -192,6 +192,19 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     assert report.ablation_html(results.with_name("results.json")) == report.ablation_html(results)  # either file
 
 
+def test_a_partial_ablation_names_its_unfinished_cells(tmp_path):
+    """``lsmia ablate --finished-only`` records the cells it left out: the report says which, beside the tables."""
+    committed = json.loads((Path(__file__).resolve().parents[1] / "out/ablations/alpha/results.json").read_text())
+    committed["missing"] = [{"variant": "baseline", "alpha": -0.1, "seed": 2}]
+    results = tmp_path / "alpha" / "results.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps(committed))
+    assert "Not finished yet (1 cells, left out above): baseline α=-0.1 seed 2." in report.ablation_html(results)
+    del committed["missing"]  # results of a full run
+    results.write_text(json.dumps(committed))
+    assert "Not finished" not in report.ablation_html(results)
+
+
 def defenses_section(page: str) -> str:
     return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("The paper's 2-D toy")]
 
