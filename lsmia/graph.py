@@ -93,7 +93,15 @@ class Stage:
 # Committed ablation results the report includes.
 REPORT_ABLATIONS = tuple(
     f"out/ablations/{name}/results.json"
-    for name in ("factors", "alpha", "data", "converged", "screen", "screen_converged")
+    for name in (
+        "factors",
+        "alpha",
+        "data",
+        "converged",
+        "screen",
+        "confirm_identities_200",
+        "screen_identities_200_attacks",
+    )
 )
 
 STAGES: tuple[Stage, ...] = (
