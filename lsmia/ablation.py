@@ -204,6 +204,8 @@ def run_ablation(
             "eval_test_acc": variant_rows[0]["eval_test_acc"],
         }
         write_results(result)  # after every variant: a long ablation shows what it has so far
+    if finished_only:
+        write_results(result)  # also lists the cells of trailing variants with nothing finished
     return result
 
 

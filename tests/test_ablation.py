@@ -191,6 +191,18 @@ def test_plan_errors_name_the_problem(tmp_path):
         ablation.variant_configs(build_config(), plan)
 
 
+def test_finished_only_on_an_empty_cache_runs_nothing_and_lists_every_cell(tmp_path):
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
+    plan = ablation.AblationPlan(name="t", alphas=[0.0, -0.05], seeds=[0, 1], variants={"base": {}, "ce": {}})
+    lines: list[str] = []
+    result = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=lines.append, finished_only=True)
+    assert lines == [] and result.rows == [] and not (tmp_path / "out" / "ablations" / "cache" / "data").exists()
+    cells = [{"variant": v, "alpha": a, "seed": s} for v in ("base", "ce") for s in (0, 1) for a in (0.0, -0.05)]
+    assert result.missing == cells
+    assert json.loads((result.out_dir / "results.json").read_text())["missing"] == cells
+    assert "Not finished yet (8 cells, left out above): base α=+0 seed 0" in (result.out_dir / "results.md").read_text()
+
+
 @pytest.mark.slow
 def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
