@@ -252,3 +252,47 @@ def effect_metrics(result: AblationResult) -> dict[str, float]:
             for key in ("acc1_gain", "acc1_ratio", "test_acc_cost"):
                 out[f"{name}.{key}.alpha{effect['alpha']}"] = effect[key]["mean"]
     return out
+
+
+# --------------------------------------------------------------------------- the targets' logit geometry
+
+
+def logit_geometry_rows(base: Config, plan: AblationPlan) -> list[dict[str, Any]]:
+    """:func:`lsmia.metrics.logits.logit_geometry` of every finished target of the plan on its private test
+    images, one row per (variant, alpha, seed); a target shared by several variants appears once, under the
+    first. Runs nothing: cells whose target is not trained yet are left out."""
+    from lsmia.data.base import FaceData
+    from lsmia.metrics.logits import logit_geometry
+    from lsmia.models.classifiers import load_classifier
+    from lsmia.models.inference import predict_logits
+
+    configs = variant_configs(base, plan)
+    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
+    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    cache_root = StudyPaths(Path(base.run.out_dir)).ablation_cache
+    code = graph.code_digests()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for name, cfg in configs.items():
+        for seed in seeds:
+            for alpha in variant_alphas(plan, name, cfg, alphas):
+                layout = CacheLayout(cache_root, graph.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
+                model_path = layout.output(graph.BY_NAME["target"], None)
+                if layout.keys["target"] in seen or not (model_path.parent / StageCache.DONE).exists():
+                    continue
+                seen.add(layout.keys["target"])
+                data = FaceData.load(layout.output(graph.BY_NAME["data"], None))
+                logits = predict_logits(load_classifier(model_path), data.test.images)
+                rows.append({"variant": name, "alpha": alpha, "seed": seed, **logit_geometry(logits, data.test.labels)})
+    return rows
+
+
+def write_logit_geometry(base: Config, plan: AblationPlan, rows: list[dict[str, Any]]) -> Path:
+    """``logit_geometry.{json,md}`` beside the plan's results; the markdown's path."""
+    from lsmia.utils import atomic_path
+
+    out_dir = StudyPaths(Path(base.run.out_dir)).ablation_dir(plan.name)
+    save_json({"plan": plan.model_dump(mode="json"), "rows": rows}, out_dir / "logit_geometry.json")
+    with atomic_path(out_dir / "logit_geometry.md") as tmp:
+        tmp.write_text("\n".join(tables.logit_geometry_lines(rows)) + "\n")
+    return out_dir / "logit_geometry.md"

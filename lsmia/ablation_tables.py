@@ -188,3 +188,46 @@ def claim_rows(plans: dict[str, Variants]) -> Rows:
             lambda m: f"cosine {m[3]['grad_cosine_mean']['mean']:.2f} → {m[2]['grad_cosine_mean']['mean']:.2f}",
         ),
     ]
+
+
+LOGIT_GEOMETRY_COLUMNS = (
+    "variant",
+    "α",
+    "seed",
+    "test acc",
+    "‖f‖₂",
+    "f_y",
+    "mean f_c, c ≠ y",
+    "spread of f_c",
+    "margin f_y − max f_c",
+    "margin / spread",
+    "f_y / ‖f‖₁",
+)
+
+
+def logit_geometry_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The targets' logit geometry (lsmia.metrics.logits) as a markdown table and what its columns mean."""
+    cells = [
+        [
+            row["variant"],
+            f"{row['alpha']:+g}",
+            str(row["seed"]),
+            f"{row['accuracy']:.3f}",
+            f"{row['logit_norm']:.0f}",
+            f"{row['target_logit']:.1f}",
+            f"{row['other_logit_mean']:.1f}",
+            f"{row['other_logit_spread']:.1f}",
+            f"{row['margin']:.1f}",
+            f"{row['relative_margin']:.2f}",
+            f"{row['target_l1_share']:.4f}",
+        ]
+        for row in rows
+    ]
+    return [
+        *markdown_table(LOGIT_GEOMETRY_COLUMNS, cells),
+        "",
+        "Means over the target's private test images. f_y: the true class's logit; f_c: the other classes' logits "
+        "and their spread (standard deviation) per image; margin / spread: how far the true class stands out of "
+        "the other classes in units of their spread; f_y / ‖f‖₁: the true logit's share of what PPA's Poincaré "
+        "loss normalises by.",
+    ]

@@ -655,6 +655,27 @@ def ablate(
     typer.echo(f"results: {result.out_dir / 'results.md'}")
 
 
+@app.command("logit-geometry")
+@cli_errors
+def logit_geometry(
+    plan_file: Annotated[Path, typer.Argument(help="Ablation file whose trained targets to read.")],
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+) -> None:
+    """How each finished target's true-class logit stands out among the others (runs no training)."""
+    from lsmia import ablation
+    from lsmia.ablation_tables import logit_geometry_lines
+
+    cfg = resolve(params, sets, None, track=False)
+    plan = ablation.load_plan(plan_file)
+    rows = ablation.logit_geometry_rows(cfg, plan)
+    if not rows:
+        _fail(f"no target of {plan_file} is trained yet: run 'lsmia ablate {plan_file}' first")
+    path = ablation.write_logit_geometry(cfg, plan, rows)
+    typer.echo("\n".join(logit_geometry_lines(rows)))
+    typer.echo(f"results: {path}")
+
+
 StudyNameOpt = Annotated[str | None, typer.Option("--study-name", help="Study (default: sweep.study_name).")]
 TrialsOpt = Annotated[int | None, typer.Option("--n-trials", help="Total trial budget over all workers.")]
 WorkersOpt = Annotated[int | None, typer.Option("--n-workers", help="Worker processes on this machine.")]

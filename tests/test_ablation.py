@@ -232,6 +232,16 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
         assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 
+    # the logit geometry reads each of the 6 shared targets once, and its accuracy is the target's test accuracy
+    geometry = ablation.logit_geometry_rows(cfg, plan)
+    assert [(g["alpha"], g["seed"]) for g in geometry] == [(a, s) for s in (0, 1) for a in (0.1, 0.0, -0.05)]
+    assert {g["variant"] for g in geometry} == {"base"}
+    test_acc = {(r["alpha"], r["seed"]): r["test_acc"] for r in result.rows}
+    for g in geometry:
+        assert g["accuracy"] == pytest.approx(test_acc[g["alpha"], g["seed"]], abs=1e-6)
+        assert g["other_logit_spread"] > 0
+    assert "| base | -0.05 | 1 |" in ablation.write_logit_geometry(cfg, plan, geometry).read_text()
+
     # an interrupted run lost one attack: --finished-only runs nothing and tabulates the other 17 cells
     lost = sorted(p.name for p in (cache / "attack").iterdir())[0]
     shutil.rmtree(cache / "attack" / lost)
@@ -278,6 +288,17 @@ def test_every_committed_plan_validates_against_params_yaml(plan_file):
     configs = ablation.variant_configs(base, plan)
     for name, cfg in configs.items():
         assert 0.0 in ablation.variant_alphas(plan, name, cfg, plan.alphas or base.study.alphas)
+
+
+def test_logit_geometry_before_any_target_is_trained_is_one_line_exit_2(tmp_path):
+    shutil.copy(TINY, tmp_path / "params.yaml")
+    plan = write_plan(tmp_path, variants={"base": {}}, alphas=[0.0])
+    out = str(tmp_path / "out")
+    result = CliRunner().invoke(
+        app, ["logit-geometry", str(plan), "--params", str(tmp_path / "params.yaml"), "-S", f"run.out_dir={out}"]
+    )
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert "no target of" in result.output and "lsmia ablate" in result.output
 
 
 def test_cli_bad_plan_is_one_line_exit_2(tmp_path):

@@ -260,3 +260,20 @@ def test_inception_fid_rejects_foreign_weights(tmp_path: Path, face_data: FaceDa
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(LsmiaError, match="inception_v3"):
         inception_fid(face_data.train.images[:2], face_data.train.images[2:4], tmp_path / "bad.pt")
+
+
+def test_logit_geometry_by_hand() -> None:
+    from lsmia.metrics.logits import logit_geometry
+
+    logits = torch.tensor([[3.0, 1.0, -1.0], [0.0, 2.0, -2.0], [0.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 1, 2])  # the third image is misclassified: its margin is negative
+    # per image: f_y 3, 2, 0; others (1, -1), (0, -2), (0, 2): means 0, -1, 1, spreads 1, 1, 1; margins 2, 2, -2
+    got = logit_geometry(logits, labels)
+    assert got["accuracy"] == pytest.approx(2 / 3)
+    assert got["target_logit"] == pytest.approx(5 / 3)
+    assert got["other_logit_mean"] == pytest.approx(0.0)
+    assert got["other_logit_spread"] == pytest.approx(1.0)
+    assert got["margin"] == pytest.approx(2 / 3)
+    assert got["relative_margin"] == pytest.approx(2 / 3)
+    assert got["target_l1_share"] == pytest.approx((3 / 5 + 2 / 4 + 0 / 2) / 3)
+    assert got["logit_norm"] == pytest.approx((11**0.5 + 8**0.5 + 4**0.5) / 3)
