@@ -670,7 +670,7 @@ def logit_geometry(
     plan = ablation.load_plan(plan_file)
     rows = ablation.logit_geometry_rows(cfg, plan)
     if not rows:
-        _fail(f"no target of {plan_file} is trained yet: run 'lsmia ablate {plan_file}' first")
+        _fail(f"no target of {plan_file} is in the cache for the current code: run 'lsmia ablate {plan_file}' first")
     path = ablation.write_logit_geometry(cfg, plan, rows)
     typer.echo("\n".join(logit_geometry_lines(rows)))
     typer.echo(f"results: {path}")

@@ -101,6 +101,7 @@ REPORT_ABLATIONS = tuple(
         "screen",
         "confirm_identities_200",
         "screen_identities_200_attacks",
+        "screen_identities_200_constant",
     )
 )
 

@@ -298,7 +298,7 @@ def test_logit_geometry_before_any_target_is_trained_is_one_line_exit_2(tmp_path
         app, ["logit-geometry", str(plan), "--params", str(tmp_path / "params.yaml"), "-S", f"run.out_dir={out}"]
     )
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
-    assert "no target of" in result.output and "lsmia ablate" in result.output
+    assert "no target of" in result.output and "current code" in result.output and "lsmia ablate" in result.output
 
 
 def test_cli_bad_plan_is_one_line_exit_2(tmp_path):
