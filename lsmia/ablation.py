@@ -273,6 +273,7 @@ def logit_geometry_rows(base: Config, plan: AblationPlan) -> list[dict[str, Any]
     code = graph.code_digests()
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    datasets: dict[str, FaceData] = {}  # many targets read one data set: load it once
     for name, cfg in configs.items():
         for seed in seeds:
             for alpha in variant_alphas(plan, name, cfg, alphas):
@@ -281,7 +282,10 @@ def logit_geometry_rows(base: Config, plan: AblationPlan) -> list[dict[str, Any]
                 if layout.keys["target"] in seen or not (model_path.parent / StageCache.DONE).exists():
                     continue
                 seen.add(layout.keys["target"])
-                data = FaceData.load(layout.output(graph.BY_NAME["data"], None))
+                data_key = layout.keys["data"]
+                if data_key not in datasets:
+                    datasets[data_key] = FaceData.load(layout.output(graph.BY_NAME["data"], None))
+                data = datasets[data_key]
                 logits = predict_logits(load_classifier(model_path), data.test.images)
                 rows.append({"variant": name, "alpha": alpha, "seed": seed, **logit_geometry(logits, data.test.labels)})
     return rows
