@@ -41,6 +41,7 @@ SUMMARY_KEYS = (
     "mean_logit_norm",
     "final_target_confidence",
     "final_target_confidence_raw",
+    "final_target_acceptance_raw",
     "grad_cosine_mean",
 )
 Log = Callable[[str], None]
@@ -133,13 +134,18 @@ class StageCache:
         return all((layout.output(stage, None).parent / self.DONE).exists() for stage, _ in stages)
 
 
+def build_cell(cache: StageCache, cfg: Config, cell: graph.Cell, until: str = "evaluate") -> dict[str, Path]:
+    """Every stage up to ``until`` that ``cell`` needs, each taken from the cache when done; their outputs."""
+    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell, cache.code))
+    return {
+        stage.name: cache.ensure(stage, cfg, stage_cell, layout)
+        for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of(until))
+    }
+
+
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
-    cell = graph.Cell(float(alpha), int(seed))
-    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell, cache.code))
-    outputs = {}
-    for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate")):
-        outputs[stage.name] = cache.ensure(stage, cfg, stage_cell, layout)
+    outputs = build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)))
     row = load_json(outputs["evaluate"], what="ablation metrics")
     row["eval_test_acc"] = load_json(outputs["eval-model"].parent / "metrics.json", what="eval metrics")["test_acc"]
     return row
@@ -167,6 +173,25 @@ class AblationResult:
     variants: dict[str, dict[str, Any]]
     out_dir: Path
     missing: list[dict[str, Any]] = field(default_factory=list)  # cells left out by ``finished_only``
+
+
+def prepare_ablation(base: Config, plan: AblationPlan, device: torch.device, until: str, log: Log = print) -> int:
+    """Build every cell of the plan only up to stage ``until`` (e.g. ``target``: train the targets while the
+    attack is still being changed, since the cache keys hash the code); writes no results. The cells built."""
+    if until not in graph.upstream_of("evaluate"):
+        raise LsmiaError(f"unknown stage '{until}': use one of {', '.join(sorted(graph.upstream_of('evaluate')))}")
+    configs = variant_configs(base, plan)
+    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
+    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    cache = StageCache(StudyPaths(Path(base.run.out_dir)).ablation_cache, device, log)
+    built = 0
+    for seed in seeds:  # seed-major: the first seeds of every variant are complete first
+        for name, cfg in configs.items():
+            for alpha in variant_alphas(plan, name, cfg, alphas):
+                log(f"{name}: alpha={alpha} seed={seed} (up to {until})")
+                build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)), until)
+                built += 1
+    return built
 
 
 def run_ablation(

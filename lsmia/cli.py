@@ -638,6 +638,14 @@ def ablate(
             help="Run nothing: tabulate the cells already finished, list the others (a long run's results so far).",
         ),
     ] = False,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            metavar="STAGE",
+            help="Build each cell only up to this stage (e.g. target: train the targets first); writes no results.",
+        ),
+    ] = None,
 ) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
     from lsmia import ablation
@@ -645,6 +653,10 @@ def ablate(
 
     cfg = resolve(params, sets, device, track=track)
     plan = ablation.load_plan(plan_file)
+    if until is not None:
+        built = ablation.prepare_ablation(cfg, plan, _device(cfg), until, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{built} cells built up to stage {until}; run without --until for the results")
+        return
     result = ablation.run_ablation(
         cfg, plan, _device(cfg), log=lambda line: typer.echo(line, err=True), finished_only=finished_only
     )
@@ -653,6 +665,30 @@ def ablate(
         tracker.tracker.log_artifact(result.out_dir, "ablation")
     typer.echo(ablation.markdown(result), nl=False)
     typer.echo(f"results: {result.out_dir / 'results.md'}")
+
+
+@app.command("verdict")
+@cli_errors
+def verdict_command(
+    results: Annotated[
+        list[Path], typer.Argument(help="Ablation results.json files (a plan and, e.g., its negative controls).")
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Where verdict.{md,json} go (default: beside the first file).")
+    ] = None,
+) -> None:
+    """One verdict per defense: PPA as published beside the adaptive attacker, with the target's acceptance."""
+    from lsmia import verdict
+
+    for path in results:
+        if not path.is_file():
+            _fail(f"{path} does not exist: pass the results.json that 'lsmia ablate PLAN' wrote")
+    rows = verdict.build(results)
+    if not rows:
+        _fail(f"no defense with alpha != 0 or negative control in {', '.join(map(str, results))}: nothing to judge")
+    path = verdict.write(rows, out_dir or results[0].parent, results)
+    typer.echo(verdict.markdown(rows), nl=False)
+    typer.echo(f"verdict: {path}")
 
 
 @app.command("logit-geometry")

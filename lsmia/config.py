@@ -47,7 +47,15 @@ def _finite_alpha(value: float) -> float:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float of the schema is finite (an infinite lr or difficulty ran to NaN output)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Optimiser settings torch accepts (Adam's betas in [0, 1), a positive lr, momentum >= 0); anything else is a
+# one-line config error rather than a traceback from inside torch
+AdamBeta = Annotated[float, Field(ge=0.0, lt=1.0)]
+LearningRate = Annotated[float, Field(gt=0.0)]
+Momentum = Annotated[float, Field(ge=0.0)]
 
 
 class DataConfig(Section):
@@ -78,12 +86,12 @@ class ClassifierConfig(Section):
     epochs: int = Field(20, ge=1)  # PPA: 100; 20 keeps the default study within 15 min on 2 CPU cores
     batch_size: int = 64  # at least 2: a one-image batch is dropped (BatchNorm cannot train on it)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.9
+    lr: LearningRate = 1e-3
+    betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.999)
+    momentum: Momentum = 0.9
     weight_decay: float = Field(0.0, ge=0)
     milestones: list[float] = [0.75, 0.9]  # fractions of the epochs (PPA: 75 and 90 of 100)
-    gamma: float = 0.1
+    gamma: float = Field(0.1, gt=0.0)
     augment: AugmentConfig = AugmentConfig()
     aux_loss_weight: float = 0.4  # inception_v3 auxiliary logits
 
@@ -154,8 +162,8 @@ class PriorConfig(Section):
     mapping_lr_mult: float = Field(1.0, gt=0.0)  # dcgan: the mapping network's lr / prior.lr (StyleGAN: 0.01)
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    lr: LearningRate = 2e-4
+    betas: tuple[AdamBeta, AdamBeta] = (0.5, 0.999)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     sample_grid: int = Field(64, ge=1)
 
@@ -169,9 +177,9 @@ class AttackConfig(Section):
     latent: Literal["z", "w", "w+"] = "w"  # space optimised; w = mapping(z), one vector per sample (PPA; needs a
     # mapping); w+: one w per synthesis layer (PPA's single_w: false; StyleGAN priors only)
     truncation: float = Field(1.0, ge=0.0, le=1.0)  # psi around w_avg (mapping priors); PPA: 0.5, here 1 attacks better
-    lr: float = Field(0.005, gt=0)  # PPA: 0.005 (absolute, on StyleGAN's w)
+    lr: LearningRate = 0.005  # PPA: 0.005 (absolute, on StyleGAN's w)
     lr_relative: bool = True  # Adam lr = lr x the std of the initial latents: the same relative move in z and w
-    betas: tuple[float, float] = (0.1, 0.1)
+    betas: tuple[AdamBeta, AdamBeta] = (0.1, 0.1)
     loss: Literal["poincare", "ce", "max_margin", "logit"] = "poincare"  # logit: LOMMA's logit maximisation
     batch_size: int = Field(
         64, ge=1
@@ -184,9 +192,26 @@ class AttackConfig(Section):
     seed: Seed = 0
     shards: int = Field(1, ge=1)  # DVC: attack each cell in this many class shards, then merge (same result as 1)
     checkpoint_seconds: float = Field(300.0, ge=0)  # save a resumable attack checkpoint at most this often
+    # How candidates and final samples are ranked: log = exactly, in log space (log of the mean probability);
+    # softmax = PPA as published (float32 probabilities, which tie at 0 once another class leads by ~104 logits)
+    ranking: Literal["log", "softmax"] = "log"
+    score: Literal["probability", "margin"] = "probability"  # margin: target logit minus the best other (scale-free)
+    # The adaptive attacker's view of the logits, before every loss and every ranking: a temperature T (logits / T),
+    # "auto" (T = the mean per-image std of the target's logits on the initial pool) or "standardise" (each image's
+    # logits to zero mean, unit std). 1.0: the logits as the target gives them (PPA as published).
+    temperature: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["auto", "standardise"] = 1.0
+    # The negative control: the target's logits multiplied by this (same decisions, no privacy); 1.0: the target
+    target_logit_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # The unbounded check: after ``steps``, each batch goes on until the target assigns their class to this fraction
+    # of its rows (clean images), or ``max_steps`` in all; None: exactly ``steps``
+    until_accept: float | None = Field(None, gt=0.0, le=1.0)
+    max_steps: int = Field(0, ge=0)  # with until_accept: the step cap per batch; 0: 10 x steps
+    accept_check_every: int = Field(10, ge=1)  # with until_accept: steps between the target's checks
 
     @model_validator(mode="after")
     def _sizes(self) -> AttackConfig:
+        if self.until_accept is not None and self.max_steps and self.max_steps < self.steps:
+            raise ValueError("max_steps must be 0 (10 x steps) or at least steps")
         if self.final_samples > self.candidates:
             raise ValueError("final_samples must be <= candidates")
         if self.candidates > self.pool_size:
@@ -201,9 +226,9 @@ class StudentConfig(Section):
     width: int = 16
     epochs: int = Field(20, ge=1)  # PPA: 75
     batch_size: int = Field(64, ge=2)  # BatchNorm cannot train on one image
-    lr: float = 0.1  # PPA: SGD 0.1, momentum 0.9, wd 1e-4, cosine
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: LearningRate = 0.1  # PPA: SGD 0.1, momentum 0.9, wd 1e-4, cosine
+    momentum: Momentum = 0.9
+    weight_decay: float = Field(1e-4, ge=0.0)
 
 
 class MetricsConfig(Section):

@@ -479,6 +479,27 @@ def effect_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+VERDICT_HEADING = "The verdict: PPA as published against an attacker who knows the defense"
+
+
+def verdict_html(ablation_files: Sequence[Path]) -> str:
+    """The verdict tables (``lsmia verdict``: verdict.json beside an included ablation's results), first in the
+    report; empty when no included ablation has one."""
+    from lsmia import verdict as verdicts
+
+    blocks = []
+    for path in ablation_files:
+        source = _results_json(path).with_name("verdict.json")
+        if source.is_file():
+            rows = load_json(source, what="verdict")["rows"]
+            blocks.append(
+                f"<h3>{html.escape(source.parent.name)}</h3>" + html_table(verdicts.COLUMNS, verdicts.table_rows(rows))
+            )
+    if not blocks:
+        return ""
+    return f"<h2>{VERDICT_HEADING}</h2>" + "".join(blocks) + f"<p class='caption'>{html.escape(verdicts.NOTE)}</p>"
+
+
 def ablations_html(ablation_files: Sequence[Path]) -> str:
     """The measured ablations (``lsmia ablate``): each plan's tables as HTML, from the ``results.json`` beside the
     ``results.md`` named."""
@@ -826,7 +847,7 @@ def build_report(
     summaries = aggregate(rows)
     keys = metric_keys(rows)
     data_summary = load_json(paths.data_summary) if paths.data_summary.exists() else {}
-    parts = [header_html(rows, data_summary)]
+    parts = [header_html(rows, data_summary), verdict_html(ablation_files)]
     skipped = missing_cells(paths.metrics_dir, cells)
     if skipped:
         names = ", ".join(f"α = {a:g} seed {s}" for a, s in skipped)

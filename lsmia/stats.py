@@ -49,8 +49,7 @@ def _ratio(value: float, reference: float) -> float:
 def effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per non-zero alpha: attack acc@1 change and ratio vs alpha = 0, and the test-accuracy cost.
 
-    ``raises`` (alpha > 0): the gain's interval lies above 0. ``halves`` (alpha < 0): the mean
-    acc@1 ratio is at most 0.5 at a mean accuracy cost of at most 5 points (the paper's claim).
+    ``raises`` (alpha > 0): the gain's interval lies above 0. ``halves`` (alpha < 0): :func:`halves`.
     """
     out = []
     for alpha in sorted({row["alpha"] for row in rows} - {0.0}):
@@ -67,13 +66,55 @@ def effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if alpha > 0:
             effect["raises"] = bool(gain["n"] > 1 and gain["mean"] - gain["ci95"] > 0)
         else:
-            effect["halves"] = bool(ratio["mean"] <= 0.5 and cost["mean"] <= 0.05)
+            effect["halves"] = halves(ratio, cost)
         out.append(effect)
     return out
+
+
+MIN_SEEDS_FOR_A_CLAIM = 3
+MAX_COST = 0.05
+
+
+def halves(ratio: dict[str, Any], cost: dict[str, Any]) -> bool:
+    """The paper's claim, judged with intervals: at least 3 paired seeds, a mean acc@1 ratio of at most 0.5 whose
+    95 % interval lies below 1, at a mean test-accuracy cost of at most 5 points. A mean of 0.45 ± 1.39 over two
+    seeds does not hold."""
+    n, mean, ci95 = ratio["n"], ratio["mean"], ratio["ci95"]
+    if n < MIN_SEEDS_FOR_A_CLAIM or not (math.isfinite(mean) and math.isfinite(ci95)):
+        return False
+    return bool(mean <= 0.5 and mean + ci95 < 1.0 and cost["mean"] <= MAX_COST)
+
+
+def lowers(ratio: dict[str, Any]) -> bool:
+    """Whether the acc@1 ratio's 95 % interval lies wholly below 1 (at least 3 paired seeds)."""
+    n, mean, ci95 = ratio["n"], ratio["mean"], ratio["ci95"]
+    return bool(n >= MIN_SEEDS_FOR_A_CLAIM and math.isfinite(ci95) and mean + ci95 < 1.0)
+
+
+def strongest_per_seed(attacks: dict[str, dict[int, float]]) -> dict[int, tuple[str, float]]:
+    """The one worst-case definition of lsmia: per seed, the attack with the highest value (acc@1) and that
+    value, over every attack measured on that seed (ties: the first attack by name)."""
+    best: dict[int, tuple[str, float]] = {}
+    for name in sorted(attacks):
+        for seed, value in attacks[name].items():
+            if math.isfinite(value) and (seed not in best or value > best[seed][1]):
+                best[seed] = (name, value)
+    return best
+
+
+def worst_case_ratio(at_alpha: dict[str, dict[int, float]], at_zero: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """Per seed, the strongest attack at alpha over the strongest at alpha = 0; mean ± 95 % t over seeds."""
+    strong_alpha, strong_zero = strongest_per_seed(at_alpha), strongest_per_seed(at_zero)
+    seeds = sorted(strong_alpha.keys() & strong_zero.keys())
+    values = [_ratio(strong_alpha[s][1], strong_zero[s][1]) for s in seeds]
+    mean, ci95, n = mean_ci(values)
+    return {"mean": mean, "ci95": ci95, "n": n, "values": values, "attacks": [strong_alpha[s][0] for s in seeds]}
 
 
 def verdict(effect: dict[str, Any]) -> str:
     """The paper's claim for one alpha of ``effects``, in words."""
     if "raises" in effect:
         return "raises acc@1 (interval above 0)" if effect["raises"] else "no significant rise"
-    return "halves acc@1 at ≤ 5 points cost" if effect["halves"] else "does not halve acc@1"
+    return (
+        "halves acc@1 at ≤ 5 points cost (≥ 3 seeds, interval below 1)" if effect["halves"] else "does not halve acc@1"
+    )

@@ -138,6 +138,18 @@ def test_a_gain_whose_interval_includes_zero_is_not_a_rise():
     assert pos["raises"] is False
 
 
+def test_halving_needs_three_seeds_and_an_interval_below_one():
+    two_seeds = rows_from({0.0: [0.6, 0.6], -0.05: [0.2, 0.34]}, {0.0: [0.9] * 2, -0.05: [0.89] * 2})
+    (neg,) = effects(two_seeds)
+    assert neg["acc1_ratio"]["mean"] == pytest.approx(0.45) and neg["halves"] is False  # 0.45 ± 1.5: two seeds
+    wide = rows_from({0.0: [0.6, 0.6, 0.6], -0.05: [0.02, 0.04, 0.8]}, {0.0: [0.9] * 3, -0.05: [0.89] * 3})
+    (neg,) = effects(wide)
+    assert neg["acc1_ratio"]["mean"] <= 0.5 and neg["acc1_ratio"]["mean"] + neg["acc1_ratio"]["ci95"] >= 1.0
+    assert neg["halves"] is False  # the mean halves, but the interval reaches past 1
+    tight = rows_from({0.0: [0.6, 0.6, 0.6], -0.05: [0.26, 0.27, 0.28]}, {0.0: [0.9] * 3, -0.05: [0.89] * 3})
+    assert effects(tight)[0]["halves"] is True
+
+
 def test_halving_that_costs_too_much_accuracy_does_not_count():
     rows = rows_from({0.0: [0.6, 0.6], -0.3: [0.2, 0.2]}, {0.0: [0.9, 0.9], -0.3: [0.8, 0.8]})
     (neg,) = effects(rows)
@@ -152,8 +164,9 @@ def variant_from(rows: list[dict]) -> dict:
 def test_claims_across_ablations_name_where_each_holds_and_the_closest_cell():
     from lsmia.ablation_tables import claim_rows
 
-    strong = rows_from(  # halves at 2 points; +0.1 rises 0.1 on both seeds
-        {0.1: [0.7, 0.8], 0.0: [0.6, 0.7], -0.05: [0.3, 0.3]}, {0.1: [0.9] * 2, 0.0: [0.9] * 2, -0.05: [0.88] * 2}
+    strong = rows_from(  # halves at 2 points on 3 seeds; +0.1 rises 0.1 on every seed
+        {0.1: [0.7, 0.8, 0.75], 0.0: [0.6, 0.7, 0.65], -0.05: [0.3, 0.3, 0.3]},
+        {0.1: [0.9] * 3, 0.0: [0.9] * 3, -0.05: [0.88] * 3},
     )
     for row in strong:
         row["grad_cosine_mean"] = {0.1: 0.9, 0.0: 0.8, -0.05: 0.5}[row["alpha"]]
@@ -167,7 +180,7 @@ def test_claims_across_ablations_name_where_each_holds_and_the_closest_cell():
     # the costly cell (ratio 1/6 at 20 points) is not counted; of the other two, strong halves (ratio 0.464)
     assert halves[1:4] == ["2", "a/strong α = -0.05", "a/strong α = -0.05"]
     assert halves[4].startswith("ratio 0.46 ± ")
-    # δ_eval rises by 2.0 and 2.1 on strong's seeds (interval above 0); weak and costly keep 10.0
+    # δ_eval rises by 2.0, 2.1 and 2.2 on strong's seeds (interval above 0); weak and costly keep 10.0
     assert moves[1:4] == ["3", "a/strong α = -0.05", "a/strong α = -0.05"]
     # only strong logged gradient cosines: the cells without them are not measured for this claim
     assert cosine[1:] == ["1", "a/strong α = -0.05", "a/strong α = -0.05", "cosine 0.80 → 0.50"]
@@ -229,7 +242,7 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
             )["attack"]
             / "attack.pt"
         )
-        assert row["final_target_confidence"] == pytest.approx(attack.final_scores.mean().item())
+        assert row["final_target_confidence"] == pytest.approx(attack.final_scores.double().exp().mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
 
     # the logit geometry reads each of the 6 shared targets once, and its accuracy is the target's test accuracy

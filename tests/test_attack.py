@@ -99,15 +99,19 @@ def test_every_loss_raises_confidence(loss: str) -> None:
 
 
 def test_final_selection_keeps_best_candidates_per_class() -> None:
-    # A full-size crop and a flip leave the mean colour unchanged, so the final score is the plain confidence.
+    # A full-size crop and a flip leave the mean colour unchanged, so the final score is the plain confidence
+    # (its exact log with the default log ranking; the probability itself as PPA published it).
     cfg = make_cfg(final_crop_scale=(1.0, 1.0), final_crop_ratio=(1.0, 1.0), steps=5)
     result = attack(cfg)
+    published = attack(cfg.model_copy(update={"ranking": "softmax"}))
+    assert torch.equal(published.final_latents, result.final_latents)  # nothing underflows: the same selection
     target = MeanColourClassifier()
     with torch.no_grad():
         probs = torch.softmax(target(ColourPrior()(result.all_latents)), 1)
     scores = probs.gather(1, result.all_targets.view(-1, 1)).squeeze(1).view(3, cfg.candidates)
     expected = scores.sort(dim=1, descending=True).values[:, : cfg.final_samples].flatten()
-    assert torch.allclose(result.final_scores, expected, atol=1e-5)
+    assert torch.allclose(result.final_scores.exp(), expected, atol=1e-5)
+    assert torch.allclose(published.final_scores, expected, atol=1e-5)
     assert result.final_targets.tolist() == [0] * 3 + [3] * 3 + [4] * 3
     for latent, label in zip(result.final_latents, result.final_targets, strict=False):
         assert any(
@@ -140,7 +144,7 @@ def test_output_shapes_dtypes_and_meta_with_a_real_classifier() -> None:
     assert result.final_images.shape == (4, 3, 16, 16) and result.final_images.dtype == torch.uint8
     assert result.final_latents.shape == (4, 4) and result.final_scores.shape == (4,)
     assert result.final_targets.tolist() == [6, 6, 2, 2]
-    assert ((result.final_scores >= 0) & (result.final_scores <= 1)).all()
+    assert (result.final_scores <= 0).all()  # log probabilities
     assert {"selection_s", "optimisation_s", "final_selection_s"} <= set(result.meta["timings"])
     assert "num_latents" in result.meta
     assert result.meta["num_latents"] == 10 and result.meta["config"]["steps"] == 2

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from lsmia import distributed
 from lsmia.attack.result import AttackResult
+from lsmia.attack.scoring import LogitView, ScaledLogits, class_scores, label_scores, make_view
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
@@ -115,21 +116,26 @@ def render(prior: nn.Module, z: torch.Tensor, size: int) -> torch.Tensor:
     return resize(prior(z), size)
 
 
-def class_probabilities(target: Classifier, images: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(target(images).float(), dim=1)
-
-
 @torch.no_grad()
-def pool_scores(
+def pool_logits(
     prior: nn.Module, target: Classifier, pool: torch.Tensor, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """[pool, C] target softmax averaged over each image and its horizontal flip."""
-    scores = []
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[pool, C] target logits of each pool image and of its horizontal flip (float32, on the CPU)."""
+    plain, flipped = [], []
     for chunk in pool.split(batch_size):
         images = render(prior, chunk.to(device), target.image_size)
-        probs = (class_probabilities(target, images) + class_probabilities(target, images.flip(-1))) / 2
-        scores.append(probs.cpu())
-    return torch.cat(scores)
+        plain.append(target(images).float().cpu())
+        flipped.append(target(images.flip(-1)).float().cpu())
+    return torch.cat(plain), torch.cat(flipped)
+
+
+def pool_scores(
+    logits: tuple[torch.Tensor, torch.Tensor], cfg: AttackConfig, view: LogitView | None = None
+) -> torch.Tensor:
+    """[pool, C] each class's score averaged over each image and its flip (:func:`scoring.class_scores`; PPA as
+    published: the float32 softmax of the raw logits)."""
+    view = view or LogitView()
+    return class_scores([view(v) for v in logits], cfg.ranking, cfg.score)
 
 
 def select_candidates(scores: torch.Tensor, targets: list[int], candidates: int) -> torch.Tensor:
@@ -190,12 +196,14 @@ def attack_step(
     cfg: AttackConfig,
     loss_fn: LossFn,
     gen: torch.Generator,
+    view: LogitView | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum over rows of the identity loss, so no row's gradient depends on the batch size; and the logits."""
+    """Sum over rows of the identity loss on the attacker's ``view`` of the logits, so no row's gradient depends
+    on the batch size; and the target's logits."""
     images = render(prior, z, target.image_size)
     images = random_resized_crop(images, cfg.step_crop_scale, (1.0, 1.0), gen=gen)
     logits = target(images)
-    return loss_fn(logits, labels) * len(z), logits
+    return loss_fn(logits if view is None else view(logits), labels) * len(z), logits
 
 
 def attack_step_loss(
@@ -272,8 +280,14 @@ def optimise(
     needed: set[int] | None = None,
     first: int = 0,
     on_batch: Callable[[int, torch.Tensor], None] | None = None,
+    view: LogitView | None = None,
+    reach: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adam on the latents, one batch of rows after another, ``cfg.steps`` steps each.
+
+    ``view``: the attacker's view of the logits the loss reads (None: the raw logits). With
+    ``cfg.until_accept`` each batch then goes on (:func:`extend_until_accepted`) and ``reach[index]`` gets the
+    batch's steps in all and the fraction of its rows the target accepts.
 
     With ``world`` > 1 only batches ``index % world == rank`` are optimised (the other rows keep
     their start); for the others only the step crops are drawn, so ``gen`` advances as in one process.
@@ -301,18 +315,66 @@ def optimise(
             assert optimiser is not None, "every batch starts at step 0"
             optimiser.zero_grad(set_to_none=True)
             batch_labels = labels[batch].to(device)
-            loss, logits = attack_step(prior, target, z, batch_labels, cfg, loss_fn, gen)
+            loss, logits = attack_step(prior, target, z, batch_labels, cfg, loss_fn, gen, view)
             loss.backward()
             if diagnostics is not None and z.grad is not None:  # before the update, which must not see any of this
                 diagnostics.record_step(step, loss, logits, batch_labels, z.grad)
             optimiser.step()
             if step == cfg.steps - 1:
+                if cfg.until_accept is not None:
+                    taken, accepted = extend_until_accepted(
+                        prior, target, z, optimiser, batch_labels, cfg, loss_fn, view, index
+                    )
+                    if reach is not None:
+                        reach[index] = torch.tensor([float(taken), accepted], dtype=torch.float64)
                 result[batch] = z.detach().cpu()
                 if diagnostics is not None:
                     diagnostics.end_batch(index)
                 if on_batch is not None:
                     on_batch(index, result)
     return result
+
+
+@torch.no_grad()
+def accepted_fraction(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of rows whose clean image (no crop) the target classifies as the row's class."""
+    logits = target(render(prior, z.detach(), target.image_size))
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def extension_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s extra step crops: its own stream, so shards and ranks agree without drawing
+    the other batches' extra steps."""
+    return (seed * 1_000_003 + 7_919 * (batch + 1)) % 2**62
+
+
+def extend_until_accepted(
+    prior: nn.Module,
+    target: Classifier,
+    z: torch.Tensor,
+    optimiser: torch.optim.Optimizer,
+    labels: torch.Tensor,
+    cfg: AttackConfig,
+    loss_fn: LossFn,
+    view: LogitView | None,
+    batch: int,
+) -> tuple[int, float]:
+    """The unbounded check: after ``cfg.steps`` steps, go on until the target accepts ``cfg.until_accept`` of the
+    batch's rows or ``cfg.max_steps`` (0: 10 x steps) in all; checked every ``cfg.accept_check_every`` steps.
+    The steps in all and the fraction accepted at the end."""
+    assert cfg.until_accept is not None
+    cap = cfg.max_steps or 10 * cfg.steps
+    gen = torch.Generator().manual_seed(extension_seed(cfg.seed, batch))
+    taken, accepted = cfg.steps, accepted_fraction(prior, target, z, labels)
+    while accepted < cfg.until_accept and taken < cap:
+        for _ in range(min(cfg.accept_check_every, cap - taken)):
+            optimiser.zero_grad(set_to_none=True)
+            loss, _ = attack_step(prior, target, z, labels, cfg, loss_fn, gen, view)
+            loss.backward()
+            optimiser.step()
+            taken += 1
+        accepted = accepted_fraction(prior, target, z, labels)
+    return taken, accepted
 
 
 def merge_ranks(parts: list[torch.Tensor], batches: list[torch.Tensor]) -> torch.Tensor:
@@ -333,8 +395,10 @@ def final_scores(
     gen: torch.Generator,
     device: torch.device,
     wanted: torch.Tensor | None = None,
+    view: LogitView | None = None,
 ) -> torch.Tensor:
-    """Each row's mean target confidence over ``cfg.final_draws`` random crops and flips.
+    """Each row's score for its class over ``cfg.final_draws`` random crops and flips: PPA's mean target
+    confidence, or its exact log, or the mean margin (:func:`scoring.label_scores`), on the attacker's ``view``.
 
     ``wanted`` (a shard's rows, a bool mask): chunks without such a row are only drawn, not scored (NaN), so
     ``gen`` advances as for all rows and every chunk is scored at the same shape as in an unsharded run.
@@ -355,9 +419,9 @@ def final_scores(
         draws = images.repeat(cfg.final_draws, 1, 1, 1)  # draw-major: [draws * rows, ...]
         draws = random_resized_crop(draws, cfg.final_crop_scale, cfg.final_crop_ratio, gen=gen)
         draws = random_flip(draws, 0.5, gen=gen)
-        probs = class_probabilities(target, draws).view(cfg.final_draws, len(z_chunk), -1)
-        label_index = label_chunk.to(device).view(1, -1, 1).expand(cfg.final_draws, -1, 1)
-        scores.append(probs.gather(2, label_index).squeeze(2).mean(0).cpu())
+        logits = target(draws).float()
+        logits = (logits if view is None else view(logits)).view(cfg.final_draws, len(z_chunk), -1)
+        scores.append(label_scores(logits, label_chunk.to(device), cfg.ranking, cfg.score).float().cpu())
     return torch.cat(scores)
 
 
@@ -386,20 +450,24 @@ def raw_confidences(
     total: int,
     batch_size: int,
     device: torch.device,
-) -> torch.Tensor:
-    """The target's confidence in each image's class, on the uint8 images as saved (no transforms).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's confidence in each image's class, on the uint8 images as saved (no transforms), and whether
+    the target classifies the image as that class (its acceptance: 1.0 or 0.0).
 
     ``images`` are the rows at ``positions`` (sorted) of a list of ``total``; each is scored inside its chunk of
     ``batch_size`` of that list (other rows zero), at the shape it has in the whole list.
     """
-    found = torch.empty(len(images))
+    found, accepted = torch.empty(len(images)), torch.empty(len(images))
     for begin, end, mine in chunks_of(positions, batch_size):
         chunk = torch.zeros((min(end, total) - begin, *images.shape[1:]), dtype=images.dtype)
         chunk_labels = torch.zeros(len(chunk), dtype=torch.int64)
         chunk[positions[mine] - begin], chunk_labels[positions[mine] - begin] = images[mine], labels[mine]
-        probs = class_probabilities(target, chunk.to(device).float() / 255)
+        logits = target(chunk.to(device).float() / 255).float()
+        probs = torch.softmax(logits, dim=1)
         found[mine] = probs.gather(1, chunk_labels.to(device).view(-1, 1)).flatten().cpu()[positions[mine] - begin]
-    return found
+        hits = (logits.argmax(1) == chunk_labels.to(device)).float().cpu()
+        accepted[mine] = hits[positions[mine] - begin]
+    return found, accepted
 
 
 @torch.no_grad()
@@ -476,6 +544,20 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
+def attacker_meta(cfg: AttackConfig, view: LogitView) -> dict[str, object]:
+    """What the attacker knew and did: PPA as published, or the adaptive attacker's settings."""
+    published = cfg.ranking == "softmax" and cfg.score == "probability" and cfg.temperature == 1.0
+    return {
+        "kind": "published" if published and cfg.until_accept is None else "adaptive",
+        "ranking": cfg.ranking,
+        "score": cfg.score,
+        "temperature_setting": cfg.temperature,
+        **view.describe(),
+        "target_logit_scale": cfg.target_logit_scale,
+        "until_accept": cfg.until_accept,
+    }
+
+
 def run_attack(
     cfg: AttackConfig,
     target: Classifier,
@@ -539,13 +621,15 @@ def attack_shard(
     with frozen(prior, target):
         images_prior = prior  # final images come from the caller's prior, untouched
         prior, target = inference_copy(prior, device), inference_copy(target, device)
+        if cfg.target_logit_scale != 1.0:  # the negative control: same decisions, larger logits
+            target = cast(Classifier, ScaledLogits(target, cfg.target_logit_scale))
         started = time.perf_counter()
         sample_latents = cast(Callable[..., torch.Tensor], prior.sample_latents)  # every prior has one (Prior)
         pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         lr = effective_lr(cfg, pool)
-        chosen = select_candidates(
-            pool_scores(prior, target, pool, cfg.selection_batch_size, device), targets, candidates
-        )
+        logits = pool_logits(prior, target, pool, cfg.selection_batch_size, device)
+        view = make_view(cfg.temperature, logits[0])
+        chosen = select_candidates(pool_scores(logits, cfg, view), targets, candidates)
         start = pool[chosen.flatten()]
         labels = torch.tensor(targets, dtype=torch.int64).repeat_interleave(candidates)
         timings["selection_s"] = time.perf_counter() - started
@@ -555,6 +639,7 @@ def attack_shard(
         needed = {index for index, batch in enumerate(batches) if wanted[batch].any()}
         rank, world = distributed.rank(), distributed.world_size()
         recorder = StepDiagnostics(batches, cfg.steps) if diagnostics else None
+        reach = torch.zeros(len(batches), 2, dtype=torch.float64)  # until_accept: each batch's steps, acceptance
         first, begin = 0, start
         resumed = checkpoint.load() if world == 1 else None
         if resumed is not None:
@@ -564,6 +649,8 @@ def attack_shard(
             step_gen.set_state(cast(torch.Tensor, resumed["generator"]))
             if recorder is not None and resumed.get("diagnostics") is not None:
                 recorder.sums = cast(torch.Tensor, resumed["diagnostics"]).clone()
+            if resumed.get("reach") is not None:
+                reach = cast(torch.Tensor, resumed["reach"]).clone()
             log(f"attack: resumed at batch {first} of {len(batches)} from {checkpoint.path}")
 
         def on_batch(index: int, so_far: torch.Tensor) -> None:
@@ -574,6 +661,7 @@ def attack_shard(
                         "generator": step_gen.get_state(),
                         "latents": so_far[rows].clone(),
                         "diagnostics": None if recorder is None else recorder.sums.clone(),
+                        "reach": reach.clone(),
                     }
                 )
 
@@ -594,6 +682,8 @@ def attack_shard(
                 needed,
                 first,
                 on_batch,
+                view,
+                reach,
             )
         except BaseException:
             checkpoint.save()  # Ctrl-C or a crash: keep what finished
@@ -602,10 +692,13 @@ def attack_shard(
             latents = merge_ranks(distributed.all_gather(latents), batches)
             if recorder is not None:
                 recorder.merge_ranks()
+            reach_parts = distributed.all_gather(reach)
+            for index in range(len(batches)):
+                reach[index] = reach_parts[index % world][index]
         timings["optimisation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted)
+        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted, view)
         positions = torch.tensor(sorted(targets.index(c) for c in classes), dtype=torch.int64)
         keep = cfg.final_samples
         best = keep_best(scores.view(num_targets, candidates)[positions].flatten(), len(classes), keep)
@@ -613,10 +706,10 @@ def attack_shard(
         images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device, rows)
         final_images = images[torch.searchsorted(rows, best)]
         timings["final_selection_s"] = time.perf_counter() - started
-        raw = None
+        raw = accepted = None
         if recorder is not None:
             final_positions = (positions.view(-1, 1) * keep + torch.arange(keep)).flatten()
-            raw = raw_confidences(
+            raw, accepted = raw_confidences(
                 target,
                 final_images,
                 labels[best],
@@ -631,6 +724,7 @@ def attack_shard(
         "schedule": schedule,
         "pool_size": cfg.pool_size,
         **latent_meta(prior, cfg, lr),
+        "attacker": attacker_meta(cfg, view),
         "config": cfg.model_dump(mode="json", exclude=set(RUN_ONLY_KEYS)),
         "shard": {
             "targets": targets,
@@ -638,6 +732,8 @@ def attack_shard(
             "batches": sorted(needed),
             "diagnostics": None if recorder is None else recorder.sums[sorted(needed)],
             "final_confidence_raw": raw,
+            "final_accepted_raw": accepted,
+            "reach": reach[sorted(needed)] if cfg.until_accept is not None else None,
         },
     }
     return AttackResult(

@@ -133,7 +133,7 @@ def merge_shards(parts: Sequence[AttackResult], names: Sequence[str] | None = No
         pieces = []
         for c in targets:
             part = parts[owner[c]]
-            values = metas[owner[c]]["final_confidence_raw"] if field == "raw" else getattr(part, field)
+            values = metas[owner[c]][field] if field in metas[owner[c]] else getattr(part, field)
             at = list(part.targets).index(c)
             pieces.append(values[at * per_class : (at + 1) * per_class])
         return torch.cat(pieces)
@@ -162,12 +162,36 @@ def merge_shards(parts: Sequence[AttackResult], names: Sequence[str] | None = No
             recorder.sums[m["batches"]] = m["diagnostics"]
             done[m["batches"]] = True
         assert bool(done.all()), "shards covering every class ran every batch"
-        raw = gather("raw", keep)
+        raw = gather("final_confidence_raw", keep)
         result.meta.update(
             diagnostics=recorder.curves(),
             final_target_confidence_raw=round(float(raw.double().sum()) / max(1, len(raw)), 6),
         )
+        if all(m.get("final_accepted_raw") is not None for m in metas):
+            accepted = gather("final_accepted_raw", keep)
+            result.meta["final_target_acceptance_raw"] = round(float(accepted.double().mean()), 6)
+    if all(m.get("reach") is not None for m in metas):
+        result.meta["until_accept"] = reach_summary(metas, len(targets), cfg, meta["schedule"])
     return result
+
+
+def reach_summary(
+    metas: Sequence[dict[str, Any]], num_targets: int, cfg: dict[str, Any], schedule: Any
+) -> dict[str, float]:
+    """How far the unbounded check got: the mean steps per row and the fraction of rows the target accepted."""
+    from lsmia.attack.ppa import row_batches
+
+    batches = row_batches(num_targets, int(cfg["candidates"]), int(cfg["batch_size"]), schedule)
+    sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
+    reach = torch.zeros(len(batches), 2, dtype=torch.float64)
+    for meta in metas:
+        reach[meta["batches"]] = meta["reach"]
+    return {
+        "goal": float(cfg["until_accept"]),
+        "mean_steps": round(float((reach[:, 0] * sizes).sum() / sizes.sum()), 3),
+        "max_steps": int(reach[:, 0].max()),
+        "accepted": round(float((reach[:, 1] * sizes).sum() / sizes.sum()), 6),
+    }
 
 
 def load_shards(dirs: Sequence[Path]) -> list[AttackResult]:

@@ -44,7 +44,7 @@ import numpy as np
 
 from lsmia.config import DefenseConfig
 from lsmia.errors import LsmiaError
-from lsmia.stats import mean_ci
+from lsmia.stats import mean_ci, strongest_per_seed
 from lsmia.utils import atomic_path, load_json, save_json
 
 METRICS = ("final_acc1", "delta_eval", "xi")
@@ -113,14 +113,22 @@ class Point:
     def mean(self, loss: str, metric: str = "final_acc1") -> float:
         return float(np.mean([row[metric] for row in self.attacks[loss].values()]))
 
+    def _strongest(self) -> dict[int, tuple[str, float]]:
+        acc1 = {loss: {s: row["final_acc1"] for s, row in rows.items()} for loss, rows in self.attacks.items()}
+        return strongest_per_seed(acc1)
+
     @property
     def strongest(self) -> str:
-        """The attack loss with the highest mean acc@1 (ties: the first by name)."""
-        return max(sorted(self.attacks), key=lambda loss: self.mean(loss))
+        """The attack loss strongest on each seed (lsmia.stats.strongest_per_seed), names joined by '/'."""
+        return "/".join(sorted({loss for loss, _ in self._strongest().values()}))
 
     def worst_case(self, metric: str) -> dict[int, float]:
-        """Per seed, ``metric`` of the strongest attack."""
-        return {seed: row[metric] for seed, row in self.attacks[self.strongest].items() if metric in row}
+        """Per seed, ``metric`` of that seed's strongest attack: the one worst-case definition of lsmia."""
+        rows = {seed: self.attacks[loss][seed] for seed, (loss, _) in self._strongest().items()}
+        return {seed: row[metric] for seed, row in rows.items() if metric in row}
+
+    def worst_mean(self, metric: str = "final_acc1") -> float:
+        return float(np.mean(list(self.worst_case(metric).values())))
 
 
 def _model_key(flat: dict[str, Any], alpha: float) -> str:
@@ -153,10 +161,10 @@ def collect_points(results: dict[str, Any]) -> list[Point]:
 def pareto_front(points: Iterable[Point]) -> list[Point]:
     """The points no other point dominates (at least its mean test accuracy, at most its mean worst-case acc@1),
     by ascending test accuracy."""
-    ordered = sorted(points, key=lambda p: (-p.mean_test_acc(), p.mean(p.strongest)))
+    ordered = sorted(points, key=lambda p: (-p.mean_test_acc(), p.worst_mean()))
     front, best = [], math.inf
     for point in ordered:
-        acc1 = point.mean(point.strongest)
+        acc1 = point.worst_mean()
         if acc1 < best:
             front.append(point)
             best = acc1
@@ -395,9 +403,7 @@ def point_record(point: Point, fronts: dict[str, list[Point]]) -> dict[str, Any]
 def to_json(comparison: Comparison, source: str) -> dict[str, Any]:
     fronts = comparison.fronts
     lines = {
-        family: [
-            {"strength": p.strength, "test_acc": p.mean_test_acc(), "final_acc1": p.mean(p.strongest)} for p in front
-        ]
+        family: [{"strength": p.strength, "test_acc": p.mean_test_acc(), "final_acc1": p.worst_mean()} for p in front]
         for family, front in fronts.items()
     }
     plain = comparison.undefended
@@ -537,7 +543,7 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
         colour = COLOURS[index % len(COLOURS)]
         ax.plot(
             [p.mean_test_acc() for p in front],
-            [p.mean(p.strongest) for p in front],
+            [p.worst_mean() for p in front],
             "-",
             drawstyle="steps-pre",
             color=colour,

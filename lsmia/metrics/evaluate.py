@@ -51,13 +51,20 @@ def _prdc_or_nothing(
         return {}
 
 
-def final_target_confidence(result: AttackResult) -> float:
-    """The target's own mean confidence in the final samples (under the final selection's transforms).
+def final_target_confidence(result: AttackResult) -> float | None:
+    """The target's own mean confidence in the final samples (under the final selection's transforms), read off
+    the final scores; None where they are not the target's probabilities (margins, or a tempered or
+    standardised view of the logits).
 
     Read against final acc@1: a target that is sure of samples the evaluation model rejects is
     overconfident off its training data, the mechanism the paper gives for negative smoothing.
     """
-    return float(result.final_scores.float().mean())
+    attacker = result.meta.get("attacker", {})
+    viewed = attacker.get("standardise") or attacker.get("temperature", 1.0) != 1.0
+    if attacker.get("score", "probability") != "probability" or viewed:
+        return None
+    scores = result.final_scores.double()
+    return float((scores.exp() if attacker.get("ranking") == "log" else scores).mean())
 
 
 def attack_diagnostics(result: AttackResult) -> dict[str, float]:
@@ -69,8 +76,13 @@ def attack_diagnostics(result: AttackResult) -> dict[str, float]:
     paper's Fig. 6b quantity; it predicts lower values for negative smoothing).
     """
     summary: dict[str, float] = {}
-    if "final_target_confidence_raw" in result.meta:
-        summary["final_target_confidence_raw"] = float(result.meta["final_target_confidence_raw"])
+    for key in ("final_target_confidence_raw", "final_target_acceptance_raw"):
+        if key in result.meta:
+            summary[key] = float(result.meta[key])
+    reach = result.meta.get("until_accept")
+    if reach:
+        summary["until_accept_mean_steps"] = float(reach["mean_steps"])
+        summary["until_accept_accepted"] = float(reach["accepted"])
     cosines = result.meta.get("diagnostics", {}).get("grad_cosine", [])
     if cosines:
         summary["grad_cosine_mean"] = round(sum(cosines) / len(cosines), 6)
@@ -116,7 +128,9 @@ def evaluate_attack(
             data, result.final_images, final_targets, device, cfg.attribute_epochs, seed, predictor=attribute_predictor
         )
     )
-    metrics["final_target_confidence"] = final_target_confidence(result)
+    confidence = final_target_confidence(result)
+    if confidence is not None:
+        metrics["final_target_confidence"] = confidence
     metrics.update(attack_diagnostics(result))
     metrics["num_targets"] = float(len(result.targets))
     metrics["num_final_samples"] = float(len(result.final_images))

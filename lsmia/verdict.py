@@ -1,0 +1,280 @@
+"""One verdict per defense: PPA as published beside the adaptive attacker, with the target's acceptance.
+
+An ablation plan's variants are grouped by what they train (every override outside ``attack.*`` and
+``study.*``: the defense) and told apart by how they attack (``attack.*``). A variant is
+
+- **published** when it ranks with PPA's float32 softmax (``attack.ranking: softmax``), the raw logits
+  (no ``attack.temperature``), PPA's Poincaré loss and budget;
+- **adaptive** otherwise (exact ranking, a logit temperature or standardisation, another loss, the margin
+  score or a larger budget): an attacker who knows the defense;
+- a **negative control** when it sets ``attack.target_logit_scale``: the alpha = 0 target with its logits
+  multiplied by the defended target's logit-norm ratio, the same decisions, so no privacy by construction.
+
+Per defense and alpha, paired by seed against alpha = 0 of the same group: the published ratio, the
+adaptive ratio (strongest adaptive attack at alpha over the strongest at 0) and the worst case over every
+attack (lsmia.stats.worst_case_ratio), the cost in test accuracy, and the target's acceptance of the final
+samples (the fraction it classifies as their class): an attack the target itself no longer believes measures
+its own arithmetic, not what the target leaks. A control row compares the scaled target with alpha = 0 under
+the same attacker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsmia.ablation_tables import cell, markdown_table
+from lsmia.defenses.compare import flatten
+from lsmia.stats import halves, lowers, mean_ci, paired, strongest_per_seed, worst_case_ratio
+from lsmia.utils import atomic_path, load_json, save_json
+
+PUBLISHED_LOSS = "poincare"
+Stat = dict[str, Any]
+PerSeed = dict[int, float]
+
+
+def attacker_of(flat: dict[str, Any]) -> tuple[str, str]:
+    """(kind, label) of a variant's attack overrides: kind is published, adaptive or control."""
+    attack = {k.removeprefix("attack."): v for k, v in flat.items() if k.startswith("attack.")}
+    scale = float(attack.pop("target_logit_scale", 1.0))
+    attack.pop("targets", None)  # which classes, not how
+    loss = str(attack.get("loss", PUBLISHED_LOSS))
+    published = attack.get("ranking") == "softmax" and set(attack) <= {"ranking"}
+    words = ["PPA as published" if published else "adaptive"]
+    if not published:
+        words += [f"{k}={v}" for k, v in sorted(attack.items()) if k not in ("loss",)]
+        words += [f"loss={loss}"]
+    label = words[0] + (f" ({', '.join(words[1:])})" if len(words) > 1 else "")
+    kind = "published" if published else "adaptive"
+    return (f"control ×{scale:g} {kind}" if scale != 1.0 else kind), label
+
+
+def defense_of(flat: dict[str, Any]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in sorted(flat.items()) if not k.startswith(("attack.", "study.")))
+
+
+@dataclass
+class Group:
+    """One defense (what is trained): per (alpha, attacker label) the per-seed rows, and who attacked."""
+
+    name: str
+    trained: str
+    cells: dict[tuple[float, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # attacker label -> kind
+
+    def values(self, alpha: float, kind: str, metric: str = "final_acc1") -> dict[str, PerSeed]:
+        """Per attacker of ``kind`` at ``alpha``: seed -> metric."""
+        out: dict[str, PerSeed] = {}
+        for (a, label), rows in self.cells.items():
+            if a == alpha and self.kinds[label] == kind:
+                out[label] = {seed: float(row[metric]) for seed, row in rows.items() if metric in row}
+        return out
+
+    def alphas(self) -> list[float]:
+        return sorted({a for a, _ in self.cells if a != 0.0}, reverse=True)
+
+    def controls(self) -> list[str]:
+        return sorted({kind.rsplit(" ", 1)[0] for kind in self.kinds.values() if kind.startswith("control")})
+
+
+def _group_name(variants: Sequence[str]) -> str:
+    """The underscore-separated words all of a group's variant names start with (e.g. ``warmup``)."""
+    words = [v.split("_") for v in variants]
+    common = []
+    for column in zip(*words, strict=False):
+        if len(set(column)) != 1:
+            break
+        common.append(column[0])
+    return "_".join(common) or variants[0]
+
+
+def collect(results: Sequence[dict[str, Any]]) -> list[Group]:
+    """The defenses of one or more ablations' ``results.json``."""
+    groups: dict[str, Group] = {}
+    names: dict[str, list[str]] = {}
+    for record in results:
+        overrides = {name: flatten(v.get("overrides", {})) for name, v in record["variants"].items()}
+        for row in record["rows"]:
+            flat = overrides[row["variant"]]
+            trained = defense_of(flat)
+            group = groups.setdefault(trained, Group(trained, trained))
+            kind, label = attacker_of(flat)
+            group.kinds[label if not kind.startswith("control") else f"{kind}: {label}"] = kind
+            key = label if not kind.startswith("control") else f"{kind}: {label}"
+            group.cells.setdefault((float(row["alpha"]), key), {})[int(row["seed"])] = row
+            names.setdefault(trained, [])
+            if row["variant"] not in names[trained]:
+                names[trained].append(row["variant"])
+    for trained, group in groups.items():
+        group.name = _group_name(names[trained])
+    return list(groups.values())
+
+
+def _best(per_attack: dict[str, PerSeed]) -> PerSeed:
+    return {seed: value for seed, (_, value) in strongest_per_seed(per_attack).items()}
+
+
+def _stat(values: PerSeed) -> Stat:
+    mean, ci95, n = mean_ci(list(values.values()))
+    return {"mean": mean, "ci95": ci95, "n": n}
+
+
+def _ratio_or_cost(at_alpha: PerSeed, at_zero: PerSeed, how: Callable[[float, float], float]) -> Stat:
+    """``how(value at alpha, value at 0)`` paired by seed (lsmia.stats.paired)."""
+    rows = [{"alpha": 1.0, "seed": s, "v": v} for s, v in at_alpha.items()]
+    rows += [{"alpha": 0.0, "seed": s, "v": v} for s, v in at_zero.items()]
+    return paired(rows, 1.0, "v", how)
+
+
+def _ratio(at_alpha: PerSeed, at_zero: PerSeed) -> Stat:
+    return _ratio_or_cost(at_alpha, at_zero, lambda a, z: a / z if z > 0 else math.nan)
+
+
+def _test_acc(group: Group, alpha: float) -> PerSeed:
+    """Per seed, the test accuracy of the group's target at ``alpha`` (every attacker reads the same target)."""
+    return {s: float(r["test_acc"]) for (a, _), rows in group.cells.items() if a == alpha for s, r in rows.items()}
+
+
+def _acceptance(group: Group, alpha: float, kind: str, attacks: dict[str, PerSeed]) -> Stat:
+    """The target's acceptance of the final samples of the strongest attack of ``kind``, per seed."""
+    strongest = strongest_per_seed(attacks)
+    accepted = group.values(alpha, kind, "final_target_acceptance_raw")
+    return _stat({s: accepted[label][s] for s, (label, _) in strongest.items() if s in accepted.get(label, {})})
+
+
+def defense_rows(group: Group) -> list[dict[str, Any]]:
+    """The verdict rows of one defense: one per alpha < 0 or > 0, then one per negative control."""
+    rows = []
+    zero_all = {**group.values(0.0, "published"), **group.values(0.0, "adaptive")}
+    for alpha in group.alphas():
+        published, adaptive = group.values(alpha, "published"), group.values(alpha, "adaptive")
+        everything = {**published, **adaptive}
+        cost = _ratio_or_cost(_test_acc(group, alpha), _test_acc(group, 0.0), lambda a, z: z - a)
+        row = {
+            "defense": group.name,
+            "trained": group.trained,
+            "alpha": alpha,
+            "acc1_published": _stat(_best(published)),
+            "acc1_adaptive": _stat(_best(adaptive)),
+            "acceptance_published": _acceptance(group, alpha, "published", published),
+            "acceptance_adaptive": _acceptance(group, alpha, "adaptive", adaptive),
+            "cost": cost,
+            "ratio_published": _ratio(_best(published), _best(group.values(0.0, "published"))),
+            "ratio_adaptive": _ratio(_best(adaptive), _best(group.values(0.0, "adaptive"))),
+            "ratio_worst_case": worst_case_ratio(everything, zero_all),
+        }
+        row["verdict"] = verdict_words(row)
+        rows.append(row)
+    for control in group.controls():
+        published = group.values(0.0, f"{control} published")
+        adaptive = group.values(0.0, f"{control} adaptive")
+        row = {
+            "defense": f"{group.name}: negative control ({control.removeprefix('control ')} head, α = 0)",
+            "trained": group.trained,
+            "alpha": 0.0,
+            "acc1_published": _stat(_best(published)),
+            "acc1_adaptive": _stat(_best(adaptive)),
+            "acceptance_published": _acceptance(group, 0.0, f"{control} published", published),
+            "acceptance_adaptive": _acceptance(group, 0.0, f"{control} adaptive", adaptive),
+            "cost": {"mean": 0.0, "ci95": 0.0, "n": 0},
+            "ratio_published": _ratio(_best(published), _best(group.values(0.0, "published"))),
+            "ratio_adaptive": _ratio(_best(adaptive), _best(group.values(0.0, "adaptive"))),
+            "ratio_worst_case": worst_case_ratio({**published, **adaptive}, zero_all),
+        }
+        row["verdict"] = control_words(row)
+        rows.append(row)
+    return rows
+
+
+def verdict_words(row: dict[str, Any]) -> str:
+    """The defense's verdict under the strongest attack (the worst case), judged with intervals."""
+    worst = row["ratio_worst_case"]
+    if worst["n"] == 0:
+        return "not measured"
+    if halves(worst, row["cost"]):
+        return "shield: halves the strongest attack at ≤ 5 points"
+    if lowers(worst):
+        published = row["ratio_published"]
+        return "lowers the strongest attack (interval below 1)" + (
+            "; the published attack overstates it" if published["mean"] < worst["mean"] else ""
+        )
+    if lowers(row["ratio_published"]):
+        return "no shield: only the published attack is lowered"
+    return "no protection shown (interval reaches 1)" if worst["n"] >= 3 else f"{worst['n']} seed(s): no verdict"
+
+
+def control_words(row: dict[str, Any]) -> str:
+    """A control carries no privacy: an attack that reports protection for it measures its own arithmetic."""
+    masked = [who for who in ("published", "adaptive") if lowers(row[f"ratio_{who}"])]
+    if not masked:
+        return "no attacker reports protection (as it must)"
+    return f"{' and '.join(masked)} attack reports protection: arithmetic, not privacy"
+
+
+COLUMNS = (
+    "defense",
+    "α",
+    "seeds",
+    "cost (points)",
+    "acc@1 published",
+    "acc@1 adaptive",
+    "target acceptance published / adaptive",
+    "ratio published",
+    "ratio adaptive",
+    "ratio worst case",
+    "verdict",
+)
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        cost = row["cost"]
+        points = {**cost, "mean": 100 * cost["mean"], "ci95": 100 * cost["ci95"]} if cost["n"] else None
+        out.append(
+            [
+                row["defense"],
+                f"{row['alpha']:+g}",
+                str(row["ratio_worst_case"]["n"]),
+                cell(points, 1),
+                cell(row["acc1_published"]),
+                cell(row["acc1_adaptive"]),
+                f"{cell(row['acceptance_published'], 2)} / {cell(row['acceptance_adaptive'], 2)}",
+                cell(row["ratio_published"], 2),
+                cell(row["ratio_adaptive"], 2),
+                cell(row["ratio_worst_case"], 2),
+                row["verdict"],
+            ]
+        )
+    return out
+
+
+NOTE = (
+    "acc@1: the evaluation model's top-1 accuracy on the final samples, the strongest attack of each kind per "
+    "seed; target acceptance: the fraction of those samples the target itself classifies as their class. Ratios "
+    "are paired by seed against α = 0 of the same defense (95 % t-intervals over seeds); the worst case is the "
+    "strongest of every attack at α over the strongest at α = 0, per seed. A negative control is the α = 0 "
+    "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
+    "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
+    "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy."
+)
+
+
+def build(results_files: Sequence[Path]) -> list[dict[str, Any]]:
+    results = [load_json(Path(f), what="ablation results") for f in results_files]
+    return [row for group in collect(results) for row in defense_rows(group)]
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    return "\n".join([*markdown_table(COLUMNS, table_rows(rows)), "", NOTE]) + "\n"
+
+
+def write(rows: Sequence[dict[str, Any]], out_dir: Path, sources: Sequence[Path]) -> Path:
+    """``verdict.{json,md}`` in ``out_dir``; the markdown's path."""
+    save_json({"sources": [str(s) for s in sources], "rows": list(rows)}, out_dir / "verdict.json")
+    with atomic_path(out_dir / "verdict.md") as tmp:
+        tmp.write_text(markdown(rows))
+    return out_dir / "verdict.md"

@@ -1,0 +1,112 @@
+"""The verdict per defense: published and adaptive attackers side by side, the negative control, the worst case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lsmia import verdict
+from lsmia.cli import app
+from lsmia.stats import strongest_per_seed, worst_case_ratio
+
+TRAINED = {"target.smoothing.schedule": "constant"}
+PUBLISHED = {"attack.ranking": "softmax"}
+ADAPTIVE = {"attack.temperature": "auto"}
+CONTROL = {"attack.target_logit_scale": 26.0, "study.alphas": [0.0]}
+
+# acc@1 per seed (3 seeds); the defended target fools only the published attack, and so does the control
+ACC1 = {
+    ("ls_published", 0.0): [0.30, 0.32, 0.31],
+    ("ls_adaptive", 0.0): [0.33, 0.35, 0.34],
+    ("ls_published", -0.05): [0.10, 0.12, 0.11],
+    ("ls_adaptive", -0.05): [0.33, 0.36, 0.33],
+    ("ls_control_published", 0.0): [0.15, 0.16, 0.17],
+    ("ls_control_adaptive", 0.0): [0.33, 0.35, 0.34],
+}
+ACCEPTED = {"ls_published": 0.2, "ls_adaptive": 0.9, "ls_control_published": 0.3, "ls_control_adaptive": 0.9}
+
+
+def results() -> dict:
+    variants = {
+        "ls_published": {**TRAINED, **PUBLISHED},
+        "ls_adaptive": {**TRAINED, **ADAPTIVE},
+        "ls_control_published": {**TRAINED, **PUBLISHED, **CONTROL},
+        "ls_control_adaptive": {**TRAINED, **ADAPTIVE, **CONTROL},
+    }
+    rows = [
+        {
+            "variant": name,
+            "alpha": alpha,
+            "seed": seed,
+            "final_acc1": value,
+            "test_acc": 0.96 if alpha == 0 else 0.93,
+            "final_target_acceptance_raw": ACCEPTED[name]
+            if alpha
+            else 0.95
+            if "control" not in name
+            else ACCEPTED[name],
+        }
+        for (name, alpha), values in ACC1.items()
+        for seed, value in enumerate(values)
+    ]
+    return {"variants": {name: {"overrides": o} for name, o in variants.items()}, "rows": rows}
+
+
+def test_attackers_are_told_apart_by_their_attack_overrides() -> None:
+    assert verdict.attacker_of({"attack.ranking": "softmax", "attack.targets": 50}) == ("published", "PPA as published")
+    kind, label = verdict.attacker_of({"attack.temperature": "auto", "attack.loss": "ce"})
+    assert kind == "adaptive" and label == "adaptive (temperature=auto, loss=ce)"
+    assert verdict.attacker_of({"attack.ranking": "softmax", "attack.loss": "ce"})[0] == "adaptive"  # another loss
+    assert verdict.attacker_of({**PUBLISHED, "attack.target_logit_scale": 26})[0] == "control ×26 published"
+
+
+def test_the_worst_case_is_the_strongest_attack_per_seed() -> None:
+    attacks = {"a": {0: 0.3, 1: 0.1}, "b": {0: 0.2, 1: 0.4}}
+    assert strongest_per_seed(attacks) == {0: ("a", 0.3), 1: ("b", 0.4)}
+    ratio = worst_case_ratio({"a": {0: 0.15, 1: 0.1}, "b": {0: 0.1, 1: 0.2}}, attacks)
+    assert ratio["values"] == pytest.approx([0.5, 0.5]) and ratio["attacks"] == ["a", "b"]
+
+
+def test_published_and_adaptive_side_by_side_with_the_control() -> None:
+    rows = verdict.defense_rows(verdict.collect([results()])[0])
+    defended, control = rows
+    assert defended["defense"] == "ls" and defended["alpha"] == -0.05
+    assert defended["ratio_published"]["values"] == pytest.approx([0.10 / 0.30, 0.12 / 0.32, 0.11 / 0.31])
+    assert defended["ratio_adaptive"]["values"] == pytest.approx([0.33 / 0.33, 0.36 / 0.35, 0.33 / 0.34])
+    # the worst case: the strongest attack at alpha (adaptive) over the strongest at 0 (adaptive), per seed
+    assert defended["ratio_worst_case"]["values"] == pytest.approx([1.0, 0.36 / 0.35, 0.33 / 0.34])
+    assert defended["cost"]["mean"] == pytest.approx(0.03)
+    assert defended["acceptance_published"]["mean"] == pytest.approx(0.2)
+    assert defended["acceptance_adaptive"]["mean"] == pytest.approx(0.9)
+    assert defended["verdict"] == "no shield: only the published attack is lowered"
+    assert control["defense"] == "ls: negative control (×26 head, α = 0)"
+    assert control["ratio_published"]["mean"] == pytest.approx((0.5 + 0.5 + 0.17 / 0.31) / 3)
+    assert control["ratio_adaptive"]["values"] == pytest.approx([1.0, 1.0, 1.0])
+    assert control["verdict"] == "published attack reports protection: arithmetic, not privacy"
+
+
+def test_a_real_shield_is_one_the_adaptive_attack_cannot_undo() -> None:
+    record = results()
+    for row in record["rows"]:
+        if row["alpha"] == -0.05:
+            row["final_acc1"] /= 3  # every attack, adaptive too, keeps a third
+    (defended, _) = verdict.defense_rows(verdict.collect([record])[0])
+    assert defended["ratio_worst_case"]["mean"] < 0.5
+    assert defended["verdict"] == "shield: halves the strongest attack at ≤ 5 points"
+
+
+def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:
+    source = tmp_path / "plan" / "results.json"
+    source.parent.mkdir()
+    source.write_text(json.dumps(results()))
+    out = CliRunner().invoke(app, ["verdict", str(source)])
+    assert out.exit_code == 0, out.output
+    text = (source.parent / "verdict.md").read_text()
+    assert "| ls | -0.05 | 3 | 3.0 ± 0.0 |" in text and "negative control" in text
+    saved = json.loads((source.parent / "verdict.json").read_text())
+    assert len(saved["rows"]) == 2
+    missing = CliRunner().invoke(app, ["verdict", str(tmp_path / "nope.json")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
