@@ -255,8 +255,6 @@ def start_tracking_server(
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        backend_uri,
         "--serve-artifacts",
         "--artifacts-destination",
         str(artifacts),
@@ -271,7 +269,7 @@ def start_tracking_server(
         command += ["--allowed-hosts", "*"]  # workers on other machines call it by this machine's name
     with open(log_file, "ab") as handle:
         process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=_server_env()
+            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=_server_env(backend_uri)
         )
     server = TrackingServer(process, f"http://{reachable_host(host)}:{port}", artifacts, log_file)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -286,10 +284,13 @@ def start_tracking_server(
     return server
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(backend_uri: str) -> dict[str, str]:
+    """The server's environment: its backend store (with the database password) by variable, never on the
+    command line, where any user's ``ps`` reads it."""
     env = dict(os.environ)
     for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(inherited, None)  # the server's own stores are --backend-store-uri (runs and registry)
+        env.pop(inherited, None)  # the server's own stores are its backend store (runs and registry)
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_uri
     return env
 
 

@@ -76,7 +76,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import socket
 import threading
 import time
@@ -97,6 +96,7 @@ from lsmia import graph
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.paths import StudyPaths, SweepPaths
+from lsmia.redaction import redact as redact_url
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 BUDGET_ATTR = "n_trials"  # the study's total trial budget, set by `lsmia sweep`, followed by every worker
@@ -232,8 +232,8 @@ def optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
 
 
 def redact(url: str | None) -> str:
-    """The storage URL without its password."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url) if url else "journal file"
+    """The storage URL without its password (lsmia.redaction)."""
+    return redact_url(url) if url else "journal file"
 
 
 @contextlib.contextmanager

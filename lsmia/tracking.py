@@ -399,6 +399,9 @@ class Tracker(NullTracker):
     def _log_config(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
+        from lsmia.redaction import redact_tree
+
+        config = redact_tree(config)  # e.g. sweep.storage's database password
         params = [Param(key, value) for key, value in flatten_config(config).items()]
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self._active_run_id, params=params[start : start + BATCH])

@@ -557,3 +557,25 @@ def test_orphan_run_that_cannot_be_continued_is_failed_and_linked(study: Path, m
     runs = client.search_runs([experiment_id], f"tags.`lsmia.link.interrupted_run` = '{orphan.info.run_id}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert not (study / ATTACK_DIR / ".mlflow-run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://lsmia:s3cret@db:5432/optuna", "postgresql://lsmia:***@db:5432/optuna"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),  # a password-only Redis URL
+        ("postgresql://lsmia:p@ss@word@db/optuna", "postgresql://lsmia:***@db/optuna"),  # '@' inside the password
+        ("https://ghp_TOKEN@example.org/repo", "https://***@example.org/repo"),  # a token as the user name
+        ("sqlite:////tmp/optuna.db", "sqlite:////tmp/optuna.db"),  # nothing to hide
+    ],
+)
+def test_credentials_are_masked_in_every_url(url: str, shown: str) -> None:
+    from lsmia.redaction import redact, redact_tree
+    from lsmia.sweep import redact as redact_storage
+
+    assert redact(url) == shown and redact_storage(url) == shown
+    assert redact_tree({"sweep": {"storage": url, "n": 3}, "l": [url]}) == {
+        "sweep": {"storage": shown, "n": 3},
+        "l": [shown],
+    }
+    assert "s3cret" not in redact(f"could not reach {url} twice") and "ss@word" not in redact(url)

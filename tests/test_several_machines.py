@@ -294,6 +294,9 @@ def test_lsmia_server_starts_both_services_prints_the_exports_and_stops_on_ctrl_
             assert storage.startswith("postgresql://lsmia:") and storage.endswith(f"@127.0.0.1:{pg_port}/optuna")
             assert mlflow.MlflowClient(exports["MLFLOW_TRACKING_URI"]).search_experiments()  # the server answers
             optuna.create_study(storage=storage, study_name="reachable")  # and the database takes a study
+            password = (folder / "postgres.password").read_text().strip()
+            processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+            assert "mlflow" in processes and password not in processes  # no password in any process list
         finally:
             server.send_signal(signal.SIGINT)
             rest, _ = server.communicate(timeout=120)

@@ -539,3 +539,18 @@ class SimpleAttack:
 
     final_targets = torch.zeros(2, dtype=torch.long)
     meta: ClassVar[dict] = {}
+
+
+def test_the_tracked_config_never_holds_a_storage_password(
+    store: MlflowClient, store_uri: str, experiment: str
+) -> None:
+    config = small_config()
+    config["sweep"]["storage"] = "postgresql://lsmia:s3cret@127.0.0.1:5432/optuna"
+    with track(experiment, config=config) as tracker:
+        pass
+    run = store.get_run(tracker.run_id)
+    assert run.data.params["sweep.storage"] == "postgresql://lsmia:***@127.0.0.1:5432/optuna"
+    config_path = mlflow.artifacts.download_artifacts(
+        run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
+    )
+    assert "s3cret" not in Path(config_path).read_text() and "s3cret" not in json.dumps(run.data.params)
