@@ -173,6 +173,15 @@ class AblationResult:
     variants: dict[str, dict[str, Any]]
     out_dir: Path
     missing: list[dict[str, Any]] = field(default_factory=list)  # cells left out by ``finished_only``
+    stem: str = "results"  # results.partial: a finished-only table that would have dropped committed cells
+
+    @property
+    def json_file(self) -> Path:
+        return self.out_dir / f"{self.stem}.json"
+
+    @property
+    def md_file(self) -> Path:
+        return self.out_dir / f"{self.stem}.md"
 
 
 def prepare_ablation(base: Config, plan: AblationPlan, device: torch.device, until: str, log: Log = print) -> int:
@@ -228,10 +237,35 @@ def run_ablation(
             "effects": effects(variant_rows),
             "eval_test_acc": variant_rows[0]["eval_test_acc"],
         }
-        write_results(result)  # after every variant: a long ablation shows what it has so far
+        if not finished_only:
+            write_results(result)  # after every variant: a long ablation shows what it has so far
     if finished_only:
-        write_results(result)  # also lists the cells of trailing variants with nothing finished
+        keep_fuller_results(result, log)
+        write_results(result)  # once, listing the cells of trailing variants with nothing finished too
     return result
+
+
+def _cells(rows: list[dict[str, Any]]) -> set[tuple[str, float, int]]:
+    return {(str(r["variant"]), float(r["alpha"]), int(r["seed"])) for r in rows}
+
+
+def keep_fuller_results(result: AblationResult, log: Log) -> None:
+    """A finished-only table never replaces a results.json holding cells it lacks (e.g. the committed results,
+    read on a fresh clone whose stage cache is empty): it goes to results.partial.{json,md} instead."""
+    existing = result.out_dir / "results.json"
+    if not existing.is_file():
+        return
+    try:
+        kept = _cells(load_json(existing, what="ablation results").get("rows", []))
+    except (LsmiaError, AttributeError, KeyError, TypeError, ValueError):
+        return  # unreadable: nothing worth keeping
+    lost = kept - _cells(result.rows)
+    if lost:
+        result.stem = "results.partial"
+        log(
+            f"kept {existing} ({len(lost)} of its cells are not finished in this stage cache); the finished cells "
+            f"are in {result.md_file}: delete {existing.name} to replace it"
+        )
 
 
 def effect_lines(result: AblationResult) -> list[str]:
@@ -263,9 +297,9 @@ def write_results(result: AblationResult) -> None:
             "rows": result.rows,
             "missing": result.missing,
         },
-        result.out_dir / "results.json",
+        result.json_file,
     )
-    with atomic_path(result.out_dir / "results.md") as tmp:
+    with atomic_path(result.md_file) as tmp:
         tmp.write_text(markdown(result))
 
 

@@ -81,10 +81,12 @@ def resolve(
     track: bool | None = None,
     seed: int | None = None,
     flags: dict[str, tuple[str, Any]] | None = None,
+    runs: bool = True,
 ) -> Config:
     """The config of ``params`` with ``--set`` overrides and flags; a bad value names the flag or file it came from.
 
-    ``flags``: a command's own options that set config keys, ``{key: (flag, value)}``; None values are not set."""
+    ``flags``: a command's own options that set config keys, ``{key: (flag, value)}``; None values are not set.
+    ``runs``: the command computes, so the device must exist and the thread count is applied (not for printing)."""
     overrides = parse_overrides(sets)
     sources = _set_sources(sets)
     named = {
@@ -98,6 +100,8 @@ def resolve(
     if seed is not None:
         check_seed(seed, "the --seed flag")
     cfg = load_config(params, overrides, sources)
+    if not runs:
+        return cfg
     from lsmia.utils import resolve_device, set_threads
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
@@ -166,11 +170,29 @@ def _echo_json(obj: dict[str, Any]) -> None:
 
 @app.command()
 @cli_errors
-def config(params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None) -> None:
-    """Print the fully resolved configuration as YAML."""
+def config(
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the YAML to this file (atomically: a failure leaves it as it was) instead of printing it.",
+        ),
+    ] = None,
+) -> None:
+    """Print the fully resolved configuration as YAML (no device needed: a GPU config prints on a laptop)."""
     import yaml
 
-    typer.echo(yaml.safe_dump(resolve(params, sets).to_dict(), sort_keys=False))
+    from lsmia.utils import atomic_path
+
+    text = yaml.safe_dump(resolve(params, sets, runs=False).to_dict(), sort_keys=False)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    with atomic_path(output_file(out, "--out")) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
 
 
 @app.command()
@@ -664,7 +686,7 @@ def ablate(
         tracker.log_metrics(ablation.effect_metrics(result))
         tracker.tracker.log_artifact(result.out_dir, "ablation")
     typer.echo(ablation.markdown(result), nl=False)
-    typer.echo(f"results: {result.out_dir / 'results.md'}")
+    typer.echo(f"results: {result.md_file}")
 
 
 @app.command("verdict")

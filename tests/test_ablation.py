@@ -204,6 +204,22 @@ def test_plan_errors_name_the_problem(tmp_path):
         ablation.variant_configs(build_config(), plan)
 
 
+def test_finished_only_never_overwrites_results_holding_more_cells(tmp_path):
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
+    plan = ablation.AblationPlan(name="t", alphas=[0.0, -0.05], seeds=[0], variants={"base": {}})
+    committed = tmp_path / "out" / "ablations" / "t" / "results.json"
+    committed.parent.mkdir(parents=True)
+    rows = [{"variant": "base", "alpha": a, "seed": 0, "final_acc1": 0.5} for a in (0.0, -0.05)]
+    committed.write_text(json.dumps({"rows": rows, "variants": {}}))
+    before = committed.read_bytes()
+    lines: list[str] = []
+    result = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=lines.append, finished_only=True)
+    assert committed.read_bytes() == before  # the committed table survives a fresh clone's empty cache
+    assert result.md_file == committed.with_name("results.partial.md") and result.md_file.is_file()
+    assert lines == [f"kept {committed} (2 of its cells are not finished in this stage cache); the finished cells "
+                     f"are in {result.md_file}: delete results.json to replace it"]  # fmt: skip
+
+
 def test_finished_only_on_an_empty_cache_runs_nothing_and_lists_every_cell(tmp_path):
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
     plan = ablation.AblationPlan(name="t", alphas=[0.0, -0.05], seeds=[0, 1], variants={"base": {}, "ce": {}})
@@ -266,8 +282,11 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     assert (
         graph.stage_keys(configs[missing["variant"]], graph.Cell(missing["alpha"], missing["seed"]))["attack"] == lost
     )
-    assert json.loads((partial.out_dir / "results.json").read_text())["missing"] == [missing]
-    assert "Not finished yet (1 cells" in (partial.out_dir / "results.md").read_text()
+    # the fuller results.json stays as it was; the 17 finished cells go beside it
+    assert partial.json_file.name == "results.partial.json" and any("kept" in line for line in so_far)
+    assert len(json.loads((result.out_dir / "results.json").read_text())["rows"]) == 18
+    assert json.loads(partial.json_file.read_text())["missing"] == [missing]
+    assert "Not finished yet (1 cells" in partial.md_file.read_text()
 
     def cell(row):
         return row["variant"], row["alpha"], row["seed"]

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from lsmia.cli import app
@@ -119,3 +120,22 @@ def test_train_prior_with_an_exported_generator_records_it_for_the_dvc_graph(tmp
         "train-prior", "--no-track", "-S", "prior.kind=torchscript", "-S", "prior.path=none.pt", cwd=tmp_path
     )
     assert_one_line_error(missing, "prior.path (none.pt) is not a file")
+
+
+def test_config_out_writes_atomically_and_needs_no_device(tmp_path, monkeypatch):
+    """The README's FaceScrub recipe once emptied params.yaml: `> params.yaml` truncated it before the device
+    check failed. --out writes only a complete config, and printing one never asks for the device."""
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("attack: {steps: 5}\n")
+    before = params.read_bytes()
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text("run: {device: cuda}\nattack: {steps: 7}\n")
+    printed = runner.invoke(app, ["config", "--params", str(gpu)])
+    assert printed.exit_code == 0 and "device: cuda" in printed.output  # no GPU here, and none needed to print
+    failed = runner.invoke(app, ["config", "--params", str(tmp_path / "missing.yaml"), "--out", str(params)])
+    assert failed.exit_code == 2 and params.read_bytes() == before  # an error leaves the file as it was
+    written = runner.invoke(app, ["config", "--params", str(gpu), "--out", str(params)])
+    assert written.exit_code == 0, written.output
+    assert yaml.safe_load(params.read_text())["attack"]["steps"] == 7
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
