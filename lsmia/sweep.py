@@ -486,7 +486,19 @@ def create_or_load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed
         if sweep.sampler == "grid" and not study.trials:
             for alpha in grid_alphas(sweep):
                 study.enqueue_trial({"alpha": alpha})
+        elif not study.trials:
+            for alpha in both_signs(sweep, seed):
+                study.enqueue_trial({"alpha": alpha})
     return study
+
+
+def both_signs(sweep: SweepConfig, seed: int) -> list[float]:
+    """The first two alphas of a new smoothing study: one negative, one positive (drawn with the study's seed),
+    so a short sweep never misses one side of the question; none when the range has only one sign."""
+    if sweep.defense != "ls" or sweep.n_trials < 2 or not sweep.alpha_low < 0.0 < sweep.alpha_high:
+        return []
+    rng = np.random.default_rng(seed)
+    return [float(rng.uniform(sweep.alpha_low, 0.0)), float(rng.uniform(0.0, sweep.alpha_high))]
 
 
 def load_study(cfg: Config, storage: optuna.storages.BaseStorage, seed: int) -> optuna.Study:
@@ -844,8 +856,10 @@ def describe_trial(trial: FrozenTrial) -> str:
 
 
 def worker_seed(cfg: Config, worker_index: int, trials_so_far: int) -> int:
-    """Distinct per worker and per resumed run, so random draws never repeat an earlier run's."""
-    return (cfg.run.seed * 1_000_003 + worker_index * 10_007 + trials_so_far) % (2**31)
+    """Distinct per study, worker and resumed run, so random draws never repeat an earlier run's and two studies
+    of the same config do not draw the same first trials (the study name enters the seed)."""
+    study = zlib.crc32(cfg.sweep.study_name.encode())
+    return (cfg.run.seed * 1_000_003 + study * 7_919 + worker_index * 10_007 + trials_so_far) % (2**31)
 
 
 def run_worker(cfg: Config, worker_index: int | None = None, log: Log = print) -> int:
@@ -1329,6 +1343,11 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     storage = open_storage(cfg.sweep.storage, paths.journal)
     with budget_lock(paths, storage, cfg.sweep.storage, cfg.sweep.study_name):
         study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
+        if study.trials:
+            log(
+                f"study '{cfg.sweep.study_name}' exists in {redact(cfg.sweep.storage)} with {len(study.trials)} "
+                "trials: continuing it (pass --study-name NAME for a new study)"
+            )
         if study.user_attrs.get(BUDGET_ATTR) != cfg.sweep.n_trials:
             study.set_user_attr(BUDGET_ATTR, cfg.sweep.n_trials)
         parent_id = study.user_attrs.get(PARENT_RUN_ATTR)

@@ -216,13 +216,14 @@ def test_ctrl_c_fails_the_trial_queues_it_again_and_a_rerun_finishes_it(study_cf
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(cfg, log=quiet)
     monkeypatch.setattr(attack_stage, "stage_attack", honest)
-    first, queued = trials_of(cfg)
+    first, *waiting = trials_of(cfg)  # the failed trial, the study's second queued alpha and the retry
     assert first.state == TrialState.FAIL and "interrupted" in first.user_attrs["fail_reason"]
-    assert queued.state == TrialState.WAITING and queued.params == first.params
+    retry = [t for t in waiting if t.system_attrs.get("failed_trial") == first.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].params == first.params
     result = sweep.run_sweep(cfg, log=quiet)
     states = {r["number"]: r["state"] for r in result.rows}
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}
-    assert trials_of(cfg)[1].params == first.params and sweep.consumed_budget(trials_of(cfg)) == 2
+    assert trials_of(cfg)[retry[0].number].params == first.params and sweep.consumed_budget(trials_of(cfg)) == 2
 
 
 def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
@@ -566,8 +567,8 @@ def test_optuna_dashboard_serves_the_journal_with_named_objectives(tmp_path):
 
 
 def test_importance_leaves_out_an_objective_that_never_varied(tmp_path):
-    cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "flat"})
-    study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
+    cfg = build_config({"run": {"out_dir": str(tmp_path)}}, {"sweep.study_name": "flat", "sweep.n_trials": 1})
+    study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)  # nothing queued
     for alpha, _start in ((-0.3, 0.1), (-0.2, 0.5), (-0.1, 0.2), (-0.05, 0.8), (-0.25, 0.3), (-0.15, 0.6)):
         trial = study.ask(
             {
@@ -583,3 +584,23 @@ def test_importance_leaves_out_an_objective_that_never_varied(tmp_path):
     assert result.importance["attack_acc1"]["alpha"] > result.importance["attack_acc1"]["warmup_start"]
     assert result.files["importance_html"].stat().st_size > 0
     assert any(line.startswith("importance for attack_acc1 (fANOVA): alpha") for line in sweep.summary_lines(result))
+
+
+def test_each_study_draws_its_own_first_alphas_and_covers_both_signs(tmp_path):
+    """Every smoothing study once drew the same first alpha (one seed for all), and a 4-trial sweep could miss
+    negative alpha altogether: the study name enters the seed, and the first two trials take one alpha of
+    each sign."""
+    firsts = {}
+    for name in ("smoothing", "smoothing-2"):
+        cfg = build_config({"sweep": {"study_name": name, "n_trials": 4}})
+        storage = optuna.storages.InMemoryStorage()
+        study = sweep.create_or_load_study(cfg, storage, sweep.worker_seed(cfg, 0, 0))
+        queued = [t.system_attrs["fixed_params"]["alpha"] for t in study.get_trials(states=(TrialState.WAITING,))]
+        assert len(queued) == 2 and queued[0] < 0.0 < queued[1]
+        assert cfg.sweep.alpha_low <= queued[0] and queued[1] <= cfg.sweep.alpha_high
+        firsts[name] = queued
+        again = sweep.create_or_load_study(cfg, storage, sweep.worker_seed(cfg, 0, 0))
+        assert len(again.trials) == 2  # reopening the study queues nothing more
+    assert firsts["smoothing"] != firsts["smoothing-2"]
+    positive_only = build_config({"sweep": {"alpha_low": 0.0, "alpha_high": 0.3}}).sweep
+    assert sweep.both_signs(positive_only, 0) == []
