@@ -184,12 +184,30 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     assert section.count("<table") == 3 and section.count("<div class='scroll'>") == 3  # claims, effects, summary
     # the claims across the included ablations: of the three negative alphas, -0.2 comes closest to halving
     assert (
-        "<tr><th>α &lt; 0 keeps at most half of acc@1 at ≤ 5 points of test accuracy</th><td>3</td><td>none</td>"
+        "<tr><th>α &lt; 0 keeps at most half of acc@1 at ≤ 5 points of test accuracy (≥ 3 seeds, interval below "
+        "1)</th><td>3</td><td>none</td>"
         "<td>alpha/baseline α = -0.2</td><td>ratio 0.81 ± 0.14, cost 0.018 ± 0.052</td></tr>"
     ) in section
     assert "Seeds [0, 1, 2]" in section and "<b>baseline</b>: the default settings" in section
     assert "no " in section and "results.json beside results.md" in section  # the orphan is named, not shown raw
     assert report.ablation_html(results.with_name("results.json")) == report.ablation_html(results)  # either file
+
+
+def test_the_verdict_opens_the_report_with_both_attackers_and_the_acceptance_gap(tmp_path):
+    from lsmia import verdict
+    from tests.test_verdict import results as verdict_results
+
+    source = tmp_path / "adaptive" / "results.json"
+    source.parent.mkdir()
+    source.write_text(json.dumps(verdict_results()))
+    assert report.verdict_html([source]) == ""  # no verdict.json yet: no section
+    verdict.write(verdict.build([source]), source.parent, [source])
+    section = report.verdict_html([source])
+    assert section.startswith(f"<h2>{report.VERDICT_HEADING}</h2>")
+    for head in ("acc@1 published", "acc@1 adaptive", "target acceptance published / adaptive", "ratio worst case"):
+        assert f"<th>{head}</th>" in section
+    assert "<td>0.20 ± 0.00 / 0.90 ± 0.00</td>" in section  # the target believes the adaptive attack, not PPA's
+    assert "no shield: only the published attack is lowered" in section and "negative control" in section
 
 
 def test_a_partial_ablation_names_its_unfinished_cells(tmp_path):
