@@ -713,6 +713,25 @@ def verdict_command(
     typer.echo(f"verdict: {path}")
 
 
+@app.command("ranking-check")
+@cli_errors
+def ranking_check(
+    plan_file: Annotated[Path, typer.Argument(help="Ablation file whose trained targets to read.")],
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """How far PPA's float32 softmax ranking ties on each finished target of a plan (runs no training)."""
+    from lsmia import ablation, ranking_check
+
+    cfg = resolve(params, sets, device, track=False)
+    plan = ablation.load_plan(plan_file)
+    rows = ranking_check.target_rows(cfg, plan, _device(cfg))
+    if not rows:
+        _fail(f"no target of {plan_file} is in the cache for the current code: run 'lsmia ablate {plan_file}' first")
+    typer.echo("\n".join(ranking_check.lines(rows)))
+
+
 @app.command("logit-geometry")
 @cli_errors
 def logit_geometry(

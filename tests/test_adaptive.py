@@ -174,3 +174,15 @@ def test_temperature_must_be_positive_and_finite() -> None:
             build_config({"attack": {"temperature": bad}})
     assert build_config({"attack": {"temperature": "auto"}}).attack.temperature == "auto"
     assert build_config({"attack": {"temperature": 2}}).attack.temperature == 2.0
+
+
+def test_ranking_check_measures_how_far_the_softmax_selection_degenerates() -> None:
+    from lsmia.ranking_check import selection_agreement
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 20, generator=gen) * 3  # 20 classes, 10 candidates for each of 5
+    calm = selection_agreement((logits, logits.flip(0)), [0, 1, 2, 3, 4], 10)
+    assert calm["agreement"] == 1.0 and calm["nonzero_scores_per_class"] == 40.0  # nothing underflows
+    huge = selection_agreement((logits * 2_000, logits.flip(0) * 2_000), [0, 1, 2, 3, 4], 10)
+    assert huge["nonzero_scores_per_class"] == 4.0 and huge["agreement"] == pytest.approx(0.54)  # ties at 0
+    assert huge["distinct_starts_published"] < huge["distinct_starts_exact"]  # the same block for every class
