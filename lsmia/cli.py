@@ -39,6 +39,26 @@ TrackOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lsmia import __version__
+
+        typer.echo(f"lsmia {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", metavar=NO_VALUE, callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Label smoothing vs. model inversion: data, training, PPA attack, metrics."""
+
+
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input: one line on stderr, exit 2. Ctrl-C: exit 130, outputs stay resumable."""
 

@@ -139,3 +139,10 @@ def test_config_out_writes_atomically_and_needs_no_device(tmp_path, monkeypatch)
     assert written.exit_code == 0, written.output
     assert yaml.safe_load(params.read_text())["attack"]["steps"] == 7
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
+
+
+def test_version():
+    from lsmia import __version__
+
+    out = runner.invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output == f"lsmia {__version__}\n"
