@@ -48,7 +48,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def global_options(
     version: Annotated[
         bool,
         typer.Option(
