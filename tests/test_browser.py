@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import browser
+from tests.helpers.committed import export_committed
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -38,10 +39,8 @@ def plots_repo(repo: Path) -> Path:
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config"):
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
-    shutil.copytree(ROOT / "out" / "plots", repo / "out" / "plots")
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "out/plots"):
+        export_committed(name, repo)  # as committed, whatever a user's dvc repro left in the workspace
     return repo
 
 
@@ -71,7 +70,7 @@ def test_dvc_plots_show_draws_each_plot_readably_without_warnings(tmp_path: Path
     assert min(numbers(axis(delta, "δ_eval")["labels"])) > 1  # δ_eval (~27) is not squashed by a zero baseline
     assert axis(charts["accuracy_vs_alpha"], "label smoothing α")["labels"]
     assert {"test_acc", "final_acc1", "final_acc5"} <= set(charts["accuracy_vs_alpha"]["texts"])
-    grids = sorted((ROOT / "out" / "plots" / "reconstructions").glob("*.png"))
+    grids = sorted((repo / "out" / "plots" / "reconstructions").glob("*.png"))
     assert len(facts["images"]) == len(grids) and all(image["width"] > 0 for image in facts["images"])
     browser.screenshot(browser.offline_copy(page, vega, probe=False), tmp_path / "dvc_plots.png", 1280, 2400)
     assert (tmp_path / "dvc_plots.png").stat().st_size > 10_000
@@ -86,7 +85,7 @@ def test_report_page_is_no_wider_than_the_window(tmp_path: Path) -> None:
     ablations = []
     for plan in ("factors", "alpha", "data"):
         folder = paths.ablation_dir(plan)
-        shutil.copytree(ROOT / "out" / "ablations" / plan, folder)
+        shutil.copytree(export_committed(f"out/ablations/{plan}", tmp_path / "committed"), folder)
         ablations.append(folder / "results.md")
     index = report.write_report(paths, tmp_path / "report", torch.device("cpu"), ablation_files=ablations)
     facts = browser.page_facts(browser.with_probe(index), width=1280)

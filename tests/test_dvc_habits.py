@@ -7,10 +7,11 @@ import io
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers.committed import export_committed
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -33,16 +34,15 @@ def test_readme_exp_show_recipe_keeps_alpha_seed_accuracy_acc1_and_delta_eval(tm
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
-    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
-        shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "out" / "metrics", repo / "out" / "metrics")
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml", "out/metrics"):
+        export_committed(name, repo)  # as committed: a user's experiment in the workspace changes nothing here
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=GIT_ENV)
     subprocess.run(["git", "commit", "-qm", "study"], cwd=repo, check=True, env=GIT_ENV)
     command = readme_command("dvc exp show --drop")
     assert command[-1] == "--md"
     done = subprocess.run([DVC, *command[1:-1], "--csv"], cwd=repo, capture_output=True, text=True, check=True)
     header = next(csv.reader(io.StringIO(done.stdout)))
-    runs = sorted(p.name for p in (ROOT / "out" / "metrics").glob("*.json"))
+    runs = sorted(p.name for p in (repo / "out" / "metrics").glob("*.json"))
     expected = {
         f"out/metrics/{run}:{key}" for run in runs for key in ("alpha", "seed", "test_acc", "final_acc1", "delta_eval")
     }
