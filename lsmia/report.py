@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -38,6 +39,8 @@ from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
 from lsmia.utils import load_json, new_file_mode
 from lsmia.visualize import save_judged_grid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ID_KEYS = ("alpha", "seed")
 
@@ -686,7 +689,14 @@ def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str
         ("runs (alpha × seed)", len(rows)),
     ]
     items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    return f"<table class='facts'>{items}</table><p class='note'>{READING_NOTE}</p>"
+    scale = ""
+    if len(seeds) < 3 or int(data_summary.get("num_classes", 0) or 0) < 200:
+        scale = (
+            "<p class='note'><b>This study is a smoke-scale run</b> (its identities, seeds and epochs are chosen to "
+            "finish in minutes on a CPU): it shows that the pipeline works, not the paper's effect. The verdict on "
+            "the paper's claims is the verdict table and the measured ablations below.</p>"
+        )
+    return f"{scale}<table class='facts'>{items}</table><p class='note'>{READING_NOTE}</p>"
 
 
 STYLE = """
@@ -703,14 +713,55 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{c
 .missing{color:#a33}.caption{color:#555;font-size:13px;margin-top:0}
 .recon{display:flex;flex-wrap:wrap;gap:0 18px}.recon figure{margin:.4em 0}
 .recon img{image-rendering:pixelated}h3{margin-bottom:.3em}
+.toc{background:#fafafa;border:1px solid #eee;padding:.4em 1em;font-size:14px}.toc ol{margin:.3em 0;columns:2}
 """
+
+
+def with_contents(body: str) -> str:
+    """``body`` with an id on every section heading (h2) and a table of contents before the first."""
+    headings: list[str] = []
+
+    def anchor(match: re.Match[str]) -> str:
+        headings.append(match[1])
+        return f"<a id='s{len(headings)}'></a>{match[0]}"
+
+    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
+    if not headings:
+        return body
+    items = "".join(f"<li><a href='#s{i}'>{text}</a></li>" for i, text in enumerate(headings, 1))
+    toc = f"<nav class='toc'><b>Contents</b><ol>{items}</ol></nav>"
+    first = body.index("<a id='s1'></a>")
+    return body[:first] + toc + body[first:]
+
+
+def provenance_html() -> str:
+    """Where the numbers come from: commit, params digest, date, machine."""
+    import datetime
+    import hashlib
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    params = REPO_ROOT / "params.yaml"
+    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.is_file() else "none"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    built = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"<p class='caption'>Built {html.escape(built)} from commit {html.escape(commit + dirty)}, params.yaml "
+        f"sha256 {html.escape(digest)}, on {html.escape(machine)}.</p>"
+    )
 
 
 def page_html(title: str, parts: list[str]) -> str:
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1>{provenance_html()}{with_contents(''.join(parts))}</body></html>\n"
     )
 
 

@@ -79,7 +79,7 @@ def test_mean_and_interval_are_rounded_to_the_interval_precision():
 
 def test_raw_table_lists_every_run(built):
     page = built[1].read_text()
-    raw = page[page.index("Raw metrics per run") :]
+    raw = page[page.index("<h2>Raw metrics per run") :]
     assert len(re.findall(r"<th>α = [-0-9.]+<br><small>seed \d</small></th>", raw)) == len(ALPHAS) * len(SEEDS)
     assert len(re.findall(r"<tr><th title='[^']*'>[a-z_0-9]+</th>", raw)) == len(fake_metrics(0.0, 0)) - 2
     assert f"<td>{fake_metrics(-0.05, 1)['delta_eval']:.4g}</td>" in raw
@@ -152,7 +152,7 @@ def test_failed_rebuild_keeps_the_previous_report(tmp_path, monkeypatch):
 
 def test_effect_table_pairs_each_seed_with_hard_labels(built):
     _, index = built
-    section = index.read_text().split("The paper's effect, paired by seed", 1)[1].split("<h2>", 1)[0]
+    section = index.read_text().split("<h2>The paper's effect, paired by seed", 1)[1].split("<h2>", 1)[0]
     # fake_metrics: acc@1 = 0.6 + 2 alpha - 0.1 seed, so the paired gain at alpha = 0.1 is exactly +0.2 per seed
     assert "α = 0.1</th><td>0.2 ± 0 <small>(n = 2)</small>" in section
     assert "raises acc@1 (interval above 0)" in section
@@ -173,7 +173,7 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     page = report.write_report(
         paths, tmp_path / "report", torch.device("cpu"), ablation_files=[results, orphan]
     ).read_text()
-    section = page[page.index("Measured ablations") : page.index("The paper's 2-D toy")]
+    section = page[page.index("<h2>Measured ablations") : page.index("<h2>The paper's 2-D toy")]
     assert "<pre>" not in section and "raw markdown" not in section and "|" not in section
     # the paired effect at -0.05 and the summary row at 0, as in the committed results.md
     assert (
@@ -224,7 +224,7 @@ def test_a_partial_ablation_names_its_unfinished_cells(tmp_path):
 
 
 def defenses_section(page: str) -> str:
-    return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("The paper's 2-D toy")]
+    return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("<h2>The paper's 2-D toy")]
 
 
 def test_defenses_section_says_how_to_produce_it_when_absent(built):
@@ -310,3 +310,14 @@ def test_reconstructions_in_report_and_plots_are_judged_by_the_evaluation_model(
     assert (index.parent / "reconstructions_alpha0.1_seed1.png").read_bytes() == expected
     assert (tmp_path / "plots" / "reconstructions" / "alpha0.1_seed1.png").read_bytes() == expected
     assert "green frame" in index.read_text()
+
+
+def test_the_report_has_contents_provenance_and_says_a_smoke_run_is_one(built):
+    page = built[1].read_text()
+    toc = page[page.index("<nav class='toc'>") : page.index("</nav>")]
+    headings = re.findall(r"<a id='(s\d+)'></a><h2>(.*?)</h2>", page)
+    assert len(headings) >= 8 and all(f"<a href='#{i}'>{text}</a>" in toc for i, text in headings)
+    assert page.index("</nav>") < page.index("<a id='s1'></a>")  # the contents come before the first section
+    provenance = re.search(r"Built (\d{4}-\d\d-\d\d \d\d:\d\d UTC) from commit ([0-9a-f]{7,}|unknown)", page)
+    assert provenance is not None and "params.yaml sha256" in page and "CPUs, torch" in page
+    assert "This study is a smoke-scale run" in page  # two seeds: not the paper's regime
