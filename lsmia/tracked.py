@@ -60,6 +60,9 @@ def registry_description(image_size: int, classes: list[str]) -> str:
     )
 
 
+SETTINGS_NOT_METRICS = frozenset({"alpha", "seed", "epochs"})
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What the run inputs record of a prepared data file: its name, digest, counts and class list."""
@@ -100,7 +103,13 @@ class StageLog:
         self.attack_run: str | None = None  # evaluate: the attack run that gets the headline metrics
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Numbers only; the cell's settings (alpha, seed, epochs) are params and tags, never final metrics: as
+        metrics they made the compare page's default chart plot alpha against alpha. Per epoch, the alpha the
+        warm-up puts in force is a real curve: ``alpha_in_force``."""
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if step is not None and "alpha" in numbers:
+            numbers["alpha_in_force"] = numbers.pop("alpha")
+        numbers = {k: v for k, v in numbers.items() if k not in SETTINGS_NOT_METRICS}
         self.tracker.log_metrics(numbers, step=step)
         headline = {k: numbers[k] for k in HEADLINE if k in numbers}
         if step is None and self.attack_run and headline:

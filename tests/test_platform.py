@@ -108,8 +108,9 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     assert {r.data.tags["alpha"] for r in target_runs} >= {"0.1", "-0.05"}
     run = target_runs[0]
     assert run.data.params["attack.pool_size"] == "16" and "test_acc" in run.data.metrics
-    history = client.get_metric_history(run.info.run_id, "alpha")
+    history = client.get_metric_history(run.info.run_id, "alpha_in_force")  # the warm-up's alpha per epoch
     assert len(history) == 2 and sorted(m.step for m in history) == [0, 1]
+    assert not {"alpha", "seed", "epochs"} & set(run.data.metrics)  # settings are params and tags, not metrics
     assert run.data.tags.get("git_commit")
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert any(m.source_run_id == run.info.run_id for m in models)
