@@ -265,16 +265,26 @@ def _orphan_handling(marker: Path | None, cfg: Config, resumable: bool) -> Itera
     if marker is None:
         yield None, None
         return
-    from lsmia.tracking import claim_orphan, forget_run
+    from lsmia.tracking import claim_orphan
 
     created = not marker.parent.exists()
     try:
         yield claim_orphan(marker, cfg.to_dict(), resumable)
-    finally:
-        forget_run(marker)
-        if created:
-            with contextlib.suppress(OSError):
-                marker.parent.rmdir()  # only when empty: a stage that failed validation leaves no folder
+    except KeyboardInterrupt:
+        raise  # Ctrl-C: the marker stays, so the resumed stage continues this (KILLED) run, one history
+    except BaseException:
+        _drop_marker(marker, created)
+        raise
+    _drop_marker(marker, created)
+
+
+def _drop_marker(marker: Path, created: bool) -> None:
+    from lsmia.tracking import forget_run
+
+    forget_run(marker)
+    if created:
+        with contextlib.suppress(OSError):
+            marker.parent.rmdir()  # only when empty: a stage that failed validation leaves no folder
 
 
 def _record_interruption(

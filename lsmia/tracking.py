@@ -917,7 +917,8 @@ def forget_run(marker: Path) -> None:
 
 
 def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tuple[str | None, str | None]:
-    """(run to continue, orphan to link) for the run a killed stage left RUNNING, as named by ``marker``.
+    """(run to continue, orphan to link) for the run a killed (RUNNING) or interrupted (KILLED) stage left, as
+    named by ``marker``.
 
     With ``resumable`` (the stage resumes from its checkpoint) and the same config, the orphan is
     continued, so one run holds every epoch; otherwise it is marked FAILED and the new run links to it.
@@ -933,11 +934,13 @@ def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tu
         quiet_mlflow_logs()
         _check_server(tracking_uri())
         client = mlflow.MlflowClient(tracking_uri())
-        if client.get_run(run_id).info.status != "RUNNING":
+        status = client.get_run(run_id).info.status  # RUNNING: killed; KILLED: interrupted (Ctrl-C)
+        if status not in ("RUNNING", "KILLED"):
             return None, None
         if resumable and record.get("config") == config_digest(config):
             return run_id, None
-        client.set_terminated(run_id, "FAILED")
+        if status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
         return None, run_id
     except Exception as err:
         reason = (str(err).strip().splitlines() or [""])[0][:200]

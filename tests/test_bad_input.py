@@ -504,21 +504,23 @@ def train_runs(uri: str) -> list:
     return client.search_runs([experiment.experiment_id], "tags.stage = 'train' and tags.role = 'target'")
 
 
-def start_killed_training(study: Path, args: list[str], env: dict[str, str]) -> None:
-    """Run ``lsmia train`` with tracking and SIGKILL it as soon as its first checkpoint is written."""
+def start_killed_training(study: Path, args: list[str], env: dict[str, str], how: int = signal.SIGKILL) -> None:
+    """Run ``lsmia train`` with tracking and kill it (``how``) as soon as its first checkpoint is written."""
     checkpoint = study / "out/models/target_alpha-0.05_seed0/checkpoint.pt"
     command = [sys.executable, "-c", "from lsmia.cli import main; main()", *args]
     proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(how)
     proc.wait()
     assert checkpoint.exists(), "the training never wrote a checkpoint"
 
 
 @pytest.mark.slow
-def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str) -> None:
+@pytest.mark.parametrize(("how", "left"), [(signal.SIGKILL, "RUNNING"), (signal.SIGINT, "KILLED")])
+def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str, how: int, left: str) -> None:
+    """A SIGKILL leaves the run RUNNING, Ctrl-C ends it KILLED: either way the resumed stage continues it."""
     from mlflow import MlflowClient
 
     args = ["train", "--alpha", "-0.05", "--track", "-S", "target.epochs=20"]
@@ -527,9 +529,9 @@ def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
         "OMP_NUM_THREADS": "1",
     }
-    start_killed_training(study, args, env)
+    start_killed_training(study, args, env, how)
     (orphan,) = train_runs(mlflow_store)
-    assert orphan.info.status == "RUNNING"
+    assert orphan.info.status == left
     assert (study / "out/models/target_alpha-0.05_seed0/.mlflow-run.json").exists()
     result = cli(*args)
     assert result.exit_code == 0, result.output
