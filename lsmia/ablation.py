@@ -12,7 +12,7 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,6 +316,45 @@ def effect_metrics(result: AblationResult) -> dict[str, float]:
 # --------------------------------------------------------------------------- the targets' logit geometry
 
 
+@dataclass
+class FinishedTarget:
+    variant: str
+    cfg: Config
+    alpha: float
+    seed: int
+    layout: CacheLayout
+
+    @property
+    def model(self) -> Path:
+        return self.layout.output(graph.BY_NAME["target"], None)
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        return {"variant": self.variant, "alpha": self.alpha, "seed": self.seed}
+
+    def done(self, stage: str) -> bool:
+        return (self.layout.output(graph.BY_NAME[stage], None).parent / StageCache.DONE).exists()
+
+
+def finished_targets(base: Config, plan: AblationPlan) -> Iterator[FinishedTarget]:
+    """Every target of the plan the stage cache holds for the current code, once (under the first variant that
+    names it); cells whose target is not trained yet are left out. Runs nothing."""
+    configs = variant_configs(base, plan)
+    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
+    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    cache_root = StudyPaths(Path(base.run.out_dir)).ablation_cache
+    code = graph.code_digests()
+    seen: set[str] = set()
+    for name, cfg in configs.items():
+        for seed in seeds:
+            for alpha in variant_alphas(plan, name, cfg, alphas):
+                layout = CacheLayout(cache_root, graph.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
+                target = FinishedTarget(name, cfg, alpha, seed, layout)
+                if layout.keys["target"] not in seen and target.done("target"):
+                    seen.add(layout.keys["target"])
+                    yield target
+
+
 def logit_geometry_rows(base: Config, plan: AblationPlan) -> list[dict[str, Any]]:
     """:func:`lsmia.metrics.logits.logit_geometry` of every finished target of the plan on its private test
     images, one row per (variant, alpha, seed); a target shared by several variants appears once, under the
@@ -325,28 +364,15 @@ def logit_geometry_rows(base: Config, plan: AblationPlan) -> list[dict[str, Any]
     from lsmia.models.classifiers import load_classifier
     from lsmia.models.inference import predict_logits
 
-    configs = variant_configs(base, plan)
-    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
-    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
-    cache_root = StudyPaths(Path(base.run.out_dir)).ablation_cache
-    code = graph.code_digests()
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
     datasets: dict[str, FaceData] = {}  # many targets read one data set: load it once
-    for name, cfg in configs.items():
-        for seed in seeds:
-            for alpha in variant_alphas(plan, name, cfg, alphas):
-                layout = CacheLayout(cache_root, graph.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
-                model_path = layout.output(graph.BY_NAME["target"], None)
-                if layout.keys["target"] in seen or not (model_path.parent / StageCache.DONE).exists():
-                    continue
-                seen.add(layout.keys["target"])
-                data_key = layout.keys["data"]
-                if data_key not in datasets:
-                    datasets[data_key] = FaceData.load(layout.output(graph.BY_NAME["data"], None))
-                data = datasets[data_key]
-                logits = predict_logits(load_classifier(model_path), data.test.images)
-                rows.append({"variant": name, "alpha": alpha, "seed": seed, **logit_geometry(logits, data.test.labels)})
+    for target in finished_targets(base, plan):
+        data_key = target.layout.keys["data"]
+        if data_key not in datasets:
+            datasets[data_key] = FaceData.load(target.layout.output(graph.BY_NAME["data"], None))
+        data = datasets[data_key]
+        logits = predict_logits(load_classifier(target.model), data.test.images)
+        rows.append({**target.cell, **logit_geometry(logits, data.test.labels)})
     return rows
 
 

@@ -10,20 +10,18 @@ ties at exactly 0 and ``topk`` hands the same block of pool latents to every cla
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lsmia import graph
-from lsmia.ablation import AblationPlan, CacheLayout, StageCache, variant_alphas, variant_configs
+from lsmia.ablation import AblationPlan, finished_targets
 from lsmia.attack.ppa import configure_latent_space, pool_logits, resolve_targets, select_candidates, stage_generators
 from lsmia.attack.scoring import class_scores
 from lsmia.config import Config
 from lsmia.models.classifiers import load_classifier
 from lsmia.models.fusion import inference_copy
 from lsmia.models.generator import load_prior
-from lsmia.paths import StudyPaths
 
 
 def selection_agreement(
@@ -50,31 +48,18 @@ def selection_agreement(
 @torch.no_grad()
 def target_rows(base: Config, plan: AblationPlan, device: torch.device) -> list[dict[str, Any]]:
     """One row per finished target of ``plan`` (the first variant naming it), attacked as that variant would."""
-    configs = variant_configs(base, plan)
-    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
-    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
-    cache_root = StudyPaths(Path(base.run.out_dir)).ablation_cache
-    code = graph.code_digests()
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for name, cfg in configs.items():
-        for seed in seeds:
-            for alpha in variant_alphas(plan, name, cfg, alphas):
-                layout = CacheLayout(cache_root, graph.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
-                model = layout.output(graph.BY_NAME["target"], None)
-                prior_file = layout.output(graph.BY_NAME["prior"], None)
-                done = all((p.parent / StageCache.DONE).exists() for p in (model, prior_file))
-                if layout.keys["target"] in seen or not done:
-                    continue
-                seen.add(layout.keys["target"])
-                target = inference_copy(load_classifier(model).to(device), device)
-                prior = load_prior(cfg.prior, prior_file).to(device).eval()
-                configure_latent_space(prior, cfg.attack)
-                pool = prior.sample_latents(cfg.attack.pool_size, generator=stage_generators(cfg.attack.seed)[0])
-                logits = pool_logits(prior, target, pool.cpu(), cfg.attack.selection_batch_size, device)
-                targets = resolve_targets(cfg.attack.targets, target.num_classes)
-                agreement = selection_agreement(logits, targets, cfg.attack.candidates)
-                rows.append({"variant": name, "alpha": alpha, "seed": seed, **agreement})
+    for finished in finished_targets(base, plan):
+        if not finished.done("prior"):
+            continue
+        cfg = finished.cfg
+        target = inference_copy(load_classifier(finished.model).to(device), device)
+        prior = load_prior(cfg.prior, finished.layout.output(graph.BY_NAME["prior"], None)).to(device).eval()
+        configure_latent_space(prior, cfg.attack)
+        pool = prior.sample_latents(cfg.attack.pool_size, generator=stage_generators(cfg.attack.seed)[0])
+        logits = pool_logits(prior, target, pool.cpu(), cfg.attack.selection_batch_size, device)
+        targets = resolve_targets(cfg.attack.targets, target.num_classes)
+        rows.append({**finished.cell, **selection_agreement(logits, targets, cfg.attack.candidates)})
     return rows
 
 
