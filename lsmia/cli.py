@@ -746,10 +746,15 @@ def ranking_check(
 
     cfg = resolve(params, sets, device, track=False)
     plan = ablation.load_plan(plan_file)
-    rows = ranking_check.target_rows(cfg, plan, _device(cfg))
+    rows = _cached_rows(plan_file, ranking_check.target_rows(cfg, plan, _device(cfg)))
+    typer.echo("\n".join(ranking_check.lines(rows)))
+
+
+def _cached_rows(plan_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` read from a plan's cached targets, or the one-line error that there are none yet."""
     if not rows:
         _fail(f"no target of {plan_file} is in the cache for the current code: run 'lsmia ablate {plan_file}' first")
-    typer.echo("\n".join(ranking_check.lines(rows)))
+    return rows
 
 
 @app.command("logit-geometry")
@@ -765,9 +770,7 @@ def logit_geometry(
 
     cfg = resolve(params, sets, None, track=False)
     plan = ablation.load_plan(plan_file)
-    rows = ablation.logit_geometry_rows(cfg, plan)
-    if not rows:
-        _fail(f"no target of {plan_file} is in the cache for the current code: run 'lsmia ablate {plan_file}' first")
+    rows = _cached_rows(plan_file, ablation.logit_geometry_rows(cfg, plan))
     path = ablation.write_logit_geometry(cfg, plan, rows)
     typer.echo("\n".join(logit_geometry_lines(rows)))
     typer.echo(f"results: {path}")
