@@ -35,6 +35,19 @@ START_TIMEOUT_S = 120.0  # mlflow server creates its tables on first start: tens
 Log = Callable[[str], None]
 
 
+def check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    """A one-line error when something already listens on ``port``: the health probe would find that server and
+    announce it as ours."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("" if host == "0.0.0.0" else host, port))
+        except OSError:
+            raise LsmiaError(
+                f"{what} port {port} on {host} is in use (another server?): pass {flag} with a free port, or stop "
+                "what listens there"
+            ) from None
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A TCP port nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -145,6 +158,8 @@ def start_postgres(folder: Path, host: str = LOOPBACK, port: int | None = None, 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     data_dir, secret = folder / "postgres", folder / "postgres.password"
+    if port:
+        check_port_free(host, port, "PostgreSQL's", "--pg-port")
     port = port or free_port(LOOPBACK if host == "0.0.0.0" else host)
     if not (data_dir / "PG_VERSION").exists():
         password = secrets.token_urlsafe(18)
@@ -249,6 +264,8 @@ def start_tracking_server(
     folder = Path(folder).resolve()
     artifacts, log_file = folder / "artifacts", folder / "mlflow-server.log"
     artifacts.mkdir(parents=True, exist_ok=True)
+    if port:
+        check_port_free(host, port, "the MLflow server's", "--port")
     port = port or free_port(LOOPBACK if host == "0.0.0.0" else host)
     command = [
         sys.executable,
@@ -341,7 +358,20 @@ def running_services(
 def serve(
     folder: Path, host: str = LOOPBACK, pg_port: int | None = None, port: int | None = None, log: Log = print
 ) -> None:
-    """``lsmia server``: start both services, print the lines to export, wait for Ctrl-C (or the server's end)."""
+    """``lsmia server``: start both services, print the lines to export, wait for Ctrl-C or SIGTERM (or the
+    server's end); both services are stopped on every way out."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the children like Ctrl-C
+    try:
+        _serve(folder, host, pg_port, port, log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(folder: Path, host: str, pg_port: int | None, port: int | None, log: Log) -> None:
     with running_services(folder, host, pg_port, port, log) as services:
         log("on every worker machine:")
         for line in services.exports():

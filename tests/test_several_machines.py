@@ -257,7 +257,8 @@ def _download_all(client, run_id: str, into: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_lsmia_server_starts_both_services_prints_the_exports_and_stops_on_ctrl_c():
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_lsmia_server_starts_both_services_prints_the_exports_and_stops_on_ctrl_c(stop: int):
     import subprocess
 
     import mlflow
@@ -298,10 +299,37 @@ def test_lsmia_server_starts_both_services_prints_the_exports_and_stops_on_ctrl_
             processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
             assert "mlflow" in processes and password not in processes  # no password in any process list
         finally:
-            server.send_signal(signal.SIGINT)
+            server.send_signal(stop)  # SIGTERM too: both services stop, nothing is left to block a restart
             rest, _ = server.communicate(timeout=120)
         assert server.returncode == 0, lines + rest.splitlines()
         assert "stopping the tracking server and PostgreSQL" in rest
         assert not (folder / "postgres" / "postmaster.pid").exists()  # PostgreSQL stopped cleanly
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_lsmia_server_refuses_a_taken_port_and_leaves_nothing_running():
+    """With the MLflow port taken, it once announced the other server as its own and exited 0."""
+    import socket
+    import subprocess
+
+    with service_folder("lsmia-server-busy-") as folder, socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "lsmia", "server", "--dir", str(folder), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line == (
+            f"error: the MLflow server's port {port} on 127.0.0.1 is in use (another server?): pass --port with a "
+            "free port, or stop what listens there"
+        )
+        assert "export" not in done.stdout  # no worker is pointed at the other server
+        assert not (folder / "postgres" / "postmaster.pid").exists()  # PostgreSQL stopped again
