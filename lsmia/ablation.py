@@ -51,7 +51,7 @@ class AblationPlan(BaseModel):
     """An ablation file: ``variants`` maps a name to dotted overrides of the base params."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("ablation", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field("ablation", pattern=r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # not '.' or '..'
     alphas: list[float] | None = None  # default: the base config's study.alphas
     seeds: list[int] | None = None  # default: the base config's study.seeds
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -116,16 +116,26 @@ class StageCache:
         """The stage's output path, built first unless done; a lock lets parallel ablations share the work."""
         path = layout.output(stage, cell)
         folder = path.parent
-        if (folder / self.DONE).exists():
+        if self._done(folder, path):
             return path
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this stage: wait, then reuse its output
-            if not (folder / self.DONE).exists():
+            if not self._done(folder, path):
                 self.log(f"  {stage.name} {folder.name}: running")
                 graph.run_stage(stage, cfg, cell, layout, self.device, pipeline.quiet_stage)
                 (folder / self.DONE).write_text("")
         return path
+
+    def _done(self, folder: Path, output: Path) -> bool:
+        """Finished, and its output still there: a deleted output (e.g. a corrupt file removed as an error
+        advised) is built again rather than reported missing for good."""
+        marker = folder / self.DONE
+        wrote_nothing = all(p.name in (self.DONE, ".lock") for p in folder.iterdir()) if marker.exists() else False
+        if marker.exists() and (output.exists() or wrote_nothing):
+            return True
+        marker.unlink(missing_ok=True)
+        return False
 
     def finished(self, cfg: Config, cell: graph.Cell) -> bool:
         """Whether every stage the cell's metrics need is done (nothing would run)."""

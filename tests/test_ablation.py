@@ -339,3 +339,22 @@ def test_cli_bad_plan_is_one_line_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["ablate", str(plan), "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "target.epochz" in result.output
+
+
+def test_a_deleted_cached_output_is_built_again_not_missing_for_good(tmp_path):
+    """An error once advised deleting a corrupt cached file, after which its '.done' marker made it missing for
+    good; a stage that writes no file stays done."""
+    cache = ablation.StageCache(tmp_path, torch.device("cpu"), log=lambda line: None)
+    folder = tmp_path / "attack" / "k"
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text("")
+    (folder / ablation.StageCache.DONE).write_text("")
+    assert cache._done(folder, folder / "attack.pt")  # wrote no file: done
+    (folder / "attack.pt.timings").write_text("{}")  # it did write files, and attack.pt was deleted since
+    assert not cache._done(folder, folder / "attack.pt") and not (folder / ablation.StageCache.DONE).exists()
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_plan_may_not_write_into_out_ablations_itself(tmp_path, name):
+    with pytest.raises(LsmiaError, match="invalid ablation file"):
+        ablation.load_plan(write_plan(tmp_path, name=name, variants={"base": {}}))
