@@ -59,6 +59,24 @@ def global_options(
     """Label smoothing vs. model inversion: data, training, PPA attack, metrics."""
 
 
+def os_failure(err: OSError) -> str | None:
+    """One line for an operating-system failure the user can fix: lsmia.errors' cases, and paths the system
+    refuses (too long, a symbolic-link loop, a folder that cannot exist such as one under /proc)."""
+    import errno
+
+    translated = from_os_error(err)
+    if translated is not None:
+        return str(translated)
+    path = err.filename or "a path"
+    if err.errno == errno.ENAMETOOLONG:
+        return f"{path}: the path is too long for the file system: use a shorter path"
+    if err.errno == errno.ELOOP:
+        return f"{path}: its symbolic links form a loop: fix the links or use another path"
+    if err.errno == errno.ENOENT:
+        return f"{path} does not exist and cannot be created there (a system folder such as /proc?): use another path"
+    return None
+
+
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Bad input: one line on stderr, exit 2. Ctrl-C: exit 130, outputs stay resumable."""
 
@@ -69,10 +87,10 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except LsmiaError as err:
             _fail(str(err))
         except OSError as err:  # full disk, read-only folder, a file where a folder should be
-            translated = from_os_error(err)
-            if translated is None:
+            message = os_failure(err)
+            if message is None:
                 raise
-            _fail(str(translated))
+            _fail(message)
         except KeyboardInterrupt:
             typer.echo("interrupted: re-run the same command to resume", err=True)
             raise typer.Exit(130) from None

@@ -581,3 +581,13 @@ def test_credentials_are_masked_in_every_url(url: str, shown: str) -> None:
         "l": [shown],
     }
     assert "s3cret" not in redact(f"could not reach {url} twice") and "ss@word" not in redact(url)
+
+
+def test_paths_the_system_refuses_are_one_line_errors(tmp_path: Path) -> None:
+    too_long = tmp_path / ("a" * 300) / "dataset.pt"
+    assert_one_line_error(cli("data", "--out", str(too_long)), "the path is too long", "use a shorter path")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    looped = assert_one_line_error(cli("data", "--out", str(tmp_path / "loop_a" / "dataset.pt")))
+    assert "loop_a" in looped
+    assert_one_line_error(cli("data", "--out", "/proc/lsmia-test/dataset.pt"), "/proc/lsmia-test", "another path")
