@@ -114,6 +114,7 @@ def output_lock(target: Path | str) -> Iterator[Path]:
     fd = _acquire(Path(target), path)
     try:
         _write_holder(fd)
+        _check_nesting(Path(target))  # after taking ours: of two nested writers, the second always sees the first
         yield path
     finally:
         try:
@@ -121,6 +122,43 @@ def output_lock(target: Path | str) -> Iterator[Path]:
         finally:
             os.close(fd)
             _remove_if_empty(created)  # a stage that failed before writing leaves no empty folders
+
+
+def _held_by_other(path: Path) -> str | None:
+    """The holder of the write lock ``path`` when another process holds it now, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_nesting(target: Path) -> None:
+    """One writer per folder *tree*: a study writing ``out`` and a training writing ``out/models/x`` took two
+    different locks and both wrote. Refuse when a folder above ``target`` or a file or folder inside it is being
+    written by another process."""
+    for parent in target.resolve().parents:
+        holder = _held_by_other(lock_file(parent))
+        if holder is not None:
+            raise LsmiaError(
+                f"{target} is inside {parent}, which another lsmia process is writing ({holder}): wait for it to "
+                "end or write elsewhere (--out-dir, run.out_dir)"
+            )
+    if target.is_dir():
+        for inner in target.rglob(f".*{LOCK_SUFFIX}"):
+            holder = _held_by_other(inner)
+            if holder is not None:
+                written = inner.parent / inner.name[1 : -len(LOCK_SUFFIX)]
+                raise LsmiaError(
+                    f"{written} inside {target} is being written by another lsmia process ({holder}): wait for it "
+                    "to end or write elsewhere (--out-dir, run.out_dir)"
+                )
 
 
 @contextmanager

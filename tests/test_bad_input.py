@@ -591,3 +591,24 @@ def test_paths_the_system_refuses_are_one_line_errors(tmp_path: Path) -> None:
     looped = assert_one_line_error(cli("data", "--out", str(tmp_path / "loop_a" / "dataset.pt")))
     assert "loop_a" in looped
     assert_one_line_error(cli("data", "--out", "/proc/lsmia-test/dataset.pt"), "/proc/lsmia-test", "another path")
+
+
+@pytest.mark.parametrize(
+    "held", ["out", "out/models/target_alpha0.1_seed0"], ids=["study-holds-out", "train-holds-target"]
+)
+def test_nested_writers_exclude_each_other(study: Path, held: str) -> None:
+    """`lsmia study` (locks out/) and `lsmia train` (locks out/models/target_...) once both wrote the same
+    target folder: a model from one config and metrics from the other, both exit 0."""
+    before = snapshot(study)
+    holder = hold_lock(Path(held))
+    try:
+        if held == "out":  # a study runs: a training into its tree must wait
+            result = cli("train", "--alpha", ALPHA)
+            assert_one_line_error(result, f"{TARGET_DIR} is inside", "which another lsmia process is writing")
+        else:  # a training runs: a study over the whole tree must wait
+            result = cli("study")
+            assert_one_line_error(result, f"{TARGET_DIR} inside out is being written", f"pid {holder.pid}")
+        assert snapshot(study) == before
+    finally:
+        holder.kill()
+        holder.wait()
