@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lsmia.config import Config
+from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
 
@@ -79,13 +80,31 @@ def data_facts(data_file: Path) -> DataFacts:
     return _data_facts(str(Path(data_file).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
+def _class_names(path: str) -> list[str]:
+    """The data set's identity names, read lazily (mmap); a damaged, empty or foreign file gets the stage's own
+    checked loader and its one-line error, never a traceback from here."""
+    try:
+        return [str(name) for name in torch.load(path, map_location="cpu", weights_only=True, mmap=True)["class_names"]]
+    except Exception:
+        from lsmia.data.base import FaceData
+
+        try:
+            return list(FaceData.load(path).class_names)  # raises the stage's LsmiaError for a bad file
+        except LsmiaError:
+            raise
+        except Exception as err:  # a valid file of another kind (a list, a tensor)
+            raise LsmiaError(
+                f"{path} is not a prepared lsmia data set ({type(err).__name__}): re-run 'lsmia data'"
+            ) from None
+
+
 @lru_cache(maxsize=8)
 def _data_facts(path: str, mtime_ns: int, size: int) -> DataFacts:
     from lsmia.utils import file_digest
 
     summary_file = Path(path).with_name("summary.json")
     summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
-    classes = list(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("class_names", []))
+    classes = _class_names(path)
     keys = ("num_classes", "image_size", "train_images", "test_images", "public_images")
     profile = {"file": Path(path).name, "bytes": size, **{k: summary[k] for k in keys if k in summary}}
     return DataFacts(str(summary.get("source") or Path(path).stem), file_digest(path), profile, classes)

@@ -612,3 +612,24 @@ def test_nested_writers_exclude_each_other(study: Path, held: str) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "empty", "a list", "a tensor"],
+)
+def test_a_damaged_data_file_is_the_stage_s_one_line_error_with_tracking_on(
+    study: Path, mlflow_store: str, damage: str
+) -> None:
+    """The tracker once read the data file (mmap) before the stage's checked loader: a traceback, tracking on."""
+    import torch as _torch
+
+    data = study / "out/data/dataset.pt"
+    if damage == "truncated":
+        data.write_bytes(data.read_bytes()[:1000])
+    elif damage == "empty":
+        data.write_bytes(b"")
+    else:
+        _torch.save([1, 2, 3] if damage == "a list" else _torch.zeros(3), data)
+    result = cli("train", "--alpha", ALPHA, "--track", "-S", "target.epochs=1")
+    assert_one_line_error(result, "dataset.pt")
