@@ -137,6 +137,7 @@ def resolve(
             sources[key] = f"the {flag} flag"
     if seed is not None:
         check_seed(seed, "the --seed flag")
+    _regular_params_file(params)
     cfg = load_config(params, overrides, sources)
     if not runs:
         return cfg
@@ -145,6 +146,22 @@ def resolve(
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
     set_threads(cfg.run.threads)
     return cfg
+
+
+def _regular_params_file(params: Path | None) -> None:
+    """A FIFO or a device (/dev/zero) as the params file hung or filled memory: only a regular file is read."""
+    import stat
+
+    if params is None or not params.exists() or params.is_dir():
+        return  # missing or a folder: load_config names the problem
+    mode = params.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise LsmiaError(f"params file {params} is not a regular file (a pipe or a device): pass a YAML file")
+    if params.stat().st_size > MAX_PARAMS_BYTES:
+        raise LsmiaError(f"params file {params} is over {MAX_PARAMS_BYTES // 2**20} MiB: pass the YAML params file")
+
+
+MAX_PARAMS_BYTES = 16 * 2**20
 
 
 def _device(cfg: Config):
@@ -858,6 +875,7 @@ def sweep(
         "sweep.shared_remote": ("--shared-remote", shared_remote),
     }
     cfg = resolve(params, sets, device, track=track, flags=flags)
+    sweeps.SweepPaths.of(cfg)  # a study name that is no folder name fails before anything else is checked
     if worker:
         ran = sweeps.run_worker(cfg, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"worker done: {ran} trials run here")

@@ -61,10 +61,19 @@ class StudyPaths:
         return self.root / "ablations" / "cache"
 
     def ablation_dir(self, name: str) -> Path:
-        return self.root / "ablations" / name
+        return self.root / "ablations" / _one_folder(name, "an ablation name")
 
     def sweep_dir(self, study_name: str) -> Path:
-        return self.root / "sweep" / study_name
+        return self.root / "sweep" / _one_folder(study_name, "--study-name (sweep.study_name)")
+
+
+def _one_folder(name: str, what: str) -> str:
+    """``name`` as one folder below its parent: '.' and '..' wrote into out/ (or above) itself."""
+    if name in ("", ".", "..") or "/" in name:
+        from lsmia.errors import LsmiaError
+
+        raise LsmiaError(f"{what} '{name}' is not a folder name: use letters, digits, '.', '_' or '-', e.g. paper")
+    return name
 
 
 @dataclass(frozen=True)

@@ -633,3 +633,17 @@ def test_a_damaged_data_file_is_the_stage_s_one_line_error_with_tracking_on(
         _torch.save([1, 2, 3] if damage == "a list" else _torch.zeros(3), data)
     result = cli("train", "--alpha", ALPHA, "--track", "-S", "target.epochs=1")
     assert_one_line_error(result, "dataset.pt")
+
+
+def test_a_pipe_or_a_device_as_params_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "params.fifo"
+    os.mkfifo(fifo)
+    assert_one_line_error(cli("config", "--params", str(fifo)), "not a regular file")  # it once waited forever
+    assert_one_line_error(cli("config", "--params", "/dev/zero"), "not a regular file")  # and ate memory
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_study_name_may_not_write_into_out_itself(tmp_path: Path, name: str) -> None:
+    result = cli("sweep", "--params", str(TINY_PARAMS), "--study-name", name, "-S", f"run.out_dir={tmp_path / 'out'}")
+    assert_one_line_error(result, f"--study-name (sweep.study_name) '{name}' is not a folder name")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
