@@ -199,6 +199,7 @@ STAGES: tuple[Stage, ...] = (
             "out/ablations/defenses/compare.json",
             "out/ablations/defenses/fronts.png",
             "out/ablations/defenses/results.json",
+            *(path.replace("results.json", "verdict.json") for path in REPORT_ABLATIONS),
         ),
         uncached_outs=(f"{OUT}/plots",),
     ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
