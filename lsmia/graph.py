@@ -102,6 +102,7 @@ REPORT_ABLATIONS = tuple(
         "confirm_identities_200",
         "screen_identities_200_attacks",
         "screen_identities_200_constant",
+        "adaptive_identities_200",
     )
 )
 
