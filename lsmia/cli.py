@@ -768,10 +768,13 @@ def verdict_command(
     typer.echo(f"verdict: {path}")
 
 
+CachedPlanArg = Annotated[Path, typer.Argument(help="Ablation file whose trained targets to read.")]
+
+
 @app.command("ranking-check")
 @cli_errors
 def ranking_check(
-    plan_file: Annotated[Path, typer.Argument(help="Ablation file whose trained targets to read.")],
+    plan_file: CachedPlanArg,
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
     device: DeviceOpt = None,
@@ -795,7 +798,7 @@ def _cached_rows(plan_file: Path, rows: list[dict[str, Any]]) -> list[dict[str, 
 @app.command("logit-geometry")
 @cli_errors
 def logit_geometry(
-    plan_file: Annotated[Path, typer.Argument(help="Ablation file whose trained targets to read.")],
+    plan_file: CachedPlanArg,
     params: ParamsOpt = Path("params.yaml"),
     sets: SetOpt = None,
 ) -> None:
