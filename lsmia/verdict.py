@@ -10,7 +10,9 @@ An ablation plan's variants are grouped by what they train (every override outsi
 - a **negative control** when it sets ``attack.target_logit_scale``: the alpha = 0 target with its logits
   multiplied by the defended target's logit-norm ratio, the same decisions, so no privacy by construction.
 
-Per defense and alpha, paired by seed against alpha = 0 of the same group: the published ratio, the
+Per defense and alpha, paired by seed against alpha = 0 of the same group (a trained defense such as MID,
+BiDO or TL, set by ``target.defense.*`` at alpha = 0, against the undefended group's alpha = 0): the published
+ratio, the
 adaptive ratio (strongest adaptive attack at alpha over the strongest at 0) and the worst case over every
 attack (lsmia.stats.worst_case_ratio), the cost in test accuracy, and the target's acceptance of the final
 samples (the fraction it classifies as their class): an attack the target itself no longer believes measures
@@ -52,8 +54,13 @@ def attacker_of(flat: dict[str, Any]) -> tuple[str, str]:
     return (f"control ×{scale:g} {kind}" if scale != 1.0 else kind), label
 
 
+def trained_of(flat: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that change what is trained (not how it is attacked, not which alphas)."""
+    return {k: v for k, v in sorted(flat.items()) if not k.startswith(("attack.", "study."))}
+
+
 def defense_of(flat: dict[str, Any]) -> str:
-    return "; ".join(f"{k}={v}" for k, v in sorted(flat.items()) if not k.startswith(("attack.", "study.")))
+    return "; ".join(f"{k}={v}" for k, v in trained_of(flat).items())
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Group:
 
     name: str
     trained: str
+    flat: dict[str, Any] = field(default_factory=dict)  # the trained overrides
     cells: dict[tuple[float, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # attacker label -> kind
 
@@ -75,6 +83,10 @@ class Group:
 
     def alphas(self) -> list[float]:
         return sorted({a for a, _ in self.cells if a != 0.0}, reverse=True)
+
+    def defended(self) -> bool:
+        """A trained defense other than smoothing (``target.defense.kind`` set, not none)."""
+        return self.flat.get("target.defense.kind", "none") != "none"
 
     def controls(self) -> list[str]:
         return sorted({kind.rsplit(" ", 1)[0] for kind in self.kinds.values() if kind.startswith("control")})
@@ -100,7 +112,7 @@ def collect(results: Sequence[dict[str, Any]]) -> list[Group]:
         for row in record["rows"]:
             flat = overrides[row["variant"]]
             trained = defense_of(flat)
-            group = groups.setdefault(trained, Group(trained, trained))
+            group = groups.setdefault(trained, Group(trained, trained, trained_of(flat)))
             kind, label = attacker_of(flat)
             group.kinds[label if not kind.startswith("control") else f"{kind}: {label}"] = kind
             key = label if not kind.startswith("control") else f"{kind}: {label}"
@@ -145,44 +157,57 @@ def _acceptance(group: Group, alpha: float, kind: str, attacks: dict[str, PerSee
     return _stat({s: accepted[label][s] for s, (label, _) in strongest.items() if s in accepted.get(label, {})})
 
 
-def defense_rows(group: Group) -> list[dict[str, Any]]:
-    """The verdict rows of one defense: one per alpha < 0 or > 0, then one per negative control."""
+def _side_by_side(group: Group, alpha: float, base: Group, prefix: str = "") -> dict[str, Any]:
+    """The attackers on ``group``'s target at ``alpha`` (kinds ``prefix``published/adaptive) against ``base``'s
+    alpha = 0 targets: acc@1, acceptance and the three ratios."""
+    published, adaptive = group.values(alpha, f"{prefix}published"), group.values(alpha, f"{prefix}adaptive")
+    zero_published, zero_adaptive = base.values(0.0, "published"), base.values(0.0, "adaptive")
+    return {
+        "acc1_published": _stat(_best(published)),
+        "acc1_adaptive": _stat(_best(adaptive)),
+        "acceptance_published": _acceptance(group, alpha, f"{prefix}published", published),
+        "acceptance_adaptive": _acceptance(group, alpha, f"{prefix}adaptive", adaptive),
+        "ratio_published": _ratio(_best(published), _best(zero_published)),
+        "ratio_adaptive": _ratio(_best(adaptive), _best(zero_adaptive)),
+        "ratio_worst_case": worst_case_ratio({**published, **adaptive}, {**zero_published, **zero_adaptive}),
+    }
+
+
+def _cost(group: Group, alpha: float, base: Group) -> Stat:
+    return _ratio_or_cost(_test_acc(group, alpha), _test_acc(base, 0.0), lambda a, z: z - a)
+
+
+def undefended(group: Group, groups: Sequence[Group]) -> Group | None:
+    """The group that trains the same targets without ``group``'s defense (its alpha = 0 is the baseline)."""
+    plain = {k: v for k, v in group.flat.items() if not k.startswith("target.defense.")}
+    return next(
+        (g for g in groups if g.flat == plain and (g.values(0.0, "published") or g.values(0.0, "adaptive"))), None
+    )
+
+
+def defense_rows(group: Group, groups: Sequence[Group] = ()) -> list[dict[str, Any]]:
+    """The verdict rows of one defense: one per alpha < 0 or > 0 (a trained defense: one against the undefended
+    alpha = 0 targets of ``groups``), then one per negative control."""
     rows = []
-    zero_all = {**group.values(0.0, "published"), **group.values(0.0, "adaptive")}
     for alpha in group.alphas():
-        published, adaptive = group.values(alpha, "published"), group.values(alpha, "adaptive")
-        everything = {**published, **adaptive}
-        cost = _ratio_or_cost(_test_acc(group, alpha), _test_acc(group, 0.0), lambda a, z: z - a)
-        row = {
-            "defense": group.name,
-            "trained": group.trained,
-            "alpha": alpha,
-            "acc1_published": _stat(_best(published)),
-            "acc1_adaptive": _stat(_best(adaptive)),
-            "acceptance_published": _acceptance(group, alpha, "published", published),
-            "acceptance_adaptive": _acceptance(group, alpha, "adaptive", adaptive),
-            "cost": cost,
-            "ratio_published": _ratio(_best(published), _best(group.values(0.0, "published"))),
-            "ratio_adaptive": _ratio(_best(adaptive), _best(group.values(0.0, "adaptive"))),
-            "ratio_worst_case": worst_case_ratio(everything, zero_all),
-        }
+        row = {"defense": group.name, "trained": group.trained, "alpha": alpha, "defended": False}
+        row |= {**_side_by_side(group, alpha, group), "cost": _cost(group, alpha, group)}
+        row["verdict"] = verdict_words(row)
+        rows.append(row)
+    base = undefended(group, groups) if group.defended() else None
+    if base is not None:
+        row = {"defense": group.name, "trained": group.trained, "alpha": 0.0, "defended": True}
+        row |= {**_side_by_side(group, 0.0, base), "cost": _cost(group, 0.0, base)}
         row["verdict"] = verdict_words(row)
         rows.append(row)
     for control in group.controls():
-        published = group.values(0.0, f"{control} published")
-        adaptive = group.values(0.0, f"{control} adaptive")
         row = {
             "defense": f"{group.name}: negative control ({control.removeprefix('control ')} head, α = 0)",
             "trained": group.trained,
             "alpha": 0.0,
-            "acc1_published": _stat(_best(published)),
-            "acc1_adaptive": _stat(_best(adaptive)),
-            "acceptance_published": _acceptance(group, 0.0, f"{control} published", published),
-            "acceptance_adaptive": _acceptance(group, 0.0, f"{control} adaptive", adaptive),
+            "defended": False,
+            **_side_by_side(group, 0.0, group, prefix=f"{control} "),
             "cost": {"mean": 0.0, "ci95": 0.0, "n": 0},
-            "ratio_published": _ratio(_best(published), _best(group.values(0.0, "published"))),
-            "ratio_adaptive": _ratio(_best(adaptive), _best(group.values(0.0, "adaptive"))),
-            "ratio_worst_case": worst_case_ratio({**published, **adaptive}, zero_all),
         }
         row["verdict"] = control_words(row)
         rows.append(row)
@@ -237,7 +262,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         out.append(
             [
                 row["defense"],
-                f"{row['alpha']:+g}",
+                "–" if row.get("defended") else f"{row['alpha']:+g}",
                 str(row["ratio_worst_case"]["n"]),
                 cell(points, 1),
                 cell(row["acc1_published"]),
@@ -255,7 +280,8 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
 NOTE = (
     "acc@1: the evaluation model's top-1 accuracy on the final samples, the strongest attack of each kind per "
     "seed; target acceptance: the fraction of those samples the target itself classifies as their class. Ratios "
-    "are paired by seed against α = 0 of the same defense (95 % t-intervals over seeds); the worst case is the "
+    "are paired by seed against α = 0 of the same defense (a trained defense, α '–', against the undefended "
+    "α = 0 targets; 95 % t-intervals over seeds); the worst case is the "
     "strongest of every attack at α over the strongest at α = 0, per seed. A negative control is the α = 0 "
     "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
     "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
@@ -264,8 +290,12 @@ NOTE = (
 
 
 def build(results_files: Sequence[Path]) -> list[dict[str, Any]]:
-    results = [load_json(Path(f), what="ablation results") for f in results_files]
-    return [row for group in collect(results) for row in defense_rows(group)]
+    return build_rows([load_json(Path(f), what="ablation results") for f in results_files])
+
+
+def build_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups = collect(results)
+    return [row for group in groups for row in defense_rows(group, groups)]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

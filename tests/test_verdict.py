@@ -98,6 +98,49 @@ def test_a_real_shield_is_one_the_adaptive_attack_cannot_undo() -> None:
     assert defended["verdict"] == "shield: halves the strongest attack at ≤ 5 points"
 
 
+def test_a_trained_defense_is_judged_against_the_undefended_targets() -> None:
+    record = results()
+    mid = {**TRAINED, "target.defense": {"kind": "mid", "mid_beta": 0.01}}
+    record["variants"] |= {
+        "mid_published": {"overrides": {**mid, **PUBLISHED}},
+        "mid_adaptive": {"overrides": {**mid, **ADAPTIVE}},
+    }
+    for name, values, accepted in (
+        ("mid_published", [0.15, 0.16, 0.15], 0.5),
+        ("mid_adaptive", [0.30, 0.28, 0.27], 0.8),
+    ):
+        record["rows"] += [
+            {
+                "variant": name,
+                "alpha": 0.0,
+                "seed": s,
+                "final_acc1": v,
+                "test_acc": 0.90,
+                "final_target_acceptance_raw": accepted,
+            }
+            for s, v in enumerate(values)
+        ]
+    rows = verdict.build_rows([record])
+    (mid_row,) = [r for r in rows if r["defense"] == "mid"]
+    assert mid_row["defended"] and mid_row["trained"].endswith("target.smoothing.schedule=constant")
+    # against the undefended alpha = 0 targets of the same data and schedule, per seed
+    assert mid_row["ratio_published"]["values"] == pytest.approx([0.15 / 0.30, 0.16 / 0.32, 0.15 / 0.31])
+    assert mid_row["ratio_adaptive"]["values"] == pytest.approx([0.30 / 0.33, 0.28 / 0.35, 0.27 / 0.34])
+    assert mid_row["cost"]["mean"] == pytest.approx(0.06)
+    assert mid_row["acceptance_adaptive"]["mean"] == pytest.approx(0.8)
+    assert mid_row["verdict"] == "lowers the strongest attack (interval below 1); the published attack overstates it"
+    assert "| mid | – |" in verdict.markdown(rows)
+    alone = verdict.build_rows(
+        [
+            {
+                "variants": {"mid_published": record["variants"]["mid_published"]},
+                "rows": [r for r in record["rows"] if r["variant"] == "mid_published"],
+            }
+        ]
+    )
+    assert alone == []  # no undefended targets: nothing to judge against, no row
+
+
 def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:
     source = tmp_path / "plan" / "results.json"
     source.parent.mkdir()
