@@ -48,6 +48,7 @@ EXPERIMENT_DESCRIPTION = (
     "are registered as lsmia-target with aliases alpha_<α>_seed_<seed> and latest-study; the evaluate run of a target "
     "links to its attack and training runs (tags lsmia.link.*)."
 )
+DEFAULT_MLFLOW_EXPERIMENT_ID = "0"  # MLflow's 'Default', where `mlflow run` without --experiment-name logs
 WORKSPACE = "workspace"  # the dvc_experiment tag of runs outside `dvc exp run`
 DIGEST_TAG = "model_digest"  # registry version tag: sha256 of the model file, so an unchanged model is not added twice
 
@@ -335,7 +336,7 @@ class Tracker(NullTracker):
         mlflow.set_tracking_uri(self.uri)
         self.client = mlflow.MlflowClient(self.uri)
         parent = self._parent_run(parent_run_id or self._outer_run_env)
-        experiment_id = parent.info.experiment_id if parent else self._experiment_id()
+        experiment_id = self._experiment_of(parent)
         run_tags = standard_tags(self.stage, config, tags)
         if parent:
             run_tags[PARENT_TAG] = parent.info.run_id
@@ -361,6 +362,22 @@ class Tracker(NullTracker):
         # set only once reopened: a failed resume must not mark someone else's run FAILED
         self._run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         self._active = self._open = True
+
+    def _experiment_of(self, parent: Any) -> str:
+        """The parent's experiment (so the UI shows the nesting), unless the parent sits in MLflow's 'Default'
+        because `mlflow run` was not given an experiment: then the configured one, with a hint."""
+        if parent is None:
+            return self._experiment_id()
+        if parent.info.experiment_id == DEFAULT_MLFLOW_EXPERIMENT_ID and self.experiment != "Default":
+            warnings.warn(
+                f"MLflow tracking: the project run {parent.info.run_id} is in experiment 'Default', so this "
+                f"stage's run goes to '{self.experiment}', tagged with its parent: pass --experiment-name "
+                f"{self.experiment} to `mlflow run` to see them nested",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return self._experiment_id()
+        return str(parent.info.experiment_id)
 
     def _parent_run(self, parent_id: str | None) -> Any:
         """The parent run, or None (with a warning) when it does not exist in this store."""

@@ -141,6 +141,8 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
             "local",
             "--experiment-name",
             "lsmia",
+            "--run-name",
+            "pipeline",
             "-P",
             "set=attack.steps=4 attack.final_draws=3",
         ],
@@ -153,7 +155,7 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["lsmia"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.run_name == "pipeline"  # the README's command, as written
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert {r.data.tags.get("stage") for r in children} == {"attack", "evaluate", "report"}
 

@@ -248,6 +248,19 @@ def test_stage_run_nests_under_mlflow_run_parent(
     assert find_run(experiment, {"stage": "attack"}) == second.run_id  # found via the parent
 
 
+def test_a_project_run_left_in_default_does_not_pull_the_stage_runs_there(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = store.create_run("0", run_name="mlflow-run-without-experiment-name")  # 'Default'
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
+    with pytest.warns(RuntimeWarning, match="pass --experiment-name"), track(experiment, stage="train_target") as child:
+        pass
+    run = store.get_run(child.run_id)
+    assert store.get_experiment(run.info.experiment_id).name == experiment
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert find_run(experiment, {"stage": "train_target"}) == child.run_id
+
+
 def test_parent_run_id_nests_a_sweep_worker(store: MlflowClient, experiment: str) -> None:
     with (
         track(experiment, stage="sweep") as study,
