@@ -141,10 +141,13 @@ def resolve(
     cfg = load_config(params, overrides, sources)
     if not runs:
         return cfg
-    from lsmia.utils import resolve_device, set_threads
+    from lsmia.threads import set_threads
+    from lsmia.utils import resolve_device
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
-    set_threads(cfg.run.threads)
+    note = set_threads(cfg.run.threads).note()
+    if note:
+        typer.echo(note, err=True)
     return cfg
 
 

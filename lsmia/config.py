@@ -315,7 +315,8 @@ class SweepConfig(Section):
 class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: Seed = 0
-    threads: int = Field(0, ge=0)  # 0: torch's default
+    # auto: the cores this process may use less the machine's load (lsmia.threads); 0: torch's default (all)
+    threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     out_dir: Path = Path("out")
     tracking: bool = True  # MLflow; the library itself never tracks, only the CLI stages
 

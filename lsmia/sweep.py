@@ -906,10 +906,10 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 def _worker_process(config: dict[str, Any], worker_index: int) -> None:
     """Entry point of a spawned worker process."""
-    from lsmia.utils import set_threads
+    from lsmia.threads import set_threads
 
     cfg = build_config(config)
-    set_threads(cfg.run.threads)
+    set_threads(cfg.run.threads, share=cfg.sweep.n_workers)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(cfg, worker_index, log=lambda line: print(f"[worker {worker_index}] {line}", flush=True))

@@ -37,11 +37,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def set_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 LOW_DISK_SPACE = 1 << 20  # bytes: a write that fails with less than this left failed for want of space
 
 

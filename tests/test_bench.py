@@ -60,6 +60,12 @@ def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None
     assert last_ratio(stdout, "training_overhead") > 0
 
 
+def test_threads_benchmark_trains_beside_a_competitor_with_both_settings() -> None:
+    stdout = run_script("threads_under_load.py", "--quick", "--threads", "1")
+    assert "default_all_cores_spinning:" in stdout and "auto_passive:" in stdout
+    assert last_ratio(stdout, "threads_auto_vs_default_under_load") > 0
+
+
 def test_gpu_benchmark_skips_cleanly_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: test_gpu_benchmark_runs_on_a_gpu covers it")
