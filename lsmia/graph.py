@@ -182,7 +182,7 @@ STAGES: tuple[Stage, ...] = (
         (),
         "metrics.json",
         per_cell=True,
-        metrics=(f"{OUT}/metrics/{CELL}.json",),
+        uncached_outs=(f"{OUT}/metrics/{CELL}.json",),  # every metric of a run; DVC's metrics: summary.json
     ),
     Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
     Stage(
@@ -203,6 +203,7 @@ STAGES: tuple[Stage, ...] = (
             *(path.replace("results.json", "verdict.json") for path in REPORT_ABLATIONS),
         ),
         uncached_outs=(f"{OUT}/plots",),
+        metrics=(f"{OUT}/summary.json",),  # per alpha over seeds: a few columns in dvc exp show / metrics diff
     ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
 )
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -37,7 +37,7 @@ from lsmia.models.classifiers import load_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
-from lsmia.utils import load_json, new_file_mode
+from lsmia.utils import load_json, new_file_mode, save_json
 from lsmia.visualize import save_judged_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -992,6 +992,33 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+SUMMARY_METRICS = ("final_acc1", "test_acc", "delta_eval", "final_target_acceptance_raw")
+SUMMARY_INTERVAL = "final_acc1"  # the one metric whose interval over seeds gets a column
+
+
+def summary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Per alpha (``alpha=<α>``, largest first): the seeds ``n``, the mean of each headline metric and the
+    95 % interval half-width of acc@1 (from two seeds on)."""
+    summary: dict[str, dict[str, float | int]] = {}
+    for alpha in sorted({float(r["alpha"]) for r in rows}, reverse=True):
+        at = [r for r in rows if float(r["alpha"]) == alpha]
+        entry: dict[str, float | int] = {"n": len(at)}
+        for metric in SUMMARY_METRICS:
+            mean, ci95, n = mean_ci([float(r[metric]) for r in at if _is_number(r.get(metric))])
+            if n:
+                entry[metric] = round(mean, 4)
+            if metric == SUMMARY_INTERVAL and n >= 2:
+                entry[f"{metric}_ci95"] = round(ci95, 4)
+        summary[f"alpha={alpha:g}"] = entry
+    return summary
+
+
+def write_summary(paths: StudyPaths, cells: Cells | None = None) -> Path:
+    """``<out>/summary.json``: :func:`summary_metrics` of the study's evaluated cells."""
+    save_json(summary_metrics(collect_metrics(paths.metrics_dir, cells)), paths.summary_file)
+    return paths.summary_file
 
 
 def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = None) -> Path:
