@@ -84,26 +84,38 @@ def _class_names(path: str) -> list[str]:
     """The data set's identity names, read lazily (mmap); a damaged, empty or foreign file gets the stage's own
     checked loader and its one-line error, never a traceback from here."""
     try:
-        return [str(name) for name in torch.load(path, map_location="cpu", weights_only=True, mmap=True)["class_names"]]
-    except Exception:
-        from lsmia.data.base import FaceData
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged or empty: the checked loader below names it
+        obj = None
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    if isinstance(names, list):
+        return [str(name) for name in names]
+    from lsmia.data.base import FaceData
 
-        try:
-            return list(FaceData.load(path).class_names)  # raises the stage's LsmiaError for a bad file
-        except LsmiaError:
-            raise
-        except Exception as err:  # a valid file of another kind (a list, a tensor)
-            raise LsmiaError(
-                f"{path} is not a prepared lsmia data set ({type(err).__name__}): re-run 'lsmia data'"
-            ) from None
+    return list(FaceData.load(path).class_names)  # raises the stage's LsmiaError for a bad file
+
+
+def _summary_beside(path: str) -> dict[str, Any]:
+    """The summary.json 'lsmia data' writes beside its data file; {} when there is none."""
+    summary_file = Path(path).with_name("summary.json")
+    if not summary_file.is_file():
+        return {}
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except ValueError:  # not UTF-8 or not JSON
+        summary = None
+    if not isinstance(summary, dict):
+        raise LsmiaError(
+            f"{summary_file} is not the data summary 'lsmia data' writes (a JSON object): re-run 'lsmia data'"
+        )
+    return summary
 
 
 @lru_cache(maxsize=8)
 def _data_facts(path: str, mtime_ns: int, size: int) -> DataFacts:
     from lsmia.utils import file_digest
 
-    summary_file = Path(path).with_name("summary.json")
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    summary = _summary_beside(path)
     classes = _class_names(path)
     keys = ("num_classes", "image_size", "train_images", "test_images", "public_images")
     profile = {"file": Path(path).name, "bytes": size, **{k: summary[k] for k in keys if k in summary}}

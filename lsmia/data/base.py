@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lsmia.errors import LsmiaError
+from lsmia.errors import LsmiaError, printable
 from lsmia.utils import load_torch, save_torch
+
+# control, line-breaking and undecodable (surrogate-escaped) characters: identity names are written into
+# file names, report lines and JSON, where such a character breaks or fails the stage that writes them
+UNSAFE_NAME_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+IMAGE_KEYS = ("train_images", "test_images", "public_images")
+LABEL_KEYS = ("train_labels", "test_labels", "public_labels")
+REQUIRED_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "class_names")
+EXPECTED_TYPES: dict[str, tuple[type, str]] = {
+    **{key: (torch.Tensor, "a uint8 image tensor [N, 3, S, S]") for key in IMAGE_KEYS},
+    **{key: (torch.Tensor, "an integer label tensor [N]") for key in LABEL_KEYS},
+    "class_names": (list, "a list of identity names"),
+    "meta": (dict, "a dict"),
+    "attributes": (dict, "a dict of attribute name -> tensor"),
+    "public_attributes": (dict, "a dict of attribute name -> tensor"),
+    "attribute_cardinality": (dict, "a dict of attribute name -> count"),
+}
+OPTIONAL_TABLES = ("attributes", "public_attributes", "attribute_cardinality")
 
 
 @dataclass
@@ -87,6 +105,7 @@ class FaceData:
     @classmethod
     def load(cls, path: Path | str) -> FaceData:
         obj = load_torch(path, what="prepared data set", fix="run 'lsmia data' first")
+        require_prepared_layout(obj, path)
         try:
             public = ImageSet(obj["public_images"], obj["public_labels"]) if "public_images" in obj else None
             data = cls(
@@ -101,8 +120,85 @@ class FaceData:
             )
         except (KeyError, ValueError) as err:
             raise LsmiaError(f"{path} is not a prepared lsmia data set ({err}): re-run 'lsmia data'") from None
+        require_consistent(data, path)
         require_study_classes(data, path)
         return data
+
+
+def not_prepared(path: Path | str, problem: str) -> LsmiaError:
+    return LsmiaError(
+        f"{path} is not a prepared lsmia data set: {problem}: re-run 'lsmia data' and pass its dataset.pt"
+    )
+
+
+def require_prepared_layout(obj: Any, path: Path | str) -> None:
+    """The keys and value types ``FaceData.save`` writes, so a foreign file is named, not a TypeError."""
+    if not isinstance(obj, dict):
+        raise not_prepared(path, f"it holds a {type(obj).__name__}, expected a dict of image and label tensors")
+    missing = [key for key in REQUIRED_KEYS if key not in obj]
+    if missing:
+        raise not_prepared(path, f"it lacks {', '.join(missing)}")
+    if ("public_images" in obj) != ("public_labels" in obj):
+        raise not_prepared(path, "it holds only one of public_images and public_labels")
+    for key, (kind, expected) in EXPECTED_TYPES.items():
+        value = obj.get(key)
+        if key in obj and not isinstance(value, kind) and not (value is None and key in OPTIONAL_TABLES):
+            raise not_prepared(path, f"'{key}' is a {type(value).__name__}, expected {expected}")
+    for key in LABEL_KEYS:
+        labels = obj.get(key)
+        if labels is not None and (labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool):
+            raise not_prepared(path, f"'{key}' is a {labels.dtype} tensor {tuple(labels.shape)}, expected integers [N]")
+    if not all(isinstance(name, str) for name in obj["class_names"]):
+        raise not_prepared(path, "'class_names' holds a value that is not a string, expected identity names")
+
+
+def require_consistent(data: FaceData, path: Path | str) -> None:
+    """Square images of one size, labels in range, attribute tables covering them and printable names."""
+    size = data.image_size
+    for split, images in data_splits(data).items():
+        if tuple(images.images.shape[-2:]) != (size, size):
+            raise not_prepared(
+                path, f"its {split} images are {tuple(images.images.shape[-2:])}, expected ({size}, {size})"
+            )
+        top = data.num_classes if split != "public" else None
+        labels = images.labels
+        if len(labels) and (labels.min() < 0 or (top is not None and labels.max() >= top)):
+            span = f"0..{top - 1} (one per class name)" if top is not None else "0 or more"
+            raise not_prepared(path, f"its {split} labels leave {span}")
+    require_attribute_tables(data, path)
+    require_printable_names(data.class_names, f"{path}: identity", "rename that identity and re-run 'lsmia data'")
+
+
+def data_splits(data: FaceData) -> dict[str, ImageSet]:
+    return {"train": data.train, "test": data.test, **({"public": data.public} if data.public is not None else {})}
+
+
+def require_attribute_tables(data: FaceData, path: Path | str) -> None:
+    """Each attribute table has a value per identity: the private ones, or every public label."""
+    public_count = int(data.public.labels.max()) + 1 if data.public is not None and len(data.public) else 0
+    for key, needed in (("attributes", data.num_classes), ("public_attributes", public_count)):
+        for name, values in (getattr(data, key) or {}).items():
+            if not isinstance(values, torch.Tensor) or values.ndim != 1 or len(values) < needed:
+                raise not_prepared(path, f"'{key}' entry '{name}' is not a tensor of at least {needed} values")
+    for name, count in (data.attribute_cardinality or {}).items():
+        if not isinstance(count, int) or count < 1:
+            raise not_prepared(path, f"'attribute_cardinality' entry '{name}' is not a positive count")
+
+
+def unsafe_character(name: str) -> str | None:
+    """The first control, line-breaking or undecodable character of ``name``; None if it has none."""
+    return next((char for char in name if unicodedata.category(char) in UNSAFE_NAME_CATEGORIES), None)
+
+
+def require_printable_names(names: list[str], what: str, fix: str) -> None:
+    """Refuse identity names that later stages cannot write on one line (a newline crashed the attack stage)."""
+    for name in names:
+        char = unsafe_character(name)
+        if char is not None:
+            raise LsmiaError(
+                f"{what} '{printable(name)}' holds '{printable(char)}', a control, line-break or undecodable "
+                f"character: {fix}"
+            )
 
 
 def require_study_classes(data: FaceData, source: Path | str) -> None:
