@@ -823,7 +823,10 @@ WorkersOpt = Annotated[int | None, typer.Option("--n-workers", help="Worker proc
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>)."
+        "--storage",
+        envvar="LSMIA_STORAGE",
+        help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>). Export it "
+        "as LSMIA_STORAGE instead of passing it: a password on the command line shows in every process list.",
     ),
 ]
 WorkerOpt = Annotated[

@@ -923,8 +923,16 @@ def remember_run(marker: Path, run_id: str | None, config: Mapping[str, Any]) ->
     with contextlib.suppress(OSError):
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_name(f"{marker.name}.tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "config": config_digest(config)}), encoding="utf-8")
+        record = {"run_id": run_id, "config": config_digest(config), "where": _marker_place(marker)}
+        tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, marker)
+
+
+def _marker_place(marker: Path) -> str:
+    """The machine and folder a marker was written for: a copy of the workspace is somewhere else."""
+    import socket
+
+    return f"{socket.gethostname()}:{Path(marker).parent.resolve()}"
 
 
 def forget_run(marker: Path) -> None:
@@ -945,6 +953,14 @@ def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tu
     if record is None:
         return None, None
     run_id = record["run_id"]
+    if record.get("where", _marker_place(marker)) != _marker_place(marker):
+        warnings.warn(
+            f"MLflow tracking: the run {run_id} named in {marker} belongs to {record['where']} (this workspace is "
+            "a copy, or moved); a new run is started and that one is left as it is",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None, None
     try:
         import mlflow
 

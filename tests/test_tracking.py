@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import shutil
 import uuid
 import warnings
 from pathlib import Path
@@ -567,3 +568,20 @@ def test_the_tracked_config_never_holds_a_storage_password(
         run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
     )
     assert "s3cret" not in Path(config_path).read_text() and "s3cret" not in json.dumps(run.data.params)
+
+
+def test_a_copied_workspace_does_not_continue_the_original_s_live_run(
+    store: MlflowClient, experiment: str, tmp_path: Path
+) -> None:
+    from lsmia.tracking import claim_orphan, remember_run
+
+    live = store.create_run(store.create_experiment(experiment), run_name="training, still running")
+    config = small_config()
+    original = tmp_path / "original" / "out" / "models" / "target"
+    remember_run(original / ".mlflow-run.json", live.info.run_id, config)
+    copy = tmp_path / "copy" / "out" / "models" / "target"
+    shutil.copytree(original, copy)
+    with pytest.warns(RuntimeWarning, match="this workspace is a copy, or moved"):
+        assert claim_orphan(copy / ".mlflow-run.json", config, resumable=True) == (None, None)
+    assert store.get_run(live.info.run_id).info.status == "RUNNING"  # left alone: its own stage may be live
+    assert claim_orphan(original / ".mlflow-run.json", config, resumable=True) == (live.info.run_id, None)
