@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 import shutil
+import time
 import uuid
 import warnings
 from pathlib import Path
