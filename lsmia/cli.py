@@ -9,16 +9,79 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from lsmia.config import Config, check_seed, load_config, parse_overrides
 from lsmia.errors import LsmiaError, from_os_error
 from lsmia.paths import StudyPaths
 
+NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
+try:  # typer 0.29 parses with its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    _TyperUsageError = click.UsageError
+USAGE_ERRORS = (click.UsageError, _TyperUsageError)
+
+
+class _OneLineErrors:
+    """Usage errors (a bad option value, a missing option, an unknown command) as the one line ``error: ...``
+    with exit code 2, like every other bad input; ``--help`` shown without a value."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except USAGE_ERRORS as err:
+            _usage_error(ctx, err)
+            raise  # unreachable: _usage_error exits
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)  # type: ignore[misc]
+        except USAGE_ERRORS as err:
+            _usage_error(ctx, err)
+            raise
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = NO_VALUE
+        return option
+
+
+def _usage_error(ctx: Any, err: Exception) -> None:
+    message = " ".join(getattr(err, "format_message", err.__str__)().split()).rstrip(".")
+    command = " ".join(["lsmia", *ctx.command_path.split()[1:]])  # the program name, also under a test runner
+    typer.echo(f"error: {message} (see '{command} --help')", err=True)
+    raise typer.Exit(2) from None
+
+
+class LsmiaCommand(_OneLineErrors, TyperCommand):
+    pass
+
+
+class LsmiaGroup(_OneLineErrors, TyperGroup):
+    pass
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Role(StrEnum):
+    target = "target"
+    eval = "eval"
+
+
 app = typer.Typer(
+    cls=LsmiaGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,11 +91,13 @@ app = typer.Typer(
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (one typed schema).")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Prepared data file (default: under run.out_dir).")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (default: under run.out_dir).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", metavar="KEY=VALUE", help="Override: section.key=value (repeatable)."),
+]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help="Overrides run.device.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Study seed (default: run.seed).")]
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Label smoothing factor of the target.")]
-NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
 TrackOpt = Annotated[
     bool | None,
     typer.Option("--track/--no-track", metavar=NO_VALUE, help="MLflow tracking (default: run.tracking)."),
@@ -133,7 +198,7 @@ def resolve(
     }
     for key, (flag, value) in {**named, **(flags or {})}.items():
         if value is not None:
-            overrides[key] = value
+            overrides[key] = value.value if isinstance(value, StrEnum) else value
             sources[key] = f"the {flag} flag"
     if seed is not None:
         check_seed(seed, "the --seed flag")
@@ -145,9 +210,7 @@ def resolve(
     from lsmia.utils import resolve_device
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
-    note = set_threads(cfg.run.threads).note()
-    if note:
-        typer.echo(note, err=True)
+    set_threads(cfg.run.threads)  # the choice is tagged on the stage's MLflow run (lsmia.threads)
     return cfg
 
 
@@ -326,7 +389,7 @@ def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
 @app.command()
 @cli_errors
 def train(
-    role: Annotated[str, typer.Option(help="target or eval")] = "target",
+    role: Annotated[Role, typer.Option(help="The target (smoothed by --alpha) or the evaluation model.")] = Role.target,
     alpha: AlphaOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -341,8 +404,7 @@ def train(
     from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
-    if role not in ("target", "eval"):
-        raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")
+    role = Role(role).value  # a plain string from here on (run names, tags, paths)
     cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
@@ -980,6 +1042,11 @@ def server(
     from lsmia.services import serve
 
     serve(output_folder(folder, "--dir"), host, pg_port, port, log=lambda line: typer.echo(line))
+
+
+for _command in app.registered_commands:  # every command: one-line usage errors, --help without a value
+    if _command.cls in (None, TyperCommand):
+        _command.cls = LsmiaCommand
 
 
 def main() -> None:

@@ -58,7 +58,20 @@ def set_threads(setting: Threads, share: int = 1) -> ThreadChoice:
     """Apply :func:`choose_threads` to torch (intra-op threads) and return the choice."""
     import torch
 
+    global LAST_CHOICE
     choice = choose_threads(setting, share)
     if choice.threads > 0:
         torch.set_num_threads(choice.threads)
+    LAST_CHOICE = choice
     return choice
+
+
+LAST_CHOICE: ThreadChoice | None = None  # what this process chose, for its runs' tags
+
+
+def describe() -> str | None:
+    """This process's thread choice in words (e.g. '1 of 2 cores, load 1.6'), or None before any."""
+    if LAST_CHOICE is None:
+        return None
+    used = "torch's default" if LAST_CHOICE.threads == 0 else str(LAST_CHOICE.threads)
+    return f"{used} of {LAST_CHOICE.usable} cores, load {LAST_CHOICE.load:.1f}"

@@ -19,6 +19,7 @@ import torch
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
+from lsmia.threads import describe as describe_threads
 from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
@@ -266,6 +267,9 @@ def tracked_stage(
     if role is not None:
         tags["role"] = role
     tags["alpha"] = "n/a" if alpha is None else str(alpha)  # the prior and eval model have no smoothing factor
+    threads = describe_threads()
+    if threads:
+        tags["threads"] = threads  # run.threads auto: what the load left this run
     if alpha is not None:
         run_name = f"{run_name} alpha={alpha} seed={tags['seed']}"
     marker = Path(run_marker) if cfg.run.tracking and run_marker is not None else None

@@ -41,13 +41,14 @@ def test_a_number_is_kept_and_omp_num_threads_wins_over_auto(machine, monkeypatc
     assert threads.choose_threads("auto").threads == 5
 
 
-def test_the_user_hears_when_the_load_took_cores_away(machine) -> None:
+def test_the_choice_is_described_for_the_run_s_tags(machine, monkeypatch: pytest.MonkeyPatch) -> None:
     machine(2, 1.6)
-    assert threads.choose_threads("auto").note() == (
-        "run.threads auto: 1 of 2 cores (load 1.6); set run.threads to choose"
-    )
-    machine(2, 0.0)
-    assert threads.choose_threads("auto").note() is None
+    monkeypatch.setattr(threads, "LAST_CHOICE", None)
+    assert threads.describe() is None
+    threads.set_threads("auto")
+    assert threads.describe() == "1 of 2 cores, load 1.6"
+    threads.set_threads(0)
+    assert threads.describe() == "torch's default of 2 cores, load 1.6"
 
 
 def test_the_schema_takes_auto_or_a_count() -> None:
