@@ -25,7 +25,7 @@ NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it
 try:  # typer 0.29 parses with its own copy of click, whose exceptions are not click's
     from typer._click.exceptions import UsageError as _TyperUsageError
 except ImportError:  # pragma: no cover - a typer that uses click itself
-    _TyperUsageError = click.UsageError
+    _TyperUsageError = click.UsageError  # type: ignore[misc,assignment]
 USAGE_ERRORS = (click.UsageError, _TyperUsageError)
 
 
@@ -404,7 +404,6 @@ def train(
     from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
-    role = Role(role).value  # a plain string from here on (run names, tags, paths)
     cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
