@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -776,9 +775,11 @@ RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about 
 
 
 def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    width, height = struct.unpack(">II", path.read_bytes()[16:24])
-    return width, height
+    """Width and height of an image, from its header (Pillow reads no pixels for this)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def judging_inputs(paths: StudyPaths, device: torch.device) -> tuple[FaceData, torch.nn.Module] | None:
