@@ -668,6 +668,12 @@ def upstream_of(name: str) -> set[str]:
     return found
 
 
+def params_shaping(name: str) -> tuple[str, ...]:
+    """The config keys (sections or dotted keys) that shape stage ``name``'s output and its inputs'."""
+    keys = {key for stage_name in upstream_of(name) for key in BY_NAME[stage_name].params}
+    return tuple(sorted(keys | {"run.seed"}))
+
+
 def stages_for(cfg: Config, names: Iterable[str] | None = None) -> list[Stage]:
     """The stages that apply to ``cfg`` (no prior stage for a TorchScript prior), in graph order."""
     wanted = set(names) if names is not None else None

@@ -283,6 +283,7 @@ def tracked_stage(
             tags,
             system_metrics=system_metrics,
             resume_run_id=resume_id,
+            params=shaping_params(cfg, stage, role),
         ) as tracker,
     ):
         _record_interruption(tracker, marker, cfg, resume_id, orphan_id)
@@ -292,6 +293,28 @@ def tracked_stage(
         if stage == "evaluate" and alpha is not None:
             stage_log.link_evaluated_runs(alpha, int(tags["seed"]))
         yield stage_log
+
+
+GRAPH_STAGE = {"data": "data", "prior": "prior", "attack": "attack", "evaluate": "evaluate", "attributes": "attributes"}
+
+
+def shaping_params(cfg: Config, stage: str, role: str | None) -> dict[str, Any] | None:
+    """The part of the config a graph stage's output depends on (its params and its inputs'), so a run's params
+    are what tells it apart from its neighbours on MLflow's compare page; None (everything) for other runs."""
+    from lsmia import graph
+
+    name = {"target": "target", "eval": "eval-model"}.get(role or "") if stage == "train" else GRAPH_STAGE.get(stage)
+    if name is None:
+        return None
+    full = cfg.to_dict()
+    kept: dict[str, Any] = {}
+    for key in graph.params_shaping(name):
+        section, _, field_name = key.partition(".")
+        if not field_name:
+            kept[section] = full[section]
+        elif field_name in full[section]:
+            kept.setdefault(section, {})[field_name] = full[section][field_name]
+    return kept
 
 
 @contextmanager

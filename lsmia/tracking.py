@@ -286,6 +286,7 @@ class Tracker(NullTracker):
         parent_run_id: str | None = None,
         system_metrics: bool = False,
         resume_run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         self.stage, self.experiment = stage, experiment
         self._run_id: str | None = None
@@ -310,7 +311,7 @@ class Tracker(NullTracker):
                 self._run_id = None
             return
         try:
-            self._log_config(config)
+            self._log_config(config, config if params is None else params)
         except Exception as err:
             self._failed("logging the config", err)
 
@@ -413,13 +414,14 @@ class Tracker(NullTracker):
         except Exception as err:
             self._warn("describing the experiment", err)
 
-    def _log_config(self, config: Mapping[str, Any]) -> None:
+    def _log_config(self, config: Mapping[str, Any], shown: Mapping[str, Any]) -> None:
+        """``shown`` as the run's params (what its output depends on), the whole ``config`` as config.json."""
         from mlflow.entities import Param
 
         from lsmia.redaction import redact_tree
 
         config = redact_tree(config)  # e.g. sweep.storage's database password
-        params = [Param(key, value) for key, value in flatten_config(config).items()]
+        params = [Param(key, value) for key, value in flatten_config(redact_tree(shown)).items()]
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self._active_run_id, params=params[start : start + BATCH])
         self.client.log_dict(self._active_run_id, json.loads(json.dumps(config, default=str)), "config.json")
@@ -825,12 +827,14 @@ def start_tracking(
     parent_run_id: str | None = None,
     system_metrics: bool = False,
     resume_run_id: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Tracker | NullTracker:
     """Start one MLflow run for a stage run (use it as a context manager), or a NullTracker when off.
 
     Inside ``mlflow run`` (MLFLOW_RUN_ID) or with ``parent_run_id`` the run is a nested child,
     created in its parent's experiment so the MLflow UI shows the nesting. ``resume_run_id`` reopens
-    that existing run instead of creating one.
+    that existing run instead of creating one. ``params``: the part of ``config`` logged as the run's params
+    (default: all of it); the whole config is always the run's ``config.json``.
     """
     if not enabled:
         return NullTracker()
@@ -844,6 +848,7 @@ def start_tracking(
         parent_run_id=parent_run_id,
         system_metrics=system_metrics,
         resume_run_id=resume_run_id,
+        params=params,
     )
 
 

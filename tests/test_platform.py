@@ -107,7 +107,12 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     target_runs = [r for r in runs if r.data.tags.get("stage") == "train" and r.data.tags.get("role") == "target"]
     assert {r.data.tags["alpha"] for r in target_runs} >= {"0.1", "-0.05"}
     run = target_runs[0]
-    assert run.data.params["attack.pool_size"] == "16" and "test_acc" in run.data.metrics
+    assert "test_acc" in run.data.metrics
+    # params: what shapes the run's output (a target: data and target, not the attack), the whole config as a file
+    assert "target.smoothing.alpha" in run.data.params and "data.num_identities" in run.data.params
+    assert not any(key.startswith(("attack.", "sweep.", "study.")) for key in run.data.params)
+    attack_run = next(r for r in runs if r.data.tags.get("stage") == "attack")
+    assert attack_run.data.params["attack.pool_size"] == "16" and "target.epochs" in attack_run.data.params
     history = client.get_metric_history(run.info.run_id, "alpha_in_force")  # the warm-up's alpha per epoch
     assert len(history) == 2 and sorted(m.step for m in history) == [0, 1]
     assert not {"alpha", "seed", "epochs"} & set(run.data.metrics)  # settings are params and tags, not metrics

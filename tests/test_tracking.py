@@ -585,3 +585,18 @@ def test_a_copied_workspace_does_not_continue_the_original_s_live_run(
         assert claim_orphan(copy / ".mlflow-run.json", config, resumable=True) == (None, None)
     assert store.get_run(live.info.run_id).info.status == "RUNNING"  # left alone: its own stage may be live
     assert claim_orphan(original / ".mlflow-run.json", config, resumable=True) == (live.info.run_id, None)
+
+
+def test_a_stage_run_s_params_are_what_shapes_its_output() -> None:
+    from lsmia.tracked import shaping_params
+
+    cfg = Config()
+    target = flatten_config(shaping_params(cfg, "train", "target"))
+    assert "target.smoothing.alpha" in target and "data.num_identities" in target and "run.seed" in target
+    assert not any(key.startswith(("attack.", "eval_model.", "sweep.", "run.device")) for key in target)
+    attack = flatten_config(shaping_params(cfg, "attack", "target"))
+    assert {"attack.steps", "prior.kind", "target.epochs"} <= set(attack) and "eval_model.epochs" not in attack
+    evaluate = flatten_config(shaping_params(cfg, "evaluate", "target"))
+    assert {"metrics.attribute_epochs", "eval_model.epochs", "attack.steps"} <= set(evaluate)
+    assert len(target) < len(attack) < len(evaluate) < len(flatten_config(cfg.to_dict()))
+    assert shaping_params(cfg, "report", "report") is None  # not a graph stage with inputs: every param
