@@ -573,11 +573,13 @@ def evaluate(
             cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed, data_file=data_file or paths.data_file
         ) as tracker,
     ):
+        attack_file = attack_file or paths.attack_dir(a, seed) / "attack.pt"
+        eval_model = eval_model or paths.eval_dir / "model.pt"
         metrics = pipeline.stage_evaluate(
             cfg,
             data_file or paths.data_file,
-            attack_file or paths.attack_dir(a, seed) / "attack.pt",
-            eval_model or paths.eval_dir / "model.pt",
+            attack_file,
+            eval_model,
             target_dir or paths.target_dir(a, seed),
             out,
             _device(cfg),
@@ -585,7 +587,7 @@ def evaluate(
             seed,
             attributes or paths.attribute_dir / "predictor.pt",
         )
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_evaluation(metrics, attack_file, eval_model)
     _echo_json(metrics)
 
 

@@ -439,6 +439,7 @@ class Observer(Protocol):
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
     def log_report(self, report_dir: Path) -> None: ...
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
 
 
 class Observe(Protocol):
@@ -626,7 +627,7 @@ def _run_evaluate(run: StageRun) -> Any:
         run.cell.seed,
         run.inputs.get("attributes"),
     )
-    run.observer.log_metrics(metrics)
+    run.observer.log_evaluation(metrics, run.inputs["attack"], run.inputs["eval-model"])
     return metrics
 
 

@@ -732,6 +732,9 @@ class TrialObserver:
     def log_prior(self, result: Any) -> None: ...
     def log_report(self, report_dir: Path) -> None: ...
 
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None:
+        self.log_metrics(metrics)
+
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None:
         """After training: record test accuracy; in constrained mode a target below the floor is not attacked."""
         self.trained, test_acc = result, result.metrics["test_acc"]

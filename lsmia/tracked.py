@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -231,6 +232,30 @@ class StageLog:
             "target_training",
             find_related({"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)}),
         )
+
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None:
+        """The evaluation's metrics and the reconstructions framed by the evaluation model's verdict (green: it
+        recognises the identity, red: it does not), the grid the report shows."""
+        self.log_metrics(metrics)
+        if not self.cfg.run.tracking or not self.data_file.is_file():
+            return
+        import tempfile
+
+        from lsmia.data.base import FaceData
+        from lsmia.models.classifiers import load_classifier
+        from lsmia.report import write_judged_grid
+
+        try:
+            data = FaceData.load(self.data_file)
+            model = load_classifier(eval_model_file, num_classes=data.num_classes, what="evaluation model")
+            with tempfile.TemporaryDirectory() as folder:
+                grid = Path(folder) / "judged.png"
+                write_judged_grid((data, model), Path(attack_file), grid)
+                self.tracker.log_artifact(grid, "reconstructions")
+        except (LsmiaError, OSError) as err:
+            warnings.warn(
+                f"MLflow tracking: the judged reconstruction grid was not logged ({err})", RuntimeWarning, stacklevel=2
+            )
 
 
 def find_related(tags: dict[str, str]) -> str | None:

@@ -127,6 +127,9 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     assert attack_runs[0].data.tags.get("lsmia.link.target_training")
     evaluate_runs = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
     assert all("final_acc1" in r.data.metrics for r in evaluate_runs)
+    for evaluate_run in evaluate_runs:  # the report's green/red frames: the evaluation model's verdict per sample
+        judged = [a.path for a in client.list_artifacts(evaluate_run.info.run_id, "reconstructions")]
+        assert judged == ["reconstructions/judged.png"]
 
 
 def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
