@@ -1335,6 +1335,17 @@ def smoothing_text(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- entry points
 
 
+def reuse_hint(study: optuna.Study, cfg: Config) -> str | None:
+    """A line when the study was run before (its budget is set on the first run; a new study holds only the
+    trials it queued itself), saying how to start a new one instead."""
+    if BUDGET_ATTR not in study.user_attrs:
+        return None
+    return (
+        f"study '{cfg.sweep.study_name}' exists in {redact(cfg.sweep.storage)} with {len(study.trials)} "
+        "trials: continuing it (pass --study-name NAME for a new study)"
+    )
+
+
 def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     """Create or resume the study, run its remaining budget on ``sweep.n_workers`` workers, summarise it."""
     from lsmia.tracking import start_tracking
@@ -1346,11 +1357,9 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     storage = open_storage(cfg.sweep.storage, paths.journal)
     with budget_lock(paths, storage, cfg.sweep.storage, cfg.sweep.study_name):
         study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
-        if study.trials:
-            log(
-                f"study '{cfg.sweep.study_name}' exists in {redact(cfg.sweep.storage)} with {len(study.trials)} "
-                "trials: continuing it (pass --study-name NAME for a new study)"
-            )
+        hint = reuse_hint(study, cfg)
+        if hint:
+            log(hint)
         if study.user_attrs.get(BUDGET_ATTR) != cfg.sweep.n_trials:
             study.set_user_attr(BUDGET_ATTR, cfg.sweep.n_trials)
         parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
