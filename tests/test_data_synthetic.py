@@ -1,3 +1,4 @@
+import hashlib
 import os
 import subprocess
 import sys
@@ -185,3 +186,28 @@ def test_the_built_in_data_is_the_same_bytes_with_every_cpu_kernel(capability: s
         [sys.executable, "-c", DIGEST_SMALL_RENDERING], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == SMALL_RENDERING_SHA256
+
+
+def test_ppa_split_of_the_builtin_data_is_the_global_shuffle() -> None:
+    from lsmia.data.base import split_ppa
+
+    data = render_builtin(small_config(split="ppa"))
+    stratified = render_builtin(small_config())
+    labels = torch.arange(6).repeat_interleave(6)  # rendering order: identity-major
+    train, test = split_ppa(36, 0.34, 42)  # int(0.66 * 36) = 23 train
+    assert (
+        len(test) == 13
+        and torch.equal(data.test.labels, labels[test])
+        and torch.equal(data.train.labels, labels[train])
+    )
+    assert data.meta["split"] == "ppa" and "split" not in stratified.meta
+    # the same rendering, split otherwise: every image lands on one side
+    everything = torch.cat([stratified.train.images, stratified.test.images])
+    assert len(everything) == len(data.train) + len(data.test)
+    assert sorted(map(hash_image, everything)) == sorted(
+        map(hash_image, torch.cat([data.train.images, data.test.images]))
+    )
+
+
+def hash_image(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()

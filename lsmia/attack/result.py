@@ -26,7 +26,7 @@ def interned(value: Any) -> Any:
 
 @dataclass
 class AttackResult:
-    """Images are uint8 [N, 3, H, W] at the target's input size; targets int64 [N].
+    """Images are uint8 [N, 3, H, W] at ``attack.render_size`` (default: the target's input size); targets int64 [N].
 
     ``all_*`` hold every optimised candidate (``candidates`` per target); ``final_*`` the
     ``final_samples`` per target kept by the final selection, with ``final_scores`` their

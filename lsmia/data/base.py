@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lsmia.errors import LsmiaError, printable
@@ -202,18 +203,63 @@ def require_printable_names(names: list[str], what: str, fix: str) -> None:
 
 
 def require_study_classes(data: FaceData, source: Path | str) -> None:
-    """At least 2 identities, each with training and test images: what training, the attack and metrics need."""
+    """At least 2 identities, each with training images and (except under PPA's global split, where an identity
+    may land wholly in training) test images: what training, the attack and metrics need."""
     fix = "prepare data with at least 2 identities, each with several images, and re-run 'lsmia data'"
     if data.num_classes < 2:
         raise LsmiaError(
             f"{source} holds {data.num_classes} identity; a classifier, the attack and its metrics "
             f"need at least 2: {fix}"
         )
-    for split, images in (("training", data.train), ("test", data.test)):
+    if data.meta.get("split") == "ppa" and len(data.test) == 0:
+        raise LsmiaError(f"{source}: data.split=ppa left no test images: raise data.test_fraction or add images")
+    splits: tuple[tuple[str, ImageSet], ...] = (("training", data.train), ("test", data.test))
+    if data.meta.get("split") == "ppa":
+        splits = splits[:1]
+        fix = (
+            "PPA's global shuffle (data.split=ppa) put all its images in the test split: add images or set "
+            "data.split=stratified"
+        )
+    for split, images in splits:
         counts = torch.bincount(images.labels, minlength=data.num_classes)
         empty = (counts == 0).nonzero().squeeze(1).tolist()
         if empty:
             raise LsmiaError(f"{source}: identity '{data.class_names[empty[0]]}' has no {split} images: {fix}")
+
+
+def split_ppa(count: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPA's train/test split of ``count`` images listed in data-set order: ``np.random.seed(seed)``, a shuffle of
+    the positions, the first ``int((1 - test_fraction) * count)`` for training (PPA datasets/facescrub.py:71-76,
+    datasets/celeba.py:37-42; NumPy's legacy RandomState, whose shuffle of a list and of an array agree).
+
+    Returns sorted positions (train, test)."""
+    order = list(range(count))
+    np.random.RandomState(seed).shuffle(order)
+    train_size = int((1 - test_fraction) * count)
+    train = torch.tensor(sorted(order[:train_size]), dtype=torch.long)
+    test = torch.tensor(sorted(order[train_size:]), dtype=torch.long)
+    return train, test
+
+
+def split_indices(
+    labels: torch.Tensor,
+    split: str,
+    test_fraction: float,
+    seed: int,
+    listed: int | None = None,
+    kept: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and test indices into ``labels`` by ``split`` (``stratified``: per identity; ``ppa``: PPA's global
+    shuffle). For ``ppa``, ``listed`` images were listed and ``kept`` (positions among them) are the ``labels``:
+    the shuffle runs over every listed image, as PPA's does, and unreadable ones leave both sides."""
+    if split != "ppa":
+        return split_per_identity(labels, test_fraction, seed)
+    listed = len(labels) if listed is None else listed
+    kept = torch.arange(len(labels)) if kept is None else kept
+    position = torch.full((listed,), -1, dtype=torch.long)
+    position[kept] = torch.arange(len(kept))
+    train, test = (position[side] for side in split_ppa(listed, test_fraction, seed))
+    return train[train >= 0], test[test >= 0]
 
 
 def split_per_identity(

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from lsmia.config import DataConfig
-from lsmia.data.base import FaceData, ImageSet, require_printable_names, split_per_identity
+from lsmia.data.base import FaceData, ImageSet, require_printable_names, require_study_classes, split_indices
 from lsmia.data.separation import (
     require_no_private_files,
     require_no_shared_identities,
@@ -36,6 +36,9 @@ FACESCRUB_GROUPS = ("actors", "actresses")
 MIN_IMAGES_PER_IDENTITY = 2  # one train and one test image
 MIN_PIXEL_CAP = 64_000_000  # decoded as RGB(X), 256 MB per decoding thread
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale (PNG), 0..65535
+# HD-CelebA-Cropper's output folder (its align.py:76) at PPA's settings: 224 px, face factor 0.65, default move
+HD_CROP_FOLDER = "align_size(224,224)_move(0.250,0.000)_face_factor(0.650)_{}"
+HD_CROP_FORMATS = ("jpg", "png")
 CELEBA_ID_DIGITS = 18  # far above CelebA's 10,177 ids; int() of thousands of digits is refused by Python
 
 
@@ -257,20 +260,27 @@ def build_face_data(files: LabelledFiles, cfg: DataConfig, root: Path, source: s
         )
     labels = torch.tensor(files.labels, dtype=torch.long)[kept]
     check_identity_counts(labels, files.class_names, root)
-    train_idx, test_idx = split_per_identity(labels, cfg.test_fraction, cfg.split_seed)
+    train_idx, test_idx = split_indices(labels, cfg.split, cfg.test_fraction, cfg.split_seed, len(files.paths), kept)
     everything = ImageSet(images, labels)
     public = None
     if public_part is not None:
         public, public_paths = decode_public(*public_part, cfg.image_size)
         require_no_shared_pictures(images, [files.paths[i] for i in kept.tolist()], public.images, public_paths)
     meta = {"source": source, "root": str(root), "skipped": len(files.paths) - len(kept), "resize": RESIZE_POLICY}
-    return FaceData(
+    if cfg.split == "ppa":  # only then, so the default data set keeps its bytes
+        meta["split"] = "ppa"
+    if source == "celeba" and cfg.celeba_layout == "hd_cropped":
+        meta["celeba_layout"] = "hd_cropped"
+    data = FaceData(
         train=everything.subset(train_idx),
         test=everything.subset(test_idx),
         class_names=files.class_names,
         public=public,
         meta=meta,
     )
+    if cfg.split == "ppa":
+        require_study_classes(data, f"{root} under data.split=ppa")
+    return data
 
 
 # --------------------------------------------------------------------------- public loaders
@@ -340,18 +350,44 @@ def read_celeba_identities(path: Path) -> dict[str, int]:
     return identities
 
 
-def top_identities(identities: dict[str, int], count: int) -> list[int]:
-    """The ``count`` identity ids with the most images; ties broken by the smaller id."""
-    per_identity = Counter(identities.values())
+def top_identities(identities: dict[str, int], count: int, tie_break: str = "smaller_id") -> list[int]:
+    """The ``count`` identity ids with the most images, most first; among equal counts the smaller id first, or
+    (``first_listed``) the identity listed first in ``identities`` (file order): PPA's stable sort of a Counter
+    (datasets/celeba.py:29-34)."""
+    per_identity = Counter(identities.values())  # keys in order of first listing
+    if tie_break == "first_listed":
+        return sorted(per_identity, key=lambda ident: -per_identity[ident])[:count]
     return sorted(per_identity, key=lambda ident: (-per_identity[ident], ident))[:count]
+
+
+def hd_cropped_folder(root: Path) -> tuple[Path, str]:
+    """HD-CelebA-Cropper's output folder for PPA's crops (``python align.py --crop_size_h 224 --crop_size_w 224
+    --order 3 --face_factor 0.65 --save_dir ROOT``: ``ROOT/align_size(224,224)_move(0.250,0.000)_face_factor(0.650)_jpg/
+    data/``, or ``_png``) and the extension its files have; LsmiaError naming the command when it is missing."""
+    found = [(root / HD_CROP_FOLDER.format(fmt) / "data", fmt) for fmt in HD_CROP_FORMATS]
+    present = [(folder, fmt) for folder, fmt in found if folder.is_dir()]
+    if len(present) > 1:
+        raise LsmiaError(
+            f"{root} holds both {present[0][0]} and {present[1][0]}: keep one HD-CelebA-Cropper output "
+            "(data.celeba_layout=hd_cropped)"
+        )
+    if not present:
+        raise LsmiaError(
+            f"{found[0][0]} does not exist (data.celeba_layout=hd_cropped): crop CelebA with HD-CelebA-Cropper, "
+            f"python align.py --crop_size_h 224 --crop_size_w 224 --order 3 --face_factor 0.65 --save_dir {root} "
+            "(README: 'CelebA at the paper's crops'), or set data.celeba_layout=aligned"
+        )
+    return present[0]
 
 
 def load_celeba(cfg: DataConfig) -> FaceData:
     """CelebA: the ``cfg.num_identities`` identities with the most images, all official partitions merged.
 
     Labels 0..N-1 follow the selection order: most images first, ties by the smaller
-    identity id; class names are the CelebA identity ids as strings. Images come from
-    ``<root>/img_align_celeba/``; a listed file that is missing there counts as unreadable.
+    identity id or (``data.celeba_tie_break: first_listed``, PPA) the one listed first; class names are the
+    CelebA identity ids as strings. Images come from ``<root>/img_align_celeba/`` or (``data.celeba_layout:
+    hd_cropped``) HD-CelebA-Cropper's output folder under ``<root>``; a listed file that is missing there counts
+    as unreadable.
     """
     root = require_dir(cfg.root, "data.source=celeba", "data.root")
     identity_file = root / "identity_CelebA.txt"
@@ -359,11 +395,15 @@ def load_celeba(cfg: DataConfig) -> FaceData:
         raise LsmiaError(
             f"{identity_file} does not exist: download identity_CelebA.txt from the CelebA Anno folder into data.root"
         )
-    image_dir = root / "img_align_celeba"
-    if not image_dir.is_dir():
-        raise LsmiaError(f"{image_dir} does not exist: unpack img_align_celeba.zip into data.root")
+    if cfg.celeba_layout == "hd_cropped":
+        image_dir, extension = hd_cropped_folder(root)
+        layout = f"ROOT/{HD_CROP_FOLDER.format(extension)}/data/<images>"
+    else:
+        image_dir, extension, layout = root / "img_align_celeba", "", "ROOT/img_align_celeba/<images>"
+        if not image_dir.is_dir():
+            raise LsmiaError(f"{image_dir} does not exist: unpack img_align_celeba.zip into data.root")
     identities = read_celeba_identities(identity_file)
-    selected = top_identities(identities, cfg.num_identities)
+    selected = top_identities(identities, cfg.num_identities, cfg.celeba_tie_break)
     if len(selected) < cfg.num_identities:
         raise LsmiaError(
             f"{identity_file} lists only {len(selected)} identities, fewer than "
@@ -372,11 +412,15 @@ def load_celeba(cfg: DataConfig) -> FaceData:
     label_of = {ident: label for label, ident in enumerate(selected)}
     chosen = sorted(name for name, ident in identities.items() if ident in label_of)
     files = LabelledFiles(
-        paths=[image_dir / name for name in chosen],
+        # the cropper names each crop after its source file, with its own extension (its align.py:95)
+        paths=[
+            image_dir / (str(PurePosixPath(name).with_suffix(f".{extension}")) if extension else name)
+            for name in chosen
+        ],
         labels=[label_of[identities[name]] for name in chosen],
         class_names=[str(ident) for ident in selected],
     )
-    return build_face_data(files, cfg, root, "celeba", "ROOT/img_align_celeba/<images>")
+    return build_face_data(files, cfg, root, "celeba", layout)
 
 
 def load_imagefolder(cfg: DataConfig) -> FaceData:

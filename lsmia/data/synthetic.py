@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lsmia.config import DataConfig
-from lsmia.data.base import FaceData, ImageSet, split_per_identity
+from lsmia.data.base import FaceData, ImageSet, require_study_classes, split_indices
 from lsmia.errors import LsmiaError
 from lsmia.utils import require_memory
 
@@ -493,8 +493,8 @@ def render_builtin(cfg: DataConfig) -> FaceData:
     gen = torch.Generator().manual_seed(cfg.seed)
     images = render_identities(private, cfg.images_per_identity, cfg.image_size, cfg.difficulty, gen)
     public_set = render_identities(public, cfg.public_images_per_identity, cfg.image_size, cfg.difficulty, gen)
-    train_idx, test_idx = split_per_identity(images.labels, cfg.test_fraction, cfg.split_seed)
-    return FaceData(
+    train_idx, test_idx = split_indices(images.labels, cfg.split, cfg.test_fraction, cfg.split_seed)
+    data = FaceData(
         train=images.subset(train_idx),
         test=images.subset(test_idx),
         class_names=[f"id_{i:03d}" for i in range(cfg.num_identities)],
@@ -508,5 +508,9 @@ def render_builtin(cfg: DataConfig) -> FaceData:
             "seed": cfg.seed,
             "difficulty": cfg.difficulty,
             "image_size": cfg.image_size,
+            **({"split": "ppa"} if cfg.split == "ppa" else {}),
         },
     )
+    if cfg.split == "ppa":
+        require_study_classes(data, "the built-in data under data.split=ppa")
+    return data

@@ -199,6 +199,7 @@ class Prior(nn.Module):
     latent_space: LatentSpace = "z"
     truncation: float | None = None  # psi around w_avg; None: no truncation (also: no mapping network)
     num_ws: int = 0  # synthesis layers that each take a w; 0: w enters once and w+ is not defined
+    clip: bool = True  # clamp images to [0, 1]; the attack turns it off for attack.clip: false (PPA's attack)
     no_mapping_fix = "set attack.latent: z"
     no_per_layer_fix = "its synthesis takes one w, so w+ is w: set attack.latent: w"
 
@@ -290,9 +291,9 @@ class DCGANPrior(Prior):
     def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
         return self._to_unit(self.generator.synthesis(w))
 
-    @staticmethod
-    def _to_unit(images: torch.Tensor) -> torch.Tensor:
-        return images.add(1.0).mul(0.5).clamp(0.0, 1.0)
+    def _to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.add(1.0).mul(0.5)
+        return images.clamp(0.0, 1.0) if self.clip else images
 
 
 class TorchScriptPrior(Prior):
@@ -436,7 +437,8 @@ class TorchScriptPrior(Prior):
         if self.crop < self.full_size:
             start = (self.full_size - self.crop) // 2
             out = out[..., start : start + self.crop, start : start + self.crop]
-        return ((out - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+        out = (out - self.low) / (self.high - self.low)
+        return out.clamp(0.0, 1.0) if self.clip else out
 
 
 def _load_script(path: Path) -> torch.jit.ScriptModule:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lsmia import distributed
-from lsmia.augment import training_augment
+from lsmia.augment import resize, training_augment
 from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.defenses.base import Defense
@@ -205,6 +205,7 @@ def _run_epoch(
     for index in batches:
         x = train.images[index].to(device, non_blocking=True).float().div_(255.0)
         y = train.labels[index].to(device, non_blocking=True)
+        x = resize(x, model.image_size)  # to the model's input size (cfg.image_size), as PPA's Resize precedes the crop
         x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)  # whole global batch
         if world > 1 and len(index) < 2 * world:
             continue  # a shard of one row cannot train BatchNorm; the draws above keep the stream aligned
@@ -223,7 +224,12 @@ def _run_epoch(
 def plain_batchnorm(model: Classifier) -> Classifier:
     """A copy of ``model`` with plain BatchNorm layers (same state), usable outside the process group."""
     plain = build_classifier(
-        model.arch, model.num_classes, model.image_size, model.width, bottleneck=model.bottleneck is not None
+        model.arch,
+        model.num_classes,
+        model.image_size,
+        model.width,
+        bottleneck=model.bottleneck is not None,
+        transform_input=model.transform_input,
     )
     plain.load_state_dict(model.state_dict())
     return plain.to(next(model.parameters()).device).train(model.training)
@@ -324,10 +330,11 @@ def train_classifier(
     model = build_classifier(
         cfg.arch,
         data.num_classes,
-        data.image_size,
+        cfg.image_size or data.image_size,
         cfg.width,
         cfg.pretrained_path,
         bottleneck=needs_bottleneck(defense),
+        transform_input=cfg.transform_input,
     ).to(device)
     if device.type == "cpu":  # oneDNN's NHWC convolutions: training ~1.25x faster (bench/training_overhead.py)
         model.backbone.to(memory_format=torch.channels_last)
