@@ -902,12 +902,11 @@ def remember_run(marker: Path, run_id: str | None, config: Mapping[str, Any]) ->
     """Store the open run's id beside the stage's checkpoint, so a resume after a kill can find it."""
     if run_id is None:
         return
-    marker = Path(marker)
-    with contextlib.suppress(OSError):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f"{marker.name}.tmp")
+    from lsmia.errors import LsmiaError
+    from lsmia.utils import atomic_path
+
+    with contextlib.suppress(OSError, LsmiaError), atomic_path(marker) as tmp:  # no temporary left by a kill
         tmp.write_text(json.dumps({"run_id": run_id, "config": config_digest(config)}), encoding="utf-8")
-        os.replace(tmp, marker)
 
 
 def forget_run(marker: Path) -> None:
