@@ -481,7 +481,7 @@ def attack(
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
     if classes is not None and shard is not None:
         raise LsmiaError("--classes and --shard both choose the shard's classes: pass one of them")
-    chosen = shards.parse_classes(classes) if classes is not None else None
+    chosen = shards.parse_classes(classes, shards.class_limit(cfg.attack.targets)) if classes is not None else None
     if shard is not None:
         index, count = shards.parse_shard(shard)
         chosen = shards.shard_classes(shards.target_list(cfg.attack.targets), index, count)
@@ -533,12 +533,15 @@ def merge_attack(
     sets: SetOpt = None,
 ) -> None:
     """Merge attack shards covering every target into one attack.pt (identical to an unsharded run)."""
-    from lsmia.stages.attack import stage_merge_attack
+    from lsmia.stages.attack import require_separate_output, stage_merge_attack
 
     cfg = resolve(params, sets)
     out_dir = output_folder(out_dir, "--out-dir")
+    require_separate_output(shard_dirs, out_dir)  # before the lock: it must not touch a shard folder either
     with _writing(out_dir):
-        result = stage_merge_attack(data_file or _paths(cfg).data_file, shard_dirs, out_dir)
+        result = stage_merge_attack(
+            data_file or _paths(cfg).data_file, shard_dirs, out_dir, log=lambda line: typer.echo(line, err=True)
+        )
     typer.echo(f"merged {len(shard_dirs)} shards: {len(result.targets)} targets -> {out_dir / 'attack.pt'}")
 
 

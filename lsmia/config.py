@@ -369,6 +369,61 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that lists one key twice (YAML keeps the last silently)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(None, None, f"key '{key}' appears twice", second)
+        self.key, self.first_line, self.second_line = key, first.line + 1, second.line + 1
+
+    def explain(self, source: str) -> str:
+        lines = (
+            f"line {self.first_line}"
+            if self.first_line == self.second_line
+            else f"lines {self.first_line} and {self.second_line}"
+        )
+        return f"{source} lists key '{self.key}' twice in one mapping ({lines}; YAML would keep the last): keep one"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping. Keys a merge (``<<: *anchor``) brings
+    in may be overridden: only the keys written in the mapping itself are compared."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # every mapping passes here before its merges are spliced into node.value (a merged anchor may pass first
+        # as the source of another mapping's merge): check each node's own keys once, on the first pass
+        if id(node) not in self.checked:
+            self.checked.add(id(node))
+            self.check_own_keys(node)
+        super().flatten_mapping(node)
+
+    def check_own_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader names it
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML (anchors and merge keys work); a key written twice in a mapping is a one-line
+    LsmiaError naming the key and ``source``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # UniqueKeyLoader is a SafeLoader
+    except DuplicateKeyError as err:
+        raise LsmiaError(err.explain(source)) from None
+
+
 def source_of(key: str, source: str, sources: Mapping[str, str] | None) -> str:
     """Where the value at dotted ``key`` came from: the override (flag, --set) of it or a parent, else ``source``."""
     for dotted, origin in (sources or {}).items():
@@ -389,7 +444,7 @@ def _format_validation_error(err: ValidationError, source: str, sources: Mapping
 
 def parse_value(text: str) -> Any:
     """Parse a CLI override value with YAML rules (numbers, lists, booleans, null)."""
-    return yaml.safe_load(text) if text != "" else ""
+    return yaml.load(text, Loader=UniqueKeyLoader) if text != "" else ""  # UniqueKeyLoader is a SafeLoader
 
 
 def apply_override(data: dict[str, Any], dotted: str, value: Any, where: str = "") -> None:
@@ -455,7 +510,7 @@ def load_config(
         path = Path(path)
         if path.exists():
             try:
-                data = yaml.safe_load(read_params_text(path)) or {}
+                data = load_yaml(read_params_text(path), f"params file {path}") or {}
             except yaml.YAMLError as err:
                 raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
             if not isinstance(data, dict):

@@ -574,14 +574,15 @@ def _run_attack_shards(run: StageRun) -> Any:
     """``attack.shards`` class shards one after another (each resumable; a finished one is kept), then the merge:
     what the DVC matrix of ``attack-shard`` stages runs as separate jobs."""
     from lsmia.attack.shards import shard_classes, shard_dir, target_list
-    from lsmia.stages.attack import stage_attack, stage_merge_attack
+    from lsmia.stages.attack import input_digests, stage_attack, stage_merge_attack
 
     assert run.cell is not None
     count, targets = run.cfg.attack.shards, target_list(run.cfg.attack.targets)
     dirs = [shard_dir(run.output.parent, index) for index in range(count)]
+    digests = input_digests(run.cfg, run.cell.seed, run.inputs["target"], run.inputs.get("prior"))
     for index, folder in enumerate(dirs):
         classes = shard_classes(targets, index, count)
-        if _finished_shard(folder, classes, run.cfg, run.cell.seed):
+        if _finished_shard(folder, classes, run.cfg, run.cell.seed, digests):
             continue
         stage_attack(
             run.cfg,
@@ -597,8 +598,9 @@ def _run_attack_shards(run: StageRun) -> Any:
     return stage_merge_attack(run.inputs["data"], dirs, run.output.parent)
 
 
-def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int) -> bool:
-    """Whether ``folder`` holds this shard's finished result for the current attack config."""
+def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int, digests: dict[str, str]) -> bool:
+    """Whether ``folder`` holds this shard's finished result for the current attack config and inputs (a shard
+    of another target model or prior, or one without digests, is run again)."""
     from lsmia.attack.ppa import RUN_ONLY_KEYS
     from lsmia.attack.result import AttackResult
 
@@ -608,7 +610,8 @@ def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int) ->
     wanted = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed}).model_dump(
         mode="json", exclude=set(RUN_ONLY_KEYS)
     )
-    return meta.get("shard", {}).get("classes") == classes and meta.get("config") == wanted
+    shard = meta.get("shard", {})
+    return shard.get("classes") == classes and shard.get("digests") == digests and meta.get("config") == wanted
 
 
 def _run_evaluate(run: StageRun) -> Any:

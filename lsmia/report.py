@@ -493,7 +493,7 @@ def verdict_html(ablation_files: Sequence[Path]) -> str:
     for path in ablation_files:
         source = _results_json(path).with_name("verdict.json")
         if source.is_file():
-            rows = load_json(source, what="verdict")["rows"]
+            rows = load_json(source, what="verdict", keys=("rows",), fix="re-run 'lsmia verdict'")["rows"]
             blocks.append(
                 f"<h3>{html.escape(source.parent.name)}</h3>" + html_table(verdicts.COLUMNS, verdicts.table_rows(rows))
             )
@@ -525,6 +525,10 @@ CLAIMS_NOTE = (
 )
 
 
+RESULTS_KEYS = ("variants", "rows")  # what 'lsmia ablate' writes into results.json
+RESULTS_FIX = "pass the results.md or results.json of 'lsmia ablate' (out/ablations/<name>/) or re-run it"
+
+
 def _results_json(results_file: Path) -> Path:
     return results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
 
@@ -532,7 +536,9 @@ def _results_json(results_file: Path) -> Path:
 def claims_html(ablation_files: Sequence[Path]) -> str:
     """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); empty without any."""
     plans = {
-        path.parent.name: load_json(_results_json(path), what="ablation results")["variants"]
+        path.parent.name: load_json(_results_json(path), what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)[
+            "variants"
+        ]
         for path in ablation_files
         if _results_json(path).is_file()
     }
@@ -553,7 +559,7 @@ def ablation_html(results_file: Path) -> str:
     results = _results_json(results_file)
     if not results.is_file():
         return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
-    record = load_json(results, what="ablation results")
+    record = load_json(results, what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)
     variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
     overrides = "; ".join(
         f"<b>{html.escape(v)}</b>: "
@@ -851,7 +857,7 @@ def toy_html(toy_dir: Path, folder: Path) -> str:
     if not record.is_file() or not figure.is_file():
         return f"<h2>{heading}</h2>" + _missing(f"no toy results in {toy_dir}: run 'lsmia toy' (or dvc repro toy)")
     shutil.copyfile(figure, folder / "toy.png")
-    rows = load_json(record, what="toy results")["rows"]
+    rows = load_json(record, what="toy results", keys=("rows",), fix="re-run 'lsmia toy'")["rows"]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TOY_COLUMNS)
     body = "".join(
         f"<tr><th>{row['alpha']:+g}</th>"
@@ -898,7 +904,7 @@ def build_report(
     rows = collect_metrics(paths.metrics_dir, cells)
     summaries = aggregate(rows)
     keys = metric_keys(rows)
-    data_summary = load_json(paths.data_summary) if paths.data_summary.exists() else {}
+    data_summary = load_json(paths.data_summary, keys=()) if paths.data_summary.exists() else {}
     parts = [header_html(rows, data_summary), verdict_html(ablation_files)]
     skipped = missing_cells(paths.metrics_dir, cells)
     if skipped:
@@ -1043,7 +1049,5 @@ def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = No
         stale.unlink()
     numeric = [{k: v for k, v in row.items() if _is_number(v)} for row in rows]
     target = plots_dir / "study.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    save_json(numeric, target)
     return target

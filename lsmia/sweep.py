@@ -1261,7 +1261,7 @@ def study_reference(cfg: Config) -> dict[str, Any] | None:
     path = StudyPaths(cfg.run.out_dir).metrics_file(0.0, cfg.run.seed)
     if not path.is_file():
         return None
-    metrics = load_json(path, what="study metrics")
+    metrics = load_json(path, what="study metrics", keys=(), fix="delete it and re-run 'lsmia evaluate'")
     if not (_finite(metrics.get("test_acc")) and _finite(metrics.get("final_acc1"))):
         return None
     values = {key: metrics[key] for key in POINT_METRICS if _finite(metrics.get(key))}

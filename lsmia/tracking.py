@@ -924,13 +924,14 @@ def remember_run(marker: Path, run_id: str | None, config: Mapping[str, Any]) ->
     """Store the open run's id beside the stage's checkpoint, so a resume after a kill can find it."""
     if run_id is None:
         return
-    marker = Path(marker)
-    with contextlib.suppress(OSError):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f"{marker.name}.tmp")
-        record = {"run_id": run_id, "config": config_digest(config), "where": _marker_place(marker)}
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, marker)
+    from lsmia.errors import LsmiaError
+    from lsmia.utils import atomic_path
+
+    record = {"run_id": run_id, "config": config_digest(config), "where": _marker_place(Path(marker))}
+    with contextlib.suppress(OSError, LsmiaError):
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(marker) as tmp:  # no temporary left by a kill
+            tmp.write_text(json.dumps(record), encoding="utf-8")
 
 
 def _marker_place(marker: Path) -> str:

@@ -305,7 +305,11 @@ NOTE = (
 
 
 def build(results_files: Sequence[Path]) -> list[dict[str, Any]]:
-    return build_rows([load_json(Path(f), what="ablation results") for f in results_files])
+    return build_rows([load_json(Path(f), what="ablation results", keys=RESULTS_KEYS, fix=FIX) for f in results_files])
+
+
+RESULTS_KEYS = ("variants", "rows")  # what 'lsmia ablate' writes into results.json
+FIX = "pass the results.json of 'lsmia ablate' (out/ablations/<name>/results.json)"
 
 
 def build_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

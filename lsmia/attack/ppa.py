@@ -82,10 +82,20 @@ def resolve_targets(spec: list[int] | int, num_classes: int) -> list[int]:
             f"attack.targets holds class {outside[0]!r} outside 0..{num_classes - 1}: "
             f"list only classes of the target model"
         )
-    repeated = sorted({c for c in spec if spec.count(c) > 1})
-    if repeated:
-        raise LsmiaError(f"attack.targets lists class {repeated[0]} more than once: list each class once")
+    repeated = first_repeat(spec)
+    if repeated is not None:
+        raise LsmiaError(f"attack.targets lists class {repeated} more than once: list each class once")
     return list(spec)
+
+
+def first_repeat(values: Iterable[int]) -> int | None:
+    """The first value seen a second time (in linear time), or None."""
+    seen: set[int] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 @contextmanager
@@ -506,8 +516,13 @@ def to_uint8_images(
 
 def shard_rows(targets: list[int], classes: list[int], per_class: int) -> torch.Tensor:
     """The rows (target-major, ``per_class`` each) of ``classes`` among ``targets``, in the order of ``targets``."""
-    positions = sorted(targets.index(c) for c in classes)
-    return (torch.tensor(positions, dtype=torch.int64).view(-1, 1) * per_class + torch.arange(per_class)).flatten()
+    return (target_positions(targets, classes).view(-1, 1) * per_class + torch.arange(per_class)).flatten()
+
+
+def target_positions(targets: list[int], classes: list[int]) -> torch.Tensor:
+    """The sorted positions of ``classes`` in ``targets`` (int64)."""
+    position = {c: i for i, c in enumerate(targets)}
+    return torch.tensor(sorted(position[c] for c in classes), dtype=torch.int64)
 
 
 def resolve_classes(classes: list[int] | None, targets: list[int]) -> list[int]:
@@ -516,15 +531,16 @@ def resolve_classes(classes: list[int] | None, targets: list[int]) -> list[int]:
         return list(targets)
     if not classes:
         raise LsmiaError("the shard lists no class: give at least one class of attack.targets")
-    outside = [c for c in classes if c not in targets]
+    attacked = set(targets)
+    outside = [c for c in classes if c not in attacked]
     if outside:
         raise LsmiaError(
             f"class {outside[0]} is not among attack.targets ({len(targets)} classes): "
             "shard only classes the attack targets"
         )
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
-    if repeated:
-        raise LsmiaError(f"the shard lists class {repeated[0]} more than once: list each class once")
+    repeated = first_repeat(classes)
+    if repeated is not None:
+        raise LsmiaError(f"the shard lists class {repeated} more than once: list each class once")
     wanted = set(classes)
     return [c for c in targets if c in wanted]
 
@@ -719,7 +735,7 @@ def attack_shard(
         # PPA's final selection renders without clipping (attacks/final_selection.py:54, utils/stylegan.py:47-75)
         with clipping(prior, cfg.clip):
             scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted, view)
-        positions = torch.tensor(sorted(targets.index(c) for c in classes), dtype=torch.int64)
+        positions = target_positions(targets, classes)
         keep = cfg.final_samples
         best = keep_best(scores.view(num_targets, candidates)[positions].flatten(), len(classes), keep)
         best = rows[best]  # rows of the whole attack

@@ -284,8 +284,13 @@ def load_pretrained_backbone(model: Classifier, path: Path) -> None:
     state = load_torch(path, what="pretrained weights")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise LsmiaError(
+            f"pretrained weights {path} hold a {type(state).__name__}, not a state dict (parameter name -> tensor): "
+            "pass weights saved with torch.save(model.state_dict())"
+        )
     own = model.backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
     if not usable:
         raise LsmiaError(
             f"pretrained weights {path} share no tensors with {model.arch}: pass weights of that architecture"
@@ -302,8 +307,7 @@ def load_classifier(
 ) -> Classifier:
     """Load a checkpoint written by save_classifier; a mismatch with the expectation is a one-line error."""
     ckpt = load_torch(path, what=what, fix="train it first with 'lsmia train'")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise LsmiaError(f"{path} is not an lsmia classifier checkpoint: pass a file written by 'lsmia train'")
+    _require_classifier_checkpoint(ckpt, path)
     if arch is not None and ckpt["arch"] != arch:
         raise LsmiaError(f"{path} holds a {ckpt['arch']} but {arch} was expected: retrain or fix the arch setting")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
@@ -323,3 +327,21 @@ def load_classifier(
     except RuntimeError:
         raise LsmiaError(f"{path} does not match architecture {ckpt['arch']}: retrain it") from None
     return model.eval()
+
+
+CHECKPOINT_FIELDS = {"arch": str, "num_classes": int, "image_size": int, "width": int, "state_dict": dict}
+KIND_NAMES = {str: "a name", int: "a whole number", dict: "a state dict"}
+
+
+def _require_classifier_checkpoint(ckpt: Any, path: Path | str) -> None:
+    """What save_classifier writes: a mapping with the architecture, its sizes and a state dict."""
+    fix = "pass a file written by 'lsmia train'"
+    if not isinstance(ckpt, dict):
+        raise LsmiaError(f"{path} holds a {type(ckpt).__name__}, not an lsmia classifier checkpoint: {fix}")
+    for key, kind in CHECKPOINT_FIELDS.items():
+        value = ckpt.get(key, 32 if key == "width" else None)  # files from before width was stored: 32
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if key not in ckpt else f"a {type(value).__name__}"
+            raise LsmiaError(
+                f"{path} is not an lsmia classifier checkpoint ({key!r}: {found}, expected {KIND_NAMES[kind]}): {fix}"
+            )

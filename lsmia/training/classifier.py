@@ -274,11 +274,28 @@ def _load_resume_state(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, 
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
-    state = load_torch(path, what="training checkpoint")
+    state = load_torch(path, what="training checkpoint", keys=(), fix="delete it (training then starts afresh)")
     if state.get("fingerprint") != fingerprint:
         warnings.warn(f"{path} belongs to another configuration; training starts afresh", stacklevel=2)
         return None
     return state
+
+
+SAFE_STRIDED_1X1_CHANNELS = 8  # oneDNN's AVX2 vector width in floats
+
+
+def channels_last_is_safe(backbone: nn.Module) -> bool:
+    """Whether training ``backbone`` in channels_last on the CPU is safe.
+
+    oneDNN's AVX2 kernel for the weight gradient of a strided 1x1 convolution in channels_last corrupts memory
+    (SIGSEGV, "double free or corruption") when the convolution has fewer than 8 input channels: smallresnet
+    widths 4-7 (its shortcuts); 8 and more train, as does every width in NCHW (measured with oneDNN 3.12,
+    ONEDNN_MAX_CPU_ISA=AVX2; CHANGELOG 2026-12-07). Such a backbone trains in NCHW, a little slower."""
+    return all(
+        conv.in_channels >= SAFE_STRIDED_1X1_CHANNELS
+        for conv in backbone.modules()
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride != (1, 1)
+    )
 
 
 def steps_per_epoch(batch_size: int, train_size: int, world: int = 1) -> int:
@@ -336,8 +353,8 @@ def train_classifier(
         bottleneck=needs_bottleneck(defense),
         transform_input=cfg.transform_input,
     ).to(device)
-    if device.type == "cpu":  # oneDNN's NHWC convolutions: training ~1.25x faster (bench/training_overhead.py)
-        model.backbone.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and channels_last_is_safe(model.backbone):  # oneDNN's NHWC convolutions: training
+        model.backbone.to(memory_format=torch.channels_last)  # ~1.25x faster (bench/training_overhead.py)
     guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
