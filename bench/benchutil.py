@@ -90,9 +90,18 @@ def print_table(rows: Mapping[str, Timings], keys: list[str]) -> None:
 
 
 def print_ratio(
-    name: str, slow_s: float, fast_s: float, slow_label: str, fast_label: str, note: str = "medians"
+    name: str,
+    slow_s: float,
+    fast_s: float,
+    slow_label: str,
+    fast_label: str,
+    note: str = "medians",
+    digits: int = 3,
 ) -> float:
-    """The final line every benchmark prints: ``RATIO <name>: <x.xx>x`` and the raw seconds."""
+    """The final line every benchmark prints: ``RATIO <name>: <x.xx>x`` and the raw seconds (``digits`` decimals:
+    more for the milliseconds of one step, so the ratio can be checked against them)."""
     ratio = slow_s / fast_s if fast_s > 0 else float("inf")
-    print(f"RATIO {name}: {ratio:.2f}x ({slow_label} {slow_s:.3f} s / {fast_label} {fast_s:.3f} s, {note})")
+    print(
+        f"RATIO {name}: {ratio:.2f}x ({slow_label} {slow_s:.{digits}f} s / {fast_label} {fast_s:.{digits}f} s, {note})"
+    )
     return ratio

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lsmia import ablation_tables as tables
 from lsmia import graph, pipeline
-from lsmia.config import Config, build_config
+from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 from lsmia.stats import effects, mean_ci
@@ -61,7 +61,7 @@ def load_plan(path: Path) -> AblationPlan:
     if not Path(path).exists():
         raise LsmiaError(f"ablation file {path} does not exist: pass one like configs/ablations.yaml")
     try:
-        return AblationPlan.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        return AblationPlan.model_validate(load_yaml(Path(path).read_text(), f"ablation file {path}") or {})
     except yaml.YAMLError as err:
         raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
     except ValidationError as err:
@@ -156,8 +156,10 @@ def build_cell(cache: StageCache, cfg: Config, cell: graph.Cell, until: str = "e
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
     outputs = build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)))
-    row = load_json(outputs["evaluate"], what="ablation metrics")
-    row["eval_test_acc"] = load_json(outputs["eval-model"].parent / "metrics.json", what="eval metrics")["test_acc"]
+    fix = "delete it and re-run the ablation (its stage runs again)"
+    row = load_json(outputs["evaluate"], what="ablation metrics", keys=(), fix=fix)
+    eval_metrics = outputs["eval-model"].parent / "metrics.json"
+    row["eval_test_acc"] = load_json(eval_metrics, what="eval metrics", keys=("test_acc",), fix=fix)["test_acc"]
     return row
 
 

@@ -9,16 +9,79 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from lsmia.config import Config, check_seed, load_config, parse_overrides
 from lsmia.errors import LsmiaError, from_os_error
 from lsmia.paths import StudyPaths
 
+NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
+try:  # typer 0.29 parses with its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - a typer that uses click itself
+    _TyperUsageError = click.UsageError  # type: ignore[misc,assignment]
+USAGE_ERRORS = (click.UsageError, _TyperUsageError)
+
+
+class _OneLineErrors:
+    """Usage errors (a bad option value, a missing option, an unknown command) as the one line ``error: ...``
+    with exit code 2, like every other bad input; ``--help`` shown without a value."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except USAGE_ERRORS as err:
+            _usage_error(ctx, err)
+            raise  # unreachable: _usage_error exits
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)  # type: ignore[misc]
+        except USAGE_ERRORS as err:
+            _usage_error(ctx, err)
+            raise
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = NO_VALUE
+        return option
+
+
+def _usage_error(ctx: Any, err: Exception) -> None:
+    message = " ".join(getattr(err, "format_message", err.__str__)().split()).rstrip(".")
+    command = " ".join(["lsmia", *ctx.command_path.split()[1:]])  # the program name, also under a test runner
+    typer.echo(f"error: {message} (see '{command} --help')", err=True)
+    raise typer.Exit(2) from None
+
+
+class LsmiaCommand(_OneLineErrors, TyperCommand):
+    pass
+
+
+class LsmiaGroup(_OneLineErrors, TyperGroup):
+    pass
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Role(StrEnum):
+    target = "target"
+    eval = "eval"
+
+
 app = typer.Typer(
+    cls=LsmiaGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,11 +91,13 @@ app = typer.Typer(
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file (one typed schema).")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Prepared data file (default: under run.out_dir).")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (default: under run.out_dir).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override: section.key=value (repeatable).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda (overrides run.device).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", metavar="KEY=VALUE", help="Override: section.key=value (repeatable)."),
+]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help="Overrides run.device.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Study seed (default: run.seed).")]
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Label smoothing factor of the target.")]
-NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
 TrackOpt = Annotated[
     bool | None,
     typer.Option("--track/--no-track", metavar=NO_VALUE, help="MLflow tracking (default: run.tracking)."),
@@ -133,7 +198,7 @@ def resolve(
     }
     for key, (flag, value) in {**named, **(flags or {})}.items():
         if value is not None:
-            overrides[key] = value
+            overrides[key] = value.value if isinstance(value, StrEnum) else value
             sources[key] = f"the {flag} flag"
     if seed is not None:
         check_seed(seed, "the --seed flag")
@@ -141,10 +206,11 @@ def resolve(
     cfg = load_config(params, overrides, sources)
     if not runs:
         return cfg
-    from lsmia.utils import resolve_device, set_threads
+    from lsmia.threads import set_threads
+    from lsmia.utils import resolve_device
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
-    set_threads(cfg.run.threads)
+    set_threads(cfg.run.threads)  # the choice is tagged on the stage's MLflow run (lsmia.threads)
     return cfg
 
 
@@ -323,7 +389,7 @@ def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
 @app.command()
 @cli_errors
 def train(
-    role: Annotated[str, typer.Option(help="target or eval")] = "target",
+    role: Annotated[Role, typer.Option(help="The target (smoothed by --alpha) or the evaluation model.")] = Role.target,
     alpha: AlphaOpt = None,
     seed: SeedOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -338,8 +404,6 @@ def train(
     from lsmia.distributed import is_main
     from lsmia.tracked import tracked_stage
 
-    if role not in ("target", "eval"):
-        raise LsmiaError(f"unknown role '{role}': use --role target or --role eval")
     cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed)
     seed = cfg.run.seed if seed is None else seed
     paths = _paths(cfg)
@@ -417,7 +481,7 @@ def attack(
     prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
     if classes is not None and shard is not None:
         raise LsmiaError("--classes and --shard both choose the shard's classes: pass one of them")
-    chosen = shards.parse_classes(classes) if classes is not None else None
+    chosen = shards.parse_classes(classes, shards.class_limit(cfg.attack.targets)) if classes is not None else None
     if shard is not None:
         index, count = shards.parse_shard(shard)
         chosen = shards.shard_classes(shards.target_list(cfg.attack.targets), index, count)
@@ -469,12 +533,15 @@ def merge_attack(
     sets: SetOpt = None,
 ) -> None:
     """Merge attack shards covering every target into one attack.pt (identical to an unsharded run)."""
-    from lsmia.stages.attack import stage_merge_attack
+    from lsmia.stages.attack import require_separate_output, stage_merge_attack
 
     cfg = resolve(params, sets)
     out_dir = output_folder(out_dir, "--out-dir")
+    require_separate_output(shard_dirs, out_dir)  # before the lock: it must not touch a shard folder either
     with _writing(out_dir):
-        result = stage_merge_attack(data_file or _paths(cfg).data_file, shard_dirs, out_dir)
+        result = stage_merge_attack(
+            data_file or _paths(cfg).data_file, shard_dirs, out_dir, log=lambda line: typer.echo(line, err=True)
+        )
     typer.echo(f"merged {len(shard_dirs)} shards: {len(result.targets)} targets -> {out_dir / 'attack.pt'}")
 
 
@@ -509,11 +576,13 @@ def evaluate(
             cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed, data_file=data_file or paths.data_file
         ) as tracker,
     ):
+        attack_file = attack_file or paths.attack_dir(a, seed) / "attack.pt"
+        eval_model = eval_model or paths.eval_dir / "model.pt"
         metrics = pipeline.stage_evaluate(
             cfg,
             data_file or paths.data_file,
-            attack_file or paths.attack_dir(a, seed) / "attack.pt",
-            eval_model or paths.eval_dir / "model.pt",
+            attack_file,
+            eval_model,
             target_dir or paths.target_dir(a, seed),
             out,
             _device(cfg),
@@ -521,7 +590,7 @@ def evaluate(
             seed,
             attributes or paths.attribute_dir / "predictor.pt",
         )
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_evaluation(metrics, attack_file, eval_model)
     _echo_json(metrics)
 
 
@@ -820,7 +889,10 @@ WorkersOpt = Annotated[int | None, typer.Option("--n-workers", help="Worker proc
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        "--storage", help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>)."
+        "--storage",
+        envvar="LSMIA_STORAGE",
+        help="postgresql://, mysql:// or redis:// URL (default: a journal file in out/sweep/<study>). Export it "
+        "as LSMIA_STORAGE instead of passing it: a password on the command line shows in every process list.",
     ),
 ]
 WorkerOpt = Annotated[
@@ -974,6 +1046,11 @@ def server(
     from lsmia.services import serve
 
     serve(output_folder(folder, "--dir"), host, pg_port, port, log=lambda line: typer.echo(line))
+
+
+for _command in app.registered_commands:  # every command: one-line usage errors, --help without a value
+    if _command.cls in (None, TyperCommand):
+        _command.cls = LsmiaCommand
 
 
 def main() -> None:

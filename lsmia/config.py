@@ -69,6 +69,16 @@ class DataConfig(Section):
     public_images_per_identity: int = Field(10, ge=1)  # builtin
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # PPA: 90/10
     split_seed: Seed = 42  # PPA: 42
+    # stratified: test_fraction of each identity's images (at least one per side); ppa: PPA's global shuffle of all
+    # images, np.random.seed(split_seed) + shuffle, the first int((1 - test_fraction) * N) train (PPA
+    # datasets/facescrub.py:71-76, datasets/celeba.py:37-42); an identity may then have no test image
+    split: Literal["stratified", "ppa"] = "stratified"
+    # celeba: aligned = img_align_celeba/ (178x218, shorter side resized, centre crop); hd_cropped = the output folder
+    # of HD-CelebA-Cropper at face factor 0.65, 224 px, bicubic, the crops PPA trained on (PPA README.md:126)
+    celeba_layout: Literal["aligned", "hd_cropped"] = "aligned"
+    # celeba: how identities with equal image counts are ranked for the top num_identities: smaller_id, or
+    # first_listed (first line in identity_CelebA.txt first: PPA's stable sort of a Counter, datasets/celeba.py:29-34)
+    celeba_tie_break: Literal["smaller_id", "first_listed"] = "smaller_id"
     seed: Seed = 0  # builtin: rendering seed
     difficulty: float = Field(1.0, ge=0.0)  # builtin: strength of the nuisance factors
 
@@ -83,6 +93,16 @@ class ClassifierConfig(Section):
     arch: str = "smallresnet"
     width: int = Field(32, ge=4)  # smallresnet base width
     pretrained_path: Path | None = None  # local file only
+    # PPA's `pretrained: true` (configs/training/targets/ResNet152_FaceScrub.yaml:7): start from torchvision's ImageNet
+    # weights, read from pretrained_path; true makes a missing pretrained_path or file an error naming the file
+    pretrained: bool = False
+    # input size the model trains and predicts at (training images resized to it before augmentation); None: the
+    # data's image_size. PPA trains Inception-v3 at 299 (configs/training/evaluation/Inception_V3_FaceScrub.yaml:12)
+    image_size: int | None = Field(None, ge=8)
+    # inception_v3 only: torchvision's transform_input (re-scales ImageNet-normalised input to the [-1, 1] the Google
+    # weights expect); torchvision sets it with ImageNet weights (models/inception.py:464-465), so PPA's pretrained
+    # Inception has it on top of its Normalize(0.5, 0.5)
+    transform_input: bool = False
     epochs: int = Field(20, ge=1)  # PPA: 100; 20 keeps the default study within 15 min on 2 CPU cores
     batch_size: int = 64  # at least 2: a one-image batch is dropped (BatchNorm cannot train on it)
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -93,7 +113,13 @@ class ClassifierConfig(Section):
     milestones: list[float] = [0.75, 0.9]  # fractions of the epochs (PPA: 75 and 90 of 100)
     gamma: float = Field(0.1, gt=0.0)
     augment: AugmentConfig = AugmentConfig()
-    aux_loss_weight: float = 0.4  # inception_v3 auxiliary logits
+    aux_loss_weight: float = 0.4  # inception_v3 auxiliary logits (PPA: 1.0, models/classifier.py:308-313)
+
+    @model_validator(mode="after")
+    def _inception_only(self) -> ClassifierConfig:
+        if self.transform_input and self.arch != "inception_v3":
+            raise ValueError(f"transform_input applies to inception_v3 only, not {self.arch}: set it to false")
+        return self
 
     @field_validator("batch_size")
     @classmethod
@@ -192,6 +218,13 @@ class AttackConfig(Section):
     seed: Seed = 0
     shards: int = Field(1, ge=1)  # DVC: attack each cell in this many class shards, then merge (same result as 1)
     checkpoint_seconds: float = Field(300.0, ge=0)  # save a resumable attack checkpoint at most this often
+    # clamp the prior's images to [0, 1] in every optimisation step and in the final selection (the initial selection
+    # always clamps, as PPA's candidate search does: attacks/initial_selection.py:64-68); PPA's attack configs set
+    # clip: false (configs/attacking/FaceScrub_FFHQ.yaml:25)
+    clip: bool = True
+    # size of the saved images (all and final) that the evaluation model scores; None: the target's input size.
+    # PPA renders them 1024 -> centre crop 800 -> 299 for its Inception-v3 (attack.py:225, 249; utils/stylegan.py:71-74)
+    render_size: int | None = Field(None, ge=8)
     # How candidates and final samples are ranked: log = exactly, in log space (log of the mean probability);
     # softmax = PPA as published (float32 probabilities, which tie at 0 once another class leads by ~104 logits)
     ranking: Literal["log", "softmax"] = "log"
@@ -315,7 +348,8 @@ class SweepConfig(Section):
 class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: Seed = 0
-    threads: int = Field(0, ge=0)  # 0: torch's default
+    # auto: the cores this process may use less the machine's load (lsmia.threads); 0: torch's default (all)
+    threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     out_dir: Path = Path("out")
     tracking: bool = True  # MLflow; the library itself never tracks, only the CLI stages
 
@@ -333,6 +367,61 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that lists one key twice (YAML keeps the last silently)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(None, None, f"key '{key}' appears twice", second)
+        self.key, self.first_line, self.second_line = key, first.line + 1, second.line + 1
+
+    def explain(self, source: str) -> str:
+        lines = (
+            f"line {self.first_line}"
+            if self.first_line == self.second_line
+            else f"lines {self.first_line} and {self.second_line}"
+        )
+        return f"{source} lists key '{self.key}' twice in one mapping ({lines}; YAML would keep the last): keep one"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping. Keys a merge (``<<: *anchor``) brings
+    in may be overridden: only the keys written in the mapping itself are compared."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # every mapping passes here before its merges are spliced into node.value (a merged anchor may pass first
+        # as the source of another mapping's merge): check each node's own keys once, on the first pass
+        if id(node) not in self.checked:
+            self.checked.add(id(node))
+            self.check_own_keys(node)
+        super().flatten_mapping(node)
+
+    def check_own_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader names it
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML (anchors and merge keys work); a key written twice in a mapping is a one-line
+    LsmiaError naming the key and ``source``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # UniqueKeyLoader is a SafeLoader
+    except DuplicateKeyError as err:
+        raise LsmiaError(err.explain(source)) from None
 
 
 def source_of(key: str, source: str, sources: Mapping[str, str] | None) -> str:
@@ -355,7 +444,7 @@ def _format_validation_error(err: ValidationError, source: str, sources: Mapping
 
 def parse_value(text: str) -> Any:
     """Parse a CLI override value with YAML rules (numbers, lists, booleans, null)."""
-    return yaml.safe_load(text) if text != "" else ""
+    return yaml.load(text, Loader=UniqueKeyLoader) if text != "" else ""  # UniqueKeyLoader is a SafeLoader
 
 
 def apply_override(data: dict[str, Any], dotted: str, value: Any, where: str = "") -> None:
@@ -421,7 +510,7 @@ def load_config(
         path = Path(path)
         if path.exists():
             try:
-                data = yaml.safe_load(read_params_text(path)) or {}
+                data = load_yaml(read_params_text(path), f"params file {path}") or {}
             except yaml.YAMLError as err:
                 raise LsmiaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from None
             if not isinstance(data, dict):

@@ -43,3 +43,8 @@ def from_os_error(err: OSError, path: object = None) -> LsmiaError | None:
     """The LsmiaError for an operating-system failure the user can fix (full disk, read-only, wrong kind)."""
     message = os_error_message(err, path)
     return None if message is None else LsmiaError(message)
+
+
+def printable(value: object) -> str:
+    """``value`` as text with its control characters escaped (``\\n``), so a message naming it stays one line."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(value))

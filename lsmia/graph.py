@@ -182,7 +182,7 @@ STAGES: tuple[Stage, ...] = (
         (),
         "metrics.json",
         per_cell=True,
-        metrics=(f"{OUT}/metrics/{CELL}.json",),
+        uncached_outs=(f"{OUT}/metrics/{CELL}.json",),  # every metric of a run; DVC's metrics: summary.json
     ),
     Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
     Stage(
@@ -203,6 +203,7 @@ STAGES: tuple[Stage, ...] = (
             *(path.replace("results.json", "verdict.json") for path in REPORT_ABLATIONS),
         ),
         uncached_outs=(f"{OUT}/plots",),
+        metrics=(f"{OUT}/summary.json",),  # per alpha over seeds: a few columns in dvc exp show / metrics diff
     ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
@@ -438,6 +439,7 @@ class Observer(Protocol):
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
     def log_report(self, report_dir: Path) -> None: ...
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
 
 
 class Observe(Protocol):
@@ -572,14 +574,15 @@ def _run_attack_shards(run: StageRun) -> Any:
     """``attack.shards`` class shards one after another (each resumable; a finished one is kept), then the merge:
     what the DVC matrix of ``attack-shard`` stages runs as separate jobs."""
     from lsmia.attack.shards import shard_classes, shard_dir, target_list
-    from lsmia.stages.attack import stage_attack, stage_merge_attack
+    from lsmia.stages.attack import input_digests, stage_attack, stage_merge_attack
 
     assert run.cell is not None
     count, targets = run.cfg.attack.shards, target_list(run.cfg.attack.targets)
     dirs = [shard_dir(run.output.parent, index) for index in range(count)]
+    digests = input_digests(run.cfg, run.cell.seed, run.inputs["target"], run.inputs.get("prior"))
     for index, folder in enumerate(dirs):
         classes = shard_classes(targets, index, count)
-        if _finished_shard(folder, classes, run.cfg, run.cell.seed):
+        if _finished_shard(folder, classes, run.cfg, run.cell.seed, digests):
             continue
         stage_attack(
             run.cfg,
@@ -595,8 +598,9 @@ def _run_attack_shards(run: StageRun) -> Any:
     return stage_merge_attack(run.inputs["data"], dirs, run.output.parent)
 
 
-def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int) -> bool:
-    """Whether ``folder`` holds this shard's finished result for the current attack config."""
+def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int, digests: dict[str, str]) -> bool:
+    """Whether ``folder`` holds this shard's finished result for the current attack config and inputs (a shard
+    of another target model or prior, or one without digests, is run again)."""
     from lsmia.attack.ppa import RUN_ONLY_KEYS
     from lsmia.attack.result import AttackResult
 
@@ -606,7 +610,8 @@ def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int) ->
     wanted = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed}).model_dump(
         mode="json", exclude=set(RUN_ONLY_KEYS)
     )
-    return meta.get("shard", {}).get("classes") == classes and meta.get("config") == wanted
+    shard = meta.get("shard", {})
+    return shard.get("classes") == classes and shard.get("digests") == digests and meta.get("config") == wanted
 
 
 def _run_evaluate(run: StageRun) -> Any:
@@ -625,7 +630,7 @@ def _run_evaluate(run: StageRun) -> Any:
         run.cell.seed,
         run.inputs.get("attributes"),
     )
-    run.observer.log_metrics(metrics)
+    run.observer.log_evaluation(metrics, run.inputs["attack"], run.inputs["eval-model"])
     return metrics
 
 
@@ -665,6 +670,12 @@ def upstream_of(name: str) -> set[str]:
             found.add(current)
             pending.extend(BY_NAME[current].needs)
     return found
+
+
+def params_shaping(name: str) -> tuple[str, ...]:
+    """The config keys (sections or dotted keys) that shape stage ``name``'s output and its inputs'."""
+    keys = {key for stage_name in upstream_of(name) for key in BY_NAME[stage_name].params}
+    return tuple(sorted(keys | {"run.seed"}))
 
 
 def stages_for(cfg: Config, names: Iterable[str] | None = None) -> list[Stage]:

@@ -9,7 +9,9 @@ the lock of a killed process, so a stale file never blocks anyone.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -103,6 +105,25 @@ def _write_holder(fd: int) -> None:
         pass
 
 
+STALE_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # lsmia.utils.atomic_path: mkstemp adds 8 characters
+
+
+def remove_stale_temporaries(target: Path | str) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in (or beside) ``target``.
+
+    Only safe while holding ``target``'s output lock (lsmia.locks.output_lock): no other writer is then
+    using them. A folder is searched throughout; for a file, its own temporaries beside it."""
+    target = Path(target)
+    beside = target.parent.glob(f".{glob.escape(target.name)}.*.tmp")
+    candidates = target.rglob("*.tmp") if target.is_dir() else beside
+    removed = []
+    for candidate in candidates:
+        if STALE_TEMPORARY.match(candidate.name) and candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 @contextmanager
 def output_lock(target: Path | str) -> Iterator[Path]:
     """Hold the write lock of ``target`` (a folder or a file) for the block; yields the lock file's path."""
@@ -115,6 +136,7 @@ def output_lock(target: Path | str) -> Iterator[Path]:
     try:
         _write_holder(fd)
         _check_nesting(Path(target))  # after taking ours: of two nested writers, the second always sees the first
+        remove_stale_temporaries(target)  # of a writer killed (SIGKILL) mid-write; no other writer uses them now
         yield path
     finally:
         try:

@@ -53,6 +53,11 @@ class StudyPaths:
         return self.root / "metrics"
 
     @property
+    def summary_file(self) -> Path:
+        """The study's metrics per alpha over seeds (DVC's metrics file: a few columns in ``dvc exp show``)."""
+        return self.root / "summary.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 

@@ -68,6 +68,7 @@ class QuietStage:
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
     def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
     def log_report(self, report_dir: Path) -> None: ...
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
 
 
 @contextmanager
@@ -99,6 +100,10 @@ def run_study(
     ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)`` is a context manager yielding a
     stage observer (lsmia.tracked.tracked_stage logs to MLflow; the default does nothing).
     """
+    from lsmia.models.classifiers import require_pretrained_weights
+
+    for section in ("target", "eval_model"):  # before hours of data and prior: a missing weight file fails at once
+        require_pretrained_weights(getattr(cfg, section), section)
     layout = graph.StudyLayout(StudyPaths(cfg.run.out_dir))
     seconds: dict[str, float] = {}
     results = []

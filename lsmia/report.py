@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from lsmia.models.classifiers import load_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.paths import StudyPaths, run_tag
 from lsmia.stats import effects, mean_ci, verdict
-from lsmia.utils import load_json, new_file_mode
+from lsmia.utils import load_json, new_file_mode, save_json
 from lsmia.visualize import save_judged_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -494,7 +493,7 @@ def verdict_html(ablation_files: Sequence[Path]) -> str:
     for path in ablation_files:
         source = _results_json(path).with_name("verdict.json")
         if source.is_file():
-            rows = load_json(source, what="verdict")["rows"]
+            rows = load_json(source, what="verdict", keys=("rows",), fix="re-run 'lsmia verdict'")["rows"]
             blocks.append(
                 f"<h3>{html.escape(source.parent.name)}</h3>" + html_table(verdicts.COLUMNS, verdicts.table_rows(rows))
             )
@@ -526,6 +525,10 @@ CLAIMS_NOTE = (
 )
 
 
+RESULTS_KEYS = ("variants", "rows")  # what 'lsmia ablate' writes into results.json
+RESULTS_FIX = "pass the results.md or results.json of 'lsmia ablate' (out/ablations/<name>/) or re-run it"
+
+
 def _results_json(results_file: Path) -> Path:
     return results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
 
@@ -533,7 +536,9 @@ def _results_json(results_file: Path) -> Path:
 def claims_html(ablation_files: Sequence[Path]) -> str:
     """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); empty without any."""
     plans = {
-        path.parent.name: load_json(_results_json(path), what="ablation results")["variants"]
+        path.parent.name: load_json(_results_json(path), what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)[
+            "variants"
+        ]
         for path in ablation_files
         if _results_json(path).is_file()
     }
@@ -554,7 +559,7 @@ def ablation_html(results_file: Path) -> str:
     results = _results_json(results_file)
     if not results.is_file():
         return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
-    record = load_json(results, what="ablation results")
+    record = load_json(results, what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)
     variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
     overrides = "; ".join(
         f"<b>{html.escape(v)}</b>: "
@@ -776,9 +781,11 @@ RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about 
 
 
 def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    width, height = struct.unpack(">II", path.read_bytes()[16:24])
-    return width, height
+    """Width and height of an image, from its header (Pillow reads no pixels for this)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 def judging_inputs(paths: StudyPaths, device: torch.device) -> tuple[FaceData, torch.nn.Module] | None:
@@ -850,7 +857,7 @@ def toy_html(toy_dir: Path, folder: Path) -> str:
     if not record.is_file() or not figure.is_file():
         return f"<h2>{heading}</h2>" + _missing(f"no toy results in {toy_dir}: run 'lsmia toy' (or dvc repro toy)")
     shutil.copyfile(figure, folder / "toy.png")
-    rows = load_json(record, what="toy results")["rows"]
+    rows = load_json(record, what="toy results", keys=("rows",), fix="re-run 'lsmia toy'")["rows"]
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TOY_COLUMNS)
     body = "".join(
         f"<tr><th>{row['alpha']:+g}</th>"
@@ -897,7 +904,7 @@ def build_report(
     rows = collect_metrics(paths.metrics_dir, cells)
     summaries = aggregate(rows)
     keys = metric_keys(rows)
-    data_summary = load_json(paths.data_summary) if paths.data_summary.exists() else {}
+    data_summary = load_json(paths.data_summary, keys=()) if paths.data_summary.exists() else {}
     parts = [header_html(rows, data_summary), verdict_html(ablation_files)]
     skipped = missing_cells(paths.metrics_dir, cells)
     if skipped:
@@ -994,6 +1001,33 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+SUMMARY_METRICS = ("final_acc1", "test_acc", "delta_eval", "final_target_acceptance_raw")
+SUMMARY_INTERVAL = "final_acc1"  # the one metric whose interval over seeds gets a column
+
+
+def summary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Per alpha (``alpha=<α>``, largest first): the seeds ``n``, the mean of each headline metric and the
+    95 % interval half-width of acc@1 (from two seeds on)."""
+    summary: dict[str, dict[str, float | int]] = {}
+    for alpha in sorted({float(r["alpha"]) for r in rows}, reverse=True):
+        at = [r for r in rows if float(r["alpha"]) == alpha]
+        entry: dict[str, float | int] = {"n": len(at)}
+        for metric in SUMMARY_METRICS:
+            mean, ci95, n = mean_ci([float(r[metric]) for r in at if _is_number(r.get(metric))])
+            if n:
+                entry[metric] = round(mean, 4)
+            if metric == SUMMARY_INTERVAL and n >= 2:
+                entry[f"{metric}_ci95"] = round(ci95, 4)
+        summary[f"alpha={alpha:g}"] = entry
+    return summary
+
+
+def write_summary(paths: StudyPaths, cells: Cells | None = None) -> Path:
+    """``<out>/summary.json``: :func:`summary_metrics` of the study's evaluated cells."""
+    save_json(summary_metrics(collect_metrics(paths.metrics_dir, cells)), paths.summary_file)
+    return paths.summary_file
+
+
 def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = None) -> Path:
     """DVC plot sources: ``study.json`` (one row per run, numeric metrics) and the labelled reconstruction grids,
     framed by the evaluation model's verdict where it and the attack result exist (grids of other runs removed)."""
@@ -1015,7 +1049,5 @@ def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = No
         stale.unlink()
     numeric = [{k: v for k, v in row.items() if _is_number(v)} for row in rows]
     target = plots_dir / "study.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(numeric, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    save_json(numeric, target)
     return target

@@ -102,9 +102,21 @@ def strongest_per_seed(attacks: dict[str, dict[int, float]]) -> dict[int, tuple[
     return best
 
 
+def paired_attacks(
+    at_alpha: dict[str, dict[int, float]], at_zero: dict[str, dict[int, float]]
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+    """Each attack only on the seeds where it was measured at alpha and at alpha = 0: an attack run at one end
+    only (e.g. a stronger loss measured on alpha = 0 but not yet on the defended target) would bias the ratio."""
+    names = at_alpha.keys() & at_zero.keys()
+    alpha = {n: {s: v for s, v in at_alpha[n].items() if s in at_zero[n]} for n in names}
+    zero = {n: {s: v for s, v in at_zero[n].items() if s in at_alpha[n]} for n in names}
+    return alpha, zero
+
+
 def worst_case_ratio(at_alpha: dict[str, dict[int, float]], at_zero: dict[str, dict[int, float]]) -> dict[str, Any]:
-    """Per seed, the strongest attack at alpha over the strongest at alpha = 0; mean ± 95 % t over seeds."""
-    strong_alpha, strong_zero = strongest_per_seed(at_alpha), strongest_per_seed(at_zero)
+    """Per seed, the strongest attack at alpha over the strongest at alpha = 0, over the attacks measured at both
+    (:func:`paired_attacks`); mean ± 95 % t over seeds."""
+    strong_alpha, strong_zero = (strongest_per_seed(side) for side in paired_attacks(at_alpha, at_zero))
     seeds = sorted(strong_alpha.keys() & strong_zero.keys())
     values = [_ratio(strong_alpha[s][1], strong_zero[s][1]) for s in seeds]
     mean, ci95, n = mean_ci(values)

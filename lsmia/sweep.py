@@ -732,6 +732,9 @@ class TrialObserver:
     def log_prior(self, result: Any) -> None: ...
     def log_report(self, report_dir: Path) -> None: ...
 
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None:
+        self.log_metrics(metrics)
+
     def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None:
         """After training: record test accuracy; in constrained mode a target below the floor is not attacked."""
         self.trained, test_acc = result, result.metrics["test_acc"]
@@ -906,10 +909,10 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 def _worker_process(config: dict[str, Any], worker_index: int) -> None:
     """Entry point of a spawned worker process."""
-    from lsmia.utils import set_threads
+    from lsmia.threads import set_threads
 
     cfg = build_config(config)
-    set_threads(cfg.run.threads)
+    set_threads(cfg.run.threads, share=cfg.sweep.n_workers)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         run_worker(cfg, worker_index, log=lambda line: print(f"[worker {worker_index}] {line}", flush=True))
@@ -1258,7 +1261,7 @@ def study_reference(cfg: Config) -> dict[str, Any] | None:
     path = StudyPaths(cfg.run.out_dir).metrics_file(0.0, cfg.run.seed)
     if not path.is_file():
         return None
-    metrics = load_json(path, what="study metrics")
+    metrics = load_json(path, what="study metrics", keys=(), fix="delete it and re-run 'lsmia evaluate'")
     if not (_finite(metrics.get("test_acc")) and _finite(metrics.get("final_acc1"))):
         return None
     values = {key: metrics[key] for key in POINT_METRICS if _finite(metrics.get(key))}
@@ -1332,6 +1335,17 @@ def smoothing_text(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- entry points
 
 
+def reuse_hint(study: optuna.Study, cfg: Config) -> str | None:
+    """A line when the study was run before (its budget is set on the first run; a new study holds only the
+    trials it queued itself), saying how to start a new one instead."""
+    if BUDGET_ATTR not in study.user_attrs:
+        return None
+    return (
+        f"study '{cfg.sweep.study_name}' exists in {redact(cfg.sweep.storage)} with {len(study.trials)} "
+        "trials: continuing it (pass --study-name NAME for a new study)"
+    )
+
+
 def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     """Create or resume the study, run its remaining budget on ``sweep.n_workers`` workers, summarise it."""
     from lsmia.tracking import start_tracking
@@ -1343,11 +1357,9 @@ def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     storage = open_storage(cfg.sweep.storage, paths.journal)
     with budget_lock(paths, storage, cfg.sweep.storage, cfg.sweep.study_name):
         study = create_or_load_study(cfg, storage, worker_seed(cfg, 0, 0))
-        if study.trials:
-            log(
-                f"study '{cfg.sweep.study_name}' exists in {redact(cfg.sweep.storage)} with {len(study.trials)} "
-                "trials: continuing it (pass --study-name NAME for a new study)"
-            )
+        hint = reuse_hint(study, cfg)
+        if hint:
+            log(hint)
         if study.user_attrs.get(BUDGET_ATTR) != cfg.sweep.n_trials:
             study.set_user_attr(BUDGET_ATTR, cfg.sweep.n_trials)
         parent_id = study.user_attrs.get(PARENT_RUN_ATTR)

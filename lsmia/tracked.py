@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import torch
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
+from lsmia.threads import describe as describe_threads
 from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
@@ -84,26 +86,38 @@ def _class_names(path: str) -> list[str]:
     """The data set's identity names, read lazily (mmap); a damaged, empty or foreign file gets the stage's own
     checked loader and its one-line error, never a traceback from here."""
     try:
-        return [str(name) for name in torch.load(path, map_location="cpu", weights_only=True, mmap=True)["class_names"]]
-    except Exception:
-        from lsmia.data.base import FaceData
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged or empty: the checked loader below names it
+        obj = None
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    if isinstance(names, list):
+        return [str(name) for name in names]
+    from lsmia.data.base import FaceData
 
-        try:
-            return list(FaceData.load(path).class_names)  # raises the stage's LsmiaError for a bad file
-        except LsmiaError:
-            raise
-        except Exception as err:  # a valid file of another kind (a list, a tensor)
-            raise LsmiaError(
-                f"{path} is not a prepared lsmia data set ({type(err).__name__}): re-run 'lsmia data'"
-            ) from None
+    return list(FaceData.load(path).class_names)  # raises the stage's LsmiaError for a bad file
+
+
+def _summary_beside(path: str) -> dict[str, Any]:
+    """The summary.json 'lsmia data' writes beside its data file; {} when there is none."""
+    summary_file = Path(path).with_name("summary.json")
+    if not summary_file.is_file():
+        return {}
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except ValueError:  # not UTF-8 or not JSON
+        summary = None
+    if not isinstance(summary, dict):
+        raise LsmiaError(
+            f"{summary_file} is not the data summary 'lsmia data' writes (a JSON object): re-run 'lsmia data'"
+        )
+    return summary
 
 
 @lru_cache(maxsize=8)
 def _data_facts(path: str, mtime_ns: int, size: int) -> DataFacts:
     from lsmia.utils import file_digest
 
-    summary_file = Path(path).with_name("summary.json")
-    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+    summary = _summary_beside(path)
     classes = _class_names(path)
     keys = ("num_classes", "image_size", "train_images", "test_images", "public_images")
     profile = {"file": Path(path).name, "bytes": size, **{k: summary[k] for k in keys if k in summary}}
@@ -219,6 +233,30 @@ class StageLog:
             find_related({"stage": "train", "role": "target", "alpha": str(alpha), "seed": str(seed)}),
         )
 
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None:
+        """The evaluation's metrics and the reconstructions framed by the evaluation model's verdict (green: it
+        recognises the identity, red: it does not), the grid the report shows."""
+        self.log_metrics(metrics)
+        if not self.cfg.run.tracking or not self.data_file.is_file():
+            return
+        import tempfile
+
+        from lsmia.data.base import FaceData
+        from lsmia.models.classifiers import load_classifier
+        from lsmia.report import write_judged_grid
+
+        try:
+            data = FaceData.load(self.data_file)
+            model = load_classifier(eval_model_file, num_classes=data.num_classes, what="evaluation model")
+            with tempfile.TemporaryDirectory() as folder:
+                grid = Path(folder) / "judged.png"
+                write_judged_grid((data, model), Path(attack_file), grid)
+                self.tracker.log_artifact(grid, "reconstructions")
+        except (LsmiaError, OSError) as err:
+            warnings.warn(
+                f"MLflow tracking: the judged reconstruction grid was not logged ({err})", RuntimeWarning, stacklevel=2
+            )
+
 
 def find_related(tags: dict[str, str]) -> str | None:
     """The latest finished run with ``tags``, of this DVC experiment when it has one (a stage DVC did not re-run
@@ -254,6 +292,9 @@ def tracked_stage(
     if role is not None:
         tags["role"] = role
     tags["alpha"] = "n/a" if alpha is None else str(alpha)  # the prior and eval model have no smoothing factor
+    threads = describe_threads()
+    if threads:
+        tags["threads"] = threads  # run.threads auto: what the load left this run
     if alpha is not None:
         run_name = f"{run_name} alpha={alpha} seed={tags['seed']}"
     marker = Path(run_marker) if cfg.run.tracking and run_marker is not None else None
@@ -267,6 +308,7 @@ def tracked_stage(
             tags,
             system_metrics=system_metrics,
             resume_run_id=resume_id,
+            params=shaping_params(cfg, stage, role),
         ) as tracker,
     ):
         _record_interruption(tracker, marker, cfg, resume_id, orphan_id)
@@ -276,6 +318,28 @@ def tracked_stage(
         if stage == "evaluate" and alpha is not None:
             stage_log.link_evaluated_runs(alpha, int(tags["seed"]))
         yield stage_log
+
+
+GRAPH_STAGE = {"data": "data", "prior": "prior", "attack": "attack", "evaluate": "evaluate", "attributes": "attributes"}
+
+
+def shaping_params(cfg: Config, stage: str, role: str | None) -> dict[str, Any] | None:
+    """The part of the config a graph stage's output depends on (its params and its inputs'), so a run's params
+    are what tells it apart from its neighbours on MLflow's compare page; None (everything) for other runs."""
+    from lsmia import graph
+
+    name = {"target": "target", "eval": "eval-model"}.get(role or "") if stage == "train" else GRAPH_STAGE.get(stage)
+    if name is None:
+        return None
+    full = cfg.to_dict()
+    kept: dict[str, Any] = {}
+    for key in graph.params_shaping(name):
+        section, _, field_name = key.partition(".")
+        if not field_name:
+            kept[section] = full[section]
+        elif field_name in full[section]:
+            kept.setdefault(section, {})[field_name] = full[section][field_name]
+    return kept
 
 
 @contextmanager

@@ -48,6 +48,7 @@ EXPERIMENT_DESCRIPTION = (
     "are registered as lsmia-target with aliases alpha_<α>_seed_<seed> and latest-study; the evaluate run of a target "
     "links to its attack and training runs (tags lsmia.link.*)."
 )
+DEFAULT_MLFLOW_EXPERIMENT_ID = "0"  # MLflow's 'Default', where `mlflow run` without --experiment-name logs
 WORKSPACE = "workspace"  # the dvc_experiment tag of runs outside `dvc exp run`
 DIGEST_TAG = "model_digest"  # registry version tag: sha256 of the model file, so an unchanged model is not added twice
 
@@ -285,6 +286,7 @@ class Tracker(NullTracker):
         parent_run_id: str | None = None,
         system_metrics: bool = False,
         resume_run_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         self.stage, self.experiment = stage, experiment
         self._run_id: str | None = None
@@ -309,7 +311,7 @@ class Tracker(NullTracker):
                 self._run_id = None
             return
         try:
-            self._log_config(config)
+            self._log_config(config, config if params is None else params)
         except Exception as err:
             self._failed("logging the config", err)
 
@@ -335,7 +337,7 @@ class Tracker(NullTracker):
         mlflow.set_tracking_uri(self.uri)
         self.client = mlflow.MlflowClient(self.uri)
         parent = self._parent_run(parent_run_id or self._outer_run_env)
-        experiment_id = parent.info.experiment_id if parent else self._experiment_id()
+        experiment_id = self._experiment_of(parent)
         run_tags = standard_tags(self.stage, config, tags)
         if parent:
             run_tags[PARENT_TAG] = parent.info.run_id
@@ -361,6 +363,22 @@ class Tracker(NullTracker):
         # set only once reopened: a failed resume must not mark someone else's run FAILED
         self._run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         self._active = self._open = True
+
+    def _experiment_of(self, parent: Any) -> str:
+        """The parent's experiment (so the UI shows the nesting), unless the parent sits in MLflow's 'Default'
+        because `mlflow run` was not given an experiment: then the configured one, with a hint."""
+        if parent is None:
+            return self._experiment_id()
+        if parent.info.experiment_id == DEFAULT_MLFLOW_EXPERIMENT_ID and self.experiment != "Default":
+            warnings.warn(
+                f"MLflow tracking: the project run {parent.info.run_id} is in experiment 'Default', so this "
+                f"stage's run goes to '{self.experiment}', tagged with its parent: pass --experiment-name "
+                f"{self.experiment} to `mlflow run` to see them nested",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return self._experiment_id()
+        return str(parent.info.experiment_id)
 
     def _parent_run(self, parent_id: str | None) -> Any:
         """The parent run, or None (with a warning) when it does not exist in this store."""
@@ -396,13 +414,14 @@ class Tracker(NullTracker):
         except Exception as err:
             self._warn("describing the experiment", err)
 
-    def _log_config(self, config: Mapping[str, Any]) -> None:
+    def _log_config(self, config: Mapping[str, Any], shown: Mapping[str, Any]) -> None:
+        """``shown`` as the run's params (what its output depends on), the whole ``config`` as config.json."""
         from mlflow.entities import Param
 
         from lsmia.redaction import redact_tree
 
         config = redact_tree(config)  # e.g. sweep.storage's database password
-        params = [Param(key, value) for key, value in flatten_config(config).items()]
+        params = [Param(key, value) for key, value in flatten_config(redact_tree(shown)).items()]
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self._active_run_id, params=params[start : start + BATCH])
         self.client.log_dict(self._active_run_id, json.loads(json.dumps(config, default=str)), "config.json")
@@ -808,12 +827,14 @@ def start_tracking(
     parent_run_id: str | None = None,
     system_metrics: bool = False,
     resume_run_id: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Tracker | NullTracker:
     """Start one MLflow run for a stage run (use it as a context manager), or a NullTracker when off.
 
     Inside ``mlflow run`` (MLFLOW_RUN_ID) or with ``parent_run_id`` the run is a nested child,
     created in its parent's experiment so the MLflow UI shows the nesting. ``resume_run_id`` reopens
-    that existing run instead of creating one.
+    that existing run instead of creating one. ``params``: the part of ``config`` logged as the run's params
+    (default: all of it); the whole config is always the run's ``config.json``.
     """
     if not enabled:
         return NullTracker()
@@ -827,6 +848,7 @@ def start_tracking(
         parent_run_id=parent_run_id,
         system_metrics=system_metrics,
         resume_run_id=resume_run_id,
+        params=params,
     )
 
 
@@ -902,12 +924,21 @@ def remember_run(marker: Path, run_id: str | None, config: Mapping[str, Any]) ->
     """Store the open run's id beside the stage's checkpoint, so a resume after a kill can find it."""
     if run_id is None:
         return
-    marker = Path(marker)
-    with contextlib.suppress(OSError):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f"{marker.name}.tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "config": config_digest(config)}), encoding="utf-8")
-        os.replace(tmp, marker)
+    from lsmia.errors import LsmiaError
+    from lsmia.utils import atomic_path
+
+    record = {"run_id": run_id, "config": config_digest(config), "where": _marker_place(Path(marker))}
+    with contextlib.suppress(OSError, LsmiaError):
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(marker) as tmp:  # no temporary left by a kill
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+
+
+def _marker_place(marker: Path) -> str:
+    """The machine and folder a marker was written for: a copy of the workspace is somewhere else."""
+    import socket
+
+    return f"{socket.gethostname()}:{Path(marker).parent.resolve()}"
 
 
 def forget_run(marker: Path) -> None:
@@ -928,6 +959,14 @@ def claim_orphan(marker: Path, config: Mapping[str, Any], resumable: bool) -> tu
     if record is None:
         return None, None
     run_id = record["run_id"]
+    if record.get("where", _marker_place(marker)) != _marker_place(marker):
+        warnings.warn(
+            f"MLflow tracking: the run {run_id} named in {marker} belongs to {record['where']} (this workspace is "
+            "a copy, or moved); a new run is started and that one is left as it is",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None, None
     try:
         import mlflow
 

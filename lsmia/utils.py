@@ -6,9 +6,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sized
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,11 +37,6 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def set_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 LOW_DISK_SPACE = 1 << 20  # bytes: a write that fails with less than this left failed for want of space
@@ -93,17 +90,44 @@ def _temporary_beside(path: Path) -> Path:
 
 
 @contextmanager
+def removed_on_sigterm(tmp_path: Path) -> Iterator[None]:
+    """Delete ``tmp_path`` if SIGTERM arrives in the block, then let the signal act as it would have.
+
+    SIGTERM's default action ends the process without running ``finally`` blocks, which would leave the
+    temporary file inside an output folder (a DVC output) for good. Only the main thread can handle signals;
+    elsewhere, or where SIGTERM is ignored or handled outside Python, the block runs unchanged."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def remove_then_resend(signum: int, frame: object) -> None:
+        tmp_path.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)  # the default action ends the process; a Python handler runs
+
+    signal.signal(signal.SIGTERM, remove_then_resend)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is remove_then_resend:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     The file gets the umask's permissions; a full disk, a read-only folder or a file where a folder
-    should be is a one-line LsmiaError naming ``path``, and an earlier ``path`` stays as it was.
+    should be is a one-line LsmiaError naming ``path``, and an earlier ``path`` stays as it was. The
+    temporary file is removed on an exception and on SIGTERM.
     """
     path = Path(path)
     tmp_path = _temporary_beside(path)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with removed_on_sigterm(tmp_path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     except (OSError, RuntimeError) as err:
         translated = write_error(err, path)
         if translated is None:
@@ -120,16 +144,35 @@ def save_torch(obj: Any, path: Path | str) -> None:
         torch.save(obj, handle)
 
 
-def load_torch(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
+def load_torch(
+    path: Path | str,
+    what: str = "file",
+    fix: str = "run the stage that writes it first",
+    keys: Sequence[str] | None = None,
+) -> Any:
+    """A torch file's contents (tensors and plain data only); ``keys``: it must be a mapping holding them."""
     path = Path(path)
     if not path.exists():
         raise LsmiaError(f"{what} {path} does not exist: {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign pickle
         raise LsmiaError(
             f"{what} {path} cannot be read ({type(err).__name__}): delete it and re-run its stage"
         ) from None
+    return obj if keys is None else require_keys(obj, keys, f"{what} {path}", fix)
+
+
+def require_keys(obj: Any, keys: Sequence[str], where: str, fix: str) -> dict[str, Any]:
+    """``obj`` if it is a mapping holding ``keys``; else a one-line LsmiaError naming what ``where`` holds instead
+    (a valid file of another kind: a list, a metrics file where results are expected)."""
+    expected = f"a mapping with {', '.join(repr(k) for k in keys)}" if keys else "a mapping"
+    if not isinstance(obj, dict):
+        raise LsmiaError(f"{where} holds a {type(obj).__name__}, not {expected}: {fix}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise LsmiaError(f"{where} has no {missing[0]!r} (a file of another kind?), expected {expected}: {fix}")
+    return obj
 
 
 def save_json(obj: Any, path: Path | str) -> None:
@@ -170,15 +213,22 @@ def file_digest(path: Path | str, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def load_json(path: Path | str, what: str = "file", fix: str = "run the stage that writes it first") -> Any:
+def load_json(
+    path: Path | str,
+    what: str = "file",
+    fix: str = "run the stage that writes it first",
+    keys: Sequence[str] | None = None,
+) -> Any:
+    """A JSON file's contents; ``keys``: it must be an object holding them."""
     path = Path(path)
     if not path.exists():
         raise LsmiaError(f"{what} {path} does not exist: {fix}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
         raise LsmiaError(f"{what} {path} cannot be read as JSON ({reason}): delete it and re-run its stage") from None
+    return obj if keys is None else require_keys(obj, keys, f"{what} {path}", fix)
 
 
 def human_bytes(count: float) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from lsmia.ablation_tables import cell, markdown_table
 from lsmia.defenses.compare import flatten
-from lsmia.stats import halves, lowers, mean_ci, paired, strongest_per_seed, worst_case_ratio
+from lsmia.stats import halves, lowers, mean_ci, paired, paired_attacks, strongest_per_seed, worst_case_ratio
 from lsmia.utils import atomic_path, load_json, save_json
 
 PUBLISHED_LOSS = "poincare"
@@ -159,18 +159,33 @@ def _acceptance(group: Group, alpha: float, kind: str, attacks: dict[str, PerSee
 
 def _side_by_side(group: Group, alpha: float, base: Group, prefix: str = "") -> dict[str, Any]:
     """The attackers on ``group``'s target at ``alpha`` (kinds ``prefix``published/adaptive) against ``base``'s
-    alpha = 0 targets: acc@1, acceptance and the three ratios."""
+    alpha = 0 targets: acc@1, acceptance and the three ratios (each attack paired with itself at alpha = 0)."""
     published, adaptive = group.values(alpha, f"{prefix}published"), group.values(alpha, f"{prefix}adaptive")
-    zero_published, zero_adaptive = base.values(0.0, "published"), base.values(0.0, "adaptive")
-    return {
+    row = {
         "acc1_published": _stat(_best(published)),
         "acc1_adaptive": _stat(_best(adaptive)),
         "acceptance_published": _acceptance(group, alpha, f"{prefix}published", published),
         "acceptance_adaptive": _acceptance(group, alpha, f"{prefix}adaptive", adaptive),
-        "ratio_published": _ratio(_best(published), _best(zero_published)),
-        "ratio_adaptive": _ratio(_best(adaptive), _best(zero_adaptive)),
+    }
+    if prefix:  # a control's attack labels carry the control's name: pair them with alpha = 0's by the attack
+        published, adaptive = _attack_names(published), _attack_names(adaptive)
+    zero_published, zero_adaptive = base.values(0.0, "published"), base.values(0.0, "adaptive")
+    return row | {
+        "ratio_published": _paired_ratio(published, zero_published),
+        "ratio_adaptive": _paired_ratio(adaptive, zero_adaptive),
         "ratio_worst_case": worst_case_ratio({**published, **adaptive}, {**zero_published, **zero_adaptive}),
     }
+
+
+def _paired_ratio(at_alpha: dict[str, PerSeed], at_zero: dict[str, PerSeed]) -> Stat:
+    """The strongest attack's ratio per seed, over the attacks measured at both ends (lsmia.stats)."""
+    alpha, zero = paired_attacks(at_alpha, at_zero)
+    return _ratio(_best(alpha), _best(zero))
+
+
+def _attack_names(per_attack: dict[str, PerSeed]) -> dict[str, PerSeed]:
+    """``control ×26 published: PPA as published`` -> ``PPA as published``."""
+    return {label.split(": ", 1)[-1]: values for label, values in per_attack.items()}
 
 
 def _cost(group: Group, alpha: float, base: Group) -> Stat:
@@ -290,7 +305,11 @@ NOTE = (
 
 
 def build(results_files: Sequence[Path]) -> list[dict[str, Any]]:
-    return build_rows([load_json(Path(f), what="ablation results") for f in results_files])
+    return build_rows([load_json(Path(f), what="ablation results", keys=RESULTS_KEYS, fix=FIX) for f in results_files])
+
+
+RESULTS_KEYS = ("variants", "rows")  # what 'lsmia ablate' writes into results.json
+FIX = "pass the results.json of 'lsmia ablate' (out/ablations/<name>/results.json)"
 
 
 def build_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,11 +18,12 @@ from lsmia.attack.ppa import (
     stage_generators,
 )
 from lsmia.attack.result import AttackResult
+from lsmia.augment import resize
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
 from lsmia.losses import poincare_loss
 from lsmia.models.classifiers import build_classifier
-from lsmia.models.generator import DCGANPrior, Generator, load_prior
+from lsmia.models.generator import DCGANPrior, Generator, TorchScriptPrior, load_prior
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
 CPU = torch.device("cpu")
@@ -451,3 +452,88 @@ def test_torchscript_stylegan_w_plus_attack_moves_each_layer_s_w(tmp_path) -> No
         images.clamp(0, 1), size=(8, 8), mode="bilinear", antialias=True, align_corners=False
     )
     assert (result.final_images.float() - expected * 255).abs().max() <= 1.0
+
+
+# --------------------------------------------------------------------------- attack.clip and attack.render_size
+
+
+class _Mapping(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z).unsqueeze(1).repeat(1, 2, 1)
+
+
+class _Synthesis(nn.Module):
+    def forward(self, ws: torch.Tensor) -> torch.Tensor:
+        colour = 3.0 * torch.tanh(ws[:, 0, :3])  # like StyleGAN's, the output leaves [-1, 1]
+        return colour.view(-1, 3, 1, 1).expand(-1, 3, 8, 8)
+
+
+class OvershootingGAN(nn.Module):
+    """A TorchScript StyleGAN in the README's format whose images reach far outside [-1, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mapping, self.synthesis = _Mapping(), _Synthesis()
+        self.register_buffer("w_avg", torch.zeros(4))
+
+
+def overshooting_prior(tmp_path) -> TorchScriptPrior:
+    torch.manual_seed(0)
+    path = tmp_path / "gan.pt"
+    torch.jit.script(OvershootingGAN()).save(str(path))
+    return TorchScriptPrior(path, 4, (-1.0, 1.0))
+
+
+def test_prior_clip_false_leaves_values_outside_0_1(tmp_path) -> None:
+    prior = overshooting_prior(tmp_path)
+    prior.configure_latent("w", None)
+    w = prior.sample_latents(16, torch.Generator().manual_seed(0))
+    clipped = prior(w)
+    assert clipped.min() >= 0.0 and clipped.max() <= 1.0 and prior.clip
+    prior.clip = False
+    raw = prior(w)
+    assert raw.min() < -0.2 and raw.max() > 1.2  # (3 tanh(.) + 1) / 2 reaches far past both ends
+    assert torch.equal(raw.clamp(0, 1), clipped)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_attack_clip_false_optimises_on_unclipped_images_and_selection_clips(tmp_path, clip: bool) -> None:
+    prior = overshooting_prior(tmp_path)
+    seen: list[tuple[bool, bool]] = []  # per render: (clip switch, images outside [0, 1])
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen.append((bool(module.clip), bool((out < 0).any() or (out > 1).any())))
+
+    prior.register_forward_hook(record)
+    cfg = make_cfg(latent="w", truncation=1.0, lr_relative=False, steps=3, clip=clip)
+    run_attack(cfg, MeanColourClassifier(), prior, [0, 3, 4], CPU, progress=False, diagnostics=False)
+    pool_renders = cfg.pool_size // cfg.selection_batch_size
+    assert all(switch and not outside for switch, outside in seen[:pool_renders])  # the initial selection clips
+    if clip:
+        assert all(switch and not outside for switch, outside in seen)
+    else:  # every optimisation step and the final selection see the generator's own values; the last two
+        # renders are the saved uint8 images (18 rows in chunks of 16), which clamp whatever the switch
+        assert any(outside for _, outside in seen[pool_renders:])
+        assert [switch for switch, _ in seen[pool_renders:-2]] == [False] * (len(seen) - pool_renders - 2)
+        assert [switch for switch, _ in seen[-2:]] == [True, True]
+    assert prior.clip  # the caller's prior is handed back as it came
+
+
+def test_render_size_saves_the_images_at_the_evaluations_size() -> None:
+    cfg = make_cfg(steps=3)
+    plain = attack(cfg)
+    rendered = attack(cfg.model_copy(update={"render_size": 16}))
+    assert torch.equal(plain.all_latents, rendered.all_latents)  # what is optimised and kept does not change
+    assert torch.equal(plain.final_latents, rendered.final_latents)
+    assert rendered.all_images.shape[-1] == rendered.final_images.shape[-1] == 16
+    with torch.no_grad():
+        expected = (resize(ColourPrior()(rendered.all_latents), 16) * 255).round().to(torch.uint8)
+    assert torch.equal(rendered.all_images, expected)
+    # the raw-confidence diagnostic scores the saved images at the target's input size
+    assert rendered.meta["final_target_confidence_raw"] == pytest.approx(
+        plain.meta["final_target_confidence_raw"], abs=0.02
+    )

@@ -60,6 +60,12 @@ def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None
     assert last_ratio(stdout, "training_overhead") > 0
 
 
+def test_threads_benchmark_trains_beside_a_competitor_with_both_settings() -> None:
+    stdout = run_script("threads_under_load.py", "--quick", "--threads", "1")
+    assert "default_all_cores_spinning:" in stdout and "auto_passive:" in stdout
+    assert last_ratio(stdout, "threads_auto_vs_default_under_load") > 0
+
+
 def test_gpu_benchmark_skips_cleanly_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: test_gpu_benchmark_runs_on_a_gpu covers it")
@@ -140,3 +146,78 @@ def test_interleaved_alternates_cases_and_takes_medians() -> None:
     assert order == ["a", "b", "a", "b", "a", "b"]
     assert benchutil.medians(runs["a"])["phase_s"] == 3.0
     assert set(runs["b"][0]) == {benchutil.TOTAL}
+
+
+def ratio_lines(stdout: str) -> dict[str, re.Match[str]]:
+    """Every ratio line by name, each checked against the raw seconds it prints."""
+    found = {match["name"]: match for match in RATIO_LINE.finditer(stdout)}
+    for match in found.values():
+        slow, fast = float(match["slow"]), float(match["fast"])
+        assert fast > 0 and float(match["ratio"]) == pytest.approx(slow / fast, rel=0.02, abs=0.01), match[0]
+    return found
+
+
+def test_roofline_quick_compares_the_real_loops_with_the_matmul_peak() -> None:
+    stdout = run_script("roofline.py", "--quick", "--threads", "1")
+    assert "threads 1" in stdout and "device cpu" in stdout
+    peak = re.search(r"^peak 1t\s+(\d+\.\d) GFLOP/s$", stdout, re.MULTILINE)
+    assert peak and float(peak[1]) > 0, stdout
+    percent = {}
+    for workload in ("training", "attack"):
+        row = re.search(rf"^{workload}\s+1t" + r"\s+(\d+\.\d+)" * 6 + "%$", stdout, re.MULTILINE)
+        assert row, stdout
+        step, loop, seconds, achieved, peak_rate, percent[workload] = map(float, row.groups())
+        assert step > 0 and loop == pytest.approx(step, rel=0.01)  # the counted step is the real loop's step
+        assert achieved == pytest.approx(loop / seconds, rel=0.02, abs=0.01)
+        assert peak_rate == pytest.approx(float(peak[1]), abs=0.1)
+        assert percent[workload] == pytest.approx(100 * achieved / peak_rate, rel=0.02, abs=0.01)
+    ratios = ratio_lines(stdout)
+    assert set(ratios) == {"training_vs_peak_1t", "attack_vs_peak_1t"}
+    for workload in ("training", "attack"):  # the ratio is the inverse of the fraction of peak
+        assert float(ratios[f"{workload}_vs_peak_1t"]["ratio"]) == pytest.approx(100 / percent[workload], rel=0.03)
+    assert last_ratio(stdout, "attack_vs_peak_1t") > 0
+
+
+GPU_CHECK_ROWS = [
+    (workload, variant)
+    for workload in ("train_resnet152", "train_inception_v3", "attack_stylegan64")
+    for variant in ("fp32_eager", "bf16+channels_last")
+]
+
+
+def test_gpu_check_quick_runs_every_workload_at_toy_sizes_on_the_cpu() -> None:
+    stdout = run_script("gpu_check.py", "--quick", "--device", "cpu", "--threads", "1", "--no-study")
+    assert "no torch.compile" in stdout
+    for workload, variant in [*GPU_CHECK_ROWS, ("attack_stylegan64", "run_attack_fp32")]:
+        # batch, ms/step, images/s, peak MiB (none on the CPU), warm-up s, speed-up, status
+        row = rf"^{workload}\s+{re.escape(variant)}\s+2\s+\d+\.\d{{3}}\s+\d+\.\d\s+-\s+\d+\.\d\s+\d+\.\d\dx  ok"
+        assert re.search(row, stdout, re.MULTILINE), stdout
+    assert "study (tests/tiny_params.yaml, --device cpu): skipped (--no-study)" in stdout
+    expected = {f"{workload}_bf16_cl_vs_fp32" for workload, _ in GPU_CHECK_ROWS}
+    assert set(ratio_lines(stdout)) == expected
+    assert last_ratio(stdout, "attack_stylegan64_bf16_cl_vs_fp32") > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_runs_the_tiny_study_on_the_cpu() -> None:
+    stdout = run_script("gpu_check.py", "--quick", "--device", "cpu", "--threads", "1", "--only", "attack", timeout=300)
+    assert re.search(r"^study \(tests/tiny_params\.yaml, --device cpu\): ok in \d+\.\d s$", stdout, re.MULTILINE)
+    assert last_ratio(stdout, "attack_stylegan64_bf16_cl_vs_fp32") > 0
+
+
+def test_gpu_check_and_cuda_roofline_skip_cleanly_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: test_gpu_check_and_roofline_run_on_a_gpu covers it")
+    assert run_script("gpu_check.py", "--quick").startswith("SKIP gpu_check: no CUDA device")
+    assert run_script("roofline.py", "--quick", "--device", "cuda").startswith("SKIP roofline: no CUDA device")
+
+
+@pytest.mark.gpu
+def test_gpu_check_and_roofline_run_on_a_gpu() -> None:
+    stdout = run_script("gpu_check.py", "--quick", "--no-study", timeout=300)
+    assert re.search(r"^train_resnet152\s+fp32_eager\s+2\s+\d+\.\d{3}\s+\d+\.\d\s+\d+\.\d\s", stdout, re.MULTILINE)
+    assert last_ratio(stdout, "attack_stylegan64_bf16_cl_vs_fp32") > 0
+    stdout = run_script("roofline.py", "--quick", "--device", "cuda", timeout=300)
+    assert set(ratio_lines(stdout)) == {
+        f"{w}_vs_peak_{p}" for w in ("training", "attack") for p in ("fp32", "tf32", "bf16")
+    }

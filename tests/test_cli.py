@@ -146,3 +146,30 @@ def test_version():
 
     out = runner.invoke(app, ["--version"])
     assert out.exit_code == 0 and out.output == f"lsmia {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train", "--seed", "abc"], ["'--seed'", "integer", "(see 'lsmia train --help')"]),
+        (["trian"], ["No such command 'trian'", "Did you mean 'train'", "(see 'lsmia --help')"]),
+        (["train", "--role", "judge"], ["'--role'", "'judge' is not one of 'target', 'eval'"]),
+        (["train", "--device", "gpu"], ["'--device'", "'gpu' is not one of 'auto', 'cpu', 'cuda'"]),
+        (["train", "--data"], ["Option '--data' requires an argument"]),
+    ],
+)
+def test_usage_errors_are_one_line_too(tmp_path, args: list[str], needles: list[str]) -> None:
+    assert_one_line_error(invoke(*args, cwd=tmp_path), *needles)
+
+
+def test_help_shows_choices_and_readable_metavars(tmp_path) -> None:
+    text = invoke("train", "--help", cwd=tmp_path).output
+    assert "<target|eval>" in text and "<auto|cpu|cuda>" in text and "KEY=VALUE" in text
+    assert "<bool>" not in text and "<list[str]>" not in text
+
+
+def test_a_device_choice_reaches_the_config_as_plain_text(tmp_path) -> None:
+    from lsmia.cli import Device, resolve
+
+    cfg = resolve(tmp_path / "params.yaml", None, device=Device.cpu, runs=False)
+    assert cfg.run.device == "cpu" and type(cfg.run.device) is str  # no enum leaks into YAML or MLflow params

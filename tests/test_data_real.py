@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from lsmia.config import DataConfig
-from lsmia.data.base import FaceData
+from lsmia.data.base import FaceData, split_ppa
 from lsmia.data.real import (
     decode_image,
     load_celeba,
@@ -22,22 +23,7 @@ from lsmia.data.real import (
     top_identities,
 )
 from lsmia.errors import LsmiaError
-
-# One solid colour per identity, so a label can be read back from the pixels.
-COLOURS = [(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20), (20, 230, 230), (230, 20, 230)]
-SIZES = [(40, 30), (30, 40), (24, 24), (50, 20), (20, 50), (33, 27)]  # (width, height), none square but one
-
-
-def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path, format=fmt)
-
-
-def write_identity(folder: Path, colour: tuple[int, int, int], count: int, ext: str = ".png") -> None:
-    """``count`` solid images of ``colour``, each a little brighter (+4 per image) so every file is unique."""
-    for i in range(count):
-        shaded = tuple(c + 4 * i for c in colour)
-        write_image(folder / f"img{i:02d}{ext}", shaded, SIZES[i % len(SIZES)])
+from tests.helpers.real_data import COLOURS, write_identity, write_image
 
 
 def write_corrupt(path: Path) -> None:
@@ -316,3 +302,122 @@ def test_load_real_attaches_public_images(imagefolder_root: Path, tmp_path: Path
     assert all(colour_index(img) == 4 for img in data.public.images)
     with pytest.raises(LsmiaError, match=r"data.public_root folder .* does not exist"):
         load_real(cfg.model_copy(update={"public_root": tmp_path / "missing"}))
+
+
+# --------------------------------------------------------------------------- PPA's split and CelebA crops
+
+
+def ppa_split_positions(count: int, seed: int = 42) -> list[int]:
+    """Test positions by PPA's own lines (datasets/facescrub.py:71-76): global seed, shuffle, first 90 % train."""
+    indices = list(range(count))
+    np.random.seed(seed)
+    np.random.shuffle(indices)
+    training_set_size = int(0.9 * count)
+    return sorted(indices[training_set_size:])
+
+
+def shade_keys(data: FaceData, split: str, base: dict[int, int]) -> set[tuple[int, int]]:
+    """(label, shade step of write_identity) of each image of ``split``; ``base`` maps a label to its colour index."""
+    images = getattr(data, split)
+    keys = set()
+    for image, label in zip(images.images, images.labels, strict=False):
+        mean = image.float().mean().item() - sum(COLOURS[base[int(label)]]) / 3
+        keys.add((int(label), round(mean / 4)))
+    return keys
+
+
+def test_split_ppa_is_numpys_seeded_shuffle() -> None:
+    # np.random.seed(42); shuffle(list(range(10))) gives [8, 1, 5, 0, 7, 2, 9, 4, 3, 6]; int(0.9 * 10) = 9 train
+    train, test = split_ppa(10, 0.1, 42)
+    assert test.tolist() == [6] and train.tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    # 21 images: [0, 17, 15, 1, 8, 5, 11, 3, 18, 16, 13, 2, 9, 20, 4, 12, 7, 10, 14, 19, 6], the last 3 test
+    assert split_ppa(21, 0.1, 42)[1].tolist() == [6, 14, 19] == ppa_split_positions(21)
+    assert split_ppa(21, 0.1, 7)[1].tolist() == ppa_split_positions(21, 7)
+
+
+def test_facescrub_ppa_split_takes_the_images_ppa_takes(facescrub_root: Path) -> None:
+    cfg = DataConfig(source="facescrub", root=facescrub_root, image_size=8, split="ppa")
+    data = quiet(load_facescrub, cfg)
+    # listed as PPA's ImageFolder concatenation lists them: Adam_Sandler 0-4, Zach_Braff 5-9, Ally_Sheedy 10-14,
+    # Kate_Winslet 15-20; positions 6, 14, 19 are Zach's 2nd, Ally's 5th and Kate's 5th image
+    base = {0: 1, 1: 0, 2: 3, 3: 2}  # label -> COLOURS index
+    assert shade_keys(data, "test", base) == {(1, 1), (2, 4), (3, 4)}
+    assert len(data.train) == 18 and data.meta["split"] == "ppa"
+    stratified = quiet(load_facescrub, cfg.model_copy(update={"split": "stratified"}))
+    assert "split" not in stratified.meta and torch.bincount(stratified.test.labels).tolist() == [1, 1, 1, 1]
+
+
+def test_ppa_split_shuffles_unreadable_files_too_and_drops_them(facescrub_root: Path) -> None:
+    write_corrupt(facescrub_root / "actors/faces/Adam_Sandler/broken.jpg")  # listed first: position 0 of 22
+    cfg = DataConfig(source="facescrub", root=facescrub_root, image_size=8, split="ppa")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        data = load_facescrub(cfg)
+    listed = [(0, None), *[(0, i) for i in range(5)], *[(1, i) for i in range(5)]]
+    listed += [(2, i) for i in range(5)] + [(3, i) for i in range(6)]
+    expected = {listed[p] for p in ppa_split_positions(22) if listed[p][1] is not None}
+    assert shade_keys(data, "test", {0: 1, 1: 0, 2: 3, 3: 2}) == expected
+    assert len(data.train) + len(data.test) == 21
+
+
+def test_ppa_split_allows_an_identity_without_test_images_but_not_without_training(tmp_path: Path) -> None:
+    # 5 identities x 2 images: 9 train, position 6 (identity 3's first image) is the only test image
+    for i in range(5):
+        write_identity(tmp_path / "faces" / f"id{i}", COLOURS[i], 2)
+    data = quiet(load_imagefolder, DataConfig(source="imagefolder", root=tmp_path / "faces", image_size=8, split="ppa"))
+    assert data.test.labels.tolist() == [3] and torch.bincount(data.train.labels).tolist() == [2, 2, 2, 1, 2]
+    path = tmp_path / "dataset.pt"
+    data.save(path)
+    assert FaceData.load(path).test.labels.tolist() == [3]  # identities 0, 1, 2, 4 have no test image: allowed
+    cfg = DataConfig(source="imagefolder", root=tmp_path / "faces", image_size=8, split="ppa", test_fraction=0.5)
+    # int(0.5 * 10) = 5 train; the shuffle [8, 1, 5, 0, 7, 2, 9, 4, 3, 6] leaves identity 1 (2, 3) all in test
+    with pytest.raises(
+        LsmiaError, match=r"identity 'id1' has no training images: PPA's global shuffle .*split=stratified"
+    ):
+        quiet(load_imagefolder, cfg)
+
+
+def hd_folder(root: Path, fmt: str = "png") -> Path:
+    return root / f"align_size(224,224)_move(0.250,0.000)_face_factor(0.650)_{fmt}" / "data"
+
+
+def write_hd_crops(root: Path, fmt: str = "png") -> None:
+    """HD-CelebA-Cropper's output for every listed file: a square crop named after it, in the cropper's format."""
+    for line in (root / "identity_CelebA.txt").read_text().split():
+        if line.endswith(".jpg"):
+            colour = Image.open(root / "img_align_celeba" / line).convert("RGB").getpixel((0, 0))
+            write_image(hd_folder(root, fmt) / line.replace(".jpg", f".{fmt}"), colour, (30, 30), fmt=fmt.upper())
+
+
+def test_celeba_hd_cropped_layout_reads_the_croppers_output(celeba_root: Path) -> None:
+    write_hd_crops(celeba_root)
+    aligned = quiet(load_celeba, DataConfig(source="celeba", root=celeba_root, image_size=12, num_identities=3))
+    shutil.rmtree(celeba_root / "img_align_celeba")  # the HD layout needs only the crops and identity_CelebA.txt
+    cfg = DataConfig(source="celeba", root=celeba_root, image_size=12, num_identities=3, celeba_layout="hd_cropped")
+    hd = quiet(load_celeba, cfg)
+    assert hd.class_names == aligned.class_names == ["9", "3", "7"]
+    assert torch.equal(all_images(hd)[1], all_images(aligned)[1]) and hd.meta["celeba_layout"] == "hd_cropped"
+    assert all(
+        colour_index(a) == colour_index(b) for a, b in zip(all_images(hd)[0], all_images(aligned)[0], strict=True)
+    )
+    hd_folder(celeba_root, "jpg").mkdir(parents=True)
+    with pytest.raises(LsmiaError, match=r"holds both .*_jpg/data and .*_png/data: keep one"):
+        load_celeba(cfg)
+
+
+def test_celeba_hd_cropped_missing_names_the_cropper_command(celeba_root: Path) -> None:
+    cfg = DataConfig(source="celeba", root=celeba_root, num_identities=3, celeba_layout="hd_cropped")
+    with pytest.raises(LsmiaError) as err:
+        load_celeba(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "face_factor(0.650)_jpg/data does not exist" in message
+    assert "python align.py --crop_size_h 224 --crop_size_w 224 --order 3 --face_factor 0.65" in message
+
+
+def test_top_identities_first_listed_is_ppas_stable_count_sort() -> None:
+    from collections import Counter
+
+    files = {f"{i}.jpg": ident for i, ident in enumerate([7, 3, 7, 3, 9, 9, 9, 1, 5, 5])}
+    targets = list(files.values())
+    ppa = list(dict(sorted(Counter(targets).items(), key=lambda item: item[1], reverse=True)))  # celeba.py:30-34
+    assert top_identities(files, 4, "first_listed") == ppa[:4] == [9, 7, 3, 5]
+    assert top_identities(files, 4) == [9, 3, 5, 7]

@@ -1,3 +1,9 @@
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -150,3 +156,58 @@ def test_images_are_not_degenerate(data: FaceData) -> None:
     off_diagonal = ~torch.eye(6, dtype=torch.bool)
     assert float(pixel_gaps.amax(-1)[off_diagonal].min()) > 0.1  # even look-alikes differ visibly somewhere
     assert float(pixel_gaps.mean(-1)[off_diagonal].mean()) > 0.03
+
+
+# The bytes of a small built-in rendering, the same on every x86-64 machine: rendered in float64 and quantised,
+# so neither the CPU's vector kernels nor the thread count reach the data (float32 differed between kernels).
+SMALL_RENDERING_SHA256 = "1bdbd917c93f393171f44d0b7059e644638419d6e714201347cffe535d0a784e"
+DIGEST_SMALL_RENDERING = """
+import hashlib
+from lsmia.config import DataConfig
+from lsmia.data.synthetic import render_builtin
+d = render_builtin(DataConfig(num_identities=4, num_public_identities=2, images_per_identity=6, public_images_per_identity=6))
+print(hashlib.sha256(b"".join(s.images.numpy().tobytes() for s in (d.train, d.test, d.public))).hexdigest())
+"""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize(("capability", "threads"), [("default", "1"), ("avx2", "2"), ("avx512", "1")])
+def test_the_built_in_data_is_the_same_bytes_with_every_cpu_kernel(capability: str, threads: str) -> None:
+    if capability != "default" and capability not in _cpu_flags() and f"{capability}f" not in _cpu_flags():
+        pytest.skip(f"this CPU has no {capability}")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": threads}
+    done = subprocess.run(
+        [sys.executable, "-c", DIGEST_SMALL_RENDERING], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == SMALL_RENDERING_SHA256
+
+
+def test_ppa_split_of_the_builtin_data_is_the_global_shuffle() -> None:
+    from lsmia.data.base import split_ppa
+
+    data = render_builtin(small_config(split="ppa"))
+    stratified = render_builtin(small_config())
+    labels = torch.arange(6).repeat_interleave(6)  # rendering order: identity-major
+    train, test = split_ppa(36, 0.34, 42)  # int(0.66 * 36) = 23 train
+    assert (
+        len(test) == 13
+        and torch.equal(data.test.labels, labels[test])
+        and torch.equal(data.train.labels, labels[train])
+    )
+    assert data.meta["split"] == "ppa" and "split" not in stratified.meta
+    # the same rendering, split otherwise: every image lands on one side
+    everything = torch.cat([stratified.train.images, stratified.test.images])
+    assert len(everything) == len(data.train) + len(data.test)
+    assert sorted(map(hash_image, everything)) == sorted(
+        map(hash_image, torch.cat([data.train.images, data.test.images]))
+    )
+
+
+def hash_image(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()

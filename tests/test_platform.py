@@ -107,7 +107,12 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     target_runs = [r for r in runs if r.data.tags.get("stage") == "train" and r.data.tags.get("role") == "target"]
     assert {r.data.tags["alpha"] for r in target_runs} >= {"0.1", "-0.05"}
     run = target_runs[0]
-    assert run.data.params["attack.pool_size"] == "16" and "test_acc" in run.data.metrics
+    assert "test_acc" in run.data.metrics
+    # params: what shapes the run's output (a target: data and target, not the attack), the whole config as a file
+    assert "target.smoothing.alpha" in run.data.params and "data.num_identities" in run.data.params
+    assert not any(key.startswith(("attack.", "sweep.", "study.")) for key in run.data.params)
+    attack_run = next(r for r in runs if r.data.tags.get("stage") == "attack")
+    assert attack_run.data.params["attack.pool_size"] == "16" and "target.epochs" in attack_run.data.params
     history = client.get_metric_history(run.info.run_id, "alpha_in_force")  # the warm-up's alpha per epoch
     assert len(history) == 2 and sorted(m.step for m in history) == [0, 1]
     assert not {"alpha", "seed", "epochs"} & set(run.data.metrics)  # settings are params and tags, not metrics
@@ -122,6 +127,9 @@ def test_mlflow_holds_every_stage_run_with_params_metrics_model_and_images(proje
     assert attack_runs[0].data.tags.get("lsmia.link.target_training")
     evaluate_runs = [r for r in runs if r.data.tags.get("stage") == "evaluate"]
     assert all("final_acc1" in r.data.metrics for r in evaluate_runs)
+    for evaluate_run in evaluate_runs:  # the report's green/red frames: the evaluation model's verdict per sample
+        judged = [a.path for a in client.list_artifacts(evaluate_run.info.run_id, "reconstructions")]
+        assert judged == ["reconstructions/judged.png"]
 
 
 def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
@@ -141,6 +149,8 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
             "local",
             "--experiment-name",
             "lsmia",
+            "--run-name",
+            "pipeline",
             "-P",
             "set=attack.steps=4 attack.final_draws=3",
         ],
@@ -153,7 +163,7 @@ def test_mlflow_run_main_runs_dvc_with_overrides_and_nests_stage_runs(project):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["lsmia"], output_format="list")
     parents = [r for r in runs if r.data.tags.get("mlflow.project.entryPoint") == "main"]
-    assert len(parents) == 1
+    assert len(parents) == 1 and parents[0].info.run_name == "pipeline"  # the README's command, as written
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert {r.data.tags.get("stage") for r in children} == {"attack", "evaluate", "report"}
 

@@ -321,3 +321,14 @@ def test_the_report_has_contents_provenance_and_says_a_smoke_run_is_one(built):
     provenance = re.search(r"Built (\d{4}-\d\d-\d\d \d\d:\d\d UTC) from commit ([0-9a-f]{7,}|unknown)", page)
     assert provenance is not None and "params.yaml sha256" in page and "CPUs, torch" in page
     assert "This study is a smoke-scale run" in page  # two seeds: not the paper's regime
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_image_sizes_come_from_the_header(tmp_path: Path, suffix: str) -> None:
+    from PIL import Image
+
+    from lsmia.report import png_size
+
+    path = tmp_path / f"grid{suffix}"
+    Image.new("RGB", (37, 21)).save(path)
+    assert png_size(path) == (37, 21)

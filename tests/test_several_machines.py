@@ -3,7 +3,9 @@ Redis journal, an MLflow tracking server with served artifacts (backend PostgreS
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -114,22 +116,26 @@ def test_sweep_over_machines_on_postgres_and_a_tracking_server_survives_a_killed
     import mlflow
 
     storage, uri, name, budget = team.postgres.url(), team.tracking.uri, "machines", 6
-    flags = ["--storage", storage, "--study-name", name, "--track", "--device", "cpu", *SWEEP_FLAGS]
+    flags = ["--study-name", name, "--track", "--device", "cpu", *SWEEP_FLAGS]  # the storage: LSMIA_STORAGE
     a, b, c = (machine(tmp_path, m, shared_out) for m in ("a", "b", "c"))
-    first = lsmia(a, ["sweep", "--n-trials", str(budget), "--n-workers", "1", *flags], uri)
+    first = lsmia(a, ["sweep", "--n-trials", str(budget), "--n-workers", "1", *flags], uri, storage=storage)
     wait_for(lambda: _study_exists(storage, name), 120, "machine a to create the study")
-    doomed = lsmia(b, ["sweep", "--worker", *flags], uri)
+    doomed = lsmia(b, ["sweep", "--worker", *flags], uri, storage=storage)
+    process_lists: list[str] = []
     wait_for(  # mid-trial: its MLflow run is open on the server
-        lambda: any(
-            t.state == TrialState.RUNNING and worker_pid(t) == doomed.pid and "mlflow_run_id" in t.user_attrs
-            for t in trials_in(storage, name)
+        lambda: (
+            process_lists.append(_process_list())
+            or any(
+                t.state == TrialState.RUNNING and worker_pid(t) == doomed.pid and "mlflow_run_id" in t.user_attrs
+                for t in trials_in(storage, name)
+            )
         ),
         180,
         "machine b to start a trial",
     )
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
-    late = lsmia(c, ["sweep", "--worker", *flags], uri)
+    late = lsmia(c, ["sweep", "--worker", *flags], uri, storage=storage)
     out_a = finish(first, 600, a / "lsmia.log")
     out_c = finish(late, 300, c / "lsmia.log")
     assert first.returncode == 0 and late.returncode == 0, out_a[-2000:] + out_c[-2000:]
@@ -158,6 +164,16 @@ def test_sweep_over_machines_on_postgres_and_a_tracking_server_survives_a_killed
     parent_files = _download_all(client, parent_id, tmp_path / "download" / "parent")
     assert {"pareto.png", "trials.csv", "recommendation.json"} <= {f.name for f in parent_files}
     assert not any((m / "mlflow.db").exists() or (m / "mlartifacts").exists() for m in (a, b, c))  # nothing local
+
+    # the database password (in --storage) reaches no MLflow param, tag, artifact, log line or process list
+    password = team.postgres.password
+    assert password in storage and any("sweep --worker" in ps for ps in process_lists)
+    for run_id in [parent_id, *(t.user_attrs["mlflow_run_id"] for t in trials)]:
+        data = client.get_run(run_id).data
+        assert password not in json.dumps([data.params, data.tags]), run_id
+    downloaded = [f for f in (tmp_path / "download").rglob("*") if f.is_file()]
+    assert downloaded and not [f for f in downloaded if password.encode() in f.read_bytes()]
+    assert password not in out_a + out_c and not [ps for ps in process_lists if password in ps]
 
 
 @pytest.mark.slow
@@ -240,6 +256,11 @@ def _study_exists(storage, name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _process_list() -> str:
+    """Every process's command line, as `ps` shows them to any user of the machine."""
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
 
 
 def _download_all(client, run_id: str, into: Path) -> list[Path]:

@@ -611,3 +611,13 @@ def test_each_study_draws_its_own_first_alphas_and_covers_both_signs(tmp_path):
     assert firsts["smoothing"] != firsts["smoothing-2"]
     positive_only = build_config({"sweep": {"alpha_low": 0.0, "alpha_high": 0.3}}).sweep
     assert sweep.both_signs(positive_only, 0) == []
+
+
+def test_only_a_study_run_before_gets_the_reuse_hint() -> None:
+    cfg = Config()
+    study = sweep.create_or_load_study(cfg, optuna.storages.InMemoryStorage(), seed=0)
+    assert len(study.trials) == 2 and sweep.reuse_hint(study, cfg) is None  # its own queued trials: new
+    study.set_user_attr(sweep.BUDGET_ATTR, 4)
+    assert sweep.reuse_hint(study, cfg) == (
+        "study 'smoothing' exists in journal file with 2 trials: continuing it (pass --study-name NAME for a new study)"
+    )

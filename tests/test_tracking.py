@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 import uuid
 import warnings
@@ -246,6 +247,19 @@ def test_stage_run_nests_under_mlflow_run_parent(
         assert run.info.experiment_id == parent_experiment  # so the UI shows the nesting
     assert store.get_run(parent.info.run_id).info.status == "RUNNING"  # mlflow run ends it, not us
     assert find_run(experiment, {"stage": "attack"}) == second.run_id  # found via the parent
+
+
+def test_a_project_run_left_in_default_does_not_pull_the_stage_runs_there(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = store.create_run("0", run_name="mlflow-run-without-experiment-name")  # 'Default'
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
+    with pytest.warns(RuntimeWarning, match="pass --experiment-name"), track(experiment, stage="train_target") as child:
+        pass
+    run = store.get_run(child.run_id)
+    assert store.get_experiment(run.info.experiment_id).name == experiment
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert find_run(experiment, {"stage": "train_target"}) == child.run_id
 
 
 def test_parent_run_id_nests_a_sweep_worker(store: MlflowClient, experiment: str) -> None:
@@ -554,3 +568,35 @@ def test_the_tracked_config_never_holds_a_storage_password(
         run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
     )
     assert "s3cret" not in Path(config_path).read_text() and "s3cret" not in json.dumps(run.data.params)
+
+
+def test_a_copied_workspace_does_not_continue_the_original_s_live_run(
+    store: MlflowClient, experiment: str, tmp_path: Path
+) -> None:
+    from lsmia.tracking import claim_orphan, remember_run
+
+    live = store.create_run(store.create_experiment(experiment), run_name="training, still running")
+    config = small_config()
+    original = tmp_path / "original" / "out" / "models" / "target"
+    remember_run(original / ".mlflow-run.json", live.info.run_id, config)
+    copy = tmp_path / "copy" / "out" / "models" / "target"
+    shutil.copytree(original, copy)
+    with pytest.warns(RuntimeWarning, match="this workspace is a copy, or moved"):
+        assert claim_orphan(copy / ".mlflow-run.json", config, resumable=True) == (None, None)
+    assert store.get_run(live.info.run_id).info.status == "RUNNING"  # left alone: its own stage may be live
+    assert claim_orphan(original / ".mlflow-run.json", config, resumable=True) == (live.info.run_id, None)
+
+
+def test_a_stage_run_s_params_are_what_shapes_its_output() -> None:
+    from lsmia.tracked import shaping_params
+
+    cfg = Config()
+    target = flatten_config(shaping_params(cfg, "train", "target"))
+    assert "target.smoothing.alpha" in target and "data.num_identities" in target and "run.seed" in target
+    assert not any(key.startswith(("attack.", "eval_model.", "sweep.", "run.device")) for key in target)
+    attack = flatten_config(shaping_params(cfg, "attack", "target"))
+    assert {"attack.steps", "prior.kind", "target.epochs"} <= set(attack) and "eval_model.epochs" not in attack
+    evaluate = flatten_config(shaping_params(cfg, "evaluate", "target"))
+    assert {"metrics.attribute_epochs", "eval_model.epochs", "attack.steps"} <= set(evaluate)
+    assert len(target) < len(attack) < len(evaluate) < len(flatten_config(cfg.to_dict()))
+    assert shaping_params(cfg, "report", "report") is None  # not a graph stage with inputs: every param

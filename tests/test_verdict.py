@@ -153,3 +153,17 @@ def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:
     assert len(saved["rows"]) == 2
     missing = CliRunner().invoke(app, ["verdict", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_an_attack_measured_at_one_end_only_does_not_bias_the_worst_case() -> None:
+    # a stronger loss measured on alpha = 0 (seed 0) but not yet on the defended target: left out of seed 0's
+    # ratio, which would otherwise compare the defended target's weaker attacks with the stronger one
+    at_zero = {"poincare": {0: 0.30, 1: 0.30}, "ce": {0: 0.60}}
+    at_alpha = {"poincare": {0: 0.27, 1: 0.24}}
+    assert worst_case_ratio(at_alpha, at_zero)["values"] == pytest.approx([0.9, 0.8])
+    record = results()
+    record["variants"]["ls_adaptive_ce"] = {"overrides": {**TRAINED, **ADAPTIVE, "attack.loss": "ce"}}
+    record["rows"].append({"variant": "ls_adaptive_ce", "alpha": 0.0, "seed": 0, "final_acc1": 0.9, "test_acc": 0.96})
+    (defended, control) = verdict.defense_rows(verdict.collect([record])[0])
+    assert defended["ratio_adaptive"]["values"] == pytest.approx([0.33 / 0.33, 0.36 / 0.35, 0.33 / 0.34])
+    assert control["ratio_adaptive"]["values"] == pytest.approx([1.0, 1.0, 1.0])  # paired by attack, not label

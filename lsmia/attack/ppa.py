@@ -82,10 +82,20 @@ def resolve_targets(spec: list[int] | int, num_classes: int) -> list[int]:
             f"attack.targets holds class {outside[0]!r} outside 0..{num_classes - 1}: "
             f"list only classes of the target model"
         )
-    repeated = sorted({c for c in spec if spec.count(c) > 1})
-    if repeated:
-        raise LsmiaError(f"attack.targets lists class {repeated[0]} more than once: list each class once")
+    repeated = first_repeat(spec)
+    if repeated is not None:
+        raise LsmiaError(f"attack.targets lists class {repeated} more than once: list each class once")
     return list(spec)
+
+
+def first_repeat(values: Iterable[int]) -> int | None:
+    """The first value seen a second time (in linear time), or None."""
+    seen: set[int] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 @contextmanager
@@ -101,6 +111,21 @@ def frozen(*models: nn.Module) -> Iterator[None]:
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+@contextmanager
+def clipping(prior: nn.Module, clip: bool) -> Iterator[None]:
+    """The prior's images clamped to [0, 1] (``clip``) or left as the generator gives them, restored afterwards;
+    a prior without the switch (``Prior.clip``) keeps its own behaviour."""
+    before = getattr(prior, "clip", None)
+    if before is None:
+        yield
+        return
+    setattr(prior, "clip", clip)  # noqa: B010 (a plain attribute of some priors, not of nn.Module)
+    try:
+        yield
+    finally:
+        setattr(prior, "clip", before)  # noqa: B010
 
 
 def stage_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
@@ -451,8 +476,9 @@ def raw_confidences(
     batch_size: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target's confidence in each image's class, on the uint8 images as saved (no transforms), and whether
-    the target classifies the image as that class (its acceptance: 1.0 or 0.0).
+    """The target's confidence in each image's class, on the uint8 images as saved (no transforms; resized to the
+    target's input when ``attack.render_size`` differs), and whether the target classifies the image as that class
+    (its acceptance: 1.0 or 0.0).
 
     ``images`` are the rows at ``positions`` (sorted) of a list of ``total``; each is scored inside its chunk of
     ``batch_size`` of that list (other rows zero), at the shape it has in the whole list.
@@ -462,7 +488,7 @@ def raw_confidences(
         chunk = torch.zeros((min(end, total) - begin, *images.shape[1:]), dtype=images.dtype)
         chunk_labels = torch.zeros(len(chunk), dtype=torch.int64)
         chunk[positions[mine] - begin], chunk_labels[positions[mine] - begin] = images[mine], labels[mine]
-        logits = target(chunk.to(device).float() / 255).float()
+        logits = target(resize(chunk.to(device).float() / 255, target.image_size)).float()
         probs = torch.softmax(logits, dim=1)
         found[mine] = probs.gather(1, chunk_labels.to(device).view(-1, 1)).flatten().cpu()[positions[mine] - begin]
         hits = (logits.argmax(1) == chunk_labels.to(device)).float().cpu()
@@ -490,8 +516,13 @@ def to_uint8_images(
 
 def shard_rows(targets: list[int], classes: list[int], per_class: int) -> torch.Tensor:
     """The rows (target-major, ``per_class`` each) of ``classes`` among ``targets``, in the order of ``targets``."""
-    positions = sorted(targets.index(c) for c in classes)
-    return (torch.tensor(positions, dtype=torch.int64).view(-1, 1) * per_class + torch.arange(per_class)).flatten()
+    return (target_positions(targets, classes).view(-1, 1) * per_class + torch.arange(per_class)).flatten()
+
+
+def target_positions(targets: list[int], classes: list[int]) -> torch.Tensor:
+    """The sorted positions of ``classes`` in ``targets`` (int64)."""
+    position = {c: i for i, c in enumerate(targets)}
+    return torch.tensor(sorted(position[c] for c in classes), dtype=torch.int64)
 
 
 def resolve_classes(classes: list[int] | None, targets: list[int]) -> list[int]:
@@ -500,15 +531,16 @@ def resolve_classes(classes: list[int] | None, targets: list[int]) -> list[int]:
         return list(targets)
     if not classes:
         raise LsmiaError("the shard lists no class: give at least one class of attack.targets")
-    outside = [c for c in classes if c not in targets]
+    attacked = set(targets)
+    outside = [c for c in classes if c not in attacked]
     if outside:
         raise LsmiaError(
             f"class {outside[0]} is not among attack.targets ({len(targets)} classes): "
             "shard only classes the attack targets"
         )
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
-    if repeated:
-        raise LsmiaError(f"the shard lists class {repeated[0]} more than once: list each class once")
+    repeated = first_repeat(classes)
+    if repeated is not None:
+        raise LsmiaError(f"the shard lists class {repeated} more than once: list each class once")
     wanted = set(classes)
     return [c for c in targets if c in wanted]
 
@@ -627,7 +659,8 @@ def attack_shard(
         sample_latents = cast(Callable[..., torch.Tensor], prior.sample_latents)  # every prior has one (Prior)
         pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()
         lr = effective_lr(cfg, pool)
-        logits = pool_logits(prior, target, pool, cfg.selection_batch_size, device)
+        with clipping(prior, True):  # PPA's candidate search always clips (attacks/initial_selection.py:64-68)
+            logits = pool_logits(prior, target, pool, cfg.selection_batch_size, device)
         view = make_view(cfg.temperature, logits[0])
         chosen = select_candidates(pool_scores(logits, cfg, view), targets, candidates)
         start = pool[chosen.flatten()]
@@ -666,25 +699,26 @@ def attack_shard(
                 )
 
         try:
-            latents = optimise(
-                prior,
-                target,
-                begin,
-                labels,
-                batches,
-                cfg.model_copy(update={"lr": lr}),
-                step_gen,
-                device,
-                progress and distributed.is_main(),
-                rank,
-                world,
-                recorder,
-                needed,
-                first,
-                on_batch,
-                view,
-                reach,
-            )
+            with clipping(prior, cfg.clip):  # PPA's attack: clip false (configs/attacking/FaceScrub_FFHQ.yaml:25)
+                latents = optimise(
+                    prior,
+                    target,
+                    begin,
+                    labels,
+                    batches,
+                    cfg.model_copy(update={"lr": lr}),
+                    step_gen,
+                    device,
+                    progress and distributed.is_main(),
+                    rank,
+                    world,
+                    recorder,
+                    needed,
+                    first,
+                    on_batch,
+                    view,
+                    reach,
+                )
         except BaseException:
             checkpoint.save()  # Ctrl-C or a crash: keep what finished
             raise
@@ -698,12 +732,15 @@ def attack_shard(
         timings["optimisation_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted, view)
-        positions = torch.tensor(sorted(targets.index(c) for c in classes), dtype=torch.int64)
+        # PPA's final selection renders without clipping (attacks/final_selection.py:54, utils/stylegan.py:47-75)
+        with clipping(prior, cfg.clip):
+            scores = final_scores(prior, target, latents, labels, cfg, final_gen, device, wanted, view)
+        positions = target_positions(targets, classes)
         keep = cfg.final_samples
         best = keep_best(scores.view(num_targets, candidates)[positions].flatten(), len(classes), keep)
         best = rows[best]  # rows of the whole attack
-        images = to_uint8_images(images_prior, latents, target.image_size, cfg.selection_batch_size, device, rows)
+        size = cfg.render_size or target.image_size  # the evaluation's input (PPA: 299)
+        images = to_uint8_images(images_prior, latents, size, cfg.selection_batch_size, device, rows)
         final_images = images[torch.searchsorted(rows, best)]
         timings["final_selection_s"] = time.perf_counter() - started
         raw = accepted = None

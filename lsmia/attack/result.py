@@ -26,7 +26,7 @@ def interned(value: Any) -> Any:
 
 @dataclass
 class AttackResult:
-    """Images are uint8 [N, 3, H, W] at the target's input size; targets int64 [N].
+    """Images are uint8 [N, 3, H, W] at ``attack.render_size`` (default: the target's input size); targets int64 [N].
 
     ``all_*`` hold every optimised candidate (``candidates`` per target); ``final_*`` the
     ``final_samples`` per target kept by the final selection, with ``final_scores`` their
@@ -54,8 +54,22 @@ class AttackResult:
 
     @classmethod
     def load(cls, path: Path | str) -> AttackResult:
-        obj = load_torch(path, what="attack result")
-        try:
-            return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
-        except KeyError as err:
-            raise LsmiaError(f"{path} is not an lsmia attack result (missing {err}): re-run 'lsmia attack'") from None
+        """The result saved at ``path``; a file of another kind is a one-line LsmiaError naming what it lacks."""
+        fix = "pass the attack.pt of 'lsmia attack' or re-run it"
+        obj = load_torch(path, what="attack result", keys=tuple(cls.__dataclass_fields__), fix=fix)
+        wrong = [k for k in TENSOR_FIELDS if not isinstance(obj[k], torch.Tensor)]
+        if wrong or not isinstance(obj["meta"], dict) or not isinstance(obj["targets"], list):
+            field_name = wrong[0] if wrong else "meta" if not isinstance(obj["meta"], dict) else "targets"
+            raise LsmiaError(f"attack result {path} holds a {type(obj[field_name]).__name__} as {field_name}: {fix}")
+        return cls(**{k: obj[k] for k in cls.__dataclass_fields__})
+
+
+TENSOR_FIELDS = (
+    "all_latents",
+    "all_images",
+    "all_targets",
+    "final_latents",
+    "final_images",
+    "final_targets",
+    "final_scores",
+)

@@ -21,9 +21,11 @@ from lsmia.errors import LsmiaError
 _TOKEN = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-def parse_classes(spec: str) -> list[int]:
-    """``"0-9,20,30-39"`` -> the listed classes (ranges inclusive), in the order given; a LsmiaError when malformed."""
+def parse_classes(spec: str, limit: int | None = None) -> list[int]:
+    """``"0-9,20,30-39"`` -> the listed classes (ranges inclusive), in the order given; a LsmiaError when malformed,
+    when a class repeats, or when a class is ``limit`` or more (checked before a range is expanded)."""
     classes: list[int] = []
+    seen: set[int] = set()
     for token in (t.strip() for t in spec.split(",")):
         match = _TOKEN.match(token)
         if match is None:
@@ -33,11 +35,24 @@ def parse_classes(spec: str) -> list[int]:
         low, high = int(match[1]), int(match[2] or match[1])
         if high < low:
             raise LsmiaError(f"--classes {spec!r}: range {token} runs backwards: write it as {high}-{low}")
-        classes += range(low, high + 1)
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
-    if repeated:
-        raise LsmiaError(f"--classes {spec!r} lists class {repeated[0]} more than once: list each class once")
+        if limit is not None and high >= limit:
+            raise LsmiaError(
+                f"--classes {spec!r}: class {high} is beyond the attack's classes (attack.targets reaches class "
+                f"{limit - 1}): list classes from 0 to {limit - 1}"
+            )
+        for c in range(low, high + 1):
+            if c in seen:
+                raise LsmiaError(f"--classes {spec!r} lists class {c} more than once: list each class once")
+            seen.add(c)
+            classes.append(c)
     return classes
+
+
+def class_limit(spec: list[int] | int) -> int:
+    """One more than the largest class ``attack.targets`` names (an int N: the first N classes)."""
+    if isinstance(spec, int):
+        return spec
+    return max(spec, default=-1) + 1
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -82,10 +97,18 @@ def shard_dir(attack_dir: Path, index: int) -> Path:
     return attack_dir.parent.parent / "attack-shards" / attack_dir.name / str(index)
 
 
+SHARD_KEYS = ("targets", "classes", "batches", "diagnostics")  # what every shard's meta["shard"] holds
+INPUTS = {"target": "target model", "prior": "prior", "config": "attack or prior config"}  # meta["shard"]["digests"]
+
+
 def _shard_meta(part: AttackResult, where: str) -> dict[str, Any]:
     shard = part.meta.get("shard")
     if not isinstance(shard, dict):
         raise LsmiaError(f"{where} is not an attack shard (a merged or unsharded attack): pass shard outputs only")
+    missing = [key for key in SHARD_KEYS if key not in shard]
+    if missing or not isinstance(part.meta.get("config"), dict):
+        lacking = f"meta['shard']['{missing[0]}']" if missing else "meta['config']"
+        raise LsmiaError(f"{where} is not a complete attack shard (it has no {lacking}): re-run that attack shard")
     return shard
 
 
@@ -101,6 +124,31 @@ def _same(parts: Sequence[AttackResult], names: Sequence[str]) -> None:
     for value, name in zip(targets[1:], names[1:], strict=True):
         if value != targets[0]:
             raise LsmiaError(f"{name} is a shard of an attack on other targets than {names[0]}: merge one attack only")
+    _same_inputs(parts, names)
+
+
+def _same_inputs(parts: Sequence[AttackResult], names: Sequence[str]) -> None:
+    """The shards that carry digests attacked the same target model with the same prior and config
+    (:func:`undigested` names those that carry none)."""
+    checked = [(n, p.meta["shard"]["digests"]) for p, n in zip(parts, names, strict=True) if has_digests(p)]
+    for name, digest in checked[1:]:
+        first_name, first = checked[0]
+        for key, what in INPUTS.items():
+            if digest.get(key) != first.get(key):
+                raise LsmiaError(
+                    f"{name} and {first_name} attacked a different {what} (digest {digest.get(key)} vs "
+                    f"{first.get(key)}): merge shards of one attack only, or re-run the stale shard"
+                )
+
+
+def has_digests(part: AttackResult) -> bool:
+    shard = part.meta.get("shard")
+    return isinstance(shard, dict) and isinstance(shard.get("digests"), dict)
+
+
+def undigested(parts: Sequence[AttackResult], names: Sequence[str]) -> list[str]:
+    """The shards written before shards carried the digests of their inputs: a merge cannot compare those."""
+    return [name for part, name in zip(parts, names, strict=True) if not has_digests(part)]
 
 
 def merge_shards(parts: Sequence[AttackResult], names: Sequence[str] | None = None) -> AttackResult:
@@ -128,13 +176,15 @@ def merge_shards(parts: Sequence[AttackResult], names: Sequence[str] | None = No
     cfg = parts[0].meta["config"]
     candidates, keep = int(cfg["candidates"]), int(cfg["final_samples"])
 
+    position = [{c: i for i, c in enumerate(part.targets)} for part in parts]
+
     def gather(field: str, per_class: int) -> torch.Tensor:
         """The field's rows of every target in order, each from the shard holding it."""
         pieces = []
         for c in targets:
             part = parts[owner[c]]
             values = metas[owner[c]][field] if field in metas[owner[c]] else getattr(part, field)
-            at = list(part.targets).index(c)
+            at = position[owner[c]][c]
             pieces.append(values[at * per_class : (at + 1) * per_class])
         return torch.cat(pieces)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lsmia.config import DataConfig
-from lsmia.data.base import FaceData, ImageSet, split_per_identity
+from lsmia.data.base import FaceData, ImageSet, require_study_classes, split_indices
 from lsmia.errors import LsmiaError
 from lsmia.utils import require_memory
 
@@ -64,6 +64,11 @@ FAMILY_DIFFERENCES = 2  # attributes in which a look-alike differs from its fami
 RENDER_BATCH = 512
 SUPERSAMPLE = 2
 RENDER_WORKING_TENSORS = 8  # float images of a render batch alive at once (estimate)
+# Rendering runs in float64 and is quantised to uint8 at the end: float32 transcendental functions and random
+# normals differ in their last bits between CPUs (vector width, AVX2 or AVX-512 kernels), which flipped the
+# rounding of some pixels, so two machines wrote different data sets. In float64 those differences lie ~1e9
+# times below a rounding boundary's width.
+RENDER_DTYPE = torch.float64
 FACE_CENTRE_V = 0.04  # the face ellipse centre, below the image centre to leave room for hair
 ZOOM = 1.3  # image units per face unit: the face fills most of the frame, as in cropped face data sets
 
@@ -135,8 +140,16 @@ def sample_identities(
 # --------------------------------------------------------------------------- nuisance
 
 
+def _rand(*shape: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(*shape, generator=gen, dtype=RENDER_DTYPE)
+
+
+def _randn(*shape: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=RENDER_DTYPE)
+
+
 def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen) * (high - low) + low
+    return _rand(n, gen=gen) * (high - low) + low
 
 
 def _symmetric(n: int, half_range: float, gen: torch.Generator) -> torch.Tensor:
@@ -146,25 +159,26 @@ def _symmetric(n: int, half_range: float, gen: torch.Generator) -> torch.Tensor:
 def draw_nuisance(n: int, difficulty: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-image nuisance parameters; difficulty 0 gives the canonical, identical rendering."""
     d = difficulty
-    background_mix = torch.rand(n, 1, generator=gen) * min(1.0, d)
-    clothes_mix = torch.rand(n, 1, generator=gen) * min(1.0, d)
+    background_mix = _rand(n, 1, gen=gen) * min(1.0, d)
+    clothes_mix = _rand(n, 1, gen=gen) * min(1.0, d)
     return {
         "shift": torch.stack([_symmetric(n, 0.10 * d, gen), _symmetric(n, 0.08 * d, gen)], 1),
         "scale": 1.0 + _symmetric(n, 0.12 * d, gen),
         "angle": _symmetric(n, math.radians(14.0) * d, gen),
         "yaw": _symmetric(n, 0.9 * d, gen),
         "light_angle": _uniform(n, 0.0, 2 * math.pi, gen),
-        "light_strength": torch.rand(n, generator=gen) * 0.45 * d,
+        "light_strength": _rand(n, gen=gen) * 0.45 * d,
         "brightness": 1.0 + _symmetric(n, 0.22 * d, gen),
-        "background": torch.full((n, 3), 0.55) * (1 - background_mix)
-        + torch.rand(n, 3, generator=gen) * background_mix,
-        "background_gradient": torch.randn(n, 2, generator=gen) * 0.18 * d,
-        "clothes": torch.full((n, 3), 0.30) * (1 - clothes_mix) + torch.rand(n, 3, generator=gen) * clothes_mix,
+        "background": torch.full((n, 3), 0.55, dtype=RENDER_DTYPE) * (1 - background_mix)
+        + _rand(n, 3, gen=gen) * background_mix,
+        "background_gradient": _randn(n, 2, gen=gen) * 0.18 * d,
+        "clothes": torch.full((n, 3), 0.30, dtype=RENDER_DTYPE) * (1 - clothes_mix)
+        + _rand(n, 3, gen=gen) * clothes_mix,
         "smile": _symmetric(n, 1.8 * d, gen),
-        "mouth_open": torch.rand(n, generator=gen) * 0.6 * d,
-        "eye_open": 1.0 - torch.rand(n, generator=gen) * 0.55 * d,
-        "tint": 1.0 + torch.randn(n, 3, generator=gen) * 0.06 * d,
-        "noise": torch.rand(n, generator=gen) * 0.04 * d,
+        "mouth_open": _rand(n, gen=gen) * 0.6 * d,
+        "eye_open": 1.0 - _rand(n, gen=gen) * 0.55 * d,
+        "tint": 1.0 + _randn(n, 3, gen=gen) * 0.06 * d,
+        "noise": _rand(n, gen=gen) * 0.04 * d,
     }
 
 
@@ -172,7 +186,7 @@ def _identity_params(combos: torch.Tensor) -> dict[str, torch.Tensor]:
     """Numeric rendering parameters [n, ...] of each row of attribute combinations."""
     col = {name: combos[:, i] for i, name in enumerate(ATTRIBUTE_VALUES)}
     face = FACE_SHAPE[col["face_shape"]]
-    return {
+    params = {
         "face_a": face[:, 0],
         "face_b": face[:, 1],
         "face_p": face[:, 2],
@@ -195,6 +209,7 @@ def _identity_params(combos: torch.Tensor) -> dict[str, torch.Tensor]:
         "beard": col["beard"],
         "mole": MOLE_SIDE[col["mole"]],
     }
+    return {name: v.to(RENDER_DTYPE) if v.is_floating_point() else v for name, v in params.items()}
 
 
 # --------------------------------------------------------------------------- drawing primitives
@@ -250,7 +265,7 @@ class FaceCanvas:
 
     def __init__(self, ident: dict[str, torch.Tensor], nuis: dict[str, torch.Tensor], size: int) -> None:
         self.p, self.n = ident, nuis
-        axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+        axis = (torch.arange(size, dtype=RENDER_DTYPE) + 0.5) / size * 2 - 1
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         cos, sin = _b(torch.cos(nuis["angle"])), _b(torch.sin(nuis["angle"]))
         dx, dy = x - _b(nuis["shift"][:, 0]), y - _b(nuis["shift"][:, 1])
@@ -428,7 +443,7 @@ def _finish(canvas: torch.Tensor, c: FaceCanvas, out_size: int, gen: torch.Gener
     lit = canvas * c.shading().unsqueeze(1)
     lit = lit * _b(c.n["brightness"]).unsqueeze(1) * c.n["tint"][:, :, None, None]
     small = F.interpolate(lit, size=(out_size, out_size), mode="area")
-    small = small + torch.randn(small.shape, generator=gen) * c.n["noise"].view(-1, 1, 1, 1)
+    small = small + _randn(*small.shape, gen=gen) * c.n["noise"].view(-1, 1, 1, 1)
     return (small.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
@@ -462,7 +477,8 @@ def check_render_memory(cfg: DataConfig) -> None:
     """Fail before rendering when the images (and one supersampled render batch) cannot fit in memory."""
     count = cfg.num_identities * cfg.images_per_identity + cfg.num_public_identities * cfg.public_images_per_identity
     stored = count * 3 * cfg.image_size**2
-    batch = min(RENDER_BATCH, count) * 3 * (cfg.image_size * SUPERSAMPLE) ** 2 * 4 * RENDER_WORKING_TENSORS
+    pixel_bytes = torch.finfo(RENDER_DTYPE).bits // 8
+    batch = min(RENDER_BATCH, count) * 3 * (cfg.image_size * SUPERSAMPLE) ** 2 * pixel_bytes * RENDER_WORKING_TENSORS
     require_memory(
         stored + batch,
         f"data.image_size={cfg.image_size} for {count} images",
@@ -477,8 +493,8 @@ def render_builtin(cfg: DataConfig) -> FaceData:
     gen = torch.Generator().manual_seed(cfg.seed)
     images = render_identities(private, cfg.images_per_identity, cfg.image_size, cfg.difficulty, gen)
     public_set = render_identities(public, cfg.public_images_per_identity, cfg.image_size, cfg.difficulty, gen)
-    train_idx, test_idx = split_per_identity(images.labels, cfg.test_fraction, cfg.split_seed)
-    return FaceData(
+    train_idx, test_idx = split_indices(images.labels, cfg.split, cfg.test_fraction, cfg.split_seed)
+    data = FaceData(
         train=images.subset(train_idx),
         test=images.subset(test_idx),
         class_names=[f"id_{i:03d}" for i in range(cfg.num_identities)],
@@ -492,5 +508,9 @@ def render_builtin(cfg: DataConfig) -> FaceData:
             "seed": cfg.seed,
             "difficulty": cfg.difficulty,
             "image_size": cfg.image_size,
+            **({"split": "ppa"} if cfg.split == "ppa" else {}),
         },
     )
+    if cfg.split == "ppa":
+        require_study_classes(data, "the built-in data under data.split=ppa")
+    return data

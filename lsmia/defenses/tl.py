@@ -49,7 +49,7 @@ def public_task(data: FaceData, seed: int) -> FaceData:
 def pretraining_config(cfg: ClassifierConfig, defense: DefenseConfig) -> ClassifierConfig:
     """The target's architecture and recipe, for ``tl_pretrain_epochs`` epochs (0: the target's), from scratch."""
     fields = cfg.model_dump(include=set(ClassifierConfig.model_fields))
-    fields.update(epochs=defense.tl_pretrain_epochs or cfg.epochs, pretrained_path=None)
+    fields.update(epochs=defense.tl_pretrain_epochs or cfg.epochs, pretrained_path=None, pretrained=False)
     return ClassifierConfig.model_validate(fields)
 
 

@@ -120,7 +120,7 @@ def load_attribute_predictor(path: Path | str) -> AttributePredictor:
     try:
         predictor = AttributePredictor(ckpt["cardinality"], ckpt["image_size"], ckpt["width"])
         predictor.load_state_dict(ckpt["state_dict"])
-    except (KeyError, TypeError, RuntimeError):
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
         raise LsmiaError(
             f"{path} is not an lsmia attribute predictor: delete it and re-run 'lsmia train-attributes'"
         ) from None

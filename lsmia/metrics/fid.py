@@ -105,7 +105,7 @@ def load_inception(weights_path: Path | str) -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise LsmiaError(f"{weights_path} is not a state_dict: save torchvision's inception_v3 state_dict()")
-    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    state = {k: v for k, v in state.items() if isinstance(k, str) and not k.startswith("AuxLogits.")}
     net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=True)
     try:
         net.load_state_dict(state)

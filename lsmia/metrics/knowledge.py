@@ -37,12 +37,15 @@ def train_student(
     num_classes: int,
     device: torch.device | str,
     seed: int,
+    image_size: int | None = None,
 ) -> nn.Module:
-    """A classifier trained from scratch on ``samples`` (uint8) with ``labels`` in 0..num_classes-1."""
+    """A classifier trained from scratch on ``samples`` (uint8) with ``labels`` in 0..num_classes-1, at
+    ``image_size`` (None: the samples' size; samples of another size are resized batch by batch)."""
     device = torch.device(device)
+    size = image_size or int(samples.shape[-1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student = build_classifier(cfg.arch, num_classes, int(samples.shape[-1]), width=cfg.width).to(device)
+        student = build_classifier(cfg.arch, num_classes, size, width=cfg.width).to(device)
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     fit(
@@ -56,6 +59,7 @@ def train_student(
         device,
         gen,
         desc="evaluate: ξ student epochs",
+        image_size=size,
     )
     return student
 
@@ -77,6 +81,8 @@ def knowledge_extraction(
     if len(samples) == 0 or len(samples) != len(sample_targets):
         raise LsmiaError(f"{len(samples)} samples and {len(sample_targets)} targets: pass one target per sample")
     classes = sorted(set(sample_targets.tolist()))
-    student = train_student(cfg, samples, remap_labels(sample_targets, classes), len(classes), device, seed)
+    # at the real images' size: samples rendered for the evaluation model (attack.render_size) are resized to it
+    size = int(real.images.shape[-1])
+    student = train_student(cfg, samples, remap_labels(sample_targets, classes), len(classes), device, seed, size)
     logits = predict_logits(student, real.images, batch_size=256)
     return topk_accuracy(logits, remap_labels(real.labels, classes), 1)

@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 import torch.nn as nn
 
-from lsmia.augment import training_augment
+from lsmia.augment import resize, training_augment
 from lsmia.errors import DivergenceError
 from lsmia.metrics.features import as_float_images
 from lsmia.utils import progress
@@ -32,11 +32,13 @@ def fit(
     device: torch.device,
     gen: torch.Generator,
     desc: str = "",
+    image_size: int | None = None,
 ) -> None:
     """Train ``model`` with crop+flip augmentation and a per-step cosine learning-rate schedule.
 
     ``labels`` is indexed like ``images`` ([N] or [N, A]); ``loss_fn(model, x, y)`` returns the loss.
-    ``desc`` names the epochs in progress output (none without it).
+    ``desc`` names the epochs in progress output (none without it). ``image_size``: each batch is resized to it
+    (antialiased) before the augmentation; None: the images' own size.
     """
     steps_per_epoch = math.ceil(len(images) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
@@ -46,6 +48,7 @@ def fit(
         for start in range(0, len(images), batch_size):
             index = order[start : start + batch_size]
             x = as_float_images(images[index].to(device))
+            x = x if image_size is None else resize(x, image_size)
             x = training_augment(x, CROP_SCALE, flip=True, jitter=NO_JITTER, gen=gen)
             loss = loss_fn(model, x, labels[index].to(device))
             if not torch.isfinite(loss):

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.models as tvm
 
+from lsmia.config import ClassifierConfig
 from lsmia.defenses.mid import VariationalBottleneck, bottleneck_dim
 from lsmia.errors import LsmiaError
 from lsmia.utils import load_torch, save_torch
@@ -114,8 +115,8 @@ def _tv_densenet(factory: Callable[..., nn.Module]) -> Callable[[int, int], tupl
     return build
 
 
-def _tv_inception(image_size: int, num_classes: int) -> tuple[nn.Module, int]:
-    net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=False)
+def _tv_inception(image_size: int, num_classes: int, transform_input: bool = False) -> tuple[nn.Module, int]:
+    net = tvm.inception_v3(weights=None, aux_logits=True, init_weights=True, transform_input=transform_input)
     net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_classes)
     dim = net.fc.in_features
     net.fc = nn.Identity()
@@ -163,13 +164,26 @@ class Classifier(nn.Module):
     ``bottleneck`` puts a :class:`VariationalBottleneck` of half the feature size between backbone and head.
     """
 
-    def __init__(self, arch: str, num_classes: int, image_size: int, width: int = 32, bottleneck: bool = False) -> None:
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        image_size: int,
+        width: int = 32,
+        bottleneck: bool = False,
+        transform_input: bool = False,
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise LsmiaError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if transform_input and arch != "inception_v3":
+            raise LsmiaError(f"transform_input applies to inception_v3 only, not {arch}: set it to false")
         self.arch, self.num_classes, self.image_size, self.width = arch, num_classes, image_size, width
+        self.transform_input = transform_input
         if arch in SMALL:
             self.backbone, dim = SMALL[arch](width)
+        elif arch == "inception_v3":
+            self.backbone, dim = _tv_inception(image_size, num_classes, transform_input)
         else:
             self.backbone, dim = TORCHVISION[arch](image_size, num_classes)
         self.bottleneck = VariationalBottleneck(dim, bottleneck_dim(dim)) if bottleneck else None
@@ -205,8 +219,17 @@ class Classifier(nn.Module):
         return [*backbone_blocks(self.backbone), [m for m in (self.bottleneck, self.head) if m is not None]]
 
     def spec(self) -> dict[str, Any]:
-        spec = {"arch": self.arch, "num_classes": self.num_classes, "image_size": self.image_size, "width": self.width}
-        return {**spec, "bottleneck": True} if self.bottleneck is not None else spec
+        spec: dict[str, Any] = {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "width": self.width,
+        }
+        if self.bottleneck is not None:
+            spec["bottleneck"] = True
+        if self.transform_input:  # only when set, so other checkpoints keep their bytes
+            spec["transform_input"] = True
+        return spec
 
 
 def build_classifier(
@@ -216,11 +239,44 @@ def build_classifier(
     width: int = 32,
     pretrained_path: Path | None = None,
     bottleneck: bool = False,
+    transform_input: bool = False,
 ) -> Classifier:
-    model = Classifier(arch, num_classes, image_size, width, bottleneck)
+    model = Classifier(arch, num_classes, image_size, width, bottleneck, transform_input)
     if pretrained_path is not None:
         load_pretrained_backbone(model, Path(pretrained_path))
     return model
+
+
+def imagenet_weights_file(arch: str) -> str | None:
+    """The file name of torchvision's default ImageNet weights for ``arch`` (what PPA's ``pretrained: true`` loads,
+    e.g. ``resnet152-f82ba261.pth``); None for lsmia's small networks."""
+    if arch not in TORCHVISION:
+        return None
+    url: str = tvm.get_model_weights(arch).DEFAULT.url
+    return url.rsplit("/", 1)[-1]
+
+
+def require_pretrained_weights(cfg: ClassifierConfig, section: str) -> None:
+    """With ``{section}.pretrained`` true, ``{section}.pretrained_path`` must name an existing file: a one-line error
+    naming torchvision's weight file to place there (no download: lsmia reads weights from disk only)."""
+    if not cfg.pretrained:
+        return
+    name = imagenet_weights_file(cfg.arch)
+    if name is None:
+        raise LsmiaError(
+            f"{section}.pretrained is true but {cfg.arch} has no ImageNet weights: set {section}.pretrained to false"
+        )
+    place = f"place torchvision's ImageNet weights {name} (https://download.pytorch.org/models/{name})"
+    if cfg.pretrained_path is None:
+        raise LsmiaError(
+            f"{section}.pretrained is true but {section}.pretrained_path is not set: {place} on disk and set "
+            f"{section}.pretrained_path to it"
+        )
+    if not Path(cfg.pretrained_path).is_file():
+        raise LsmiaError(
+            f"{section}.pretrained_path {cfg.pretrained_path} does not exist ({section}.pretrained is true): {place} "
+            "there"
+        )
 
 
 def load_pretrained_backbone(model: Classifier, path: Path) -> None:
@@ -228,8 +284,13 @@ def load_pretrained_backbone(model: Classifier, path: Path) -> None:
     state = load_torch(path, what="pretrained weights")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise LsmiaError(
+            f"pretrained weights {path} hold a {type(state).__name__}, not a state dict (parameter name -> tensor): "
+            "pass weights saved with torch.save(model.state_dict())"
+        )
     own = model.backbone.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    usable = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape}
     if not usable:
         raise LsmiaError(
             f"pretrained weights {path} share no tensors with {model.arch}: pass weights of that architecture"
@@ -246,8 +307,7 @@ def load_classifier(
 ) -> Classifier:
     """Load a checkpoint written by save_classifier; a mismatch with the expectation is a one-line error."""
     ckpt = load_torch(path, what=what, fix="train it first with 'lsmia train'")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        raise LsmiaError(f"{path} is not an lsmia classifier checkpoint: pass a file written by 'lsmia train'")
+    _require_classifier_checkpoint(ckpt, path)
     if arch is not None and ckpt["arch"] != arch:
         raise LsmiaError(f"{path} holds a {ckpt['arch']} but {arch} was expected: retrain or fix the arch setting")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
@@ -260,9 +320,28 @@ def load_classifier(
         ckpt["image_size"],
         ckpt.get("width", 32),
         bool(ckpt.get("bottleneck", False)),
+        bool(ckpt.get("transform_input", False)),
     )
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
         raise LsmiaError(f"{path} does not match architecture {ckpt['arch']}: retrain it") from None
     return model.eval()
+
+
+CHECKPOINT_FIELDS = {"arch": str, "num_classes": int, "image_size": int, "width": int, "state_dict": dict}
+KIND_NAMES = {str: "a name", int: "a whole number", dict: "a state dict"}
+
+
+def _require_classifier_checkpoint(ckpt: Any, path: Path | str) -> None:
+    """What save_classifier writes: a mapping with the architecture, its sizes and a state dict."""
+    fix = "pass a file written by 'lsmia train'"
+    if not isinstance(ckpt, dict):
+        raise LsmiaError(f"{path} holds a {type(ckpt).__name__}, not an lsmia classifier checkpoint: {fix}")
+    for key, kind in CHECKPOINT_FIELDS.items():
+        value = ckpt.get(key, 32 if key == "width" else None)  # files from before width was stored: 32
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if key not in ckpt else f"a {type(value).__name__}"
+            raise LsmiaError(
+                f"{path} is not an lsmia classifier checkpoint ({key!r}: {found}, expected {KIND_NAMES[kind]}): {fix}"
+            )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from lsmia.config import PriorConfig
 from lsmia.errors import LsmiaError
-from lsmia.utils import load_torch, save_torch
+from lsmia.utils import load_torch, require_keys, save_torch
 
 DCGAN_FORMAT = "lsmia-dcgan-prior"
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 256
@@ -199,6 +199,7 @@ class Prior(nn.Module):
     latent_space: LatentSpace = "z"
     truncation: float | None = None  # psi around w_avg; None: no truncation (also: no mapping network)
     num_ws: int = 0  # synthesis layers that each take a w; 0: w enters once and w+ is not defined
+    clip: bool = True  # clamp images to [0, 1]; the attack turns it off for attack.clip: false (PPA's attack)
     no_mapping_fix = "set attack.latent: z"
     no_per_layer_fix = "its synthesis takes one w, so w+ is w: set attack.latent: w"
 
@@ -290,9 +291,9 @@ class DCGANPrior(Prior):
     def _images_from_w(self, w: torch.Tensor) -> torch.Tensor:
         return self._to_unit(self.generator.synthesis(w))
 
-    @staticmethod
-    def _to_unit(images: torch.Tensor) -> torch.Tensor:
-        return images.add(1.0).mul(0.5).clamp(0.0, 1.0)
+    def _to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.add(1.0).mul(0.5)
+        return images.clamp(0.0, 1.0) if self.clip else images
 
 
 class TorchScriptPrior(Prior):
@@ -313,12 +314,21 @@ class TorchScriptPrior(Prior):
     w_avg: torch.Tensor  # a buffer, StyleGAN format only
 
     def __init__(
-        self, path: Path, latent_dim: int, output_range: tuple[float, float], center_crop: float = 1.0
+        self,
+        path: Path,
+        latent_dim: int,
+        output_range: tuple[float, float],
+        center_crop: float = 1.0,
+        time_limit: bool = True,
     ) -> None:
+        """``time_limit``: load and probe the file first in a child process that is killed after
+        PROBE_SECONDS (a forward that never returns must not hang the attack)."""
         super().__init__()
         low, high = float(output_range[0]), float(output_range[1])
         if not high > low:
             raise LsmiaError(f"prior.output_range {output_range} must be (low, high) with high > low, e.g. [-1, 1]")
+        if time_limit:
+            probe_within_time_limit(path, latent_dim, (low, high), center_crop)
         self.module = _load_script(path).eval()
         for param in self.module.parameters():  # ScriptModules lack requires_grad_()
             param.requires_grad_(False)
@@ -436,7 +446,68 @@ class TorchScriptPrior(Prior):
         if self.crop < self.full_size:
             start = (self.full_size - self.crop) // 2
             out = out[..., start : start + self.crop, start : start + self.crop]
-        return ((out - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+        out = (out - self.low) / (self.high - self.low)
+        return out.clamp(0.0, 1.0) if self.clip else out
+
+
+PROBE_SECONDS = 300.0  # loading a TorchScript prior and running two latents (w_avg: 10,000) through it, on 1 thread
+TRUST_NOTE = "prior.path is code that runs here: use only files you trust"
+
+
+def probe_within_time_limit(path: Path, latent_dim: int, output_range: tuple[float, float], center_crop: float) -> None:
+    """Build the TorchScript prior in a forked child (one thread) and kill it after PROBE_SECONDS.
+
+    Raises the child's LsmiaError, or one naming the time limit or the crash; returns when the child built it
+    (the caller then builds it again, now known to finish). Without fork (not Linux/macOS) it returns at once:
+    the caller's probe then runs without a time limit."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_probe_child, args=(sender, path, latent_dim, output_range, center_crop))
+    child.start()
+    sender.close()
+    try:
+        message = _probe_outcome(receiver, child, path)
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+    if message is not None:
+        raise LsmiaError(message)
+
+
+def _probe_outcome(receiver: Any, child: Any, path: Path) -> str | None:
+    if not receiver.poll(PROBE_SECONDS):
+        return (
+            f"TorchScript prior {path} did not load and turn two latents into images within {PROBE_SECONDS:g} s "
+            f"(does its forward ever return?): fix or re-export it; {TRUST_NOTE}"
+        )
+    try:
+        return cast(str | None, receiver.recv())
+    except EOFError:
+        child.join()
+        return (
+            f"TorchScript prior {path} crashed the process that loaded and probed it (exit code {child.exitcode}): "
+            f"re-export it; {TRUST_NOTE}"
+        )
+
+
+def _probe_child(
+    sender: Any, path: Path, latent_dim: int, output_range: tuple[float, float], center_crop: float
+) -> None:
+    """In the forked child: build the prior; send None when built, the message of a LsmiaError otherwise."""
+    torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP thread pool: it would hang
+    try:
+        TorchScriptPrior(path, latent_dim, output_range, center_crop, time_limit=False)
+        sender.send(None)
+    except LsmiaError as err:
+        sender.send(str(err))
+    except Exception:  # the parent's own build raises it again, with its traceback
+        sender.send(None)
 
 
 def _load_script(path: Path) -> torch.jit.ScriptModule:
@@ -470,17 +541,23 @@ def save_dcgan_prior(generator: Generator, path: Path | str, extra: dict[str, An
 
 
 def load_dcgan_prior(path: Path | str) -> DCGANPrior:
+    fix = "re-run 'lsmia train-prior' to write it"
     ckpt = load_torch(path, what="prior checkpoint", fix="run 'lsmia train-prior' first")
     if not isinstance(ckpt, dict) or ckpt.get("format") != DCGAN_FORMAT:
-        raise LsmiaError(f"{path} is not an lsmia DCGAN prior: re-run 'lsmia train-prior' to write it")
-    generator = Generator(
-        int(ckpt["latent_dim"]),
-        int(ckpt["image_size"]),
-        int(ckpt["width"]),
-        mapping_layers=int(ckpt.get("mapping_layers", 0)),
-        w_dim=ckpt.get("w_dim"),
-    )
-    generator.load_state_dict(ckpt["state_dict"])
+        found = f"a {type(ckpt).__name__}" if not isinstance(ckpt, dict) else "a mapping of another format"
+        raise LsmiaError(f"{path} is not an lsmia DCGAN prior (it holds {found}): {fix}")
+    require_keys(ckpt, ("latent_dim", "image_size", "width", "state_dict"), f"prior checkpoint {path}", fix)
+    try:
+        generator = Generator(
+            int(ckpt["latent_dim"]),
+            int(ckpt["image_size"]),
+            int(ckpt["width"]),
+            mapping_layers=int(ckpt.get("mapping_layers", 0)),
+            w_dim=ckpt.get("w_dim"),
+        )
+        generator.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise LsmiaError(f"prior checkpoint {path} does not describe a DCGAN ({type(err).__name__}): {fix}") from None
     return DCGANPrior(generator)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from lsmia import distributed
 from lsmia.attack.result import AttackResult
 from lsmia.config import Config
 from lsmia.data.base import FaceData
+from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import load_classifier
 from lsmia.utils import file_digest, save_timings, seed_everything
 from lsmia.visualize import save_attack_grid
@@ -71,11 +74,28 @@ def stage_attack(
         checkpoint_key=key,
         log=log,
     )
+    if "shard" in result.meta:  # what lsmia.attack.shards.merge_shards compares across shards
+        result.meta["shard"]["digests"] = input_digests(cfg, seed, target_file, prior_file)
     if distributed.is_main():  # under torchrun every rank holds the whole result; rank 0 writes it
         save_attack(data, result, Path(out_dir), grid="shard" not in result.meta)
         checkpoint.unlink(missing_ok=True)
     distributed.barrier()
     return result
+
+
+def input_digests(cfg: Config, seed: int, target_file: Path, prior_file: Path | None) -> dict[str, str]:
+    """Digests of what an attack (shard) computed from: the target model file, the prior file (the DCGAN
+    checkpoint or prior.path) and the attack and prior config."""
+    from lsmia.attack.ppa import RUN_ONLY_KEYS
+
+    attack_cfg = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed})
+    config = [attack_cfg.model_dump(mode="json", exclude=set(RUN_ONLY_KEYS)), cfg.prior.model_dump(mode="json")]
+    prior = prior_file if prior_file is not None else cfg.prior.path
+    return {
+        "target": file_digest(target_file),
+        "prior": file_digest(prior) if prior is not None and Path(prior).is_file() else "none",
+        "config": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+    }
 
 
 def save_attack(data: FaceData, result: AttackResult, out_dir: Path, grid: bool = True) -> None:
@@ -85,10 +105,40 @@ def save_attack(data: FaceData, result: AttackResult, out_dir: Path, grid: bool 
         save_attack_grid(data, result, out_dir / "reconstructions.png")
 
 
-def stage_merge_attack(data_file: Path, shard_dirs: list[Path], out_dir: Path) -> AttackResult:
-    """Merge attack shards (``<dir>/attack.pt`` each) into ``out_dir/attack.pt`` and its reconstruction grid."""
-    from lsmia.attack.shards import load_shards, merge_shards
+def stage_merge_attack(
+    data_file: Path, shard_dirs: list[Path], out_dir: Path, log: Callable[[str], None] | None = None
+) -> AttackResult:
+    """Merge attack shards (``<dir>/attack.pt`` each) into ``out_dir/attack.pt`` and its reconstruction grid.
 
-    result = merge_shards(load_shards(shard_dirs), [str(d) for d in shard_dirs])
+    ``out_dir`` may not be, or lie inside, a shard folder. Shards written before shards carried the digests of
+    their inputs are merged with a warning (``log``; default: warnings.warn)."""
+    from lsmia.attack.shards import load_shards, merge_shards, undigested
+
+    require_separate_output(shard_dirs, out_dir)
+    names = [str(d) for d in shard_dirs]
+    parts = load_shards(shard_dirs)
+    unchecked = undigested(parts, names)
+    if unchecked:
+        message = (
+            f"{', '.join(unchecked)} carry no digest of their target model, prior and config, so the merge cannot "
+            "check that every shard attacked the same target: re-run those attack shards to have it checked"
+        )
+        if log is None:
+            warnings.warn(message, stacklevel=2)
+        else:
+            log(f"warning: {message}")
+    result = merge_shards(parts, names)
     save_attack(FaceData.load(data_file), result, Path(out_dir))
     return result
+
+
+def require_separate_output(shard_dirs: list[Path], out_dir: Path) -> None:
+    """The merged attack may not overwrite a shard: ``out_dir`` is neither a shard folder nor inside one."""
+    out = Path(out_dir).resolve()
+    for folder in shard_dirs:
+        if out.is_relative_to(Path(folder).resolve()):
+            where = "is" if out == Path(folder).resolve() else "is inside"
+            raise LsmiaError(
+                f"--out-dir {out_dir} {where} the shard folder {folder}: the merge would overwrite its input; "
+                "write the merged attack to another folder"
+            )

@@ -36,9 +36,11 @@ def stage_evaluate(
     predictor = None
     if attribute_file is not None and Path(attribute_file).exists():
         predictor = load_attribute_predictor(attribute_file).to(device)
+    target_metrics = load_json(  # before the long part: a bad file fails at once
+        Path(target_dir) / "metrics.json", what="target metrics", keys=("test_acc",), fix="re-run 'lsmia train'"
+    )
     started = time.perf_counter()
     leakage = evaluate_attack(cfg.metrics, result, eval_model, data, device, seed=seed, attribute_predictor=predictor)
-    target_metrics = load_json(Path(target_dir) / "metrics.json", what="target metrics")
     metrics = {"alpha": alpha, "seed": seed, **target_metrics, **leakage}
     save_json(metrics, out_file)
     seconds = time.perf_counter() - started

@@ -20,13 +20,15 @@ def stage_report(
     plots_dir: Path | None = None,
     defenses_file: Path | None = None,
 ) -> Path:
-    """Write ``out_dir/index.html`` and ``plots_dir`` (default ``<out>/plots``); returns the index path. The
+    """Write ``out_dir/index.html``, ``plots_dir`` (default ``<out>/plots``) and the study's ``<out>/summary.json``
+    (DVC's metrics file); returns the index path. The
     defenses section reads ``defenses_file`` (default ``<out>/ablations/defenses/compare.json``) when it exists."""
-    from lsmia.report import write_plot_data, write_report
+    from lsmia.report import write_plot_data, write_report, write_summary
 
     cells = [(float(a), int(s)) for s in cfg.study.seeds for a in cfg.study.alphas]
     index = write_report(
         paths, out_dir, device, ablation_files=list(ablation_files), cells=cells, defenses_file=defenses_file
     )
     write_plot_data(paths, plots_dir or paths.root / "plots", cells=cells)
+    write_summary(paths, cells=cells)
     return index

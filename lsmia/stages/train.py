@@ -9,9 +9,11 @@ import torch
 from lsmia.config import Config
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
+from lsmia.models.classifiers import require_pretrained_weights
 from lsmia.training.classifier import TrainResult, train_classifier
 from lsmia.utils import EpochCallback
 
+ROLES = {"target": "target", "eval": "eval_model"}  # --role -> its config section
 EVAL_SEED_OFFSET = 1000  # the evaluation model never shares an initialisation with a target of the same seed
 
 
@@ -30,6 +32,8 @@ def stage_train(
 
     ``code_version`` (lsmia.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
     that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint."""
+    if role in ROLES:  # before reading the data: a missing weight file fails at once
+        require_pretrained_weights(getattr(cfg, ROLES[role]), ROLES[role])
     data = FaceData.load(data_file)
     seed = cfg.run.seed if seed is None else seed
     if role == "target":

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lsmia import distributed
-from lsmia.augment import training_augment
+from lsmia.augment import resize, training_augment
 from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.defenses.base import Defense
@@ -205,6 +205,7 @@ def _run_epoch(
     for index in batches:
         x = train.images[index].to(device, non_blocking=True).float().div_(255.0)
         y = train.labels[index].to(device, non_blocking=True)
+        x = resize(x, model.image_size)  # to the model's input size (cfg.image_size), as PPA's Resize precedes the crop
         x = training_augment(x, aug.crop_scale, aug.flip, aug.color_jitter, gen=gen)  # whole global batch
         if world > 1 and len(index) < 2 * world:
             continue  # a shard of one row cannot train BatchNorm; the draws above keep the stream aligned
@@ -223,7 +224,12 @@ def _run_epoch(
 def plain_batchnorm(model: Classifier) -> Classifier:
     """A copy of ``model`` with plain BatchNorm layers (same state), usable outside the process group."""
     plain = build_classifier(
-        model.arch, model.num_classes, model.image_size, model.width, bottleneck=model.bottleneck is not None
+        model.arch,
+        model.num_classes,
+        model.image_size,
+        model.width,
+        bottleneck=model.bottleneck is not None,
+        transform_input=model.transform_input,
     )
     plain.load_state_dict(model.state_dict())
     return plain.to(next(model.parameters()).device).train(model.training)
@@ -268,11 +274,28 @@ def _load_resume_state(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, 
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
-    state = load_torch(path, what="training checkpoint")
+    state = load_torch(path, what="training checkpoint", keys=(), fix="delete it (training then starts afresh)")
     if state.get("fingerprint") != fingerprint:
         warnings.warn(f"{path} belongs to another configuration; training starts afresh", stacklevel=2)
         return None
     return state
+
+
+SAFE_STRIDED_1X1_CHANNELS = 8  # oneDNN's AVX2 vector width in floats
+
+
+def channels_last_is_safe(backbone: nn.Module) -> bool:
+    """Whether training ``backbone`` in channels_last on the CPU is safe.
+
+    oneDNN's AVX2 kernel for the weight gradient of a strided 1x1 convolution in channels_last corrupts memory
+    (SIGSEGV, "double free or corruption") when the convolution has fewer than 8 input channels: smallresnet
+    widths 4-7 (its shortcuts); 8 and more train, as does every width in NCHW (measured with oneDNN 3.12,
+    ONEDNN_MAX_CPU_ISA=AVX2; CHANGELOG 2026-12-07). Such a backbone trains in NCHW, a little slower."""
+    return all(
+        conv.in_channels >= SAFE_STRIDED_1X1_CHANNELS
+        for conv in backbone.modules()
+        if isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride != (1, 1)
+    )
 
 
 def steps_per_epoch(batch_size: int, train_size: int, world: int = 1) -> int:
@@ -324,13 +347,14 @@ def train_classifier(
     model = build_classifier(
         cfg.arch,
         data.num_classes,
-        data.image_size,
+        cfg.image_size or data.image_size,
         cfg.width,
         cfg.pretrained_path,
         bottleneck=needs_bottleneck(defense),
+        transform_input=cfg.transform_input,
     ).to(device)
-    if device.type == "cpu":  # oneDNN's NHWC convolutions: training ~1.25x faster (bench/training_overhead.py)
-        model.backbone.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and channels_last_is_safe(model.backbone):  # oneDNN's NHWC convolutions: training
+        model.backbone.to(memory_format=torch.channels_last)  # ~1.25x faster (bench/training_overhead.py)
     guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:

@@ -125,10 +125,18 @@ def machine(root: Path, name: str, shared_out: Path) -> Path:
 
 
 def lsmia(
-    folder: Path, args: Sequence[str], tracking_uri: str | None = None, log_name: str = "lsmia.log"
+    folder: Path,
+    args: Sequence[str],
+    tracking_uri: str | None = None,
+    log_name: str = "lsmia.log",
+    storage: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``lsmia ARGS`` on the tiny config in ``folder`` (its out/ there), output to ``folder/log_name``."""
+    """``lsmia ARGS`` on the tiny config in ``folder`` (its out/ there), output to ``folder/log_name``; ``storage``
+    is exported as LSMIA_STORAGE, as the README has users do (never on the command line)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LSMIA_STORAGE", None)
+    if storage:
+        env["LSMIA_STORAGE"] = storage
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("MLFLOW_REGISTRY_URI", None)
     if tracking_uri:
