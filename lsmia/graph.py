@@ -103,6 +103,7 @@ REPORT_ABLATIONS = tuple(
         "screen_identities_200_attacks",
         "screen_identities_200_constant",
         "adaptive_identities_200",
+        "adaptive_budget_200",
     )
 )
 
