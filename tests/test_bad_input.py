@@ -10,7 +10,6 @@ be and a huge size need nothing special.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import signal
@@ -25,13 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
 
-from lsmia.cli import app
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import LsmiaError
 from lsmia.training.classifier import require_training_steps, steps_per_epoch
+from tests.helpers.bad_input import assert_one_line_error, cli, snapshot
 
 torch.set_num_threads(1)
 
@@ -44,36 +41,9 @@ HOLD_LOCK = (
     "import sys, time\nfrom lsmia.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
     "    print('held', flush=True)\n    time.sleep(300)\n"
 )
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cli(*args: str) -> Result:
-    return runner.invoke(app, list(args))
-
-
-def assert_one_line_error(result: Result, *needles: str, absent: tuple[str, ...] = ()) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]  # progress lines may come first
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.output
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    for needle in absent:
-        assert needle not in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (locks excluded) and the digest of its bytes."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lsmia.lock")
-    }
 
 
 def can_mount() -> bool:

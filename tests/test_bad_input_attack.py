@@ -32,7 +32,8 @@ from lsmia.models.generator import load_dcgan_prior, save_dcgan_prior
 from lsmia.training.classifier import channels_last_is_safe
 from lsmia.utils import atomic_path, save_torch
 from tests import test_bad_input
-from tests.test_bad_input import ALPHA, ATTACK_DIR, TAG, TARGET_DIR, assert_one_line_error, cli, snapshot
+from tests.helpers.bad_input import assert_one_line_error, cli, snapshot
+from tests.test_bad_input import ALPHA, ATTACK_DIR, TAG, TARGET_DIR
 
 earlier_study = test_bad_input.earlier_study  # the finished tiny study (module scope), and a copy of it per test
 study = test_bad_input.study
