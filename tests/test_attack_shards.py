@@ -12,22 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from lsmia.attack.ppa import run_attack
-from lsmia.attack.result import AttackResult
+from lsmia.attack.result import TENSOR_FIELDS, AttackResult
 from lsmia.attack.shards import compact, merge_shards, parse_classes, parse_shard, shard_classes
 from lsmia.cli import app
 from lsmia.errors import LsmiaError
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
 CPU = torch.device("cpu")
-FIELDS = (
-    "all_latents",
-    "all_images",
-    "all_targets",
-    "final_latents",
-    "final_images",
-    "final_targets",
-    "final_scores",
-)
+FIELDS = TENSOR_FIELDS
 TINY = Path(__file__).parent / "tiny_params.yaml"
 
 
