@@ -104,6 +104,7 @@ REPORT_ABLATIONS = tuple(
         "screen_identities_200_constant",
         "adaptive_identities_200",
         "adaptive_budget_200",
+        "adaptive_defenses_200",
     )
 )
 
