@@ -1005,8 +1005,14 @@ SUMMARY_METRICS = ("final_acc1", "test_acc", "delta_eval", "final_target_accepta
 SUMMARY_INTERVAL = "final_acc1"  # the one metric whose interval over seeds gets a column
 
 
+def summary_key(alpha: float) -> str:
+    """``alpha=-0,05``: a decimal comma, because DVC reads a dot in a metric's name as nesting (``alpha=0.1``
+    became ``alpha=0`` -> ``1`` and hid the real ``alpha=0``)."""
+    return f"alpha={alpha:g}".replace(".", ",")
+
+
 def summary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """Per alpha (``alpha=<α>``, largest first): the seeds ``n``, the mean of each headline metric and the
+    """Per alpha (:func:`summary_key`, largest first): the seeds ``n``, the mean of each headline metric and the
     95 % interval half-width of acc@1 (from two seeds on)."""
     summary: dict[str, dict[str, float | int]] = {}
     for alpha in sorted({float(r["alpha"]) for r in rows}, reverse=True):
@@ -1018,7 +1024,7 @@ def summary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float
                 entry[metric] = round(mean, 4)
             if metric == SUMMARY_INTERVAL and n >= 2:
                 entry[f"{metric}_ci95"] = round(ci95, 4)
-        summary[f"alpha={alpha:g}"] = entry
+        summary[summary_key(alpha)] = entry
     return summary
 
 

@@ -46,7 +46,9 @@ def test_readme_exp_show_recipe_keeps_the_summary_per_alpha(tmp_path: Path) -> N
     header = next(csv.reader(io.StringIO(done.stdout)))
     alphas = yaml.safe_load((repo / "params.yaml").read_text())["study"]["alphas"]
     summary = json.loads((repo / "out/summary.json").read_text())
-    assert sorted(summary) == sorted(f"alpha={a:g}" for a in alphas)  # one entry per alpha of the study
+    assert sorted(summary) == sorted(
+        f"alpha={a:g}".replace(".", ",") for a in alphas
+    )  # one entry per alpha of the study
     expected = {f"{alpha}.{key}" for alpha, entry in summary.items() for key in entry}
     assert set(header) == {"Experiment", "study.alphas", "study.seeds"} | expected
     assert len(header) <= 3 + 6 * len(alphas)  # a few columns per alpha, not one per metric and run

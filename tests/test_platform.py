@@ -50,7 +50,7 @@ def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
     )
     files = next(iter(shown.values()))["data"]
     assert list(files) == ["out/summary.json"]  # DVC's metrics: the study per alpha, a few columns
-    assert set(files["out/summary.json"]["data"]) == {"alpha=0.1", "alpha=0", "alpha=-0.05"}
+    assert set(files["out/summary.json"]["data"]) == {"alpha=0,1", "alpha=0", "alpha=-0,05"}
 
 
 def test_an_attack_parameter_reruns_only_attack_evaluation_and_report(project):

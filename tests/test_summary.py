@@ -20,12 +20,12 @@ ROWS = [
 
 def test_per_alpha_means_counts_and_the_acc1_interval() -> None:
     summary = summary_metrics(ROWS)
-    assert list(summary) == ["alpha=0", "alpha=-0.05"]
+    assert list(summary) == ["alpha=0", "alpha=-0,05"]
     zero = summary["alpha=0"]
     assert zero["n"] == 2 and zero["final_acc1"] == pytest.approx(0.32) and zero["delta_eval"] == pytest.approx(71.0)
     assert zero["final_acc1_ci95"] == pytest.approx(12.706 * 0.02, rel=1e-3)  # t(0.975, 1) * s / sqrt(2), s = 0.0283
     assert "final_target_acceptance_raw" not in zero  # never measured at alpha 0 here: no column of NaN
-    one_seed = summary["alpha=-0.05"]
+    one_seed = summary["alpha=-0,05"]
     assert one_seed == {"n": 1, "final_acc1": 0.2, "test_acc": 0.95, "final_target_acceptance_raw": 0.5}
     assert not {"alpha", "seed", "epochs"} & {key for entry in summary.values() for key in entry}
 
