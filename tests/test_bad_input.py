@@ -28,7 +28,7 @@ import yaml
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import LsmiaError
 from lsmia.training.classifier import require_training_steps, steps_per_epoch
-from tests.helpers.bad_input import assert_one_line_error, cli, snapshot
+from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
 
 torch.set_num_threads(1)
 
@@ -149,10 +149,7 @@ def earlier_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def study(earlier_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the earlier study as the working directory."""
-    root = tmp_path / "study"
-    shutil.copytree(earlier_study, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(earlier_study, tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from lsmia.models.generator import load_dcgan_prior, save_dcgan_prior
 from lsmia.training.classifier import channels_last_is_safe
 from lsmia.utils import atomic_path, save_torch
 from tests import test_bad_input
-from tests.helpers.bad_input import assert_one_line_error, cli, snapshot
+from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
 from tests.test_bad_input import ALPHA, ATTACK_DIR, TAG, TARGET_DIR
 
 earlier_study = test_bad_input.earlier_study  # the finished tiny study (module scope), and a copy of it per test
@@ -135,10 +135,7 @@ def earlier_shards(earlier_study: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def shards(earlier_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "study"
-    shutil.copytree(earlier_shards, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(earlier_shards, tmp_path, monkeypatch)
 
 
 def test_shards_of_one_attack_merge_into_the_unsharded_attack(shards: Path) -> None:

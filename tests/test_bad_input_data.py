@@ -25,7 +25,7 @@ from lsmia.config import DataConfig
 from lsmia.data.real import decode_image, load_celeba, load_real
 from lsmia.errors import LsmiaError
 from lsmia.tracked import data_facts
-from tests.helpers.bad_input import assert_one_line_error, cli, snapshot
+from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
 from tests.helpers.real_data import COLOURS, write_identity, write_image
 
 torch.set_num_threads(1)
@@ -95,10 +95,7 @@ def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def study(earlier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "study"
-    shutil.copytree(earlier, root, symlinks=True)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(earlier, tmp_path, monkeypatch, symlinks=True)
 
 
 def assert_refused(study: Path, args: tuple[str, ...], *needles: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 from click.testing import Result
@@ -37,3 +38,11 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.endswith(".lsmia.lock")
     }
+
+
+def working_copy(earlier: Path, tmp_path: Path, monkeypatch, symlinks: bool = False) -> Path:
+    """A copy of an earlier study as the working directory, so each test starts from the same outputs."""
+    root = tmp_path / "study"
+    shutil.copytree(earlier, root, symlinks=symlinks)
+    monkeypatch.chdir(root)
+    return root
