@@ -397,6 +397,9 @@ def train(
     device: DeviceOpt = None,
     data_file: DataOpt = None,
     out_dir: OutDirOpt = None,
+    curves_dir: Annotated[
+        Path | None, typer.Option("--curves-dir", help="Per-epoch curves for `dvc plots` (default: under run.out_dir).")
+    ] = None,
     track: TrackOpt = None,
 ) -> None:
     """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
@@ -413,8 +416,13 @@ def train(
         if out_dir
         else (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
     )
+    curves = (
+        output_folder(curves_dir, "--curves-dir")
+        if curves_dir
+        else paths.curves_dir(*((alpha_value, seed) if role == "target" else (None, None)))
+    )
     with (
-        _writing(out_dir),
+        _writing(out_dir, curves),
         pipeline.launched_stage(
             cfg,
             _device(cfg),
@@ -438,6 +446,7 @@ def train(
             seed,
             on_epoch=tracker.epoch_logger(),
             code_version=_code_version("target" if role == "target" else "eval-model"),
+            curves_dir=curves,
         )
         tracker.log_classifier(result, role, alpha_value, seed)
     if is_main():

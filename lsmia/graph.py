@@ -76,7 +76,7 @@ class Stage:
     optional_deps: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()  # DVCLive folders of per-epoch curves (lsmia.curves): `dvc plots show` draws them
     applies: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
 
     @property
@@ -135,10 +135,12 @@ STAGES: tuple[Stage, ...] = (
         "lsmia.stages.train",
         ("eval_model", "run.seed"),
         ("data",),
-        f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval",
+        f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval "
+        f"--curves-dir {OUT}/curves/eval",
         (f"{OUT}/models/eval",),
         "model.pt",
         persist=True,
+        plots=(f"{OUT}/curves/eval",),
     ),
     Stage(
         "attributes",
@@ -155,11 +157,12 @@ STAGES: tuple[Stage, ...] = (
         ("target",),
         ("data",),
         f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-        f"--out-dir {OUT}/models/target_{CELL}",
+        f"--out-dir {OUT}/models/target_{CELL} --curves-dir {OUT}/curves/target_{CELL}",
         (f"{OUT}/models/target_{CELL}",),
         "model.pt",
         per_cell=True,
         persist=True,
+        plots=(f"{OUT}/curves/target_{CELL}",),
     ),
     Stage(
         "attack",
@@ -341,7 +344,7 @@ def dvc_stage(stage_: Stage) -> dict[str, Any]:
     if metrics:
         entry["metrics"] = metrics
     if stage_.plots:
-        entry["plots"] = [{p: {"cache": False}} for p in stage_.plots]
+        entry["plots"] = [{p: {"x": "step"}} for p in stage_.plots]
     return entry
 
 

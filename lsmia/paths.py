@@ -42,6 +42,11 @@ class StudyPaths:
     def target_dir(self, alpha: float, seed: int) -> Path:
         return self.root / "models" / f"target_{run_tag(alpha, seed)}"
 
+    def curves_dir(self, alpha: float | None, seed: int | None) -> Path:
+        """A classifier's per-epoch curves (DVCLive): the target's of (alpha, seed), or the evaluation model's."""
+        leaf = "eval" if alpha is None or seed is None else f"target_{run_tag(alpha, seed)}"
+        return self.root / "curves" / leaf
+
     def attack_dir(self, alpha: float, seed: int) -> Path:
         return self.root / "attacks" / run_tag(alpha, seed)
 

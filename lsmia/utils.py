@@ -137,6 +137,39 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; swap it in for ``path`` only if the block succeeds.
+
+    Renames only, so a reader sees the old folder or the new one, never a half-written one; the staging folder
+    is removed on an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging.chmod(new_file_mode(folder=True))  # mkdtemp makes it private: give it the umask's mode like mkdir
+    try:
+        yield staging
+        swap_in(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_in(staging: Path, path: Path) -> None:
+    """Replace the folder ``path`` by ``staging`` with renames only (os.replace cannot replace a full folder)."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        os.replace(old / path.name, path)  # put the previous folder back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_torch(obj: Any, path: Path | str) -> None:
     # through an open handle: torch.save(obj, name) stores the (random) temp file name in the zip archive,
     # so two saves of the same object would differ in bytes and DVC would see every re-run as a change

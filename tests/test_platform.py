@@ -36,6 +36,8 @@ def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
         "out/metrics/alpha0.1_seed0.json",
         "out/report/index.html",
         "out/plots/study.json",
+        "out/curves/eval/plots/metrics/test_acc.tsv",
+        "out/curves/target_alpha0.1_seed0/plots/metrics/loss.tsv",
     ):
         assert (repo / path).exists(), path
     page = (repo / "out/report/index.html").read_text()
@@ -53,6 +55,19 @@ def test_repro_builds_every_output_and_a_second_repro_runs_nothing(project):
     assert list(files) == ["out/summary.json"]  # DVC's metrics: the study per alpha, a few columns
     alphas = yaml.safe_load((repo / "params.yaml").read_text())["study"]["alphas"]
     assert set(files["out/summary.json"]["data"]) == {summary_key(a) for a in alphas}  # one entry per alpha
+
+
+def test_dvc_plots_show_has_every_classifier_s_training_curves(project):
+    repo, env = project
+    shown = json.loads(
+        subprocess.run(
+            [str(BIN / "dvc"), "plots", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True
+        ).stdout
+    )
+    curves = {name for name in shown if "/curves/" in name}
+    alphas = yaml.safe_load((repo / "params.yaml").read_text())["study"]["alphas"]
+    for folder in ["eval", *(f"target_alpha{float(a)}_seed0" for a in alphas)]:
+        assert f"out/curves/{folder}/plots/metrics/test_acc.tsv" in curves, sorted(shown)
 
 
 def test_an_attack_parameter_reruns_only_attack_evaluation_and_report(project):

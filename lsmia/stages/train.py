@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from lsmia.config import Config
+from lsmia.curves import write_training_curves
 from lsmia.data.base import FaceData
+from lsmia.distributed import is_main
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import require_pretrained_weights
 from lsmia.training.classifier import TrainResult, train_classifier
@@ -26,16 +28,34 @@ def stage_train(
     seed: int | None = None,
     on_epoch: EpochCallback | None = None,
     code_version: str = "",
+    curves_dir: Path | None = None,
 ) -> TrainResult:
     """Train the target (label smoothing ``cfg.target.smoothing``, defense ``cfg.target.defense``) or the evaluation
     model (hard labels).
 
     ``code_version`` (lsmia.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
-    that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint."""
+    that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint. ``curves_dir``: where
+    the per-epoch curves go for `dvc plots` (rank 0 only)."""
     if role in ROLES:  # before reading the data: a missing weight file fails at once
         require_pretrained_weights(getattr(cfg, ROLES[role]), ROLES[role])
     data = FaceData.load(data_file)
     seed = cfg.run.seed if seed is None else seed
+    result = _train(cfg, role, data, out_dir, device, seed, on_epoch, code_version)
+    if curves_dir is not None and is_main():
+        write_training_curves(result.history, curves_dir)
+    return result
+
+
+def _train(
+    cfg: Config,
+    role: str,
+    data: FaceData,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    on_epoch: EpochCallback | None,
+    code_version: str,
+) -> TrainResult:
     if role == "target":
         return train_classifier(
             cfg.target,
