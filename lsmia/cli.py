@@ -725,12 +725,13 @@ def dvc_yaml(
 ) -> None:
     """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches.
 
-    ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage."""
+    ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage; a ``prior.path``
+    makes the generator file there a dependency of the prior and attack stages."""
     from lsmia.graph import dvc_yaml as render
     from lsmia.utils import atomic_path
 
-    shards = load_config(params).attack.shards if params.is_file() else 1
-    text = render(shards)
+    cfg = load_config(params) if params.is_file() else None
+    text = render(cfg.attack.shards if cfg else 1, generator=cfg is not None and cfg.prior.path is not None)
     if check:
         current = path.read_text(encoding="utf-8") if path.is_file() else ""
         if current != text:

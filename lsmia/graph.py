@@ -321,13 +321,21 @@ def _code_only(source: bytes) -> str:
 # --------------------------------------------------------------------------- dvc.yaml
 
 
-def dvc_stage(stage_: Stage) -> dict[str, Any]:
+GENERATOR = "${prior.path}"  # an exported generator (prior.kind torchscript): what the prior stage records
+GENERATOR_READERS = ("prior", "attack")
+
+
+def dvc_stage(stage_: Stage, generator: bool = False) -> dict[str, Any]:
+    """``generator``: the params set ``prior.path``, so the file there is a dependency of the stages that read it
+    (replacing the generator in place re-runs them)."""
     deps: list[str] = []
     for need in stage_.needs:
         reads = COLLECTED[need] if BY_NAME[need].per_cell and not stage_.per_cell else READS[need]
         deps += [d for d in reads if d not in deps]
     deps += [d for d in stage_.file_deps if d not in deps]
     deps += [d for d in stage_.optional_deps if d not in deps and (REPO_ROOT / d).exists()]
+    if generator and stage_.name in GENERATOR_READERS:
+        deps.append(GENERATOR)
     deps += code_deps(stage_)
     entry: dict[str, Any] = {}
     if stage_.per_cell:
@@ -401,11 +409,11 @@ HEADER = """\
 ATTACK_SHARD = f"{OUT}/attack-shards/{CELL}/${{item.shard}}"  # beside out/attacks: DVC outputs must not overlap
 
 
-def dvc_attack_shards(shards: int) -> dict[str, dict[str, Any]]:
+def dvc_attack_shards(shards: int, generator: bool = False) -> dict[str, dict[str, Any]]:
     """``attack.shards`` > 1: the attack of a cell as ``shards`` class shards (a matrix: separate jobs or GPUs,
     each resumable, its outputs persisted while it re-runs) and a merge into the usual attack output."""
     attack = BY_NAME["attack"]
-    shard = dvc_stage(attack)
+    shard = dvc_stage(attack, generator)
     cells = dict(shard["matrix"])
     shard["matrix"]["shard"] = list(range(shards))
     shard_flag = f"--shard ${{item.shard}}/{shards} --out-dir {ATTACK_SHARD}"
@@ -421,13 +429,17 @@ def dvc_attack_shards(shards: int) -> dict[str, dict[str, Any]]:
     return {"attack-shard": shard, "attack": merge}
 
 
-def dvc_yaml(shards: int = 1) -> str:
-    """The pipeline; ``shards`` (``attack.shards``) > 1 splits every cell's attack into class shards."""
+def dvc_yaml(shards: int = 1, generator: bool = False) -> str:
+    """The pipeline; ``shards`` (``attack.shards``) > 1 splits every cell's attack into class shards;
+    ``generator`` (``prior.path`` set) makes the generator file a dependency of the prior and attack stages."""
     import yaml
 
     stages: dict[str, Any] = {}
     for s in STAGES:
-        stages.update(dvc_attack_shards(shards) if s.name == "attack" and shards > 1 else {s.name: dvc_stage(s)})
+        if s.name == "attack" and shards > 1:
+            stages.update(dvc_attack_shards(shards, generator))
+        else:
+            stages[s.name] = dvc_stage(s, generator)
     document = {"stages": stages, "plots": PLOTS}
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 

@@ -220,3 +220,26 @@ def test_a_training_stage_rerun_on_its_finished_checkpoint_writes_the_same_bytes
         return tree_hashes(out)
 
     assert run() == run()
+
+
+def test_an_exported_generator_is_a_dependency_of_the_stages_that_read_it(tmp_path: Path) -> None:
+    """With prior.path set, `lsmia dvc-yaml` lists the generator file for the prior and attack stages, and DVC
+    resolves it to that file: a generator replaced in place re-runs them (the prior stage records its digest)."""
+    from dvc.repo import Repo
+
+    without = yaml.safe_load(graph.dvc_yaml())["stages"]
+    assert all(graph.GENERATOR not in entry["deps"] for entry in without.values())
+    params = load_config(TINY, {"prior.kind": "torchscript", "prior.path": "weights/generator.pt"}).to_dict()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([str(BIN / "lsmia"), "dvc-yaml"], cwd=tmp_path, check=True, capture_output=True)
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    readers = {name for name, entry in stages.items() if graph.GENERATOR in entry["deps"]}
+    assert readers == {"prior", "attack"}
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        resolved = {
+            stage.name.split("@")[0]
+            for stage in repo.index.stages
+            if any(dep.def_path == "weights/generator.pt" for dep in stage.deps)
+        }
+    assert resolved == {"prior", "attack"}
