@@ -36,15 +36,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lsmia import distributed
+from lsmia.attack.batches import SCHEDULES, Schedule, StepDiagnostics, row_batches
 from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, class_scores, label_scores, make_view
+from lsmia.attack.shards import merge_shards
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
@@ -54,10 +55,7 @@ from lsmia.models.fusion import inference_copy
 from lsmia.utils import load_torch, save_torch
 from lsmia.utils import progress as progress_bar
 
-Schedule = Literal["batched", "per_class"]
-SCHEDULES = ("batched", "per_class")
 RUN_ONLY_KEYS = ("shards", "checkpoint_seconds")  # how the attack runs, not what it computes
-REFERENCE_BATCH = 25  # PPA's latents per GPU batch, used by the per_class schedule
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -205,14 +203,6 @@ def latent_meta(prior: nn.Module, cfg: AttackConfig, lr: float) -> dict[str, obj
     }
 
 
-def row_batches(num_targets: int, candidates: int, batch_size: int, schedule: Schedule) -> list[torch.Tensor]:
-    """Row indices per optimisation batch; rows are ordered target-major."""
-    rows = torch.arange(num_targets * candidates)
-    if schedule == "batched":
-        return list(rows.split(batch_size))
-    return [chunk for per_class in rows.split(candidates) for chunk in per_class.split(REFERENCE_BATCH)]
-
-
 def attack_step(
     prior: nn.Module,
     target: Classifier,
@@ -241,52 +231,6 @@ def attack_step_loss(
     gen: torch.Generator,
 ) -> torch.Tensor:
     return attack_step(prior, target, z, labels, cfg, loss_fn, gen)[0]
-
-
-class StepDiagnostics:
-    """Per (batch, step) sums over rows of the loss, the target confidence and the gradient cosine.
-
-    Each entry is written only by the rank that optimised the batch, so merging the ranks' tables copies
-    every entry exactly and the curves are the same for any number of ranks.
-    """
-
-    def __init__(self, batches: list[torch.Tensor], steps: int) -> None:
-        self.sums = torch.zeros(len(batches), steps, 3, dtype=torch.float64)
-        self.rows = torch.tensor([len(batch) for batch in batches], dtype=torch.float64)
-        self._batch: list[torch.Tensor] = []
-        self._previous_grad: torch.Tensor | None = None
-
-    def record_step(
-        self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, grad: torch.Tensor
-    ) -> None:
-        """One step's sums, kept on the device until the batch ends (no synchronisation per step)."""
-        with torch.no_grad():
-            confidence = torch.softmax(logits.detach().float(), dim=1).gather(1, labels.view(-1, 1)).sum()
-            grad = grad.detach().flatten(1).float()
-            if step == 0 or self._previous_grad is None:
-                cosine = torch.zeros((), device=grad.device)
-            else:
-                cosine = F.cosine_similarity(grad, self._previous_grad, dim=1).sum()
-            self._batch.append(torch.stack([loss.detach().float(), confidence, cosine]))
-        self._previous_grad = grad.clone()
-
-    def end_batch(self, index: int) -> None:
-        self.sums[index] = torch.stack(self._batch).double().cpu()
-        self._batch, self._previous_grad = [], None
-
-    def merge_ranks(self) -> None:
-        self.take_owned(distributed.all_gather(self.sums))
-
-    def take_owned(self, parts: list[torch.Tensor]) -> None:
-        """Batch ``i``'s entries from ``parts[i % len(parts)]``, the rank that recorded them."""
-        for index in range(len(self.sums)):
-            self.sums[index] = parts[index % len(parts)][index]
-
-    def curves(self) -> dict[str, list[float]]:
-        """Means over all rows per step, rounded to 6 decimals so saved results are byte-stable."""
-        means = self.sums.sum(0) / self.rows.sum()
-        rounded = [[round(float(v), 6) for v in column] for column in means.T]
-        return {"loss": rounded[0], "target_confidence": rounded[1], "grad_cosine": rounded[2][1:]}
 
 
 def optimise(
@@ -615,8 +559,6 @@ def run_attack(
     during the attack and their requires_grad flags restored afterwards. ``diagnostics`` False leaves
     out the per-step curves and the raw final confidence (the latents are the same either way).
     """
-    from lsmia.attack.shards import merge_shards
-
     if schedule not in SCHEDULES:
         raise LsmiaError(f"unknown attack schedule '{schedule}': use one of {', '.join(SCHEDULES)}")
     targets = resolve_targets(list(targets), target.num_classes)

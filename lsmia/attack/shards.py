@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lsmia.attack.batches import StepDiagnostics, row_batches
 from lsmia.attack.result import AttackResult
 from lsmia.errors import LsmiaError
 
@@ -153,8 +154,6 @@ def undigested(parts: Sequence[AttackResult], names: Sequence[str]) -> list[str]
 
 def merge_shards(parts: Sequence[AttackResult], names: Sequence[str] | None = None) -> AttackResult:
     """One attack from shards covering every target exactly once (bit-identical to the unsharded run)."""
-    from lsmia.attack.ppa import StepDiagnostics, row_batches
-
     names = list(names or [f"shard {i}" for i in range(len(parts))])
     if not parts:
         raise LsmiaError("no shard to merge: pass the shard folders")
@@ -229,8 +228,6 @@ def reach_summary(
     metas: Sequence[dict[str, Any]], num_targets: int, cfg: dict[str, Any], schedule: Any
 ) -> dict[str, float]:
     """How far the unbounded check got: the mean steps per row and the fraction of rows the target accepted."""
-    from lsmia.attack.ppa import row_batches
-
     batches = row_batches(num_targets, int(cfg["candidates"]), int(cfg["batch_size"]), schedule)
     sizes = torch.tensor([len(b) for b in batches], dtype=torch.float64)
     reach = torch.zeros(len(batches), 2, dtype=torch.float64)

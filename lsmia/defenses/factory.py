@@ -11,7 +11,7 @@ from lsmia.data.base import FaceData
 from lsmia.defenses.base import Defense
 from lsmia.defenses.bido import BidoDefense
 from lsmia.defenses.mid import MidDefense
-from lsmia.defenses.tl import TransferDefense, pretrain_on_public
+from lsmia.defenses.tl import TrainClassifier, TransferDefense, pretrain_on_public
 from lsmia.models.classifiers import Classifier
 
 
@@ -50,11 +50,13 @@ def prepare_defense(
     out_dir: Path,
     device: torch.device,
     seed: int,
+    train: TrainClassifier,
     code_version: str = "",
 ) -> Defense:
-    """Build the defense (which checks its settings against ``model``), then pre-train ``model`` when it needs it
-    (TL without ``pretrained_path``)."""
+    """Build the defense (which checks its settings against ``model``), then pre-train ``model`` with ``train``
+    when it needs it (TL without ``pretrained_path``)."""
     built = build_defense(defense, model)
     if defense.kind == "tl" and cfg.pretrained_path is None:
-        model.backbone.load_state_dict(pretrain_on_public(cfg, defense, data, out_dir, device, seed, code_version))
+        state = pretrain_on_public(cfg, defense, data, out_dir, device, seed, train, code_version)
+        model.backbone.load_state_dict(state)
     return built

@@ -18,6 +18,7 @@ Frozen blocks stay in evaluation mode during training, so their BatchNorm statis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -53,6 +54,23 @@ def pretraining_config(cfg: ClassifierConfig, defense: DefenseConfig) -> Classif
     return ClassifierConfig.model_validate(fields)
 
 
+class TrainClassifier(Protocol):
+    """lsmia.training.classifier.train_classifier, handed in by the training that pre-trains (it imports this
+    package, so importing it here would close a cycle)."""
+
+    def __call__(
+        self,
+        cfg: ClassifierConfig,
+        data: FaceData,
+        out_dir: Path,
+        device: torch.device,
+        *,
+        seed: int,
+        show_progress: bool,
+        code_version: str,
+    ) -> Any: ...
+
+
 def pretrain_on_public(
     cfg: ClassifierConfig,
     defense: DefenseConfig,
@@ -60,12 +78,12 @@ def pretrain_on_public(
     out_dir: Path,
     device: torch.device,
     seed: int,
+    train: TrainClassifier,
     code_version: str = "",
 ) -> dict[str, torch.Tensor]:
-    """Train on the public identities into ``out_dir/public`` (resumable like any training); its backbone's state."""
-    from lsmia.training.classifier import train_classifier  # here: lsmia.training.classifier imports this package
-
-    result = train_classifier(
+    """Train on the public identities into ``out_dir/public`` with ``train`` (resumable like any training); its
+    backbone's state."""
+    result = train(
         pretraining_config(cfg, defense),
         public_task(data, seed + PRETRAIN_SEED_OFFSET),
         Path(out_dir) / PUBLIC_DIR,

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 
 from lsmia.config import ClassifierConfig
-from lsmia.defenses.mid import VariationalBottleneck, bottleneck_dim
 from lsmia.errors import LsmiaError
+from lsmia.models.bottleneck import VariationalBottleneck, bottleneck_dim
 from lsmia.utils import load_torch, save_torch
 
 SMALL_INPUT = 96  # below this, torchvision stems lose their stride-2 conv and max-pool

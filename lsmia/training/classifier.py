@@ -355,7 +355,11 @@ def train_classifier(
     ).to(device)
     if device.type == "cpu" and channels_last_is_safe(model.backbone):  # oneDNN's NHWC convolutions: training
         model.backbone.to(memory_format=torch.channels_last)  # ~1.25x faster (bench/training_overhead.py)
-    guard = None if defense is None else prepare_defense(defense, cfg, model, data, out_dir, device, seed, code_version)
+    guard = (
+        None
+        if defense is None
+        else prepare_defense(defense, cfg, model, data, out_dir, device, seed, train_classifier, code_version)
+    )
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
