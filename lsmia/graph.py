@@ -7,7 +7,7 @@ outputs it reads and the files it writes. From this one declaration:
   code dependencies complete by construction: every ``lsmia`` file the stage's module imports,
   directly or through other ``lsmia`` modules (function-level imports and package ``__init__`` files
   included), found by reading the source, so editing e.g. ``lsmia/losses.py`` re-runs exactly the
-  stages whose code reaches it;
+  stages whose code reaches it; a module's ``PACKAGE_DATA`` folders (the report's templates) count as its code;
 - ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`execute`), each with its own
   :class:`Layout` (where a stage's output lies) and observer (what is tracked);
 - the ablation cache keys a stage by its params, its code (:func:`code_digest`) and the keys of the
@@ -288,18 +288,42 @@ def code_files(module: str) -> tuple[Path, ...]:
     return tuple(sorted(seen))
 
 
+def _package_data(path: Path) -> tuple[str, ...]:
+    """The folders under ``lsmia/`` that the module at ``path`` reads at run time: its top-level
+    ``PACKAGE_DATA = ("templates/report", ...)`` (string literals), empty without one."""
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "PACKAGE_DATA" for target in node.targets
+        ):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+@cache
+def data_folders(module: str) -> tuple[Path, ...]:
+    """The package-data folders of ``module`` and of every lsmia module it reaches through imports, sorted."""
+    return tuple(sorted({PACKAGE_ROOT / folder for path in code_files(module) for folder in _package_data(path)}))
+
+
 def code_deps(stage_: Stage) -> list[str]:
-    """The stage's code files relative to the repository, as DVC lists them."""
-    return [path.relative_to(REPO_ROOT).as_posix() for path in code_files(stage_.module)]
+    """The stage's code files and package-data folders relative to the repository, as DVC lists them (a folder
+    as one dependency, so a template added to it re-runs the stage too)."""
+    found = sorted([*code_files(stage_.module), *data_folders(stage_.module)])
+    return [path.relative_to(REPO_ROOT).as_posix() for path in found]
 
 
 def code_digest(stage_: Stage) -> str:
     """A hash of the stage's code files, for cache keys: of their syntax trees without comments and docstrings,
-    so an edit of the prose around the code keeps hours of cached models while any edit of the code drops them."""
+    so an edit of the prose around the code keeps hours of cached models while any edit of the code drops them;
+    and of every file in its package-data folders, byte for byte."""
     digest = hashlib.sha256()
     for path in code_files(stage_.module):
         digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
         digest.update(_code_only(path.read_bytes()).encode())
+    for folder in data_folders(stage_.module):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -5,25 +5,31 @@ data URI (each embedded image links to its file), so the HTML file works on its 
 mailed or uploaded, and the folder serves the PNGs for slides. The folder is built in a
 temporary directory beside ``out_dir`` and swapped in at the end: an interrupted run leaves
 the previous report untouched.
+
+The markup is in Jinja2 templates (``lsmia/templates/report/``, package data): this module computes the numbers,
+tables and figures and hands them to the templates as plain values, which the templates escape; only HTML
+rendered here on purpose (a section's body, an image's data URI) is passed as :class:`Markup`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import itertools
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import torch
+from markupsafe import Markup
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
@@ -73,22 +79,6 @@ METRICS: dict[str, tuple[str, str]] = {
     "train_seconds": ("training time [s]", ""),
     "evaluate_seconds": ("evaluation time [s]", ""),
 }
-
-EFFECT_NOTE = (
-    "Paired by seed: each seed's smoothed target shares data, initialisation seed and attack randomness with the "
-    "hard-label target of the same seed. Mean over seeds ± half-width of the 95 % t-interval. The paper's claims: "
-    "alpha > 0 raises attack acc@1; negative alpha cuts it to at most half at a test-accuracy cost of at most "
-    "5 points."
-)
-
-READING_NOTE = (
-    "Each row of a table is one metric; each alpha column gives the mean over seeds ± the half-width of "
-    "the 95 % t-interval (— with a single seed). Higher attack acc@1/@5, ξ, precision/density/coverage and "
-    "attribute accuracy mean <b>more</b> leakage of the private identities; higher δ_eval and FID mean "
-    "<b>less</b> (the reconstructions lie farther from the real training images). Positive alpha is label "
-    "smoothing, negative alpha negative label smoothing, alpha = 0 hard labels."
-)
-
 
 # --------------------------------------------------------------------------- metrics
 
@@ -350,7 +340,7 @@ DIAGNOSTICS_CAPTION = (
     "the target's confidence in the attacked class on the step's cropped images, and the cosine similarity "
     "between a latent's gradient and its gradient one step earlier. The paper explains negative label "
     "smoothing's protection by unstable gradient directions during the attack (its Fig. 6b): it predicts a "
-    "lower gradient similarity for alpha &lt; 0 than for alpha ≥ 0."
+    "lower gradient similarity for alpha < 0 than for alpha ≥ 0."
 )
 
 
@@ -401,11 +391,80 @@ def diagnostics_figure(curves: dict[float, dict[str, np.ndarray]], path: Path) -
 
 # --------------------------------------------------------------------------- html
 
+# Package data the report reads at run time, under lsmia/. lsmia.graph reads this tuple from the source: the
+# templates are the report stage's code (dvc.yaml lists them), so editing one re-runs the report.
+PACKAGE_DATA = ("templates/report",)
+
+
+@cache
+def templates() -> jinja2.Environment:
+    """The report's Jinja2 templates: every value escaped unless passed as :class:`Markup`, an undefined name an
+    error rather than an empty string."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("lsmia", PACKAGE_DATA[0]),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **context: Any) -> Markup:
+    """``template`` rendered with ``context``: HTML, to be placed into another template as it is."""
+    return Markup(templates().get_template(template).render(**context))
+
+
+def macro(name: str, *args: Any) -> Markup:
+    """A macro of ``macros.html.j2`` (a missing note, a figure, a section) called from Python."""
+    return Markup(getattr(templates().get_template("macros.html.j2").module, name)(*args))
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the page: its rendered body and, unless None, the heading it starts with (an ``<h2>`` with the
+    anchor that the contents link to)."""
+
+    body: Markup
+    heading: str | None = None
+    anchor: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of strings; each row's first cell is its header."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A ``mean ± interval`` cell, with its number of seeds beside it unless ``n`` is None."""
+
+    text: str
+    n: int | None = None
+
+
+@dataclass(frozen=True)
+class FigureView:
+    """A figure as the page shows it: the PNG as a data URI, linking to its file beside ``index.html``."""
+
+    href: str
+    src: Markup  # data:image/png;base64,...: nothing in it to escape, so the long string is not scanned
+    alt: str
+    caption: str
+    width: int | None = None
+
 
 def _fmt(value: float) -> str:
     if not math.isfinite(value):
         return "—"
     return f"{value:.4g}"
+
+
+def _number(value: Any) -> str:
+    return _fmt(float(value)) if _is_number(value) else "—"
 
 
 def format_mean_ci(mean: float, ci: float) -> str:
@@ -422,107 +481,80 @@ def _label(key: str) -> str:
     return METRICS[key][0] if key in METRICS else key
 
 
-def summary_table(summaries: list[dict[str, Any]], keys: list[str]) -> str:
-    head = "".join(f"<th>α = {s['alpha']:g}<br><small>n = {len(s['seeds'])}</small></th>" for s in summaries)
-    body = []
-    for key in keys:
-        cells = "".join(f"<td>{_summary_cell(s, key)}</td>" for s in summaries)
-        direction = METRICS.get(key, ("", ""))[1]
-        body.append(
-            f"<tr><th title='{html.escape(key)}'>{html.escape(_label(key))}<br><code>{html.escape(key)}</code>"
-            f"</th><td class='dir'>{direction}</td>{cells}</tr>"
-        )
-    return (
-        f"<div class='scroll'><table class='summary'><thead><tr><th>metric</th><th>higher =</th>{head}</tr>"
-        f"</thead><tbody>{''.join(body)}</tbody></table></div>"
-    )
+def missing_section(heading: str | None, what: str) -> Section:
+    return Section(macro("missing", what), heading)
 
 
-def _summary_cell(summary: dict[str, Any], key: str) -> str:
+def summary_table(summaries: list[dict[str, Any]], keys: list[str]) -> Markup:
+    columns = [(f"{s['alpha']:g}", len(s["seeds"])) for s in summaries]
+    rows = [
+        (key, _label(key), METRICS.get(key, ("", ""))[1], [_summary_cell(s, key) for s in summaries]) for key in keys
+    ]
+    return render("summary_table.html.j2", columns=columns, rows=rows)
+
+
+def _summary_cell(summary: dict[str, Any], key: str) -> Stat | None:
     stat = summary["metrics"].get(key)
     if stat is None:
-        return "<span class='na'>n/a</span>"
-    n = f" <small>(n = {stat['n']})</small>" if stat["n"] != len(summary["seeds"]) else ""
-    return f"{format_mean_ci(stat['mean'], stat['ci95'])}{n}"
+        return None
+    return Stat(format_mean_ci(stat["mean"], stat["ci95"]), stat["n"] if stat["n"] != len(summary["seeds"]) else None)
 
 
-def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> Markup:
     """One row per metric, one column per run (alpha, seed): tall rather than wide, so it fits the page."""
-    head = "".join(f"<th>α = {row['alpha']:g}<br><small>seed {row['seed']}</small></th>" for row in rows)
-    body = []
-    for key in keys:
-        cells = "".join(f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for row in rows)
-        body.append(f"<tr><th title='{html.escape(_label(key))}'>{html.escape(key)}</th>{cells}</tr>")
-    return (
-        f"<div class='scroll'><table class='raw'><thead><tr><th>metric</th>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
+    columns = [(f"{row['alpha']:g}", row["seed"]) for row in rows]
+    body = [(key, _label(key), [_number(row.get(key)) for row in rows]) for key in keys]
+    return render("raw_table.html.j2", columns=columns, rows=body)
 
 
-def _effect_cell(stat: dict[str, Any]) -> str:
-    return format_mean_ci(stat["mean"], stat["ci95"]) + (f" <small>(n = {stat['n']})</small>" if stat["n"] else "")
+EFFECT_KEYS = ("acc1_gain", "acc1_ratio", "test_acc_cost", "delta_eval_gain")  # the table's columns, in order
 
 
-def effect_table(rows: list[dict[str, Any]]) -> str:
+def _effect_cell(stat: dict[str, Any]) -> Stat:
+    return Stat(format_mean_ci(stat["mean"], stat["ci95"]), stat["n"] or None)
+
+
+def effect_table(rows: list[dict[str, Any]]) -> Markup:
     """The paper's claims per alpha, paired by seed against alpha = 0 (lsmia.stats.effects)."""
     found = effects(rows) if any(row["alpha"] == 0.0 for row in rows) else []
     if not found:
-        return _missing("no alpha = 0 run to compare with")
-    body = "".join(
-        f"<tr><th>α = {e['alpha']:g}</th><td>{_effect_cell(e['acc1_gain'])}</td><td>{_effect_cell(e['acc1_ratio'])}</td>"
-        f"<td>{_effect_cell(e['test_acc_cost'])}</td><td>{_effect_cell(e['delta_eval_gain'])}</td>"
-        f"<td>{verdict(e)}</td></tr>"
-        for e in found
-    )
-    return (
-        "<div class='scroll'><table class='summary'><thead><tr><th></th><th>acc@1 − acc@1(α=0)</th>"
-        "<th>acc@1 / acc@1(α=0)</th><th>test-accuracy cost</th><th>δ_eval − δ_eval(α=0)</th><th>paper's claim</th>"
-        f"</tr></thead><tbody>{body}</tbody></table></div><p class='caption'>{EFFECT_NOTE}</p>"
-    )
+        return macro("missing", "no alpha = 0 run to compare with")
+    table = [(f"{e['alpha']:g}", [_effect_cell(e[key]) for key in EFFECT_KEYS], verdict(e)) for e in found]
+    return render("effect_table.html.j2", rows=table)
 
 
 VERDICT_HEADING = "The verdict: PPA as published against an attacker who knows the defense"
 
 
-def verdict_html(ablation_files: Sequence[Path]) -> str:
+def verdict_section(ablation_files: Sequence[Path]) -> Section | None:
     """The verdict tables (``lsmia verdict``: verdict.json beside an included ablation's results), first in the
-    report; empty when no included ablation has one."""
+    report; None when no included ablation has one."""
     from lsmia import verdict as verdicts
 
-    blocks = []
+    found = []
     for path in ablation_files:
         source = _results_json(path).with_name("verdict.json")
         if source.is_file():
             rows = load_json(source, what="verdict", keys=("rows",), fix="re-run 'lsmia verdict'")["rows"]
-            blocks.append(
-                f"<h3>{html.escape(source.parent.name)}</h3>" + html_table(verdicts.COLUMNS, verdicts.table_rows(rows))
-            )
-    if not blocks:
-        return ""
-    return f"<h2>{VERDICT_HEADING}</h2>" + "".join(blocks) + f"<p class='caption'>{html.escape(verdicts.NOTE)}</p>"
+            found.append((source.parent.name, Table(verdicts.COLUMNS, verdicts.table_rows(rows))))
+    if not found:
+        return None
+    return Section(render("verdict.html.j2", tables=found, note=verdicts.NOTE), VERDICT_HEADING)
 
 
-def ablations_html(ablation_files: Sequence[Path]) -> str:
-    """The measured ablations (``lsmia ablate``): each plan's tables as HTML, from the ``results.json`` beside the
-    ``results.md`` named."""
-    blocks = [ablation_html(path) for path in ablation_files]
-    return (
-        "<h2>Measured ablations</h2>"
-        + claims_html(ablation_files)
-        + (
-            "".join(blocks)
-            or _missing(
-                "none included: run 'lsmia ablate configs/ablations.yaml', then 'lsmia report --ablation out/ablations/factors/results.md'"
-            )
-        )
+def verdict_html(ablation_files: Sequence[Path]) -> Markup:
+    """:func:`verdict_section` as HTML; empty without one."""
+    section = verdict_section(ablation_files)
+    return macro("section", section) if section else Markup("")
+
+
+def ablations_section(ablation_files: Sequence[Path]) -> Section:
+    """The measured ablations (``lsmia ablate``): the paper's claims across them, then each plan's tables, from the
+    ``results.json`` beside the ``results.md`` named."""
+    body = render(
+        "ablations.html.j2", claims=claims_table(ablation_files), plans=[ablation_plan(p) for p in ablation_files]
     )
-
-
-CLAIMS_NOTE = (
-    "Every cell of the ablations below (plan/variant at one α, paired by seed against α = 0 of the same "
-    "variant), checked against the paper's claims: how many were measured, where a claim holds, and the cell "
-    "that comes closest. A cell measured on one seed has no interval, so it cannot hold an interval claim."
-)
+    return Section(body, "Measured ablations")
 
 
 RESULTS_KEYS = ("variants", "rows")  # what 'lsmia ablate' writes into results.json
@@ -533,8 +565,8 @@ def _results_json(results_file: Path) -> Path:
     return results_file if results_file.suffix == ".json" else results_file.with_name("results.json")
 
 
-def claims_html(ablation_files: Sequence[Path]) -> str:
-    """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); empty without any."""
+def claims_table(ablation_files: Sequence[Path]) -> Table | None:
+    """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); None without any."""
     plans = {
         path.parent.name: load_json(_results_json(path), what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)[
             "variants"
@@ -542,46 +574,49 @@ def claims_html(ablation_files: Sequence[Path]) -> str:
         for path in ablation_files
         if _results_json(path).is_file()
     }
-    if not plans:
-        return ""
-    return (
-        "<h3>Does the paper's effect appear anywhere?</h3>"
-        + html_table(tables.CLAIM_COLUMNS, tables.claim_rows(plans))
-        + f"<p class='caption'>{html.escape(CLAIMS_NOTE)}</p>"
-    )
+    return Table(tables.CLAIM_COLUMNS, tables.claim_rows(plans)) if plans else None
 
 
-def ablation_html(results_file: Path) -> str:
-    """One plan's paired-effect table and per-variant summary table, with its variants and seeds, from its
+@dataclass(frozen=True)
+class AblationPlan:
+    """One plan of ``lsmia ablate`` as the report shows it; ``missing`` says why there is nothing else."""
+
+    name: str
+    missing: str = ""
+    variants: list[tuple[str, str]] = field(default_factory=list)  # (name, its overrides in words)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def ablation_plan(results_file: Path) -> AblationPlan:
+    """One plan's paired-effect and per-variant summary tables, with its variants and seeds, from its
     ``results.json`` (``results_file`` itself, or the one beside the ``results.md`` named)."""
-    name = results_file.parent.name
-    heading = f"<h3>{html.escape(name)}</h3>"
-    results = _results_json(results_file)
+    name, results = results_file.parent.name, _results_json(results_file)
     if not results.is_file():
-        return heading + _missing(f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
+        return AblationPlan(name, f"no {results} beside {results_file.name}: re-run 'lsmia ablate' for plan {name}")
     record = load_json(results, what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)
     variants = dict(sorted(record["variants"].items(), key=lambda item: item[0] != "baseline"))
-    overrides = "; ".join(
-        f"<b>{html.escape(v)}</b>: "
-        + (
-            html.escape(", ".join(f"{key} = {value}" for key, value in spec.get("overrides", {}).items()))
-            or "the default settings"
-        )
-        for v, spec in variants.items()
-    )
+    overrides = [(v, _overrides(spec.get("overrides", {}))) for v, spec in variants.items()]
     seeds = sorted({int(row["seed"]) for row in record.get("rows", [])})
-    return (
-        heading
-        + f"<p class='caption'>Variants — {overrides}.</p>"
-        + html_table(tables.EFFECT_COLUMNS, tables.effect_rows(variants))
-        + html_table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants))
-        + f"<p class='caption'>{html.escape(tables.seeds_note(seeds))}</p>"
-        + (
-            f"<p class='caption'>{html.escape(note)}</p>"
-            if (note := tables.missing_note(record.get("missing", [])))
-            else ""
-        )
+    notes = [tables.seeds_note(seeds), tables.missing_note(record.get("missing", []))]
+    return AblationPlan(
+        name,
+        variants=overrides,
+        tables=[
+            Table(tables.EFFECT_COLUMNS, tables.effect_rows(variants)),
+            Table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants)),
+        ],
+        notes=[note for note in notes if note],
     )
+
+
+def _overrides(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{key} = {value}" for key, value in overrides.items()) or "the default settings"
+
+
+def ablation_html(results_file: Path) -> Markup:
+    """:func:`ablation_plan` as HTML."""
+    return render("ablation.html.j2", plan=ablation_plan(results_file))
 
 
 DEFENSES_HEADING = "Defenses at equal accuracy"
@@ -593,22 +628,36 @@ DEFENSES_CAPTION = (
     "Test accuracy against attack acc@1, each model against its strongest attack loss (95 % intervals over seeds); "
     "steps: each defense's Pareto front with the undefended model (black star) as strength 0; hollow: off the front."
 )
-DEFENSES_NOTE = (
-    "At each test accuracy, each defense's model of lowest attack acc@1 among those that keep at least that "
-    "accuracy (no interpolation between models): attack acc@1, δ_eval and ξ under its strongest attack, mean ± "
-    "half-width of the 95 % t-interval over seeds."
-)
 
 
-def defenses_html(source: Path, folder: Path) -> str:
+def defenses_section(source: Path, folder: Path) -> Section:
     """The equal-accuracy comparison of defenses (lsmia.defenses.compare): the fronts figure and the worst-case
     table, from ``compare.json`` (its ``fronts.png`` beside it) or, without one, computed from the ablation's
     ``results.json`` beside it; absent: how to produce it."""
-    heading = f"<h2>{DEFENSES_HEADING}</h2>"
     source = Path(source)
     compare_file = source if source.name != "results.json" else source.with_name("compare.json")
     results_file = source if source.name == "results.json" else source.with_name("results.json")
     figure = folder / "defenses_fronts.png"
+    record = _defense_record(compare_file, results_file, figure)
+    if record is None:
+        return missing_section(DEFENSES_HEADING, DEFENSES_HOWTO.format(path=source))
+    rows = defense_comparison.table_cells(record["table"])
+    body = render(
+        "defenses.html.j2",
+        source=str(compare_file if compare_file.is_file() else results_file),
+        compare_file=str(compare_file),
+        figure=figure_view(folder, FigureFile(figure.name, DEFENSES_HEADING, DEFENSES_CAPTION))
+        if figure.is_file()
+        else None,
+        table=Table(defense_comparison.TABLE_COLUMNS, rows) if rows else None,
+        winners=defense_comparison.winner_lines(record["winners"]),
+    )
+    return Section(body, DEFENSES_HEADING)
+
+
+def _defense_record(compare_file: Path, results_file: Path, figure: Path) -> dict[str, Any] | None:
+    """The comparison from ``compare_file`` (its fronts.png copied to ``figure``, or drawn from ``results_file``)
+    or computed from ``results_file`` (drawn to ``figure``); None without either file."""
     if compare_file.is_file():
         record = load_json(compare_file, what="defense comparison")
         if not isinstance(record, dict) or not {"table", "winners"} <= record.keys():
@@ -617,66 +666,36 @@ def defenses_html(source: Path, folder: Path) -> str:
         if drawn.is_file():
             shutil.copyfile(drawn, figure)
         elif results_file.is_file():
-            levels = record.get("levels")
-            defense_comparison.plot_fronts(
-                defense_comparison.compare(defense_comparison.load_results(results_file), levels), figure
-            )
-    elif results_file.is_file():
+            comparison = defense_comparison.compare(defense_comparison.load_results(results_file), record.get("levels"))
+            defense_comparison.plot_fronts(comparison, figure)
+        return record
+    if results_file.is_file():
         comparison = defense_comparison.compare(defense_comparison.load_results(results_file))
-        record = defense_comparison.to_json(comparison, str(results_file))
         defense_comparison.plot_fronts(comparison, figure)
-    else:
-        return heading + _missing(DEFENSES_HOWTO.format(path=source))
-    read = compare_file if compare_file.is_file() else results_file
-    parts = [heading, f"<p class='caption'>From {html.escape(str(read))}.</p>"]
-    if figure.is_file():
-        parts.append(figure_html(folder, FigureFile(figure.name, DEFENSES_HEADING, DEFENSES_CAPTION)))
-    else:
-        parts.append(_missing(f"no fronts.png beside {compare_file}: re-run 'lsmia compare-defenses'"))
-    rows = defense_comparison.table_cells(record["table"])
-    parts.append(
-        html_table(defense_comparison.TABLE_COLUMNS, rows)
-        if rows
-        else _missing("no test accuracy that two defenses keep: re-run 'lsmia compare-defenses' with --levels")
-    )
-    parts.append(f"<p class='caption'>{html.escape(DEFENSES_NOTE)}</p>")
-    winners = defense_comparison.winner_lines(record["winners"])
-    if winners:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in winners) + "</ul>")
-    return "".join(parts)
+        return defense_comparison.to_json(comparison, str(results_file))
+    return None
 
 
-def html_table(columns: Sequence[str], rows: list[list[str]]) -> str:
-    """A table in a horizontally scrolling box: the page never grows wider than its text."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(_row_html(row) for row in rows)
-    return (
-        f"<div class='scroll'><table class='summary'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-    )
+def defenses_html(source: Path, folder: Path) -> Markup:
+    """:func:`defenses_section` as HTML."""
+    return macro("section", defenses_section(source, folder))
 
 
-def _row_html(cells: list[str]) -> str:
-    """The first cell as the row's header, the rest as data."""
-    first, *rest = cells
-    return f"<tr><th>{html.escape(first)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in rest) + "</tr>"
+def _data_uri(path: Path) -> Markup:
+    return Markup("data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"))
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def figure_view(folder: Path, figure: FigureFile, width: int | None = None) -> FigureView:
+    """The PNG ``figure.name`` in ``folder``, to be embedded as a data URI linking to its file."""
+    return FigureView(figure.name, _data_uri(folder / figure.name), figure.title, figure.caption, width)
 
 
-def figure_html(folder: Path, figure: FigureFile, width: int | None = None) -> str:
-    """The PNG embedded as a data URI, linking to its file in the report folder."""
-    name = html.escape(figure.name)
-    caption = f"<figcaption>{figure.caption}</figcaption>" if figure.caption else ""
-    size = f" style='width:{width}px;max-width:100%'" if width else ""
-    return (
-        f"<figure><a href='{name}'><img src='{_data_uri(folder / figure.name)}' alt='{html.escape(figure.title)}'"
-        f"{size}></a>{caption}</figure>"
-    )
+def figure_section(heading: str, folder: Path, figure: FigureFile) -> Section:
+    return Section(macro("figure", figure_view(folder, figure)), heading)
 
 
-def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str:
+def header_section(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> Section:
+    """The study at a glance, and whether it is a smoke-scale run (fewer than 3 seeds or 200 identities)."""
     alphas = sorted({row["alpha"] for row in rows})
     seeds = sorted({row["seed"] for row in rows})
     targets = sorted({int(row["num_targets"]) for row in rows if _is_number(row.get("num_targets"))})
@@ -693,54 +712,22 @@ def header_html(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> str
         ("seeds", f"{', '.join(map(str, seeds))} ({len(seeds)})"),
         ("runs (alpha × seed)", len(rows)),
     ]
-    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    scale = ""
-    if len(seeds) < 3 or int(data_summary.get("num_classes", 0) or 0) < 200:
-        scale = (
-            "<p class='note'><b>This study is a smoke-scale run</b> (its identities, seeds and epochs are chosen to "
-            "finish in minutes on a CPU): it shows that the pipeline works, not the paper's effect. The verdict on "
-            "the paper's claims is the verdict table and the measured ablations below.</p>"
-        )
-    return f"{scale}<table class='facts'>{items}</table><p class='note'>{READING_NOTE}</p>"
+    smoke = len(seeds) < 3 or int(data_summary.get("num_classes", 0) or 0) < 200
+    return Section(render("header.html.j2", facts=[(k, str(v)) for k, v in facts], smoke=smoke))
 
 
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1180px;color:#222;
-line-height:1.45;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f6f6f6}table.facts th,table.summary tbody th,table.summary thead th:nth-child(-n+2){text-align:left}
-table.summary td,table.raw td{white-space:nowrap}
-table.summary code{color:#888;font-size:11px}td.dir{color:#666;font-size:12px;text-align:left}
-.na{color:#aaa}.scroll{overflow-x:auto;margin:.6em 0}table.raw tbody th,table.raw thead th:first-child{text-align:left}
-.note{background:#f4f8fb;border-left:4px solid #4a90c2;padding:.6em 1em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:13px}
-.missing{color:#a33}.caption{color:#555;font-size:13px;margin-top:0}
-.recon{display:flex;flex-wrap:wrap;gap:0 18px}.recon figure{margin:.4em 0}
-.recon img{image-rendering:pixelated}h3{margin-bottom:.3em}
-.toc{background:#fafafa;border:1px solid #eee;padding:.4em 1em;font-size:14px}.toc ol{margin:.3em 0;columns:2}
-"""
+@dataclass(frozen=True)
+class Provenance:
+    """Where the numbers come from."""
+
+    built: str  # date and time, UTC
+    commit: str  # short hash, and whether the working tree had uncommitted changes
+    params_digest: str  # sha256 of params.yaml, first 12 hex digits
+    machine: str
 
 
-def with_contents(body: str) -> str:
-    """``body`` with an id on every section heading (h2) and a table of contents before the first."""
-    headings: list[str] = []
-
-    def anchor(match: re.Match[str]) -> str:
-        headings.append(match[1])
-        return f"<a id='s{len(headings)}'></a>{match[0]}"
-
-    body = re.sub(r"<h2>(.*?)</h2>", anchor, body)
-    if not headings:
-        return body
-    items = "".join(f"<li><a href='#s{i}'>{text}</a></li>" for i, text in enumerate(headings, 1))
-    toc = f"<nav class='toc'><b>Contents</b><ol>{items}</ol></nav>"
-    first = body.index("<a id='s1'></a>")
-    return body[:first] + toc + body[first:]
-
-
-def provenance_html() -> str:
-    """Where the numbers come from: commit, params digest, date, machine."""
+def provenance() -> Provenance:
+    """The commit, params digest, date and machine of this build."""
     import datetime
     import hashlib
     import platform
@@ -753,30 +740,28 @@ def provenance_html() -> str:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     params = REPO_ROOT / "params.yaml"
-    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.is_file() else "none"
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    built = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f"<p class='caption'>Built {html.escape(built)} from commit {html.escape(commit + dirty)}, params.yaml "
-        f"sha256 {html.escape(digest)}, on {html.escape(machine)}.</p>"
+    return Provenance(
+        built=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=commit + dirty,
+        params_digest=hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.is_file() else "none",
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     )
 
 
-def page_html(title: str, parts: list[str]) -> str:
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{provenance_html()}{with_contents(''.join(parts))}</body></html>\n"
+def page_html(title: str, sections: list[Section]) -> str:
+    """The whole page: each section with a heading gets an anchor (s1, s2, ...) and an entry in the contents,
+    which come before the first of them."""
+    count = itertools.count(1)
+    anchored = [replace(s, anchor=f"s{next(count)}") if s.heading is not None else s for s in sections]
+    first = next((i for i, s in enumerate(anchored) if s.heading is not None), len(anchored))
+    return render(
+        "report.html.j2", title=title, provenance=provenance(), intro=anchored[:first], sections=anchored[first:]
     )
 
 
 # --------------------------------------------------------------------------- assembly
 
 
-RECON_CAPTION = (
-    "left: real training images, right: reconstructions, best first (one row per attacked identity); "
-    "a green frame: the evaluation model classifies the reconstruction as its identity, red: it does not"
-)
 RECON_WIDTH = 560  # px: small grids are enlarged by a whole factor up to about this width, pixels kept sharp
 
 
@@ -788,7 +773,10 @@ def png_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def judging_inputs(paths: StudyPaths, device: torch.device) -> tuple[FaceData, torch.nn.Module] | None:
+Judge = tuple[FaceData, torch.nn.Module] | None  # the data and evaluation model that judge reconstructions
+
+
+def judging_inputs(paths: StudyPaths, device: torch.device) -> Judge:
     """The data and the evaluation model that judge each reconstruction; None when either is missing."""
     eval_file = paths.eval_dir / "model.pt"
     if not paths.data_file.is_file() or not eval_file.is_file():
@@ -805,41 +793,42 @@ def write_judged_grid(judge: tuple[FaceData, torch.nn.Module], attack_file: Path
     save_judged_grid(data, result, correct, out)
 
 
-def reconstructions_html(
+def reconstructions_section(
     paths: StudyPaths, rows: list[dict[str, Any]], folder: Path, device: torch.device | None = None
-) -> str:
+) -> Section:
     """Per alpha, every seed's reconstruction grid in ``folder``, judged by the evaluation model where it and the
     attack result exist (else the attack stage's grid); a note lists the runs without one."""
     blocks, missing = [], []
     judge = judging_inputs(paths, device or torch.device("cpu"))
     for alpha in sorted({row["alpha"] for row in rows}):
         figures = []
-        for row in (r for r in rows if r["alpha"] == alpha):
-            source = paths.attack_dir(alpha, row["seed"]) / "reconstructions.png"
-            if not source.exists():
-                missing.append(f"alpha {alpha:g}, seed {row['seed']}")
-                continue
-            name = f"reconstructions_alpha{alpha:g}_seed{row['seed']}.png"
-            attack_file = source.with_name("attack.pt")
-            if judge is not None and attack_file.is_file():
-                write_judged_grid(judge, attack_file, folder / name)
+        for seed in (r["seed"] for r in rows if r["alpha"] == alpha):
+            figure = reconstruction_figure(paths, judge, alpha, seed, folder)
+            if figure is None:
+                missing.append(f"alpha {alpha:g}, seed {seed}")
             else:
-                shutil.copyfile(source, folder / name)
-            width = png_size(folder / name)[0]
-            figures.append(
-                figure_html(
-                    folder,
-                    FigureFile(name, f"reconstructions alpha {alpha:g} seed {row['seed']}", f"seed {row['seed']}"),
-                    width=width * max(1, RECON_WIDTH // width),
-                )
-            )
+                figures.append(figure)
         if figures:
-            blocks.append(
-                f"<h3>α = {alpha:g}</h3><div class='recon'>{''.join(figures)}</div>"
-                f"<p class='caption'>α = {alpha:g}: {RECON_CAPTION}</p>"
-            )
-    note = _missing("no reconstruction grid for: " + "; ".join(missing)) if missing else ""
-    return "<h2>Reconstructions per alpha</h2>" + note + "".join(blocks)
+            blocks.append((f"{alpha:g}", figures))
+    note = "no reconstruction grid for: " + "; ".join(missing) if missing else ""
+    return Section(render("reconstructions.html.j2", missing=note, blocks=blocks), "Reconstructions per alpha")
+
+
+def reconstruction_figure(paths: StudyPaths, judge: Judge, alpha: float, seed: int, folder: Path) -> FigureView | None:
+    """One run's grid written into ``folder`` (judged where its attack result exists), shown enlarged by a whole
+    factor; None without the attack stage's grid."""
+    source = paths.attack_dir(alpha, seed) / "reconstructions.png"
+    if not source.exists():
+        return None
+    name = f"reconstructions_alpha{alpha:g}_seed{seed}.png"
+    attack_file = source.with_name("attack.pt")
+    if judge is not None and attack_file.is_file():
+        write_judged_grid(judge, attack_file, folder / name)
+    else:
+        shutil.copyfile(source, folder / name)
+    width = png_size(folder / name)[0]
+    figure = FigureFile(name, f"reconstructions alpha {alpha:g} seed {seed}", f"seed {seed}")
+    return figure_view(folder, figure, width=width * max(1, RECON_WIDTH // width))
 
 
 TOY_COLUMNS = (
@@ -848,46 +837,78 @@ TOY_COLUMNS = (
     ("grad_cosine", "consecutive-gradient cosine"),
     ("vanished_steps", "steps with zero gradient"),
 )
+TOY_CAPTION = (
+    "Three Gaussian blobs, one small MLP per alpha trained with lsmia's smoothing loss, and a gradient "
+    "attack on the 2-D input from one fixed start towards the top class."
+)
 
 
-def toy_html(toy_dir: Path, folder: Path) -> str:
+def toy_section(toy_dir: Path, folder: Path) -> Section:
     """The paper's 2-D toy (``lsmia toy``): its figure and, per alpha, where the attack ended."""
     heading = "The paper's 2-D toy"
     record, figure = toy_dir / "toy.json", toy_dir / "toy.png"
     if not record.is_file() or not figure.is_file():
-        return f"<h2>{heading}</h2>" + _missing(f"no toy results in {toy_dir}: run 'lsmia toy' (or dvc repro toy)")
+        return missing_section(heading, f"no toy results in {toy_dir}: run 'lsmia toy' (or dvc repro toy)")
     shutil.copyfile(figure, folder / "toy.png")
     rows = load_json(record, what="toy results", keys=("rows",), fix="re-run 'lsmia toy'")["rows"]
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TOY_COLUMNS)
-    body = "".join(
-        f"<tr><th>{row['alpha']:+g}</th>"
-        + "".join(f"<td>{_fmt(float(row[key])) if _is_number(row.get(key)) else '—'}</td>" for key, _ in TOY_COLUMNS)
-        + "</tr>"
-        for row in rows
+    table = Table(
+        ("α", *(label for _, label in TOY_COLUMNS)),
+        [[f"{row['alpha']:+g}", *(_number(row.get(key)) for key, _ in TOY_COLUMNS)] for row in rows],
     )
-    caption = (
-        "Three Gaussian blobs, one small MLP per alpha trained with lsmia's smoothing loss, and a gradient "
-        "attack on the 2-D input from one fixed start towards the top class."
-    )
-    return (
-        _section(heading, folder, [FigureFile("toy.png", heading, caption)])
-        + f"<table><thead><tr><th>α</th>{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
+    view = figure_view(folder, FigureFile("toy.png", heading, TOY_CAPTION))
+    return Section(render("toy.html.j2", figure=view, table=table), heading)
 
 
-def _section(title: str, folder: Path, figures: list[FigureFile]) -> str:
-    return f"<h2>{html.escape(title)}</h2>" + "".join(figure_html(folder, fig) for fig in figures)
-
-
-def diagnostics_html(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path) -> str:
+def diagnostics_section(paths: StudyPaths, rows: list[dict[str, Any]], folder: Path) -> Section:
     heading = "Attack diagnostics per step"
     if diagnostics_figure(diagnostic_curves(paths, rows), folder / "diagnostics.png"):
-        return _section(heading, folder, [FigureFile("diagnostics.png", heading, DIAGNOSTICS_CAPTION)])
-    return f"<h2>{heading}</h2>" + _missing("no attack recorded per-step diagnostics: re-run 'lsmia attack'")
+        return figure_section(heading, folder, FigureFile("diagnostics.png", heading, DIAGNOSTICS_CAPTION))
+    return missing_section(heading, "no attack recorded per-step diagnostics: re-run 'lsmia attack'")
 
 
-def _missing(what: str) -> str:
-    return f"<p class='missing'>{html.escape(what)}</p>"
+def figure_sections(
+    paths: StudyPaths, rows: list[dict[str, Any]], summaries: list[dict[str, Any]], folder: Path, device: torch.device
+) -> list[Section]:
+    """The figures over alpha, the output distributions and the attack diagnostics; each names what it lacks."""
+    plots = [
+        (
+            "Accuracy and attack accuracy",
+            "accuracy.png",
+            lambda p: plot_accuracy(rows, summaries, p),
+            "Error bars: 95 % t-interval over seeds; faint points: single seeds.",
+            "no metrics for this figure",
+        ),
+        (
+            "Leakage metrics",
+            "leakage.png",
+            lambda p: plot_leakage(rows, summaries, p),
+            "Small multiples over alpha; attribute accuracy (built-in data only) with its chance line.",
+            "no metrics for this figure",
+        ),
+        (
+            "Accuracy–privacy trade-off",
+            "tradeoff.png",
+            lambda p: plot_tradeoff(rows, p),
+            "One point per (alpha, seed), labelled and coloured by alpha (blue: negative, red: positive).",
+            "no metrics for this figure",
+        ),
+        (
+            "Confidence and logit norm on the private test images",
+            "distributions.png",
+            lambda p: plot_distributions(private_test_outputs(paths, rows, device), p),
+            "Pooled over seeds; line in each violin: median.",
+            f"no target models or no data file {paths.data_file}",
+        ),
+    ]
+    sections = []
+    for heading, name, plot, caption, lacking in plots:
+        drawn = plot(folder / name)
+        sections.append(
+            figure_section(heading, folder, FigureFile(name, heading, caption))
+            if drawn
+            else missing_section(heading, lacking)
+        )
+    return [*sections, diagnostics_section(paths, rows, folder)]
 
 
 def build_report(
@@ -902,63 +923,29 @@ def build_report(
     """Write every figure and ``index.html`` into ``folder`` (an empty directory); the defenses section from
     ``defenses_file`` (default: ``<out>/ablations/defenses/compare.json``)."""
     rows = collect_metrics(paths.metrics_dir, cells)
-    summaries = aggregate(rows)
-    keys = metric_keys(rows)
+    summaries, keys = aggregate(rows), metric_keys(rows)
     data_summary = load_json(paths.data_summary, keys=()) if paths.data_summary.exists() else {}
-    parts = [header_html(rows, data_summary), verdict_html(ablation_files)]
+    sections = [header_section(rows, data_summary)]
+    sections += [s for s in [verdict_section(ablation_files)] if s is not None]
     skipped = missing_cells(paths.metrics_dir, cells)
     if skipped:
         names = ", ".join(f"α = {a:g} seed {s}" for a, s in skipped)
-        parts.append(_missing(f"not evaluated yet, so not in this report: {names} (run 'dvc repro' or 'lsmia study')"))
-
-    plots = [
-        (
-            "Accuracy and attack accuracy",
-            "accuracy.png",
-            lambda p: plot_accuracy(rows, summaries, p),
-            "Error bars: 95 % t-interval over seeds; faint points: single seeds.",
-        ),
-        (
-            "Leakage metrics",
-            "leakage.png",
-            lambda p: plot_leakage(rows, summaries, p),
-            "Small multiples over alpha; attribute accuracy (built-in data only) with its chance line.",
-        ),
-        (
-            "Accuracy–privacy trade-off",
-            "tradeoff.png",
-            lambda p: plot_tradeoff(rows, p),
-            "One point per (alpha, seed), labelled and coloured by alpha (blue: negative, red: positive).",
-        ),
-    ]
-    for heading, name, plot, caption in plots:
-        if plot(folder / name):
-            parts.append(_section(heading, folder, [FigureFile(name, heading, caption)]))
-        else:
-            parts.append(f"<h2>{html.escape(heading)}</h2>" + _missing("no metrics for this figure"))
-
-    outputs = private_test_outputs(paths, rows, device)
-    heading = "Confidence and logit norm on the private test images"
-    if plot_distributions(outputs, folder / "distributions.png"):
-        parts.append(
-            _section(
-                heading,
-                folder,
-                [FigureFile("distributions.png", heading, "Pooled over seeds; line in each violin: median.")],
+        sections.append(
+            missing_section(
+                None, f"not evaluated yet, so not in this report: {names} (run 'dvc repro' or 'lsmia study')"
             )
         )
-    else:
-        parts.append(f"<h2>{heading}</h2>" + _missing(f"no target models or no data file {paths.data_file}"))
-    parts.append(diagnostics_html(paths, rows, folder))
-
-    parts.append(f"<h2>Metrics per alpha (mean ± 95 % CI over seeds)</h2>{summary_table(summaries, keys)}")
-    parts.append(f"<h2>The paper's effect, paired by seed</h2>{effect_table(rows)}")
-    parts.append(ablations_html(ablation_files))
-    parts.append(defenses_html(defenses_file or paths.ablation_dir("defenses") / "compare.json", folder))
-    parts.append(toy_html(paths.root / "toy", folder))
-    parts.append(reconstructions_html(paths, rows, folder, device))
-    parts.append(f"<h2>Raw metrics per run</h2>{raw_table(rows, keys)}")
-    (folder / "index.html").write_text(page_html(title, parts), encoding="utf-8")
+    sections += figure_sections(paths, rows, summaries, folder, device)
+    sections += [
+        Section(summary_table(summaries, keys), "Metrics per alpha (mean ± 95 % CI over seeds)"),
+        Section(effect_table(rows), "The paper's effect, paired by seed"),
+        ablations_section(ablation_files),
+        defenses_section(defenses_file or paths.ablation_dir("defenses") / "compare.json", folder),
+        toy_section(paths.root / "toy", folder),
+        reconstructions_section(paths, rows, folder, device),
+        Section(raw_table(rows, keys), "Raw metrics per run"),
+    ]
+    (folder / "index.html").write_text(page_html(title, sections), encoding="utf-8")
 
 
 def write_report(

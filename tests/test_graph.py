@@ -55,6 +55,22 @@ def test_code_deps_include_package_inits_and_function_level_imports():
     assert "lsmia/attack/ppa.py" in deps  # imported inside stage_attack, not at module level
 
 
+def test_the_report_s_templates_are_its_code(monkeypatch):
+    """The report's package data (PACKAGE_DATA in lsmia/report.py): one folder in its dvc.yaml deps, so a template
+    edited or added re-runs it, and in its code digest; no other stage reaches it."""
+    folder = "lsmia/templates/report"
+    assert folder in graph.code_deps(graph.stage("report"))
+    assert not any(folder in graph.code_deps(s) for s in graph.STAGES if s.name != "report")
+    template = graph.REPO_ROOT / folder / "macros.html.j2"
+    before = graph.code_digests()
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda self: real_read_bytes(self) + (b"<!-- -->" if self == template else b"")
+    )
+    after = graph.code_digests()
+    assert {name for name in before if before[name] != after[name]} == {"report"}
+
+
 def test_code_deps_leave_out_what_a_stage_never_runs():
     assert "lsmia/losses.py" not in graph.code_deps(graph.stage("data"))
     assert "lsmia/attack/ppa.py" not in graph.code_deps(graph.stage("target"))

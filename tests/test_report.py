@@ -152,7 +152,7 @@ def test_failed_rebuild_keeps_the_previous_report(tmp_path, monkeypatch):
 
 def test_effect_table_pairs_each_seed_with_hard_labels(built):
     _, index = built
-    section = index.read_text().split("<h2>The paper's effect, paired by seed", 1)[1].split("<h2>", 1)[0]
+    section = index.read_text().split("<h2>The paper&#39;s effect, paired by seed", 1)[1].split("<h2>", 1)[0]
     # fake_metrics: acc@1 = 0.6 + 2 alpha - 0.1 seed, so the paired gain at alpha = 0.1 is exactly +0.2 per seed
     assert "α = 0.1</th><td>0.2 ± 0 <small>(n = 2)</small>" in section
     assert "raises acc@1 (interval above 0)" in section
@@ -173,7 +173,7 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     page = report.write_report(
         paths, tmp_path / "report", torch.device("cpu"), ablation_files=[results, orphan]
     ).read_text()
-    section = page[page.index("<h2>Measured ablations") : page.index("<h2>The paper's 2-D toy")]
+    section = page[page.index("<h2>Measured ablations") : page.index("<h2>The paper&#39;s 2-D toy")]
     assert "<pre>" not in section and "raw markdown" not in section and "|" not in section
     # the paired effect at -0.05 and the summary row at 0, as in the committed results.md
     assert (
@@ -224,7 +224,7 @@ def test_a_partial_ablation_names_its_unfinished_cells(tmp_path):
 
 
 def defenses_section(page: str) -> str:
-    return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("<h2>The paper's 2-D toy")]
+    return page[page.index("<h2>Defenses at equal accuracy</h2>") : page.index("<h2>The paper&#39;s 2-D toy")]
 
 
 def test_defenses_section_says_how_to_produce_it_when_absent(built):
@@ -232,8 +232,8 @@ def test_defenses_section_says_how_to_produce_it_when_absent(built):
     section = defenses_section(index.read_text())
     expected = paths.ablation_dir("defenses") / "compare.json"
     assert f"no defense comparison at {expected}" in section
-    assert "run &#x27;lsmia ablate configs/defenses.yaml&#x27;" in section
-    assert "&#x27;lsmia compare-defenses out/ablations/defenses/results.json&#x27;" in section
+    assert "run &#39;lsmia ablate configs/defenses.yaml&#39;" in section
+    assert "&#39;lsmia compare-defenses out/ablations/defenses/results.json&#39;" in section
     assert "<table" not in section and "<img" not in section
 
 
@@ -332,3 +332,49 @@ def test_image_sizes_come_from_the_header(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"grid{suffix}"
     Image.new("RGB", (37, 21)).save(path)
     assert png_size(path) == (37, 21)
+
+
+def test_names_from_the_study_and_its_ablations_are_escaped(tmp_path: Path) -> None:
+    """A title, data source, plan or variant name and an override value are text: markup in one shows as text."""
+    paths = make_study(tmp_path / "out")
+    summary = json.loads(paths.data_summary.read_text())
+    save_json({**summary, "source": "<script>alert('source')</script>"}, paths.data_summary)
+    record = json.loads((Path(__file__).resolve().parents[1] / "out/ablations/alpha/results.json").read_text())
+    variant = {**record["variants"]["baseline"], "overrides": {"attack.loss": "<b>bold</b> & more"}}
+    record["variants"]["<script>alert('variant')</script>"] = variant
+    results = tmp_path / "ablations" / "<img src=x onerror=alert(1)>" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps(record))
+    title = "<script>alert('title')</script>"
+    page = report.write_report(
+        paths, tmp_path / "report", torch.device("cpu"), title=title, ablation_files=[results]
+    ).read_text()
+    assert "<script" not in page and "<img src=x" not in page and "<b>bold</b>" not in page
+    for name in ("title", "source", "variant"):
+        assert f"&lt;script&gt;alert(&#39;{name}&#39;)&lt;/script&gt;" in page
+    assert "<title>&lt;script&gt;alert(&#39;title&#39;)&lt;/script&gt;</title>" in page
+    assert "<h3>&lt;img src=x onerror=alert(1)&gt;</h3>" in page
+    assert "attack.loss = &lt;b&gt;bold&lt;/b&gt; &amp; more" in page
+
+
+def test_templates_escape_text_keep_markup_and_refuse_missing_values() -> None:
+    import jinja2
+    from markupsafe import Markup
+
+    section = report.Section(Markup("<p>a figure</p>"), heading="α < 0 & more")
+    assert report.macro("section", section).strip() == "<h2>α &lt; 0 &amp; more</h2>\n<p>a figure</p>"
+    with pytest.raises(jinja2.UndefinedError, match="'tables' is undefined"):
+        report.render("verdict.html.j2", note="a note")  # an error, not an empty table
+
+
+def test_every_template_is_package_data() -> None:
+    """setuptools puts into a wheel only the data files that pyproject's package data names."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lsmia"]
+    folder = root / "lsmia" / report.PACKAGE_DATA[0]
+    files = sorted(p.relative_to(root / "lsmia").as_posix() for p in folder.rglob("*") if p.is_file())
+    assert files and all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
+    assert sorted(report.templates().list_templates()) == sorted(Path(f).name for f in files)
