@@ -267,7 +267,12 @@ class StudentConfig(Section):
 class MetricsConfig(Section):
     prdc_k: int = Field(3, ge=1)
     student: StudentConfig = StudentConfig()
-    inception_path: Path | None = None  # local Inception-v3 weights for Inception FID
+    inception_path: Path | None = None  # local torchvision Inception-v3 weights for inception_fid (not comparable)
+    # local pytorch-fid FID Inception weights (pt_inception-2015-12-05-6726825d.pth) for fid_tf_inception, the FID of
+    # PPA and the literature; null: that metric is left out
+    fid_inception_path: Path | None = None
+    # local FaceNet VGGFace2 weights (facenet-pytorch's 20180402-114759-vggface2.pt) for PPA's delta_face; null: left out
+    facenet_path: Path | None = None
     attribute_epochs: int = Field(6, ge=1)
 
 

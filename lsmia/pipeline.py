@@ -100,10 +100,12 @@ def run_study(
     ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)`` is a context manager yielding a
     stage observer (lsmia.tracked.tracked_stage logs to MLflow; the default does nothing).
     """
+    from lsmia.metrics.evaluate import require_metric_weights
     from lsmia.models.classifiers import require_pretrained_weights
 
     for section in ("target", "eval_model"):  # before hours of data and prior: a missing weight file fails at once
         require_pretrained_weights(getattr(cfg, section), section)
+    require_metric_weights(cfg.metrics)
     layout = graph.StudyLayout(StudyPaths(cfg.run.out_dir))
     seconds: dict[str, float] = {}
     results = []

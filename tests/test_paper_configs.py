@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from pytorch_fid.inception import InceptionV3
 from typer.testing import CliRunner
 
 from lsmia.cli import app
@@ -18,6 +19,7 @@ from lsmia.config import ClassifierConfig, Config, build_config, load_config
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.data.real import HD_CROP_FOLDER, RESIZE_POLICY
 from lsmia.errors import LsmiaError
+from lsmia.metrics.fid import FID_BLOCK
 from lsmia.metrics.training import CROP_SCALE
 from lsmia.models.classifiers import (
     Classifier,
@@ -26,6 +28,7 @@ from lsmia.models.classifiers import (
     require_pretrained_weights,
     save_classifier,
 )
+from lsmia.models.facenet import InceptionResnetV1
 from lsmia.models.generator import TRUNCATION_CUTOFF
 from lsmia.schedules import alpha_trajectory
 from lsmia.stages.train import stage_train
@@ -216,6 +219,13 @@ def ppa_table(name: str) -> list[tuple[str, Any, str]]:
         ("metrics.student.momentum", 0.9, "knowledge_extraction_score.py:155"),
         ("~metrics.student.crop_scale", [0.8, 1.0], "knowledge_extraction_score.py:84-87"),
         ("~metrics.student.sample_rendering", "800 -> 224", "knowledge_extraction_score.py:82-83"),
+        # FID (pytorch-fid 0.2.1, requirements.txt:7) and δ_face (facenet-pytorch 2.5.2, requirements.txt:1)
+        ("~metrics.fid_weights", "pt_inception-2015-12-05-6726825d.pth", "metrics/fid_score.py:18, 36-37 (defaults)"),
+        ("~metrics.fid_dims", 2048, "attack.py:298; metrics/fid_score.py:36"),
+        ("~metrics.fid_input", "[-1, 1]", "attack.py:276-280 (Normalize(0.5, 0.5)); metrics/fid_score.py:64-69"),
+        ("~metrics.facenet_weights", "20180402-114759-vggface2.pt", "attack.py:366 (pretrained='vggface2')"),
+        ("~metrics.facenet_size", 160, "attack.py:372; metrics/distance_metrics.py:30, 93"),
+        ("~metrics.facenet_input", "2x - 1", "metrics/distance_metrics.py:32 (43 CelebA); attack images in [-1, 1]"),
     ]
     if name == "celeba":
         rows += [
@@ -251,6 +261,11 @@ DIFFERENCES: dict[str, str] = {
     "(lsmia/metrics/training.py CROP_SCALE, PPA's classifier crop 0.85-1)",
     "~metrics.student.sample_rendering": "the final images are rendered once at the evaluation model's 299 px "
     "(attack.render_size); the student resizes them to 224 (antialiased) instead of rendering 800 -> 224 again",
+    "~metrics.fid_input": "pytorch-fid's network maps [0, 1] to the [-1, 1] its weights expect; PPA passes images "
+    "already in [-1, 1], which become [-3, 1]. lsmia passes [0, 1], so its FID is pytorch-fid's FID of the images as "
+    "published FIDs are, not PPA's shifted one (lsmia/metrics/fid.py fid_inception_features)",
+    "~metrics.facenet_input": "FaceNet's own standardisation (pixel - 127.5) / 128 (facenet-pytorch's "
+    "fixed_image_standardization), which PPA's 2x - 1 approximates to 0.4 %",
 }
 # PPA keeps ImageNet's 1,000-way auxiliary head: equal to lsmia's head on CelebA's 1,000 identities only
 FACESCRUB_DIFFERENCES: dict[str, str] = {
@@ -298,6 +313,12 @@ def lsmia_value(cfg: Config, key: str) -> Any:
         "~attack.saved_images": lambda: "uint8, clamped to [0, 1]",
         "~metrics.student.pretrained": lambda: "pretrained_path" in type(cfg.metrics.student).model_fields,
         "~metrics.student.crop_scale": lambda: CROP_SCALE,
+        "~metrics.fid_weights": lambda: Path(cfg.metrics.fid_inception_path or "").name,
+        "~metrics.fid_dims": lambda: {i: d for d, i in InceptionV3.BLOCK_INDEX_BY_DIM.items()}[FID_BLOCK],
+        "~metrics.fid_input": lambda: "[0, 1]",
+        "~metrics.facenet_weights": lambda: Path(cfg.metrics.facenet_path or "").name,
+        "~metrics.facenet_size": lambda: InceptionResnetV1.image_size,
+        "~metrics.facenet_input": lambda: "(255x - 127.5) / 128",
         "~metrics.student.sample_rendering": lambda: (
             f"800 -> {cfg.attack.render_size} -> {cfg.data.image_size}"
             if cfg.attack.render_size not in (None, cfg.data.image_size)
@@ -409,6 +430,23 @@ def test_missing_weights_fail_the_stage_and_the_study_before_any_work(tmp_path, 
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", DATASETS)
+def test_missing_metric_weights_fail_the_study_before_any_work(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for weights in ("resnet152-f82ba261.pth", "inception_v3_google-0cc3c7bd.pth"):  # the ImageNet files are there
+        write_weights(tmp_path / "models" / weights, {})
+    args = ["study", "--params", str(ROOT / f"configs/{name}.yaml"), "-S", "run.device=cpu", "-S", "run.tracking=false"]
+    for missing, setting in (
+        ("pt_inception-2015-12-05-6726825d.pth", "metrics.fid_inception_path"),
+        ("20180402-114759-vggface2.pt", "metrics.facenet_path"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{setting} models/{missing} does not exist" in result.output and "github.com" in result.output
+        assert not (tmp_path / "out").exists()
+        write_weights(tmp_path / "models" / missing, {})  # present (the loaders check the contents): the next one
+
+
 def test_pretrained_path_loads_torchvision_weights_from_disk(tmp_path):
     # torchvision's key names; the ImageNet head (fc) is not the classifier's head and stays fresh
     file = write_weights(
@@ -513,6 +551,8 @@ def test_paper_config_runs_end_to_end_on_tiny_real_layouts(name, tmp_path, monke
         "metrics.student.batch_size=4",
         "study.alphas=[-0.05]",
         "data.num_identities=4",
+        "metrics.fid_inception_path=null",  # FID Inception and FaceNet: tests/test_comparable_metrics.py
+        "metrics.facenet_path=null",
     ]
     args = ["study", "--params", str(ROOT / "configs" / f"{name}.yaml")]
     for item in shrink:

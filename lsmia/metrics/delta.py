@@ -1,10 +1,13 @@
-"""PPA's δ_eval: distance from each reconstruction to the closest training image of its target."""
+"""PPA's δ_eval and δ_face: distance from each reconstruction to the closest training image of its target, in the
+evaluation model's penultimate features (δ_eval) or FaceNet's embedding (δ_face)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from lsmia.errors import LsmiaError
+from lsmia.metrics.features import extract_features
 
 
 def nearest_class_distances(
@@ -37,3 +40,28 @@ def delta_eval_per_target(
     """δ_eval averaged separately over each target's samples."""
     dist = nearest_class_distances(sample_feats, sample_targets, train_feats, train_labels)
     return {int(cls): dist[sample_targets == cls].mean().item() for cls in torch.unique(sample_targets).tolist()}
+
+
+def delta_face(
+    facenet: nn.Module,
+    sample_images: torch.Tensor,
+    sample_targets: torch.Tensor,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    batch_size: int = 128,
+) -> float:
+    """PPA's δ_face: ``delta_eval`` on the embeddings of ``facenet`` (``lsmia.models.facenet``, VGGFace2 weights)
+    instead of the evaluation model's features.
+
+    As PPA (metrics/distance_metrics.py:65-115 with attack.py:366-379): images resized to 160 px (antialiased),
+    FaceNet's L2-normalised 512-d embedding, per sample the squared L2 distance to the nearest training image of its
+    target class, mean over all samples. PPA standardises with Normalize(0.5, 0.5) (2x - 1); lsmia with FaceNet's own
+    (255x - 127.5) / 128 (``fixed_standardisation``). Any model with ``features`` (and optionally ``image_size``)
+    works, which is how the tests check the arithmetic.
+    """
+    return delta_eval(
+        extract_features(facenet, sample_images, batch_size),
+        sample_targets,
+        extract_features(facenet, train_images, batch_size),
+        train_labels,
+    )

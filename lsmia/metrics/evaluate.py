@@ -13,11 +13,13 @@ from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import LsmiaError
 from lsmia.metrics.accuracy import attack_accuracy
 from lsmia.metrics.attributes import AttributePredictor, attribute_leakage
-from lsmia.metrics.delta import delta_eval
+from lsmia.metrics.delta import delta_eval, delta_face
 from lsmia.metrics.features import extract_features
-from lsmia.metrics.fid import frechet_distance, inception_fid
+from lsmia.metrics.fid import frechet_distance, inception_fid, tf_inception_fid
 from lsmia.metrics.knowledge import knowledge_extraction
 from lsmia.metrics.prdc import prdc_per_class
+from lsmia.models.facenet import load_facenet
+from lsmia.models.published import FACENET, FID_INCEPTION
 
 
 def _check_targets(result: AttackResult, data: FaceData) -> None:
@@ -29,6 +31,36 @@ def _check_targets(result: AttackResult, data: FaceData) -> None:
             f"attack targets {bad[:5]} do not exist in the {data.num_classes}-class data set: "
             "evaluate the attack against the data it was run on"
         )
+
+
+def require_metric_weights(cfg: MetricsConfig) -> None:
+    """Each weight file the metrics section names must exist: a one-line error naming the file to place there (read
+    before hours of work; the loaders check the contents)."""
+    for weights, path in ((FID_INCEPTION, cfg.fid_inception_path), (FACENET, cfg.facenet_path)):
+        if path is not None:
+            weights.require(path)
+
+
+def comparable_metrics(
+    cfg: MetricsConfig,
+    result: AttackResult,
+    train: ImageSet,
+    device: torch.device | str,
+) -> dict[str, float]:
+    """The metrics PPA reports with published networks, each only where its weights are configured (absent, not zero,
+    otherwise): ``fid_tf_inception`` (pytorch-fid's FID Inception, ``metrics.fid_inception_path``) and ``delta_face``
+    (FaceNet VGGFace2, ``metrics.facenet_path``); ``train`` holds the targeted classes' training images."""
+    metrics: dict[str, float] = {}
+    if cfg.fid_inception_path is not None:
+        metrics["fid_tf_inception"] = tf_inception_fid(
+            result.final_images, train.images, cfg.fid_inception_path, device
+        )
+    if cfg.facenet_path is not None:
+        facenet = load_facenet(cfg.facenet_path).to(device)
+        metrics["delta_face"] = delta_face(
+            facenet, result.final_images, result.final_targets.cpu(), train.images, train.labels
+        )
+    return metrics
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -101,10 +133,13 @@ def evaluate_attack(
     """Every metric of ``result``; real references are the targeted classes' images of ``data``.
 
     ``fid_eval_features`` is a Fréchet distance in the evaluation model's feature space, not
-    Inception FID; ``inception_fid`` is added only when ``cfg.inception_path`` is set.
+    Inception FID; ``inception_fid`` (torchvision's Inception) is added only when ``cfg.inception_path`` is set,
+    ``fid_tf_inception`` and ``delta_face`` (comparable with PPA's FID and δ_face) only when
+    ``cfg.fid_inception_path`` and ``cfg.facenet_path`` are (``comparable_metrics``).
     PRDC is the mean over the targeted classes (real = training images of the class).
     """
     _check_targets(result, data)
+    require_metric_weights(cfg)
     device = torch.device(device)
     eval_model = eval_model.to(device)
     train = data.train.of_classes(result.targets)
@@ -119,6 +154,7 @@ def evaluate_attack(
     metrics["fid_eval_features"] = frechet_distance(fake_feats, train_feats)
     if cfg.inception_path is not None:
         metrics["inception_fid"] = inception_fid(result.final_images, train.images, cfg.inception_path, device)
+    metrics.update(comparable_metrics(cfg, result, train, device))
     metrics.update(_prdc_or_nothing(cfg, train_feats, train.labels, fake_feats, result))
     test = data.test.of_classes(result.targets)
     real = ImageSet(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels]))

@@ -1,15 +1,20 @@
-"""Fréchet distances between two sets of images, in two feature spaces.
+"""Fréchet distances between two sets of images, in three feature spaces.
 
 ``feature_fid`` uses the evaluation model's penultimate features. It is NOT the Inception
 FID of the literature; its key in the metrics JSON is ``fid_eval_features``. ``inception_fid``
-uses torchvision's Inception-v3 pool3 features with ImageNet weights from a local file; its
-numbers are still not comparable to published FIDs, which use the TF-ported FID Inception.
+(key ``inception_fid``) uses torchvision's Inception-v3 pool3 features with ImageNet weights from a
+local file; its numbers are not comparable to published FIDs. ``tf_inception_fid`` (key
+``fid_tf_inception``) is the FID of the literature and of PPA: pytorch-fid's port of TensorFlow's
+FID Inception (``pt_inception-2015-12-05-6726825d.pth``) with pytorch-fid's own preprocessing, weights
+from a local file.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +25,7 @@ from scipy import linalg
 from lsmia.augment import resize
 from lsmia.errors import LsmiaError
 from lsmia.metrics.features import extract_features, image_batches
+from lsmia.models.published import FID_INCEPTION
 from lsmia.utils import load_torch
 
 INCEPTION_SIZE = 299
@@ -144,3 +150,78 @@ def inception_fid(
     """FID on torchvision Inception-v3 pool3 features (weights from ``weights_path``)."""
     net = load_inception(weights_path).to(device)
     return frechet_distance(inception_features(net, fake, batch_size), inception_features(net, real, batch_size))
+
+
+FID_BLOCK = 3  # pytorch-fid's output block: the final average pool, 2048-d (its BLOCK_INDEX_BY_DIM; PPA: dims=2048)
+_LOADER_LOCK = threading.Lock()  # the swapped loader below is module state of pytorch_fid.inception
+
+
+def load_fid_inception(weights_path: Path | str) -> nn.Module:
+    """pytorch-fid's FID Inception (2048-d pool3 features), its weights read from the local file ``weights_path``.
+
+    Built by pytorch-fid itself, ``InceptionV3([3], resize_input=True, normalize_input=True,
+    use_fid_inception=True)``, so the network and its preprocessing are exactly pytorch-fid's. Its constructor
+    fetches the weights with ``load_state_dict_from_url(FID_WEIGHTS_URL)`` (pytorch_fid/inception.py,
+    ``fid_inception_v3``); for the construction that module-level name is swapped for a function handing over the
+    state dict already read from ``weights_path``, so nothing is downloaded and no cache folder is read or written.
+    A missing or foreign file is a one-line LsmiaError naming the file to place there.
+    """
+    from pytorch_fid import inception as pytorch_fid_inception
+
+    state = load_torch(FID_INCEPTION.require(weights_path), what=f"FID Inception weights (metrics.{FID_INCEPTION.key})")
+    if not isinstance(state, dict):
+        raise FID_INCEPTION.wrong(weights_path)
+
+    def local_weights(url: str, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if url != FID_INCEPTION.url:  # another pytorch-fid version fetching other weights
+            raise LsmiaError(f"pytorch-fid asked for {url}, not {FID_INCEPTION.url}: install pytorch-fid==0.3.0")
+        return state
+
+    with _LOADER_LOCK:
+        download = pytorch_fid_inception.load_state_dict_from_url
+        pytorch_fid_inception.load_state_dict_from_url = local_weights
+        try:
+            net = pytorch_fid_inception.InceptionV3(
+                [FID_BLOCK], resize_input=True, normalize_input=True, use_fid_inception=True
+            )
+        except RuntimeError:  # load_state_dict: missing, unexpected or mis-shaped tensors
+            raise FID_INCEPTION.wrong(weights_path) from None
+        finally:
+            pytorch_fid_inception.load_state_dict_from_url = download
+    return net.eval()
+
+
+def fid_inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """FID Inception pool3 features [N, 2048] of uint8 or [0, 1] float images at their stored size.
+
+    The network resizes to 299 (bilinear) and maps [0, 1] to the [-1, 1] its TensorFlow weights expect, as
+    pytorch-fid does for its own image files. PPA fed it images already in [-1, 1] (Normalize(0.5, 0.5), attack.py
+    276-280), so they were mapped to [-3, 1]; here the input is [0, 1] as pytorch-fid expects, hence lsmia's FID
+    is pytorch-fid's FID of the images, not PPA's shifted one.
+    """
+    device = next(net.parameters()).device
+    outs = []
+    with torch.no_grad():
+        for batch in image_batches(images, batch_size, device):
+            outs.append(net(batch)[0].flatten(1).float().cpu())
+    if not outs:
+        raise LsmiaError("no images for FID: the attack result or data split is empty; re-run the attack")
+    return torch.cat(outs)
+
+
+def tf_inception_fid(
+    fake: torch.Tensor,
+    real: torch.Tensor,
+    weights_path: Path | str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> float:
+    """The literature's FID (pytorch-fid's FID Inception, weights from ``weights_path``) of two image sets.
+
+    The Fréchet distance is ``frechet_distance``: pytorch-fid's formula; with at most 2048 images per set (singular
+    covariances) its matrix root is exact from the samples, where pytorch-fid's sqrtm would need its eps offset.
+    """
+    net = load_fid_inception(weights_path).to(device)
+    return frechet_distance(
+        fid_inception_features(net, fake, batch_size), fid_inception_features(net, real, batch_size)
+    )

@@ -28,8 +28,9 @@ def stage_evaluate(
     attribute_file: Path | None = None,
 ) -> dict[str, Any]:
     from lsmia.metrics.attributes import load_attribute_predictor
-    from lsmia.metrics.evaluate import evaluate_attack
+    from lsmia.metrics.evaluate import evaluate_attack, require_metric_weights
 
+    require_metric_weights(cfg.metrics)  # a missing FID Inception or FaceNet file fails before any loading
     data = FaceData.load(data_file)
     result = AttackResult.load(attack_file)
     eval_model = load_classifier(eval_file, num_classes=data.num_classes, what="evaluation model").to(device)
