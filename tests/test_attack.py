@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from lsmia.attack.ppa import (
+    Schedule,
     StepDiagnostics,
     keep_best,
     latent_scale,
@@ -18,6 +19,8 @@ from lsmia.attack.ppa import (
     stage_generators,
 )
 from lsmia.attack.result import AttackResult
+from lsmia.attack.scoring import ScaledLogits
+from lsmia.attack.target import AttackTarget
 from lsmia.augment import resize
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
@@ -29,11 +32,23 @@ from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 CPU = torch.device("cpu")
 
 
-def attack(cfg: AttackConfig, targets: list[int] | None = None, schedule: str = "batched") -> AttackResult:
+def attack(cfg: AttackConfig, targets: list[int] | None = None, schedule: Schedule = "batched") -> AttackResult:
     torch.manual_seed(1234)  # the attack must not depend on the global RNG; tests below check that too
     return run_attack(
         cfg, MeanColourClassifier(), ColourPrior(), targets or [0, 3, 4], CPU, progress=False, schedule=schedule
     )
+
+
+def test_the_classifier_and_the_attack_s_wrapper_are_attack_targets() -> None:
+    """They satisfy ``AttackTarget`` structurally (mypy checks these annotated assignments) with what the attack
+    reads: the class count, the input size and logits of that width."""
+    classifier: AttackTarget = build_classifier("smallresnet", 5, 16, width=4).eval()
+    scaled: AttackTarget = ScaledLogits(classifier, 3.0)
+    images = torch.rand(2, 3, 16, 16)
+    for target in (classifier, scaled):
+        assert (target.num_classes, target.image_size) == (5, 16)
+        assert target(images).shape == (2, 5)
+    assert torch.allclose(scaled(images), 3.0 * classifier(images))
 
 
 def confidence(target: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -197,7 +212,7 @@ def test_batched_and_per_class_reach_similar_confidence() -> None:
 
 
 @pytest.mark.parametrize("schedule", ["batched", "per_class"])
-def test_diagnostics_record_every_step_and_leave_the_latents_unchanged(schedule: str) -> None:
+def test_diagnostics_record_every_step_and_leave_the_latents_unchanged(schedule: Schedule) -> None:
     # 30 rows: batches of 8, or 10 per class; full-size step crops, so step 0 sees the start images unchanged
     cfg = make_cfg(steps=7, candidates=10, pool_size=32, step_crop_scale=(1.0, 1.0))
     result = attack(cfg, schedule=schedule)
@@ -247,7 +262,7 @@ def test_diagnostics_are_the_same_for_any_number_of_ranks() -> None:
 
 def test_unknown_schedule_is_a_user_error() -> None:
     with pytest.raises(LsmiaError, match="schedule"):
-        attack(make_cfg(), schedule="sideways")
+        attack(make_cfg(), schedule="sideways")  # type: ignore[arg-type]  # a wrong value on purpose
 
 
 def test_resolve_targets() -> None:

@@ -46,11 +46,11 @@ from lsmia.attack.batches import SCHEDULES, Schedule, StepDiagnostics, row_batch
 from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, class_scores, label_scores, make_view
 from lsmia.attack.shards import merge_shards
+from lsmia.attack.target import AttackTarget
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
 from lsmia.losses import identity_loss
-from lsmia.models.classifiers import Classifier
 from lsmia.models.fusion import inference_copy
 from lsmia.utils import load_torch, save_torch
 from lsmia.utils import progress as progress_bar
@@ -97,7 +97,7 @@ def first_repeat(values: Iterable[int]) -> int | None:
 
 
 @contextmanager
-def frozen(*models: nn.Module) -> Iterator[None]:
+def frozen(*models: nn.Module | AttackTarget) -> Iterator[None]:
     """Eval mode and no parameter gradients; requires_grad flags are restored afterwards."""
     flags = [(p, p.requires_grad) for m in models for p in m.parameters()]
     for model in models:
@@ -141,7 +141,7 @@ def render(prior: nn.Module, z: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def pool_logits(
-    prior: nn.Module, target: Classifier, pool: torch.Tensor, batch_size: int, device: torch.device
+    prior: nn.Module, target: AttackTarget, pool: torch.Tensor, batch_size: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """[pool, C] target logits of each pool image and of its horizontal flip (float32, on the CPU)."""
     plain, flipped = [], []
@@ -205,7 +205,7 @@ def latent_meta(prior: nn.Module, cfg: AttackConfig, lr: float) -> dict[str, obj
 
 def attack_step(
     prior: nn.Module,
-    target: Classifier,
+    target: AttackTarget,
     z: torch.Tensor,
     labels: torch.Tensor,
     cfg: AttackConfig,
@@ -223,7 +223,7 @@ def attack_step(
 
 def attack_step_loss(
     prior: nn.Module,
-    target: Classifier,
+    target: AttackTarget,
     z: torch.Tensor,
     labels: torch.Tensor,
     cfg: AttackConfig,
@@ -235,7 +235,7 @@ def attack_step_loss(
 
 def optimise(
     prior: nn.Module,
-    target: Classifier,
+    target: AttackTarget,
     start: torch.Tensor,
     labels: torch.Tensor,
     batches: list[torch.Tensor],
@@ -305,7 +305,7 @@ def optimise(
 
 
 @torch.no_grad()
-def accepted_fraction(prior: nn.Module, target: Classifier, z: torch.Tensor, labels: torch.Tensor) -> float:
+def accepted_fraction(prior: nn.Module, target: AttackTarget, z: torch.Tensor, labels: torch.Tensor) -> float:
     """The fraction of rows whose clean image (no crop) the target classifies as the row's class."""
     logits = target(render(prior, z.detach(), target.image_size))
     return float((logits.argmax(1) == labels).double().mean())
@@ -319,7 +319,7 @@ def extension_seed(seed: int, batch: int) -> int:
 
 def extend_until_accepted(
     prior: nn.Module,
-    target: Classifier,
+    target: AttackTarget,
     z: torch.Tensor,
     optimiser: torch.optim.Optimizer,
     labels: torch.Tensor,
@@ -357,7 +357,7 @@ def merge_ranks(parts: list[torch.Tensor], batches: list[torch.Tensor]) -> torch
 @torch.no_grad()
 def final_scores(
     prior: nn.Module,
-    target: Classifier,
+    target: AttackTarget,
     z: torch.Tensor,
     labels: torch.Tensor,
     cfg: AttackConfig,
@@ -412,7 +412,7 @@ def chunks_of(rows: torch.Tensor, chunk: int) -> Iterator[tuple[int, int, torch.
 
 @torch.no_grad()
 def raw_confidences(
-    target: Classifier,
+    target: AttackTarget,
     images: torch.Tensor,
     labels: torch.Tensor,
     positions: torch.Tensor,
@@ -536,7 +536,7 @@ def attacker_meta(cfg: AttackConfig, view: LogitView) -> dict[str, object]:
 
 def run_attack(
     cfg: AttackConfig,
-    target: Classifier,
+    target: AttackTarget,
     prior: nn.Module,
     targets: list[int],
     device: torch.device,
@@ -572,7 +572,7 @@ def run_attack(
 
 def attack_shard(
     cfg: AttackConfig,
-    target: Classifier,
+    target: AttackTarget,
     prior: nn.Module,
     targets: list[int],
     classes: list[int],
@@ -594,9 +594,11 @@ def attack_shard(
     wanted[rows] = True
     with frozen(prior, target):
         images_prior = prior  # final images come from the caller's prior, untouched
-        prior, target = inference_copy(prior, device), inference_copy(target, device)
+        prior = inference_copy(prior, device)
+        if isinstance(target, nn.Module):  # a torch module (every target here) is BN-folded; another is used as is
+            target = inference_copy(target, device)
         if cfg.target_logit_scale != 1.0:  # the negative control: same decisions, larger logits
-            target = cast(Classifier, ScaledLogits(target, cfg.target_logit_scale))
+            target = ScaledLogits(target, cfg.target_logit_scale)
         started = time.perf_counter()
         sample_latents = cast(Callable[..., torch.Tensor], prior.sample_latents)  # every prior has one (Prior)
         pool = sample_latents(cfg.pool_size, generator=pool_gen).cpu()

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from lsmia.attack.target import AttackTarget
+
 Ranking = Literal["log", "softmax"]
 Score = Literal["probability", "margin"]
 STANDARDISE_EPS = 1e-12
@@ -101,7 +103,7 @@ class ScaledLogits(nn.Module):
     """A classifier whose logits are multiplied by ``scale``: the same decisions, logits as large as a
     defended target's (the negative control; it carries no privacy by construction)."""
 
-    def __init__(self, inner: nn.Module, scale: float) -> None:
+    def __init__(self, inner: AttackTarget, scale: float) -> None:
         super().__init__()
         self.inner, self.scale = inner, float(scale)
         self.num_classes = inner.num_classes
