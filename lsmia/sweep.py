@@ -340,7 +340,7 @@ def search_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
     return space
 
 
-def suggest_smoothing(trial: optuna.Trial, sweep: SweepConfig, base: SmoothingConfig) -> SmoothingConfig:
+def suggest_smoothing(trial: optuna.trial.BaseTrial, sweep: SweepConfig, base: SmoothingConfig) -> SmoothingConfig:
     """Sample the trial's smoothing; warm-up parameters only where the schedule uses them."""
     alpha = trial.suggest_float("alpha", sweep.alpha_low, sweep.alpha_high)
     if sweep.sampler == "grid":
@@ -373,7 +373,7 @@ def _log_params(sweep: SweepConfig) -> tuple[str, ...]:
     return DEFENSE_PARAMS[sweep.defense] if sweep.defense in ("mid", "bido") else ()
 
 
-def suggest_defense(trial: optuna.Trial, sweep: SweepConfig, base: DefenseConfig) -> DefenseConfig:
+def suggest_defense(trial: optuna.trial.BaseTrial, sweep: SweepConfig, base: DefenseConfig) -> DefenseConfig:
     """Sample the trial's defense strength (``sweep.defense`` mid, bido or tl); ``none``: no defense."""
     values: dict[str, Any] = {"kind": sweep.defense}
     for name in _log_params(sweep):

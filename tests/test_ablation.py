@@ -18,8 +18,8 @@ from lsmia.cli import app
 from lsmia.config import build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.stats import effects
+from tests.helpers.paths import ROOT, TINY
 
-TINY = Path(__file__).parent / "tiny_params.yaml"
 T_975_DF2 = 4.302652729749464
 
 
@@ -307,7 +307,7 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     assert timeless(rerun.rows) == timeless(result.rows)
 
 
-PLANS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+PLANS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -316,7 +316,7 @@ PLANS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_every_committed_plan_validates_against_params_yaml(plan_file):
     """A misspelt key or a variant without its alpha-0 reference fails here, not hours into an ablation."""
     plan = ablation.load_plan(plan_file)
-    base = load_config(Path(__file__).parent.parent / "params.yaml")
+    base = load_config(ROOT / "params.yaml")
     configs = ablation.variant_configs(base, plan)
     for name, cfg in configs.items():
         assert 0.0 in ablation.variant_alphas(plan, name, cfg, plan.alphas or base.study.alphas)

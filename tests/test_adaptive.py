@@ -4,14 +4,18 @@ check, and the target's acceptance of the final samples."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lsmia.attack.ppa import raw_confidences, run_attack, select_candidates
+from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, auto_temperature, class_scores, label_scores, margins
 from lsmia.attack.shards import merge_shards
+from lsmia.attack.target import AttackTarget
+from lsmia.config import AttackConfig
 from lsmia.losses import identity_loss
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
@@ -19,7 +23,12 @@ CPU = torch.device("cpu")
 SCALE = 180.0  # a linear head x 180: logits as large as a constant alpha -0.05 target's, the same decisions
 
 
-def attack(cfg, target=None, targets=(0, 3, 4), classes=None):
+def attack(
+    cfg: AttackConfig,
+    target: AttackTarget | None = None,
+    targets: Sequence[int] = (0, 3, 4),
+    classes: list[int] | None = None,
+) -> AttackResult:
     return run_attack(
         cfg, target or MeanColourClassifier(), ColourPrior(), list(targets), CPU, progress=False, classes=classes
     )

@@ -17,10 +17,10 @@ from lsmia.attack.shards import compact, merge_shards, parse_classes, parse_shar
 from lsmia.cli import app
 from lsmia.errors import LsmiaError
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
+from tests.helpers.paths import TINY
 
 CPU = torch.device("cpu")
 FIELDS = TENSOR_FIELDS
-TINY = Path(__file__).parent / "tiny_params.yaml"
 
 
 def assert_same_attack(a: AttackResult, b: AttackResult) -> None:

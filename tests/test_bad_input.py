@@ -16,7 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +28,11 @@ from lsmia.data.base import FaceData, ImageSet
 from lsmia.errors import LsmiaError
 from lsmia.training.classifier import require_training_steps, steps_per_epoch
 from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
+from tests.helpers.paths import ROOT, TINY
+from tests.helpers.poll import wait_until
 
 torch.set_num_threads(1)
 
-TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
 ALPHA = "0.1"
 TAG = "alpha0.1_seed0"
 TARGET_DIR = Path("out/models") / f"target_{TAG}"
@@ -111,10 +111,16 @@ def full_disk(folder: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> I
         return
     replace = os.replace
 
-    def no_space(src: object, dst: object, *args: object, **kwargs: object) -> None:
-        if Path(str(dst)).resolve().is_relative_to(folder.resolve()):
+    def no_space(
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        src_dir_fd: int | None = None,
+        dst_dir_fd: int | None = None,
+    ) -> None:
+        if Path(dst).resolve().is_relative_to(folder.resolve()):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-        replace(src, dst, *args, **kwargs)
+        replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "replace", no_space)
     yield
@@ -127,7 +133,7 @@ def full_disk(folder: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch) -> I
 def earlier_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny study for alpha 0.1 (data, prior, target, eval model, attack, metrics), made once."""
     root = tmp_path_factory.mktemp("earlier")
-    shutil.copy(TINY_PARAMS, root / "params.yaml")
+    shutil.copy(TINY, root / "params.yaml")
     old = Path.cwd()
     os.chdir(root)
     try:
@@ -374,7 +380,7 @@ def test_duplicate_study_seeds(study: Path) -> None:
 
 
 def hold_lock(target: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(target)], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -476,11 +482,11 @@ def start_killed_training(study: Path, args: list[str], env: dict[str, str], how
     checkpoint = study / "out/models/target_alpha-0.05_seed0/checkpoint.pt"
     command = [sys.executable, "-c", "from lsmia.cli import main; main()", *args]
     proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(how)
-    proc.wait()
+    try:
+        wait_until(lambda: checkpoint.exists() or proc.poll() is not None, 120, "the first checkpoint", interval=0.01)
+    finally:
+        proc.send_signal(how)
+        proc.wait()
     assert checkpoint.exists(), "the training never wrote a checkpoint"
 
 
@@ -493,7 +499,7 @@ def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str
     args = ["train", "--alpha", "-0.05", "--track", "-S", "target.epochs=20"]
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
         "OMP_NUM_THREADS": "1",
     }
     start_killed_training(study, args, env, how)
@@ -611,6 +617,6 @@ def test_a_pipe_or_a_device_as_params_file_is_refused_at_once(tmp_path: Path) ->
 
 @pytest.mark.parametrize("name", [".", ".."])
 def test_a_study_name_may_not_write_into_out_itself(tmp_path: Path, name: str) -> None:
-    result = cli("sweep", "--params", str(TINY_PARAMS), "--study-name", name, "-S", f"run.out_dir={tmp_path / 'out'}")
+    result = cli("sweep", "--params", str(TINY), "--study-name", name, "-S", f"run.out_dir={tmp_path / 'out'}")
     assert_one_line_error(result, f"--study-name (sweep.study_name) '{name}' is not a folder name")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

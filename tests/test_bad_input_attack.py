@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,12 @@ from lsmia.training.classifier import channels_last_is_safe
 from lsmia.utils import atomic_path, save_torch
 from tests import test_bad_input
 from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
+from tests.helpers.paths import ROOT
 from tests.test_bad_input import ALPHA, ATTACK_DIR, TAG, TARGET_DIR
 
 earlier_study = test_bad_input.earlier_study  # the finished tiny study (module scope), and a copy of it per test
 study = test_bad_input.study
 
-ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -81,7 +80,7 @@ from pathlib import Path
 import torch
 from lsmia.config import ClassifierConfig
 from lsmia.training.classifier import train_classifier
-from tests.conftest import make_face_data
+from tests.helpers.data import make_face_data
 
 torch.set_num_threads(1)
 cfg = ClassifierConfig(arch="smallresnet", width=int(sys.argv[1]), epochs=1, batch_size=8)
@@ -216,27 +215,32 @@ def test_a_finished_shard_of_another_target_is_attacked_again(shards: Path) -> N
 
 
 # --------------------------------------------------------------------------- case 14: sizes that hung
+# These hung (a quadratic check: hours; a prior that never returns: forever). A timeout turns a hang into a
+# failure; it measures no speed (bench/ does that).
 
 
+@pytest.mark.timeout(300)
 def test_classes_beyond_the_attacked_ones_fail_at_once(study: Path) -> None:
     before = snapshot(study / "out")
-    started = time.perf_counter()
     assert_one_line_error(
         cli("attack", "--alpha", ALPHA, "--classes", "0-60000"), "--classes '0-60000'", "class 60000", "from 0 to 1"
     )
-    assert time.perf_counter() - started < 30
     assert snapshot(study / "out") == before
 
 
+def test_a_range_is_bounded_before_it_is_expanded() -> None:
+    with pytest.raises(LsmiaError, match="class 1000000000000 is beyond"):  # a list of 10^12 classes: no memory
+        parse_classes("0-1000000000000", limit=2)
+
+
+@pytest.mark.timeout(300)
 def test_class_lists_are_checked_in_linear_time() -> None:
     count = 300_000  # a quadratic check takes hours here
-    started = time.perf_counter()
     assert parse_classes(f"0-{count - 1}", limit=count) == list(range(count))
     with pytest.raises(LsmiaError, match=f"class {count - 1} more than once"):
         parse_classes(f"0-{count - 1},{count - 1}", limit=count)
     targets = resolve_targets(list(range(count)), count)
     assert resolve_classes(list(range(count - 1, -1, -1)), targets) == targets
-    assert time.perf_counter() - started < 30
 
 
 class NeverReturns(torch.nn.Module):
@@ -247,18 +251,17 @@ class NeverReturns(torch.nn.Module):
         return x
 
 
+@pytest.mark.timeout(300)
 def test_a_torchscript_prior_that_never_returns_stops_the_attack(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lsmia.models.generator as generator
 
     torch.jit.save(torch.jit.script(NeverReturns()), "hang.pt")
     monkeypatch.setattr(generator, "PROBE_SECONDS", 2.0)
     before = snapshot(study / "out")
-    started = time.perf_counter()
     sets = ["-S", "prior.kind=torchscript", "-S", "prior.path=hang.pt", "-S", "prior.latent_dim=4"]
     assert_one_line_error(
         cli("attack", "--alpha", ALPHA, *sets), "hang.pt", "within 2 s", "prior.path is code", "trust"
     )
-    assert time.perf_counter() - started < 60
     assert snapshot(study / "out") == before
 
 

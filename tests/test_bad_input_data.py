@@ -26,11 +26,11 @@ from lsmia.data.real import decode_image, load_celeba, load_real
 from lsmia.errors import LsmiaError
 from lsmia.tracked import data_facts
 from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
+from tests.helpers.paths import TINY
 from tests.helpers.real_data import COLOURS, write_identity, write_image
 
 torch.set_num_threads(1)
 
-TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
 FOLDER = ("-S", "data.source=imagefolder", "-S", "data.root=faces", "-S", "data.image_size=8")
 CELEBA = (
     "-S",
@@ -79,7 +79,7 @@ def write_grey16(path: Path, values: np.ndarray) -> None:
 def earlier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A study folder whose prepared data came from the image folder ``faces`` (written once)."""
     root = tmp_path_factory.mktemp("earlier")
-    shutil.copy(TINY_PARAMS, root / "params.yaml")
+    shutil.copy(TINY, root / "params.yaml")
     for name, colour in PRIVATE.items():
         write_identity(root / "faces" / name, colour, 3)
     write_celeba(root / "celeba")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lsmia.utils import save_timings
+from tests.helpers.paths import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
+BENCH = ROOT / "bench"
 RATIO_LINE = re.compile(
     r"^RATIO (?P<name>[\w.-]+): (?P<ratio>\d+\.\d\d)x "
     r"\(.+ (?P<slow>\d+\.\d+) s / .+ (?P<fast>\d+\.\d+) s",
@@ -26,7 +26,7 @@ import benchutil  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 def run_script(name: str, *args: str, timeout: int = 120) -> str:
     done = subprocess.run(
-        [sys.executable, str(BENCH / name), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(BENCH / name), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -52,6 +52,7 @@ def test_attack_benchmark_times_both_schedules_and_phases() -> None:
     assert last_ratio(stdout, "attack_lsmia_vs_ppa_style") > 0
 
 
+@pytest.mark.slow  # 10 s
 def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None:
     stdout = run_script("training_overhead.py", "--quick", "--threads", "1")
     for row in ("bare", "lsmia_epochs", "train_classifier"):
@@ -60,6 +61,7 @@ def test_training_benchmark_compares_three_loops_and_attributes_extras() -> None
     assert last_ratio(stdout, "training_overhead") > 0
 
 
+@pytest.mark.slow  # 40 s
 def test_threads_benchmark_trains_beside_a_competitor_with_both_settings() -> None:
     stdout = run_script("threads_under_load.py", "--quick", "--threads", "1")
     assert "default_all_cores_spinning:" in stdout and "auto_passive:" in stdout
@@ -103,7 +105,7 @@ def test_study_stages_reads_the_timings_of_an_existing_run(tmp_path: Path) -> No
 def test_study_stages_without_timings_says_what_to_pass(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCH / "study_stages.py"), "--out", str(tmp_path)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -185,6 +187,7 @@ GPU_CHECK_ROWS = [
 ]
 
 
+@pytest.mark.slow  # 20 s
 def test_gpu_check_quick_runs_every_workload_at_toy_sizes_on_the_cpu() -> None:
     stdout = run_script("gpu_check.py", "--quick", "--device", "cpu", "--threads", "1", "--no-study")
     assert "no torch.compile" in stdout
@@ -205,6 +208,7 @@ def test_gpu_check_quick_runs_the_tiny_study_on_the_cpu() -> None:
     assert last_ratio(stdout, "attack_stylegan64_bf16_cl_vs_fp32") > 0
 
 
+@pytest.mark.slow  # 10-14 s: two scripts import torch and look for a device
 def test_gpu_check_and_cuda_roofline_skip_cleanly_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: test_gpu_check_and_roofline_run_on_a_gpu covers it")

@@ -17,7 +17,6 @@ import torch
 from tests.helpers import browser
 from tests.helpers.committed import export_committed
 
-ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
 CHARTS = {"accuracy_vs_alpha", "tradeoff", "delta_eval_vs_alpha", "xi_vs_alpha"}
 

@@ -1,12 +1,9 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
 from lsmia.config import Config, build_config, load_config, parse_overrides
 from lsmia.errors import LsmiaError
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
 
 
 def test_params_yaml_mirrors_the_schema_defaults():

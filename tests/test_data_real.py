@@ -385,6 +385,7 @@ def write_hd_crops(root: Path, fmt: str = "png") -> None:
     for line in (root / "identity_CelebA.txt").read_text().split():
         if line.endswith(".jpg"):
             colour = Image.open(root / "img_align_celeba" / line).convert("RGB").getpixel((0, 0))
+            assert isinstance(colour, tuple)  # an RGB pixel
             write_image(hd_folder(root, fmt) / line.replace(".jpg", f".{fmt}"), colour, (30, 30), fmt=fmt.upper())
 
 

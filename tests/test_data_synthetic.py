@@ -21,7 +21,7 @@ from lsmia.errors import LsmiaError
 
 
 def small_config(**overrides: object) -> DataConfig:
-    values = dict(
+    values: dict[str, object] = dict(
         num_identities=6,
         num_public_identities=4,
         images_per_identity=6,
@@ -38,7 +38,8 @@ def data() -> FaceData:
     return render_builtin(small_config())
 
 
-def combos_of(table: dict[str, torch.Tensor]) -> torch.Tensor:
+def combos_of(table: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    assert table is not None, "built-in data carries its attribute tables"
     return torch.stack([table[name] for name in attribute_names()], dim=1)
 
 
@@ -188,6 +189,7 @@ def test_the_built_in_data_is_the_same_bytes_with_every_cpu_kernel(capability: s
     assert done.stdout.strip() == SMALL_RENDERING_SHA256
 
 
+@pytest.mark.slow  # 15 s: renders the built-in faces twice
 def test_ppa_split_of_the_builtin_data_is_the_global_shuffle() -> None:
     from lsmia.data.base import split_ppa
 

@@ -24,10 +24,9 @@ from lsmia.losses import identity_loss, logit_loss
 from lsmia.models.classifiers import build_classifier, load_classifier
 from lsmia.training.classifier import make_optimizer, train_classifier, train_step
 from tests.helpers.defenses import hand_made_results, sweep_points_record
+from tests.helpers.paths import ROOT, TINY
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parent.parent
-TINY = Path(__file__).parent / "tiny_params.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -171,6 +170,7 @@ def test_bido_penalty_sums_the_dependences_of_every_block_output():
     assert len(defense.hidden) == 4  # the outputs of the stem and of 3 residual blocks (the last pooled)
     with torch.no_grad():  # the same hidden representations, computed by hand (BatchNorm on batch statistics)
         body = model.backbone
+        assert isinstance(body, torch.nn.Sequential)
         h0 = body[2](body[1](body[0](model._prepare(x))))
         h1 = body[3](h0)
         h2 = body[4](h1)

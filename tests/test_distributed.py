@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_face_data
 from torch import nn
 
 from lsmia import distributed
@@ -31,6 +30,7 @@ from lsmia.training.classifier import (
     train_step,
 )
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
+from tests.helpers.data import make_face_data
 
 CPU = torch.device("cpu")
 WORLD = 2
@@ -106,6 +106,11 @@ def test_plain_batchnorm_turns_sync_batchnorm_back() -> None:
 # --- two processes (spawn, gloo): DDP training ----------------------------------------------------------------
 
 
+def grad_copy(param: torch.Tensor) -> torch.Tensor:
+    assert param.grad is not None, "the step reached every parameter"
+    return param.grad.clone()
+
+
 def _ddp_worker(rank: int, port: int, base: Path) -> None:
     os.environ.update(
         WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
@@ -121,7 +126,7 @@ def _ddp_worker(rank: int, port: int, base: Path) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         x, y = data.train.float_images()[:7], data.train.labels[:7]
         out["step"] = train_step(distributed_outputs(model, CPU), optimizer, x, y, 0.1, 0.0)
-        out["step_grads"] = [p.grad.clone() for p in model.parameters()]
+        out["step_grads"] = [grad_copy(p) for p in model.parameters()]
         out["step_params"] = [p.detach().clone() for p in model.parameters()]
         # Training: each rank gets its own folder, so anything rank 1 wrote would show.
         epochs: list[int] = []

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from tests.helpers.committed import export_committed
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_ENV = {
     **os.environ,

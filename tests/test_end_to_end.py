@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from lsmia.attack.result import AttackResult
 from lsmia.cli import app
+from tests.helpers.paths import TINY
 
-TINY = Path(__file__).parent / "tiny_params.yaml"
 runner = CliRunner()
 
 

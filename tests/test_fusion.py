@@ -1,13 +1,19 @@
+from typing import TypeVar
+
 import torch
+import torch.nn as nn
 
 from lsmia.models.classifiers import build_classifier
 from lsmia.models.fusion import inference_copy
 from lsmia.models.generator import DCGANPrior, Generator
 
+M = TypeVar("M", bound=nn.Module)
 
-def _randomise_bn(model):
+
+def _randomise_bn(model: M) -> M:
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # track_running_stats
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)

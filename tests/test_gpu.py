@@ -7,7 +7,7 @@ import torch
 
 from lsmia import pipeline
 from lsmia.config import load_config
-from tests.helpers.project import TINY
+from tests.helpers.paths import TINY
 
 pytestmark = pytest.mark.gpu
 

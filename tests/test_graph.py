@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -13,7 +14,9 @@ import yaml
 
 from lsmia import graph
 from lsmia.config import load_config
-from tests.helpers.project import BIN, ROOT, TINY, dvc, temp_dvc_repo
+from tests.helpers.paths import ROOT, TINY
+from tests.helpers.poll import wait_until
+from tests.helpers.project import BIN, dvc, temp_dvc_repo
 
 STAGE_NAMES = [s.name for s in graph.STAGES]
 
@@ -151,7 +154,6 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     from its last checkpoint instead of epoch 0; the finished model is the uninterrupted one."""
     import os
     import signal
-    import time
 
     import torch
 
@@ -173,16 +175,19 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    killed_after = -1
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def checkpointed_epoch() -> int | None:
+        """The epoch of the training's checkpoint once it is 5 or later."""
+        assert proc.poll() is None, "training finished before it could be killed: raise the epochs"
         checkpoint = target / "checkpoint.pt"
-        if checkpoint.exists():
-            killed_after = int(torch.load(checkpoint, weights_only=True)["epoch"])
-            if killed_after >= 5:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        time.sleep(0.2)
+        epoch = int(torch.load(checkpoint, weights_only=True)["epoch"]) if checkpoint.exists() else -1
+        return epoch if epoch >= 5 else None
+
+    try:
+        killed_after = wait_until(checkpointed_epoch, 300, "a checkpoint of epoch 5 or later")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert 5 <= killed_after < epochs - 1, "training finished before it could be killed: raise the epochs"
     dvc(repo, env, "repro")
@@ -214,6 +219,7 @@ def test_a_killed_dvc_repro_resumes_training_from_its_checkpoint(tmp_path):
     assert all(torch.equal(resumed["state_dict"][k], fresh["state_dict"][k]) for k in fresh["state_dict"])
 
 
+@pytest.mark.slow  # 7-12 s per stage: it trains twice
 @pytest.mark.parametrize("stage_name", ["eval-model", "prior"])
 def test_a_training_stage_rerun_on_its_finished_checkpoint_writes_the_same_bytes(stage_name, tmp_path):
     """DVC keeps training outputs (persist), so `dvc repro -f` of a finished stage resumes its complete checkpoint:

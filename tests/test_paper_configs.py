@@ -33,8 +33,8 @@ from lsmia.models.generator import TRUNCATION_CUTOFF
 from lsmia.schedules import alpha_trajectory
 from lsmia.stages.train import stage_train
 from lsmia.training.classifier import make_scheduler, train_classifier
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -454,7 +454,8 @@ def test_pretrained_path_loads_torchvision_weights_from_disk(tmp_path):
         {"layer1.0.bn1.weight": torch.full((64,), 0.5), "fc.weight": torch.ones(1000, 512)},
     )
     model = build_classifier("resnet18", 3, 224, pretrained_path=file)
-    assert torch.equal(model.backbone.layer1[0].bn1.weight, torch.full((64,), 0.5))
+    bn = model.get_submodule("backbone.layer1.0.bn1")
+    assert isinstance(bn, nn.BatchNorm2d) and torch.equal(bn.weight, torch.full((64,), 0.5))
     assert model.head.weight.shape == (3, 512) and not torch.equal(model.head.weight, torch.ones(3, 512))
 
 

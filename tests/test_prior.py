@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 import torch
@@ -28,7 +29,18 @@ from lsmia.models.generator import (
 from lsmia.training.prior import BN_CALIBRATION_BATCHES, augment_translation, diff_augment, train_prior, update_ema
 
 CPU = torch.device("cpu")
-TINY = dict(latent_dim=16, width=8, batch_size=16, epochs=2, sample_grid=9, lr=2e-3)
+
+
+class PriorSettings(TypedDict):
+    latent_dim: int
+    width: int
+    batch_size: int
+    epochs: int
+    sample_grid: int
+    lr: float
+
+
+TINY_PRIOR = PriorSettings(latent_dim=16, width=8, batch_size=16, epochs=2, sample_grid=9, lr=2e-3)  # trains in seconds
 
 
 def blobs(n: int = 64, size: int = 16, seed: int = 0) -> ImageSet:
@@ -40,7 +52,7 @@ def blobs(n: int = 64, size: int = 16, seed: int = 0) -> ImageSet:
 
 
 def tiny_cfg(**overrides: object) -> PriorConfig:
-    return PriorConfig(**{**TINY, **overrides})
+    return PriorConfig(**{**TINY_PRIOR, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +124,15 @@ def test_update_ema_interpolates_parameters_and_copies_buffers() -> None:
             p.add_(1.0)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None
                 m.running_mean.fill_(3.0)
     before = [p.clone() for p in ema.parameters()]
     update_ema(ema, model, decay=0.75)
     for p_ema, p_old in zip(ema.parameters(), before, strict=False):
         torch.testing.assert_close(p_ema, p_old + 0.25)
-    assert torch.equal(ema.stem[2].running_mean, torch.full_like(ema.stem[2].running_mean, 3.0))
+    bn = ema.stem[2]
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+    assert torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 3.0))
 
 
 def test_training_writes_prior_checkpoint_and_samples(trained) -> None:
@@ -188,7 +203,7 @@ def test_complete_checkpoint_trains_nothing_and_foreign_one_is_ignored(tmp_path:
 
 def test_non_finite_loss_raises_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
-    steps_per_epoch, augments_per_step = 64 // TINY["batch_size"], 3
+    steps_per_epoch, augments_per_step = 64 // TINY_PRIOR["batch_size"], 3
 
     def poisoned(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         calls["n"] += 1
@@ -347,7 +362,7 @@ def test_plain_dcgan_fingerprint_ignores_the_mapping_settings() -> None:
 def test_mapping_network_trains_at_its_own_lr_multiplier() -> None:
     state = prior_training.new_state(tiny_cfg(**MAPPED, mapping_lr_mult=0.01), 16, CPU, seed=0)
     synthesis, mapping = state.opt_g.param_groups
-    assert mapping["lr"] == pytest.approx(TINY["lr"] * 0.01) and synthesis["lr"] == TINY["lr"]
+    assert mapping["lr"] == pytest.approx(TINY_PRIOR["lr"] * 0.01) and synthesis["lr"] == TINY_PRIOR["lr"]
     assert {id(p) for p in mapping["params"]} == {id(p) for p in state.generator.mapping.parameters()}
     assert len(synthesis["params"]) + len(mapping["params"]) == len(list(state.generator.parameters()))
     plain = prior_training.new_state(tiny_cfg(mapping_layers=0), 16, CPU, seed=0)
@@ -388,10 +403,11 @@ def test_w_avg_is_tracked_during_training_and_saved(tmp_path: Path) -> None:
     assert (saved["mapping_layers"], saved["w_dim"]) == (2, 12)
     assert torch.equal(saved["state_dict"]["w_avg"], tracked)  # BN calibration leaves w_avg alone
     prior = load_prior(tiny_cfg(**MAPPED), tmp_path / "prior.pt")
+    assert isinstance(prior, DCGANPrior)
     assert prior.has_mapping and torch.equal(prior.generator.w_avg, tracked)
     with torch.no_grad():  # 64 images, 4 steps: w_avg has moved from 0 towards the mapped mean, not reached it
         mean_w = prior.generator.to_w(torch.randn(4000, 16)).mean(0)
-    steps = 2 * 64 // TINY["batch_size"]
+    steps = 2 * 64 // TINY_PRIOR["batch_size"]
     assert 0.5 * (1 - W_AVG_BETA**steps) < tracked.norm() / mean_w.norm() < 1.5 * (1 - W_AVG_BETA**steps)
 
 
@@ -402,7 +418,7 @@ def test_mapping_generator_normalises_its_stem_per_feature_and_calibrates_it(tmp
     bn = g.stem[1]
     assert isinstance(bn, nn.BatchNorm1d) and bn.num_features == 16 * 16
     gen = torch.Generator().manual_seed(0)  # the latents calibrate_batchnorm draws for seed 0
-    z = torch.cat([torch.randn(TINY["batch_size"], 16, generator=gen) for _ in range(BN_CALIBRATION_BATCHES)])
+    z = torch.cat([torch.randn(TINY_PRIOR["batch_size"], 16, generator=gen) for _ in range(BN_CALIBRATION_BATCHES)])
     with torch.no_grad():
         features = g.stem[0](g.to_w(z))
     torch.testing.assert_close(bn.running_mean, features.mean(0), atol=1e-5, rtol=1e-4)
@@ -493,9 +509,9 @@ class TinyStyleGANExport(nn.Module):
             self.register_buffer("w_avg", torch.linspace(-0.5, 0.5, 6))
 
 
-def _stylegan(path: Path, **kwargs: object) -> TorchScriptPrior:
+def _stylegan(path: Path, declare_w_avg: bool = True) -> TorchScriptPrior:
     torch.manual_seed(0)
-    torch.jit.script(TinyStyleGANExport(**kwargs)).save(str(path))
+    torch.jit.script(TinyStyleGANExport(declare_w_avg=declare_w_avg)).save(str(path))
     prior = load_prior(PriorConfig(kind="torchscript", path=path, latent_dim=8), None)
     assert isinstance(prior, TorchScriptPrior) and prior.has_mapping
     return prior

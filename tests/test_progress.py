@@ -9,7 +9,7 @@ import torch
 
 from lsmia.config import PriorConfig, StudentConfig
 from lsmia.utils import progress, time_left
-from tests.conftest import make_face_data
+from tests.helpers.data import make_face_data
 
 torch.set_num_threads(1)
 
@@ -32,6 +32,7 @@ def test_prior_training_reports_its_epochs(tmp_path: Path, capsys: pytest.Captur
 
     data = make_face_data()
     cfg = PriorConfig(width=8, epochs=2, batch_size=8, sample_grid=4, mapping_layers=0)
+    assert data.public is not None
     train_prior(cfg, data.public, tmp_path, torch.device("cpu"), seed=0)
     err = capsys.readouterr().err
     assert "prior epochs: 1/2 (" in err and "prior epochs: 2/2 (" in err and "done)" in err

@@ -16,8 +16,9 @@ from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
 from lsmia.utils import save_json
-from tests.conftest import make_face_data
+from tests.helpers.data import make_face_data
 from tests.helpers.defenses import hand_made_results
+from tests.helpers.paths import ROOT
 from tests.helpers.study import ALPHAS, SEEDS, fake_attack, fake_metrics, make_study
 
 T_975_DF1 = 12.706204736174698  # Student t quantile 0.975, 1 degree of freedom (tables)
@@ -165,7 +166,7 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
     results = paths.ablation_dir("alpha") / "results.md"
     results.parent.mkdir(parents=True)
     results.write_text("| raw markdown, never shown |\n")
-    committed = Path(__file__).resolve().parents[1] / "out" / "ablations" / "alpha" / "results.json"
+    committed = ROOT / "out" / "ablations" / "alpha" / "results.json"
     results.with_name("results.json").write_text(committed.read_text())
     orphan = paths.ablation_dir("factors") / "results.md"  # a results.md without its results.json
     orphan.parent.mkdir(parents=True)
@@ -212,7 +213,7 @@ def test_the_verdict_opens_the_report_with_both_attackers_and_the_acceptance_gap
 
 def test_a_partial_ablation_names_its_unfinished_cells(tmp_path):
     """``lsmia ablate --finished-only`` records the cells it left out: the report says which, beside the tables."""
-    committed = json.loads((Path(__file__).resolve().parents[1] / "out/ablations/alpha/results.json").read_text())
+    committed = json.loads((ROOT / "out/ablations/alpha/results.json").read_text())
     committed["missing"] = [{"variant": "baseline", "alpha": -0.1, "seed": 2}]
     results = tmp_path / "alpha" / "results.json"
     results.parent.mkdir()

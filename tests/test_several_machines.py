@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from lsmia import services, sweep
 from lsmia.config import load_config
 from lsmia.errors import LsmiaError
 from tests.helpers.machines import (
-    TINY,
     build_shared_study,
     finish,
     kill_leftovers,
@@ -30,6 +28,8 @@ from tests.helpers.machines import (
     service_folder,
     tracking_server,
 )
+from tests.helpers.paths import TINY
+from tests.helpers.poll import wait_until
 
 SWEEP_FLAGS = ["-S", "sweep.heartbeat_interval=1", "-S", "sweep.grace_period=4", "-S", "sweep.min_test_acc=0"]
 
@@ -63,13 +63,6 @@ def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
     return int(str(trial.user_attrs.get("worker", "?:-1")).rsplit(":", 1)[1])
 
 
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 # ---------------------------------------------------------------- fast
 
 
@@ -83,29 +76,35 @@ def test_a_missing_driver_names_the_extra_to_install(tmp_path, monkeypatch):
     assert "secret" not in str(caught.value)
 
 
+# ---------------------------------------------------------------- slow: real services, separate folders
+
+
+@pytest.mark.slow  # a throwaway PostgreSQL cluster: 15 s
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_worker_s_postgres_storage_uses_optuna_s_heartbeat_and_retry(tmp_path):
     with postgres_cluster() as postgres:
         cfg = load_config(TINY, {"sweep.heartbeat_interval": 1, "sweep.grace_period": 2, "sweep.max_retry": 1})
         storage = sweep.open_storage(postgres.url(), tmp_path / "journal.log", cfg.sweep)
-        assert sweep.optuna_heartbeat(storage) and storage.get_heartbeat_interval() == 1
+        assert sweep.optuna_heartbeat(storage) and isinstance(storage, optuna.storages.RDBStorage)
+        assert storage.get_heartbeat_interval() == 1
         assert not sweep.optuna_heartbeat(sweep.open_storage(postgres.url(), tmp_path / "journal.log"))
         study = optuna.create_study(storage=storage, study_name="beat")
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         with sweep.Heartbeat(storage, trial._trial_id, 1):
-            time.sleep(0.2)
+            pass  # the thread beats once before it looks at the stop flag; __exit__ joins it
         assert sweep.HEARTBEAT_ATTR not in study.trials[0].system_attrs  # Optuna's table, not lsmia's attr
-        time.sleep(3.5)  # silent for longer than the grace period, by the database's clock
         lines: list[str] = []
-        assert sweep.fail_stale_trials(study, storage, cfg.sweep, lines.append) == [0]
+        failed = wait_until(  # the grace period (2 s) passes by the database's clock: the trial is stale
+            lambda: sweep.fail_stale_trials(study, storage, cfg.sweep, lines.append),
+            timeout=60,
+            what="the silent trial to be failed as stale",
+        )
+        assert failed == [0]
         states = [t.state for t in study.trials]
         assert states == [TrialState.FAIL, TrialState.WAITING] and study.trials[1].system_attrs["failed_trial"] == 0
         assert lines == ["trial 0: worker lost, FAILED; queued again"]
         with sweep.budget_lock(sweep.SweepPaths(tmp_path / "s"), storage, postgres.url(), "beat"):
             pass  # the advisory lock is taken and given back
-
-
-# ---------------------------------------------------------------- slow: real services, separate folders
 
 
 @pytest.mark.slow
@@ -119,20 +118,18 @@ def test_sweep_over_machines_on_postgres_and_a_tracking_server_survives_a_killed
     flags = ["--study-name", name, "--track", "--device", "cpu", *SWEEP_FLAGS]  # the storage: LSMIA_STORAGE
     a, b, c = (machine(tmp_path, m, shared_out) for m in ("a", "b", "c"))
     first = lsmia(a, ["sweep", "--n-trials", str(budget), "--n-workers", "1", *flags], uri, storage=storage)
-    wait_for(lambda: _study_exists(storage, name), 120, "machine a to create the study")
+    wait_until(lambda: _study_exists(storage, name), 120, "machine a to create the study")
     doomed = lsmia(b, ["sweep", "--worker", *flags], uri, storage=storage)
     process_lists: list[str] = []
-    wait_for(  # mid-trial: its MLflow run is open on the server
-        lambda: (
-            process_lists.append(_process_list())
-            or any(
-                t.state == TrialState.RUNNING and worker_pid(t) == doomed.pid and "mlflow_run_id" in t.user_attrs
-                for t in trials_in(storage, name)
-            )
-        ),
-        180,
-        "machine b to start a trial",
-    )
+
+    def doomed_mid_trial() -> bool:  # its MLflow run is open on the server
+        process_lists.append(_process_list())
+        return any(
+            t.state == TrialState.RUNNING and worker_pid(t) == doomed.pid and "mlflow_run_id" in t.user_attrs
+            for t in trials_in(storage, name)
+        )
+
+    wait_until(doomed_mid_trial, 180, "machine b to start a trial")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     late = lsmia(c, ["sweep", "--worker", *flags], uri, storage=storage)
@@ -196,6 +193,7 @@ def test_stage_runs_models_registry_and_images_reach_the_server_from_a_worker_fo
         f"models:/lsmia-target/{version.version}", tracking_uri=team.tracking.uri, dst_path=str(tmp_path / "model")
     )
     assert (Path(model_dir) / "MLmodel").is_file()  # the registered model, fetched over HTTP
+    assert version.run_id is not None  # registered from a run
     experiment = client.get_run(version.run_id).info.experiment_id
     (run,) = client.search_runs([experiment], "tags.stage = 'attack'")
     files = _download_all(client, run.info.run_id, tmp_path / "attack")
@@ -220,8 +218,10 @@ def test_a_tracking_server_that_goes_away_mid_run_loses_no_output(shared_out, tm
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
             return any(r.info.status == "RUNNING" and "lr" in r.data.metrics for r in runs)  # an epoch logged
 
-        wait_for(training_logged, 240, "the first epoch to reach the server")
-        (run,) = client.search_runs([client.get_experiment_by_name("lsmia").experiment_id])
+        wait_until(training_logged, 240, "the first epoch to reach the server")
+        experiment = client.get_experiment_by_name("lsmia")
+        assert experiment is not None
+        (run,) = client.search_runs([experiment.experiment_id])
         server.kill()
         out = finish(stage, 300, worker / "lsmia.log")
     assert stage.returncode == 0, out[-3000:]
@@ -240,7 +240,7 @@ def test_sweep_on_a_redis_journal_over_two_machines(shared_out, tmp_path):
         a, b = machine(tmp_path, "a", shared_out), machine(tmp_path, "b", shared_out)
         first = lsmia(a, ["sweep", "--n-trials", str(budget), *flags])
         storage = sweep.open_storage(url, tmp_path / "unused.log")
-        wait_for(lambda: _study_exists(storage, name), 120, "machine a to create the study")
+        wait_until(lambda: _study_exists(storage, name), 120, "machine a to create the study")
         second = lsmia(b, ["sweep", "--worker", *flags])
         out = finish(first, 400, a / "lsmia.log") + finish(second, 400, b / "lsmia.log")
         assert first.returncode == 0 and second.returncode == 0, out[-3000:]

@@ -10,7 +10,8 @@ import pytest
 from lsmia.config import load_config
 from lsmia.errors import LsmiaError
 from lsmia.remote import SHARED_STAGES, ensure_shared, shared_keys
-from tests.helpers.project import BIN, TINY, dvc, temp_dvc_repo
+from tests.helpers.paths import TINY
+from tests.helpers.project import BIN, dvc, temp_dvc_repo
 
 SHARED_FILES = ("data/dataset.pt", "data/summary.json", "prior/prior.pt", "models/eval/model.pt")
 

@@ -10,6 +10,7 @@ import yaml
 
 from lsmia.paths import StudyPaths
 from lsmia.report import summary_metrics, write_summary
+from tests.helpers.paths import ROOT
 
 ROWS = [
     {"alpha": 0.0, "seed": 0, "final_acc1": 0.30, "test_acc": 0.96, "delta_eval": 70.0, "epochs": 40.0},
@@ -34,12 +35,12 @@ def test_written_from_the_study_s_own_cells_only(tmp_path: Path) -> None:
     paths = StudyPaths(tmp_path)
     paths.metrics_dir.mkdir()
     for row in ROWS:
-        paths.metrics_file(row["alpha"], row["seed"]).write_text(json.dumps(row))
+        paths.metrics_file(row["alpha"], int(row["seed"])).write_text(json.dumps(row))
     write_summary(paths, cells=[(0.0, 0), (-0.05, 0)])  # seed 1 of alpha 0 belongs to no cell of this study
     assert json.loads(paths.summary_file.read_text())["alpha=0"]["n"] == 1
 
 
 def test_dvc_reads_the_summary_as_the_only_metrics_file() -> None:
-    stages = yaml.safe_load((Path(__file__).parent.parent / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     metrics = {next(iter(m)) for stage in stages.values() for m in stage.get("metrics", [])}
     assert metrics == {"${run.out_dir}/summary.json"}

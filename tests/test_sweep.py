@@ -8,8 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -23,10 +23,10 @@ from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, bu
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 from lsmia.stages import attack as attack_stage
+from tests.helpers.paths import ROOT, TINY
+from tests.helpers.poll import wait_until
 
-TINY = Path(__file__).parent / "tiny_params.yaml"
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,13 @@ def quiet(line: str) -> None:
 
 
 # ---------------------------------------------------------------- pure parts
+
+
+def recommended(front: list[dict[str, Any]], config: SweepConfig) -> object:
+    """The number of the trial ``sweep.recommend`` picks from ``front``; the test expects it to pick one."""
+    best = sweep.recommend(front, config)
+    assert best is not None, "no trial recommended"
+    return best["number"]
 
 
 def test_warmup_end_is_sampled_within_the_remainder_and_never_before_the_start():
@@ -98,9 +105,9 @@ def test_pareto_front_and_recommendation():
     ]
     front = sweep.pareto_front(rows)
     assert [r["number"] for r in front] == [2, 1, 0]  # 3 is beaten by 1, 4 by 2, 5 failed
-    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.05))["number"] == 1
-    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.01))["number"] == 0
-    assert sweep.recommend(front, SweepConfig(max_acc_drop=0.2))["number"] == 2
+    assert recommended(front, SweepConfig(max_acc_drop=0.05)) == 1
+    assert recommended(front, SweepConfig(max_acc_drop=0.01)) == 0
+    assert recommended(front, SweepConfig(max_acc_drop=0.2)) == 2
     assert sweep.recommend([], SweepConfig()) is None
 
 
@@ -274,6 +281,7 @@ def test_cli_sweep_prints_the_recommendation(study_cfg, tmp_path):
     assert bad.exit_code == 2 and "dvc repro" in bad.output
 
 
+@pytest.mark.slow  # 11-15 s
 def test_a_mid_sweep_searches_beta_records_it_per_trial_and_draws_its_front(study_cfg, tmp_path, monkeypatch):
     import mlflow
 
@@ -422,13 +430,15 @@ def test_a_killed_worker_s_trial_is_failed_by_heartbeat_and_retried(study_cfg):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.time() + 60
-        while not any(
+
+    def in_its_attack() -> bool:
+        assert worker.poll() is None, "the worker died before its attack"
+        return any(
             sweep.HEARTBEAT_ATTR in t.system_attrs and t.user_attrs.get("test_acc") is not None for t in trials_of(cfg)
-        ):
-            assert time.time() < deadline and worker.poll() is None, "the worker never reached its attack"
-            time.sleep(0.2)
+        )
+
+    try:
+        wait_until(in_its_attack, 60, "the worker to reach its attack")
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
@@ -509,7 +519,7 @@ def test_recommendation_respects_the_accuracy_floor_in_every_mode():
             "no trial reaches the accuracy floor sweep.min_test_acc = 0.5 (best test accuracy 0.285)"
             in sweep.no_recommendation(front, config)
         )
-        assert sweep.recommend(front, SweepConfig(mode=mode, min_test_acc=0.26))["number"] == 0
+        assert recommended(front, SweepConfig(mode=mode, min_test_acc=0.26)) == 0
     assert sweep.no_recommendation([], SweepConfig()) == "no completed trial"
 
 
@@ -556,16 +566,17 @@ def test_optuna_dashboard_serves_the_journal_with_named_objectives(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # as the README says
+
+    def study_detail() -> dict[str, Any] | None:
+        assert server.poll() is None, "optuna-dashboard exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0", timeout=2) as answer:
+                return json.load(answer)
+        except OSError:
+            return None
+
     try:
-        detail = None
-        deadline = time.time() + 30
-        while detail is None:
-            assert time.time() < deadline and server.poll() is None, "optuna-dashboard did not start"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0", timeout=2) as answer:
-                    detail = json.load(answer)
-            except OSError:
-                time.sleep(0.3)
+        detail = wait_until(study_detail, 30, "optuna-dashboard to serve the study")
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -97,6 +97,8 @@ def test_cli_toy_writes_the_same_results(runs: tuple[ToyResult, ToyResult], tmp_
     lines = outcome.output.splitlines()
     assert lines[0].split("\t") == ["alpha", "end_distance", "confidence", "grad_cosine"]
     assert [line.split("\t")[0] for line in lines[1:4]] == ["+0.05", "+0", "-0.05"]
-    library_json = runs[0].figure.parent / "toy.json"
+    figure = runs[0].figure
+    assert figure is not None
+    library_json = figure.parent / "toy.json"
     assert (out_dir / "toy.json").read_bytes() == library_json.read_bytes()
-    assert (out_dir / "toy.png").read_bytes() == runs[0].figure.read_bytes()
+    assert (out_dir / "toy.png").read_bytes() == figure.read_bytes()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import mlflow
 import mlflow.pytorch
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import Experiment
 
 from lsmia.config import Config
 from lsmia.models.classifiers import build_classifier
@@ -29,6 +33,8 @@ from lsmia.tracking import (
     start_tracking,
     tracking_uri,
 )
+from tests.helpers.paths import ROOT
+from tests.helpers.poll import wait_until
 
 torch.set_num_threads(1)
 
@@ -64,12 +70,72 @@ def small_config() -> dict:
     return config
 
 
-def track(experiment: str, stage: str = "train_target", **kwargs) -> Tracker:
-    options = dict(run_name=f"{stage}-run", config=small_config(), tags={"role": "target"}, experiment=experiment)
-    options.update(kwargs)
-    tracker = start_tracking(True, stage, **options)
+def track(
+    experiment: str,
+    stage: str = "train_target",
+    config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+    system_metrics: bool = False,
+) -> Tracker:
+    tracker = start_tracking(
+        True,
+        stage,
+        run_name=f"{stage}-run",
+        config=small_config() if config is None else config,
+        tags={"role": "target"} if tags is None else tags,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        system_metrics=system_metrics,
+    )
     assert isinstance(tracker, Tracker)
     return tracker
+
+
+def run_id_of(tracker: NullTracker) -> str:
+    """The id of the tracker's MLflow run, which the test needs to have started."""
+    assert tracker.run_id is not None, "the MLflow run did not start"
+    return tracker.run_id
+
+
+@contextlib.contextmanager
+def sleeps_recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    """Every ``time.sleep`` of this thread inside the block, recorded instead of slept (other threads sleep as
+    usual): a retry loop shows up here however short its back-off."""
+    sleeps: list[float] = []
+    real_sleep, caller = time.sleep, threading.get_ident()
+
+    def record(seconds: float) -> None:
+        if threading.get_ident() == caller:
+            sleeps.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "sleep", record)
+        yield sleeps
+
+
+class CallsCounted(MlflowClient):
+    """The client of a tracking server, recording which of the tracker's logging calls reached it."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.calls: list[str] = []
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("log_batch")
+        return super().log_batch(*args, **kwargs)
+
+    def log_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("log_dict")
+        return super().log_dict(*args, **kwargs)
+
+
+def experiment_named(store: MlflowClient, name: str) -> Experiment:
+    experiment = store.get_experiment_by_name(name)
+    assert experiment is not None, f"no experiment {name}"
+    return experiment
 
 
 def test_default_uri_is_absolute_sqlite_under_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,12 +168,12 @@ def test_run_records_tags_params_metrics_and_config(
     store: MlflowClient, store_uri: str, experiment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DVC_STAGE", "train_target@-0.05")
-    monkeypatch.setenv("DVC_ROOT", str(Path(__file__).resolve().parents[1]))  # the lsmia git checkout
+    monkeypatch.setenv("DVC_ROOT", str(ROOT))  # the lsmia git checkout
     with track(experiment, tags={"role": "target", "extra": "yes"}) as tracker:
         for step, loss in enumerate([2.0, 1.5, 1.25]):
             tracker.log_metrics({"train/loss": loss, "train/acc": 0.1 * step}, step=step)
         tracker.set_tags({"note": "done"})
-    run = store.get_run(tracker.run_id)
+    run = store.get_run(run_id_of(tracker))
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "train_target-run"
     tags = run.data.tags
@@ -117,7 +183,7 @@ def test_run_records_tags_params_metrics_and_config(
     assert len(tags["git_commit"]) == 40
     assert run.data.params["attack.steps"] == "7"
     assert run.data.params["target.milestones"] == "[0.75, 0.9]"
-    history = store.get_metric_history(tracker.run_id, "train/loss")
+    history = store.get_metric_history(run_id_of(tracker), "train/loss")
     assert [(m.step, m.value) for m in history] == [(0, 2.0), (1, 1.5), (2, 1.25)]
     config_path = mlflow.artifacts.download_artifacts(
         run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
@@ -130,10 +196,10 @@ def test_run_records_tags_params_metrics_and_config(
 def test_artifacts_live_beside_the_sqlite_store(store: MlflowClient, store_uri: str, experiment: str) -> None:
     with track(experiment) as tracker:
         pass
-    location = store.get_experiment_by_name(experiment).artifact_location
+    location = experiment_named(store, experiment).artifact_location
     expected = Path(store_uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment
     assert location.removeprefix("file://") == str(expected)
-    assert (expected / tracker.run_id / "artifacts" / "config.json").exists()
+    assert (expected / run_id_of(tracker) / "artifacts" / "config.json").exists()
 
 
 def test_logged_model_loads_back_and_is_registered(store: MlflowClient, experiment: str) -> None:
@@ -157,7 +223,7 @@ def test_logged_model_loads_back_and_is_registered(store: MlflowClient, experime
     version = store.get_model_version(name, "1")
     assert version.tags == {"alpha": "-0.05", "seed": "0"}
     assert version.run_id == tracker.run_id and version.source == model_uri
-    assert store.get_run(tracker.run_id).data.tags[f"lsmia.registered.{name}"] == "1"
+    assert store.get_run(run_id_of(tracker)).data.tags[f"lsmia.registered.{name}"] == "1"
 
 
 def live(store: MlflowClient, model_id: str) -> bool:
@@ -178,8 +244,10 @@ def test_model_that_cannot_be_exported_falls_back_to_pickle(
     with pytest.warns(RuntimeWarning, match="exporting model branchy as pt2"), track(experiment) as tracker:
         model_uri = tracker.log_model(DataDependent(), "branchy", input_example=torch.ones(2, 3))
     assert tracker.model_format == {"branchy": "pickle"}
-    assert store.get_run(tracker.run_id).data.tags["lsmia.model_format.branchy"] == "pickle"
-    outputs = store.get_run(tracker.run_id).outputs.model_outputs
+    assert store.get_run(run_id_of(tracker)).data.tags["lsmia.model_format.branchy"] == "pickle"
+    run_outputs = store.get_run(run_id_of(tracker)).outputs
+    assert run_outputs is not None
+    outputs = run_outputs.model_outputs
     assert [f"models:/{output.model_id}" for output in outputs if live(store, output.model_id)] == [model_uri]
     assert len(outputs) == 2  # the failed pt2 attempt's model is deleted, its link to the run stays
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
@@ -200,10 +268,15 @@ def test_images_artifacts_dicts_and_links(store: MlflowClient, experiment: str, 
         attack.log_artifact(report, "report")
         attack.log_dict({"accuracy": 0.5}, "metrics/final.json")
         attack.link("target_training", target.run_id)
-    listed = {a.path for a in store.list_artifacts(attack.run_id, "images")}
+    listed = {a.path for a in store.list_artifacts(run_id_of(attack), "images")}
     assert listed == {"images/grid.png", "images/single.png"}
-    assert {a.path for a in store.list_artifacts(attack.run_id)} >= {"summary.txt", "report", "metrics", "config.json"}
-    tags = store.get_run(attack.run_id).data.tags
+    assert {a.path for a in store.list_artifacts(run_id_of(attack))} >= {
+        "summary.txt",
+        "report",
+        "metrics",
+        "config.json",
+    }
+    tags = store.get_run(run_id_of(attack)).data.tags
     assert tags["lsmia.link.target_training"] == target.run_id
     assert f"runs/{target.run_id})" in tags["mlflow.note.content"]
     assert "[train_target-run]" in tags["mlflow.note.content"]
@@ -242,7 +315,7 @@ def test_stage_run_nests_under_mlflow_run_parent(
     with track(experiment, stage="attack") as second:  # the env survives the first stage's end_run
         pass
     for child in (first, second):
-        run = store.get_run(child.run_id)
+        run = store.get_run(run_id_of(child))
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.experiment_id == parent_experiment  # so the UI shows the nesting
     assert store.get_run(parent.info.run_id).info.status == "RUNNING"  # mlflow run ends it, not us
@@ -256,7 +329,7 @@ def test_a_project_run_left_in_default_does_not_pull_the_stage_runs_there(
     monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
     with pytest.warns(RuntimeWarning, match="pass --experiment-name"), track(experiment, stage="train_target") as child:
         pass
-    run = store.get_run(child.run_id)
+    run = store.get_run(run_id_of(child))
     assert store.get_experiment(run.info.experiment_id).name == experiment
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert find_run(experiment, {"stage": "train_target"}) == child.run_id
@@ -268,15 +341,15 @@ def test_parent_run_id_nests_a_sweep_worker(store: MlflowClient, experiment: str
         track(experiment, stage="train_target", parent_run_id=study.run_id) as worker,
     ):
         pass
-    assert store.get_run(worker.run_id).data.tags["mlflow.parentRunId"] == study.run_id
-    assert store.get_run(study.run_id).info.status == "FINISHED"
+    assert store.get_run(run_id_of(worker)).data.tags["mlflow.parentRunId"] == study.run_id
+    assert store.get_run(run_id_of(study)).info.status == "FINISHED"
 
 
 def test_block_exception_marks_run_failed_and_propagates(store: MlflowClient, experiment: str) -> None:
     with pytest.raises(RuntimeError, match="diverged"), track(experiment) as tracker:
         tracker.log_metrics({"loss": 1.0}, step=0)
         raise RuntimeError("diverged")
-    assert store.get_run(tracker.run_id).info.status == "FAILED"
+    assert store.get_run(run_id_of(tracker)).info.status == "FAILED"
     assert mlflow.active_run() is None
 
 
@@ -288,15 +361,14 @@ def test_broken_tracking_uri_only_warns(uri: str, monkeypatch: pytest.MonkeyPatc
     results = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        started = time.monotonic()
-        with start_tracking(True, "attack", "r", small_config(), {}) as tracker:
+        with sleeps_recorded(monkeypatch) as sleeps, start_tracking(True, "attack", "r", small_config(), {}) as tracker:
             for step in range(3):
                 tracker.log_metrics({"loss": 1.0}, step=step)
                 results.append(step)
             tracker.log_model(torch.nn.Linear(2, 2), "m", torch.rand(2, 2))
             tracker.log_image(torch.rand(3, 4, 4), "x.png")
             tracker.link("target_training", "abc")
-        assert time.monotonic() - started < 10
+    assert sleeps == []  # no retry back-off: neither the start nor any later call waits on the broken store
     assert results == [0, 1, 2]
     assert tracker.run_id is None
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
@@ -315,7 +387,7 @@ def test_failing_log_call_warns_once_and_the_stage_goes_on(store: MlflowClient, 
             tracker.log_metrics({"loss": 0.5}, step=5)
     failures = [w for w in caught if "logging metrics failed" in str(w.message)]
     assert len(failures) == 1
-    assert [m.value for m in store.get_metric_history(tracker.run_id, "loss")] == [0.5]
+    assert [m.value for m in store.get_metric_history(run_id_of(tracker), "loss")] == [0.5]
 
 
 def test_lost_server_turns_tracking_off_without_waiting(
@@ -327,24 +399,38 @@ def test_lost_server_turns_tracking_off_without_waiting(
         warnings.simplefilter("always")
         with track(experiment) as tracker:
             tracker.log_metrics({"loss": 1.0}, step=0)
-            tracker.uri, tracker.client = dead, MlflowClient(dead)  # the server goes away mid-run
-            started = time.monotonic()
+            lost = CallsCounted(dead)
+            tracker.uri, tracker.client = dead, lost  # the server goes away mid-run
             for step in range(1, 4):
                 tracker.log_metrics({"loss": 1.0}, step=step)
             tracker.log_dict({"a": 1}, "a.json")
-            assert time.monotonic() - started < 10
+    # the first call finds the server gone; none after it reaches the client (each would wait on the dead server)
+    assert lost.calls == ["log_batch"]
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     # one warning when the server goes away, one line at the end naming the run that is incomplete on the server
     assert len(messages) == 2 and "tracking is off for the rest of this run" in messages[0]
     assert f"run {tracker.run_id} (" in messages[1] and "is incomplete on http://127.0.0.1:9" in messages[1]
     assert mlflow.active_run() is None  # forgotten locally, no end_run against the dead server
-    assert [m.step for m in store.get_metric_history(tracker.run_id, "loss")] == [0]
+    assert [m.step for m in store.get_metric_history(run_id_of(tracker), "loss")] == [0]
 
 
-def test_system_metrics_are_sampled_in_a_short_run(store: MlflowClient, experiment: str) -> None:
+def test_system_metrics_are_sampled_in_a_short_run(
+    store: MlflowClient, experiment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+
+    from lsmia.tracking import SYSTEM_METRICS_INTERVAL_S
+
+    monkeypatch.delenv(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name, raising=False)  # lsmia's interval, not a user's
     with track(experiment, stage="attack", system_metrics=True) as tracker:
-        time.sleep(1.6)
-    metrics = store.get_run(tracker.run_id).data.metrics
+        # lsmia's interval, not mlflow's 10 s: a run as short as 1.6 s gets a sample
+        assert MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() == SYSTEM_METRICS_INTERVAL_S < 1.6
+        wait_until(
+            lambda: "system/cpu_utilization_percentage" in store.get_run(run_id_of(tracker)).data.metrics,
+            timeout=60,
+            what="the run's first system metrics sample",
+        )
+    metrics = store.get_run(run_id_of(tracker)).data.metrics
     assert "system/cpu_utilization_percentage" in metrics
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
@@ -361,7 +447,7 @@ def test_system_metrics_without_psutil_only_warn(
         track(experiment, stage="attack", system_metrics=True) as tracker,
     ):
         tracker.log_metrics({"loss": 1.0})
-    run = store.get_run(tracker.run_id)
+    run = store.get_run(run_id_of(tracker))
     assert run.info.status == "FINISHED" and list(run.data.metrics) == ["loss"]
 
 
@@ -393,7 +479,7 @@ def test_default_store_lives_in_the_project_root(tmp_path: Path, monkeypatch: py
     with start_tracking(True, "attack", "r", small_config(), {}) as tracker:
         tracker.log_metrics({"loss": 1.0})
     assert (tmp_path / "mlflow.db").exists()
-    assert (tmp_path / "mlartifacts" / "lsmia" / tracker.run_id / "artifacts" / "config.json").exists()
+    assert (tmp_path / "mlartifacts" / "lsmia" / run_id_of(tracker) / "artifacts" / "config.json").exists()
     assert list((tmp_path / "stage_dir").iterdir()) == []  # nothing lands in the stage's cwd
     assert find_run("lsmia", {"stage": "attack"}) == tracker.run_id
 
@@ -412,7 +498,7 @@ def prepared_data(cfg: Config) -> Path:
     from lsmia.paths import StudyPaths
     from lsmia.stages.data import data_summary
     from lsmia.utils import save_json
-    from tests.conftest import make_face_data
+    from tests.helpers.data import make_face_data
 
     data = make_face_data()
     data_file = StudyPaths(cfg.run.out_dir).data_file
@@ -425,7 +511,7 @@ def prepared_data(cfg: Config) -> Path:
 def test_experiment_is_model_development_with_a_description(store: MlflowClient, experiment: str) -> None:
     with track(experiment):
         pass
-    tags = store.get_experiment_by_name(experiment).tags
+    tags = experiment_named(store, experiment).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs list
     assert "label smoothing" in tags["mlflow.note.content"]
 
@@ -440,7 +526,7 @@ def test_runs_name_and_tag_their_dvc_experiment_and_commit(
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
     with track(experiment) as queued:
         pass
-    base, exp = store.get_run(baseline.run_id), store.get_run(queued.run_id)
+    base, exp = store.get_run(run_id_of(baseline)), store.get_run(run_id_of(queued))
     assert base.info.run_name == "train_target-run" and base.data.tags["dvc_experiment"] == "workspace"
     assert exp.info.run_name == "train_target-run [bushy-frog]" and exp.data.tags["dvc_experiment"] == "bushy-frog"
     assert exp.data.tags["dvc_baseline_rev"] == "a" * 40
@@ -460,15 +546,18 @@ def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: 
     ids = {}
     for stage, context in (("train", "training"), ("attack", "attack"), ("report", None)):
         with tracked_stage(cfg, stage, f"{stage}-dataset-test", role="target", alpha=-0.03, seed=21) as log:
-            ids[stage] = (log.tracker.run_id, context)
+            ids[stage] = (run_id_of(log.tracker), context)
     for run_id, context in ids.values():
-        inputs = store.get_run(run_id).inputs.dataset_inputs
+        run_inputs = store.get_run(run_id).inputs
+        assert run_inputs is not None
+        inputs = run_inputs.dataset_inputs
         if context is None:
             assert inputs == []  # the report reads no data set
             continue
         (entry,) = inputs
         assert entry.dataset.name == "test" and entry.dataset.digest == file_digest(data_file)
         assert json.loads(entry.dataset.source) == {"uri": str(data_file.resolve())}
+        assert entry.dataset.profile is not None
         profile = json.loads(entry.dataset.profile)
         assert profile["num_classes"] == 4 and profile["train_images"] == 32 and profile["test_images"] == 8
         assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
@@ -509,8 +598,10 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(
         store.get_model_version(TARGET_MODEL, "2").description
         == "label smoothing alpha = -0.05, seed 0, test accuracy 0.500"
     )
-    model_info = mlflow.models.get_model_info(store.get_model_version(TARGET_MODEL, "2").source)
-    assert model_info.metadata["classes"] == ["c0", "c1", "c2", "c3"]
+    source = store.get_model_version(TARGET_MODEL, "2").source
+    assert source is not None
+    model_info = mlflow.models.get_model_info(source)
+    assert model_info.metadata is not None and model_info.metadata["classes"] == ["c0", "c1", "c2", "c3"]
     classes = mlflow.artifacts.load_dict(f"runs:/{changed}/classes.json")
     assert classes == {"classes": ["c0", "c1", "c2", "c3"]}
 
@@ -521,7 +612,7 @@ def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_t
     from lsmia.tracked import tracked_stage
 
     cfg = stage_config(tmp_path)
-    cell = {"role": "target", "alpha": 0.07, "seed": 13}
+    cell = Cell(role="target", alpha=0.07, seed=13)
     with tracked_stage(cfg, "train", "train-target", **cell) as trained:
         pass
     with tracked_stage(cfg, "attack", "attack", **cell) as attacked:
@@ -548,6 +639,14 @@ def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_t
     assert attack_run.data.tags["lsmia.link.evaluation"] == evaluated.tracker.run_id
 
 
+class Cell(TypedDict):
+    """A cell of the study: the keyword arguments of ``tracked_stage`` that name it."""
+
+    role: str
+    alpha: float
+    seed: int
+
+
 class SimpleAttack:
     """The parts of an AttackResult that StageLog.log_attack reads."""
 
@@ -562,7 +661,7 @@ def test_the_tracked_config_never_holds_a_storage_password(
     config["sweep"]["storage"] = "postgresql://lsmia:s3cret@127.0.0.1:5432/optuna"
     with track(experiment, config=config) as tracker:
         pass
-    run = store.get_run(tracker.run_id)
+    run = store.get_run(run_id_of(tracker))
     assert run.data.params["sweep.storage"] == "postgresql://lsmia:***@127.0.0.1:5432/optuna"
     config_path = mlflow.artifacts.download_artifacts(
         run_id=tracker.run_id, artifact_path="config.json", tracking_uri=store_uri
@@ -591,12 +690,18 @@ def test_a_stage_run_s_params_are_what_shapes_its_output() -> None:
     from lsmia.tracked import shaping_params
 
     cfg = Config()
-    target = flatten_config(shaping_params(cfg, "train", "target"))
+
+    def shaped(stage: str) -> dict[str, str]:
+        params = shaping_params(cfg, stage, "target")
+        assert params is not None, f"{stage} is a graph stage: only what shapes its output"
+        return flatten_config(params)
+
+    target = shaped("train")
     assert "target.smoothing.alpha" in target and "data.num_identities" in target and "run.seed" in target
     assert not any(key.startswith(("attack.", "eval_model.", "sweep.", "run.device")) for key in target)
-    attack = flatten_config(shaping_params(cfg, "attack", "target"))
+    attack = shaped("attack")
     assert {"attack.steps", "prior.kind", "target.epochs"} <= set(attack) and "eval_model.epochs" not in attack
-    evaluate = flatten_config(shaping_params(cfg, "evaluate", "target"))
+    evaluate = shaped("evaluate")
     assert {"metrics.attribute_epochs", "eval_model.epochs", "attack.steps"} <= set(evaluate)
     assert len(target) < len(attack) < len(evaluate) < len(flatten_config(cfg.to_dict()))
     assert shaping_params(cfg, "report", "report") is None  # not a graph stage with inputs: every param

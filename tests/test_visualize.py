@@ -21,7 +21,7 @@ from lsmia.visualize import (
     save_attack_grid,
     save_judged_grid,
 )
-from tests.conftest import make_face_data
+from tests.helpers.data import make_face_data
 from tests.helpers.study import TILE, fake_attack
 
 

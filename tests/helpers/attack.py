@@ -18,6 +18,7 @@ class ColourPrior(nn.Module):
 
     latent_dim = 4
     image_size = 8
+    ramp: torch.Tensor  # a buffer
 
     def __init__(self) -> None:
         super().__init__()

@@ -6,8 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from lsmia.cli import app
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from lsmia import pipeline, services
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
+from tests.helpers.paths import TINY
+from tests.helpers.poll import wait_until
 
-TINY = Path(__file__).resolve().parents[1] / "tiny_params.yaml"
-ROOT = Path(__file__).resolve().parents[2]
 STARTED: list[subprocess.Popen[bytes]] = []  # every lsmia process a test started, for kill_leftovers
 
 
@@ -95,13 +94,14 @@ def redis_server() -> Iterator[str]:
             import redis
 
             client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
-            deadline = time.monotonic() + 30
-            while True:
+
+            def answers() -> bool:
+                assert process.poll() is None, "redis-server did not start"
                 with contextlib.suppress(redis.exceptions.ConnectionError):
-                    if client.ping():
-                        break
-                assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.2)
+                    return bool(client.ping())
+                return False
+
+            wait_until(answers, 30, "redis-server to answer")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             process.terminate()
@@ -164,5 +164,5 @@ def finish(process: subprocess.Popen[bytes], timeout: float, log: Path) -> str:
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
         process.wait()
-        pytest.fail(f"{process.args} ran past {timeout} s: {log.read_text()[-3000:]}")
+        pytest.fail(f"{process.args!r} ran past {timeout} s: {log.read_text()[-3000:]}")
     return log.read_text()

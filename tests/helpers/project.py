@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT, TINY
+
 BIN = Path(sys.executable).parent
-TINY = ROOT / "tests" / "tiny_params.yaml"
 
 
 def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:

@@ -11,7 +11,8 @@ COLOURS = [(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20), (20, 230
 SIZES = [(40, 30), (30, 40), (24, 24), (50, 20), (20, 50), (33, 27)]  # (width, height), none square but one
 
 
-def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int], fmt: str | None = None) -> None:
+def write_image(path: Path, colour: tuple[int, ...], size: tuple[int, int], fmt: str | None = None) -> None:
+    """A solid ``colour`` (one value per channel) image of ``size`` (width, height) at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path, format=fmt)
 

@@ -12,7 +12,7 @@ from lsmia.paths import StudyPaths
 from lsmia.stages.data import data_summary
 from lsmia.utils import save_json
 from lsmia.visualize import save_png
-from tests.conftest import make_face_data
+from tests.helpers.data import make_face_data
 
 ALPHAS = (-0.05, 0.0, 0.1)
 SEEDS = (0, 1)
