@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lsmia"
+from tests.helpers.paths import ROOT
+
+PACKAGE = ROOT / "lsmia"
 
 # Lower layers never import higher ones: the science knows nothing of how it is run, tracked or reported.
 SCIENCE = ("lsmia.data", "lsmia.models", "lsmia.training", "lsmia.attack", "lsmia.metrics", "lsmia.defenses")

@@ -10,8 +10,7 @@ import torch
 
 from lsmia.config import load_config
 from lsmia.curves import write_training_curves
-
-TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
+from tests.helpers.paths import TINY
 
 
 def read_curve(folder: Path, name: str) -> list[tuple[int, float]]:
@@ -62,7 +61,7 @@ def test_the_train_stage_writes_the_curves_of_its_history(tmp_path: Path) -> Non
     from lsmia import pipeline
 
     torch.set_num_threads(1)
-    cfg = load_config(TINY_PARAMS, {"run.out_dir": str(tmp_path / "out"), "target.epochs": 3})
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out"), "target.epochs": 3})
     data = tmp_path / "dataset.pt"
     pipeline.stage_data(cfg, data, tmp_path / "summary.json")
     curves = tmp_path / "curves" / "target"

@@ -340,7 +340,7 @@ def test_names_from_the_study_and_its_ablations_are_escaped(tmp_path: Path) -> N
     paths = make_study(tmp_path / "out")
     summary = json.loads(paths.data_summary.read_text())
     save_json({**summary, "source": "<script>alert('source')</script>"}, paths.data_summary)
-    record = json.loads((Path(__file__).resolve().parents[1] / "out/ablations/alpha/results.json").read_text())
+    record = json.loads((ROOT / "out/ablations/alpha/results.json").read_text())
     variant = {**record["variants"]["baseline"], "overrides": {"attack.loss": "<b>bold</b> & more"}}
     record["variants"]["<script>alert('variant')</script>"] = variant
     results = tmp_path / "ablations" / "<img src=x onerror=alert(1)>" / "results.json"
@@ -373,9 +373,8 @@ def test_every_template_is_package_data() -> None:
     import fnmatch
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lsmia"]
-    folder = root / "lsmia" / report.PACKAGE_DATA[0]
-    files = sorted(p.relative_to(root / "lsmia").as_posix() for p in folder.rglob("*") if p.is_file())
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lsmia"]
+    folder = ROOT / "lsmia" / report.PACKAGE_DATA[0]
+    files = sorted(p.relative_to(ROOT / "lsmia").as_posix() for p in folder.rglob("*") if p.is_file())
     assert files and all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
     assert sorted(report.templates().list_templates()) == sorted(Path(f).name for f in files)
