@@ -6,6 +6,7 @@ Skipped, with the reason, where Chromium (apt-get install chromium) or the Vega 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from lsmia.curves import write_training_curves
 from tests.helpers import browser
 from tests.helpers.committed import export_committed
 
@@ -40,7 +43,17 @@ def plots_repo(repo: Path) -> Path:
     subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
     for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "out/plots"):
         export_committed(name, repo)  # as committed, whatever a user's dvc repro left in the workspace
+    for folder in curve_folders(repo):  # DVC-cached, not committed: what each training stage writes
+        write_training_curves(TRAINING_HISTORY, repo / "out" / "curves" / folder)
     return repo
+
+
+TRAINING_HISTORY = [{"epoch": e, "loss": 3.0 / (e + 1), "test_acc": 0.2 + 0.15 * e, "lr": 0.1} for e in range(4)]
+
+
+def curve_folders(repo: Path) -> list[str]:
+    study = yaml.safe_load((repo / "params.yaml").read_text())["study"]
+    return ["eval", *(f"target_alpha{float(a)}_seed{s}" for s in study["seeds"] for a in study["alphas"])]
 
 
 def numbers(labels: list[str]) -> list[float]:
@@ -58,7 +71,12 @@ def test_dvc_plots_show_draws_each_plot_readably_without_warnings(tmp_path: Path
     assert "WARNING" not in printed and "failed" not in printed and "error" not in printed.lower()
     facts = browser.page_facts(browser.offline_copy(page, vega))
     charts = {chart["id"]: chart for chart in facts["charts"]}
-    assert set(charts) == CHARTS  # no stray default chart of study.json against step
+    curves = {name: chart for name, chart in charts.items() if name.startswith("out_curves_")}
+    assert set(charts) - set(curves) == CHARTS  # no stray default chart of study.json against step
+    for folder in curve_folders(repo):  # each classifier's training, one chart per metric, drawn against the epoch
+        for metric in ("loss", "test_acc", "lr"):
+            chart = curves[re.sub(r"[/.]", "_", f"out/curves/{folder}/plots/metrics/{metric}.tsv")]  # DVC's id
+            assert axis(chart, "step")["labels"] and metric in chart["texts"], chart["texts"]
     assert facts["errors"] == [] and not any("â" in t for c in charts.values() for t in c["texts"])  # UTF-8 page
     tradeoff = charts["tradeoff"]
     assert {"α = 0.1", "α = 0", "α = −0.05"} <= set(tradeoff["texts"])  # every point labelled with its alpha
