@@ -13,9 +13,17 @@ def test_params_yaml_mirrors_the_schema_defaults():
 
     params = yaml.safe_load(committed_text("params.yaml"))
     assert Config.model_validate(params).to_dict() == Config().to_dict()
+    assert dotted_keys(params) == dotted_keys(Config().to_dict())  # every key written out, none left to a default
     assert set(params) == set(Config().to_dict())
     live = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(live) == set(Config().to_dict()) and Config.model_validate(live)
+
+
+def dotted_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key}
+    return keys
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path):
