@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lsmia import distributed, graph
-from lsmia.config import Config, build_config
+from lsmia.config import Config
 from lsmia.paths import StudyPaths
 from lsmia.stages.attack import stage_attack
 from lsmia.stages.attributes import stage_attribute_predictor
@@ -42,13 +42,7 @@ __all__ = [
     "stage_evaluate",
     "stage_prior",
     "stage_train",
-    "with_alpha",
 ]
-
-
-def with_alpha(cfg: Config, alpha: float) -> Config:
-    """The same config with another smoothing factor (validated like any config value)."""
-    return build_config(cfg.to_dict(), {"target.smoothing.alpha": alpha})
 
 
 @dataclass

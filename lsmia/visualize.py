@@ -67,14 +67,6 @@ def comparison_layout(
     return GridLayout(torch.cat(rows).div(255.0), n_real + 1 + n_fake, n_real, labels, index)
 
 
-def comparison_rows(
-    data: FaceData, result: AttackResult, n_real: int = 4, n_fake: int = 8, max_targets: int = 10
-) -> tuple[torch.Tensor, int]:
-    """The unlabelled tiles of :func:`comparison_layout` and the tiles per row."""
-    layout = comparison_layout(data, result, n_real, n_fake, max_targets)
-    return layout.images, layout.nrow
-
-
 def _class_label(data: FaceData, cls: int) -> str:
     name = data.class_names[cls] if 0 <= cls < len(data.class_names) else str(cls)
     return name if len(name) <= 12 else f"{name[:11]}…"

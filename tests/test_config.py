@@ -20,7 +20,7 @@ def test_params_yaml_mirrors_the_schema_defaults():
 
 
 def dotted_keys(tree: dict, prefix: str = "") -> set[str]:
-    keys = set()
+    keys: set[str] = set()
     for key, value in tree.items():
         keys |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key}
     return keys
