@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Threads = int | Literal["auto"]
@@ -16,7 +19,7 @@ Threads = int | Literal["auto"]
 class ThreadChoice:
     threads: int  # 0: torch's default (every core)
     usable: int  # cores this process may run on
-    load: float  # the machine's one-minute load average when chosen
+    load: float  # the other processes' load when chosen (load_average)
 
     def note(self) -> str | None:
         """A line for the user when the load took cores away, else None."""
@@ -34,11 +37,40 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+LOAD_SAMPLES = 9  # readings of the runnable count, LOAD_INTERVAL apart: about a second at a stage's start
+LOAD_INTERVAL = 0.1
+
+
 def load_average() -> float:
+    """The other processes' demand for CPU now: the median number of runnable threads over about a second (Linux's
+    /proc/loadavg), less this process; elsewhere the one-minute load average.
+
+    Not the one-minute average on Linux: it still counts a pipeline's previous stage for a minute after that stage
+    ended, so on an idle machine every stage of `dvc repro` after the first took one core of two."""
+    samples = [_runnable() for _ in _spaced(LOAD_SAMPLES, LOAD_INTERVAL)]
+    known = [count for count in samples if count is not None]
+    if not known:
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    return float(max(0.0, statistics.median(known) - 1))  # this process is running while it reads
+
+
+def _spaced(count: int, interval: float):
+    for index in range(count):
+        if index:
+            time.sleep(interval)
+        yield index
+
+
+def _runnable() -> int | None:
+    """Threads runnable right now, machine-wide (the R of /proc/loadavg's R/T field), or None where unreadable."""
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
+        fields = Path("/proc/loadavg").read_text(encoding="ascii").split()
+        return int(fields[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def choose_threads(setting: Threads, share: int = 1) -> ThreadChoice:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from lsmia import threads
 from lsmia.config import RunConfig
+from tests.helpers.poll import wait_until
 
 
 @pytest.fixture
@@ -49,6 +50,35 @@ def test_the_choice_is_described_for_the_run_s_tags(machine, monkeypatch: pytest
     assert threads.describe() == "1 of 2 cores, load 1.6"
     threads.set_threads(0)
     assert threads.describe() == "torch's default of 2 cores, load 1.6"
+
+
+def test_the_load_is_the_median_runnable_count_less_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([3, 1, 3, 3, 2, 3, 3, 9, 3])  # a brief dip and a spike do not move the median
+    monkeypatch.setattr(threads, "_runnable", lambda: next(readings))
+    monkeypatch.setattr(threads, "LOAD_INTERVAL", 0.0)
+    assert threads.load_average() == 2.0
+
+
+def test_without_proc_loadavg_the_one_minute_average_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_runnable", lambda: None)
+    monkeypatch.setattr(threads, "LOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 0.5, 0.2))
+    assert threads.load_average() == 1.5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="reads Linux's /proc/loadavg")
+def test_busy_processes_count_while_they_run_and_not_after() -> None:
+    """The one-minute average still counted a pipeline's finished stage, so on an idle 2-core machine every later
+    stage took one core; the runnable count forgets a process once it has ended."""
+    before = threads.load_average()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        wait_until(lambda: threads.load_average() >= before + 1.5, timeout=60, what="two busy processes counted")
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    wait_until(lambda: threads.load_average() <= before + 0.5, timeout=60, what="the ended processes forgotten")
 
 
 def test_the_schema_takes_auto_or_a_count() -> None:
