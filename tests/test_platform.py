@@ -63,7 +63,7 @@ def test_dvc_plots_show_has_every_classifier_s_training_curves(project):
         subprocess.run(
             [str(BIN / "dvc"), "plots", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True
         ).stdout
-    )
+    )["data"]  # plot id -> its rendered data
     curves = {name for name in shown if "/curves/" in name}
     alphas = yaml.safe_load((repo / "params.yaml").read_text())["study"]["alphas"]
     for folder in ["eval", *(f"target_alpha{float(a)}_seed0" for a in alphas)]:
