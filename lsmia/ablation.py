@@ -101,6 +101,9 @@ class CacheLayout:
     def output(self, stage: graph.Stage, cell: graph.Cell | None) -> Path:
         return self.root / stage.name / self.keys[stage.name] / stage.output
 
+    def side_outputs(self, stage: graph.Stage, cell: graph.Cell | None) -> dict[str, Path]:
+        return {}  # no curves or plot data per cached or trial stage
+
 
 class StageCache:
     """Runs a stage into its cache folder unless a finished run is there; a ``.done`` marker, written after

@@ -256,23 +256,8 @@ def output_file(path: Path, setting: str) -> Path:
     return path
 
 
-def _code_version(stage: str) -> str:
-    """The hash of a stage's code (lsmia.graph): a checkpoint written by other code is not resumed."""
-    from lsmia import graph
-
-    return graph.code_digest(graph.stage(stage))
-
-
 def _paths(cfg: Config) -> StudyPaths:
     return StudyPaths(output_folder(Path(cfg.run.out_dir), "run.out_dir"))
-
-
-def _run_marker(out_dir: Path, resumable: bool | None = None) -> dict[str, Any]:
-    """Where a stage keeps its open MLflow run's id (beside its checkpoint), and whether a kill leaves it resumable."""
-    from lsmia.tracking import RUN_MARKER
-
-    resumable = (out_dir / "checkpoint.pt").exists() if resumable is None else resumable
-    return {"run_marker": out_dir / RUN_MARKER, "resumable": resumable}
 
 
 def _writing(*targets: Path | None):
@@ -316,6 +301,150 @@ def config(
     typer.echo(f"wrote {out}", err=True)
 
 
+# The graph's stages (lsmia.graph.STAGES; a test keeps the two equal): named here so that `lsmia --help` need
+# not import torch.
+STAGE_NAMES = ("data", "prior", "eval-model", "attributes", "target", "attack", "evaluate", "toy", "report")
+
+
+def run_graph_stage(
+    name: str,
+    cfg: Config,
+    seed: int | None = None,
+    pinned: dict[str, Path] | None = None,
+    side: dict[str, Path] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Run stage ``name`` of the graph for the cell (``target.smoothing.alpha``, ``seed``) in the study layout,
+    some files pinned elsewhere: :func:`lsmia.graph.run_stage` under MLflow tracking, its outputs locked."""
+    from lsmia import graph
+    from lsmia.tracked import tracked_stage
+
+    stage = graph.stage(name)
+    cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed) if stage.per_cell else None
+    layout = graph.PinnedLayout(graph.StudyLayout(_paths(cfg)), pinned or {}, side or {})
+    with _writing(*graph.written_by(stage, cell, layout)):
+        return graph.run_stage(stage, cfg, cell, layout, _device(cfg), tracked_stage, options)
+
+
+def _echo_result(name: str, result: Any, out: Path) -> None:
+    """What a stage command prints: its metrics as JSON, or a line naming what it wrote (rank 0 only)."""
+    from lsmia.distributed import is_main
+
+    if not is_main():
+        return
+    if name == "attack":
+        what = "shard" if "shard" in result.meta else "attack"
+        typer.echo(
+            f"{what}: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out.parent}"
+        )
+    elif name == "report":
+        typer.echo(f"report: {result}")
+    elif name == "attributes":
+        typer.echo(
+            f"attribute predictor: {out}" if result else "no attributes in this data set: attribute leakage is skipped"
+        )
+    elif name == "toy":
+        typer.echo(f"toy: {result.figure}")
+    elif isinstance(result, dict):
+        _echo_json(result)
+    else:
+        _echo_json(result.metrics)
+
+
+def _out_dir_output(name: str, cfg: Config, seed: int | None, out_dir: Path | None) -> dict[str, Path]:
+    """``--out-dir``: the stage's output file, under its usual name, in that folder."""
+    if out_dir is None:
+        return {}
+    from lsmia import graph
+
+    stage = graph.stage(name)
+    cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed) if stage.per_cell else None
+    return {name: output_folder(out_dir, "--out-dir") / graph.StudyLayout(_paths(cfg)).output(stage, cell).name}
+
+
+def _attack_classes(cfg: Config, classes: str | None, shard: str | None) -> tuple[list[int] | None, str | None]:
+    """``--classes``/``--shard``: the shard's classes and the leaf of its folder (None: the whole attack)."""
+    from lsmia.attack import shards
+
+    if classes is not None and shard is not None:
+        raise LsmiaError("--classes and --shard both choose the shard's classes: pass one of them")
+    if classes is not None:
+        chosen = shards.parse_classes(classes, shards.class_limit(cfg.attack.targets))
+        return chosen, shards.compact(chosen)
+    if shard is not None:
+        index, count = shards.parse_shard(shard)
+        return shards.shard_classes(shards.target_list(cfg.attack.targets), index, count), str(index)
+    return None, None
+
+
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes", help="Attack only these classes of attack.targets, e.g. 0-9,20: a shard (lsmia merge-attack)."
+    ),
+]
+ShardOpt = Annotated[
+    str | None, typer.Option("--shard", help="I/N: the I-th of N equal class ranges of attack.targets (a shard).")
+]
+
+
+@app.command()
+@cli_errors
+def stage(
+    name: Annotated[str, typer.Argument(help=f"The stage: {', '.join(STAGE_NAMES)}.", metavar="NAME")],
+    alpha: AlphaOpt = None,
+    seed: SeedOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    sets: SetOpt = None,
+    device: DeviceOpt = None,
+    data_file: DataOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Folder for the stage's output (default: under run.out_dir).")
+    ] = None,
+    track: TrackOpt = None,
+    classes: ClassesOpt = None,
+    shard: ShardOpt = None,
+) -> None:
+    """Run one stage of the study graph (what `dvc repro` runs for each stage, and `lsmia study` for all):
+    --alpha/--seed name the cell of a per-cell stage (target, attack, evaluate)."""
+    if name not in STAGE_NAMES:
+        raise LsmiaError(f"no stage '{name}': name one of {', '.join(STAGE_NAMES)}")
+    per_cell = name in ("target", "attack", "evaluate")
+    if alpha is not None and not per_cell:
+        raise LsmiaError(
+            f"stage {name} has no smoothing factor: drop --alpha (it names a cell of target, attack, evaluate)"
+        )
+    if (classes is not None or shard is not None) and name != "attack":
+        raise LsmiaError(f"--classes and --shard choose an attack's classes: drop them for stage {name}")
+    flags = {} if per_cell or seed is None else {"run.seed": ("--seed", seed)}
+    cfg = resolve(params, sets, device, alpha, track, seed if per_cell else None, flags=flags)
+    pinned = {"data": data_file} if data_file is not None else {}
+    chosen, leaf = _attack_classes(cfg, classes, shard) if name == "attack" else (None, None)
+    if leaf is not None and out_dir is None:
+        cell_seed = cfg.run.seed if seed is None else seed
+        out_dir = _paths(cfg).attack_shard_dir(cfg.target.smoothing.alpha, cell_seed, leaf)
+    pinned.update(_out_dir_output(name, cfg, seed, out_dir))
+    _run_alias(name, cfg, seed, pinned, options={"classes": chosen})
+
+
+def _run_alias(
+    name: str,
+    cfg: Config,
+    seed: int | None,
+    pinned: dict[str, Path],
+    side: dict[str, Path] | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """A stage command: the stage through the one door, then its summary printed."""
+    from lsmia import graph
+
+    log = {"log": lambda line: typer.echo(line, err=True)}
+    result = run_graph_stage(name, cfg, seed, pinned, side, {**log, **(options or {})})
+    stage_ = graph.stage(name)
+    cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed) if stage_.per_cell else None
+    _echo_result(name, result, graph.PinnedLayout(graph.StudyLayout(_paths(cfg)), pinned).output(stage_, cell))
+
+
 @app.command()
 @cli_errors
 def data(
@@ -324,16 +453,9 @@ def data(
     out: Annotated[Path | None, typer.Option(help="Prepared data file.")] = None,
     track: TrackOpt = None,
 ) -> None:
-    """Render the built-in identities or load FaceScrub / CelebA / an image folder."""
-    from lsmia import pipeline
-    from lsmia.tracked import tracked_stage
-
+    """Render the built-in identities or load FaceScrub / CelebA / an image folder (`lsmia stage data`)."""
     cfg = resolve(params, sets, track=track)
-    out = output_file(out, "--out") if out else _paths(cfg).data_file
-    with _writing(out), tracked_stage(cfg, "data", "data") as tracker:
-        summary = pipeline.stage_data(cfg, out, out.with_name("summary.json"))
-        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    _echo_json(summary)
+    _run_alias("data", cfg, None, {"data": output_file(out, "--out")} if out else {})
 
 
 @app.command("train-prior")
@@ -346,44 +468,11 @@ def train_prior(
     out_dir: OutDirOpt = None,
     track: TrackOpt = None,
 ) -> None:
-    """Train the GAN prior on the public images only (with prior.kind torchscript: record the exported generator)."""
-    from lsmia import pipeline
-    from lsmia.tracked import tracked_stage
-
+    """Train the GAN prior on the public images only (with prior.kind torchscript: record the exported generator)
+    (`lsmia stage prior`)."""
     cfg = resolve(params, sets, device, track=track)
-    paths = _paths(cfg)
-    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.prior_dir
-    if cfg.prior.kind != "dcgan":  # the DVC graph's prior stage: nothing to train, the attacks load prior.path
-        with _writing(out_dir):
-            _echo_json(record_exported_prior(cfg, out_dir))
-        return
-    data_file = data_file or paths.data_file
-    with (
-        _writing(out_dir),
-        tracked_stage(
-            cfg, "prior", "prior", role="prior", system_metrics=True, data_file=data_file, **_run_marker(out_dir)
-        ) as tracker,
-    ):
-        result = pipeline.stage_prior(
-            cfg, data_file, out_dir, _device(cfg), on_epoch=tracker.epoch_logger(), code_version=_code_version("prior")
-        )
-        tracker.log_prior(result)
-    _echo_json(result.metrics)
-
-
-def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
-    """``out_dir/prior.json``: the exported generator's path and digest (what the DVC prior stage outputs for it)."""
-    from lsmia.utils import file_digest, save_json
-
-    path = Path(cfg.prior.path) if cfg.prior.path is not None else None
-    if path is None or not path.is_file():
-        raise LsmiaError(
-            f"prior.kind is {cfg.prior.kind} but prior.path ({path}) is not a file: export the generator "
-            "(README: 'Exporting a StyleGAN2-ADA generator') and set prior.path to it"
-        )
-    record = {"kind": cfg.prior.kind, "path": str(path), "sha256": file_digest(path, length=64)}
-    save_json(record, out_dir / "prior.json")
-    return record
+    pinned = {"data": data_file} if data_file else {}
+    _run_alias("prior", cfg, None, {**pinned, **_out_dir_output("prior", cfg, None, out_dir)})
 
 
 @app.command()
@@ -402,55 +491,14 @@ def train(
     ] = None,
     track: TrackOpt = None,
 ) -> None:
-    """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)."""
-    from lsmia import pipeline
-    from lsmia.distributed import is_main
-    from lsmia.tracked import tracked_stage
-
-    cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed)
-    seed = cfg.run.seed if seed is None else seed
-    paths = _paths(cfg)
-    alpha_value = cfg.target.smoothing.alpha if role == "target" else 0.0
-    out_dir = (
-        output_folder(out_dir, "--out-dir")
-        if out_dir
-        else (paths.target_dir(alpha_value, seed) if role == "target" else paths.eval_dir)
-    )
-    curves = (
-        output_folder(curves_dir, "--curves-dir")
-        if curves_dir
-        else paths.curves_dir(*((alpha_value, seed) if role == "target" else (None, None)))
-    )
-    with (
-        _writing(out_dir, curves),
-        pipeline.launched_stage(
-            cfg,
-            _device(cfg),
-            tracked_stage,
-            "train",
-            f"train-{role}",
-            role=role,
-            alpha=alpha_value if role == "target" else None,
-            seed=seed,
-            system_metrics=True,
-            data_file=data_file or paths.data_file,
-            **_run_marker(out_dir),
-        ) as (tracker, rank_device),
-    ):  # torchrun: DDP, rank 0 tracks
-        result = pipeline.stage_train(
-            cfg,
-            role,
-            data_file or paths.data_file,
-            out_dir,
-            rank_device,
-            seed,
-            on_epoch=tracker.epoch_logger(),
-            code_version=_code_version("target" if role == "target" else "eval-model"),
-            curves_dir=curves,
-        )
-        tracker.log_classifier(result, role, alpha_value, seed)
-    if is_main():
-        _echo_json(result.metrics)
+    """Train a target classifier with label smoothing --alpha, or the evaluation model (--role eval)
+    (`lsmia stage target` / `lsmia stage eval-model`)."""
+    name = "target" if role == "target" else "eval-model"
+    flags = {"run.seed": ("--seed", seed)} if role == "eval" and seed is not None else {}
+    cfg = resolve(params, sets, device, alpha if role == "target" else None, track, seed, flags=flags)
+    pinned = {"data": data_file} if data_file else {}
+    side = {"curves": output_folder(curves_dir, "--curves-dir")} if curves_dir else {}
+    _run_alias(name, cfg, seed, {**pinned, **_out_dir_output(name, cfg, seed, out_dir)}, side)
 
 
 @app.command()
@@ -466,70 +514,20 @@ def attack(
     prior: Annotated[Path | None, typer.Option(help="Prior file (dcgan).")] = None,
     out_dir: OutDirOpt = None,
     track: TrackOpt = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            "--classes", help="Attack only these classes of attack.targets, e.g. 0-9,20: a shard (lsmia merge-attack)."
-        ),
-    ] = None,
-    shard: Annotated[
-        str | None, typer.Option("--shard", help="I/N: the I-th of N equal class ranges of attack.targets (a shard).")
-    ] = None,
+    classes: ClassesOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
-    """Invert a target with Plug & Play Attacks (all of attack.targets, or one shard of them)."""
-    from lsmia import pipeline
-    from lsmia.attack import shards
-    from lsmia.distributed import is_main
-    from lsmia.tracked import tracked_stage
-
+    """Invert a target with Plug & Play Attacks (all of attack.targets, or one shard of them) (`lsmia stage
+    attack`)."""
     cfg = resolve(params, sets, device, alpha, track, seed)
-    seed = cfg.run.seed if seed is None else seed
-    paths = _paths(cfg)
-    a = cfg.target.smoothing.alpha
-    target = target or paths.target_dir(a, seed) / "model.pt"
-    prior = prior or (paths.prior_dir / "prior.pt" if cfg.prior.kind == "dcgan" else None)
-    if classes is not None and shard is not None:
-        raise LsmiaError("--classes and --shard both choose the shard's classes: pass one of them")
-    chosen = shards.parse_classes(classes, shards.class_limit(cfg.attack.targets)) if classes is not None else None
-    if shard is not None:
-        index, count = shards.parse_shard(shard)
-        chosen = shards.shard_classes(shards.target_list(cfg.attack.targets), index, count)
-    default_dir = paths.attack_dir(a, seed)
-    if chosen is not None:
-        default_dir = paths.root / "attack-shards" / default_dir.name / shards.compact(chosen)
-    out_dir = output_folder(out_dir, "--out-dir") if out_dir else default_dir
-    with (
-        _writing(out_dir),
-        pipeline.launched_stage(
-            cfg,
-            _device(cfg),
-            tracked_stage,
-            "attack",
-            "attack",
-            role="target",
-            alpha=a,
-            seed=seed,
-            system_metrics=True,
-            data_file=data_file or paths.data_file,
-            **_run_marker(out_dir),
-        ) as (tracker, rank_device),
-    ):
-        result = pipeline.stage_attack(
-            cfg,
-            data_file or paths.data_file,
-            target,
-            prior,
-            out_dir,
-            rank_device,
-            seed,
-            classes=chosen,
-            code_version=_code_version("attack"),
-            log=lambda line: typer.echo(line, err=True),
-        )
-        tracker.log_attack(result, out_dir, a, seed)
-    if is_main():
-        what = "shard" if "shard" in result.meta else "attack"
-        typer.echo(f"{what}: {len(result.final_targets)} final samples for {len(result.targets)} targets -> {out_dir}")
+    chosen, leaf = _attack_classes(cfg, classes, shard)
+    if leaf is not None and out_dir is None:
+        out_dir = _paths(cfg).attack_shard_dir(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed, leaf)
+    given = {"data": data_file, "target": target, "prior": prior}
+    pinned = {key: path for key, path in given.items() if path is not None}
+    _run_alias(
+        "attack", cfg, seed, {**pinned, **_out_dir_output("attack", cfg, seed, out_dir)}, options={"classes": chosen}
+    )
 
 
 @app.command("merge-attack")
@@ -570,37 +568,18 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Metrics JSON.")] = None,
     track: TrackOpt = None,
 ) -> None:
-    """Measure what the attack leaked: attack accuracy, delta_eval, FID, PRDC, xi, attribute leakage."""
-    from lsmia import pipeline
-    from lsmia.tracked import tracked_stage
-
+    """Measure what the attack leaked: attack accuracy, delta_eval, FID, PRDC, xi, attribute leakage (`lsmia stage
+    evaluate`)."""
     cfg = resolve(params, sets, device, alpha, track, seed)
-    seed = cfg.run.seed if seed is None else seed
-    paths = _paths(cfg)
-    a = cfg.target.smoothing.alpha
-    out = output_file(out, "--out") if out else paths.metrics_file(a, seed)
-    with (
-        _writing(out),
-        tracked_stage(
-            cfg, "evaluate", "evaluate", role="target", alpha=a, seed=seed, data_file=data_file or paths.data_file
-        ) as tracker,
-    ):
-        attack_file = attack_file or paths.attack_dir(a, seed) / "attack.pt"
-        eval_model = eval_model or paths.eval_dir / "model.pt"
-        metrics = pipeline.stage_evaluate(
-            cfg,
-            data_file or paths.data_file,
-            attack_file,
-            eval_model,
-            target_dir or paths.target_dir(a, seed),
-            out,
-            _device(cfg),
-            a,
-            seed,
-            attributes or paths.attribute_dir / "predictor.pt",
-        )
-        tracker.log_evaluation(metrics, attack_file, eval_model)
-    _echo_json(metrics)
+    given = {
+        "data": data_file,
+        "attack": attack_file,
+        "eval-model": eval_model,
+        "target": target_dir / "model.pt" if target_dir else None,
+        "attributes": attributes,
+        "evaluate": output_file(out, "--out") if out else None,
+    }
+    _run_alias("evaluate", cfg, seed, {key: path for key, path in given.items() if path is not None})
 
 
 @app.command("train-attributes")
@@ -613,21 +592,11 @@ def train_attributes(
     out: Annotated[Path | None, typer.Option(help="Predictor file.")] = None,
     track: TrackOpt = None,
 ) -> None:
-    """Train the attribute predictor on the public identities (built-in data) for attribute leakage."""
-    from lsmia import pipeline
-    from lsmia.tracked import tracked_stage
-
+    """Train the attribute predictor on the public identities (built-in data) for attribute leakage (`lsmia stage
+    attributes`)."""
     cfg = resolve(params, sets, device, track=track)
-    paths = _paths(cfg)
-    out = output_file(out, "--out") if out else paths.attribute_dir / "predictor.pt"
-    with (
-        _writing(out),
-        tracked_stage(cfg, "attributes", "train-attributes", role="attributes", data_file=data_file or paths.data_file),
-    ):
-        trained = pipeline.stage_attribute_predictor(cfg, data_file or paths.data_file, out, _device(cfg))
-    if not trained:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        typer.echo("no attributes in this data set: attribute leakage is skipped")
+    given = {"data": data_file, "attributes": output_file(out, "--out") if out else None}
+    _run_alias("attributes", cfg, None, {key: path for key, path in given.items() if path is not None})
 
 
 @app.command()
@@ -643,7 +612,8 @@ def report(
         typer.Option(
             "--ablation",
             help="Include an 'lsmia ablate' plan's results (its results.json, or the results.md "
-            "beside it), e.g. out/ablations/factors/results.json (repeatable).",
+            "beside it), e.g. out/ablations/factors/results.json (repeatable; default: the committed ablations "
+            "the DVC report stage lists).",
         ),
     ] = None,
     defenses: Annotated[
@@ -657,31 +627,14 @@ def report(
     track: TrackOpt = None,
 ) -> None:
     """Write the HTML report (figures, tables, reconstructions) of the study's alphas x seeds (study.alphas,
-    study.seeds); cells not evaluated yet are named in the report and skipped."""
-    from lsmia.stages.report import stage_report
-    from lsmia.tracked import tracked_stage
-
+    study.seeds); cells not evaluated yet are named in the report and skipped (`lsmia stage report`)."""
     cfg = resolve(params, sets, device, track=track)
-    paths = _paths(cfg)
-    out_dir = output_folder(out_dir, "--out-dir") if out_dir else paths.report_dir
-    plots_dir = output_folder(plots_dir, "--plots-dir") if plots_dir else paths.root / "plots"
-    with _writing(out_dir, plots_dir), tracked_stage(cfg, "report", "report", role="report") as tracker:
-        missing = [str(f) for f in ablations or [] if not f.is_file()]
-        if missing:
-            raise LsmiaError(
-                f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation"
-            )
-        index = stage_report(
-            cfg,
-            paths,
-            out_dir,
-            _device(cfg),
-            ablation_files=ablations or [],
-            plots_dir=plots_dir,
-            defenses_file=defenses,
-        )
-        tracker.log_report(index.parent)
-    typer.echo(f"report: {index}")
+    missing = [str(f) for f in ablations or [] if not f.is_file()]
+    if missing:
+        raise LsmiaError(f"no ablation results at {missing[0]}: run 'lsmia ablate' for that plan or drop --ablation")
+    side = {"plots": output_folder(plots_dir, "--plots-dir")} if plots_dir else {}
+    options = {"ablations": ablations, "defenses": defenses}
+    _run_alias("report", cfg, None, _out_dir_output("report", cfg, None, out_dir), side, options)
 
 
 @app.command()
@@ -718,30 +671,41 @@ def repro(
 @cli_errors
 def dvc_yaml(
     check: Annotated[
-        bool, typer.Option("--check", metavar=NO_VALUE, help="Exit 1 if dvc.yaml differs instead of writing.")
+        bool,
+        typer.Option("--check", metavar=NO_VALUE, help="Exit 1 if dvc.yaml or MLproject differs instead of writing."),
     ] = False,
-    path: Annotated[Path, typer.Option("--path", help="The file to write or check.")] = Path("dvc.yaml"),
+    path: Annotated[Path, typer.Option("--path", help="The dvc.yaml to write or check.")] = Path("dvc.yaml"),
+    mlproject_path: Annotated[Path, typer.Option("--mlproject", help="The MLproject to write or check.")] = Path(
+        "MLproject"
+    ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write dvc.yaml from the stage graph (lsmia/graph.py), or --check that the committed one matches.
+    """Write dvc.yaml and MLproject from the stage graph (lsmia/graph.py), or --check that the committed ones match.
 
     ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage; a ``prior.path``
     makes the generator file there a dependency of the prior and attack stages."""
     from lsmia.graph import dvc_yaml as render
+    from lsmia.graph import mlproject
     from lsmia.utils import atomic_path
 
     cfg = load_config(params) if params.is_file() else None
-    text = render(cfg.attack.shards if cfg else 1, generator=cfg is not None and cfg.prior.path is not None)
-    if check:
-        current = path.read_text(encoding="utf-8") if path.is_file() else ""
-        if current != text:
-            typer.echo(f"error: {path} differs from the stage graph: run 'lsmia dvc-yaml' and commit it", err=True)
-            raise typer.Exit(1)
-        typer.echo(f"{path} matches the stage graph")
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    typer.echo(f"wrote {path}")
+    texts = {
+        path: render(cfg.attack.shards if cfg else 1, generator=cfg is not None and cfg.prior.path is not None),
+        mlproject_path: mlproject(),
+    }
+    for target, text in texts.items():
+        if check:
+            current = target.read_text(encoding="utf-8") if target.is_file() else ""
+            if current != text:
+                typer.echo(
+                    f"error: {target} differs from the stage graph: run 'lsmia dvc-yaml' and commit it", err=True
+                )
+                raise typer.Exit(1)
+            typer.echo(f"{target} matches the stage graph")
+            continue
+        with atomic_path(target) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {target}")
 
 
 @app.command()

@@ -1,20 +1,23 @@
 """The study's stage graph, declared once.
 
-Each :class:`Stage` names the library module that computes it, the params it reads, the stages whose
-outputs it reads and the files it writes. From this one declaration:
+Each :class:`Stage` names the library module that computes it, the runner that calls it, the params it reads,
+the stages whose outputs it reads, where its output lies (a :mod:`lsmia.paths` method) and how it is tracked.
+From this one declaration:
 
-- ``dvc.yaml`` is generated (``lsmia dvc-yaml``; a test fails when the committed file differs), with
-  code dependencies complete by construction: every ``lsmia`` file the stage's module imports,
-  directly or through other ``lsmia`` modules (function-level imports and package ``__init__`` files
-  included), found by reading the source, so editing e.g. ``lsmia/losses.py`` re-runs exactly the
-  stages whose code reaches it; a module's ``PACKAGE_DATA`` folders (the report's templates) count as its code;
-- ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`execute`), each with its own
-  :class:`Layout` (where a stage's output lies) and observer (what is tracked);
+- ``dvc.yaml`` is generated (``lsmia dvc-yaml``; a test fails when the committed file differs): every stage's
+  command is ``lsmia stage NAME`` (the same :func:`run_stage` that ``lsmia study`` runs), its paths are
+  :class:`~lsmia.paths.StudyPaths` rendered in DVC's template syntax, and its code dependencies are complete by
+  construction: every ``lsmia`` file the stage's module imports, directly or through other ``lsmia`` modules
+  (function-level imports and package ``__init__`` files included), found by reading the source, so editing
+  e.g. ``lsmia/losses.py`` re-runs exactly the stages whose code reaches it; a module's ``PACKAGE_DATA`` folders
+  (the report's templates) count as its code;
+- ``lsmia stage``, ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`run_stage`), each
+  with its own :class:`Layout` (where a stage's output lies) and observer (what is tracked);
 - the ablation cache keys a stage by its params, its code (:func:`code_digest`) and the keys of the
   stages it reads (:func:`stage_keys`), so a code edit invalidates exactly what it can change.
 
-The CLI shell (``lsmia/cli.py``) and the tracking modules are not code dependencies: they change
-what is logged, never what a stage writes.
+This module, the CLI shell and the tracking modules are not code dependencies: they change what is logged and
+where, never what a stage computes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import ast
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -32,12 +35,18 @@ from typing import Any, Protocol
 import torch
 
 from lsmia.config import Config, build_config
-from lsmia.paths import StudyPaths, run_tag
+from lsmia.paths import Alpha, Seed, StudyPaths, run_tag
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 OUT = "${run.out_dir}"
-CELL = "alpha${item.alpha}_seed${item.seed}"
+ITEM: tuple[str, str] = ("${item.alpha}", "${item.seed}")  # a cell of DVC's matrix
+TEMPLATE = StudyPaths(Path(OUT))  # the study layout in DVC's template syntax: dvc.yaml's paths are lsmia.paths'
+CELL = run_tag(*ITEM)
+
+
+def dvc_path(path: Path) -> str:
+    return path.as_posix()
 
 
 @dataclass(frozen=True)
@@ -52,24 +61,287 @@ class Cell:
         return run_tag(self.alpha, self.seed)
 
 
+# --------------------------------------------------------------------------- observers and layouts
+
+
+class Observer(Protocol):
+    """What a stage reports while it runs (MLflow through lsmia.tracked, a sweep trial, or nothing)."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+    def epoch_logger(self) -> Callable[[int, dict[str, float]], None] | None: ...
+    def log_prior(self, result: Any) -> None: ...
+    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
+    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
+    def log_report(self, report_dir: Path) -> None: ...
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
+
+
+# Opens an observer for one stage run: ``observe(cfg, kind, run_name, role=, alpha=, seed=, system_metrics=, run_dir=,
+# data_file=)``; lsmia.tracked.tracked_stage takes them all, other observers ignore what they need not.
+Observe = Callable[..., AbstractContextManager[Any]]
+
+
+class QuietStage:
+    """The stage observer used without tracking: every hook is a no-op."""
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
+    def epoch_logger(self) -> Callable[[int, dict[str, float]], None] | None:
+        return None
+
+    def log_prior(self, result: Any) -> None: ...
+    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
+    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
+    def log_report(self, report_dir: Path) -> None: ...
+    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
+
+
+@contextmanager
+def quiet_stage(cfg: Config, stage: str, run_name: str, **tags: Any) -> Iterator[QuietStage]:
+    yield QuietStage()
+
+
+class Layout(Protocol):
+    """Where each stage's output file lies for a cell (``None`` for stages outside the matrix), and its side
+    outputs: named extra folders a stage writes in this layout (a classifier's ``curves``, the report's ``plots``)."""
+
+    def output(self, stage_: Stage, cell: Cell | None) -> Path: ...
+    def side_outputs(self, stage_: Stage, cell: Cell | None) -> dict[str, Path]: ...
+
+
+@dataclass
+class StageRun:
+    """Everything one stage run gets: its config (with the cell's alpha), inputs, output, side outputs, observer
+    and the options of a single run (``lsmia stage``'s flags: an attack's classes, the report's ablations)."""
+
+    stage: Stage
+    cfg: Config
+    cell: Cell | None
+    output: Path
+    inputs: dict[str, Path]
+    device: torch.device
+    observer: Observer
+    side: dict[str, Path] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def log(self) -> Callable[[str], None] | None:
+        return self.options.get("log")
+
+
+# --------------------------------------------------------------------------- runners: a stage's library call
+
+
+def _run_data(run: StageRun) -> Any:
+    from lsmia.stages.data import stage_data
+
+    summary = stage_data(run.cfg, run.output, run.output.with_name("summary.json"))
+    run.observer.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    return summary
+
+
+def _run_prior(run: StageRun) -> Any:
+    if run.cfg.prior.kind != "dcgan":  # DVC's prior stage of an exported generator: record it, nothing to train
+        return record_exported_prior(run.cfg, run.output.parent)
+    from lsmia.stages.prior import stage_prior
+
+    result = stage_prior(
+        run.cfg,
+        run.inputs["data"],
+        run.output.parent,
+        run.device,
+        on_epoch=run.observer.epoch_logger(),
+        code_version=code_digest(run.stage),
+    )
+    run.observer.log_prior(result)
+    return result
+
+
+def record_exported_prior(cfg: Config, out_dir: Path) -> dict[str, Any]:
+    """``out_dir/prior.json``: the exported generator's path and digest (what the DVC prior stage outputs for it)."""
+    from lsmia.errors import LsmiaError
+    from lsmia.utils import file_digest, save_json
+
+    path = Path(cfg.prior.path) if cfg.prior.path is not None else None
+    if path is None or not path.is_file():
+        raise LsmiaError(
+            f"prior.kind is {cfg.prior.kind} but prior.path ({path}) is not a file: export the generator "
+            "(README: 'Exporting a StyleGAN2-ADA generator') and set prior.path to it"
+        )
+    record = {"kind": cfg.prior.kind, "path": str(path), "sha256": file_digest(path, length=64)}
+    save_json(record, out_dir / "prior.json")
+    return record
+
+
+def _run_train(run: StageRun) -> Any:
+    from lsmia.stages.train import stage_train
+
+    role = "target" if run.stage.name == "target" else "eval"
+    seed = run.cell.seed if run.cell is not None else run.cfg.run.seed
+    alpha = run.cell.alpha if run.cell is not None else 0.0
+    result = stage_train(
+        run.cfg,
+        role,
+        run.inputs["data"],
+        run.output.parent,
+        run.device,
+        seed,
+        on_epoch=run.observer.epoch_logger(),
+        code_version=code_digest(run.stage),
+        curves_dir=run.side.get("curves"),
+    )
+    run.observer.log_classifier(result, role, alpha, seed)
+    return result
+
+
+def _run_attributes(run: StageRun) -> Any:
+    from lsmia.stages.attributes import stage_attribute_predictor
+
+    trained = stage_attribute_predictor(run.cfg, run.inputs["data"], run.output, run.device)
+    if not trained:
+        run.output.parent.mkdir(parents=True, exist_ok=True)  # DVC's output folder exists, empty
+    return trained
+
+
+def _run_attack(run: StageRun) -> Any:
+    from lsmia.stages.attack import stage_attack
+
+    assert run.cell is not None
+    if run.cfg.attack.shards > 1 and run.options.get("classes") is None:
+        result = _run_attack_shards(run)
+    else:
+        result = stage_attack(
+            run.cfg,
+            run.inputs["data"],
+            run.inputs["target"],
+            run.inputs.get("prior"),
+            run.output.parent,
+            run.device,
+            run.cell.seed,
+            classes=run.options.get("classes"),
+            code_version=code_digest(run.stage),
+            log=run.log,
+        )
+    run.observer.log_attack(result, run.output.parent, run.cell.alpha, run.cell.seed)
+    return result
+
+
+def _run_attack_shards(run: StageRun) -> Any:
+    """``attack.shards`` class shards one after another (each resumable; a finished one is kept), then the merge:
+    what the DVC matrix of ``attack-shard`` stages runs as separate jobs."""
+    from lsmia.attack.shards import shard_classes, shard_dir, target_list
+    from lsmia.stages.attack import input_digests, stage_attack, stage_merge_attack
+
+    assert run.cell is not None
+    count, targets = run.cfg.attack.shards, target_list(run.cfg.attack.targets)
+    dirs = [shard_dir(run.output.parent, index) for index in range(count)]
+    digests = input_digests(run.cfg, run.cell.seed, run.inputs["target"], run.inputs.get("prior"))
+    for index, folder in enumerate(dirs):
+        classes = shard_classes(targets, index, count)
+        if _finished_shard(folder, classes, run.cfg, run.cell.seed, digests):
+            continue
+        stage_attack(
+            run.cfg,
+            run.inputs["data"],
+            run.inputs["target"],
+            run.inputs.get("prior"),
+            folder,
+            run.device,
+            run.cell.seed,
+            classes=classes,
+            code_version=code_digest(run.stage),
+            log=run.log,
+        )
+    return stage_merge_attack(run.inputs["data"], dirs, run.output.parent, log=run.log)
+
+
+def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int, digests: dict[str, str]) -> bool:
+    """Whether ``folder`` holds this shard's finished result for the current attack config and inputs (a shard
+    of another target model or prior, or one without digests, is run again)."""
+    from lsmia.attack.ppa import RUN_ONLY_KEYS
+    from lsmia.attack.result import AttackResult
+
+    if not (folder / "attack.pt").is_file() or (folder / "checkpoint.pt").exists():
+        return False
+    meta = AttackResult.load(folder / "attack.pt").meta
+    wanted = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed}).model_dump(
+        mode="json", exclude=set(RUN_ONLY_KEYS)
+    )
+    shard = meta.get("shard", {})
+    return shard.get("classes") == classes and shard.get("digests") == digests and meta.get("config") == wanted
+
+
+def _run_evaluate(run: StageRun) -> Any:
+    from lsmia.stages.evaluate import stage_evaluate
+
+    assert run.cell is not None
+    metrics = stage_evaluate(
+        run.cfg,
+        run.inputs["data"],
+        run.inputs["attack"],
+        run.inputs["eval-model"],
+        run.inputs["target"].parent,
+        run.output,
+        run.device,
+        run.cell.alpha,
+        run.cell.seed,
+        run.inputs.get("attributes"),
+    )
+    run.observer.log_evaluation(metrics, run.inputs["attack"], run.inputs["eval-model"])
+    return metrics
+
+
+def _run_toy(run: StageRun) -> Any:
+    from lsmia.toy import run_toy
+
+    return run_toy(out_dir=run.output.parent)
+
+
+def _run_report(run: StageRun) -> Any:
+    from lsmia.stages.report import stage_report
+
+    ablations = run.options.get("ablations")
+    if ablations is None:  # the committed ablations DVC lists as the stage's dependencies, where they exist
+        ablations = [Path(path) for path in REPORT_ABLATIONS if Path(path).is_file()]
+    index = stage_report(
+        run.cfg,
+        StudyPaths(run.cfg.run.out_dir),
+        run.output.parent,
+        run.device,
+        ablation_files=ablations,
+        plots_dir=run.side.get("plots"),
+        defenses_file=run.options.get("defenses"),
+    )
+    run.observer.log_report(index.parent)
+    return index
+
+
+# --------------------------------------------------------------------------- the stages
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One stage: what computes it, what it reads and what it writes (paths in DVC's template syntax).
+    """One stage: what computes it, what it reads, what it writes and how its run is tracked.
 
-    ``output`` is the file whose presence marks the stage as done in a cache; ``outs`` what DVC tracks.
-    """
+    ``locate`` puts its ``output`` (the file whose presence marks it done; its name in a cache folder) in the study
+    layout; ``outs`` and ``reads`` are DVC paths (what it writes; what stages of the same cell read of it),
+    ``collected`` what a stage outside the matrix reads of a per-cell stage. ``folder``: its DVC output is the
+    folder of ``output``, locked as one while it runs."""
 
     name: str
     module: str  # the lsmia module whose import closure is the stage's code
+    runner: Callable[[StageRun], Any]
     params: tuple[str, ...]
     needs: tuple[str, ...]
-    cmd: str
-    outs: tuple[str, ...]
     output: str
+    locate: Callable[[StudyPaths, Alpha, Seed], Path]
+    outs: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+    collected: tuple[str, ...] = ()
+    folder: bool = True
     per_cell: bool = False
-    persist: bool = (
-        False  # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint
-    )
+    # DVC keeps the outputs while the stage re-runs: a killed training resumes from its checkpoint, and the MLflow
+    # run it left open is continued (a marker beside the checkpoint holds its id)
+    persist: bool = False
     file_deps: tuple[str, ...] = ()  # extra data inputs, besides the outputs of ``needs``
     # inputs the stage reads only when they exist: listed in dvc.yaml while they exist in the repository (DVC
     # fails on a missing dependency), so `lsmia dvc-yaml` adds them once they are committed
@@ -77,17 +349,34 @@ class Stage:
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()  # DVCLive folders of per-epoch curves (lsmia.curves): `dvc plots show` draws them
+    role: str | None = None  # the MLflow runs' role tag
+    kind: str = ""  # the MLflow runs' stage tag (both classifiers: train); default: the name
+    run_name: str = ""  # the MLflow run's name; default: the name
+    system_metrics: bool = False  # CPU/GPU/memory sampled during the run (the long stages)
+    resumable: bool = False  # a killed run resumes from its checkpoint; its open MLflow run is continued
+    # named extra folders it writes in the study layout (a classifier's DVCLive curves, the report's plot data)
+    side: Callable[[StudyPaths, Alpha | None, Seed | None], dict[str, Path]] = field(
+        default=lambda p, a, s: {}, compare=False
+    )
+    distributed: bool = False  # runs under torchrun as DDP ranks (rank 0 writes and tracks)
     applies: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
 
     @property
-    def role(self) -> str | None:
-        return {
-            "target": "target",
-            "eval-model": "eval",
-            "prior": "prior",
-            "attributes": "attributes",
-            "report": "report",
-        }.get(self.name)
+    def cmd(self) -> str:
+        """DVC's command: the one door every executor uses."""
+        return f"lsmia stage {self.name}" + (f" --alpha {ITEM[0]} --seed {ITEM[1]}" if self.per_cell else "")
+
+    @property
+    def tracking_kind(self) -> str:
+        return self.kind or self.name
+
+    @property
+    def tracking_name(self) -> str:
+        return self.run_name or self.name
+
+    def template(self) -> Path:
+        """``output`` in DVC's template syntax."""
+        return self.locate(TEMPLATE, *ITEM)
 
 
 # Committed ablation results the report includes.
@@ -107,128 +396,160 @@ REPORT_ABLATIONS = tuple(
         "adaptive_defenses_200",
     )
 )
+DEFENSE_COMPARISON = "out/ablations/defenses/compare.json"
+T = TEMPLATE
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         "data",
         "lsmia.stages.data",
+        _run_data,
         ("data",),
         (),
-        f"lsmia data --out {OUT}/data/dataset.pt",
-        (f"{OUT}/data/dataset.pt",),
         "dataset.pt",
-        uncached_outs=(f"{OUT}/data/summary.json",),
+        lambda p, a, s: p.data_file,
+        outs=(dvc_path(T.data_file),),
+        reads=(dvc_path(T.data_file),),
+        folder=False,
+        uncached_outs=(dvc_path(T.data_summary),),
     ),
     Stage(
         "prior",
         "lsmia.stages.prior",
+        _run_prior,
         ("prior", "run.seed"),
         ("data",),
-        f"lsmia train-prior --data {OUT}/data/dataset.pt --out-dir {OUT}/prior",
-        (f"{OUT}/prior",),
         "prior.pt",
+        lambda p, a, s: p.prior_dir / "prior.pt",
+        outs=(dvc_path(T.prior_dir),),
+        reads=(dvc_path(T.prior_dir),),
         persist=True,
+        resumable=True,
+        role="prior",
+        system_metrics=True,
         applies=lambda cfg: cfg.prior.kind == "dcgan",
     ),
     Stage(
         "eval-model",
         "lsmia.stages.train",
+        _run_train,
         ("eval_model", "run.seed"),
         ("data",),
-        f"lsmia train --role eval --data {OUT}/data/dataset.pt --out-dir {OUT}/models/eval "
-        f"--curves-dir {OUT}/curves/eval",
-        (f"{OUT}/models/eval",),
         "model.pt",
+        lambda p, a, s: p.eval_dir / "model.pt",
+        outs=(dvc_path(T.eval_dir),),
+        reads=(dvc_path(T.eval_dir / "model.pt"),),
         persist=True,
-        plots=(f"{OUT}/curves/eval",),
+        resumable=True,
+        plots=(dvc_path(T.curves_dir(None, None)),),
+        side=lambda p, a, s: {"curves": p.curves_dir(None, None)},
+        role="eval",
+        kind="train",
+        run_name="train-eval",
+        system_metrics=True,
+        distributed=True,
     ),
     Stage(
         "attributes",
         "lsmia.stages.attributes",
+        _run_attributes,
         ("metrics.attribute_epochs", "run.seed"),
         ("data",),
-        f"lsmia train-attributes --data {OUT}/data/dataset.pt --out {OUT}/models/attributes/predictor.pt",
-        (f"{OUT}/models/attributes",),
         "predictor.pt",
+        lambda p, a, s: p.attribute_dir / "predictor.pt",
+        outs=(dvc_path(T.attribute_dir),),
+        reads=(dvc_path(T.attribute_dir),),
+        role="attributes",
+        run_name="train-attributes",
     ),
     Stage(
         "target",
         "lsmia.stages.train",
+        _run_train,
         ("target",),
         ("data",),
-        f"lsmia train --role target --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-        f"--out-dir {OUT}/models/target_{CELL} --curves-dir {OUT}/curves/target_{CELL}",
-        (f"{OUT}/models/target_{CELL}",),
         "model.pt",
+        lambda p, a, s: p.target_dir(a, s) / "model.pt",
+        outs=(dvc_path(T.target_dir(*ITEM)),),
+        reads=(dvc_path(T.target_dir(*ITEM) / "model.pt"), dvc_path(T.target_dir(*ITEM) / "metrics.json")),
+        collected=(dvc_path(T.root / "models"),),
         per_cell=True,
         persist=True,
-        plots=(f"{OUT}/curves/target_{CELL}",),
+        resumable=True,
+        plots=(dvc_path(T.curves_dir(*ITEM)),),
+        side=lambda p, a, s: {"curves": p.curves_dir(a, s)},
+        role="target",
+        kind="train",
+        run_name="train-target",
+        system_metrics=True,
+        distributed=True,
     ),
     Stage(
         "attack",
         "lsmia.stages.attack",
+        _run_attack,
         ("attack", "prior.kind", "prior.path"),
         ("data", "target", "prior"),
-        f"lsmia attack --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-        f"--target {OUT}/models/target_{CELL}/model.pt --prior {OUT}/prior/prior.pt --out-dir {OUT}/attacks/{CELL}",
-        (f"{OUT}/attacks/{CELL}",),
         "attack.pt",
+        lambda p, a, s: p.attack_dir(a, s) / "attack.pt",
+        outs=(dvc_path(T.attack_dir(*ITEM)),),
+        reads=(dvc_path(T.attack_dir(*ITEM)),),
+        collected=(dvc_path(T.root / "attacks"),),
         per_cell=True,
+        resumable=True,
+        role="target",
+        system_metrics=True,
+        distributed=True,
     ),
     Stage(
         "evaluate",
         "lsmia.stages.evaluate",
+        _run_evaluate,
         ("metrics",),
         ("data", "attack", "eval-model", "attributes", "target"),
-        f"lsmia evaluate --alpha ${{item.alpha}} --seed ${{item.seed}} --data {OUT}/data/dataset.pt "
-        f"--attack {OUT}/attacks/{CELL}/attack.pt --eval-model {OUT}/models/eval/model.pt "
-        f"--target-dir {OUT}/models/target_{CELL} --attributes {OUT}/models/attributes/predictor.pt "
-        f"--out {OUT}/metrics/{CELL}.json",
-        (),
         "metrics.json",
+        lambda p, a, s: p.metrics_file(a, s),
+        outs=(),
+        collected=(dvc_path(T.metrics_dir),),
+        folder=False,
         per_cell=True,
-        uncached_outs=(f"{OUT}/metrics/{CELL}.json",),  # every metric of a run; DVC's metrics: summary.json
+        uncached_outs=(dvc_path(T.metrics_file(*ITEM)),),  # every metric of a run; DVC's metrics: summary.json
+        role="target",
     ),
-    Stage("toy", "lsmia.toy", (), (), f"lsmia toy --out-dir {OUT}/toy", (f"{OUT}/toy",), "toy.json"),
+    Stage(
+        "toy",
+        "lsmia.toy",
+        _run_toy,
+        (),
+        (),
+        "toy.json",
+        lambda p, a, s: p.toy_dir / "toy.json",
+        outs=(dvc_path(T.toy_dir),),
+        reads=(dvc_path(T.toy_dir),),
+    ),
     Stage(
         "report",
         "lsmia.stages.report",
+        _run_report,
         ("study",),
         ("data", "target", "attack", "evaluate", "toy"),
-        f"lsmia report --out-dir {OUT}/report --plots-dir {OUT}/plots "
-        + " ".join(f"--ablation {path}" for path in REPORT_ABLATIONS)
-        + " --defenses out/ablations/defenses/compare.json",
-        (f"{OUT}/report",),
         "index.html",
-        file_deps=(f"{OUT}/data/summary.json", *REPORT_ABLATIONS),
+        lambda p, a, s: p.report_dir / "index.html",
+        outs=(dvc_path(T.report_dir),),
+        file_deps=(dvc_path(T.data_summary), *REPORT_ABLATIONS),
         optional_deps=(
-            "out/ablations/defenses/compare.json",
+            DEFENSE_COMPARISON,
             "out/ablations/defenses/fronts.png",
             "out/ablations/defenses/results.json",
             *(path.replace("results.json", "verdict.json") for path in REPORT_ABLATIONS),
         ),
-        uncached_outs=(f"{OUT}/plots",),
-        metrics=(f"{OUT}/summary.json",),  # per alpha over seeds: a few columns in dvc exp show / metrics diff
-    ),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
+        uncached_outs=(dvc_path(T.plots_dir),),  # plot data, drawn by the top-level PLOTS only (no stray default chart)
+        metrics=(dvc_path(T.summary_file),),  # per alpha over seeds: a few columns in dvc exp show / metrics diff
+        side=lambda p, a, s: {"plots": p.plots_dir},
+        role="report",
+    ),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
-
-# The files of a stage's outputs that downstream stages of the same cell read (DVC deps), by stage name.
-READS: dict[str, tuple[str, ...]] = {
-    "data": (f"{OUT}/data/dataset.pt",),
-    "prior": (f"{OUT}/prior",),
-    "eval-model": (f"{OUT}/models/eval/model.pt",),
-    "attributes": (f"{OUT}/models/attributes",),
-    "target": (f"{OUT}/models/target_{CELL}/model.pt", f"{OUT}/models/target_{CELL}/metrics.json"),
-    "toy": (f"{OUT}/toy",),
-    "attack": (f"{OUT}/attacks/{CELL}",),
-}
-# What a stage outside the matrix (the report) reads of a per-cell stage: the folder of all its cells.
-COLLECTED: dict[str, tuple[str, ...]] = {
-    "target": (f"{OUT}/models",),
-    "attack": (f"{OUT}/attacks",),
-    "evaluate": (f"{OUT}/metrics",),
-}
 
 
 def stage(name: str) -> Stage:
@@ -354,7 +675,7 @@ def dvc_stage(stage_: Stage, generator: bool = False) -> dict[str, Any]:
     (replacing the generator in place re-runs them)."""
     deps: list[str] = []
     for need in stage_.needs:
-        reads = COLLECTED[need] if BY_NAME[need].per_cell and not stage_.per_cell else READS[need]
+        reads = BY_NAME[need].collected if BY_NAME[need].per_cell and not stage_.per_cell else BY_NAME[need].reads
         deps += [d for d in reads if d not in deps]
     deps += [d for d in stage_.file_deps if d not in deps]
     deps += [d for d in stage_.optional_deps if d not in deps and (REPO_ROOT / d).exists()]
@@ -430,7 +751,7 @@ HEADER = """\
 """
 
 
-ATTACK_SHARD = f"{OUT}/attack-shards/{CELL}/${{item.shard}}"  # beside out/attacks: DVC outputs must not overlap
+ATTACK_SHARD = dvc_path(TEMPLATE.attack_shard_dir(*ITEM, "${item.shard}"))
 
 
 def dvc_attack_shards(shards: int, generator: bool = False) -> dict[str, dict[str, Any]]:
@@ -440,15 +761,15 @@ def dvc_attack_shards(shards: int, generator: bool = False) -> dict[str, dict[st
     shard = dvc_stage(attack, generator)
     cells = dict(shard["matrix"])
     shard["matrix"]["shard"] = list(range(shards))
-    shard_flag = f"--shard ${{item.shard}}/{shards} --out-dir {ATTACK_SHARD}"
-    shard["cmd"] = attack.cmd.replace(f"--out-dir {OUT}/attacks/{CELL}", shard_flag)
+    shard["cmd"] = f"{attack.cmd} --shard ${{item.shard}}/{shards}"  # its folder: StudyPaths.attack_shard_dir
     shard["outs"] = [{ATTACK_SHARD: {"persist": True}}]
     dirs = [ATTACK_SHARD.replace("${item.shard}", str(i)) for i in range(shards)]
+    data, merged = dvc_path(TEMPLATE.data_file), dvc_path(TEMPLATE.attack_dir(*ITEM))
     merge = {
         "matrix": cells,
-        "cmd": f"lsmia merge-attack {' '.join(dirs)} --data {OUT}/data/dataset.pt --out-dir {OUT}/attacks/{CELL}",
-        "deps": [f"{OUT}/data/dataset.pt", *dirs, *code_deps(attack)],
-        "outs": [f"{OUT}/attacks/{CELL}"],
+        "cmd": f"lsmia merge-attack {' '.join(dirs)} --data {data} --out-dir {merged}",
+        "deps": [data, *dirs, *code_deps(attack)],
+        "outs": [merged],
     }
     return {"attack-shard": shard, "attack": merge}
 
@@ -468,70 +789,105 @@ def dvc_yaml(shards: int = 1, generator: bool = False) -> str:
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
+MLPROJECT_HEADER = """\
+# GENERATED by `lsmia dvc-yaml` from the stage graph in lsmia/graph.py: edit that, not this file.
+name: lsmia
+
+python_env: mlflow_project/python_env.yaml
+
+# Every entry point takes `-P set="section.key=value section.key=value"`: overrides of params.yaml, validated
+# by lsmia's schema. `main` runs the DVC pipeline (dvc repro, or dvc exp run -S with overrides), so outputs
+# stay under DVC's control and every stage's run nests under the project run:
+#   mlflow run . -e main --env-manager local --experiment-name lsmia --run-name pipeline -P set="attack.steps=80"
+# (without --experiment-name the project run lands in MLflow's 'Default'; the stage runs still go to lsmia).
+# One entry point per stage of the graph runs `lsmia stage NAME`, what dvc repro runs:
+#   mlflow run . -e target --env-manager local --experiment-name lsmia -P alpha=-0.05 -P seed=1
+"""
+
+PARAMS_AND_SET = {"params": {"type": "path", "default": "params.yaml"}, "set": {"type": "string", "default": ""}}
+RUNS = {  # the entry points beside the stages: the pipeline, and the experiments over it
+    "main": ({"set": {"type": "string", "default": ""}}, "python -m lsmia repro --set {set}"),
+    "study": (PARAMS_AND_SET, "python -m lsmia study --params {params} --set {set} --track"),
+    "sweep": (
+        {
+            "study_name": {"type": "string", "default": "smoothing"},
+            "n_trials": {"type": "string", "default": "20"},
+            "n_workers": {"type": "string", "default": "1"},
+            **PARAMS_AND_SET,
+        },
+        "python -m lsmia sweep --study-name {study_name} --n-trials {n_trials} --n-workers {n_workers} "
+        "--params {params} --set {set} --track",
+    ),
+    "ablate": (
+        {"plan": {"type": "path", "default": "configs/ablations.yaml"}, **PARAMS_AND_SET},
+        "python -m lsmia ablate {plan} --params {params} --set {set} --track",
+    ),
+}
+
+
+def mlproject() -> str:
+    """The MLflow Project: the pipeline and experiment entry points, and one per stage (``lsmia stage NAME``)."""
+    import yaml
+
+    entries: dict[str, Any] = {}
+    for name, (parameters, command) in RUNS.items():
+        entries[name] = {"parameters": parameters, "command": command}
+    for s in STAGES:
+        cell: dict[str, Any] = (
+            {"alpha": {"type": "float", "default": 0.0}, "seed": {"type": "string", "default": "0"}}
+            if s.per_cell
+            else {}
+        )
+        flags = " --alpha {alpha} --seed {seed}" if s.per_cell else ""
+        entries[s.name] = {
+            "parameters": {**cell, **PARAMS_AND_SET},
+            "command": f"python -m lsmia stage {s.name}{flags} --params {{params}} --set {{set}} --track",
+        }
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # the shared parameter blocks written out in every entry point
+
+    body = yaml.dump({"entry_points": entries}, Dumper=NoAliases, sort_keys=False, width=1000)
+    return MLPROJECT_HEADER + body
+
+
 # --------------------------------------------------------------------------- execution
-
-
-class Observer(Protocol):
-    """What a stage reports while it runs (MLflow through lsmia.tracked, a sweep trial, or nothing)."""
-
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
-    def epoch_logger(self) -> Callable[[int, dict[str, float]], None] | None: ...
-    def log_prior(self, result: Any) -> None: ...
-    def log_classifier(self, result: Any, role: str, alpha: float, seed: int) -> None: ...
-    def log_attack(self, result: Any, out_dir: Path, alpha: float, seed: int) -> None: ...
-    def log_report(self, report_dir: Path) -> None: ...
-    def log_evaluation(self, metrics: dict[str, Any], attack_file: Path, eval_model_file: Path) -> None: ...
-
-
-class Observe(Protocol):
-    """Opens an observer for one stage run: ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)``."""
-
-    def __call__(self, cfg: Config, stage: str, run_name: str, **tags: Any) -> AbstractContextManager[Observer]: ...
-
-
-class Layout(Protocol):
-    """Where each stage's output file lies for a cell (``None`` for stages outside the matrix)."""
-
-    def output(self, stage_: Stage, cell: Cell | None) -> Path: ...
 
 
 @dataclass(frozen=True)
 class StudyLayout:
-    """The DVC layout under ``run.out_dir`` (lsmia.paths)."""
+    """The DVC layout under ``run.out_dir`` (lsmia.paths), as each stage's ``locate`` puts it."""
 
     paths: StudyPaths
 
     def output(self, stage_: Stage, cell: Cell | None) -> Path:
-        p = self.paths
-        fixed = {
-            "data": p.data_file,
-            "prior": p.prior_dir / "prior.pt",
-            "eval-model": p.eval_dir / "model.pt",
-            "attributes": p.attribute_dir / "predictor.pt",
-            "toy": p.root / "toy" / "toy.json",
-            "report": p.report_dir / "index.html",
-        }
-        if stage_.name in fixed:
-            return fixed[stage_.name]
-        assert cell is not None, f"stage {stage_.name} runs per cell"
-        return {
-            "target": p.target_dir(cell.alpha, cell.seed) / "model.pt",
-            "attack": p.attack_dir(cell.alpha, cell.seed) / "attack.pt",
-            "evaluate": p.metrics_file(cell.alpha, cell.seed),
-        }[stage_.name]
+        assert cell is not None or not stage_.per_cell, f"stage {stage_.name} runs per cell"
+        return stage_.locate(self.paths, *((cell.alpha, cell.seed) if cell is not None else (0.0, 0)))
+
+    def side_outputs(self, stage_: Stage, cell: Cell | None) -> dict[str, Path]:
+        return stage_.side(self.paths, *((cell.alpha, cell.seed) if cell is not None else (None, None)))
 
 
-@dataclass
-class StageRun:
-    """Everything one stage run gets: its config (with the cell's alpha), inputs, output and observer."""
+@dataclass(frozen=True)
+class PinnedLayout:
+    """``base`` with some stages' output files pinned elsewhere (``lsmia stage``'s --data, --out-dir, ...) and the
+    running stage's side outputs replaced."""
 
-    stage: Stage
-    cfg: Config
-    cell: Cell | None
-    output: Path
-    inputs: dict[str, Path]
-    device: torch.device
-    observer: Observer
+    base: Layout
+    pinned: Mapping[str, Path] = field(default_factory=dict)
+    side: Mapping[str, Path] = field(default_factory=dict)
+
+    def output(self, stage_: Stage, cell: Cell | None) -> Path:
+        return self.pinned.get(stage_.name) or self.base.output(stage_, cell)
+
+    def side_outputs(self, stage_: Stage, cell: Cell | None) -> dict[str, Path]:
+        return {**self.base.side_outputs(stage_, cell), **self.side}
+
+
+def written_by(stage_: Stage, cell: Cell | None, layout: Layout) -> list[Path]:
+    """What a run of the stage writes in ``layout``: its output (or its folder) and its side outputs, e.g. to lock."""
+    output = layout.output(stage_, cell)
+    return [output.parent if stage_.folder else output, *layout.side_outputs(stage_, cell).values()]
 
 
 def cell_config(cfg: Config, cell: Cell | None) -> Config:
@@ -539,167 +895,6 @@ def cell_config(cfg: Config, cell: Cell | None) -> Config:
     if cell is None or cfg.target.smoothing.alpha == cell.alpha:
         return cfg
     return build_config(cfg.to_dict(), {"target.smoothing.alpha": cell.alpha})
-
-
-def _run_data(run: StageRun) -> Any:
-    from lsmia.stages.data import stage_data
-
-    summary = stage_data(run.cfg, run.output, run.output.with_name("summary.json"))
-    run.observer.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    return summary
-
-
-def _run_prior(run: StageRun) -> Any:
-    from lsmia.stages.prior import stage_prior
-
-    result = stage_prior(
-        run.cfg,
-        run.inputs["data"],
-        run.output.parent,
-        run.device,
-        on_epoch=run.observer.epoch_logger(),
-        code_version=code_digest(run.stage),
-    )
-    run.observer.log_prior(result)
-    return result
-
-
-def _run_train(run: StageRun) -> Any:
-    from lsmia.stages.train import stage_train
-
-    role = "target" if run.stage.name == "target" else "eval"
-    seed = run.cell.seed if run.cell is not None else run.cfg.run.seed
-    alpha = run.cell.alpha if run.cell is not None else 0.0
-    result = stage_train(
-        run.cfg,
-        role,
-        run.inputs["data"],
-        run.output.parent,
-        run.device,
-        seed,
-        on_epoch=run.observer.epoch_logger(),
-        code_version=code_digest(run.stage),
-    )
-    run.observer.log_classifier(result, role, alpha, seed)
-    return result
-
-
-def _run_attributes(run: StageRun) -> Any:
-    from lsmia.stages.attributes import stage_attribute_predictor
-
-    return stage_attribute_predictor(run.cfg, run.inputs["data"], run.output, run.device)
-
-
-def _run_attack(run: StageRun) -> Any:
-    from lsmia.stages.attack import stage_attack
-
-    assert run.cell is not None
-    if run.cfg.attack.shards > 1:
-        result = _run_attack_shards(run)
-    else:
-        result = stage_attack(
-            run.cfg,
-            run.inputs["data"],
-            run.inputs["target"],
-            run.inputs.get("prior"),
-            run.output.parent,
-            run.device,
-            run.cell.seed,
-            code_version=code_digest(run.stage),
-        )
-    run.observer.log_attack(result, run.output.parent, run.cell.alpha, run.cell.seed)
-    return result
-
-
-def _run_attack_shards(run: StageRun) -> Any:
-    """``attack.shards`` class shards one after another (each resumable; a finished one is kept), then the merge:
-    what the DVC matrix of ``attack-shard`` stages runs as separate jobs."""
-    from lsmia.attack.shards import shard_classes, shard_dir, target_list
-    from lsmia.stages.attack import input_digests, stage_attack, stage_merge_attack
-
-    assert run.cell is not None
-    count, targets = run.cfg.attack.shards, target_list(run.cfg.attack.targets)
-    dirs = [shard_dir(run.output.parent, index) for index in range(count)]
-    digests = input_digests(run.cfg, run.cell.seed, run.inputs["target"], run.inputs.get("prior"))
-    for index, folder in enumerate(dirs):
-        classes = shard_classes(targets, index, count)
-        if _finished_shard(folder, classes, run.cfg, run.cell.seed, digests):
-            continue
-        stage_attack(
-            run.cfg,
-            run.inputs["data"],
-            run.inputs["target"],
-            run.inputs.get("prior"),
-            folder,
-            run.device,
-            run.cell.seed,
-            classes=classes,
-            code_version=code_digest(run.stage),
-        )
-    return stage_merge_attack(run.inputs["data"], dirs, run.output.parent)
-
-
-def _finished_shard(folder: Path, classes: list[int], cfg: Config, seed: int, digests: dict[str, str]) -> bool:
-    """Whether ``folder`` holds this shard's finished result for the current attack config and inputs (a shard
-    of another target model or prior, or one without digests, is run again)."""
-    from lsmia.attack.ppa import RUN_ONLY_KEYS
-    from lsmia.attack.result import AttackResult
-
-    if not (folder / "attack.pt").is_file() or (folder / "checkpoint.pt").exists():
-        return False
-    meta = AttackResult.load(folder / "attack.pt").meta
-    wanted = cfg.attack.model_copy(update={"seed": cfg.attack.seed + seed}).model_dump(
-        mode="json", exclude=set(RUN_ONLY_KEYS)
-    )
-    shard = meta.get("shard", {})
-    return shard.get("classes") == classes and shard.get("digests") == digests and meta.get("config") == wanted
-
-
-def _run_evaluate(run: StageRun) -> Any:
-    from lsmia.stages.evaluate import stage_evaluate
-
-    assert run.cell is not None
-    metrics = stage_evaluate(
-        run.cfg,
-        run.inputs["data"],
-        run.inputs["attack"],
-        run.inputs["eval-model"],
-        run.inputs["target"].parent,
-        run.output,
-        run.device,
-        run.cell.alpha,
-        run.cell.seed,
-        run.inputs.get("attributes"),
-    )
-    run.observer.log_evaluation(metrics, run.inputs["attack"], run.inputs["eval-model"])
-    return metrics
-
-
-def _run_toy(run: StageRun) -> Any:
-    from lsmia.toy import run_toy
-
-    return run_toy(out_dir=run.output.parent)
-
-
-def _run_report(run: StageRun) -> Any:
-    from lsmia.stages.report import stage_report
-
-    index = stage_report(run.cfg, StudyPaths(run.cfg.run.out_dir), run.output.parent, run.device)
-    run.observer.log_report(index.parent)
-    return index
-
-
-RUNNERS: dict[str, Callable[[StageRun], Any]] = {
-    "data": _run_data,
-    "prior": _run_prior,
-    "eval-model": _run_train,
-    "attributes": _run_attributes,
-    "target": _run_train,
-    "attack": _run_attack,
-    "evaluate": _run_evaluate,
-    "toy": _run_toy,
-    "report": _run_report,
-}
 
 
 def upstream_of(name: str) -> set[str]:
@@ -733,28 +928,53 @@ def inputs_of(stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout) -> 
     return {need.name: layout.output(need, cell if need.per_cell else None) for need in needs}
 
 
-def run_stage(
-    stage_: Stage, cfg: Config, cell: Cell | None, layout: Layout, device: torch.device, observe: Observe
-) -> Any:
-    """Run one stage of the graph under ``observe``; returns what its library function returns."""
-    run_cfg = cell_config(cfg, cell)
-    tags: dict[str, Any] = {"role": stage_.role}
+def tracking_tags(stage_: Stage, cell: Cell | None, output: Path, inputs: dict[str, Path]) -> dict[str, Any]:
+    """What the observer of a stage run is told: its role, cell, system metrics, data file, and the folder whose
+    checkpoint makes a killed run resumable (its open MLflow run is continued)."""
+    tags: dict[str, Any] = {"system_metrics": stage_.system_metrics}
+    if stage_.role is not None:
+        tags["role"] = stage_.role
     if cell is not None:
-        tags.update(role="target", alpha=cell.alpha, seed=cell.seed)
-    elif stage_.name == "eval-model":
-        tags["seed"] = cfg.run.seed
-    stage_kind = {"eval-model": "train", "target": "train"}.get(stage_.name, stage_.name)
-    run_name = {"eval-model": "train-eval", "target": "train-target", "attributes": "train-attributes"}.get(
-        stage_.name, stage_.name
-    )
-    system_metrics = stage_.name in ("prior", "eval-model", "target", "attack")
-    with observe(
-        run_cfg, stage_kind, run_name, system_metrics=system_metrics, **{k: v for k, v in tags.items() if v is not None}
-    ) as observer:
-        run = StageRun(
-            stage_, run_cfg, cell, layout.output(stage_, cell), inputs_of(stage_, cfg, cell, layout), device, observer
-        )
-        return RUNNERS[stage_.name](run)
+        tags.update(alpha=cell.alpha, seed=cell.seed)
+    if "data" in inputs:
+        tags["data_file"] = inputs["data"]
+    if stage_.resumable:
+        tags["run_dir"] = output.parent
+    return tags
+
+
+def run_stage(
+    stage_: Stage,
+    cfg: Config,
+    cell: Cell | None,
+    layout: Layout,
+    device: torch.device,
+    observe: Observe,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Run one stage of the graph under ``observe``; returns what its library function returns. The one door:
+    ``lsmia stage`` (DVC's command), ``study``, ``ablate`` and ``sweep`` all come through here. Under torchrun a
+    distributed stage runs in the process group, observed by rank 0 alone."""
+    from lsmia import distributed
+
+    run_cfg = cell_config(cfg, cell)
+    output = layout.output(stage_, cell)
+    inputs = inputs_of(stage_, cfg, cell, layout)
+    tags = tracking_tags(stage_, cell, output, inputs)
+    group = distributed.process_group(use_cuda=device.type == "cuda") if stage_.distributed else _no_group()
+    with group:
+        watch = observe if distributed.is_main() else quiet_stage
+        with watch(run_cfg, stage_.tracking_kind, stage_.tracking_name, **tags) as observer:
+            side = layout.side_outputs(stage_, cell)
+            run = StageRun(
+                stage_, run_cfg, cell, output, inputs, distributed.rank_device(device), observer, side, options or {}
+            )
+            return stage_.runner(run)
+
+
+@contextmanager
+def _no_group() -> Iterator[None]:
+    yield
 
 
 def cells_of(cfg: Config, alphas: Iterable[float] | None = None, seeds: Iterable[int] | None = None) -> list[Cell]:
@@ -823,15 +1043,23 @@ def code_digests() -> dict[str, str]:
     return {s.name: code_digest(s) for s in STAGES}
 
 
-def stage_keys(cfg: Config, cell: Cell, code: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A cache key per stage of ``cell``: its params, its code (``code``, from :func:`code_digests`, or read
-    now) and the keys of the stages it reads."""
+def stage_keys(
+    cfg: Config,
+    cell: Cell | None,
+    code: Mapping[str, str] | None = None,
+    names: Iterable[str] | None = None,
+    salt: tuple[Any, ...] = (),
+) -> dict[str, str]:
+    """A cache key per stage of ``cell`` (every stage up to the evaluation; ``names``: only those, which must not
+    read a per-cell stage when ``cell`` is None): its params, its code (``code``, from :func:`code_digests`, or
+    read now), the keys of the stages it reads and ``salt`` (what else tells two outputs apart)."""
+    wanted = set(upstream_of("evaluate") if names is None else names)
     keys: dict[str, str] = {}
     for s in STAGES:
-        if s.name not in upstream_of("evaluate"):
+        if s.name not in wanted or (not s.applies(cfg) and names is not None):
             continue
         upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
-        seed = cell.seed if s.per_cell else None
+        seed = cell.seed if s.per_cell and cell is not None else None
         source = code[s.name] if code is not None else code_digest(s)
-        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), source, upstream, seed)
+        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), source, upstream, seed, *salt)
     return keys

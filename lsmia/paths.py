@@ -10,9 +10,14 @@ if TYPE_CHECKING:
     from lsmia.config import Config
 
 
-def run_tag(alpha: float, seed: int) -> str:
-    """A file-name tag per target model, e.g. ``alpha-0.05_seed0`` (str of the float, as DVC's matrix writes it)."""
-    return f"alpha{float(alpha)}_seed{seed}"
+Alpha = float | str  # a smoothing factor, or a DVC template such as ``${item.alpha}`` (lsmia.graph renders dvc.yaml)
+Seed = int | str
+
+
+def run_tag(alpha: Alpha, seed: Seed) -> str:
+    """A file-name tag per target model, e.g. ``alpha-0.05_seed0`` (str of the float, as DVC's matrix writes it);
+    template strings pass through, so DVC's paths are these paths."""
+    return f"alpha{alpha if isinstance(alpha, str) else float(alpha)}_seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -39,18 +44,23 @@ class StudyPaths:
     def attribute_dir(self) -> Path:
         return self.root / "models" / "attributes"
 
-    def target_dir(self, alpha: float, seed: int) -> Path:
+    def target_dir(self, alpha: Alpha, seed: Seed) -> Path:
         return self.root / "models" / f"target_{run_tag(alpha, seed)}"
 
-    def curves_dir(self, alpha: float | None, seed: int | None) -> Path:
+    def curves_dir(self, alpha: Alpha | None, seed: Seed | None) -> Path:
         """A classifier's per-epoch curves (DVCLive): the target's of (alpha, seed), or the evaluation model's."""
         leaf = "eval" if alpha is None or seed is None else f"target_{run_tag(alpha, seed)}"
         return self.root / "curves" / leaf
 
-    def attack_dir(self, alpha: float, seed: int) -> Path:
+    def attack_dir(self, alpha: Alpha, seed: Seed) -> Path:
         return self.root / "attacks" / run_tag(alpha, seed)
 
-    def metrics_file(self, alpha: float, seed: int) -> Path:
+    def attack_shard_dir(self, alpha: Alpha, seed: Seed, shard: str | int) -> Path:
+        """One class shard of a cell's attack: beside, not inside, the merged attack (DVC outputs must not overlap);
+        ``shard`` is its index (``--shard I/N``) or its classes (``--classes 0-9``)."""
+        return self.root / "attack-shards" / run_tag(alpha, seed) / str(shard)
+
+    def metrics_file(self, alpha: Alpha, seed: Seed) -> Path:
         return self.root / "metrics" / f"{run_tag(alpha, seed)}.json"
 
     @property
@@ -65,6 +75,15 @@ class StudyPaths:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    @property
+    def plots_dir(self) -> Path:
+        """DVC's plot data (the report stage writes it; the top-level plots of dvc.yaml draw it)."""
+        return self.root / "plots"
+
+    @property
+    def toy_dir(self) -> Path:
+        return self.root / "toy"
 
     @property
     def ablation_cache(self) -> Path:

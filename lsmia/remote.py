@@ -41,12 +41,7 @@ Log = Callable[[str], None]
 
 def shared_keys(cfg: Config) -> dict[str, str]:
     """A key per shared stage that applies to ``cfg``: its params, code, upstream keys and ``run.out_dir``."""
-    keys: dict[str, str] = {}
-    for stage in graph.stages_for(cfg, SHARED_STAGES):
-        upstream = [keys[need] for need in stage.needs if need in keys]
-        params = graph._key_params(stage, cfg, None)
-        keys[stage.name] = graph.digest(stage.name, params, graph.code_digest(stage), upstream, str(cfg.run.out_dir))
-    return keys
+    return graph.stage_keys(cfg, None, names=SHARED_STAGES, salt=(str(cfg.run.out_dir),))
 
 
 def run_dvc(repo: Path, *args: str) -> str:

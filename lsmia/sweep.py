@@ -710,6 +710,9 @@ class TrialLayout:
         }
         return own.get(stage.name) or self.shared.output(stage, cell)
 
+    def side_outputs(self, stage: graph.Stage, cell: graph.Cell | None) -> dict[str, Path]:
+        return {}  # no curves or plot data per cached or trial stage
+
 
 class TrialObserver:
     """A trial's stage observer: MLflow through the trial's StageLog, test accuracy to Optuna (pruning and the

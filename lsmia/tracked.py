@@ -21,7 +21,7 @@ from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.paths import StudyPaths
 from lsmia.threads import describe as describe_threads
-from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX
+from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX, RUN_MARKER
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
 DATA_CONTEXT = {
@@ -275,14 +275,14 @@ def tracked_stage(
     alpha: float | None = None,
     seed: int | None = None,
     system_metrics: bool = False,
-    run_marker: Path | None = None,
-    resumable: bool = False,
+    run_dir: Path | None = None,
     data_file: Path | None = None,
 ) -> Iterator[StageLog]:
-    """One MLflow run for a stage. ``run_marker``: a file beside the stage's checkpoint holding the open run's id.
+    """One MLflow run for a stage. ``run_dir``: the stage's output folder, where a marker file beside its
+    checkpoint holds the open run's id.
 
     A kill (SIGKILL) leaves the marker and its run RUNNING; the next run of the stage continues that run
-    when ``resumable`` (it resumes from the checkpoint, same config), else marks it FAILED and links to it.
+    when a checkpoint is there to resume from (same config), else marks it FAILED and links to it.
     ``data_file`` (default: the study's prepared data) is logged as the run's data set input for the stages that
     read it; an evaluate run links its attack and target-training runs.
     """
@@ -297,7 +297,8 @@ def tracked_stage(
         tags["threads"] = threads  # run.threads auto: what the load left this run
     if alpha is not None:
         run_name = f"{run_name} alpha={alpha} seed={tags['seed']}"
-    marker = Path(run_marker) if cfg.run.tracking and run_marker is not None else None
+    marker = Path(run_dir) / RUN_MARKER if cfg.run.tracking and run_dir is not None else None
+    resumable = run_dir is not None and (Path(run_dir) / "checkpoint.pt").exists()
     with (
         _orphan_handling(marker, cfg, resumable) as (resume_id, orphan_id),
         start_tracking(

@@ -187,9 +187,10 @@ def test_cli_shards_of_the_tiny_study_merge_into_the_unsharded_attack(tmp_path: 
     assert "shard: 4 final samples for 2 targets" in invoke(root, "attack", "--alpha", "0.0", "--classes", "0-1")
     invoke(root, "attack", "--alpha", "0.0", "--shard", "1/2")  # classes 2-3
     shards = root / "out" / "attack-shards" / "alpha0.0_seed0"
-    assert sorted(p.name for p in shards.iterdir()) == ["0-1", "2-3"]
+    # --classes names its folder by the classes, --shard I/N by I (DVC's attack-shard stage and `study` alike)
+    assert sorted(p.name for p in shards.iterdir()) == ["0-1", "1"]
     assert not list(shards.glob("*/checkpoint.pt"))  # removed once the shard is written
-    invoke(root, "merge-attack", str(shards / "2-3"), str(shards / "0-1"), "--out-dir", "merged")
+    invoke(root, "merge-attack", str(shards / "1"), str(shards / "0-1"), "--out-dir", "merged")
     whole = root / "out" / "attacks" / "alpha0.0_seed0" / "attack.pt"
     assert_same_attack(AttackResult.load(root / "merged" / "attack.pt"), AttackResult.load(whole))
     assert (root / "merged" / "attack.pt").read_bytes() == whole.read_bytes()
