@@ -6,7 +6,7 @@ outputs it reads and the files it writes. From this one declaration:
 - ``dvc.yaml`` is generated (``lsmia dvc-yaml``; a test fails when the committed file differs), with
   code dependencies complete by construction: every ``lsmia`` file the stage's module imports,
   directly or through other ``lsmia`` modules (function-level imports and package ``__init__`` files
-  included), found by reading the source, so editing e.g. ``lsmia/losses.py`` re-runs exactly the
+  included), found by reading the source, so editing e.g. ``lsmia/attack/losses.py`` re-runs exactly the
   stages whose code reaches it; a module's ``PACKAGE_DATA`` folders (the report's templates) count as its code;
 - ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`execute`), each with its own
   :class:`Layout` (where a stage's output lies) and observer (what is tracked);
