@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 from lsmia.attack import ppa
+from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import Schedule, attack_step_loss, frozen, resolve_targets, run_attack
 from lsmia.config import AttackConfig
-from lsmia.losses import identity_loss
 from lsmia.models.classifiers import Classifier, build_classifier
 from lsmia.models.fusion import fold_batchnorm_
 from lsmia.models.generator import DCGANPrior, Generator

@@ -29,12 +29,13 @@ import benchutil
 import torch
 import torch.nn as nn
 
+from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import attack_step_loss, frozen
 from lsmia.augment import training_augment
 from lsmia.config import AttackConfig, AugmentConfig
-from lsmia.losses import identity_loss, smoothed_cross_entropy
 from lsmia.models.classifiers import Classifier, build_classifier
 from lsmia.models.generator import DCGANPrior, Generator
+from lsmia.training.smoothing import smoothed_cross_entropy
 
 IMAGE_SIZE, LATENT_DIM, NUM_CLASSES = 32, 64, 50
 Step = Callable[[], None]

@@ -9,7 +9,7 @@ From this one declaration:
   :class:`~lsmia.paths.StudyPaths` rendered in DVC's template syntax, and its code dependencies are complete by
   construction: every ``lsmia`` file the stage's module imports, directly or through other ``lsmia`` modules
   (function-level imports and package ``__init__`` files included), found by reading the source, so editing
-  e.g. ``lsmia/losses.py`` re-runs exactly the stages whose code reaches it; a module's ``PACKAGE_DATA`` folders
+  e.g. ``lsmia/attack/losses.py`` re-runs exactly the stages whose code reaches it; a module's ``PACKAGE_DATA`` folders
   (the report's templates) count as its code;
 - ``lsmia stage``, ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`run_stage`), each
   with its own :class:`Layout` (where a stage's output lies) and observer (what is tracked);
@@ -843,6 +843,7 @@ def mlproject() -> str:
             "parameters": {**cell, **PARAMS_AND_SET},
             "command": f"python -m lsmia stage {s.name}{flags} --params {{params}} --set {{set}} --track",
         }
+
     class NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:
             return True  # the shared parameter blocks written out in every entry point

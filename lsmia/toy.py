@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsmia.attack.losses import identity_loss
 from lsmia.errors import LsmiaError
-from lsmia.losses import identity_loss, smoothed_cross_entropy
+from lsmia.training.smoothing import smoothed_cross_entropy
 from lsmia.utils import atomic_path, save_json
 
 NUM_CLASSES = 3

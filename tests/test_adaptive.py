@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import raw_confidences, run_attack, select_candidates
 from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, auto_temperature, class_scores, label_scores, margins
 from lsmia.attack.shards import merge_shards
 from lsmia.attack.target import AttackTarget
 from lsmia.config import AttackConfig
-from lsmia.losses import identity_loss
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
 
 CPU = torch.device("cpu")

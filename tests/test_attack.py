@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from lsmia.attack.losses import poincare_loss
 from lsmia.attack.ppa import (
     Schedule,
     StepDiagnostics,
@@ -24,7 +25,6 @@ from lsmia.attack.target import AttackTarget
 from lsmia.augment import resize
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
-from lsmia.losses import poincare_loss
 from lsmia.models.classifiers import build_classifier
 from lsmia.models.generator import DCGANPrior, Generator, TorchScriptPrior, load_prior
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from lsmia import ablation
+from lsmia.attack.losses import identity_loss, logit_loss
 from lsmia.cli import app
 from lsmia.config import AttackConfig, ClassifierConfig, DefenseConfig, TargetConfig, load_config
 from lsmia.defenses import compare
@@ -20,7 +21,6 @@ from lsmia.defenses.bido import BidoDefense, centred, gaussian_kernel, hsic, lin
 from lsmia.defenses.mid import MidDefense, VariationalBottleneck, gaussian_kl
 from lsmia.defenses.tl import PUBLIC_DIR, TransferDefense
 from lsmia.errors import LsmiaError
-from lsmia.losses import identity_loss, logit_loss
 from lsmia.models.classifiers import build_classifier, load_classifier
 from lsmia.training.classifier import make_optimizer, train_classifier, train_step
 from tests.helpers.defenses import hand_made_results, sweep_points_record

@@ -75,9 +75,11 @@ def test_the_report_s_templates_are_its_code(monkeypatch):
 
 
 def test_code_deps_leave_out_what_a_stage_never_runs():
-    assert "lsmia/losses.py" not in graph.code_deps(graph.stage("data"))
+    assert "lsmia/training/smoothing.py" not in graph.code_deps(graph.stage("data"))
     assert "lsmia/attack/ppa.py" not in graph.code_deps(graph.stage("target"))
-    assert "lsmia/losses.py" not in graph.code_deps(graph.stage("report"))
+    assert "lsmia/attack/losses.py" not in graph.code_deps(graph.stage("target"))  # the attack's losses
+    assert "lsmia/training/smoothing.py" not in graph.code_deps(graph.stage("attack"))  # the training loss
+    assert "lsmia/attack/losses.py" not in graph.code_deps(graph.stage("report"))
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -137,14 +139,13 @@ def test_rerunning_a_stage_by_hand_leaves_nothing_stale(repo):
 
 @pytest.mark.slow
 def test_editing_the_loss_code_reruns_exactly_the_stages_that_import_it(repo):
-    """An edit of lsmia/losses.py re-runs the eval model and targets (their smoothing loss), the attacks (the
-    Poincaré loss) and the toy (both); their outputs are byte-identical, so evaluation and report do not run
-    again."""
+    """An edit of lsmia/training/smoothing.py re-runs the eval model and targets (their training loss) and the
+    toy; their outputs are byte-identical, so attacks, evaluation and report do not run again."""
     repo, env = repo
-    losses = repo / "lsmia" / "losses.py"
+    losses = repo / "lsmia" / "training" / "smoothing.py"
     losses.write_text(losses.read_text() + "\n# a comment: the code changed, the results do not\n")
     output = dvc(repo, env, "repro")
-    assert ran(output) == {"eval-model": 1, "target": 2, "attack": 2, "toy": 1}, output  # the toy trains with it too
+    assert ran(output) == {"eval-model": 1, "target": 2, "toy": 1}, output  # the toy trains with it too
     assert ran(dvc(repo, env, "repro")) == {}
 
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lsmia.attack.losses import max_margin_loss, poincare_loss
 from lsmia.config import SmoothingConfig
-from lsmia.losses import max_margin_loss, poincare_loss, smoothed_cross_entropy
 from lsmia.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha, upstream_alpha
+from lsmia.training.smoothing import smoothed_cross_entropy
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.05, 0.1, 0.5, 1.0])
@@ -92,3 +93,16 @@ def test_alpha_at_applies_the_schedule_only_where_configured():
     both = SmoothingConfig(alpha=0.1, schedule="linear", negative_only=False)
     assert alpha_trajectory(both, 8)[0] == 0.0
     assert alpha_at(SmoothingConfig(alpha=-0.05, schedule="constant"), 0, 8) == -0.05
+
+
+def test_the_configs_attack_losses_are_the_registry() -> None:
+    """A new attack loss is one function and one line of ATTACK_LOSSES; the config's Literal must list it too."""
+    from typing import get_args
+
+    from lsmia.attack.losses import ATTACK_LOSSES
+    from lsmia.config import AttackConfig
+
+    assert get_args(AttackConfig.model_fields["loss"].annotation) == tuple(ATTACK_LOSSES)
+    logits, targets = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    for loss in ATTACK_LOSSES.values():
+        assert loss(logits, targets).shape == ()

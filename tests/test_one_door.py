@@ -86,7 +86,7 @@ def runs(uri: str) -> list[tuple[str, tuple[tuple[str, str], ...], tuple[str, ..
 
 
 def test_every_dvc_stage_runs_through_the_stage_door() -> None:
-    assert STAGE_NAMES == tuple(stage.name for stage in graph.STAGES)
+    assert tuple(stage.name for stage in graph.STAGES) == STAGE_NAMES
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in graph.STAGES:
         cell = " --alpha ${item.alpha} --seed ${item.seed}" if stage.per_cell else ""

@@ -43,6 +43,7 @@ import torch.nn as nn
 
 from lsmia import distributed
 from lsmia.attack.batches import SCHEDULES, Schedule, StepDiagnostics, row_batches
+from lsmia.attack.losses import identity_loss
 from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, class_scores, label_scores, make_view
 from lsmia.attack.shards import merge_shards
@@ -50,7 +51,6 @@ from lsmia.attack.target import AttackTarget
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
-from lsmia.losses import identity_loss
 from lsmia.models.fusion import inference_copy
 from lsmia.utils import load_torch, save_torch
 from lsmia.utils import progress as progress_bar

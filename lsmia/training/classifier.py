@@ -32,10 +32,10 @@ from lsmia.data.base import FaceData, ImageSet
 from lsmia.defenses.base import Defense
 from lsmia.defenses.factory import active, needs_bottleneck, prepare_defense
 from lsmia.errors import DivergenceError, LsmiaError
-from lsmia.losses import smoothed_cross_entropy
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.schedules import alpha_at
+from lsmia.training.smoothing import smoothed_cross_entropy
 from lsmia.utils import EpochCallback, load_torch, progress, save_json, save_timings, save_torch, seed_everything
 
 TRAINING_EVAL_BATCH = 512  # rows per forward pass when training scores its test and train sets

@@ -1,29 +1,17 @@
-"""Training and attack losses."""
+"""The attack's identity losses: how far the target is from recognising the wanted class in a batch of logits.
+
+A new loss is a function here and one line in :data:`ATTACK_LOSSES`; ``attack.loss`` in the config names it (its
+``Literal`` lists the same names, which tests/test_losses_schedules.py checks against this registry).
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-
-def check_alpha(alpha: float) -> None:
-    if not math.isfinite(alpha) or alpha > 1.0:
-        raise ValueError(f"label smoothing factor alpha must be finite and <= 1, got {alpha}")
-
-
-def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Cross-entropy against (1-alpha)*onehot + alpha/C, batch mean; any alpha <= 1, negative included.
-
-    L = (1-alpha) * (-log p_y) + alpha * mean_c(-log p_c). Equals F.cross_entropy(..., label_smoothing=alpha)
-    for 0 <= alpha <= 1.
-    """
-    check_alpha(alpha)
-    log_p = F.log_softmax(logits.float(), dim=1)
-    nll = -log_p.gather(1, targets.view(-1, 1)).squeeze(1)
-    uniform = -log_p.mean(dim=1)
-    return ((1.0 - alpha) * nll + alpha * uniform).mean()
+AttackLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits [N, C], target classes [N]) -> scalar
 
 
 def poincare_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,6 +24,11 @@ def poincare_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     diff_sq = ((u - v) ** 2).sum(1)
     delta = 2 * diff_sq / ((1 - u_sq) * (1 - v_sq))
     return torch.acosh(1 + delta).mean()
+
+
+def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy (GMI, KED-MI), batch mean."""
+    return F.cross_entropy(logits, targets)
 
 
 def max_margin_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,12 +49,14 @@ def logit_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logits.gather(1, targets.view(-1, 1)).squeeze(1).mean()
 
 
-def identity_loss(name: str):
-    """The attack loss by config name: poincare, ce, max_margin or logit."""
-    losses = {
-        "poincare": poincare_loss,
-        "ce": lambda lg, t: F.cross_entropy(lg, t),
-        "max_margin": max_margin_loss,
-        "logit": logit_loss,
-    }
-    return losses[name]
+ATTACK_LOSSES: dict[str, AttackLoss] = {
+    "poincare": poincare_loss,
+    "ce": cross_entropy_loss,
+    "max_margin": max_margin_loss,
+    "logit": logit_loss,
+}
+
+
+def identity_loss(name: str) -> AttackLoss:
+    """The attack loss by config name (``attack.loss``)."""
+    return ATTACK_LOSSES[name]
