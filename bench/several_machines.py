@@ -30,9 +30,13 @@ from pathlib import Path
 
 import benchutil
 
-from lsmia import pipeline, services
 from lsmia.config import Config, load_config
+from lsmia.infra import services
 from lsmia.paths import StudyPaths
+from lsmia.stages.attributes import stage_attribute_predictor
+from lsmia.stages.data import stage_data
+from lsmia.stages.prior import stage_prior
+from lsmia.stages.train import stage_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tiny_params.yaml"
@@ -150,10 +154,10 @@ def build(cfg: Config, shared: Path) -> None:
     import torch
 
     paths, device = StudyPaths(shared), torch.device("cpu")
-    pipeline.stage_data(cfg, paths.data_file)
-    pipeline.stage_prior(cfg, paths.data_file, paths.prior_dir, device)
-    pipeline.stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
-    pipeline.stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
+    stage_data(cfg, paths.data_file)
+    stage_prior(cfg, paths.data_file, paths.prior_dir, device)
+    stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
+    stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
 
 
 if __name__ == "__main__":

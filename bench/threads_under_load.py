@@ -18,11 +18,11 @@ import time
 
 import benchutil
 
-from lsmia.threads import usable_cores
+from lsmia.infra.threads import usable_cores
 
 TRAIN = """
 import sys, time, torch
-from lsmia.threads import set_threads
+from lsmia.infra.threads import set_threads
 from lsmia.models.classifiers import build_classifier
 choice = set_threads(sys.argv[1] if sys.argv[1] == "auto" else int(sys.argv[1]))
 model = build_classifier("smallresnet", 200, 32)

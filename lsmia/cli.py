@@ -1,4 +1,4 @@
-"""The ``lsmia`` command line: a thin Typer shell over lsmia.pipeline.
+"""The ``lsmia`` command line: a thin Typer shell over lsmia.experiments.study.
 
 Every command reads ``params.yaml`` (``--params``), applies ``--set section.key=value``
 overrides and its own flags, records the resolved config beside its outputs, and turns
@@ -206,11 +206,11 @@ def resolve(
     cfg = load_config(params, overrides, sources)
     if not runs:
         return cfg
-    from lsmia.threads import set_threads
+    from lsmia.infra.threads import set_threads
     from lsmia.utils import resolve_device
 
     resolve_device(cfg.run.device)  # a missing GPU is bad input: fail before any run starts
-    set_threads(cfg.run.threads)  # the choice is tagged on the stage's MLflow run (lsmia.threads)
+    set_threads(cfg.run.threads)  # the choice is tagged on the stage's MLflow run (lsmia.infra.threads)
     return cfg
 
 
@@ -262,8 +262,8 @@ def _paths(cfg: Config) -> StudyPaths:
 
 def _writing(*targets: Path | None):
     """The write locks of a stage's outputs (rank 0 alone writes under torchrun)."""
-    from lsmia.distributed import is_main
-    from lsmia.locks import output_locks
+    from lsmia.infra.distributed import is_main
+    from lsmia.infra.locks import output_locks
 
     return output_locks(*targets, enabled=is_main())
 
@@ -301,7 +301,7 @@ def config(
     typer.echo(f"wrote {out}", err=True)
 
 
-# The graph's stages (lsmia.graph.STAGES; a test keeps the two equal): named here so that `lsmia --help` need
+# The graph's stages (lsmia.experiments.graph.STAGES; a test keeps the two equal): named here so that `lsmia --help` need
 # not import torch.
 STAGE_NAMES = ("data", "prior", "eval-model", "attributes", "target", "attack", "evaluate", "toy", "report")
 
@@ -315,9 +315,9 @@ def run_graph_stage(
     options: dict[str, Any] | None = None,
 ) -> Any:
     """Run stage ``name`` of the graph for the cell (``target.smoothing.alpha``, ``seed``) in the study layout,
-    some files pinned elsewhere: :func:`lsmia.graph.run_stage` under MLflow tracking, its outputs locked."""
-    from lsmia import graph
-    from lsmia.tracked import tracked_stage
+    some files pinned elsewhere: :func:`lsmia.experiments.graph.run_stage` under MLflow tracking, its outputs locked."""
+    from lsmia.experiments import graph
+    from lsmia.tracking.stages import tracked_stage
 
     stage = graph.stage(name)
     cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed) if stage.per_cell else None
@@ -328,7 +328,7 @@ def run_graph_stage(
 
 def _echo_result(name: str, result: Any, out: Path) -> None:
     """What a stage command prints: its metrics as JSON, or a line naming what it wrote (rank 0 only)."""
-    from lsmia.distributed import is_main
+    from lsmia.infra.distributed import is_main
 
     if not is_main():
         return
@@ -355,7 +355,7 @@ def _out_dir_output(name: str, cfg: Config, seed: int | None, out_dir: Path | No
     """``--out-dir``: the stage's output file, under its usual name, in that folder."""
     if out_dir is None:
         return {}
-    from lsmia import graph
+    from lsmia.experiments import graph
 
     stage = graph.stage(name)
     cell = graph.Cell(cfg.target.smoothing.alpha, cfg.run.seed if seed is None else seed) if stage.per_cell else None
@@ -436,7 +436,7 @@ def _run_alias(
     options: dict[str, Any] | None = None,
 ) -> None:
     """A stage command: the stage through the one door, then its summary printed."""
-    from lsmia import graph
+    from lsmia.experiments import graph
 
     log = {"log": lambda line: typer.echo(line, err=True)}
     result = run_graph_stage(name, cfg, seed, pinned, side, {**log, **(options or {})})
@@ -680,12 +680,12 @@ def dvc_yaml(
     ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write dvc.yaml and MLproject from the stage graph (lsmia/graph.py), or --check that the committed ones match.
+    """Write dvc.yaml and MLproject from the stage graph (lsmia/experiments/graph.py), or --check that the committed ones match.
 
     ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage; a ``prior.path``
     makes the generator file there a dependency of the prior and attack stages."""
-    from lsmia.graph import dvc_yaml as render
-    from lsmia.graph import mlproject
+    from lsmia.experiments.graph import dvc_yaml as render
+    from lsmia.experiments.graph import mlproject
     from lsmia.utils import atomic_path
 
     cfg = load_config(params) if params.is_file() else None
@@ -714,14 +714,12 @@ def study(
     params: ParamsOpt = Path("params.yaml"), sets: SetOpt = None, device: DeviceOpt = None, track: TrackOpt = None
 ) -> None:
     """Run the whole study in one process (without DVC): every stage for every alpha and seed."""
-    from lsmia import pipeline
-    from lsmia.tracked import tracked_stage
+    from lsmia.experiments.study import run_study
+    from lsmia.tracking.stages import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
     with _writing(_paths(cfg).root):  # the whole out dir: one study at a time
-        result = pipeline.run_study(
-            cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage
-        )
+        result = run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage)
     keys = [
         "alpha",
         "seed",
@@ -768,8 +766,8 @@ def ablate(
     ] = None,
 ) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
-    from lsmia import ablation
-    from lsmia.tracked import tracked_stage
+    from lsmia.experiments import ablation
+    from lsmia.tracking.stages import tracked_stage
 
     cfg = resolve(params, sets, device, track=track)
     plan = ablation.load_plan(plan_file)
@@ -823,7 +821,7 @@ def ranking_check(
     device: DeviceOpt = None,
 ) -> None:
     """How far PPA's float32 softmax ranking ties on each finished target of a plan (runs no training)."""
-    from lsmia import ablation, ranking_check
+    from lsmia.experiments import ablation, ranking_check
 
     cfg = resolve(params, sets, device, track=False)
     plan = ablation.load_plan(plan_file)
@@ -846,8 +844,8 @@ def logit_geometry(
     sets: SetOpt = None,
 ) -> None:
     """How each finished target's true-class logit stands out among the others (runs no training)."""
-    from lsmia import ablation
     from lsmia.ablation_tables import logit_geometry_lines
+    from lsmia.experiments import ablation
 
     cfg = resolve(params, sets, None, track=False)
     plan = ablation.load_plan(plan_file)
@@ -913,7 +911,7 @@ def sweep(
 ) -> None:
     """Optuna search over label smoothing (alpha, warm-up) or a defense's strength for the best accuracy-privacy
     trade-off; writes the front (fronts.png, points.json for 'lsmia compare-defenses') beside the trials."""
-    from lsmia import sweep as sweeps
+    from lsmia.experiments import sweep as sweeps
 
     flags = {
         "sweep.defense": ("--defense", defense),
@@ -943,7 +941,7 @@ def pull_shared(
 ) -> None:
     """Get the shared stages (data, prior, eval model, attributes) from a DVC remote, or train and push those it
     lacks under a lock, so machines sharing the remote never train them twice (run in the project's clone)."""
-    from lsmia.remote import ensure_shared
+    from lsmia.experiments.remote import ensure_shared
 
     cfg = resolve(params, sets)
     name = remote or cfg.sweep.shared_remote
@@ -1017,7 +1015,7 @@ def server(
 ) -> None:
     """Start PostgreSQL (Optuna's storage, MLflow's backend) and an MLflow tracking server with served artifacts for
     workers on several machines; prints what to export on them. Ctrl-C stops both."""
-    from lsmia.services import serve
+    from lsmia.infra.services import serve
 
     serve(output_folder(folder, "--dir"), host, pg_port, port, log=lambda line: typer.echo(line))
 

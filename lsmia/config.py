@@ -294,7 +294,7 @@ class StudyConfig(Section):
 
 
 class SweepConfig(Section):
-    """``lsmia sweep``: an Optuna search over the smoothing factor and its warm-up (see lsmia.sweep)."""
+    """``lsmia sweep``: an Optuna search over the smoothing factor and its warm-up (see lsmia.experiments.sweep)."""
 
     study_name: str = Field("smoothing", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     mode: Literal["pareto", "constrained"] = "pareto"  # constrained: min attack acc@1 s.t. test_acc >= min_test_acc
@@ -303,7 +303,7 @@ class SweepConfig(Section):
     n_workers: int = Field(1, ge=1)  # processes on this machine
     storage: str | None = None  # RDB (postgresql://, mysql://, sqlite://) or redis:// URL; None: journal file
     # a DVC remote (name; "default": the repo's default) the workers pull the shared stages from, training and
-    # pushing the ones it lacks under a lock (lsmia.remote); None: they must exist under run.out_dir
+    # pushing the ones it lacks under a lock (lsmia.experiments.remote); None: they must exist under run.out_dir
     shared_remote: str | None = None
     alpha_low: float = -0.3
     alpha_high: float = 0.3
@@ -353,7 +353,7 @@ class SweepConfig(Section):
 class RunConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: Seed = 0
-    # auto: the cores this process may use less the machine's load (lsmia.threads); 0: torch's default (all)
+    # auto: the cores this process may use less the machine's load (lsmia.infra.threads); 0: torch's default (all)
     threads: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     out_dir: Path = Path("out")
     tracking: bool = True  # MLflow; the library itself never tracks, only the CLI stages

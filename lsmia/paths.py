@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     from lsmia.config import Config
 
 
-Alpha = float | str  # a smoothing factor, or a DVC template such as ``${item.alpha}`` (lsmia.graph renders dvc.yaml)
+Alpha = (
+    float | str
+)  # a smoothing factor, or a DVC template such as ``${item.alpha}`` (lsmia.experiments.graph renders dvc.yaml)
 Seed = int | str
 
 

@@ -393,7 +393,7 @@ def diagnostics_figure(curves: dict[float, dict[str, np.ndarray]], path: Path) -
 
 # --------------------------------------------------------------------------- html
 
-# Package data the report reads at run time, under lsmia/. lsmia.graph reads this tuple from the source: the
+# Package data the report reads at run time, under lsmia/. lsmia.experiments.graph reads this tuple from the source: the
 # templates are the report stage's code (dvc.yaml lists them), so editing one re-runs the report.
 PACKAGE_DATA = ("templates/report",)
 

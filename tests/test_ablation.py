@@ -12,11 +12,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from lsmia import ablation, graph
 from lsmia.attack.result import AttackResult
 from lsmia.cli import app
 from lsmia.config import build_config, load_config
 from lsmia.errors import LsmiaError
+from lsmia.experiments import ablation, graph
 from lsmia.stats import effects
 from tests.helpers.paths import ROOT, TINY
 

@@ -186,7 +186,7 @@ def test_temperature_must_be_positive_and_finite() -> None:
 
 
 def test_ranking_check_measures_how_far_the_softmax_selection_degenerates() -> None:
-    from lsmia.ranking_check import selection_agreement
+    from lsmia.experiments.ranking_check import selection_agreement
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(40, 20, generator=gen) * 3  # 20 classes, 10 candidates for each of 5

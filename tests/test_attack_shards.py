@@ -214,7 +214,7 @@ def test_cli_rejects_bad_shard_options(tmp_path: Path) -> None:
 
 
 def test_dvc_yaml_with_shards_has_a_shard_matrix_and_a_merge(tmp_path: Path) -> None:
-    from lsmia.graph import dvc_yaml
+    from lsmia.experiments.graph import dvc_yaml
 
     one = yaml.safe_load(dvc_yaml())["stages"]
     assert "attack-shard" not in one
@@ -241,7 +241,7 @@ def test_dvc_yaml_with_shards_has_a_shard_matrix_and_a_merge(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_study_with_shards_writes_the_unsharded_attack(tmp_path: Path) -> None:
     from lsmia.config import load_config
-    from lsmia.pipeline import run_study
+    from lsmia.experiments.study import run_study
 
     tiny_study(tmp_path, targets=4, batch_size=3)
     base = {"run.out_dir": str(tmp_path / "one"), "study.alphas": [0.0]}

@@ -38,7 +38,7 @@ TAG = "alpha0.1_seed0"
 TARGET_DIR = Path("out/models") / f"target_{TAG}"
 ATTACK_DIR = Path("out/attacks") / TAG
 HOLD_LOCK = (
-    "import sys, time\nfrom lsmia.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
+    "import sys, time\nfrom lsmia.infra.locks import output_lock\nwith output_lock(sys.argv[1]):\n"
     "    print('held', flush=True)\n    time.sleep(300)\n"
 )
 
@@ -520,7 +520,7 @@ def test_killed_training_continues_its_mlflow_run(study: Path, mlflow_store: str
 def test_orphan_run_that_cannot_be_continued_is_failed_and_linked(study: Path, mlflow_store: str) -> None:
     from mlflow import MlflowClient
 
-    from lsmia.tracking import remember_run
+    from lsmia.tracking.client import remember_run
 
     client = MlflowClient(mlflow_store)
     experiment_id = client.create_experiment("lsmia")
@@ -545,8 +545,8 @@ def test_orphan_run_that_cannot_be_continued_is_failed_and_linked(study: Path, m
     ],
 )
 def test_credentials_are_masked_in_every_url(url: str, shown: str) -> None:
+    from lsmia.experiments.sweep import redact as redact_storage
     from lsmia.redaction import redact, redact_tree
-    from lsmia.sweep import redact as redact_storage
 
     assert redact(url) == shown and redact_storage(url) == shown
     assert redact_tree({"sweep": {"storage": url, "n": 3}, "l": [url]}) == {

@@ -19,13 +19,13 @@ import pytest
 import torch
 import yaml
 
-from lsmia.ablation import load_plan
 from lsmia.attack.ppa import resolve_classes, resolve_targets
 from lsmia.attack.result import AttackResult
 from lsmia.attack.shards import parse_classes
 from lsmia.config import ClassifierConfig, load_yaml
 from lsmia.errors import LsmiaError
-from lsmia.locks import output_lock
+from lsmia.experiments.ablation import load_plan
+from lsmia.infra.locks import output_lock
 from lsmia.models.classifiers import Classifier, load_classifier, save_classifier
 from lsmia.models.generator import load_dcgan_prior, save_dcgan_prior
 from lsmia.training.classifier import channels_last_is_safe
@@ -203,7 +203,7 @@ def test_a_shard_whose_meta_lacks_its_classes_is_named(shards: Path) -> None:
 
 def test_a_finished_shard_of_another_target_is_attacked_again(shards: Path) -> None:
     from lsmia.config import load_config
-    from lsmia.graph import _finished_shard
+    from lsmia.experiments.graph import _finished_shard
     from lsmia.stages.attack import input_digests
 
     cfg = load_config("params.yaml", {"target.smoothing.alpha": float(ALPHA)})

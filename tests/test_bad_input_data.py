@@ -24,7 +24,7 @@ from PIL import Image
 from lsmia.config import DataConfig
 from lsmia.data.real import decode_image, load_celeba, load_real
 from lsmia.errors import LsmiaError
-from lsmia.tracked import data_facts
+from lsmia.tracking.stages import data_facts
 from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
 from tests.helpers.paths import TINY
 from tests.helpers.real_data import COLOURS, write_identity, write_image

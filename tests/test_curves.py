@@ -58,13 +58,14 @@ def test_a_failure_while_writing_leaves_the_earlier_curves(tmp_path: Path, monke
 
 
 def test_the_train_stage_writes_the_curves_of_its_history(tmp_path: Path) -> None:
-    from lsmia import pipeline
+    from lsmia.stages.data import stage_data
+    from lsmia.stages.train import stage_train
 
     torch.set_num_threads(1)
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out"), "target.epochs": 3})
     data = tmp_path / "dataset.pt"
-    pipeline.stage_data(cfg, data, tmp_path / "summary.json")
+    stage_data(cfg, data, tmp_path / "summary.json")
     curves = tmp_path / "curves" / "target"
-    result = pipeline.stage_train(cfg, "target", data, tmp_path / "target", torch.device("cpu"), 0, curves_dir=curves)
+    result = stage_train(cfg, "target", data, tmp_path / "target", torch.device("cpu"), 0, curves_dir=curves)
     assert read_curve(curves, "test_acc") == [(e, row["test_acc"]) for e, row in enumerate(result.history)]
     assert [step for step, _ in read_curve(curves, "loss")] == [0, 1, 2]

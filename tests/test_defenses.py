@@ -12,7 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lsmia import ablation
 from lsmia.attack.losses import identity_loss, logit_loss
 from lsmia.cli import app
 from lsmia.config import AttackConfig, ClassifierConfig, DefenseConfig, TargetConfig, load_config
@@ -21,6 +20,7 @@ from lsmia.defenses.bido import BidoDefense, centred, gaussian_kernel, hsic, lin
 from lsmia.defenses.mid import MidDefense, VariationalBottleneck, gaussian_kl
 from lsmia.defenses.tl import PUBLIC_DIR, TransferDefense
 from lsmia.errors import LsmiaError
+from lsmia.experiments import ablation
 from lsmia.models.classifiers import build_classifier, load_classifier
 from lsmia.training.classifier import make_optimizer, train_classifier, train_step
 from tests.helpers.defenses import hand_made_results, sweep_points_record
@@ -421,15 +421,17 @@ def test_compare_defenses_overlays_sweeps_with_the_undefended_model_marked(tmp_p
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """Data, prior and evaluation model of the tiny config, shared by the end-to-end tests."""
-    from lsmia import pipeline
+    from lsmia.stages.data import stage_data
+    from lsmia.stages.prior import stage_prior
+    from lsmia.stages.train import stage_train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("defenses")
     cfg = load_config(TINY, {"run.out_dir": str(root / "out")})
     data = root / "dataset.pt"
-    pipeline.stage_data(cfg, data, root / "summary.json")
-    pipeline.stage_prior(cfg, data, root / "prior", CPU)
-    pipeline.stage_train(cfg, "eval", data, root / "eval", CPU, seed=0)
+    stage_data(cfg, data, root / "summary.json")
+    stage_prior(cfg, data, root / "prior", CPU)
+    stage_train(cfg, "eval", data, root / "eval", CPU, seed=0)
     return root, cfg
 
 
@@ -438,15 +440,17 @@ def tiny_study(tmp_path_factory):
     "defense", [{"kind": "mid", "mid_beta": 0.1}, {"kind": "bido"}, {"kind": "tl", "tl_trained_layers": 3}]
 )
 def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense):
-    from lsmia import pipeline
+    from lsmia.stages.attack import stage_attack
+    from lsmia.stages.evaluate import stage_evaluate
+    from lsmia.stages.train import stage_train
 
     root, _ = tiny_study
     cfg = load_config(TINY, {"run.out_dir": str(root / "out"), "target.defense": defense, "attack.loss": "logit"})
     out = root / f"target_{defense['kind']}"
-    trained = pipeline.stage_train(cfg, "target", root / "dataset.pt", out, CPU, seed=0)
+    trained = stage_train(cfg, "target", root / "dataset.pt", out, CPU, seed=0)
     assert 0.0 <= trained.metrics["test_acc"] <= 1.0 and (out / "model.pt").exists()
     assert (out / PUBLIC_DIR / "model.pt").exists() == (defense["kind"] == "tl")
-    attack = pipeline.stage_attack(
+    attack = stage_attack(
         cfg,
         root / "dataset.pt",
         out / "model.pt",
@@ -456,7 +460,7 @@ def test_a_defended_target_trains_is_attacked_and_evaluated(tiny_study, defense)
         0,
     )
     assert attack.final_images.shape[0] == 4
-    metrics = pipeline.stage_evaluate(
+    metrics = stage_evaluate(
         cfg,
         root / "dataset.pt",
         root / f"attack_{defense['kind']}" / "attack.pt",

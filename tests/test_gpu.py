@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsmia import pipeline
 from lsmia.config import load_config
+from lsmia.experiments.study import run_study
 from tests.helpers.paths import TINY
 
 pytestmark = pytest.mark.gpu
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.gpu
 def test_the_tiny_study_runs_on_cuda_and_matches_the_cpu_closely(tmp_path):
     cuda = load_config(TINY, {"run.out_dir": str(tmp_path / "cuda"), "run.device": "cuda"})
     cpu = load_config(TINY, {"run.out_dir": str(tmp_path / "cpu")})
-    on_gpu = pipeline.run_study(cuda, torch.device("cuda"), log=lambda line: None).metrics
-    on_cpu = pipeline.run_study(cpu, torch.device("cpu"), log=lambda line: None).metrics
+    on_gpu = run_study(cuda, torch.device("cuda"), log=lambda line: None).metrics
+    on_cpu = run_study(cpu, torch.device("cpu"), log=lambda line: None).metrics
     assert [(m["alpha"], m["seed"]) for m in on_gpu] == [(m["alpha"], m["seed"]) for m in on_cpu]
     for gpu_row, cpu_row in zip(on_gpu, on_cpu, strict=True):
         assert 0.0 <= gpu_row["final_acc1"] <= 1.0

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lsmia import graph
 from lsmia.config import load_config
+from lsmia.experiments import graph
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
 from tests.helpers.project import BIN, dvc, temp_dvc_repo
@@ -23,7 +23,7 @@ STAGE_NAMES = [s.name for s in graph.STAGES]
 
 def test_the_committed_dvc_yaml_is_the_one_generated_from_the_graph():
     assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == graph.dvc_yaml(), (
-        "dvc.yaml differs from lsmia/graph.py: run 'lsmia dvc-yaml' and commit it"
+        "dvc.yaml differs from lsmia/experiments/graph.py: run 'lsmia dvc-yaml' and commit it"
     )
 
 
@@ -94,14 +94,14 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_every_stage_writes_the_same_bytes_when_run_twice(tmp_path):
     """The held-out byte-stability check: the whole tiny study twice from scratch, every output file compared."""
-    from lsmia import pipeline
+    from lsmia.experiments.study import run_study
     from lsmia.utils import resolve_device
 
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
-    pipeline.run_study(cfg, resolve_device("cpu"), log=lambda line: None)
+    run_study(cfg, resolve_device("cpu"), log=lambda line: None)
     first = tree_hashes(tmp_path / "out")
     shutil.rmtree(tmp_path / "out")
-    pipeline.run_study(cfg, resolve_device("cpu"), log=lambda line: None)
+    run_study(cfg, resolve_device("cpu"), log=lambda line: None)
     second = tree_hashes(tmp_path / "out")
     assert {
         "data/dataset.pt",

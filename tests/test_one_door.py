@@ -1,5 +1,5 @@
 """One door per stage: `dvc repro` (each stage's `lsmia stage NAME`), the old stage commands and `lsmia study` all
-run lsmia.graph.run_stage, so they write the same bytes and track the same MLflow runs, and a killed stage's run
+run lsmia.experiments.graph.run_stage, so they write the same bytes and track the same MLflow runs, and a killed stage's run
 is continued whichever of them resumes it."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lsmia import graph
 from lsmia.cli import STAGE_NAMES, app
+from lsmia.experiments import graph
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
 
@@ -191,7 +191,7 @@ def test_the_committed_mlproject_is_the_one_generated_and_mlflow_reads_a_door_pe
     from mlflow.projects import _project_spec
 
     assert (ROOT / "MLproject").read_text(encoding="utf-8") == graph.mlproject(), (
-        "MLproject differs from lsmia/graph.py: run 'lsmia dvc-yaml' and commit it"
+        "MLproject differs from lsmia/experiments/graph.py: run 'lsmia dvc-yaml' and commit it"
     )
     project = _project_spec.load_project(str(ROOT))
     assert set(project._entry_points) == {"main", "study", "sweep", "ablate", *STAGE_NAMES}

@@ -14,9 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lsmia import services, sweep
 from lsmia.config import load_config
 from lsmia.errors import LsmiaError
+from lsmia.experiments import sweep
+from lsmia.infra import services
 from tests.helpers.machines import (
     build_shared_study,
     finish,

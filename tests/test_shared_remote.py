@@ -9,7 +9,7 @@ import pytest
 
 from lsmia.config import load_config
 from lsmia.errors import LsmiaError
-from lsmia.remote import SHARED_STAGES, ensure_shared, shared_keys
+from lsmia.experiments.remote import SHARED_STAGES, ensure_shared, shared_keys
 from tests.helpers.paths import TINY
 from tests.helpers.project import BIN, dvc, temp_dvc_repo
 

@@ -17,12 +17,16 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from lsmia import pipeline, sweep
 from lsmia.cli import app
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, load_config
 from lsmia.errors import LsmiaError
+from lsmia.experiments import sweep
 from lsmia.paths import StudyPaths
 from lsmia.stages import attack as attack_stage
+from lsmia.stages.attributes import stage_attribute_predictor
+from lsmia.stages.data import stage_data
+from lsmia.stages.prior import stage_prior
+from lsmia.stages.train import stage_train
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
 
@@ -38,10 +42,10 @@ def study_cfg(tmp_path_factory) -> Config:
         {"run.out_dir": str(out), "sweep.heartbeat_interval": 1, "sweep.grace_period": 3, "sweep.log_models": False},
     )
     paths, device = StudyPaths(out), torch.device("cpu")
-    pipeline.stage_data(cfg, paths.data_file)
-    pipeline.stage_prior(cfg, paths.data_file, paths.prior_dir, device)
-    pipeline.stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
-    pipeline.stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
+    stage_data(cfg, paths.data_file)
+    stage_prior(cfg, paths.data_file, paths.prior_dir, device)
+    stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
+    stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
     return cfg
 
 
@@ -411,7 +415,7 @@ def test_two_workers_share_the_budget_and_log_one_child_run_per_trial(study_cfg,
 
 WORKER_THAT_HANGS = """
 import json, sys, time
-from lsmia import sweep
+from lsmia.experiments import sweep
 from lsmia.config import build_config
 from lsmia.stages import attack
 attack.stage_attack = lambda *args, **kwargs: time.sleep(600)

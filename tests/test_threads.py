@@ -9,8 +9,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from lsmia import threads
 from lsmia.config import RunConfig
+from lsmia.infra import threads
 from tests.helpers.poll import wait_until
 
 

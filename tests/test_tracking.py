@@ -1,4 +1,4 @@
-"""lsmia.tracking against a real MLflow sqlite store in a temporary folder."""
+"""lsmia.tracking.client against a real MLflow sqlite store in a temporary folder."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from mlflow.entities import Experiment
 
 from lsmia.config import Config
 from lsmia.models.classifiers import build_classifier
-from lsmia.tracking import (
+from lsmia.tracking.client import (
     NullTracker,
     Tracker,
     find_run,
@@ -419,7 +419,7 @@ def test_system_metrics_are_sampled_in_a_short_run(
 ) -> None:
     from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 
-    from lsmia.tracking import SYSTEM_METRICS_INTERVAL_S
+    from lsmia.tracking.client import SYSTEM_METRICS_INTERVAL_S
 
     monkeypatch.delenv(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.name, raising=False)  # lsmia's interval, not a user's
     with track(experiment, stage="attack", system_metrics=True) as tracker:
@@ -538,7 +538,7 @@ def test_runs_name_and_tag_their_dvc_experiment_and_commit(
 
 
 def test_training_and_attack_runs_log_the_prepared_data_as_dataset_input(store: MlflowClient, tmp_path: Path) -> None:
-    from lsmia.tracked import tracked_stage
+    from lsmia.tracking.stages import tracked_stage
     from lsmia.utils import file_digest
 
     cfg = stage_config(tmp_path)
@@ -569,7 +569,7 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(
 ) -> None:
     from types import SimpleNamespace
 
-    from lsmia.tracked import TARGET_MODEL, tracked_stage
+    from lsmia.tracking.stages import TARGET_MODEL, tracked_stage
 
     cfg = stage_config(tmp_path)
     prepared_data(cfg)
@@ -609,7 +609,7 @@ def test_registry_keeps_one_version_per_model_file_with_aliases_and_contract(
 def test_evaluate_run_links_its_attack_and_target_runs_and_the_attack_run_gets_the_leakage(
     store: MlflowClient, tmp_path: Path
 ) -> None:
-    from lsmia.tracked import tracked_stage
+    from lsmia.tracking.stages import tracked_stage
 
     cfg = stage_config(tmp_path)
     cell = Cell(role="target", alpha=0.07, seed=13)
@@ -672,7 +672,7 @@ def test_the_tracked_config_never_holds_a_storage_password(
 def test_a_copied_workspace_does_not_continue_the_original_s_live_run(
     store: MlflowClient, experiment: str, tmp_path: Path
 ) -> None:
-    from lsmia.tracking import claim_orphan, remember_run
+    from lsmia.tracking.client import claim_orphan, remember_run
 
     live = store.create_run(store.create_experiment(experiment), run_name="training, still running")
     config = small_config()
@@ -687,7 +687,7 @@ def test_a_copied_workspace_does_not_continue_the_original_s_live_run(
 
 
 def test_a_stage_run_s_params_are_what_shapes_its_output() -> None:
-    from lsmia.tracked import shaping_params
+    from lsmia.tracking.stages import shaping_params
 
     cfg = Config()
 

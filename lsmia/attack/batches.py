@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from lsmia import distributed
+from lsmia.infra import distributed
 
 Schedule = Literal["batched", "per_class"]
 SCHEDULES = ("batched", "per_class")

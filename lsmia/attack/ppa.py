@@ -41,7 +41,6 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from lsmia import distributed
 from lsmia.attack.batches import SCHEDULES, Schedule, StepDiagnostics, row_batches
 from lsmia.attack.losses import identity_loss
 from lsmia.attack.result import AttackResult
@@ -51,6 +50,7 @@ from lsmia.attack.target import AttackTarget
 from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
 from lsmia.errors import LsmiaError
+from lsmia.infra import distributed
 from lsmia.models.fusion import inference_copy
 from lsmia.utils import load_torch, save_torch
 from lsmia.utils import progress as progress_bar

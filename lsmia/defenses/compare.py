@@ -279,7 +279,7 @@ def compare_points(points: list[Point], undefended: Point, levels: list[float] |
 
 # --------------------------------------------------------------------------- sweeps as sources
 
-SWEEP_POINTS = "points.json"  # written by lsmia.sweep into out/sweep/<study>/
+SWEEP_POINTS = "points.json"  # written by lsmia.experiments.sweep into out/sweep/<study>/
 
 
 def _add_row(

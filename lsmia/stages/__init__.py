@@ -1,1 +1,1 @@
-"""One module per stage of the study graph (lsmia.graph): each imports only what its stage runs."""
+"""One module per stage of the study graph (lsmia.experiments.graph): each imports only what its stage runs."""

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from lsmia import distributed
 from lsmia.attack.result import AttackResult
 from lsmia.config import Config
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
+from lsmia.infra import distributed
 from lsmia.models.classifiers import load_classifier
 from lsmia.utils import file_digest, save_timings, seed_everything
 from lsmia.visualize import save_attack_grid

@@ -9,8 +9,8 @@ import torch
 from lsmia.config import Config
 from lsmia.curves import write_training_curves
 from lsmia.data.base import FaceData
-from lsmia.distributed import is_main
 from lsmia.errors import LsmiaError
+from lsmia.infra.distributed import is_main
 from lsmia.models.classifiers import require_pretrained_weights
 from lsmia.training.classifier import TrainResult, train_classifier
 from lsmia.utils import EpochCallback
@@ -33,7 +33,7 @@ def stage_train(
     """Train the target (label smoothing ``cfg.target.smoothing``, defense ``cfg.target.defense``) or the evaluation
     model (hard labels).
 
-    ``code_version`` (lsmia.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
+    ``code_version`` (lsmia.experiments.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
     that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint. ``curves_dir``: where
     the per-epoch curves go for `dvc plots` (rank 0 only)."""
     if role in ROLES:  # before reading the data: a missing weight file fails at once

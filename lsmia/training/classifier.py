@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lsmia import distributed
 from lsmia.augment import resize, training_augment
 from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.defenses.base import Defense
 from lsmia.defenses.factory import active, needs_bottleneck, prepare_defense
 from lsmia.errors import DivergenceError, LsmiaError
+from lsmia.infra import distributed
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.schedules import alpha_at

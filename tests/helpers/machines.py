@@ -16,10 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsmia import pipeline, services
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
+from lsmia.infra import services
 from lsmia.paths import StudyPaths
+from lsmia.stages.attributes import stage_attribute_predictor
+from lsmia.stages.data import stage_data
+from lsmia.stages.prior import stage_prior
+from lsmia.stages.train import stage_train
 from tests.helpers.paths import TINY
 from tests.helpers.poll import wait_until
 
@@ -111,10 +115,10 @@ def redis_server() -> Iterator[str]:
 def build_shared_study(cfg: Config) -> None:
     """The study's shared stages (data, prior, eval model, attribute predictor) under ``cfg.run.out_dir``."""
     paths, device = StudyPaths(cfg.run.out_dir), torch.device("cpu")
-    pipeline.stage_data(cfg, paths.data_file)
-    pipeline.stage_prior(cfg, paths.data_file, paths.prior_dir, device)
-    pipeline.stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
-    pipeline.stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
+    stage_data(cfg, paths.data_file)
+    stage_prior(cfg, paths.data_file, paths.prior_dir, device)
+    stage_train(cfg, "eval", paths.data_file, paths.eval_dir, device)
+    stage_attribute_predictor(cfg, paths.data_file, paths.attribute_dir / "predictor.pt", device)
 
 
 def machine(root: Path, name: str, shared_out: Path) -> Path:

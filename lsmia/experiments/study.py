@@ -1,9 +1,9 @@
-"""The study in one process, and the stage functions of lsmia.stages under one name.
+"""``lsmia study``: the study in one process.
 
-config -> data -> models (prior, eval model, targets) -> attack -> metrics -> report. Each stage's
-library function lives in ``lsmia.stages.<name>`` (one module per stage, so each stage's code
-dependencies are its own imports, see lsmia.graph); ``run_study`` executes the one stage graph of
-lsmia.graph, as ``lsmia ablate`` and ``lsmia sweep`` do with other layouts.
+config -> data -> models (prior, eval model, targets) -> attack -> metrics -> report. Each stage's library
+function lives in ``lsmia.stages.<name>`` (one module per stage, so each stage's code dependencies are its own
+imports, see lsmia.experiments.graph); :func:`run_study` executes the one stage graph of lsmia.experiments.graph
+in the study layout, as ``lsmia ablate`` and ``lsmia sweep`` do with other layouts.
 """
 
 from __future__ import annotations
@@ -15,31 +15,10 @@ from typing import Any
 
 import torch
 
-from lsmia import graph
 from lsmia.config import Config
-from lsmia.graph import QuietStage, quiet_stage
+from lsmia.experiments import graph
+from lsmia.experiments.graph import quiet_stage
 from lsmia.paths import StudyPaths
-from lsmia.stages.attack import stage_attack
-from lsmia.stages.attributes import stage_attribute_predictor
-from lsmia.stages.data import data_summary, prepare_data, stage_data
-from lsmia.stages.evaluate import stage_evaluate
-from lsmia.stages.prior import stage_prior
-from lsmia.stages.train import stage_train
-
-__all__ = [
-    "QuietStage",
-    "StudyResult",
-    "data_summary",
-    "prepare_data",
-    "quiet_stage",
-    "run_study",
-    "stage_attack",
-    "stage_attribute_predictor",
-    "stage_data",
-    "stage_evaluate",
-    "stage_prior",
-    "stage_train",
-]
 
 
 @dataclass
@@ -51,10 +30,10 @@ class StudyResult:
 def run_study(
     cfg: Config, device: torch.device, log: Callable[[str], None] = print, observe: Callable[..., Any] = quiet_stage
 ) -> StudyResult:
-    """The whole study in one process: the stage graph (lsmia.graph) for every alpha and seed of ``study``.
+    """The whole study in one process: the stage graph (lsmia.experiments.graph) for every alpha and seed of ``study``.
 
     ``observe(cfg, stage, run_name, role=, alpha=, seed=, system_metrics=)`` is a context manager yielding a
-    stage observer (lsmia.tracked.tracked_stage logs to MLflow; the default does nothing).
+    stage observer (lsmia.tracking.stages.tracked_stage logs to MLflow; the default does nothing).
     """
     from lsmia.metrics.evaluate import require_metric_weights
     from lsmia.models.classifiers import require_pretrained_weights

@@ -60,7 +60,7 @@ RetryHeartbeatStaleTrialCallback(max_retry))``, timed by the database's clock); 
 storages (file, Redis), so lsmia does the same there with a trial system attr and its own retry. Ctrl-C fails the running trial, queues it again and
 leaves the study resumable.
 
-MLflow (through lsmia.tracking only): one parent run per study, its id stored as study user attr so
+MLflow (through lsmia.tracking.client only): one parent run per study, its id stored as study user attr so
 workers and resumed runs attach to it; one nested run per trial (its id in trial user attr
 ``mlflow_run_id``) with the trial's config, both objectives, per-epoch training metrics, the model and
 the reconstructions. The summary (trials table, Pareto front PNG + HTML, recommendation) is written to
@@ -92,9 +92,9 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lsmia import graph
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
+from lsmia.experiments import graph
 from lsmia.paths import StudyPaths, SweepPaths
 from lsmia.redaction import redact as redact_url
 
@@ -136,9 +136,9 @@ def shared_models(cfg: Config, log: Log = print) -> SharedModels:
     """The data, prior, eval model and attribute predictor of the study, or an LsmiaError naming the missing one.
 
     With ``sweep.shared_remote`` they are first pulled from that DVC remote, or trained and pushed under a lock
-    when it lacks them (lsmia.remote; once per process)."""
+    when it lacks them (lsmia.experiments.remote; once per process)."""
     if cfg.sweep.shared_remote is not None:
-        from lsmia.remote import ensure_shared, shared_keys
+        from lsmia.experiments.remote import ensure_shared, shared_keys
 
         keys = tuple(shared_keys(cfg).values())
         if keys not in _FETCHED:
@@ -654,8 +654,8 @@ def suggest_trial(trial: optuna.Trial, cfg: Config) -> Config:
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial) -> list[float] | float:
     """Train, attack and evaluate one target; the objective value(s), or TrialPruned / DivergenceError."""
-    from lsmia.tracked import StageLog
-    from lsmia.tracking import start_tracking
+    from lsmia.tracking.client import start_tracking
+    from lsmia.tracking.stages import StageLog
 
     sweep = ctx.cfg.sweep
     cfg = suggest_trial(trial, ctx.cfg)
@@ -912,7 +912,7 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 
 def _worker_process(config: dict[str, Any], worker_index: int) -> None:
     """Entry point of a spawned worker process."""
-    from lsmia.threads import set_threads
+    from lsmia.infra.threads import set_threads
 
     cfg = build_config(config)
     set_threads(cfg.run.threads, share=cfg.sweep.n_workers)
@@ -1351,7 +1351,7 @@ def reuse_hint(study: optuna.Study, cfg: Config) -> str | None:
 
 def run_sweep(cfg: Config, log: Log = print) -> SweepResult:
     """Create or resume the study, run its remaining budget on ``sweep.n_workers`` workers, summarise it."""
-    from lsmia.tracking import start_tracking
+    from lsmia.tracking.client import start_tracking
 
     shared_models(cfg, log)  # fail before creating anything (or fetch them: sweep.shared_remote)
     cfg = single_trial_without_search(cfg, log)

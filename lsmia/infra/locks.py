@@ -111,7 +111,7 @@ STALE_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # lsmia.utils.atomic
 def remove_stale_temporaries(target: Path | str) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed process left in (or beside) ``target``.
 
-    Only safe while holding ``target``'s output lock (lsmia.locks.output_lock): no other writer is then
+    Only safe while holding ``target``'s output lock (lsmia.infra.locks.output_lock): no other writer is then
     using them. A folder is searched throughout; for a file, its own temporaries beside it."""
     target = Path(target)
     beside = target.parent.glob(f".{glob.escape(target.name)}.*.tmp")

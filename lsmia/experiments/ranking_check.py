@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from lsmia import graph
-from lsmia.ablation import AblationPlan, finished_targets
 from lsmia.attack.ppa import configure_latent_space, pool_logits, resolve_targets, select_candidates, stage_generators
 from lsmia.attack.scoring import class_scores
 from lsmia.config import Config
+from lsmia.experiments import graph
+from lsmia.experiments.ablation import AblationPlan, finished_targets
 from lsmia.models.classifiers import load_classifier
 from lsmia.models.fusion import inference_copy
 from lsmia.models.generator import load_prior

@@ -1,4 +1,4 @@
-"""What each stage records in MLflow, expressed through lsmia.tracking (the only module that imports mlflow).
+"""What each stage records in MLflow, expressed through lsmia.tracking.client (the only module that imports mlflow).
 
 With ``run.tracking`` off every call is a no-op, so the core runs without MLflow.
 """
@@ -19,9 +19,9 @@ import torch
 
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
+from lsmia.infra.threads import describe as describe_threads
 from lsmia.paths import StudyPaths
-from lsmia.threads import describe as describe_threads
-from lsmia.tracking import DIGEST_TAG, LINK_TAG_PREFIX, RUN_MARKER
+from lsmia.tracking.client import DIGEST_TAG, LINK_TAG_PREFIX, RUN_MARKER
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
 DATA_CONTEXT = {
@@ -125,7 +125,7 @@ def _data_facts(path: str, mtime_ns: int, size: int) -> DataFacts:
 
 
 class StageLog:
-    """Stage-level logging on top of a lsmia.tracking Tracker (or its NullTracker).
+    """Stage-level logging on top of a lsmia.tracking.client Tracker (or its NullTracker).
 
     ``data_file``: the prepared data the stage reads (default: the study's), logged as the run's data set input.
     """
@@ -261,7 +261,7 @@ class StageLog:
 def find_related(tags: dict[str, str]) -> str | None:
     """The latest finished run with ``tags``, of this DVC experiment when it has one (a stage DVC did not re-run
     in the experiment keeps the workspace's run)."""
-    from lsmia.tracking import dvc_experiment, find_run
+    from lsmia.tracking.client import dvc_experiment, find_run
 
     return find_run("lsmia", {**tags, "dvc_experiment": dvc_experiment()}) or find_run("lsmia", tags)
 
@@ -286,7 +286,7 @@ def tracked_stage(
     ``data_file`` (default: the study's prepared data) is logged as the run's data set input for the stages that
     read it; an evaluate run links its attack and target-training runs.
     """
-    from lsmia.tracking import start_tracking
+    from lsmia.tracking.client import start_tracking
 
     tags = {"stage": stage, "dataset": cfg.data.source, "seed": str(cfg.run.seed if seed is None else seed)}
     if role is not None:
@@ -327,7 +327,7 @@ GRAPH_STAGE = {"data": "data", "prior": "prior", "attack": "attack", "evaluate":
 def shaping_params(cfg: Config, stage: str, role: str | None) -> dict[str, Any] | None:
     """The part of the config a graph stage's output depends on (its params and its inputs'), so a run's params
     are what tells it apart from its neighbours on MLflow's compare page; None (everything) for other runs."""
-    from lsmia import graph
+    from lsmia.experiments import graph
 
     name = {"target": "target", "eval": "eval-model"}.get(role or "") if stage == "train" else GRAPH_STAGE.get(stage)
     if name is None:
@@ -349,7 +349,7 @@ def _orphan_handling(marker: Path | None, cfg: Config, resumable: bool) -> Itera
     if marker is None:
         yield None, None
         return
-    from lsmia.tracking import claim_orphan
+    from lsmia.tracking.client import claim_orphan
 
     created = not marker.parent.exists()
     try:
@@ -363,7 +363,7 @@ def _orphan_handling(marker: Path | None, cfg: Config, resumable: bool) -> Itera
 
 
 def _drop_marker(marker: Path, created: bool) -> None:
-    from lsmia.tracking import forget_run
+    from lsmia.tracking.client import forget_run
 
     forget_run(marker)
     if created:
@@ -374,7 +374,7 @@ def _drop_marker(marker: Path, created: bool) -> None:
 def _record_interruption(
     tracker: Any, marker: Path | None, cfg: Config, resume_id: str | None, orphan_id: str | None
 ) -> None:
-    from lsmia.tracking import INTERRUPTED_LINK, RESUMED_TAG, remember_run
+    from lsmia.tracking.client import INTERRUPTED_LINK, RESUMED_TAG, remember_run
 
     if resume_id is not None:
         tracker.set_tags({RESUMED_TAG: "true"})

@@ -4,7 +4,7 @@ Machines that share nothing but a DVC remote (S3, GCS, SSH, or a path every mach
 without retraining them: :func:`ensure_shared` takes each shared stage in graph order and
 
 1. looks for its manifest in the remote, ``lsmia-shared/<stage>-<key>.yaml``: the stage's ``dvc.lock`` entry
-   (output hashes, deps, params), keyed like the ablation cache (lsmia.graph: the stage's params, its code and
+   (output hashes, deps, params), keyed like the ablation cache (lsmia.experiments.graph: the stage's params, its code and
    the keys of the stages it reads, plus ``run.out_dir``);
 2. if found, writes that entry into the local ``dvc.lock`` and ``dvc pull``s the stage's outputs: ``dvc status``
    is then clean and ``dvc repro`` skips the stage;
@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from lsmia import graph
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
+from lsmia.experiments import graph
 from lsmia.utils import atomic_path
 
 SHARED_STAGES = ("data", "prior", "eval-model", "attributes")
@@ -103,7 +103,7 @@ class Remote:
         if not self.local:
             yield
             return
-        from lsmia.locks import wait_lock
+        from lsmia.infra.locks import wait_lock
 
         with wait_lock(Path(self.path(name))):
             yield

@@ -1,7 +1,7 @@
 """Measured ablations: named config variants × alphas × seeds, with the paper's effect tested per variant.
 
 Every stage's output is cached under a key made of exactly the inputs that stage reads (its config
-slice, a hash of its code and the keys of the stages it consumes: lsmia.graph.stage_keys), so a code
+slice, a hash of its code and the keys of the stages it consumes: lsmia.experiments.graph.stage_keys), so a code
 edit invalidates exactly the stages it can change and variants share what they have in common: an
 attack-loss variant reuses the baseline's targets, a prior variant reuses its data and targets,
 and an interrupted ablation resumes where it stopped. The effect is measured *paired by seed*:
@@ -22,9 +22,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lsmia import ablation_tables as tables
-from lsmia import graph, pipeline
 from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
+from lsmia.experiments import graph
+from lsmia.experiments.graph import quiet_stage
 from lsmia.paths import StudyPaths
 from lsmia.stats import effects, mean_ci
 from lsmia.utils import load_json, save_json
@@ -93,7 +94,7 @@ def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[floa
 
 
 class CacheLayout:
-    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.graph.stage_keys)."""
+    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.experiments.graph.stage_keys)."""
 
     def __init__(self, root: Path, keys: dict[str, str]) -> None:
         self.root, self.keys = Path(root), keys
@@ -126,7 +127,7 @@ class StageCache:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this stage: wait, then reuse its output
             if not self._done(folder, path):
                 self.log(f"  {stage.name} {folder.name}: running")
-                graph.run_stage(stage, cfg, cell, layout, self.device, pipeline.quiet_stage)
+                graph.run_stage(stage, cfg, cell, layout, self.device, quiet_stage)
                 (folder / self.DONE).write_text("")
         return path
 
