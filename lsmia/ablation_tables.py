@@ -9,35 +9,25 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from lsmia import metric_registry
+from lsmia.formatting import stat_text
 from lsmia.stats import halves, verdict
 
 Variants = dict[str, dict[str, Any]]  # results.json "variants": name -> {"summary", "effects", ...}
 Rows = list[list[str]]
 
 EFFECT_COLUMNS = ("variant", "α", "acc@1 at α", "acc@1 at 0", "acc@1 / acc@1(α=0)", "accuracy cost", "paper's claim")
-SUMMARY_COLUMNS = (
-    "variant",
-    "α",
-    "test acc",
-    "acc@1",
-    "acc@1 − acc@1(α=0)",
-    "acc@1 / acc@1(α=0)",
-    "accuracy cost",
-    "acc@1 all samples",
-    "target's confidence",
-    "gradient cosine",
-    "δ_eval",
-    "ξ",
-)
+PAIRED_COLUMNS = ("acc@1 − acc@1(α=0)", "acc@1 / acc@1(α=0)", "accuracy cost")
+PAIRED_AFTER = "final_acc1"  # the summary table's paired columns follow the metric they compare
 
 
-def cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
-    """``mean ± ci95`` to ``digits`` decimals; ``—`` for a missing or non-finite mean."""
-    if stat is None or not math.isfinite(stat["mean"]):
-        return "—"
-    if not math.isfinite(stat["ci95"]):
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
+def summary_columns() -> tuple[str, ...]:
+    """The summary table's header: variant, alpha, then each metric column of the registry (the paired ones after
+    acc@1)."""
+    columns = ["variant", "α"]
+    for metric in metric_registry.table_columns():
+        columns += [metric.column, *(PAIRED_COLUMNS if metric.name == PAIRED_AFTER else ())]
+    return tuple(columns)
 
 
 def effect_rows(variants: Variants) -> Rows:
@@ -51,10 +41,10 @@ def effect_rows(variants: Variants) -> Rows:
                 [
                     name,
                     f"{alpha:+g}",
-                    cell(acc1.get(alpha)),
-                    cell(acc1.get(0.0)),
-                    cell(effect["acc1_ratio"], 2),
-                    cell(effect["test_acc_cost"]),
+                    stat_text(acc1.get(alpha)),
+                    stat_text(acc1.get(0.0)),
+                    stat_text(effect["acc1_ratio"], 2),
+                    stat_text(effect["test_acc_cost"]),
                     verdict(effect),
                 ]
             )
@@ -70,24 +60,14 @@ def summary_rows(variants: Variants) -> Rows:
             alpha, m = summary["alpha"], summary["metrics"]
             effect = by_alpha.get(alpha)
             paired = (
-                [cell(effect["acc1_gain"]), cell(effect["acc1_ratio"], 2), cell(effect["test_acc_cost"])]
+                [stat_text(effect["acc1_gain"]), stat_text(effect["acc1_ratio"], 2), stat_text(effect["test_acc_cost"])]
                 if effect
                 else ["", "", ""]
             )
-            rows.append(
-                [
-                    name,
-                    f"{alpha:+g}",
-                    cell(m.get("test_acc")),
-                    cell(m.get("final_acc1")),
-                    *paired,
-                    cell(m.get("all_acc1")),
-                    cell(m.get("final_target_confidence")),
-                    cell(m.get("grad_cosine_mean")),
-                    cell(m.get("delta_eval"), 1),
-                    cell(m.get("xi")),
-                ]
-            )
+            row = [name, f"{alpha:+g}"]
+            for metric in metric_registry.table_columns():
+                row += [stat_text(m.get(metric.name), metric.digits), *(paired if metric.name == PAIRED_AFTER else ())]
+            rows.append(row)
     return rows
 
 
@@ -165,21 +145,21 @@ def claim_rows(plans: dict[str, Variants]) -> Rows:
             positive,
             lambda m: m[1]["raises"],
             lambda m: _lower(m[1]["acc1_gain"]),
-            lambda m: f"acc@1 − acc@1(α=0) = {cell(m[1]['acc1_gain'])}",
+            lambda m: f"acc@1 − acc@1(α=0) = {stat_text(m[1]['acc1_gain'])}",
         ),
         _claim(
             "α < 0 keeps at most half of acc@1 at ≤ 5 points of test accuracy (≥ 3 seeds, interval below 1)",
             affordable,
             lambda m: halves(m[1]["acc1_ratio"], m[1]["test_acc_cost"]),
             lambda m: -m[1]["acc1_ratio"]["mean"],
-            lambda m: f"ratio {cell(m[1]['acc1_ratio'], 2)}, cost {cell(m[1]['test_acc_cost'])}",
+            lambda m: f"ratio {stat_text(m[1]['acc1_ratio'], 2)}, cost {stat_text(m[1]['test_acc_cost'])}",
         ),
         _claim(
             "α < 0 moves the samples away from the private data (δ_eval up, interval above 0)",
             negative,
             lambda m: _lower(m[1]["delta_eval_gain"]) > 0,
             lambda m: _lower(m[1]["delta_eval_gain"]),
-            lambda m: f"δ_eval − δ_eval(α=0) = {cell(m[1]['delta_eval_gain'], 1)}",
+            lambda m: f"δ_eval − δ_eval(α=0) = {stat_text(m[1]['delta_eval_gain'], 1)}",
         ),
         _claim(
             "α < 0 makes consecutive attack gradients less similar (mean cosine below α = 0's)",

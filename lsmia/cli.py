@@ -17,8 +17,10 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from lsmia import metric_registry
 from lsmia.config import Config, check_seed, load_config, parse_overrides
 from lsmia.errors import LsmiaError, from_os_error
+from lsmia.formatting import cell
 from lsmia.paths import StudyPaths
 
 NO_VALUE = ""  # the metavar of an on/off flag: typer would show <bool> as if it took a value ("--worker true")
@@ -720,24 +722,13 @@ def study(
     cfg = resolve(params, sets, device, track=track)
     with _writing(_paths(cfg).root):  # the whole out dir: one study at a time
         result = run_study(cfg, _device(cfg), log=lambda line: typer.echo(line, err=True), observe=tracked_stage)
-    keys = [
-        "alpha",
-        "seed",
-        "test_acc",
-        "final_acc1",
-        "final_acc5",
-        "delta_eval",
-        "fid_eval_features",
-        "xi",
-        "attribute_acc",
-    ]
-    typer.echo("\t".join(keys))
-    for row in result.metrics:
-        typer.echo(
-            "\t".join(
-                f"{row.get(k, float('nan')):.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys
-            )
-        )
+    typer.echo("\n".join(study_lines(result.metrics)))
+
+
+def study_lines(metrics: list[dict[str, Any]]) -> list[str]:
+    """The study's console table: tab-separated, one row per cell, its headline metrics (lsmia.metric_registry)."""
+    keys = ["alpha", "seed", *metric_registry.headline()]
+    return ["\t".join(keys), *("\t".join(cell(row.get(k), none="None") for k in keys) for row in metrics)]
 
 
 @app.command()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -34,14 +33,16 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
 from lsmia import ablation_tables as tables
+from lsmia import metric_registry
 from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
 from lsmia.defenses import compare as defense_comparison
 from lsmia.errors import LsmiaError
+from lsmia.formatting import is_number, number, stat_text
 from lsmia.models.classifiers import load_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.paths import StudyPaths, run_tag
-from lsmia.stats import effects, mean_ci, verdict
+from lsmia.stats import effects, per_alpha, verdict
 from lsmia.utils import load_json, new_file_mode, save_json
 from lsmia.visualize import save_judged_grid
 
@@ -49,44 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ID_KEYS = ("alpha", "seed")
 
-# Known metrics in display order: (label, what a higher value means for privacy).
-METRICS: dict[str, tuple[str, str]] = {
-    "test_acc": ("test accuracy", ""),
-    "train_acc": ("train accuracy", ""),
-    "ece": ("expected calibration error", ""),
-    "mean_confidence": ("mean max-softmax confidence (test)", ""),
-    "mean_logit_norm": ("mean logit L2 norm (test)", ""),
-    "final_acc1": ("attack acc@1 (final samples)", "more leakage"),
-    "final_acc5": ("attack acc@5 (final samples)", "more leakage"),
-    "all_acc1": ("attack acc@1 (all samples)", "more leakage"),
-    "all_acc5": ("attack acc@5 (all samples)", "more leakage"),
-    "final_target_confidence": ("target's confidence in its final samples", ""),
-    "final_target_confidence_raw": ("target's confidence in its final samples, no transforms", ""),
-    "grad_cosine_mean": ("cosine of consecutive attack gradients", ""),
-    "delta_eval": ("δ_eval (eval-feature distance)", "less leakage"),
-    "delta_face": ("δ_face (FaceNet distance, as PPA)", "less leakage"),
-    "fid_eval_features": ("FID (eval-model features)", "less leakage"),
-    "fid_tf_inception": ("FID (pytorch-fid's FID Inception, as published)", "less leakage"),
-    "inception_fid": ("FID (torchvision Inception, not comparable)", "less leakage"),
-    "precision": ("precision", "more leakage"),
-    "recall": ("recall", "more leakage"),
-    "density": ("density", "more leakage"),
-    "coverage": ("coverage", "more leakage"),
-    "xi": ("ξ knowledge extraction", "more leakage"),
-    "attribute_acc": ("attribute accuracy of reconstructions", "more leakage"),
-    "attribute_chance": ("attribute accuracy by chance (majority)", ""),
-    "attribute_acc_real": ("attribute accuracy of real test images", ""),
-    "num_targets": ("attacked identities", ""),
-    "num_final_samples": ("final samples", ""),
-    "train_seconds": ("training time [s]", ""),
-    "evaluate_seconds": ("evaluation time [s]", ""),
-}
-
 # --------------------------------------------------------------------------- metrics
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 Cells = Sequence[tuple[float, int]]  # the (alpha, seed) pairs of the study
@@ -122,36 +86,22 @@ def _read_metrics_file(path: Path) -> dict[str, Any]:
         raise LsmiaError(
             f"metrics file {path} is not valid JSON ({err.msg}): delete it and re-run 'lsmia evaluate'"
         ) from None
-    if not isinstance(row, dict) or not all(_is_number(row.get(key)) for key in ID_KEYS):
+    if not isinstance(row, dict) or not all(is_number(row.get(key)) for key in ID_KEYS):
         raise LsmiaError(f"metrics file {path} has no numeric alpha and seed: delete it and re-run 'lsmia evaluate'")
     return {**row, "alpha": float(row["alpha"]), "seed": int(row["seed"])}
 
 
 def metric_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Numeric metric names present in any row: known ones in display order, then the rest alphabetically."""
-    present = {key for row in rows for key, value in row.items() if _is_number(value) and key not in ID_KEYS}
-    known = [key for key in METRICS if key in present]
+    present = {key for row in rows for key, value in row.items() if is_number(value) and key not in ID_KEYS}
+    known = [key for key in metric_registry.report_order() if key in present]
     return known + sorted(present - set(known))
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per alpha (ascending): ``{"alpha", "seeds", "metrics": {name: {"mean", "ci95", "n"}}}``.
-
-    ``ci95`` is the half-width of the 95 % Student-t interval over seeds; ``n`` counts the seeds
-    that reported the metric (a key missing from a file, or NaN, is left out, not counted as 0).
-    """
-    keys = metric_keys(rows)
-    summaries = []
-    for alpha in sorted({row["alpha"] for row in rows}):
-        group = [row for row in rows if row["alpha"] == alpha]
-        metrics = {}
-        for key in keys:
-            values = [float(row[key]) for row in group if _is_number(row.get(key))]
-            if values:
-                mean, ci95, n = mean_ci(values)
-                metrics[key] = {"mean": mean, "ci95": ci95, "n": n}
-        summaries.append({"alpha": alpha, "seeds": sorted(row["seed"] for row in group), "metrics": metrics})
-    return summaries
+    """Per alpha (ascending): ``{"alpha", "seeds", "metrics": {name: {"mean", "ci95", "n"}}}`` (lsmia.stats.per_alpha
+    over every metric present)."""
+    return per_alpha(rows, metric_keys(rows))
 
 
 # --------------------------------------------------------------------------- figures
@@ -190,7 +140,7 @@ def _plot_metric(
     ax, rows: list[dict[str, Any]], summaries: list[dict[str, Any]], key: str, color: str, label: str | None = None
 ) -> None:
     """Mean over seeds with 95 % CI error bars, and every seed as a faint point."""
-    seed_points = [(row["alpha"], row[key]) for row in rows if _is_number(row.get(key))]
+    seed_points = [(row["alpha"], row[key]) for row in rows if is_number(row.get(key))]
     if seed_points:
         ax.scatter(*zip(*seed_points, strict=False), color=color, alpha=0.25, s=14, linewidths=0)
     alphas, means, cis = _series(summaries, key)
@@ -198,7 +148,7 @@ def _plot_metric(
 
 
 def _present(rows: list[dict[str, Any]], key: str) -> bool:
-    return any(_is_number(row.get(key)) for row in rows)
+    return any(is_number(row.get(key)) for row in rows)
 
 
 def plot_accuracy(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> bool:
@@ -236,7 +186,7 @@ def plot_leakage(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], pa
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(frameon=False, fontsize=8)
         ax.axvline(0.0, color="#999999", lw=0.8, ls=":")
-        ax.set(title=f"{METRICS[key][0]}\n(higher = {METRICS[key][1]})", xlabel="alpha")
+        ax.set(title=f"{metric_registry.label(key)}\n(higher = {metric_registry.higher_means(key)})", xlabel="alpha")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -459,30 +409,6 @@ class FigureView:
     width: int | None = None
 
 
-def _fmt(value: float) -> str:
-    if not math.isfinite(value):
-        return "—"
-    return f"{value:.4g}"
-
-
-def _number(value: Any) -> str:
-    return _fmt(float(value)) if _is_number(value) else "—"
-
-
-def format_mean_ci(mean: float, ci: float) -> str:
-    """``mean ± ci`` with the interval to two significant digits and the mean to the same decimal place."""
-    if not math.isfinite(mean) or not math.isfinite(ci):
-        return _fmt(mean)
-    if ci == 0.0:
-        return f"{_fmt(mean)} ± 0"
-    decimals = min(8, max(0, 1 - math.floor(math.log10(ci))))
-    return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
-
-
-def _label(key: str) -> str:
-    return METRICS[key][0] if key in METRICS else key
-
-
 def missing_section(heading: str | None, what: str) -> Section:
     return Section(macro("missing", what), heading)
 
@@ -490,7 +416,8 @@ def missing_section(heading: str | None, what: str) -> Section:
 def summary_table(summaries: list[dict[str, Any]], keys: list[str]) -> Markup:
     columns = [(f"{s['alpha']:g}", len(s["seeds"])) for s in summaries]
     rows = [
-        (key, _label(key), METRICS.get(key, ("", ""))[1], [_summary_cell(s, key) for s in summaries]) for key in keys
+        (key, metric_registry.label(key), metric_registry.higher_means(key), [_summary_cell(s, key) for s in summaries])
+        for key in keys
     ]
     return render("summary_table.html.j2", columns=columns, rows=rows)
 
@@ -499,13 +426,13 @@ def _summary_cell(summary: dict[str, Any], key: str) -> Stat | None:
     stat = summary["metrics"].get(key)
     if stat is None:
         return None
-    return Stat(format_mean_ci(stat["mean"], stat["ci95"]), stat["n"] if stat["n"] != len(summary["seeds"]) else None)
+    return Stat(stat_text(stat, None), stat["n"] if stat["n"] != len(summary["seeds"]) else None)
 
 
 def raw_table(rows: list[dict[str, Any]], keys: list[str]) -> Markup:
     """One row per metric, one column per run (alpha, seed): tall rather than wide, so it fits the page."""
     columns = [(f"{row['alpha']:g}", row["seed"]) for row in rows]
-    body = [(key, _label(key), [_number(row.get(key)) for row in rows]) for key in keys]
+    body = [(key, metric_registry.label(key), [number(row.get(key)) for row in rows]) for key in keys]
     return render("raw_table.html.j2", columns=columns, rows=body)
 
 
@@ -513,7 +440,7 @@ EFFECT_KEYS = ("acc1_gain", "acc1_ratio", "test_acc_cost", "delta_eval_gain")  #
 
 
 def _effect_cell(stat: dict[str, Any]) -> Stat:
-    return Stat(format_mean_ci(stat["mean"], stat["ci95"]), stat["n"] or None)
+    return Stat(stat_text(stat, None), stat["n"] or None)
 
 
 def effect_table(rows: list[dict[str, Any]]) -> Markup:
@@ -606,7 +533,7 @@ def ablation_plan(results_file: Path) -> AblationPlan:
         variants=overrides,
         tables=[
             Table(tables.EFFECT_COLUMNS, tables.effect_rows(variants)),
-            Table(tables.SUMMARY_COLUMNS, tables.summary_rows(variants)),
+            Table(tables.summary_columns(), tables.summary_rows(variants)),
         ],
         notes=[note for note in notes if note],
     )
@@ -700,7 +627,7 @@ def header_section(rows: list[dict[str, Any]], data_summary: dict[str, Any]) -> 
     """The study at a glance, and whether it is a smoke-scale run (fewer than 3 seeds or 200 identities)."""
     alphas = sorted({row["alpha"] for row in rows})
     seeds = sorted({row["seed"] for row in rows})
-    targets = sorted({int(row["num_targets"]) for row in rows if _is_number(row.get("num_targets"))})
+    targets = sorted({int(row["num_targets"]) for row in rows if is_number(row.get("num_targets"))})
     facts = [
         ("data set", data_summary.get("source") or "unknown"),
         ("identities (classes)", data_summary.get("num_classes", "unknown")),
@@ -855,7 +782,7 @@ def toy_section(toy_dir: Path, folder: Path) -> Section:
     rows = load_json(record, what="toy results", keys=("rows",), fix="re-run 'lsmia toy'")["rows"]
     table = Table(
         ("α", *(label for _, label in TOY_COLUMNS)),
-        [[f"{row['alpha']:+g}", *(_number(row.get(key)) for key, _ in TOY_COLUMNS)] for row in rows],
+        [[f"{row['alpha']:+g}", *(number(row.get(key)) for key, _ in TOY_COLUMNS)] for row in rows],
     )
     view = figure_view(folder, FigureFile("toy.png", heading, TOY_CAPTION))
     return Section(render("toy.html.j2", figure=view, table=table), heading)
@@ -990,7 +917,6 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-SUMMARY_METRICS = ("final_acc1", "test_acc", "delta_eval", "final_target_acceptance_raw")
 SUMMARY_INTERVAL = "final_acc1"  # the one metric whose interval over seeds gets a column
 
 
@@ -1004,16 +930,13 @@ def summary_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float
     """Per alpha (:func:`summary_key`, largest first): the seeds ``n``, the mean of each headline metric and the
     95 % interval half-width of acc@1 (from two seeds on)."""
     summary: dict[str, dict[str, float | int]] = {}
-    for alpha in sorted({float(r["alpha"]) for r in rows}, reverse=True):
-        at = [r for r in rows if float(r["alpha"]) == alpha]
-        entry: dict[str, float | int] = {"n": len(at)}
-        for metric in SUMMARY_METRICS:
-            mean, ci95, n = mean_ci([float(r[metric]) for r in at if _is_number(r.get(metric))])
-            if n:
-                entry[metric] = round(mean, 4)
-            if metric == SUMMARY_INTERVAL and n >= 2:
-                entry[f"{metric}_ci95"] = round(ci95, 4)
-        summary[summary_key(alpha)] = entry
+    for at in per_alpha(rows, metric_registry.dvc_summary(), descending=True):
+        entry: dict[str, float | int] = {"n": len(at["seeds"])}
+        for metric, found in at["metrics"].items():
+            entry[metric] = round(found["mean"], 4)
+            if metric == SUMMARY_INTERVAL and found["n"] >= 2:
+                entry[f"{metric}_ci95"] = round(found["ci95"], 4)
+        summary[summary_key(at["alpha"])] = entry
     return summary
 
 
@@ -1042,7 +965,7 @@ def write_plot_data(paths: StudyPaths, plots_dir: Path, cells: Cells | None = No
         wanted.add(out.name)
     for stale in (g for g in grids.glob("*.png") if g.name not in wanted):
         stale.unlink()
-    numeric = [{k: v for k, v in row.items() if _is_number(v)} for row in rows]
+    numeric = [{k: v for k, v in row.items() if is_number(v)} for row in rows]
     target = plots_dir / "study.json"
     save_json(numeric, target)
     return target

@@ -8,11 +8,15 @@ difference carries a 95 % Student-t interval over seeds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
+
+from lsmia.formatting import is_number
+
+Stat = dict[str, Any]  # {"mean", "ci95", "n"}
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, int]:
@@ -30,6 +34,27 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float
     return mean, float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * sem), n
 
 
+def stat(values: Iterable[float]) -> Stat:
+    """:func:`mean_ci` of ``values`` as ``{"mean", "ci95", "n"}``."""
+    mean, ci95, n = mean_ci(list(values))
+    return {"mean": mean, "ci95": ci95, "n": n}
+
+
+def per_alpha(
+    rows: Sequence[dict[str, Any]], keys: Iterable[str], descending: bool = False, keep_missing: bool = False
+) -> list[dict[str, Any]]:
+    """Per alpha: ``{"alpha", "seeds", "metrics": {key: stat}}`` over the seeds' numeric values of each key (a
+    key missing from a row, or NaN, is left out, not counted as 0); a key without any value only with
+    ``keep_missing`` (as a NaN mean with ``n`` 0)."""
+    summaries = []
+    for alpha in sorted({row["alpha"] for row in rows}, reverse=descending):
+        group = [row for row in rows if row["alpha"] == alpha]
+        metrics = {key: stat(float(row[key]) for row in group if is_number(row.get(key))) for key in keys}
+        kept = {key: found for key, found in metrics.items() if keep_missing or found["n"]}
+        summaries.append({"alpha": alpha, "seeds": sorted(row["seed"] for row in group), "metrics": kept})
+    return summaries
+
+
 def _by_seed(rows: list[dict[str, Any]], alpha: float, key: str) -> dict[int, float]:
     return {row["seed"]: float(row[key]) for row in rows if row["alpha"] == alpha and key in row}
 
@@ -38,8 +63,7 @@ def paired(rows: list[dict[str, Any]], alpha: float, key: str, how: Callable[[fl
     """``how(value at alpha, value at 0)`` per seed present at both; mean ± 95 % t half-width."""
     at_alpha, at_zero = _by_seed(rows, alpha, key), _by_seed(rows, 0.0, key)
     values = [how(at_alpha[s], at_zero[s]) for s in sorted(at_alpha.keys() & at_zero.keys())]
-    mean, ci95, n = mean_ci(values)
-    return {"mean": mean, "ci95": ci95, "n": n, "values": values}
+    return {**stat(values), "values": values}
 
 
 def _ratio(value: float, reference: float) -> float:
@@ -119,8 +143,7 @@ def worst_case_ratio(at_alpha: dict[str, dict[int, float]], at_zero: dict[str, d
     strong_alpha, strong_zero = (strongest_per_seed(side) for side in paired_attacks(at_alpha, at_zero))
     seeds = sorted(strong_alpha.keys() & strong_zero.keys())
     values = [_ratio(strong_alpha[s][1], strong_zero[s][1]) for s in seeds]
-    mean, ci95, n = mean_ci(values)
-    return {"mean": mean, "ci95": ci95, "n": n, "values": values, "attacks": [strong_alpha[s][0] for s in seeds]}
+    return {**stat(values), "values": values, "attacks": [strong_alpha[s][0] for s in seeds]}
 
 
 def verdict(effect: dict[str, Any]) -> str:

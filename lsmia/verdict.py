@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lsmia.ablation_tables import cell, markdown_table
+from lsmia.ablation_tables import markdown_table
 from lsmia.defenses.compare import flatten
-from lsmia.stats import halves, lowers, mean_ci, paired, paired_attacks, strongest_per_seed, worst_case_ratio
+from lsmia.formatting import stat_text
+from lsmia.stats import halves, lowers, paired, paired_attacks, stat, strongest_per_seed, worst_case_ratio
 from lsmia.utils import atomic_path, load_json, save_json
 
 PUBLISHED_LOSS = "poincare"
@@ -130,8 +131,7 @@ def _best(per_attack: dict[str, PerSeed]) -> PerSeed:
 
 
 def _stat(values: PerSeed) -> Stat:
-    mean, ci95, n = mean_ci(list(values.values()))
-    return {"mean": mean, "ci95": ci95, "n": n}
+    return stat(values.values())
 
 
 def _ratio_or_cost(at_alpha: PerSeed, at_zero: PerSeed, how: Callable[[float, float], float]) -> Stat:
@@ -279,13 +279,13 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
                 row["defense"],
                 "–" if row.get("defended") else f"{row['alpha']:+g}",
                 str(row["ratio_worst_case"]["n"]),
-                cell(points, 1),
-                cell(row["acc1_published"]),
-                cell(row["acc1_adaptive"]),
-                f"{cell(row['acceptance_published'], 2)} / {cell(row['acceptance_adaptive'], 2)}",
-                cell(row["ratio_published"], 2),
-                cell(row["ratio_adaptive"], 2),
-                cell(row["ratio_worst_case"], 2),
+                stat_text(points, 1),
+                stat_text(row["acc1_published"]),
+                stat_text(row["acc1_adaptive"]),
+                f"{stat_text(row['acceptance_published'], 2)} / {stat_text(row['acceptance_adaptive'], 2)}",
+                stat_text(row["ratio_published"], 2),
+                stat_text(row["ratio_adaptive"], 2),
+                stat_text(row["ratio_worst_case"], 2),
                 row["verdict"],
             ]
         )

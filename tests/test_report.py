@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsmia import report
+from lsmia import formatting, report
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
+from lsmia.stats import mean_ci
 from lsmia.utils import save_json
 from tests.helpers.data import make_face_data
 from tests.helpers.defenses import hand_made_results
@@ -55,7 +56,7 @@ def test_summary_table_has_hand_computed_mean_and_interval(built):
     _, index = built
     v0, v1 = (fake_metrics(0.1, s)["test_acc"] for s in SEEDS)
     mean, half_width = (v0 + v1) / 2, T_975_DF1 * abs(v0 - v1) / 2  # sem of two values = |v0 - v1| / 2
-    assert report.format_mean_ci(mean, half_width) in index.read_text()
+    assert formatting.mean_ci(mean, half_width) in index.read_text()
     summary = {s["alpha"]: s for s in report.aggregate(report.collect_metrics(built[0].metrics_dir))}
     stat = summary[0.1]["metrics"]["test_acc"]
     assert stat["mean"] == pytest.approx(mean) and stat["ci95"] == pytest.approx(half_width) and stat["n"] == 2
@@ -63,19 +64,19 @@ def test_summary_table_has_hand_computed_mean_and_interval(built):
 
 
 def test_mean_ci_of_three_values_and_single_value():
-    mean, half_width, n = report.mean_ci([1.0, 2.0, 3.0, math.nan])
+    mean, half_width, n = mean_ci([1.0, 2.0, 3.0, math.nan])
     assert (mean, n) == (2.0, 3) and half_width == pytest.approx(T_975_DF2 / math.sqrt(3))
-    mean, half_width, n = report.mean_ci([0.25])
+    mean, half_width, n = mean_ci([0.25])
     assert (mean, n) == (0.25, 1) and math.isnan(half_width)
 
 
 def test_mean_and_interval_are_rounded_to_the_interval_precision():
-    assert report.format_mean_ci(0.83481, 0.036312) == "0.835 ± 0.036"
-    assert report.format_mean_ci(41.234, 4.597) == "41.2 ± 4.6"
-    assert report.format_mean_ci(123.4, 45.6) == "123 ± 46"
-    assert report.format_mean_ci(0.99, 0.0) == "0.99 ± 0"
-    assert report.format_mean_ci(0.25, math.nan) == "0.25"
-    assert report.mean_ci([0.99, 0.99, 0.99])[1] == 0.0  # not 3e-16 of rounding noise
+    assert formatting.mean_ci(0.83481, 0.036312) == "0.835 ± 0.036"
+    assert formatting.mean_ci(41.234, 4.597) == "41.2 ± 4.6"
+    assert formatting.mean_ci(123.4, 45.6) == "123 ± 46"
+    assert formatting.mean_ci(0.99, 0.0) == "0.99 ± 0"
+    assert formatting.mean_ci(0.25, math.nan) == "0.25"
+    assert mean_ci([0.99, 0.99, 0.99])[1] == 0.0  # not 3e-16 of rounding noise
 
 
 def test_raw_table_lists_every_run(built):

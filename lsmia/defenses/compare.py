@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from lsmia import metric_registry
 from lsmia.config import DefenseConfig
 from lsmia.errors import LsmiaError
-from lsmia.stats import mean_ci, strongest_per_seed
+from lsmia.formatting import stat_text
+from lsmia.stats import stat, strongest_per_seed
 from lsmia.utils import atomic_path, load_json, save_json
 
-METRICS = ("final_acc1", "delta_eval", "xi")
 BASE_LOSS = "base"  # a variant without attack.loss: the base params' loss
 NO_DEFENSE = "none"
 UNDEFENDED = "undefended"  # the strength label of the model without any defense
@@ -151,7 +152,7 @@ def collect_points(results: dict[str, Any]) -> list[Point]:
         point.variants += [] if row["variant"] in point.variants else [row["variant"]]
         point.test_acc[seed] = float(row["test_acc"])
         loss = str(flat.get("attack.loss", BASE_LOSS))
-        point.attacks.setdefault(loss, {})[seed] = {m: float(row[m]) for m in METRICS if m in row}
+        point.attacks.setdefault(loss, {})[seed] = {m: float(row[m]) for m in metric_registry.front() if m in row}
     return list(points.values())
 
 
@@ -180,8 +181,7 @@ class Matched:
     loss: str  # its strongest attack
 
     def stat(self, metric: str) -> Stat:
-        mean, ci95, n = mean_ci(self.values.get(metric, []))
-        return {"mean": mean, "ci95": ci95, "n": n}
+        return stat(self.values.get(metric, []))
 
 
 def at_level(front: Sequence[Point], level: float) -> Matched | None:
@@ -190,7 +190,7 @@ def at_level(front: Sequence[Point], level: float) -> Matched | None:
     point = next((p for p in front if p.mean_test_acc() >= level - 1e-12), None)
     if point is None:
         return None
-    values = {m: [value for _, value in sorted(point.worst_case(m).items())] for m in METRICS}
+    values = {m: [value for _, value in sorted(point.worst_case(m).items())] for m in metric_registry.front()}
     return Matched(values, point.strength, point.strongest)
 
 
@@ -256,7 +256,7 @@ def matched_table(fronts: dict[str, list[Point]], levels: list[float]) -> list[d
                     {
                         "test_acc": level,
                         "defense": family,
-                        **{m: matched.stat(m) for m in METRICS},
+                        **{m: matched.stat(m) for m in metric_registry.front()},
                         "model": matched.model,
                         "strongest": matched.loss,
                     }
@@ -291,7 +291,7 @@ def _add_row(
     point.variants += [] if label in point.variants else [label]
     point.test_acc[seed] = float(row["test_acc"])
     point.attacks.setdefault(str(row.get("attack_loss", BASE_LOSS)), {})[seed] = {
-        m: float(row[m]) for m in METRICS if isinstance(row.get(m), (int, float))
+        m: float(row[m]) for m in metric_registry.front() if isinstance(row.get(m), (int, float))
     }
 
 
@@ -379,21 +379,16 @@ def parse_levels(text: str | None) -> list[float] | None:
 # --------------------------------------------------------------------------- writing
 
 
-def _stat(values: Iterable[float]) -> Stat:
-    mean, ci95, n = mean_ci(list(values))
-    return {"mean": mean, "ci95": ci95, "n": n}
-
-
 def point_record(point: Point, fronts: dict[str, list[Point]]) -> dict[str, Any]:
     return {
         "defense": point.family,
         "strength": point.strength,
         "alpha": point.alpha,
         "variants": point.variants,
-        "test_acc": _stat(point.test_acc.values()),
+        "test_acc": stat(point.test_acc.values()),
         "strongest": point.strongest,
         "attacks": {
-            loss: {m: _stat(row[m] for row in seeds.values() if m in row) for m in METRICS}
+            loss: {m: stat(row[m] for row in seeds.values() if m in row) for m in metric_registry.front()}
             for loss, seeds in sorted(point.attacks.items())
         },
         "on_front": [family for family, front in fronts.items() if point in front],
@@ -442,16 +437,6 @@ def winners(comparison: Comparison) -> list[dict[str, Any]]:
     return out
 
 
-def _cell(stat: Stat, digits: int = 3) -> str:
-    if not math.isfinite(stat["mean"]):
-        return "—"
-    return (
-        f"{stat['mean']:.{digits}f}"
-        if not math.isfinite(stat["ci95"])
-        else f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f}"
-    )
-
-
 TABLE_COLUMNS = ("test acc", "defense", "attack acc@1", "δ_eval", "ξ", "strongest attack", "model")
 
 
@@ -462,9 +447,9 @@ def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
         [
             f"{row['test_acc']:.3f}",
             str(row["defense"]),
-            _cell(row["final_acc1"]),
-            _cell(row["delta_eval"], 1),
-            _cell(row["xi"]),
+            stat_text(row["final_acc1"]),
+            stat_text(row["delta_eval"], 1),
+            stat_text(row["xi"]),
             row["strongest"],
             row["model"],
         ]
@@ -515,9 +500,11 @@ def model_lines(comparison: Comparison) -> list[str]:
     ]
     for p in sorted(comparison.points, key=lambda p: (p.family, -p.mean_test_acc())):
         record = point_record(p, comparison.fronts)
-        accs = [_cell(record["attacks"][loss]["final_acc1"]) if loss in record["attacks"] else "" for loss in losses]
+        accs = [
+            stat_text(record["attacks"][loss]["final_acc1"]) if loss in record["attacks"] else "" for loss in losses
+        ]
         lines.append(
-            f"| {p.family} | {p.strength} | {_cell(record['test_acc'])} | {' | '.join(accs)} | "
+            f"| {p.family} | {p.strength} | {stat_text(record['test_acc'])} | {' | '.join(accs)} | "
             f"{p.strongest} | {', '.join(record['on_front']) or 'no'} |"
         )
     seeds = sorted({s for p in comparison.points for s in p.test_acc})
@@ -568,7 +555,7 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
 def _errorbar(
     ax: Any, point: Point, colour: str, filled: bool, marker: str = "o", size: int = 6, label: str | None = None
 ) -> None:
-    x, y = _stat(point.test_acc.values()), _stat(point.worst_case("final_acc1").values())
+    x, y = stat(point.test_acc.values()), stat(point.worst_case("final_acc1").values())
     xerr = x["ci95"] if math.isfinite(x["ci95"]) else 0.0
     yerr = y["ci95"] if math.isfinite(y["ci95"]) else 0.0
     ax.errorbar(

@@ -22,29 +22,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lsmia import ablation_tables as tables
+from lsmia import metric_registry
 from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
 from lsmia.experiments import graph
 from lsmia.experiments.graph import quiet_stage
 from lsmia.paths import StudyPaths
-from lsmia.stats import effects, mean_ci
+from lsmia.stats import effects, per_alpha
 from lsmia.utils import load_json, save_json
 
-SUMMARY_KEYS = (
-    "test_acc",
-    "final_acc1",
-    "final_acc5",
-    "all_acc1",
-    "delta_eval",
-    "fid_eval_features",
-    "xi",
-    "attribute_acc",
-    "mean_logit_norm",
-    "final_target_confidence",
-    "final_target_confidence_raw",
-    "final_target_acceptance_raw",
-    "grad_cosine_mean",
-)
 Log = Callable[[str], None]
 
 
@@ -168,15 +154,9 @@ def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[st
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    summary = []
-    for alpha in sorted({row["alpha"] for row in rows}, reverse=True):
-        group = [row for row in rows if row["alpha"] == alpha]
-        metrics = {}
-        for key in SUMMARY_KEYS:
-            mean, ci95, n = mean_ci([float(row[key]) for row in group if key in row])
-            metrics[key] = {"mean": mean, "ci95": ci95, "n": n}
-        summary.append({"alpha": alpha, "metrics": metrics})
-    return summary
+    """Per alpha, largest first: every summarised metric of the registry, mean ± CI over seeds (NaN without one)."""
+    found = per_alpha(rows, metric_registry.summarised(), descending=True, keep_missing=True)
+    return [{"alpha": s["alpha"], "metrics": s["metrics"]} for s in found]
 
 
 # --------------------------------------------------------------------------- running and writing
@@ -294,7 +274,7 @@ def markdown(result: AblationResult) -> str:
     lines = [
         *effect_lines(result),
         "",
-        *tables.markdown_table(tables.SUMMARY_COLUMNS, tables.summary_rows(result.variants)),
+        *tables.markdown_table(tables.summary_columns(), tables.summary_rows(result.variants)),
         "",
         tables.seeds_note(sorted({row["seed"] for row in result.rows})),
     ]

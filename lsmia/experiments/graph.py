@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
+from lsmia import metric_registry
 from lsmia.config import Config, build_config
 from lsmia.paths import Alpha, Seed, StudyPaths, run_tag
 
@@ -727,17 +728,17 @@ PLOTS: list[dict[str, Any] | str] = [
     {
         "delta_eval_vs_alpha": {
             **ALPHA_AXIS,
-            "title": "δ_eval vs α (higher = less leakage)",
+            "title": f"δ_eval vs α (higher = {metric_registry.higher_means('delta_eval')})",
             "y": {STUDY_PLOT: "delta_eval"},
-            "y_label": "δ_eval (eval-feature distance)",
+            "y_label": metric_registry.label("delta_eval"),
         }
     },
     {
         "xi_vs_alpha": {
             **ALPHA_AXIS,
-            "title": "ξ vs α (higher = more leakage)",
+            "title": f"ξ vs α (higher = {metric_registry.higher_means('xi')})",
             "y": {STUDY_PLOT: "xi"},
-            "y_label": "ξ knowledge extraction",
+            "y_label": metric_registry.label("xi"),
         }
     },
     f"{OUT}/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model

@@ -92,9 +92,11 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lsmia import metric_registry
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.experiments import graph
+from lsmia.formatting import cell
 from lsmia.paths import StudyPaths, SweepPaths
 from lsmia.redaction import redact as redact_url
 
@@ -104,7 +106,6 @@ HEARTBEAT_ATTR = "lsmia:heartbeat"
 FAIL_REASON = "fail_reason"
 CONSTRAINT = "test_acc_floor"
 STAGE = "sweep"
-TABLE_KEYS = ("test_acc", "final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "ece")
 # The parameters each sweep.defense searches (target.defense fields; ls: the smoothing, see suggest_smoothing).
 DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {
     "ls": ("alpha",),
@@ -978,7 +979,7 @@ def trial_row(trial: FrozenTrial, defense: str = "ls") -> dict[str, Any]:
         "number": trial.number,
         "state": trial.state.name,
         **setting,
-        **{key: attrs.get(key) for key in TABLE_KEYS},
+        **{key: attrs.get(key) for key in metric_registry.trial_columns()},
         "retry_of": trial.system_attrs.get("failed_trial"),
         FAIL_REASON: attrs.get(FAIL_REASON, ""),
         "mlflow_run_id": attrs.get("mlflow_run_id", ""),
@@ -991,7 +992,7 @@ SYMBOLS = {"alpha": "α", "mid_beta": "β", "bido_lambda_x": "λx", "bido_lambda
 def setting_text(row: dict[str, Any]) -> str:
     """The trial's searched setting in a few characters, e.g. ``α=-0.05`` or ``β=0.012``."""
     names = DEFENSE_PARAMS[row.get("defense", "ls")]
-    return ", ".join(f"{SYMBOLS[name]}={_cell(row.get(name))}" for name in names) or "undefended"
+    return ", ".join(f"{SYMBOLS[name]}={cell(row.get(name))}" for name in names) or "undefended"
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1081,12 +1082,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
 def write_tables(rows: Sequence[dict[str, Any]], paths: SweepPaths) -> None:
     columns = list(rows[0]) if rows else ["number", "state"]
     with open(paths.trials_csv, "w", newline="") as handle:
@@ -1094,7 +1089,7 @@ def write_tables(rows: Sequence[dict[str, Any]], paths: SweepPaths) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
     paths.trials_md.write_text("\n".join(lines) + "\n")
 
 
@@ -1223,7 +1218,9 @@ def summarize(study: optuna.Study, cfg: Config, paths: SweepPaths) -> SweepResul
     return SweepResult(cfg.sweep.study_name, rows, front, recommended, files, note, importance)
 
 
-POINT_METRICS = ("test_acc", "final_acc1", "delta_eval", "xi")
+def point_metrics() -> tuple[str, ...]:
+    """A points.json model's metrics: its test accuracy and those the defense comparison reads."""
+    return ("test_acc", *metric_registry.front())
 
 
 def points_record(rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]:
@@ -1244,7 +1241,7 @@ def points_record(rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]
                 "alpha": row["alpha"] if _finite(row.get("alpha")) else base_alpha,
                 "seed": cfg.run.seed,
                 "attack_loss": cfg.attack.loss,
-                **{key: row.get(key) for key in POINT_METRICS},
+                **{key: row.get(key) for key in point_metrics()},
             }
         )
     return {
@@ -1267,7 +1264,7 @@ def study_reference(cfg: Config) -> dict[str, Any] | None:
     metrics = load_json(path, what="study metrics", keys=(), fix="delete it and re-run 'lsmia evaluate'")
     if not (_finite(metrics.get("test_acc")) and _finite(metrics.get("final_acc1"))):
         return None
-    values = {key: metrics[key] for key in POINT_METRICS if _finite(metrics.get(key))}
+    values = {key: metrics[key] for key in point_metrics() if _finite(metrics.get(key))}
     return {"source": str(path), "seed": cfg.run.seed, "attack_loss": cfg.attack.loss, **values}
 
 
@@ -1331,7 +1328,7 @@ def smoothing_text(row: dict[str, Any]) -> str:
     if row.get("warmup_start") is None:
         return "constant smoothing (no warm-up)"
     if row.get("schedule") == "linear":
-        return f"linear warm-up {_cell(row['warmup_start'])}-{_cell(row['warmup_end'])}"
+        return f"linear warm-up {cell(row['warmup_start'])}-{cell(row['warmup_end'])}"
     return f"{row.get('schedule')} warm-up"
 
 

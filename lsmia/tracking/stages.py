@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lsmia import metric_registry
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.infra.threads import describe as describe_threads
@@ -31,7 +32,6 @@ DATA_CONTEXT = {
     "attack": "attack",
     "evaluate": "evaluation",
 }
-HEADLINE = ("final_acc1", "final_acc5", "delta_eval", "xi", "fid_eval_features", "attribute_acc", "test_acc")
 TARGET_MODEL = "lsmia-target"
 LATEST_ALIAS = "latest-study"
 LISTED_CLASSES = 50  # the registered model's description names at most this many classes
@@ -144,7 +144,7 @@ class StageLog:
             numbers["alpha_in_force"] = numbers.pop("alpha")
         numbers = {k: v for k, v in numbers.items() if k not in SETTINGS_NOT_METRICS}
         self.tracker.log_metrics(numbers, step=step)
-        headline = {k: numbers[k] for k in HEADLINE if k in numbers}
+        headline = {k: numbers[k] for k in metric_registry.headline() if k in numbers}
         if step is None and self.attack_run and headline:
             self.tracker.annotate_run(self.attack_run, headline, {f"{LINK_TAG_PREFIX}evaluation": self.tracker.run_id})
 
