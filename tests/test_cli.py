@@ -169,7 +169,31 @@ def test_help_shows_choices_and_readable_metavars(tmp_path) -> None:
 
 
 def test_a_device_choice_reaches_the_config_as_plain_text(tmp_path) -> None:
-    from lsmia.cli import Device, resolve
+    from lsmia.cli.common import Device, resolve
 
     cfg = resolve(tmp_path / "params.yaml", None, device=Device.cpu, runs=False)
     assert cfg.run.device == "cpu" and type(cfg.run.device) is str  # no enum leaks into YAML or MLflow params
+
+
+def test_help_lists_the_commands_in_three_groups(tmp_path) -> None:
+    panels: dict[str, list[str]] = {}
+    for line in invoke("--help", cwd=tmp_path).output.splitlines():
+        if line.startswith("╭─ "):
+            names = panels.setdefault(line.removeprefix("╭─ ").split(" ─")[0], [])
+        elif line.startswith("│ ") and not line.startswith("│  ") and panels:
+            names.append(line.split()[1])  # a command's name opens its row; its help's continued lines are indented
+    assert list(panels) == ["Options", "Stages", "Experiments", "Project and services"]
+    assert panels["Stages"][:2] == ["stage", "data"] and "merge-attack" in panels["Stages"]
+    assert {"study", "ablate", "sweep", "compare-defenses", "toy", "repro"} <= set(panels["Experiments"])
+    assert panels["Project and services"] == ["config", "dvc-yaml", "server", "pull-shared"]
+    rows = [row for panel in panels.values() for row in panel]
+    assert len(rows) == len(set(rows)) == 2 + 22  # --version, --help and every command, each once
+
+
+def test_the_command_line_imports_no_torch() -> None:
+    """`lsmia --help` and `--version` stay fast: the commands import the science only when they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, lsmia.cli; assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -11,7 +11,8 @@ from typing import Any
 import optuna
 import pytest
 
-from lsmia import ablation_tables, cli, formatting, metric_registry, report
+from lsmia import ablation_tables, formatting, metric_registry, report
+from lsmia.cli import experiments as cli_experiments
 from lsmia.config import Config
 from lsmia.experiments import ablation, sweep
 from lsmia.metric_registry import Metric
@@ -57,7 +58,7 @@ def test_each_consumer_uses_the_registrys_selection() -> None:
     assert [c for c in columns if c not in (*ablation_tables.PAIRED_COLUMNS, "variant", "α")] == [
         m.column for m in metric_registry.table_columns()
     ]
-    assert cli.study_lines([])[0].split("\t") == ["alpha", "seed", *metric_registry.headline()]
+    assert cli_experiments.study_lines([])[0].split("\t") == ["alpha", "seed", *metric_registry.headline()]
     assert sweep.point_metrics() == ("test_acc", *metric_registry.front())
     assert set(report.summary_metrics(rows())["alpha=0"]) <= {"n", "final_acc1_ci95", *metric_registry.dvc_summary()}
 
@@ -99,7 +100,9 @@ def test_one_registry_line_reaches_every_table(monkeypatch: pytest.MonkeyPatch, 
     variants = {"v": {"summary": ablation.summarise(measured), "effects": []}}
     assert ablation_tables.summary_columns()[-1] == NEW.column
     assert ablation_tables.summary_rows(variants)[0][-1] == "0.250 ± 0.000"
-    assert cli.study_lines(measured)[0].endswith("\tnew_leak") and cli.study_lines(measured)[1].endswith("\t0.25")
+    assert cli_experiments.study_lines(measured)[0].endswith("\tnew_leak") and cli_experiments.study_lines(measured)[
+        1
+    ].endswith("\t0.25")
     assert mlflow_headline({"final_acc1": 0.5, "new_leak": 0.25}, tmp_path) == {"final_acc1": 0.5, "new_leak": 0.25}
     assert sweep.trial_row(sweep_trial(new_leak=0.25))[NEW.name] == 0.25
     assert sweep.point_metrics()[-1] == NEW.name  # points.json and the defense comparison's per-attack metrics

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lsmia.cli import STAGE_NAMES, app
+from lsmia.cli import app
+from lsmia.cli.stages import STAGE_NAMES
 from lsmia.experiments import graph
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
