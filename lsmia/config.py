@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from lsmia.errors import LsmiaError
 
@@ -151,25 +151,53 @@ class SmoothingConfig(Section):
         return self
 
 
-class DefenseConfig(Section):
-    """A training-time defense of the target (lsmia.defenses); ``none`` trains exactly as without this section.
+class NoDefense(Section):
+    """The undefended target: training is exactly the one without a defense."""
 
-    Defaults are the reference settings; the strengths are what a comparison varies (configs/defenses.yaml).
-    """
+    kind: Literal["none"] = "none"
 
-    kind: Literal["none", "mid", "bido", "tl"] = "none"
-    mid_beta: float = Field(0.01, ge=0.0)  # MID: weight of KL(q(z|x) || N(0, I)) (reference code: 0.01)
-    bido_lambda_x: float = Field(0.05, ge=0.0)  # BiDO: weight of dependence on the input (reference: 0.05)
-    bido_lambda_y: float = Field(0.5, ge=0.0)  # BiDO: weight of dependence on the label (reference: 0.5; VMI: 2)
-    bido_measure: Literal["nhsic", "hsic"] = "nhsic"  # BiDO: normalised HSIC (reference code) or plain HSIC
-    bido_label_kernel: Literal["linear", "gaussian"] = "linear"  # BiDO: kernel on one-hot labels (reference: linear)
-    tl_trained_layers: int = Field(2, ge=1)  # TL: last blocks (head = 1) trained on private data; the rest frozen
-    tl_pretrain_epochs: int = Field(0, ge=0)  # TL: epochs on the public identities; 0: the target's epochs
+
+class MidSettings(Section):
+    """MID (Wang et al., AAAI 2021): a variational information bottleneck before the head (lsmia.defenses.mid)."""
+
+    kind: Literal["mid"]
+    mid_beta: float = Field(0.01, ge=0.0)  # weight of KL(q(z|x) || N(0, I)) (reference code: 0.01)
+
+
+class BidoSettings(Section):
+    """BiDO-HSIC (Peng et al., KDD 2022): dependence penalties on every block's output (lsmia.defenses.bido)."""
+
+    kind: Literal["bido"]
+    bido_lambda_x: float = Field(0.05, ge=0.0)  # weight of dependence on the input (reference: 0.05)
+    bido_lambda_y: float = Field(0.5, ge=0.0)  # weight of dependence on the label (reference: 0.5; VMI: 2)
+    bido_measure: Literal["nhsic", "hsic"] = "nhsic"  # normalised HSIC (reference code) or plain HSIC
+    bido_label_kernel: Literal["linear", "gaussian"] = "linear"  # kernel on one-hot labels (reference: linear)
+
+
+class TlSettings(Section):
+    """TL-DMI (Ho et al., CVPR 2024): public pre-training, the first blocks frozen (lsmia.defenses.tl)."""
+
+    kind: Literal["tl"]
+    tl_trained_layers: int = Field(2, ge=1)  # last blocks (head = 1) trained on private data; the rest frozen
+    tl_pretrain_epochs: int = Field(0, ge=0)  # epochs on the public identities; 0: the target's epochs
+
+
+# A training-time defense of the target (lsmia.defenses), chosen by ``kind``: each kind has its own settings, so a
+# setting of another defense is an error rather than silently ignored. Defaults are the references' settings; the
+# strengths are what a comparison varies (configs/defenses.yaml). lsmia.defenses.registry holds what each kind
+# does (builder, search space); tests/test_defenses.py keeps the two equal.
+DefenseConfig = Annotated[NoDefense | MidSettings | BidoSettings | TlSettings, Field(discriminator="kind")]
+DEFENSE_KINDS = ("none", "mid", "bido", "tl")
+
+
+def defense_settings(values: Mapping[str, Any]) -> NoDefense | MidSettings | BidoSettings | TlSettings:
+    """The settings of ``values`` (a ``kind`` and its fields), validated; defaults for what is left out."""
+    return TypeAdapter(DefenseConfig).validate_python(dict(values))
 
 
 class TargetConfig(ClassifierConfig):
     smoothing: SmoothingConfig = SmoothingConfig()
-    defense: DefenseConfig = DefenseConfig()
+    defense: DefenseConfig = NoDefense()
 
 
 class EvalModelConfig(ClassifierConfig):
@@ -321,24 +349,20 @@ class SweepConfig(Section):
     log_models: bool = True  # log each trial's target model to its MLflow run
     # What is searched (lsmia sweep --defense): ls = alpha and its warm-up (above); mid, bido, tl = that defense's
     # strength (target.defense, the smoothing kept as in target.smoothing); none = the undefended model, nothing
-    # searched (one trial is enough). Log-uniform ranges around the references' defaults (see target.defense).
+    # searched (one trial is enough). Each defense's searched settings and their ranges around the references'
+    # defaults are in lsmia.defenses.registry (MID beta log-uniform in [1e-4, 1], BiDO lambda_x in [0.005, 0.5] and
+    # lambda_y in [0.05, 5], TL trained blocks an integer in [1, 4]); defense_ranges replaces some, e.g.
+    # {mid_beta: [0.001, 0.1]}.
     defense: Literal["ls", "mid", "bido", "tl", "none"] = "ls"
-    mid_beta_low: float = Field(1e-4, gt=0.0)  # MID beta, log-uniform (reference: 0.01)
-    mid_beta_high: float = Field(1.0, gt=0.0)
-    bido_lambda_x_low: float = Field(0.005, gt=0.0)  # BiDO lambda_x, log-uniform (reference: 0.05)
-    bido_lambda_x_high: float = Field(0.5, gt=0.0)
-    bido_lambda_y_low: float = Field(0.05, gt=0.0)  # BiDO lambda_y, log-uniform (reference: 0.5; VMI: 2)
-    bido_lambda_y_high: float = Field(5.0, gt=0.0)
-    tl_layers_low: int = Field(1, ge=1)  # TL: trained last blocks, an integer (smallresnet has 5 blocks)
-    tl_layers_high: int = Field(4, ge=1)
+    defense_ranges: dict[str, tuple[float, float]] = {}
 
     @model_validator(mode="after")
     def _bounds(self) -> SweepConfig:
         if not self.alpha_low < self.alpha_high <= 1.0:
             raise ValueError("need alpha_low < alpha_high <= 1")
-        for name in ("mid_beta", "bido_lambda_x", "bido_lambda_y", "tl_layers"):
-            if getattr(self, f"{name}_low") > getattr(self, f"{name}_high"):
-                raise ValueError(f"{name}_low must be <= {name}_high")
+        for name, (low, high) in self.defense_ranges.items():
+            if not 0 < low <= high:
+                raise ValueError(f"defense_ranges.{name} must be [low, high] with 0 < low <= high")
         if self.sampler == "grid" and self.defense != "ls":
             raise ValueError("the grid sampler searches alpha only: use sampler tpe or random with a defense")
         if self.warmup_start_low > self.warmup_start_high:
@@ -440,11 +464,30 @@ def source_of(key: str, source: str, sources: Mapping[str, str] | None) -> str:
 
 def _format_validation_error(err: ValidationError, source: str, sources: Mapping[str, str] | None = None) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    kind = _defense_tag(loc)  # pydantic names the chosen defense in the location: target.defense.<kind>.<key>
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc.append("kind")
+    key = ".".join(loc)
     where = source_of(key, source, sources)
+    if first["type"] == "extra_forbidden" and kind is not None:
+        return (
+            f"'{key}' {where} is not a setting of defense '{kind}': remove it, or set target.defense.kind to the "
+            "defense it belongs to (params.yaml lists each defense's settings)"
+        )
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}' {where}: remove it or check its spelling"
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return f"invalid config value for '{key}' {where}: name one of {', '.join(DEFENSE_KINDS)}"
     return f"invalid config value for '{key}' {where}: {first['msg']}"
+
+
+def _defense_tag(loc: list[str]) -> str | None:
+    """Drop the defense kind pydantic puts after ``defense`` in an error's location; the kind, or None."""
+    for i, part in enumerate(loc[:-1]):
+        if part == "defense" and loc[i + 1] in DEFENSE_KINDS:
+            return loc.pop(i + 1)
+    return None
 
 
 def parse_value(text: str) -> Any:

@@ -46,9 +46,9 @@ def test_a_data_change_invalidates_everything_downstream():
 
 
 def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_it(monkeypatch):
-    """The cache key holds a hash of each stage's code: an edit of the attack loss invalidates the stages that
-    import it (eval model and targets train with its smoothing loss, the attack optimises its Poincaré loss)."""
-    losses = graph.PACKAGE_ROOT / "losses.py"
+    """The cache key holds a hash of each stage's code: an edit of the training loss invalidates the stages that
+    import it (eval model and targets) and those that read their outputs (the attack, the evaluation)."""
+    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
     before = keys({})
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
@@ -61,7 +61,7 @@ def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_i
 
 def test_comments_and_docstrings_do_not_enter_the_code_digest(monkeypatch):
     """A cache of hours of trained models must survive an edit of the prose, and only of the prose."""
-    losses = graph.PACKAGE_ROOT / "losses.py"
+    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
     before = keys({})
     real_read_bytes = Path.read_bytes
 
@@ -88,7 +88,7 @@ def test_a_running_ablation_keys_every_cell_with_the_code_it_started_with(monkey
     cache = ablation.StageCache(tmp_path, torch.device("cpu"), print)
     cfg, cell = build_config({}, {}), graph.Cell(-0.05, 0)
     before = graph.stage_keys(cfg, cell, cache.code)
-    losses = graph.PACKAGE_ROOT / "losses.py"
+    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
         Path, "read_bytes", lambda self: real_read_bytes(self) + (b"\nEDITED = 1\n" if self == losses else b"")

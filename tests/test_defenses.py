@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lsmia.attack.losses import identity_loss, logit_loss
 from lsmia.cli import app
-from lsmia.config import AttackConfig, ClassifierConfig, DefenseConfig, TargetConfig, load_config
+from lsmia.config import AttackConfig, ClassifierConfig, MidSettings, NoDefense, TargetConfig, TlSettings, load_config
 from lsmia.defenses import compare
 from lsmia.defenses.bido import BidoDefense, centred, gaussian_kernel, hsic, linear_kernel, normalized_hsic
 from lsmia.defenses.mid import MidDefense, VariationalBottleneck, gaussian_kl
@@ -95,7 +95,7 @@ def test_mid_penalty_is_beta_times_the_kl_of_the_training_batch():
 
 
 def test_a_mid_model_saves_loads_and_resumes_exactly(tiny_data, tmp_path):
-    cfg, mid = tiny_target(epochs=3), DefenseConfig(kind="mid", mid_beta=0.1)
+    cfg, mid = tiny_target(epochs=3), MidSettings(kind="mid", mid_beta=0.1)
     full = train_classifier(cfg, tiny_data, tmp_path / "full", CPU, seed=1, show_progress=False, defense=mid)
     assert full.model.bottleneck is not None and full.model.head.in_features == full.model.bottleneck.dim
     loaded = load_classifier(tmp_path / "full" / "model.pt", num_classes=4)
@@ -216,7 +216,7 @@ def test_tl_rejects_more_trained_blocks_than_the_model_has():
 
 
 def test_tl_pretrains_on_the_public_identities_and_keeps_those_blocks(tiny_data, tmp_path):
-    cfg, tl = tiny_target(epochs=2), DefenseConfig(kind="tl", tl_trained_layers=2, tl_pretrain_epochs=1)
+    cfg, tl = tiny_target(epochs=2), TlSettings(kind="tl", tl_trained_layers=2, tl_pretrain_epochs=1)
     result = train_classifier(cfg, tiny_data, tmp_path, CPU, seed=0, show_progress=False, defense=tl)
     public = load_classifier(tmp_path / PUBLIC_DIR / "model.pt", num_classes=3)  # the data's 3 public identities
     assert public.num_classes == 3 and result.model.num_classes == 4
@@ -229,7 +229,7 @@ def test_tl_pretrains_on_the_public_identities_and_keeps_those_blocks(tiny_data,
 def test_tl_without_public_identities_names_the_fix(tiny_data, tmp_path):
     tiny_data.public = None
     with pytest.raises(LsmiaError, match=r"set target\.pretrained_path"):
-        train_classifier(tiny_target(), tiny_data, tmp_path, CPU, show_progress=False, defense=DefenseConfig(kind="tl"))
+        train_classifier(tiny_target(), tiny_data, tmp_path, CPU, show_progress=False, defense=TlSettings(kind="tl"))
 
 
 # --------------------------------------------------------------------------- no defense, logit loss, config
@@ -238,7 +238,7 @@ def test_tl_without_public_identities_names_the_fix(tiny_data, tmp_path):
 def test_kind_none_trains_exactly_as_without_the_option(tiny_data, tmp_path):
     plain = train_classifier(tiny_target(), tiny_data, tmp_path / "a", CPU, seed=2, show_progress=False)
     none = train_classifier(
-        tiny_target(), tiny_data, tmp_path / "b", CPU, seed=2, show_progress=False, defense=DefenseConfig(kind="none")
+        tiny_target(), tiny_data, tmp_path / "b", CPU, seed=2, show_progress=False, defense=NoDefense()
     )
     assert states_equal(plain.model, none.model) and plain.history == none.history
     assert "bottleneck" not in torch.load(tmp_path / "b" / "model.pt", weights_only=False)
@@ -252,11 +252,11 @@ def test_logit_loss_is_the_negated_target_logit():
 
 def test_the_defense_section_validates_and_params_yaml_has_it():
     cfg = load_config(ROOT / "params.yaml")
-    assert cfg.target.defense == DefenseConfig() and cfg.target.defense.kind == "none"
+    assert cfg.target.defense == NoDefense() and cfg.target.defense.kind == "none"
     with pytest.raises(LsmiaError, match=r"target\.defense\.kind"):
         load_config(ROOT / "params.yaml", {"target.defense.kind": "dp"})
     with pytest.raises(LsmiaError, match=r"target\.defense\.mid_beta"):
-        load_config(ROOT / "params.yaml", {"target.defense.mid_beta": -1})
+        load_config(ROOT / "params.yaml", {"target.defense.kind": "mid", "target.defense.mid_beta": -1})
 
 
 def test_the_defenses_plan_validates_against_the_params():
@@ -498,3 +498,29 @@ def test_a_tiny_defenses_ablation_feeds_the_comparison(tmp_path):
     assert {p.strongest for p in comparison.points} <= {"base", "logit"}
     assert (folder / "fronts.png").exists() and (folder / "compare.md").exists()
     shutil.rmtree(cache)
+
+
+def test_every_defense_kind_has_its_settings_and_its_spec() -> None:
+    """A new defense: its module's SPEC, one line in the registry, its settings in config's union; they agree."""
+    from typing import get_args
+
+    from lsmia.config import DEFENSE_KINDS, DefenseConfig, SweepConfig, defense_settings
+    from lsmia.defenses.registry import DEFENSES
+
+    union = get_args(get_args(DefenseConfig)[0])
+    kinds = [get_args(model.model_fields["kind"].annotation)[0] for model in union]
+    assert kinds == list(DEFENSE_KINDS) == ["none", *DEFENSES]
+    assert set(get_args(SweepConfig.model_fields["defense"].annotation)) == {"ls", "none", *DEFENSES}
+    for kind, spec in DEFENSES.items():
+        settings = defense_settings({"kind": kind})  # the references' defaults
+        assert spec.kind == kind and spec.strength.format(**settings.model_dump())
+        assert {param.name for param in spec.search} <= set(settings.model_dump())
+        with pytest.raises(ValueError, match="Extra inputs"):  # another defense's setting is an error, not ignored
+            defense_settings({"kind": kind, "mid_beta" if kind != "mid" else "tl_trained_layers": 1})
+
+
+def test_a_setting_of_another_defense_is_a_one_line_error() -> None:
+    with pytest.raises(LsmiaError, match=r"target\.defense\.mid_beta"):
+        load_config(ROOT / "params.yaml", {"target.defense.kind": "bido", "target.defense.mid_beta": 0.1})
+    with pytest.raises(LsmiaError, match="is not a setting of defense .bido."):
+        load_config(ROOT / "params.yaml", {"target.defense.kind": "bido", "target.defense.mid_beta": 0.1})

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from lsmia.cli import app
-from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, load_config
+from lsmia.config import Config, NoDefense, SmoothingConfig, SweepConfig, build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.experiments import sweep
 from lsmia.paths import StudyPaths
@@ -338,19 +338,27 @@ def test_a_mid_sweep_searches_beta_records_it_per_trial_and_draws_its_front(stud
 
 def test_defense_search_spaces_and_their_bounds():
     mid = SweepConfig(defense="mid")
-    beta = sweep.suggest_defense(optuna.trial.FixedTrial({"mid_beta": 0.02}), mid, DefenseConfig())
-    assert (beta.kind, beta.mid_beta) == ("mid", 0.02)
+    beta = sweep.suggest_defense(optuna.trial.FixedTrial({"mid_beta": 0.02}), mid, NoDefense())
+    assert beta.model_dump() == {"kind": "mid", "mid_beta": 0.02}
     lambdas = optuna.trial.FixedTrial({"bido_lambda_x": 0.1, "bido_lambda_y": 2.0})
-    bido = sweep.suggest_defense(lambdas, SweepConfig(defense="bido"), DefenseConfig())
-    assert (bido.kind, bido.bido_lambda_x, bido.bido_lambda_y) == ("bido", 0.1, 2.0)
+    bido = sweep.suggest_defense(lambdas, SweepConfig(defense="bido"), NoDefense())
+    assert bido.model_dump() == {
+        "kind": "bido",
+        "bido_lambda_x": 0.1,
+        "bido_lambda_y": 2.0,
+        "bido_measure": "nhsic",
+        "bido_label_kernel": "linear",
+    }
     layers = optuna.trial.FixedTrial({"tl_trained_layers": 3})
-    tl = sweep.suggest_defense(layers, SweepConfig(defense="tl"), DefenseConfig())
-    assert (tl.kind, tl.tl_trained_layers) == ("tl", 3)
-    nothing = sweep.suggest_defense(optuna.trial.FixedTrial({}), SweepConfig(defense="none"), DefenseConfig())
+    tl = sweep.suggest_defense(layers, SweepConfig(defense="tl"), NoDefense())
+    assert tl.model_dump() == {"kind": "tl", "tl_trained_layers": 3, "tl_pretrain_epochs": 0}
+    narrow = SweepConfig(defense="tl", defense_ranges={"tl_trained_layers": (2, 2)})
+    assert sweep.search_space(narrow, SmoothingConfig())["tl_trained_layers"] == "integer in [2, 2]"
+    nothing = sweep.suggest_defense(optuna.trial.FixedTrial({}), SweepConfig(defense="none"), NoDefense())
     assert nothing.kind == "none"
     assert sweep.search_space(mid, SmoothingConfig())["mid_beta"] == "log-uniform in [0.0001, 1]"
-    with pytest.raises(ValueError, match="mid_beta_low must be <= mid_beta_high"):
-        SweepConfig(defense="mid", mid_beta_low=1.0, mid_beta_high=0.1)
+    with pytest.raises(ValueError, match=r"defense_ranges.mid_beta must be \[low, high\]"):
+        SweepConfig(defense="mid", defense_ranges={"mid_beta": (1.0, 0.1)})
     with pytest.raises(ValueError, match="the grid sampler searches alpha only"):
         SweepConfig(defense="tl", sampler="grid")
 

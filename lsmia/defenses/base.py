@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,3 +57,42 @@ class Defense:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """A setting of a defense that ``lsmia sweep --defense KIND`` searches: log-uniform in [low, high], or an integer
+    there; ``sweep.defense_ranges`` replaces the range."""
+
+    name: str  # the setting, a field of the defense's settings (target.defense.<name>)
+    low: float
+    high: float
+    integer: bool = False
+    symbol: str = ""  # how the sweep's tables name it, e.g. β
+
+    def suggest(self, trial: Any, ranges: Mapping[str, tuple[float, float]]) -> float | int:
+        low, high = ranges.get(self.name, (self.low, self.high))
+        if self.integer:
+            return int(trial.suggest_int(self.name, int(low), int(high)))
+        return float(trial.suggest_float(self.name, low, high, log=True))
+
+    def described(self, ranges: Mapping[str, tuple[float, float]]) -> str:
+        low, high = ranges.get(self.name, (self.low, self.high))
+        return f"integer in [{int(low)}, {int(high)}]" if self.integer else f"log-uniform in [{low:g}, {high:g}]"
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """What one kind of ``target.defense`` is: its builder (the :class:`Defense` on a model built for it), the settings
+    a sweep searches, how a table writes its strength, whether its model has MID's bottleneck, and what trains before
+    it (``prepare``: e.g. TL's public pre-training, returning the backbone's state). A new defense is a module with
+    its ``SPEC`` and one line in lsmia.defenses.registry (and its settings in lsmia.config's ``DefenseConfig``)."""
+
+    kind: str
+    build: Callable[[Any, Any], Defense]  # (its settings, the model) -> the defense
+    search: tuple[SearchParam, ...]
+    strength: str  # str.format of its settings, e.g. "β={mid_beta:g}"
+    bottleneck: bool = False
+    prepare: Callable[..., None] | None = (
+        None  # (settings, cfg, model, data, out_dir, device, seed, train, code_version)
+    )

@@ -17,12 +17,14 @@ and by default a linear kernel on the one-hot labels (the reference's ``ktype='l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsmia.defenses.base import Defense
+from lsmia.config import BidoSettings
+from lsmia.defenses.base import Defense, DefenseSpec, SearchParam
 
 SIGMA = 5.0  # the reference's Gaussian bandwidth factor
 EPSILON = 1e-5  # the reference's regulariser of the normalised HSIC
@@ -110,3 +112,22 @@ class BidoDefense(Defense):
         self.hidden.clear()
         terms = [self.lambda_x * dx - self.lambda_y * dy for dx, dy in self.dependences(x, y, hidden)]
         return torch.stack(terms).sum().float()
+
+
+def build(settings: BidoSettings, model: Any) -> BidoDefense:
+    return BidoDefense(
+        model.blocks(),
+        model.num_classes,
+        settings.bido_lambda_x,
+        settings.bido_lambda_y,
+        settings.bido_measure,
+        settings.bido_label_kernel,
+    )
+
+
+SPEC = DefenseSpec(
+    "bido",
+    build,
+    (SearchParam("bido_lambda_x", 0.005, 0.5, symbol="λx"), SearchParam("bido_lambda_y", 0.05, 5.0, symbol="λy")),
+    strength="λx={bido_lambda_x:g}, λy={bido_lambda_y:g}",
+)

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from lsmia import metric_registry
-from lsmia.config import DefenseConfig
+from lsmia.config import defense_settings
+from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import LsmiaError
 from lsmia.formatting import stat_text
 from lsmia.stats import stat, strongest_per_seed
@@ -70,18 +71,12 @@ def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _strength(kind: str, flat: dict[str, Any]) -> str:
-    default = DefenseConfig()
-
-    def value(name: str) -> Any:
-        return flat.get(f"target.defense.{name}", getattr(default, name))
-
-    if kind == "mid":
-        return f"β={value('mid_beta'):g}"
-    if kind == "bido":
-        return f"λx={value('bido_lambda_x'):g}, λy={value('bido_lambda_y'):g}"
-    if kind == "tl":
-        return f"{value('tl_trained_layers')} trained"
-    return ""
+    """The defense's settings in a table's words (its spec's ``strength``), defaults for what ``flat`` leaves out."""
+    if kind not in DEFENSES:
+        return ""
+    prefix = "target.defense."
+    given = {key.removeprefix(prefix): value for key, value in flat.items() if key.startswith(prefix)}
+    return DEFENSES[kind].strength.format(**defense_settings({**given, "kind": kind}).model_dump())
 
 
 def describe(flat: dict[str, Any], alpha: float) -> tuple[str, str]:

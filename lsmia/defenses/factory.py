@@ -1,4 +1,5 @@
-"""``target.defense`` wired into training: the model it needs and the :class:`Defense` that trains it."""
+"""``target.defense`` wired into training: the model it needs and the :class:`Defense` that trains it, through the
+registry of defenses (lsmia.defenses.registry)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import torch
 from lsmia.config import ClassifierConfig, DefenseConfig
 from lsmia.data.base import FaceData
 from lsmia.defenses.base import Defense
-from lsmia.defenses.bido import BidoDefense
-from lsmia.defenses.mid import MidDefense
-from lsmia.defenses.tl import TrainClassifier, TransferDefense, pretrain_on_public
+from lsmia.defenses.registry import spec
+from lsmia.defenses.tl import TrainClassifier
 from lsmia.models.classifiers import Classifier
 
 
@@ -21,25 +21,13 @@ def active(defense: DefenseConfig | None) -> DefenseConfig | None:
 
 
 def needs_bottleneck(defense: DefenseConfig | None) -> bool:
-    """MID's model has a variational bottleneck before its head."""
-    return defense is not None and defense.kind == "mid"
+    """A model with MID's variational bottleneck before its head."""
+    return defense is not None and defense.kind != "none" and spec(defense.kind).bottleneck
 
 
 def build_defense(defense: DefenseConfig, model: Classifier) -> Defense:
     """The defense of ``defense.kind`` on ``model`` (built with :func:`needs_bottleneck` and pre-trained)."""
-    if defense.kind == "mid":
-        assert model.bottleneck is not None, "a MID model is built with bottleneck=True"
-        return MidDefense(model.bottleneck, defense.mid_beta)
-    if defense.kind == "bido":
-        return BidoDefense(
-            model.blocks(),
-            model.num_classes,
-            defense.bido_lambda_x,
-            defense.bido_lambda_y,
-            defense.bido_measure,
-            defense.bido_label_kernel,
-        )
-    return TransferDefense(model, defense.tl_trained_layers)
+    return spec(defense.kind).build(defense, model)
 
 
 def prepare_defense(
@@ -53,10 +41,10 @@ def prepare_defense(
     train: TrainClassifier,
     code_version: str = "",
 ) -> Defense:
-    """Build the defense (which checks its settings against ``model``), then pre-train ``model`` with ``train``
-    when it needs it (TL without ``pretrained_path``)."""
+    """Build the defense (which checks its settings against ``model``), then what trains before it (the spec's
+    ``prepare``, e.g. TL's public pre-training with ``train``)."""
     built = build_defense(defense, model)
-    if defense.kind == "tl" and cfg.pretrained_path is None:
-        state = pretrain_on_public(cfg, defense, data, out_dir, device, seed, train, code_version)
-        model.backbone.load_state_dict(state)
+    prepare = spec(defense.kind).prepare
+    if prepare is not None:
+        prepare(defense, cfg, model, data, out_dir, device, seed, train, code_version)
     return built

@@ -12,12 +12,15 @@ obfuscation the comparison should not credit to the bottleneck).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from lsmia.defenses.base import Defense
+from lsmia.config import MidSettings
+from lsmia.defenses.base import Defense, DefenseSpec, SearchParam
 from lsmia.models.bottleneck import VariationalBottleneck, bottleneck_dim
 
-__all__ = ["MidDefense", "VariationalBottleneck", "bottleneck_dim", "gaussian_kl"]
+__all__ = ["SPEC", "MidDefense", "VariationalBottleneck", "bottleneck_dim", "gaussian_kl"]
 
 
 def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -41,3 +44,13 @@ class MidDefense(Defense):
         self.encoded.clear()
         mu, log_var = self.bottleneck.statistics(encoded.float())
         return self.beta * gaussian_kl(mu, log_var)
+
+
+def build(settings: MidSettings, model: Any) -> MidDefense:
+    assert model.bottleneck is not None, "a MID model is built with its bottleneck (SPEC.bottleneck)"
+    return MidDefense(model.bottleneck, settings.mid_beta)
+
+
+SPEC = DefenseSpec(
+    "mid", build, (SearchParam("mid_beta", 1e-4, 1.0, symbol="β"),), strength="β={mid_beta:g}", bottleneck=True
+)

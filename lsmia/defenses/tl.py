@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lsmia.config import ClassifierConfig, DefenseConfig
+from lsmia.config import ClassifierConfig, TlSettings
 from lsmia.data.base import FaceData, split_per_identity
-from lsmia.defenses.base import Defense
+from lsmia.defenses.base import Defense, DefenseSpec, SearchParam
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import Classifier
 
@@ -47,7 +47,7 @@ def public_task(data: FaceData, seed: int) -> FaceData:
     return FaceData(train=public.subset(train_idx), test=public.subset(test_idx), class_names=names)
 
 
-def pretraining_config(cfg: ClassifierConfig, defense: DefenseConfig) -> ClassifierConfig:
+def pretraining_config(cfg: ClassifierConfig, defense: TlSettings) -> ClassifierConfig:
     """The target's architecture and recipe, for ``tl_pretrain_epochs`` epochs (0: the target's), from scratch."""
     fields = cfg.model_dump(include=set(ClassifierConfig.model_fields))
     fields.update(epochs=defense.tl_pretrain_epochs or cfg.epochs, pretrained_path=None, pretrained=False)
@@ -73,7 +73,7 @@ class TrainClassifier(Protocol):
 
 def pretrain_on_public(
     cfg: ClassifierConfig,
-    defense: DefenseConfig,
+    defense: TlSettings,
     data: FaceData,
     out_dir: Path,
     device: torch.device,
@@ -119,3 +119,34 @@ class TransferDefense(Defense):
         if isinstance(model, Classifier):
             for module in self.frozen(model):
                 module.eval()
+
+
+def build(settings: TlSettings, model: Classifier) -> TransferDefense:
+    return TransferDefense(model, settings.tl_trained_layers)
+
+
+def prepare(
+    settings: TlSettings,
+    cfg: ClassifierConfig,
+    model: Classifier,
+    data: FaceData,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    train: TrainClassifier,
+    code_version: str = "",
+) -> None:
+    """The frozen blocks come from public pre-training, unless the target starts from ``pretrained_path``."""
+    if cfg.pretrained_path is None:
+        model.backbone.load_state_dict(
+            pretrain_on_public(cfg, settings, data, out_dir, device, seed, train, code_version)
+        )
+
+
+SPEC = DefenseSpec(
+    "tl",
+    build,
+    (SearchParam("tl_trained_layers", 1, 4, integer=True, symbol="trained"),),
+    strength="{tl_trained_layers} trained",
+    prepare=prepare,
+)

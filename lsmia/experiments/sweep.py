@@ -30,7 +30,8 @@ so end >= start by construction. A linear ramp with start = end = 0 is a constan
 default ``schedules: [linear]`` already covers constant smoothing.
 
 Defenses (``sweep.defense`` / ``--defense``): ``ls`` (default) searches the smoothing as above; ``mid`` searches
-MID's beta, ``bido`` BiDO's lambda_x and lambda_y (each log-uniform in ``sweep.<name>_low..high``), ``tl`` the
+MID's beta, ``bido`` BiDO's lambda_x and lambda_y (each log-uniform; the ranges of each defense's spec in
+lsmia.defenses.registry, or ``sweep.defense_ranges``), ``tl`` the
 number of trained last blocks (an integer), each with ``target.smoothing`` as configured; ``none`` searches
 nothing and trains the undefended target (alpha 0; one trial is enough). A study keeps the defense it was created
 with. Besides the trials table, the summary writes ``points.json`` (every completed trial as a model, read by
@@ -93,7 +94,8 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lsmia import metric_registry
-from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config
+from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, defense_settings
+from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.experiments import graph
 from lsmia.formatting import cell
@@ -106,12 +108,11 @@ HEARTBEAT_ATTR = "lsmia:heartbeat"
 FAIL_REASON = "fail_reason"
 CONSTRAINT = "test_acc_floor"
 STAGE = "sweep"
-# The parameters each sweep.defense searches (target.defense fields; ls: the smoothing, see suggest_smoothing).
+# The parameters each sweep.defense searches (target.defense settings, from each defense's spec in
+# lsmia.defenses.registry; ls: the smoothing, see suggest_smoothing).
 DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {
     "ls": ("alpha",),
-    "mid": ("mid_beta",),
-    "bido": ("bido_lambda_x", "bido_lambda_y"),
-    "tl": ("tl_trained_layers",),
+    **{kind: tuple(param.name for param in spec.search) for kind, spec in DEFENSES.items()},
     "none": (),
 }
 Log = Callable[[str], None]
@@ -364,26 +365,18 @@ def defense_space(sweep: SweepConfig, base: SmoothingConfig) -> dict[str, str]:
     smoothing = f"fixed: target.smoothing (alpha {base.alpha:g}, {base.schedule})"
     if sweep.defense == "none":
         return {"defense": "none: the undefended target, nothing searched", "alpha": "fixed: 0"}
-    if sweep.defense == "tl":
-        return {"tl_trained_layers": f"integer in [{sweep.tl_layers_low}, {sweep.tl_layers_high}]", "alpha": smoothing}
-    ranges = {name: (getattr(sweep, f"{name}_low"), getattr(sweep, f"{name}_high")) for name in _log_params(sweep)}
-    return {name: f"log-uniform in [{low:g}, {high:g}]" for name, (low, high) in ranges.items()} | {"alpha": smoothing}
-
-
-def _log_params(sweep: SweepConfig) -> tuple[str, ...]:
-    return DEFENSE_PARAMS[sweep.defense] if sweep.defense in ("mid", "bido") else ()
+    searched = DEFENSES[sweep.defense].search
+    return {param.name: param.described(sweep.defense_ranges) for param in searched} | {"alpha": smoothing}
 
 
 def suggest_defense(trial: optuna.trial.BaseTrial, sweep: SweepConfig, base: DefenseConfig) -> DefenseConfig:
-    """Sample the trial's defense strength (``sweep.defense`` mid, bido or tl); ``none``: no defense."""
-    values: dict[str, Any] = {"kind": sweep.defense}
-    for name in _log_params(sweep):
-        values[name] = trial.suggest_float(
-            name, getattr(sweep, f"{name}_low"), getattr(sweep, f"{name}_high"), log=True
-        )
-    if sweep.defense == "tl":
-        values["tl_trained_layers"] = trial.suggest_int("tl_trained_layers", sweep.tl_layers_low, sweep.tl_layers_high)
-    return DefenseConfig.model_validate({**base.model_dump(), **values})
+    """Sample the trial's defense strength (``sweep.defense`` mid, bido or tl; the others of ``base`` kept when it is
+    that defense); ``none``: no defense."""
+    values: dict[str, Any] = base.model_dump() if base.kind == sweep.defense else {}
+    values["kind"] = sweep.defense
+    for param in DEFENSES[sweep.defense].search if sweep.defense in DEFENSES else ():
+        values[param.name] = param.suggest(trial, sweep.defense_ranges)
+    return defense_settings(values)
 
 
 def warmup_applies(smoothing: SmoothingConfig) -> bool:
@@ -986,7 +979,7 @@ def trial_row(trial: FrozenTrial, defense: str = "ls") -> dict[str, Any]:
     }
 
 
-SYMBOLS = {"alpha": "α", "mid_beta": "β", "bido_lambda_x": "λx", "bido_lambda_y": "λy", "tl_trained_layers": "trained"}
+SYMBOLS = {"alpha": "α", **{param.name: param.symbol for spec in DEFENSES.values() for param in spec.search}}
 
 
 def setting_text(row: dict[str, Any]) -> str:
