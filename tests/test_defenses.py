@@ -520,7 +520,5 @@ def test_every_defense_kind_has_its_settings_and_its_spec() -> None:
 
 
 def test_a_setting_of_another_defense_is_a_one_line_error() -> None:
-    with pytest.raises(LsmiaError, match=r"target\.defense\.mid_beta"):
-        load_config(ROOT / "params.yaml", {"target.defense.kind": "bido", "target.defense.mid_beta": 0.1})
-    with pytest.raises(LsmiaError, match="is not a setting of defense .bido."):
+    with pytest.raises(LsmiaError, match=r"'target\.defense\.mid_beta' .* is not a setting of defense 'bido'"):
         load_config(ROOT / "params.yaml", {"target.defense.kind": "bido", "target.defense.mid_beta": 0.1})
