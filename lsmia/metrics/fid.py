@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,18 +142,6 @@ def inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 6
     return torch.cat(outs)
 
 
-def inception_fid(
-    fake: torch.Tensor,
-    real: torch.Tensor,
-    weights_path: Path | str,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-) -> float:
-    """FID on torchvision Inception-v3 pool3 features (weights from ``weights_path``)."""
-    net = load_inception(weights_path).to(device)
-    return frechet_distance(inception_features(net, fake, batch_size), inception_features(net, real, batch_size))
-
-
 FID_BLOCK = 3  # pytorch-fid's output block: the final average pool, 2048-d (its BLOCK_INDEX_BY_DIM; PPA: dims=2048)
 _LOADER_LOCK = threading.Lock()  # the swapped loader below is module state of pytorch_fid.inception
 
@@ -209,19 +199,28 @@ def fid_inception_features(net: nn.Module, images: torch.Tensor, batch_size: int
     return torch.cat(outs)
 
 
-def tf_inception_fid(
-    fake: torch.Tensor,
-    real: torch.Tensor,
-    weights_path: Path | str,
-    device: torch.device | str = "cpu",
-    batch_size: int = 64,
-) -> float:
-    """The literature's FID (pytorch-fid's FID Inception, weights from ``weights_path``) of two image sets.
+@dataclass(frozen=True)
+class FidNetwork:
+    """An Inception network for FID: how to load it from a local weight file and how it reads features."""
 
-    The Fréchet distance is ``frechet_distance``: pytorch-fid's formula; with at most 2048 images per set (singular
-    covariances) its matrix root is exact from the samples, where pytorch-fid's sqrtm would need its eps offset.
-    """
-    net = load_fid_inception(weights_path).to(device)
-    return frechet_distance(
-        fid_inception_features(net, fake, batch_size), fid_inception_features(net, real, batch_size)
-    )
+    load: Callable[[Path | str], nn.Module]
+    features: Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
+
+    def fid(
+        self,
+        fake: torch.Tensor,
+        real: torch.Tensor,
+        weights_path: Path | str,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+    ) -> float:
+        """The Fréchet distance (``frechet_distance``: with at most 2048 images per set, singular covariances, its
+        matrix root is exact from the samples) of the two sets' features."""
+        net = self.load(weights_path).to(device)
+        return frechet_distance(self.features(net, fake, batch_size), self.features(net, real, batch_size))
+
+
+# The literature's FID: pytorch-fid's FID Inception (TensorFlow's weights), comparable with PPA's and published FIDs.
+tf_inception_fid = FidNetwork(load_fid_inception, fid_inception_features).fid
+# torchvision's ImageNet Inception-v3: another network, so its FID is not comparable with published ones.
+inception_fid = FidNetwork(load_inception, inception_features).fid
