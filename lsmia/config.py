@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -187,7 +187,9 @@ class TlSettings(Section):
 # strengths are what a comparison varies (configs/defenses.yaml). lsmia.defenses.registry holds what each kind
 # does (builder, search space); tests/test_defenses.py keeps the two equal.
 DefenseConfig = Annotated[NoDefense | MidSettings | BidoSettings | TlSettings, Field(discriminator="kind")]
-DEFENSE_KINDS = ("none", "mid", "bido", "tl")
+DEFENSE_KINDS: tuple[str, ...] = tuple(
+    get_args(settings.model_fields["kind"].annotation)[0] for settings in get_args(get_args(DefenseConfig)[0])
+)
 
 
 def defense_settings(values: Mapping[str, Any]) -> NoDefense | MidSettings | BidoSettings | TlSettings:
@@ -353,13 +355,15 @@ class SweepConfig(Section):
     # defaults are in lsmia.defenses.registry (MID beta log-uniform in [1e-4, 1], BiDO lambda_x in [0.005, 0.5] and
     # lambda_y in [0.05, 5], TL trained blocks an integer in [1, 4]); defense_ranges replaces some, e.g.
     # {mid_beta: [0.001, 0.1]}.
-    defense: Literal["ls", "mid", "bido", "tl", "none"] = "ls"
+    defense: str = "ls"  # ls, or a kind of target.defense (DEFENSE_KINDS)
     defense_ranges: dict[str, tuple[float, float]] = {}
 
     @model_validator(mode="after")
     def _bounds(self) -> SweepConfig:
         if not self.alpha_low < self.alpha_high <= 1.0:
             raise ValueError("need alpha_low < alpha_high <= 1")
+        if self.defense not in ("ls", *DEFENSE_KINDS):
+            raise ValueError(f"defense must be ls or one of {', '.join(DEFENSE_KINDS)}, not {self.defense!r}")
         for name, (low, high) in self.defense_ranges.items():
             if not 0 < low <= high:
                 raise ValueError(f"defense_ranges.{name} must be [low, high] with 0 < low <= high")

@@ -510,7 +510,10 @@ def test_every_defense_kind_has_its_settings_and_its_spec() -> None:
     union = get_args(get_args(DefenseConfig)[0])
     kinds = [get_args(model.model_fields["kind"].annotation)[0] for model in union]
     assert kinds == list(DEFENSE_KINDS) == ["none", *DEFENSES]
-    assert set(get_args(SweepConfig.model_fields["defense"].annotation)) == {"ls", "none", *DEFENSES}
+    for kind in ("ls", *DEFENSE_KINDS):
+        assert SweepConfig(defense=kind).defense == kind
+    with pytest.raises(ValueError, match="defense must be ls or one of none, mid, bido, tl"):
+        SweepConfig(defense="dp")
     for kind, spec in DEFENSES.items():
         settings = defense_settings({"kind": kind})  # the references' defaults
         assert spec.kind == kind and spec.strength.format(**settings.model_dump())
