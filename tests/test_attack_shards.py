@@ -3,20 +3,18 @@ DVC pipeline runs shards as a matrix."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
 from lsmia.attack.ppa import run_attack
 from lsmia.attack.result import TENSOR_FIELDS, AttackResult
 from lsmia.attack.shards import compact, merge_shards, parse_classes, parse_shard, shard_classes
-from lsmia.cli import app
 from lsmia.errors import LsmiaError
 from tests.helpers.attack import ColourPrior, MeanColourClassifier, make_cfg
+from tests.helpers.cli import invoke_in, succeed_in
 from tests.helpers.paths import TINY
 
 CPU = torch.device("cpu")
@@ -160,17 +158,6 @@ def test_a_killed_shard_resumes_from_its_checkpoint(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ CLI and DVC
 
 
-def invoke(cwd: Path, *args: str) -> str:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def tiny_study(root: Path, **attack: object) -> Path:
     params = yaml.safe_load(TINY.read_text())
     params["attack"].update(attack)
@@ -180,17 +167,17 @@ def tiny_study(root: Path, **attack: object) -> Path:
 
 def test_cli_shards_of_the_tiny_study_merge_into_the_unsharded_attack(tmp_path: Path) -> None:
     root = tiny_study(tmp_path, targets=4, batch_size=3, selection_batch_size=5)
-    invoke(root, "data")
-    invoke(root, "train-prior")
-    invoke(root, "train", "--role", "target", "--alpha", "0.0")
-    invoke(root, "attack", "--alpha", "0.0")
-    assert "shard: 4 final samples for 2 targets" in invoke(root, "attack", "--alpha", "0.0", "--classes", "0-1")
-    invoke(root, "attack", "--alpha", "0.0", "--shard", "1/2")  # classes 2-3
+    succeed_in(root, "data")
+    succeed_in(root, "train-prior")
+    succeed_in(root, "train", "--role", "target", "--alpha", "0.0")
+    succeed_in(root, "attack", "--alpha", "0.0")
+    assert "shard: 4 final samples for 2 targets" in succeed_in(root, "attack", "--alpha", "0.0", "--classes", "0-1")
+    succeed_in(root, "attack", "--alpha", "0.0", "--shard", "1/2")  # classes 2-3
     shards = root / "out" / "attack-shards" / "alpha0.0_seed0"
     # --classes names its folder by the classes, --shard I/N by I (DVC's attack-shard stage and `study` alike)
     assert sorted(p.name for p in shards.iterdir()) == ["0-1", "1"]
     assert not list(shards.glob("*/checkpoint.pt"))  # removed once the shard is written
-    invoke(root, "merge-attack", str(shards / "1"), str(shards / "0-1"), "--out-dir", "merged")
+    succeed_in(root, "merge-attack", str(shards / "1"), str(shards / "0-1"), "--out-dir", "merged")
     whole = root / "out" / "attacks" / "alpha0.0_seed0" / "attack.pt"
     assert_same_attack(AttackResult.load(root / "merged" / "attack.pt"), AttackResult.load(whole))
     assert (root / "merged" / "attack.pt").read_bytes() == whole.read_bytes()
@@ -204,12 +191,7 @@ def test_cli_rejects_bad_shard_options(tmp_path: Path) -> None:
         (("--classes", "0", "--shard", "0/2"), "pass one of them"),
         (("--shard", "2/2"), "I/N"),
     ):
-        old = os.getcwd()
-        os.chdir(root)
-        try:
-            result = CliRunner().invoke(app, ["attack", *args])
-        finally:
-            os.chdir(old)
+        result = invoke_in(root, "attack", *args)
         assert result.exit_code == 2 and needle in result.output, result.output
 
 
@@ -220,7 +202,7 @@ def test_dvc_yaml_with_shards_has_a_shard_matrix_and_a_merge(tmp_path: Path) -> 
     assert "attack-shard" not in one
     params = tiny_study(tmp_path, shards=2) / "params.yaml"
     out = tmp_path / "dvc.yaml"
-    invoke(tmp_path, "dvc-yaml", "--params", str(params), "--path", str(out))
+    succeed_in(tmp_path, "dvc-yaml", "--params", str(params), "--path", str(out))
     stages = yaml.safe_load(out.read_text())["stages"]
     at = list(one).index("attack")
     assert list(stages) == [*list(one)[:at], "attack-shard", "attack", *list(one)[at + 1 :]]

@@ -29,7 +29,7 @@ from lsmia.errors import LsmiaError
 from lsmia.training.classifier import require_training_steps, steps_per_epoch
 from tests.helpers.bad_input import assert_one_line_error, cli, snapshot, working_copy
 from tests.helpers.paths import ROOT, TINY
-from tests.helpers.poll import wait_until
+from tests.helpers.poll import kill_once_written
 
 torch.set_num_threads(1)
 
@@ -481,13 +481,7 @@ def start_killed_training(study: Path, args: list[str], env: dict[str, str], how
     """Run ``lsmia train`` with tracking and kill it (``how``) as soon as its first checkpoint is written."""
     checkpoint = study / "out/models/target_alpha-0.05_seed0/checkpoint.pt"
     command = [sys.executable, "-c", "from lsmia.cli import main; main()", *args]
-    proc = subprocess.Popen(command, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: checkpoint.exists() or proc.poll() is not None, 120, "the first checkpoint", interval=0.01)
-    finally:
-        proc.send_signal(how)
-        proc.wait()
-    assert checkpoint.exists(), "the training never wrote a checkpoint"
+    kill_once_written(command, study, env, checkpoint, how, 120)
 
 
 @pytest.mark.slow

@@ -4,22 +4,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from lsmia.cli import app
+from tests.helpers.cli import invoke_in
 
 runner = CliRunner()
 
 
-def invoke(*args: str, cwd: Path):
-    import os
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(app, list(args))
-    finally:
-        os.chdir(old)
+def invoke(*args: str, cwd: Path) -> Result:
+    return invoke_in(cwd, *args)
 
 
 def assert_one_line_error(result, *needles: str) -> None:

@@ -6,24 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from lsmia.attack.result import AttackResult
 from lsmia.cli import app
+from tests.helpers.cli import invoke_in
 from tests.helpers.paths import TINY
 
 runner = CliRunner()
 
 
-def run(tmp_path: Path, *args: str):
-    import os
-
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = runner.invoke(app, list(args))
-    finally:
-        os.chdir(old)
+def run(tmp_path: Path, *args: str) -> Result:
+    result = invoke_in(tmp_path, *args)
     assert result.exit_code == 0, result.output
     return result
 

@@ -16,25 +16,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from lsmia.cli import app
 from lsmia.cli.stages import STAGE_NAMES
 from lsmia.experiments import graph
+from tests.helpers.cli import invoke_in, succeed_in
 from tests.helpers.paths import ROOT, TINY
-from tests.helpers.poll import wait_until
+from tests.helpers.poll import kill_once_written
 
 runner = CliRunner()
 CELLS = ("0.1", "-0.05")  # the tiny study's alphas, seed 0
-
-
-def invoke(where: Path, *args: str) -> str:
-    old = os.getcwd()
-    os.chdir(where)
-    try:
-        result = runner.invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def study_folder(tmp_path: Path, name: str) -> Path:
@@ -120,12 +109,7 @@ def test_dvc_paths_are_the_study_layout() -> None:
 )
 def test_a_wrong_stage_call_is_one_line(tmp_path: Path, args: list[str], says: str) -> None:
     shutil.copy(TINY, tmp_path / "params.yaml")
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        result = runner.invoke(app, args)
-    finally:
-        os.chdir(old)
+    result = invoke_in(tmp_path, *args)
     assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
@@ -138,10 +122,10 @@ def test_study_and_dvc_commands_write_the_same_bytes_and_track_the_same_runs(
     monkeypatch.delenv("DVC_STAGE", raising=False)
     by_study, by_stage = study_folder(tmp_path, "study"), study_folder(tmp_path, "stages")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{by_study / 'mlflow.db'}")
-    invoke(by_study, "study", "--track")
+    succeed_in(by_study, "study", "--track")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{by_stage / 'mlflow.db'}")
     for command in stage_commands():
-        invoke(by_stage, *command, "--track")
+        succeed_in(by_stage, *command, "--track")
 
     written = digests(by_study / "out")
     assert written == digests(by_stage / "out")
@@ -170,13 +154,7 @@ def test_a_killed_study_continues_the_stage_run_it_left_open(tmp_path: Path) -> 
     args = ["study", "--track", "-S", "target.epochs=20", "-S", "study.alphas=[0.1]"]
     checkpoint = folder / "out/models/target_alpha0.1_seed0/checkpoint.pt"
     command = [sys.executable, "-c", "from lsmia.cli import main; main()", *args]
-    proc = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: checkpoint.exists() or proc.poll() is not None, 300, "the first checkpoint", interval=0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert checkpoint.exists(), "the study never wrote the target's checkpoint"
+    kill_once_written(command, folder, env, checkpoint, signal.SIGKILL, 300)
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     client = MlflowClient(uri)

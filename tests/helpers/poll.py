@@ -6,8 +6,10 @@ bench/), so give it room for a loaded machine.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -27,3 +29,17 @@ def wait_until(condition: Callable[[], T | None], timeout: float, what: str, int
         if time.monotonic() >= deadline:
             pytest.fail(f"waited {timeout:g} s for {what}")
         time.sleep(interval)
+
+
+def kill_once_written(
+    command: list[str], cwd: Path, env: dict[str, str], written: Path, how: int, timeout: float
+) -> None:
+    """Start ``command`` and send it signal ``how`` as soon as it has written ``written`` (a first checkpoint); fail
+    the test if it never does."""
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: written.exists() or proc.poll() is not None, timeout, f"{written.name}", interval=0.01)
+    finally:
+        proc.send_signal(how)
+        proc.wait()
+    assert written.exists(), f"{' '.join(command[3:])} never wrote {written}"
