@@ -17,6 +17,8 @@ from lsmia.cli import app
 from lsmia.config import build_config, load_config
 from lsmia.errors import LsmiaError
 from lsmia.experiments import ablation, graph
+from lsmia.experiments import code as stage_code
+from lsmia.experiments import keys as cache_keys
 from lsmia.stats import effects
 from tests.helpers.paths import ROOT, TINY
 
@@ -24,7 +26,7 @@ T_975_DF2 = 4.302652729749464
 
 
 def keys(overrides: dict, alpha: float = -0.05, seed: int = 0) -> dict[str, str]:
-    return graph.stage_keys(build_config({}, overrides), graph.Cell(alpha, seed))
+    return cache_keys.stage_keys(build_config({}, overrides), graph.Cell(alpha, seed))
 
 
 def test_an_attack_change_keeps_every_trained_model():
@@ -48,7 +50,7 @@ def test_a_data_change_invalidates_everything_downstream():
 def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_it(monkeypatch):
     """The cache key holds a hash of each stage's code: an edit of the training loss invalidates the stages that
     import it (eval model and targets) and those that read their outputs (the attack, the evaluation)."""
-    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
+    losses = stage_code.PACKAGE_ROOT / "training" / "smoothing.py"
     before = keys({})
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
@@ -61,7 +63,7 @@ def test_a_code_edit_changes_the_keys_of_exactly_the_stages_whose_code_reaches_i
 
 def test_comments_and_docstrings_do_not_enter_the_code_digest(monkeypatch):
     """A cache of hours of trained models must survive an edit of the prose, and only of the prose."""
-    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
+    losses = stage_code.PACKAGE_ROOT / "training" / "smoothing.py"
     before = keys({})
     real_read_bytes = Path.read_bytes
 
@@ -87,16 +89,16 @@ def test_a_running_ablation_keys_every_cell_with_the_code_it_started_with(monkey
     every stage, and file the loaded code's outputs under the edited code's digest)."""
     cache = ablation.StageCache(tmp_path, torch.device("cpu"), print)
     cfg, cell = build_config({}, {}), graph.Cell(-0.05, 0)
-    before = graph.stage_keys(cfg, cell, cache.code)
-    losses = graph.PACKAGE_ROOT / "training" / "smoothing.py"
+    before = cache_keys.stage_keys(cfg, cell, cache.code)
+    losses = stage_code.PACKAGE_ROOT / "training" / "smoothing.py"
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
         Path, "read_bytes", lambda self: real_read_bytes(self) + (b"\nEDITED = 1\n" if self == losses else b"")
     )
-    assert graph.stage_keys(cfg, cell, cache.code) == before
+    assert cache_keys.stage_keys(cfg, cell, cache.code) == before
     restarted = ablation.StageCache(tmp_path, torch.device("cpu"), print)  # a new run sees the edit
-    assert graph.stage_keys(cfg, cell, restarted.code)["target"] != before["target"]
-    assert graph.stage_keys(cfg, cell, restarted.code) == graph.stage_keys(cfg, cell)
+    assert cache_keys.stage_keys(cfg, cell, restarted.code)["target"] != before["target"]
+    assert cache_keys.stage_keys(cfg, cell, restarted.code) == cache_keys.stage_keys(cfg, cell)
 
 
 def test_the_schedule_enters_only_through_the_alpha_in_force_per_epoch():
@@ -253,7 +255,7 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
         attack = AttackResult.load(
             cache
             / "attack"
-            / graph.stage_keys(
+            / cache_keys.stage_keys(
                 ablation.variant_configs(cfg, plan)[row["variant"]], graph.Cell(row["alpha"], row["seed"])
             )["attack"]
             / "attack.pt"
@@ -280,7 +282,8 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
     (missing,) = partial.missing
     configs = ablation.variant_configs(cfg, plan)
     assert (
-        graph.stage_keys(configs[missing["variant"]], graph.Cell(missing["alpha"], missing["seed"]))["attack"] == lost
+        cache_keys.stage_keys(configs[missing["variant"]], graph.Cell(missing["alpha"], missing["seed"]))["attack"]
+        == lost
     )
     # the fuller results.json stays as it was; the 17 finished cells go beside it
     assert partial.json_file.name == "results.partial.json" and any("kept" in line for line in so_far)

@@ -196,7 +196,7 @@ def test_cli_rejects_bad_shard_options(tmp_path: Path) -> None:
 
 
 def test_dvc_yaml_with_shards_has_a_shard_matrix_and_a_merge(tmp_path: Path) -> None:
-    from lsmia.experiments.graph import dvc_yaml
+    from lsmia.experiments.render import dvc_yaml
 
     one = yaml.safe_load(dvc_yaml())["stages"]
     assert "attack-shard" not in one

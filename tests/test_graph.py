@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from lsmia.config import load_config
-from lsmia.experiments import graph
+from lsmia.experiments import code as stage_code
+from lsmia.experiments import graph, render
+from lsmia.experiments import keys as cache_keys
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
 from tests.helpers.project import BIN, dvc, temp_dvc_repo
@@ -22,13 +24,13 @@ STAGE_NAMES = [s.name for s in graph.STAGES]
 
 
 def test_the_committed_dvc_yaml_is_the_one_generated_from_the_graph():
-    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == graph.dvc_yaml(), (
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == render.dvc_yaml(), (
         "dvc.yaml differs from lsmia/experiments/graph.py: run 'lsmia dvc-yaml' and commit it"
     )
 
 
 def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
-    stages = yaml.safe_load(graph.dvc_yaml())["stages"]
+    stages = yaml.safe_load(render.dvc_yaml())["stages"]
     assert list(stages) == STAGE_NAMES
     for name, entry in stages.items():
         assert entry["cmd"].startswith("lsmia ") and entry.get("params", []) == list(graph.stage(name).params)
@@ -47,13 +49,13 @@ def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
 def test_code_deps_reach_every_module_a_stage_imports(stage_name, files):
     """The defects of the hand-written dvc.yaml: the attack missed its losses, fusion and the generator, the
     report missed stats.py."""
-    deps = {Path(d).relative_to("lsmia").as_posix() for d in graph.code_deps(graph.stage(stage_name))}
+    deps = {Path(d).relative_to("lsmia").as_posix() for d in stage_code.code_deps(graph.stage(stage_name))}
     assert files <= deps
     assert not any(d.startswith(("cli/", "tracking/")) for d in deps)  # logging never changes what a stage writes
 
 
 def test_code_deps_include_package_inits_and_function_level_imports():
-    deps = set(graph.code_deps(graph.stage("attack")))
+    deps = set(stage_code.code_deps(graph.stage("attack")))
     assert "lsmia/attack/__init__.py" in deps and "lsmia/models/__init__.py" in deps
     assert "lsmia/attack/ppa.py" in deps  # imported inside stage_attack, not at module level
 
@@ -62,24 +64,24 @@ def test_the_report_s_templates_are_its_code(monkeypatch):
     """The report's package data (PACKAGE_DATA in lsmia/report.py): one folder in its dvc.yaml deps, so a template
     edited or added re-runs it, and in its code digest; no other stage reaches it."""
     folder = "lsmia/templates/report"
-    assert folder in graph.code_deps(graph.stage("report"))
-    assert not any(folder in graph.code_deps(s) for s in graph.STAGES if s.name != "report")
-    template = graph.REPO_ROOT / folder / "macros.html.j2"
-    before = graph.code_digests()
+    assert folder in stage_code.code_deps(graph.stage("report"))
+    assert not any(folder in stage_code.code_deps(s) for s in graph.STAGES if s.name != "report")
+    template = stage_code.REPO_ROOT / folder / "macros.html.j2"
+    before = cache_keys.code_digests()
     real_read_bytes = Path.read_bytes
     monkeypatch.setattr(
         Path, "read_bytes", lambda self: real_read_bytes(self) + (b"<!-- -->" if self == template else b"")
     )
-    after = graph.code_digests()
+    after = cache_keys.code_digests()
     assert {name for name in before if before[name] != after[name]} == {"report"}
 
 
 def test_code_deps_leave_out_what_a_stage_never_runs():
-    assert "lsmia/training/smoothing.py" not in graph.code_deps(graph.stage("data"))
-    assert "lsmia/attack/ppa.py" not in graph.code_deps(graph.stage("target"))
-    assert "lsmia/attack/losses.py" not in graph.code_deps(graph.stage("target"))  # the attack's losses
-    assert "lsmia/training/smoothing.py" not in graph.code_deps(graph.stage("attack"))  # the training loss
-    assert "lsmia/attack/losses.py" not in graph.code_deps(graph.stage("report"))
+    assert "lsmia/training/smoothing.py" not in stage_code.code_deps(graph.stage("data"))
+    assert "lsmia/attack/ppa.py" not in stage_code.code_deps(graph.stage("target"))
+    assert "lsmia/attack/losses.py" not in stage_code.code_deps(graph.stage("target"))  # the attack's losses
+    assert "lsmia/training/smoothing.py" not in stage_code.code_deps(graph.stage("attack"))  # the training loss
+    assert "lsmia/attack/losses.py" not in stage_code.code_deps(graph.stage("report"))
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -250,13 +252,13 @@ def test_an_exported_generator_is_a_dependency_of_the_stages_that_read_it(tmp_pa
     resolves it to that file: a generator replaced in place re-runs them (the prior stage records its digest)."""
     from dvc.repo import Repo
 
-    without = yaml.safe_load(graph.dvc_yaml())["stages"]
-    assert all(graph.GENERATOR not in entry["deps"] for entry in without.values())
+    without = yaml.safe_load(render.dvc_yaml())["stages"]
+    assert all(render.GENERATOR not in entry["deps"] for entry in without.values())
     params = load_config(TINY, {"prior.kind": "torchscript", "prior.path": "weights/generator.pt"}).to_dict()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([str(BIN / "lsmia"), "dvc-yaml"], cwd=tmp_path, check=True, capture_output=True)
     stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
-    readers = {name for name, entry in stages.items() if graph.GENERATOR in entry["deps"]}
+    readers = {name for name, entry in stages.items() if render.GENERATOR in entry["deps"]}
     assert readers == {"prior", "attack"}
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     with Repo(str(tmp_path)) as repo:

@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lsmia.cli.stages import STAGE_NAMES
-from lsmia.experiments import graph
+from lsmia.experiments import graph, render
 from tests.helpers.cli import invoke_in, succeed_in
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import kill_once_written
@@ -169,7 +169,7 @@ def test_a_killed_study_continues_the_stage_run_it_left_open(tmp_path: Path) -> 
 def test_the_committed_mlproject_is_the_one_generated_and_mlflow_reads_a_door_per_stage() -> None:
     from mlflow.projects import _project_spec
 
-    assert (ROOT / "MLproject").read_text(encoding="utf-8") == graph.mlproject(), (
+    assert (ROOT / "MLproject").read_text(encoding="utf-8") == render.mlproject(), (
         "MLproject differs from lsmia/experiments/graph.py: run 'lsmia dvc-yaml' and commit it"
     )
     project = _project_spec.load_project(str(ROOT))

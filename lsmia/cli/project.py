@@ -56,8 +56,8 @@ def dvc_yaml(
 
     ``attack.shards`` > 1 in the params splits every attack into class shards plus a merge stage; a ``prior.path``
     makes the generator file there a dependency of the prior and attack stages."""
-    from lsmia.experiments.graph import dvc_yaml as render
-    from lsmia.experiments.graph import mlproject
+    from lsmia.experiments.render import dvc_yaml as render
+    from lsmia.experiments.render import mlproject
     from lsmia.utils import atomic_path
 
     cfg = load_config(params) if params.is_file() else None

@@ -1,7 +1,7 @@
 """Measured ablations: named config variants × alphas × seeds, with the paper's effect tested per variant.
 
 Every stage's output is cached under a key made of exactly the inputs that stage reads (its config
-slice, a hash of its code and the keys of the stages it consumes: lsmia.experiments.graph.stage_keys), so a code
+slice, a hash of its code and the keys of the stages it consumes: lsmia.experiments.cache_keys.stage_keys), so a code
 edit invalidates exactly the stages it can change and variants share what they have in common: an
 attack-loss variant reuses the baseline's targets, a prior variant reuses its data and targets,
 and an interrupted ablation resumes where it stopped. The effect is measured *paired by seed*:
@@ -26,6 +26,7 @@ from lsmia import metric_registry
 from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
 from lsmia.experiments import graph
+from lsmia.experiments import keys as cache_keys
 from lsmia.experiments.graph import quiet_stage
 from lsmia.paths import StudyPaths
 from lsmia.stats import effects, per_alpha
@@ -80,7 +81,7 @@ def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[floa
 
 
 class CacheLayout:
-    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.experiments.graph.stage_keys)."""
+    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.experiments.cache_keys.stage_keys)."""
 
     def __init__(self, root: Path, keys: dict[str, str]) -> None:
         self.root, self.keys = Path(root), keys
@@ -100,7 +101,7 @@ class StageCache:
 
     def __init__(self, root: Path, device: torch.device, log: Log) -> None:
         self.root, self.device, self.log = Path(root), device, log
-        self.code = graph.code_digests()  # the code this run has loaded: one version for all its cells
+        self.code = cache_keys.code_digests()  # the code this run has loaded: one version for all its cells
 
     def ensure(self, stage: graph.Stage, cfg: Config, cell: graph.Cell | None, layout: CacheLayout) -> Path:
         """The stage's output path, built first unless done; a lock lets parallel ablations share the work."""
@@ -129,14 +130,14 @@ class StageCache:
 
     def finished(self, cfg: Config, cell: graph.Cell) -> bool:
         """Whether every stage the cell's metrics need is done (nothing would run)."""
-        layout = CacheLayout(self.root, graph.stage_keys(cfg, cell, self.code))
+        layout = CacheLayout(self.root, cache_keys.stage_keys(cfg, cell, self.code))
         stages = graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate"))
         return all((layout.output(stage, None).parent / self.DONE).exists() for stage, _ in stages)
 
 
 def build_cell(cache: StageCache, cfg: Config, cell: graph.Cell, until: str = "evaluate") -> dict[str, Path]:
     """Every stage up to ``until`` that ``cell`` needs, each taken from the cache when done; their outputs."""
-    layout = CacheLayout(cache.root, graph.stage_keys(cfg, cell, cache.code))
+    layout = CacheLayout(cache.root, cache_keys.stage_keys(cfg, cell, cache.code))
     return {
         stage.name: cache.ensure(stage, cfg, stage_cell, layout)
         for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of(until))
@@ -339,12 +340,12 @@ def finished_targets(base: Config, plan: AblationPlan) -> Iterator[FinishedTarge
     alphas = plan.alphas if plan.alphas is not None else base.study.alphas
     seeds = plan.seeds if plan.seeds is not None else base.study.seeds
     cache_root = StudyPaths(Path(base.run.out_dir)).ablation_cache
-    code = graph.code_digests()
+    code = cache_keys.code_digests()
     seen: set[str] = set()
     for name, cfg in configs.items():
         for seed in seeds:
             for alpha in variant_alphas(plan, name, cfg, alphas):
-                layout = CacheLayout(cache_root, graph.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
+                layout = CacheLayout(cache_root, cache_keys.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
                 target = FinishedTarget(name, cfg, alpha, seed, layout)
                 if layout.keys["target"] not in seen and target.done("target"):
                     seen.add(layout.keys["target"])

@@ -1,45 +1,38 @@
-"""The study's stage graph, declared once.
+"""The study's stage graph, declared once, and the one door that runs a stage.
 
 Each :class:`Stage` names the library module that computes it, the runner that calls it, the params it reads,
 the stages whose outputs it reads, where its output lies (a :mod:`lsmia.paths` method) and how it is tracked.
 From this one declaration:
 
-- ``dvc.yaml`` is generated (``lsmia dvc-yaml``; a test fails when the committed file differs): every stage's
-  command is ``lsmia stage NAME`` (the same :func:`run_stage` that ``lsmia study`` runs), its paths are
-  :class:`~lsmia.paths.StudyPaths` rendered in DVC's template syntax, and its code dependencies are complete by
-  construction: every ``lsmia`` file the stage's module imports, directly or through other ``lsmia`` modules
-  (function-level imports and package ``__init__`` files included), found by reading the source, so editing
-  e.g. ``lsmia/attack/losses.py`` re-runs exactly the stages whose code reaches it; a module's ``PACKAGE_DATA`` folders
-  (the report's templates) count as its code;
+- lsmia.experiments.render writes ``dvc.yaml`` (every stage's command is ``lsmia stage NAME``, the same
+  :func:`run_stage` that ``lsmia study`` runs; its paths are :class:`~lsmia.paths.StudyPaths` rendered in DVC's
+  template syntax) and the ``MLproject``;
+- lsmia.experiments.code finds each stage's code (every ``lsmia`` file its module reaches through imports, and
+  the package-data folders they read), so editing e.g. ``lsmia/attack/losses.py`` re-runs exactly the stages whose
+  code reaches it;
 - ``lsmia stage``, ``lsmia study``, ``lsmia ablate`` and ``lsmia sweep`` execute it (:func:`run_stage`), each
   with its own :class:`Layout` (where a stage's output lies) and observer (what is tracked);
-- the ablation cache keys a stage by its params, its code (:func:`code_digest`) and the keys of the
-  stages it reads (:func:`stage_keys`), so a code edit invalidates exactly what it can change.
+- lsmia.experiments.keys keys a stage by its params, its code and the keys of the stages it reads (the ablation
+  cache), so a code edit invalidates exactly what it can change.
 
-This module, the CLI shell and the tracking modules are not code dependencies: they change what is logged and
+This package, the CLI shell and the tracking modules are not code dependencies: they change what is logged and
 where, never what a stage computes.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from lsmia import metric_registry
 from lsmia.config import Config, build_config
+from lsmia.experiments.code import code_digest
 from lsmia.paths import Alpha, Seed, StudyPaths, run_tag
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # lsmia/
-REPO_ROOT = PACKAGE_ROOT.parent
 OUT = "${run.out_dir}"
 ITEM: tuple[str, str] = ("${item.alpha}", "${item.seed}")  # a cell of DVC's matrix
 TEMPLATE = StudyPaths(Path(OUT))  # the study layout in DVC's template syntax: dvc.yaml's paths are lsmia.paths'
@@ -557,302 +550,6 @@ def stage(name: str) -> Stage:
     return BY_NAME[name]
 
 
-# --------------------------------------------------------------------------- code dependencies
-
-
-def _module_file(module: str) -> Path | None:
-    """The source file of an lsmia module or package, or None for a name that is not a module."""
-    parts = module.split(".")
-    if parts[0] != "lsmia":
-        return None
-    base = PACKAGE_ROOT.joinpath(*parts[1:])
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Every lsmia module ``path`` imports anywhere (top level, inside functions, under TYPE_CHECKING)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "lsmia")
-        elif (
-            isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.level == 0
-            and node.module.split(".")[0] == "lsmia"
-        ):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from lsmia import pipeline`
-    return found
-
-
-def _with_parents(module: str) -> list[str]:
-    """Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first."""
-    parts = module.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-@cache
-def code_files(module: str) -> tuple[Path, ...]:
-    """The source files of ``module`` and of every lsmia module it reaches through imports, sorted."""
-    seen: set[Path] = set()
-    pending = [module]
-    while pending:
-        for name in _with_parents(pending.pop()):
-            path = _module_file(name)
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            pending.extend(_imported_modules(path))
-    return tuple(sorted(seen))
-
-
-def _package_data(path: Path) -> tuple[str, ...]:
-    """The folders under ``lsmia/`` that the module at ``path`` reads at run time: its top-level
-    ``PACKAGE_DATA = ("templates/report", ...)`` (string literals), empty without one."""
-    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "PACKAGE_DATA" for target in node.targets
-        ):
-            return tuple(ast.literal_eval(node.value))
-    return ()
-
-
-@cache
-def data_folders(module: str) -> tuple[Path, ...]:
-    """The package-data folders of ``module`` and of every lsmia module it reaches through imports, sorted."""
-    return tuple(sorted({PACKAGE_ROOT / folder for path in code_files(module) for folder in _package_data(path)}))
-
-
-def code_deps(stage_: Stage) -> list[str]:
-    """The stage's code files and package-data folders relative to the repository, as DVC lists them (a folder
-    as one dependency, so a template added to it re-runs the stage too)."""
-    found = sorted([*code_files(stage_.module), *data_folders(stage_.module)])
-    return [path.relative_to(REPO_ROOT).as_posix() for path in found]
-
-
-def code_digest(stage_: Stage) -> str:
-    """A hash of the stage's code files, for cache keys: of their syntax trees without comments and docstrings,
-    so an edit of the prose around the code keeps hours of cached models while any edit of the code drops them;
-    and of every file in its package-data folders, byte for byte."""
-    digest = hashlib.sha256()
-    for path in code_files(stage_.module):
-        digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
-        digest.update(_code_only(path.read_bytes()).encode())
-    for folder in data_folders(stage_.module):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(PACKAGE_ROOT).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _code_only(source: bytes) -> str:
-    """The module's syntax tree, docstrings removed, as text (comments never reach the tree)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
-
-
-# --------------------------------------------------------------------------- dvc.yaml
-
-
-GENERATOR = "${prior.path}"  # an exported generator (prior.kind torchscript): what the prior stage records
-GENERATOR_READERS = ("prior", "attack")
-
-
-def dvc_stage(stage_: Stage, generator: bool = False) -> dict[str, Any]:
-    """``generator``: the params set ``prior.path``, so the file there is a dependency of the stages that read it
-    (replacing the generator in place re-runs them)."""
-    deps: list[str] = []
-    for need in stage_.needs:
-        reads = BY_NAME[need].collected if BY_NAME[need].per_cell and not stage_.per_cell else BY_NAME[need].reads
-        deps += [d for d in reads if d not in deps]
-    deps += [d for d in stage_.file_deps if d not in deps]
-    deps += [d for d in stage_.optional_deps if d not in deps and (REPO_ROOT / d).exists()]
-    if generator and stage_.name in GENERATOR_READERS:
-        deps.append(GENERATOR)
-    deps += code_deps(stage_)
-    entry: dict[str, Any] = {}
-    if stage_.per_cell:
-        entry["matrix"] = {"alpha": "${study.alphas}", "seed": "${study.seeds}"}
-    entry["cmd"] = stage_.cmd
-    entry["deps"] = deps
-    if stage_.params:
-        entry["params"] = list(stage_.params)
-    outs: list[Any] = [{o: {"persist": True}} if stage_.persist else o for o in stage_.outs]
-    outs += [{o: {"cache": False}} for o in stage_.uncached_outs]
-    if outs:
-        entry["outs"] = outs
-    metrics = [{m: {"cache": False}} for m in stage_.metrics]
-    if metrics:
-        entry["metrics"] = metrics
-    if stage_.plots:
-        entry["plots"] = [{p: {"x": "step"}} for p in stage_.plots]
-    return entry
-
-
-STUDY_PLOT = f"{OUT}/plots/study.json"  # one row per run (lsmia.report.write_plot_data)
-ALPHA_AXIS = {"x": "alpha", "x_label": "label smoothing α", "template": "lsmia_by_alpha"}
-# Templates lsmia_by_alpha / lsmia_tradeoff and the page (UTF-8) live in .dvc/plots/ (.dvc/config plots.html_template):
-# axes fitted to the data, the mean over seeds per alpha, points labelled with their alpha.
-PLOTS: list[dict[str, Any] | str] = [
-    {
-        "accuracy_vs_alpha": {
-            **ALPHA_AXIS,
-            "title": "accuracy vs α (mean over seeds; faint points: runs)",
-            "y": {STUDY_PLOT: ["test_acc", "final_acc1", "final_acc5"]},
-            "y_label": "accuracy",
-        }
-    },
-    {
-        "tradeoff": {
-            "template": "lsmia_tradeoff",
-            "title": "accuracy–privacy trade-off (one point per run)",
-            "x": "test_acc",
-            "y": {STUDY_PLOT: "final_acc1"},
-            "x_label": "target test accuracy (utility)",
-            "y_label": "attack acc@1 (leakage)",
-        }
-    },
-    {
-        "delta_eval_vs_alpha": {
-            **ALPHA_AXIS,
-            "title": f"δ_eval vs α (higher = {metric_registry.higher_means('delta_eval')})",
-            "y": {STUDY_PLOT: "delta_eval"},
-            "y_label": metric_registry.label("delta_eval"),
-        }
-    },
-    {
-        "xi_vs_alpha": {
-            **ALPHA_AXIS,
-            "title": f"ξ vs α (higher = {metric_registry.higher_means('xi')})",
-            "y": {STUDY_PLOT: "xi"},
-            "y_label": metric_registry.label("xi"),
-        }
-    },
-    f"{OUT}/plots/reconstructions",  # labelled grids (PNG): real vs reconstruction, framed by the evaluation model
-]
-
-HEADER = """\
-# GENERATED by `lsmia dvc-yaml` from the stage graph in lsmia/experiments/graph.py: edit that, not this file.
-# Every stage calls the lsmia CLI; deps list the data it reads and every lsmia source file its code imports,
-# params the keys it reads, so `dvc repro` rebuilds exactly what a change of data, params or code can affect.
-# `dvc exp run -S attack.steps=80` sweeps a parameter.
-"""
-
-
-ATTACK_SHARD = dvc_path(TEMPLATE.attack_shard_dir(*ITEM, "${item.shard}"))
-
-
-def dvc_attack_shards(shards: int, generator: bool = False) -> dict[str, dict[str, Any]]:
-    """``attack.shards`` > 1: the attack of a cell as ``shards`` class shards (a matrix: separate jobs or GPUs,
-    each resumable, its outputs persisted while it re-runs) and a merge into the usual attack output."""
-    attack = BY_NAME["attack"]
-    shard = dvc_stage(attack, generator)
-    cells = dict(shard["matrix"])
-    shard["matrix"]["shard"] = list(range(shards))
-    shard["cmd"] = f"{attack.cmd} --shard ${{item.shard}}/{shards}"  # its folder: StudyPaths.attack_shard_dir
-    shard["outs"] = [{ATTACK_SHARD: {"persist": True}}]
-    dirs = [ATTACK_SHARD.replace("${item.shard}", str(i)) for i in range(shards)]
-    data, merged = dvc_path(TEMPLATE.data_file), dvc_path(TEMPLATE.attack_dir(*ITEM))
-    merge = {
-        "matrix": cells,
-        "cmd": f"lsmia merge-attack {' '.join(dirs)} --data {data} --out-dir {merged}",
-        "deps": [data, *dirs, *code_deps(attack)],
-        "outs": [merged],
-    }
-    return {"attack-shard": shard, "attack": merge}
-
-
-def dvc_yaml(shards: int = 1, generator: bool = False) -> str:
-    """The pipeline; ``shards`` (``attack.shards``) > 1 splits every cell's attack into class shards;
-    ``generator`` (``prior.path`` set) makes the generator file a dependency of the prior and attack stages."""
-    import yaml
-
-    stages: dict[str, Any] = {}
-    for s in STAGES:
-        if s.name == "attack" and shards > 1:
-            stages.update(dvc_attack_shards(shards, generator))
-        else:
-            stages[s.name] = dvc_stage(s, generator)
-    document = {"stages": stages, "plots": PLOTS}
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
-
-
-MLPROJECT_HEADER = """\
-# GENERATED by `lsmia dvc-yaml` from the stage graph in lsmia/experiments/graph.py: edit that, not this file.
-name: lsmia
-
-python_env: mlflow_project/python_env.yaml
-
-# Every entry point takes `-P set="section.key=value section.key=value"`: overrides of params.yaml, validated
-# by lsmia's schema. `main` runs the DVC pipeline (dvc repro, or dvc exp run -S with overrides), so outputs
-# stay under DVC's control and every stage's run nests under the project run:
-#   mlflow run . -e main --env-manager local --experiment-name lsmia --run-name pipeline -P set="attack.steps=80"
-# (without --experiment-name the project run lands in MLflow's 'Default'; the stage runs still go to lsmia).
-# One entry point per stage of the graph runs `lsmia stage NAME`, what dvc repro runs:
-#   mlflow run . -e target --env-manager local --experiment-name lsmia -P alpha=-0.05 -P seed=1
-"""
-
-PARAMS_AND_SET = {"params": {"type": "path", "default": "params.yaml"}, "set": {"type": "string", "default": ""}}
-RUNS = {  # the entry points beside the stages: the pipeline, and the experiments over it
-    "main": ({"set": {"type": "string", "default": ""}}, "python -m lsmia repro --set {set}"),
-    "study": (PARAMS_AND_SET, "python -m lsmia study --params {params} --set {set} --track"),
-    "sweep": (
-        {
-            "study_name": {"type": "string", "default": "smoothing"},
-            "n_trials": {"type": "string", "default": "20"},
-            "n_workers": {"type": "string", "default": "1"},
-            **PARAMS_AND_SET,
-        },
-        "python -m lsmia sweep --study-name {study_name} --n-trials {n_trials} --n-workers {n_workers} "
-        "--params {params} --set {set} --track",
-    ),
-    "ablate": (
-        {"plan": {"type": "path", "default": "configs/ablations.yaml"}, **PARAMS_AND_SET},
-        "python -m lsmia ablate {plan} --params {params} --set {set} --track",
-    ),
-}
-
-
-def mlproject() -> str:
-    """The MLflow Project: the pipeline and experiment entry points, and one per stage (``lsmia stage NAME``)."""
-    import yaml
-
-    entries: dict[str, Any] = {}
-    for name, (parameters, command) in RUNS.items():
-        entries[name] = {"parameters": parameters, "command": command}
-    for s in STAGES:
-        cell: dict[str, Any] = (
-            {"alpha": {"type": "float", "default": 0.0}, "seed": {"type": "string", "default": "0"}}
-            if s.per_cell
-            else {}
-        )
-        flags = " --alpha {alpha} --seed {seed}" if s.per_cell else ""
-        entries[s.name] = {
-            "parameters": {**cell, **PARAMS_AND_SET},
-            "command": f"python -m lsmia stage {s.name}{flags} --params {{params}} --set {{set}} --track",
-        }
-
-    class NoAliases(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True  # the shared parameter blocks written out in every entry point
-
-    body = yaml.dump({"entry_points": entries}, Dumper=NoAliases, sort_keys=False, width=1000)
-    return MLPROJECT_HEADER + body
-
-
 # --------------------------------------------------------------------------- execution
 
 
@@ -999,69 +696,3 @@ def schedule(cfg: Config, cells: list[Cell], names: Iterable[str] | None = None)
     for s in chosen:
         if s.name == "report":
             yield s, None
-
-
-# --------------------------------------------------------------------------- cache keys
-
-
-def digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _param_values(cfg: Config, keys: Iterable[str]) -> dict[str, Any]:
-    dump = cfg.to_dict()
-    values = {}
-    for key in keys:
-        node: Any = dump
-        for part in key.split("."):
-            node = node[part]
-        values[key] = node
-    return values
-
-
-def _key_params(stage_: Stage, cfg: Config, cell: Cell | None) -> dict[str, Any]:
-    """The params that shape the stage's output; a target's smoothing enters as its per-epoch alpha, so
-    alpha >= 0 models are shared across warm-up schedules that never apply to them."""
-    if stage_.name == "attack":  # how the attack runs (shards, checkpoints) does not change what it computes
-        from lsmia.attack.ppa import RUN_ONLY_KEYS
-
-        values = _param_values(cfg, stage_.params)
-        values["attack"] = {k: v for k, v in values["attack"].items() if k not in RUN_ONLY_KEYS}
-        return values
-    if stage_.name != "target":
-        return _param_values(cfg, stage_.params)
-    from lsmia.schedules import alpha_trajectory
-
-    assert cell is not None
-    target = {k: v for k, v in cfg.to_dict()["target"].items() if k != "smoothing"}
-    smoothing = cfg.target.smoothing.model_copy(update={"alpha": cell.alpha})
-    return {"target": target, "alpha_per_epoch": alpha_trajectory(smoothing, cfg.target.epochs)}
-
-
-def code_digests() -> dict[str, str]:
-    """Every stage's :func:`code_digest` now: a long run takes them once, at its start, and keys every cell with
-    them, so an edit made while it runs neither splits its cells across two code versions nor files outputs of
-    the code it has loaded under the edited code's key."""
-    return {s.name: code_digest(s) for s in STAGES}
-
-
-def stage_keys(
-    cfg: Config,
-    cell: Cell | None,
-    code: Mapping[str, str] | None = None,
-    names: Iterable[str] | None = None,
-    salt: tuple[Any, ...] = (),
-) -> dict[str, str]:
-    """A cache key per stage of ``cell`` (every stage up to the evaluation; ``names``: only those, which must not
-    read a per-cell stage when ``cell`` is None): its params, its code (``code``, from :func:`code_digests`, or
-    read now), the keys of the stages it reads and ``salt`` (what else tells two outputs apart)."""
-    wanted = set(upstream_of("evaluate") if names is None else names)
-    keys: dict[str, str] = {}
-    for s in STAGES:
-        if s.name not in wanted or (not s.applies(cfg) and names is not None):
-            continue
-        upstream = [keys[need] for need in s.needs if need in keys and BY_NAME[need].applies(cfg)]
-        seed = cell.seed if s.per_cell and cell is not None else None
-        source = code[s.name] if code is not None else code_digest(s)
-        keys[s.name] = digest(s.name, _key_params(s, cfg, cell if s.per_cell else None), source, upstream, seed, *salt)
-    return keys

@@ -32,6 +32,7 @@ import yaml
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.experiments import graph
+from lsmia.experiments import keys as cache_keys
 from lsmia.utils import atomic_path
 
 SHARED_STAGES = ("data", "prior", "eval-model", "attributes")
@@ -41,7 +42,7 @@ Log = Callable[[str], None]
 
 def shared_keys(cfg: Config) -> dict[str, str]:
     """A key per shared stage that applies to ``cfg``: its params, code, upstream keys and ``run.out_dir``."""
-    return graph.stage_keys(cfg, None, names=SHARED_STAGES, salt=(str(cfg.run.out_dir),))
+    return cache_keys.stage_keys(cfg, None, names=SHARED_STAGES, salt=(str(cfg.run.out_dir),))
 
 
 def run_dvc(repo: Path, *args: str) -> str:

@@ -33,7 +33,7 @@ def stage_train(
     """Train the target (label smoothing ``cfg.target.smoothing``, defense ``cfg.target.defense``) or the evaluation
     model (hard labels).
 
-    ``code_version`` (lsmia.experiments.graph.code_digest) makes a checkpoint written by other code start afresh, so a stage
+    ``code_version`` (lsmia.experiments.code.code_digest) makes a checkpoint written by other code start afresh, so a stage
     that DVC re-runs after a code edit retrains instead of resuming a finished checkpoint. ``curves_dir``: where
     the per-epoch curves go for `dvc plots` (rank 0 only)."""
     if role in ROLES:  # before reading the data: a missing weight file fails at once
