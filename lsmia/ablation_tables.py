@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lsmia import metric_registry
-from lsmia.formatting import stat_text
+from lsmia.formatting import number, stat_text
 from lsmia.stats import halves, verdict
 
 Variants = dict[str, dict[str, Any]]  # results.json "variants": name -> {"summary", "effects", ...}
@@ -122,6 +122,12 @@ def _cosine_drop(entry: tuple[str, dict[str, Any], dict[str, Any], dict[str, Any
     return at_zero["mean"] - at_alpha["mean"] if at_alpha and at_zero else math.nan
 
 
+def _cosine_shift(entry: tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]) -> str:
+    """The mean gradient cosine at α = 0 and at the cell's α, e.g. ``cosine 0.41 → 0.12``."""
+    at_alpha, at_zero = entry[2]["grad_cosine_mean"]["mean"], entry[3]["grad_cosine_mean"]["mean"]
+    return f"cosine {number(at_zero, 2)} → {number(at_alpha, 2)}"
+
+
 def _claim(text: str, measured: Measured, holds: Any, score: Any, show: Any) -> list[str]:
     """A row: how many cells hold the claim and the one closest to it (highest ``score``) with ``show``."""
     scored = [m for m in measured if not math.isnan(score(m))]
@@ -166,7 +172,7 @@ def claim_rows(plans: dict[str, Variants]) -> Rows:
             negative,
             lambda m: _cosine_drop(m) > 0,
             _cosine_drop,
-            lambda m: f"cosine {m[3]['grad_cosine_mean']['mean']:.2f} → {m[2]['grad_cosine_mean']['mean']:.2f}",
+            _cosine_shift,
         ),
     ]
 
@@ -186,6 +192,18 @@ LOGIT_GEOMETRY_COLUMNS = (
 )
 
 
+LOGIT_GEOMETRY_DECIMALS = {  # the measured columns of LOGIT_GEOMETRY_COLUMNS, in order, and their decimals
+    "accuracy": 3,
+    "logit_norm": 0,
+    "target_logit": 1,
+    "other_logit_mean": 1,
+    "other_logit_spread": 1,
+    "margin": 1,
+    "relative_margin": 2,
+    "target_l1_share": 4,
+}
+
+
 def logit_geometry_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The targets' logit geometry (lsmia.metrics.logits) as a markdown table and what its columns mean."""
     cells = [
@@ -193,14 +211,7 @@ def logit_geometry_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             row["variant"],
             f"{row['alpha']:+g}",
             str(row["seed"]),
-            f"{row['accuracy']:.3f}",
-            f"{row['logit_norm']:.0f}",
-            f"{row['target_logit']:.1f}",
-            f"{row['other_logit_mean']:.1f}",
-            f"{row['other_logit_spread']:.1f}",
-            f"{row['margin']:.1f}",
-            f"{row['relative_margin']:.2f}",
-            f"{row['target_l1_share']:.4f}",
+            *(number(row[key], decimals) for key, decimals in LOGIT_GEOMETRY_DECIMALS.items()),
         ]
         for row in rows
     ]

@@ -29,10 +29,10 @@ import jinja2
 import numpy as np
 import torch
 from markupsafe import Markup
-from matplotlib import colors as mcolors
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
 from lsmia import ablation_tables as tables
+from lsmia import figures as style
 from lsmia import metric_registry
 from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
@@ -114,16 +114,8 @@ class FigureFile:
     caption: str = ""
 
 
-def alpha_colors(alphas: list[float]) -> tuple[mcolors.Colormap, mcolors.Normalize]:
-    """A diverging colormap centred on alpha = 0 (blue negative, red positive)."""
-    low, high = min(min(alphas), -1e-3), max(max(alphas), 1e-3)
-    return mcolors.LinearSegmentedColormap.from_list("alpha", ["#2166ac", "#cccccc", "#b2182b"]), mcolors.TwoSlopeNorm(
-        vmin=low, vcenter=0.0, vmax=high
-    )
-
-
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=style.REPORT_DPI, bbox_inches="tight")
 
 
 def _series(summaries: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,18 +145,18 @@ def _present(rows: list[dict[str, Any]], key: str) -> bool:
 
 def plot_accuracy(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> bool:
     series = [
-        ("test_acc", "test accuracy", "#333333"),
-        ("final_acc1", "attack acc@1", "#d95f02"),
-        ("final_acc5", "attack acc@5", "#7570b3"),
+        ("test_acc", "test accuracy", style.SERIES["test_acc"]),
+        ("final_acc1", "attack acc@1", style.SERIES["final_acc1"]),
+        ("final_acc5", "attack acc@5", style.SERIES["final_acc5"]),
     ]
     series = [s for s in series if _present(rows, s[0])]
     if not series:
         return False
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = Figure(figsize=style.ACCURACY_SIZE)
     ax = fig.subplots()
     for key, label, color in series:
         _plot_metric(ax, rows, summaries, key, color, label)
-    ax.axvline(0.0, color="#999999", lw=0.8, ls=":")
+    ax.axvline(0.0, color=style.GUIDE, lw=0.8, ls=":")
     ax.set(xlabel="label smoothing alpha", ylabel="accuracy", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
@@ -176,18 +168,18 @@ def plot_leakage(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], pa
     panels = [key for key in ("delta_eval", "fid_eval_features", "xi", "attribute_acc") if _present(rows, key)]
     if not panels:
         return False
-    fig = Figure(figsize=(3.3 * len(panels), 3.3))
+    fig = Figure(figsize=style.leakage_size(len(panels)))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, key in zip(axes, panels, strict=False):
-        _plot_metric(ax, rows, summaries, key, "#1b7837")
+        _plot_metric(ax, rows, summaries, key, style.LEAKAGE)
         if key == "attribute_acc":
-            _reference_line(ax, summaries, "attribute_chance", "chance", "#999999", "--")
-            _reference_line(ax, summaries, "attribute_acc_real", "real images", "#555555", ":")
+            _reference_line(ax, summaries, "attribute_chance", "chance", style.GUIDE, "--")
+            _reference_line(ax, summaries, "attribute_acc_real", "real images", style.REAL_IMAGES, ":")
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(frameon=False, fontsize=8)
-        ax.axvline(0.0, color="#999999", lw=0.8, ls=":")
+                ax.legend(frameon=False, fontsize=style.LEGEND_FONT)
+        ax.axvline(0.0, color=style.GUIDE, lw=0.8, ls=":")
         ax.set(title=f"{metric_registry.label(key)}\n(higher = {metric_registry.higher_means(key)})", xlabel="alpha")
-        ax.title.set_fontsize(9)
+        ax.title.set_fontsize(style.PANEL_TITLE_FONT)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
@@ -204,12 +196,12 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> bool:
     points = [row for row in rows if _present([row], "test_acc") and _present([row], "final_acc1")]
     if not points:
         return False
-    cmap, norm = alpha_colors([row["alpha"] for row in rows])
-    fig = Figure(figsize=(6.0, 4.6))
+    cmap, norm = style.alpha_colors([row["alpha"] for row in rows])
+    fig = Figure(figsize=style.TRADEOFF_SIZE)
     ax = fig.subplots()
     x, y = [row["test_acc"] for row in points], [row["final_acc1"] for row in points]
     dots = ax.scatter(
-        x, y, c=[row["alpha"] for row in points], cmap=cmap, norm=norm, s=46, edgecolors="#333333", linewidths=0.6
+        x, y, c=[row["alpha"] for row in points], cmap=cmap, norm=norm, s=46, edgecolors=style.INK, linewidths=0.6
     )
     for row in points:
         ax.annotate(
@@ -217,7 +209,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> bool:
             (row["test_acc"], row["final_acc1"]),
             textcoords="offset points",
             xytext=(5, 4),
-            fontsize=8,
+            fontsize=style.ANNOTATION_FONT,
         )
     fig.colorbar(dots, ax=ax, label="alpha")
     ax.set(xlabel="test accuracy (utility)", ylabel="attack acc@1 (leakage)")
@@ -251,8 +243,8 @@ def plot_distributions(outputs: dict[float, dict[str, np.ndarray]], path: Path) 
     if not outputs:
         return False
     alphas = list(outputs)
-    cmap, norm = alpha_colors(alphas)
-    fig = Figure(figsize=(max(6.4, 0.9 * len(alphas) + 1.5), 6.4))
+    cmap, norm = style.alpha_colors(alphas)
+    fig = Figure(figsize=style.distributions_size(len(alphas)))
     axes = fig.subplots(2, 1, sharex=True)
     for ax, key, label in zip(
         axes, ("confidence", "logit_norm"), ("max softmax confidence", "logit L2 norm"), strict=False
@@ -261,7 +253,7 @@ def plot_distributions(outputs: dict[float, dict[str, np.ndarray]], path: Path) 
             _violin(ax, outputs[alpha][key], position, cmap(norm(alpha)))
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set(ylabel=label, title=f"{label} on the private test images")
-        ax.title.set_fontsize(10)
+        ax.title.set_fontsize(style.TITLE_FONT)
         ax.grid(alpha=0.3, axis="y")
     axes[-1].set_xlabel("alpha")
     fig.tight_layout()
@@ -275,9 +267,9 @@ def _violin(ax, values: np.ndarray, position: int, color) -> None:
         parts = ax.violinplot([values], positions=[position], widths=0.8, showmedians=True, showextrema=False)
         for body in parts["bodies"]:
             body.set_facecolor(color)
-            body.set_edgecolor("#333333")
+            body.set_edgecolor(style.INK)
             body.set_alpha(0.75)
-        parts["cmedians"].set_color("#111111")
+        parts["cmedians"].set_color(style.MEDIAN_INK)
     else:
         ax.hlines(float(np.median(values)), position - 0.3, position + 0.3, color=color, lw=3)
 
@@ -322,20 +314,20 @@ def diagnostics_figure(curves: dict[float, dict[str, np.ndarray]], path: Path) -
     """Three panels against the attack step, one line per alpha; False when no attack recorded diagnostics."""
     if not any(len(values) for entry in curves.values() for values in entry.values()):
         return False
-    cmap, norm = alpha_colors(list(curves))
-    fig = Figure(figsize=(11.0, 3.4))
+    cmap, norm = style.alpha_colors(list(curves))
+    fig = Figure(figsize=style.DIAGNOSTICS_SIZE)
     axes = fig.subplots(1, len(DIAGNOSTIC_PANELS))
     for ax, (key, label) in zip(axes, DIAGNOSTIC_PANELS, strict=False):
         first_step = 1 if key == "grad_cosine" else 0  # the cosine needs a previous step
         for alpha, entry in curves.items():
             values = entry[key]
-            color = cmap(norm(alpha)) if alpha != 0 else "#333333"  # the map's grey centre is too faint for a line
+            color = style.alpha_line_colour(cmap, norm, alpha)
             steps = np.arange(first_step, first_step + len(values))
             ax.plot(steps, values, color=color, lw=1.6, label=f"α = {alpha:g}")
         ax.set(xlabel="attack step", title=label)
-        ax.title.set_fontsize(10)
+        ax.title.set_fontsize(style.TITLE_FONT)
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
+    axes[0].legend(frameon=False, fontsize=style.LEGEND_FONT)
     fig.tight_layout()
     _save(fig, path)
     return True

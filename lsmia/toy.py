@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsmia import figures as style
 from lsmia.attack.losses import identity_loss
 from lsmia.errors import LsmiaError
 from lsmia.training.smoothing import smoothed_cross_entropy
@@ -226,52 +227,57 @@ def plot_toy(
     xs, ys = torch.linspace(x0, x1, GRID_POINTS), torch.linspace(y0, y1, GRID_POINTS)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
-    fig = Figure(figsize=(4.2 * len(runs) + 1.0, 4.6), layout="constrained")
+    fig = Figure(figsize=style.toy_size(len(runs)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(runs), sharex=True, sharey=True))
     levels = np.linspace(0.0, 1.0, 11)
     contour = None
     for ax, run, row in zip(axes, runs, rows, strict=False):
         confidence = target_confidence(run.model, grid).reshape(GRID_POINTS, GRID_POINTS).numpy()
-        contour = ax.contourf(xs.numpy(), ys.numpy(), confidence, levels=levels, cmap="viridis")
+        contour = ax.contourf(xs.numpy(), ys.numpy(), confidence, levels=levels, cmap=style.TOY_CONFIDENCE_MAP)
         _draw_points(ax, points, labels)
         _draw_trajectory(ax, run.trajectory.numpy())
         ax.set_title(
             f"α = {run.alpha:+.2f}: end {row['end_distance']:.2f} from the data\n"
             f"confidence {row['end_confidence']:.4f}, gradient cosine {row['grad_cosine']:.2f}",
-            fontsize=9,
+            fontsize=style.PANEL_TITLE_FONT,
         )
         ax.set_aspect("equal")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
     assert contour is not None  # one panel per run, and there is at least one run
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=8)
+    fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=style.LEGEND_FONT)
     fig.colorbar(contour, ax=list(axes), label=f"confidence of class {TARGET_CLASS}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=style.STABLE_DPI, bbox_inches="tight", metadata=style.STABLE_METADATA)
     return path
 
 
 def _draw_points(ax, points: torch.Tensor, labels: torch.Tensor) -> None:
-    colours = ["#e41a1c", "#ffffff", "#bbbbbb"]
     for cls in range(NUM_CLASSES):
         chosen = points[labels == cls].numpy()
         name = f"class {cls} (target)" if cls == TARGET_CLASS else f"class {cls}"
         ax.scatter(
-            chosen[:, 0], chosen[:, 1], s=6, c=colours[cls % len(colours)], edgecolors="k", linewidths=0.3, label=name
+            chosen[:, 0],
+            chosen[:, 1],
+            s=6,
+            c=style.TOY_CLASSES[cls % len(style.TOY_CLASSES)],
+            edgecolors=style.EDGE,
+            linewidths=0.3,
+            label=name,
         )
 
 
 def _draw_trajectory(ax, trajectory: np.ndarray) -> None:
-    ax.plot(trajectory[:, 0], trajectory[:, 1], color="#ff7f00", linewidth=1.5)
+    ax.plot(trajectory[:, 0], trajectory[:, 1], color=style.TOY_ATTACK, linewidth=1.5)
     ax.scatter(
         trajectory[:1, 0],
         trajectory[:1, 1],
         marker="o",
         s=50,
-        c="#ff7f00",
-        edgecolors="k",
+        c=style.TOY_ATTACK,
+        edgecolors=style.EDGE,
         zorder=3,
         label="attack start",
     )
@@ -280,8 +286,8 @@ def _draw_trajectory(ax, trajectory: np.ndarray) -> None:
         trajectory[-1:, 1],
         marker="*",
         s=160,
-        c="#ffff33",
-        edgecolors="k",
+        c=style.TOY_END,
+        edgecolors=style.EDGE,
         zorder=3,
         label="attack end",
     )

@@ -42,11 +42,12 @@ from typing import Any
 
 import numpy as np
 
+from lsmia import figures as style
 from lsmia import metric_registry
 from lsmia.config import defense_settings
 from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import LsmiaError
-from lsmia.formatting import stat_text
+from lsmia.formatting import number, stat_text
 from lsmia.stats import stat, strongest_per_seed
 from lsmia.utils import atomic_path, load_json, save_json
 
@@ -54,7 +55,6 @@ BASE_LOSS = "base"  # a variant without attack.loss: the base params' loss
 NO_DEFENSE = "none"
 UNDEFENDED = "undefended"  # the strength label of the model without any defense
 COSTS = (0.0, 0.01, 0.02, 0.05, 0.10, 0.20)  # default levels: the undefended test accuracy less these
-COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 Stat = dict[str, float]
 
 
@@ -440,7 +440,7 @@ def table_cells(table: Sequence[dict[str, Any]]) -> list[list[str]]:
     accuracy, then rising attack acc@1 (TABLE_COLUMNS)."""
     return [
         [
-            f"{row['test_acc']:.3f}",
+            number(row["test_acc"], 3),
             str(row["defense"]),
             stat_text(row["final_acc1"]),
             stat_text(row["delta_eval"], 1),
@@ -456,7 +456,7 @@ def winner_lines(found: Sequence[dict[str, Any]]) -> list[str]:
     """Per level, which defense has the lowest attack acc@1 (``winners`` or compare.json's), in words."""
     lines = []
     for w in found:
-        at = f"at test accuracy {w['test_acc']:.3f}: "
+        at = f"at test accuracy {number(w['test_acc'], 3)}: "
         if w["defense"] == NO_DEFENSE:
             lines.append(at + "no defense has a model there with lower attack acc@1 than the undefended model")
             continue
@@ -519,10 +519,10 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
     95 % intervals over seeds on both axes, the undefended model as a black star; stable PNG bytes."""
     from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
-    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    fig = Figure(figsize=style.FRONTS_SIZE, layout="constrained")
     ax = fig.subplots()
     for index, (family, front) in enumerate(comparison.fronts.items()):
-        colour = COLOURS[index % len(COLOURS)]
+        colour = style.defense_colour(index)
         ax.plot(
             [p.mean_test_acc() for p in front],
             [p.worst_mean() for p in front],
@@ -534,16 +534,16 @@ def plot_fronts(comparison: Comparison, path: Path) -> Path:
         for point in (p for p in comparison.points if p.family == family):
             _errorbar(ax, point, colour, filled=point in front)
     if comparison.undefended is not None:
-        _errorbar(ax, comparison.undefended, "black", filled=True, marker="*", size=12, label="no defense")
+        _errorbar(ax, comparison.undefended, style.UNDEFENDED, filled=True, marker="*", size=12, label="no defense")
     ax.set_ylim(-0.02, 1.02)  # an accuracy; t-intervals of few seeds may reach past [0, 1]
     ax.set_xlabel("test accuracy")
     ax.set_ylabel("attack acc@1 (worst case over attack losses)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="best", fontsize=style.LEGEND_FONT)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=style.STABLE_DPI, metadata=style.STABLE_METADATA)
     return path
 
 

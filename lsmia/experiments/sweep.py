@@ -93,7 +93,8 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lsmia import metric_registry
+from lsmia import figures as style
+from lsmia import formatting, metric_registry
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, defense_settings
 from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import DivergenceError, LsmiaError
@@ -843,13 +844,16 @@ def _tell(
 
 
 def describe_trial(trial: FrozenTrial) -> str:
-    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    params = ", ".join(f"{k}={formatting.number(v) if isinstance(v, float) else v}" for k, v in trial.params.items())
     attrs = trial.user_attrs
-    scores = (
-        "" if "final_acc1" not in attrs else f" test_acc={attrs['test_acc']:.3f} attack_acc1={attrs['final_acc1']:.3f}"
-    )
+    scores = "" if "final_acc1" not in attrs else f" {scores_text(attrs['test_acc'], attrs['final_acc1'], 3)}"
     reason = f" ({attrs[FAIL_REASON]})" if trial.state == TrialState.FAIL and FAIL_REASON in attrs else ""
     return f"trial {trial.number} {trial.state.name}: {params}{scores}{reason}"
+
+
+def scores_text(test_acc: Any, attack_acc1: Any, decimals: int) -> str:
+    """A trial's objectives as its log line and the sweep's summary write them: ``test_acc=… attack_acc1=…``."""
+    return f"test_acc={formatting.number(test_acc, decimals)} attack_acc1={formatting.number(attack_acc1, decimals)}"
 
 
 # ---------------------------------------------------------------- workers
@@ -1095,14 +1099,20 @@ def plot_pareto_png(
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["state"] == "COMPLETE" and _finite(r["test_acc"]) and _finite(r["final_acc1"])]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter([r["test_acc"] for r in done], [r["final_acc1"] for r in done], c="0.6", label="trials")
-    ax.plot([r["test_acc"] for r in front], [r["final_acc1"] for r in front], "o-", c="tab:red", label="Pareto front")
+    fig, ax = plt.subplots(figsize=style.PARETO_SIZE)
+    ax.scatter([r["test_acc"] for r in done], [r["final_acc1"] for r in done], c=style.SWEEP_TRIALS, label="trials")
+    ax.plot(
+        [r["test_acc"] for r in front],
+        [r["final_acc1"] for r in front],
+        "o-",
+        c=style.SWEEP_FRONT,
+        label="Pareto front",
+    )
     for r in done:
         ax.annotate(
             f"{r['number']}: {setting_text(r)}",
             (r["test_acc"], r["final_acc1"]),
-            fontsize=7,
+            fontsize=style.SMALL_ANNOTATION_FONT,
             xytext=(3, 3),
             textcoords="offset points",
         )
@@ -1112,16 +1122,16 @@ def plot_pareto_png(
             [recommended["final_acc1"]],
             marker="*",
             s=250,
-            c="gold",
-            edgecolors="k",
+            c=style.SWEEP_RECOMMENDED,
+            edgecolors=style.EDGE,
             zorder=3,
             label=f"recommended (trial {recommended['number']})",
         )
     ax.set_xlabel("target test accuracy (higher is better)")
     ax.set_ylabel("attack acc@1 (lower is more private)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=style.LEGEND_FONT)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=style.SWEEP_DPI)
     plt.close(fig)
 
 
@@ -1302,15 +1312,15 @@ def summary_lines(result: SweepResult) -> list[str]:
     if result.recommended:
         r = result.recommended
         setting = (
-            f"alpha={r['alpha']:.4g} {smoothing_text(r)}" if "defense" not in r else f"{r['defense']} {setting_text(r)}"
+            f"alpha={formatting.number(r['alpha'])} {smoothing_text(r)}"
+            if "defense" not in r
+            else f"{r['defense']} {setting_text(r)}"
         )
-        lines.append(
-            f"recommended: trial {r['number']} {setting} test_acc={r['test_acc']:.4f} attack_acc1={r['final_acc1']:.4f}"
-        )
+        lines.append(f"recommended: trial {r['number']} {setting} {scores_text(r['test_acc'], r['final_acc1'], 4)}")
     else:
         lines.append(f"recommended: none: {result.note}")
     for objective, values in result.importance.items():
-        ranked = ", ".join(f"{param} {value:.2f}" for param, value in values.items())
+        ranked = ", ".join(f"{param} {formatting.number(value, 2)}" for param, value in values.items())
         lines.append(f"importance for {objective} (fANOVA): {ranked}")
     lines.append(f"files: {result.files['trials_md'].parent}")
     return lines
