@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsmia import figures as style
 from lsmia.attack.losses import identity_loss
 from lsmia.errors import LsmiaError
+from lsmia.reporting import figures as style
 from lsmia.training.smoothing import smoothed_cross_entropy
 from lsmia.utils import atomic_path, save_json
 

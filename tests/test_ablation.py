@@ -19,7 +19,7 @@ from lsmia.errors import LsmiaError
 from lsmia.experiments import ablation, graph
 from lsmia.experiments import code as stage_code
 from lsmia.experiments import keys as cache_keys
-from lsmia.stats import effects
+from lsmia.reporting.stats import effects
 from tests.helpers.paths import ROOT, TINY
 
 T_975_DF2 = 4.302652729749464
@@ -164,7 +164,7 @@ def variant_from(rows: list[dict]) -> dict:
 
 
 def test_claims_across_ablations_name_where_each_holds_and_the_closest_cell():
-    from lsmia.ablation_tables import claim_rows
+    from lsmia.reporting.ablation_tables import claim_rows
 
     strong = rows_from(  # halves at 2 points on 3 seeds; +0.1 rises 0.1 on every seed
         {0.1: [0.7, 0.8, 0.75], 0.0: [0.6, 0.7, 0.65], -0.05: [0.3, 0.3, 0.3]},

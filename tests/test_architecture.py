@@ -14,7 +14,14 @@ PACKAGE = ROOT / "lsmia"
 
 # Lower layers never import higher ones: the science knows nothing of how it is run, tracked or reported.
 SCIENCE = ("lsmia.data", "lsmia.models", "lsmia.training", "lsmia.attack", "lsmia.metrics", "lsmia.defenses")
-RUNNERS = ("lsmia.cli", "lsmia.experiments", "lsmia.tracking", "lsmia.report", "lsmia.stages", "lsmia.infra.services")
+RUNNERS = (
+    "lsmia.cli",
+    "lsmia.experiments",
+    "lsmia.tracking",
+    "lsmia.reporting.report",
+    "lsmia.stages",
+    "lsmia.infra.services",
+)
 
 
 def module_name(path: Path) -> str:

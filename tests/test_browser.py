@@ -95,7 +95,7 @@ def test_dvc_plots_show_draws_each_plot_readably_without_warnings(tmp_path: Path
 
 @needs_chromium
 def test_report_page_is_no_wider_than_the_window(tmp_path: Path) -> None:
-    from lsmia import report
+    from lsmia.reporting import report
     from tests.helpers.study import make_study
 
     paths = make_study(tmp_path / "out")

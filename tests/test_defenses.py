@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 from lsmia.attack.losses import identity_loss, logit_loss
 from lsmia.cli import app
 from lsmia.config import AttackConfig, ClassifierConfig, MidSettings, NoDefense, TargetConfig, TlSettings, load_config
-from lsmia.defenses import compare
 from lsmia.defenses.bido import BidoDefense, centred, gaussian_kernel, hsic, linear_kernel, normalized_hsic
 from lsmia.defenses.mid import MidDefense, VariationalBottleneck, gaussian_kl
 from lsmia.defenses.tl import PUBLIC_DIR, TransferDefense
 from lsmia.errors import LsmiaError
 from lsmia.experiments import ablation
 from lsmia.models.classifiers import build_classifier, load_classifier
+from lsmia.reporting import defense_comparison as compare
 from lsmia.training.classifier import make_optimizer, train_classifier, train_step
 from tests.helpers.defenses import hand_made_results, sweep_points_record
 from tests.helpers.paths import ROOT, TINY

@@ -1,4 +1,4 @@
-"""Figure styling lives in lsmia.figures: the palettes behave, and the plotting modules spell no style of their own."""
+"""Figure styling lives in lsmia.reporting.figures: the palettes behave, and the plotting modules spell no style of their own."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import re
 
 import pytest
 
-from lsmia import figures
+from lsmia.reporting import figures
 from tests.helpers.paths import ROOT
 
-PLOTTING_MODULES = ("lsmia/report.py", "lsmia/defenses/compare.py", "lsmia/toy.py", "lsmia/experiments/sweep.py")
+PLOTTING_MODULES = (
+    "lsmia/reporting/report.py",
+    "lsmia/reporting/defense_comparison.py",
+    "lsmia/toy.py",
+    "lsmia/experiments/sweep.py",
+)
 OWN_STYLE = re.compile(r'"#[0-9a-fA-F]{6}"|\b(?:dpi|fontsize|figsize)=[\d(]|set_fontsize\(\d')
 
 
@@ -34,4 +39,4 @@ def test_plotting_modules_take_their_style_from_figures(module: str) -> None:
     found = [
         line.strip() for line in (ROOT / module).read_text(encoding="utf-8").splitlines() if OWN_STYLE.search(line)
     ]
-    assert not found, f"{module} styles a figure itself (move it to lsmia/figures.py): {found}"
+    assert not found, f"{module} styles a figure itself (move it to lsmia/reporting/figures.py): {found}"

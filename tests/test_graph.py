@@ -61,7 +61,7 @@ def test_code_deps_include_package_inits_and_function_level_imports():
 
 
 def test_the_report_s_templates_are_its_code(monkeypatch):
-    """The report's package data (PACKAGE_DATA in lsmia/report.py): one folder in its dvc.yaml deps, so a template
+    """The report's package data (PACKAGE_DATA in lsmia/reporting/report.py): one folder in its dvc.yaml deps, so a template
     edited or added re-runs it, and in its code digest; no other stage reaches it."""
     folder = "lsmia/templates/report"
     assert folder in stage_code.code_deps(graph.stage("report"))

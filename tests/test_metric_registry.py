@@ -1,5 +1,5 @@
-"""One reporting vocabulary: every table and list selects its metrics from lsmia.metric_registry, and every number
-is written by lsmia.formatting in the strings the committed tables hold."""
+"""One reporting vocabulary: every table and list selects its metrics from lsmia.reporting.metric_registry, and every number
+is written by lsmia.reporting.formatting in the strings the committed tables hold."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 import optuna
 import pytest
 
-from lsmia import ablation_tables, formatting, metric_registry, report
 from lsmia.cli import experiments as cli_experiments
 from lsmia.config import Config
 from lsmia.experiments import ablation, sweep
-from lsmia.metric_registry import Metric
-from lsmia.stats import per_alpha
+from lsmia.reporting import ablation_tables, formatting, metric_registry, report
+from lsmia.reporting.metric_registry import Metric
+from lsmia.reporting.stats import per_alpha
 from lsmia.tracking.client import NullTracker
 from lsmia.tracking.stages import StageLog
 

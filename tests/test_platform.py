@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lsmia.report import summary_key
+from lsmia.reporting.report import summary_key
 from tests.helpers.project import BIN, sh, temp_dvc_repo
 
 pytestmark = pytest.mark.slow

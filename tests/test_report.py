@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lsmia import formatting, report
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
-from lsmia.stats import mean_ci
+from lsmia.reporting import formatting, report
+from lsmia.reporting.stats import mean_ci
 from lsmia.utils import save_json
 from tests.helpers.data import make_face_data
 from tests.helpers.defenses import hand_made_results
@@ -196,7 +196,7 @@ def test_ablation_results_are_html_tables_from_results_json(tmp_path):
 
 
 def test_the_verdict_opens_the_report_with_both_attackers_and_the_acceptance_gap(tmp_path):
-    from lsmia import verdict
+    from lsmia.reporting import verdict
     from tests.test_verdict import results as verdict_results
 
     source = tmp_path / "adaptive" / "results.json"
@@ -293,7 +293,7 @@ def test_defenses_section_from_an_ablation_s_results_json_and_from_compare_json(
 def test_reconstructions_in_report_and_plots_are_judged_by_the_evaluation_model(tmp_path):
     from lsmia.data.base import FaceData
     from lsmia.models.inference import predict_logits
-    from lsmia.visualize import save_judged_grid
+    from lsmia.reporting.visualize import save_judged_grid
 
     paths = make_study(tmp_path / "out")
     torch.manual_seed(0)
@@ -329,7 +329,7 @@ def test_the_report_has_contents_provenance_and_says_a_smoke_run_is_one(built):
 def test_image_sizes_come_from_the_header(tmp_path: Path, suffix: str) -> None:
     from PIL import Image
 
-    from lsmia.report import png_size
+    from lsmia.reporting.report import png_size
 
     path = tmp_path / f"grid{suffix}"
     Image.new("RGB", (37, 21)).save(path)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lsmia.paths import StudyPaths
-from lsmia.report import summary_metrics, write_summary
+from lsmia.reporting.report import summary_metrics, write_summary
 from tests.helpers.paths import ROOT
 
 ROWS = [

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lsmia import verdict
 from lsmia.cli import app
-from lsmia.stats import strongest_per_seed, worst_case_ratio
+from lsmia.reporting import verdict
+from lsmia.reporting.stats import strongest_per_seed, worst_case_ratio
 
 TRAINED = {"target.smoothing.schedule": "constant"}
 PUBLISHED = {"attack.ranking": "softmax"}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lsmia.visualize import (
+from lsmia.reporting.visualize import (
     CORRECT,
     FRAME,
     GRID_PADDING,

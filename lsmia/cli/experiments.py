@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from lsmia import metric_registry
 from lsmia.cli.common import (
     NO_VALUE,
     PARAMS,
@@ -25,7 +24,8 @@ from lsmia.cli.common import (
     writing,
 )
 from lsmia.errors import LsmiaError
-from lsmia.formatting import cell
+from lsmia.reporting import metric_registry
+from lsmia.reporting.formatting import cell
 
 group = CommandGroup("Experiments")
 
@@ -73,7 +73,7 @@ def study(params: ParamsOpt = PARAMS, sets: SetOpt = None, device: DeviceOpt = N
 
 
 def study_lines(metrics: list[dict[str, Any]]) -> list[str]:
-    """The study's console table: tab-separated, one row per cell, its headline metrics (lsmia.metric_registry)."""
+    """The study's console table: tab-separated, one row per cell, its headline metrics (lsmia.reporting.metric_registry)."""
     keys = ["alpha", "seed", *metric_registry.headline()]
     return ["\t".join(keys), *("\t".join(cell(row.get(k), none="None") for k in keys) for row in metrics)]
 
@@ -172,7 +172,7 @@ def verdict_command(
     ] = None,
 ) -> None:
     """One verdict per defense: PPA as published beside the adaptive attacker, with the target's acceptance."""
-    from lsmia import verdict
+    from lsmia.reporting import verdict
 
     for path in results:
         if not path.is_file():
@@ -215,8 +215,8 @@ def logit_geometry(
     sets: SetOpt = None,
 ) -> None:
     """How each finished target's true-class logit stands out among the others (runs no training)."""
-    from lsmia.ablation_tables import logit_geometry_lines
     from lsmia.experiments import ablation
+    from lsmia.reporting.ablation_tables import logit_geometry_lines
 
     cfg = resolve(params, sets, None, track=False)
     plan = ablation.load_plan(plan_file)
@@ -252,7 +252,7 @@ def compare_defenses(
     ] = None,
 ) -> None:
     """Defenses at equal test accuracy, each against its strongest attack loss: fronts, table and figure."""
-    from lsmia.defenses.compare import compare_many, markdown, parse_levels
+    from lsmia.reporting.defense_comparison import compare_many, markdown, parse_levels
 
     comparison, folder = compare_many(sources, out_dir, parse_levels(levels))
     typer.echo(markdown(comparison), nl=False)

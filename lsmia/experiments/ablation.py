@@ -21,15 +21,15 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lsmia import ablation_tables as tables
-from lsmia import metric_registry
 from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
 from lsmia.experiments import graph
 from lsmia.experiments import keys as cache_keys
 from lsmia.experiments.graph import quiet_stage
 from lsmia.paths import StudyPaths
-from lsmia.stats import effects, per_alpha
+from lsmia.reporting import ablation_tables as tables
+from lsmia.reporting import metric_registry
+from lsmia.reporting.stats import effects, per_alpha
 from lsmia.utils import load_json, save_json
 
 Log = Callable[[str], None]

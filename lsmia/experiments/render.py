@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lsmia import metric_registry
 from lsmia.experiments.code import REPO_ROOT, code_deps
 from lsmia.experiments.graph import BY_NAME, ITEM, OUT, STAGES, TEMPLATE, Stage, dvc_path
+from lsmia.reporting import metric_registry
 
 GENERATOR = "${prior.path}"  # an exported generator (prior.kind torchscript): what the prior stage records
 GENERATOR_READERS = ("prior", "attack")
@@ -45,7 +45,7 @@ def dvc_stage(stage_: Stage, generator: bool = False) -> dict[str, Any]:
     return entry
 
 
-STUDY_PLOT = f"{OUT}/plots/study.json"  # one row per run (lsmia.report.write_plot_data)
+STUDY_PLOT = f"{OUT}/plots/study.json"  # one row per run (lsmia.reporting.report.write_plot_data)
 ALPHA_AXIS = {"x": "alpha", "x_label": "label smoothing α", "template": "lsmia_by_alpha"}
 # Templates lsmia_by_alpha / lsmia_tradeoff and the page (UTF-8) live in .dvc/plots/ (.dvc/config plots.html_template):
 # axes fitted to the data, the mean over seeds per alpha, points labelled with their alpha.

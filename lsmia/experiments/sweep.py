@@ -35,7 +35,7 @@ lsmia.defenses.registry, or ``sweep.defense_ranges``), ``tl`` the
 number of trained last blocks (an integer), each with ``target.smoothing`` as configured; ``none`` searches
 nothing and trains the undefended target (alpha 0; one trial is enough). A study keeps the defense it was created
 with. Besides the trials table, the summary writes ``points.json`` (every completed trial as a model, read by
-``lsmia compare-defenses``) and ``fronts.png``, the front drawn by lsmia.defenses.compare with the undefended model
+``lsmia compare-defenses``) and ``fronts.png``, the front drawn by lsmia.reporting.defense_comparison with the undefended model
 marked: the study's own alpha 0 target at ``run.seed`` (``out/metrics/alpha0.0_seed<s>.json``) when it exists.
 
 Storage: by default a journal file ``out/sweep/<study>/journal.log`` (several processes on this
@@ -93,15 +93,15 @@ import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lsmia import figures as style
-from lsmia import formatting, metric_registry
 from lsmia.config import Config, DefenseConfig, SmoothingConfig, SweepConfig, build_config, defense_settings
 from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.experiments import graph
-from lsmia.formatting import cell
 from lsmia.paths import StudyPaths, SweepPaths
 from lsmia.redaction import redact as redact_url
+from lsmia.reporting import figures as style
+from lsmia.reporting import formatting, metric_registry
+from lsmia.reporting.formatting import cell
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 BUDGET_ATTR = "n_trials"  # the study's total trial budget, set by `lsmia sweep`, followed by every worker
@@ -1227,7 +1227,7 @@ def point_metrics() -> tuple[str, ...]:
 
 
 def points_record(rows: Sequence[dict[str, Any]], cfg: Config) -> dict[str, Any]:
-    """The completed trials as models for lsmia.defenses.compare (``points.json``): each one's defense settings
+    """The completed trials as models for lsmia.reporting.defense_comparison (``points.json``): each one's defense settings
     (dotted target.defense keys; none for ``ls`` and ``none``), alpha, seed, attack loss and metrics; and the
     undefended reference: the study's alpha 0 target at ``run.seed``, when it was evaluated."""
     defense = cfg.sweep.defense
@@ -1272,8 +1272,8 @@ def study_reference(cfg: Config) -> dict[str, Any] | None:
 
 
 def write_points(rows: Sequence[dict[str, Any]], cfg: Config, paths: SweepPaths) -> None:
-    """``points.json`` and ``fronts.png``: the sweep's front drawn as lsmia.defenses.compare draws every front."""
-    from lsmia.defenses.compare import sweep_figure
+    """``points.json`` and ``fronts.png``: the sweep's front drawn as lsmia.reporting.defense_comparison draws every front."""
+    from lsmia.reporting.defense_comparison import sweep_figure
     from lsmia.utils import save_json
 
     record = points_record(rows, cfg)

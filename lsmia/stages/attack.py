@@ -16,8 +16,8 @@ from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.infra import distributed
 from lsmia.models.classifiers import load_classifier
+from lsmia.reporting.visualize import save_attack_grid
 from lsmia.utils import file_digest, save_timings, seed_everything
-from lsmia.visualize import save_attack_grid
 
 CHECKPOINT = "checkpoint.pt"  # a killed attack resumes from it (lsmia.attack.ppa.Checkpoint)
 

@@ -23,7 +23,7 @@ def stage_report(
     """Write ``out_dir/index.html``, ``plots_dir`` (default ``<out>/plots``) and the study's ``<out>/summary.json``
     (DVC's metrics file); returns the index path. The
     defenses section reads ``defenses_file`` (default ``<out>/ablations/defenses/compare.json``) when it exists."""
-    from lsmia.report import write_plot_data, write_report, write_summary
+    from lsmia.reporting.report import write_plot_data, write_report, write_summary
 
     cells = [(float(a), int(s)) for s in cfg.study.seeds for a in cfg.study.alphas]
     index = write_report(

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from lsmia import metric_registry
 from lsmia.config import Config
 from lsmia.errors import LsmiaError
 from lsmia.infra.threads import describe as describe_threads
 from lsmia.paths import StudyPaths
+from lsmia.reporting import metric_registry
 from lsmia.tracking.client import DIGEST_TAG, LINK_TAG_PREFIX, RUN_MARKER
 
 # what a stage does with the prepared data (the MLflow dataset input's context); stages not listed read none
@@ -243,7 +243,7 @@ class StageLog:
 
         from lsmia.data.base import FaceData
         from lsmia.models.classifiers import load_classifier
-        from lsmia.report import write_judged_grid
+        from lsmia.reporting.report import write_judged_grid
 
         try:
             data = FaceData.load(self.data_file)

@@ -9,9 +9,9 @@ import torch
 from lsmia.attack.result import AttackResult
 from lsmia.models.classifiers import build_classifier, save_classifier
 from lsmia.paths import StudyPaths
+from lsmia.reporting.visualize import save_png
 from lsmia.stages.data import data_summary
 from lsmia.utils import save_json
-from lsmia.visualize import save_png
 from tests.helpers.data import make_face_data
 
 ALPHAS = (-0.05, 0.0, 0.1)

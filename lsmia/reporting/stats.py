@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
-from lsmia.formatting import is_number
+from lsmia.reporting.formatting import is_number
 
 Stat = dict[str, Any]  # {"mean", "ci95", "n"}
 

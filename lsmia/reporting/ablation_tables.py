@@ -9,9 +9,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lsmia import metric_registry
-from lsmia.formatting import number, stat_text
-from lsmia.stats import halves, verdict
+from lsmia.reporting import metric_registry
+from lsmia.reporting.formatting import number, stat_text
+from lsmia.reporting.stats import halves, verdict
 
 Variants = dict[str, dict[str, Any]]  # results.json "variants": name -> {"summary", "effects", ...}
 Rows = list[list[str]]
@@ -141,7 +141,7 @@ def _claim(text: str, measured: Measured, holds: Any, score: Any, show: Any) -> 
 def claim_rows(plans: dict[str, Variants]) -> Rows:
     """The paper's claims checked in every measured ablation cell (plan -> its results.json ``variants``):
     where each holds and which cell comes closest. Rises and δ_eval need the interval above 0; halving is judged
-    with intervals (lsmia.stats.halves, re-applied to results written before that rule); the gradient similarity
+    with intervals (lsmia.reporting.stats.halves, re-applied to results written before that rule); the gradient similarity
     compares means (not paired)."""
     positive, negative = _measured(plans, negative=False), _measured(plans, negative=True)
     affordable = [m for m in negative if m[1]["test_acc_cost"]["mean"] <= 0.05]

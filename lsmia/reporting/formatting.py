@@ -15,7 +15,7 @@ INTERVAL_SIGNIFICANT = 2  # digits of an interval without fixed decimals
 MAX_DECIMALS = 8
 TABLE_DECIMALS = 3  # a markdown table's statistic unless its metric says otherwise
 
-Stat = dict[str, Any]  # {"mean", "ci95", "n", ...}: lsmia.stats.stat
+Stat = dict[str, Any]  # {"mean", "ci95", "n", ...}: lsmia.reporting.stats.stat
 
 
 def is_number(value: Any) -> bool:

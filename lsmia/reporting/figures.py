@@ -1,11 +1,11 @@
 """The look of every lsmia figure: palettes (per alpha, per defense, per series), resolution, font sizes and
 figure sizes, in one place.
 
-The report (lsmia.report), the defense fronts (lsmia.defenses.compare), the toy (lsmia.toy) and the sweep's Pareto
+The report (lsmia.reporting.report), the defense fronts (lsmia.reporting.defense_comparison), the toy (lsmia.toy) and the sweep's Pareto
 plot (lsmia.experiments.sweep) take their style from here. No torch, and matplotlib only inside the function that
 builds a colormap.
 
-The reconstruction grids keep their frame colours and font in lsmia.visualize: the attack stage draws them, and a
+The reconstruction grids keep their frame colours and font in lsmia.reporting.visualize: the attack stage draws them, and a
 file added to its imports would change its code digest, re-running every attack under ``dvc repro`` and dropping
 every cached attack of the ablations for PNGs that stay the same.
 """

@@ -31,20 +31,19 @@ import torch
 from markupsafe import Markup
 from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
-from lsmia import ablation_tables as tables
-from lsmia import figures as style
-from lsmia import metric_registry
 from lsmia.attack.result import AttackResult
 from lsmia.data.base import FaceData
-from lsmia.defenses import compare as defense_comparison
 from lsmia.errors import LsmiaError
-from lsmia.formatting import is_number, number, stat_text
 from lsmia.models.classifiers import load_classifier
 from lsmia.models.inference import predict_logits
 from lsmia.paths import StudyPaths, run_tag
-from lsmia.stats import effects, per_alpha, verdict
+from lsmia.reporting import ablation_tables as tables
+from lsmia.reporting import defense_comparison, metric_registry
+from lsmia.reporting import figures as style
+from lsmia.reporting.formatting import is_number, number, stat_text
+from lsmia.reporting.stats import effects, per_alpha, verdict
+from lsmia.reporting.visualize import save_judged_grid
 from lsmia.utils import load_json, new_file_mode, save_json
-from lsmia.visualize import save_judged_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +98,7 @@ def metric_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per alpha (ascending): ``{"alpha", "seeds", "metrics": {name: {"mean", "ci95", "n"}}}`` (lsmia.stats.per_alpha
+    """Per alpha (ascending): ``{"alpha", "seeds", "metrics": {name: {"mean", "ci95", "n"}}}`` (lsmia.reporting.stats.per_alpha
     over every metric present)."""
     return per_alpha(rows, metric_keys(rows))
 
@@ -436,7 +435,7 @@ def _effect_cell(stat: dict[str, Any]) -> Stat:
 
 
 def effect_table(rows: list[dict[str, Any]]) -> Markup:
-    """The paper's claims per alpha, paired by seed against alpha = 0 (lsmia.stats.effects)."""
+    """The paper's claims per alpha, paired by seed against alpha = 0 (lsmia.reporting.stats.effects)."""
     found = effects(rows) if any(row["alpha"] == 0.0 for row in rows) else []
     if not found:
         return macro("missing", "no alpha = 0 run to compare with")
@@ -450,7 +449,7 @@ VERDICT_HEADING = "The verdict: PPA as published against an attacker who knows t
 def verdict_section(ablation_files: Sequence[Path]) -> Section | None:
     """The verdict tables (``lsmia verdict``: verdict.json beside an included ablation's results), first in the
     report; None when no included ablation has one."""
-    from lsmia import verdict as verdicts
+    from lsmia.reporting import verdict as verdicts
 
     found = []
     for path in ablation_files:
@@ -487,7 +486,7 @@ def _results_json(results_file: Path) -> Path:
 
 
 def claims_table(ablation_files: Sequence[Path]) -> Table | None:
-    """The paper's claims across all included ablations (lsmia.ablation_tables.claim_rows); None without any."""
+    """The paper's claims across all included ablations (lsmia.reporting.ablation_tables.claim_rows); None without any."""
     plans = {
         path.parent.name: load_json(_results_json(path), what="ablation results", keys=RESULTS_KEYS, fix=RESULTS_FIX)[
             "variants"
@@ -552,7 +551,7 @@ DEFENSES_CAPTION = (
 
 
 def defenses_section(source: Path, folder: Path) -> Section:
-    """The equal-accuracy comparison of defenses (lsmia.defenses.compare): the fronts figure and the worst-case
+    """The equal-accuracy comparison of defenses (lsmia.reporting.defense_comparison): the fronts figure and the worst-case
     table, from ``compare.json`` (its ``fronts.png`` beside it) or, without one, computed from the ablation's
     ``results.json`` beside it; absent: how to produce it."""
     source = Path(source)

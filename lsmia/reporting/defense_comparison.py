@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from lsmia import figures as style
-from lsmia import metric_registry
 from lsmia.config import defense_settings
 from lsmia.defenses.registry import DEFENSES
 from lsmia.errors import LsmiaError
-from lsmia.formatting import number, stat_text
-from lsmia.stats import stat, strongest_per_seed
+from lsmia.reporting import figures as style
+from lsmia.reporting import metric_registry
+from lsmia.reporting.formatting import number, stat_text
+from lsmia.reporting.stats import stat, strongest_per_seed
 from lsmia.utils import atomic_path, load_json, save_json
 
 BASE_LOSS = "base"  # a variant without attack.loss: the base params' loss
@@ -115,7 +115,7 @@ class Point:
 
     @property
     def strongest(self) -> str:
-        """The attack loss strongest on each seed (lsmia.stats.strongest_per_seed), names joined by '/'."""
+        """The attack loss strongest on each seed (lsmia.reporting.stats.strongest_per_seed), names joined by '/'."""
         return "/".join(sorted({loss for loss, _ in self._strongest().values()}))
 
     def worst_case(self, metric: str) -> dict[int, float]:

@@ -14,7 +14,7 @@ Per defense and alpha, paired by seed against alpha = 0 of the same group (a tra
 BiDO or TL, set by ``target.defense.*`` at alpha = 0, against the undefended group's alpha = 0): the published
 ratio, the
 adaptive ratio (strongest adaptive attack at alpha over the strongest at 0) and the worst case over every
-attack (lsmia.stats.worst_case_ratio), the cost in test accuracy, and the target's acceptance of the final
+attack (lsmia.reporting.stats.worst_case_ratio), the cost in test accuracy, and the target's acceptance of the final
 samples (the fraction it classifies as their class): an attack the target itself no longer believes measures
 its own arithmetic, not what the target leaks. A control row compares the scaled target with alpha = 0 under
 the same attacker.
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lsmia.ablation_tables import markdown_table
-from lsmia.defenses.compare import flatten
-from lsmia.formatting import stat_text
-from lsmia.stats import halves, lowers, paired, paired_attacks, stat, strongest_per_seed, worst_case_ratio
+from lsmia.reporting.ablation_tables import markdown_table
+from lsmia.reporting.defense_comparison import flatten
+from lsmia.reporting.formatting import stat_text
+from lsmia.reporting.stats import halves, lowers, paired, paired_attacks, stat, strongest_per_seed, worst_case_ratio
 from lsmia.utils import atomic_path, load_json, save_json
 
 PUBLISHED_LOSS = "poincare"
@@ -135,7 +135,7 @@ def _stat(values: PerSeed) -> Stat:
 
 
 def _ratio_or_cost(at_alpha: PerSeed, at_zero: PerSeed, how: Callable[[float, float], float]) -> Stat:
-    """``how(value at alpha, value at 0)`` paired by seed (lsmia.stats.paired)."""
+    """``how(value at alpha, value at 0)`` paired by seed (lsmia.reporting.stats.paired)."""
     rows = [{"alpha": 1.0, "seed": s, "v": v} for s, v in at_alpha.items()]
     rows += [{"alpha": 0.0, "seed": s, "v": v} for s, v in at_zero.items()]
     return paired(rows, 1.0, "v", how)
@@ -178,7 +178,7 @@ def _side_by_side(group: Group, alpha: float, base: Group, prefix: str = "") -> 
 
 
 def _paired_ratio(at_alpha: dict[str, PerSeed], at_zero: dict[str, PerSeed]) -> Stat:
-    """The strongest attack's ratio per seed, over the attacks measured at both ends (lsmia.stats)."""
+    """The strongest attack's ratio per seed, over the attacks measured at both ends (lsmia.reporting.stats)."""
     alpha, zero = paired_attacks(at_alpha, at_zero)
     return _ratio(_best(alpha), _best(zero))
 
