@@ -43,7 +43,7 @@ def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
         ("attack", {"attack/losses.py", "augment.py", "models/fusion.py", "models/generator.py", "attack/ppa.py"}),
         ("target", {"training/smoothing.py", "schedules.py", "training/classifier.py", "models/classifiers.py"}),
         ("evaluate", {"metrics/evaluate.py", "metrics/knowledge.py", "models/classifiers.py", "attack/result.py"}),
-        ("report", {"report.py", "stats.py", "paths.py", "models/inference.py"}),
+        ("report", {"reporting/report.py", "reporting/stats.py", "paths.py", "models/inference.py"}),
     ],
 )
 def test_code_deps_reach_every_module_a_stage_imports(stage_name, files):
