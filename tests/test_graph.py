@@ -94,10 +94,13 @@ def tree_hashes(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_every_stage_writes_the_same_bytes_when_run_twice(tmp_path):
-    """The held-out byte-stability check: the whole tiny study twice from scratch, every output file compared."""
+def test_every_stage_writes_the_same_bytes_when_run_twice(tmp_path, monkeypatch):
+    """The held-out byte-stability check: the whole tiny study twice from scratch, every output file compared (the
+    report's build time fixed by SOURCE_DATE_EPOCH, as a reproducible build sets it)."""
     from lsmia.experiments.study import run_study
     from lsmia.utils import resolve_device
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601600")
 
     cfg = load_config(TINY, {"run.out_dir": str(tmp_path / "out")})
     run_study(cfg, resolve_device("cpu"), log=lambda line: None)

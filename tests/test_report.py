@@ -379,3 +379,12 @@ def test_every_template_is_package_data() -> None:
     files = sorted(p.relative_to(ROOT / "lsmia").as_posix() for p in folder.rglob("*") if p.is_file())
     assert files and all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
     assert sorted(report.templates().list_templates()) == sorted(Path(f).name for f in files)
+
+
+def test_source_date_epoch_fixes_the_build_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lsmia.reporting.report import provenance
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1796601600")
+    assert provenance().built == "2026-12-07 00:00 UTC"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "not a time")
+    assert provenance().built.endswith(" UTC") and provenance().built != "2026-12-07 00:00 UTC"

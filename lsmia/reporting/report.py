@@ -660,8 +660,15 @@ def provenance() -> Provenance:
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " (uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     params = REPO_ROOT / "params.yaml"
+    # SOURCE_DATE_EPOCH (reproducible-builds.org) fixes the build time, so two builds of the same study are the same bytes
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    when = (
+        datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+        if epoch.isdigit()
+        else datetime.datetime.now(datetime.UTC)
+    )
     return Provenance(
-        built=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        built=when.strftime("%Y-%m-%d %H:%M UTC"),
         commit=commit + dirty,
         params_digest=hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.is_file() else "none",
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
