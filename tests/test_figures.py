@@ -13,7 +13,7 @@ PLOTTING_MODULES = (
     "lsmia/reporting/report.py",
     "lsmia/reporting/defense_comparison.py",
     "lsmia/toy.py",
-    "lsmia/experiments/sweep.py",
+    "lsmia/reporting/sweep_tables.py",
 )
 OWN_STYLE = re.compile(r'"#[0-9a-fA-F]{6}"|\b(?:dpi|fontsize|figsize)=[\d(]|set_fontsize\(\d')
 

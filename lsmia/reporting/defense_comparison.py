@@ -274,7 +274,7 @@ def compare_points(points: list[Point], undefended: Point, levels: list[float] |
 
 # --------------------------------------------------------------------------- sweeps as sources
 
-SWEEP_POINTS = "points.json"  # written by lsmia.experiments.sweep into out/sweep/<study>/
+SWEEP_POINTS = "points.json"  # written by lsmia.reporting.sweep_tables (lsmia sweep) into out/sweep/<study>/
 
 
 def _add_row(

@@ -2,7 +2,7 @@
 figure sizes, in one place.
 
 The report (lsmia.reporting.report), the defense fronts (lsmia.reporting.defense_comparison), the toy (lsmia.toy) and the sweep's Pareto
-plot (lsmia.experiments.sweep) take their style from here. No torch, and matplotlib only inside the function that
+plot (lsmia.reporting.sweep_tables) take their style from here. No torch, and matplotlib only inside the function that
 builds a colormap.
 
 The reconstruction grids keep their frame colours and font in lsmia.reporting.visualize: the attack stage draws them, and a
