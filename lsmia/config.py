@@ -358,12 +358,17 @@ class SweepConfig(Section):
     defense: str = "ls"  # ls, or a kind of target.defense (DEFENSE_KINDS)
     defense_ranges: dict[str, tuple[float, float]] = {}
 
+    @field_validator("defense")
+    @classmethod
+    def _searchable(cls, v: str) -> str:
+        if v not in ("ls", *DEFENSE_KINDS):
+            raise ValueError(f"name ls or one of {', '.join(DEFENSE_KINDS)}, not {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _bounds(self) -> SweepConfig:
         if not self.alpha_low < self.alpha_high <= 1.0:
             raise ValueError("need alpha_low < alpha_high <= 1")
-        if self.defense not in ("ls", *DEFENSE_KINDS):
-            raise ValueError(f"defense must be ls or one of {', '.join(DEFENSE_KINDS)}, not {self.defense!r}")
         for name, (low, high) in self.defense_ranges.items():
             if not 0 < low <= high:
                 raise ValueError(f"defense_ranges.{name} must be [low, high] with 0 < low <= high")

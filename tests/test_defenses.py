@@ -512,7 +512,7 @@ def test_every_defense_kind_has_its_settings_and_its_spec() -> None:
     assert kinds == list(DEFENSE_KINDS) == ["none", *DEFENSES]
     for kind in ("ls", *DEFENSE_KINDS):
         assert SweepConfig(defense=kind).defense == kind
-    with pytest.raises(ValueError, match="defense must be ls or one of none, mid, bido, tl"):
+    with pytest.raises(ValueError, match="name ls or one of none, mid, bido, tl"):
         SweepConfig(defense="dp")
     for kind, spec in DEFENSES.items():
         settings = defense_settings({"kind": kind})  # the references' defaults
