@@ -167,3 +167,35 @@ def test_an_attack_measured_at_one_end_only_does_not_bias_the_worst_case() -> No
     (defended, control) = verdict.defense_rows(verdict.collect([record])[0])
     assert defended["ratio_adaptive"]["values"] == pytest.approx([0.33 / 0.33, 0.36 / 0.35, 0.33 / 0.34])
     assert control["ratio_adaptive"]["values"] == pytest.approx([1.0, 1.0, 1.0])  # paired by attack, not label
+
+
+@pytest.mark.slow
+def test_ablate_with_verdict_runs_the_plan_then_judges_it(tmp_path: Path) -> None:
+    """The headline's one command: ``lsmia ablate PLAN --verdict`` prints the results, then the verdict table."""
+    import shutil
+
+    import yaml
+
+    from tests.helpers.paths import TINY
+
+    shutil.copy(TINY, tmp_path / "params.yaml")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny_verdict",
+                "alphas": [0.0, -0.05],
+                "seeds": [0],
+                "variants": {"constant_published": {**TRAINED, **PUBLISHED}, "constant_adaptive": {**TRAINED, **ADAPTIVE}},
+            }
+        )
+    )
+    args = ["ablate", str(plan), "--params", str(tmp_path / "params.yaml"), "--no-track", "--verdict"]
+    out = CliRunner().invoke(app, [*args, "-S", f"run.out_dir={tmp_path / 'out'}"])
+    assert out.exit_code == 0, out.output
+    folder = tmp_path / "out" / "ablations" / "tiny_verdict"
+    saved = json.loads((folder / "verdict.json").read_text())
+    (row,) = saved["rows"]
+    assert row["alpha"] == -0.05 and row["defense"] == "constant" and row["ratio_published"]["n"] == 1
+    assert row["verdict"] in out.output and "ratio published" in out.output
+    assert out.output.index("results:") < out.output.index("verdict:")  # the results first, then the verdict

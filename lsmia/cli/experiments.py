@@ -101,6 +101,14 @@ def ablate(
             help="Build each cell only up to this stage (e.g. target: train the targets first); writes no results.",
         ),
     ] = None,
+    verdict: Annotated[
+        bool,
+        typer.Option(
+            "--verdict",
+            metavar=NO_VALUE,
+            help="Then judge each defense as 'lsmia verdict' does (PPA as published beside the adaptive attacker).",
+        ),
+    ] = False,
 ) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
     from lsmia.experiments import ablation
@@ -118,6 +126,8 @@ def ablate(
         tracker.tracker.log_artifact(result.out_dir, "ablation")
     typer.echo(ablation.markdown(result), nl=False)
     typer.echo(f"results: {result.md_file}")
+    if verdict:
+        verdict_command([result.json_file], out_dir=None)
 
 
 @group.command()

@@ -4,10 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from lsmia.config import ClassifierConfig
+from lsmia.data.base import FaceData
+
+
+class TrainClassifier(Protocol):
+    """lsmia.training.classifier.train_classifier, handed in by the training that prepares a defense (it imports
+    this package, so importing it here would close a cycle)."""
+
+    def __call__(
+        self,
+        cfg: ClassifierConfig,
+        data: FaceData,
+        out_dir: Path,
+        device: torch.device,
+        *,
+        seed: int,
+        show_progress: bool,
+        code_version: str,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """The target's training, as a defense's ``prepare`` sees it: what it trains on, where, and with what (e.g. TL's
+    public pre-training runs ``train`` into a folder of ``out_dir``)."""
+
+    cfg: ClassifierConfig
+    data: FaceData
+    out_dir: Path
+    device: torch.device
+    seed: int
+    train: TrainClassifier
+    code_version: str = ""
 
 
 class Defense:
@@ -93,6 +128,4 @@ class DefenseSpec:
     search: tuple[SearchParam, ...]
     strength: str  # str.format of its settings, e.g. "β={mid_beta:g}"
     bottleneck: bool = False
-    prepare: Callable[..., None] | None = (
-        None  # (settings, cfg, model, data, out_dir, device, seed, train, code_version)
-    )
+    prepare: Callable[[Any, Any, Preparation], None] | None = None  # (its settings, the model, the training)

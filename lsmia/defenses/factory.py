@@ -3,15 +3,9 @@ registry of defenses (lsmia.defenses.registry)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from lsmia.config import ClassifierConfig, DefenseConfig
-from lsmia.data.base import FaceData
-from lsmia.defenses.base import Defense
+from lsmia.config import DefenseConfig
+from lsmia.defenses.base import Defense, Preparation
 from lsmia.defenses.registry import spec
-from lsmia.defenses.tl import TrainClassifier
 from lsmia.models.classifiers import Classifier
 
 
@@ -30,21 +24,11 @@ def build_defense(defense: DefenseConfig, model: Classifier) -> Defense:
     return spec(defense.kind).build(defense, model)
 
 
-def prepare_defense(
-    defense: DefenseConfig,
-    cfg: ClassifierConfig,
-    model: Classifier,
-    data: FaceData,
-    out_dir: Path,
-    device: torch.device,
-    seed: int,
-    train: TrainClassifier,
-    code_version: str = "",
-) -> Defense:
+def prepare_defense(defense: DefenseConfig, model: Classifier, run: Preparation) -> Defense:
     """Build the defense (which checks its settings against ``model``), then what trains before it (the spec's
-    ``prepare``, e.g. TL's public pre-training with ``train``)."""
+    ``prepare``, e.g. TL's public pre-training with ``run.train``)."""
     built = build_defense(defense, model)
     prepare = spec(defense.kind).prepare
     if prepare is not None:
-        prepare(defense, cfg, model, data, out_dir, device, seed, train, code_version)
+        prepare(defense, model, run)
     return built

@@ -18,14 +18,13 @@ Frozen blocks stay in evaluation mode during training, so their BatchNorm statis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from lsmia.config import ClassifierConfig, TlSettings
 from lsmia.data.base import FaceData, split_per_identity
-from lsmia.defenses.base import Defense, DefenseSpec, SearchParam
+from lsmia.defenses.base import Defense, DefenseSpec, Preparation, SearchParam
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import Classifier
 
@@ -54,43 +53,17 @@ def pretraining_config(cfg: ClassifierConfig, defense: TlSettings) -> Classifier
     return ClassifierConfig.model_validate(fields)
 
 
-class TrainClassifier(Protocol):
-    """lsmia.training.classifier.train_classifier, handed in by the training that pre-trains (it imports this
-    package, so importing it here would close a cycle)."""
-
-    def __call__(
-        self,
-        cfg: ClassifierConfig,
-        data: FaceData,
-        out_dir: Path,
-        device: torch.device,
-        *,
-        seed: int,
-        show_progress: bool,
-        code_version: str,
-    ) -> Any: ...
-
-
-def pretrain_on_public(
-    cfg: ClassifierConfig,
-    defense: TlSettings,
-    data: FaceData,
-    out_dir: Path,
-    device: torch.device,
-    seed: int,
-    train: TrainClassifier,
-    code_version: str = "",
-) -> dict[str, torch.Tensor]:
-    """Train on the public identities into ``out_dir/public`` with ``train`` (resumable like any training); its
-    backbone's state."""
-    result = train(
-        pretraining_config(cfg, defense),
-        public_task(data, seed + PRETRAIN_SEED_OFFSET),
-        Path(out_dir) / PUBLIC_DIR,
-        device,
-        seed=seed + PRETRAIN_SEED_OFFSET,
+def pretrain_on_public(defense: TlSettings, run: Preparation) -> dict[str, torch.Tensor]:
+    """Train on the public identities into ``run.out_dir/public`` with ``run.train`` (resumable like any training);
+    its backbone's state."""
+    result = run.train(
+        pretraining_config(run.cfg, defense),
+        public_task(run.data, run.seed + PRETRAIN_SEED_OFFSET),
+        Path(run.out_dir) / PUBLIC_DIR,
+        run.device,
+        seed=run.seed + PRETRAIN_SEED_OFFSET,
         show_progress=False,
-        code_version=code_version,
+        code_version=run.code_version,
     )
     return result.model.backbone.state_dict()
 
@@ -125,22 +98,10 @@ def build(settings: TlSettings, model: Classifier) -> TransferDefense:
     return TransferDefense(model, settings.tl_trained_layers)
 
 
-def prepare(
-    settings: TlSettings,
-    cfg: ClassifierConfig,
-    model: Classifier,
-    data: FaceData,
-    out_dir: Path,
-    device: torch.device,
-    seed: int,
-    train: TrainClassifier,
-    code_version: str = "",
-) -> None:
+def prepare(settings: TlSettings, model: Classifier, run: Preparation) -> None:
     """The frozen blocks come from public pre-training, unless the target starts from ``pretrained_path``."""
-    if cfg.pretrained_path is None:
-        model.backbone.load_state_dict(
-            pretrain_on_public(cfg, settings, data, out_dir, device, seed, train, code_version)
-        )
+    if run.cfg.pretrained_path is None:
+        model.backbone.load_state_dict(pretrain_on_public(settings, run))
 
 
 SPEC = DefenseSpec(

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lsmia.augment import resize, training_augment
 from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
 from lsmia.data.base import FaceData, ImageSet
-from lsmia.defenses.base import Defense
+from lsmia.defenses.base import Defense, Preparation
 from lsmia.defenses.factory import active, needs_bottleneck, prepare_defense
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.infra import distributed
@@ -358,7 +358,9 @@ def train_classifier(
     guard = (
         None
         if defense is None
-        else prepare_defense(defense, cfg, model, data, out_dir, device, seed, train_classifier, code_version)
+        else prepare_defense(
+            defense, model, Preparation(cfg, data, out_dir, device, seed, train_classifier, code_version)
+        )
     )
     sync_bn = world > 1 and device.type == "cuda"  # SyncBatchNorm has no CPU kernels
     if sync_bn:
