@@ -53,8 +53,8 @@ import torch.nn.functional as F
 
 from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import attack_step, run_attack
-from lsmia.augment import training_augment
 from lsmia.config import AttackConfig, TargetConfig
+from lsmia.data.augment import training_augment
 from lsmia.models.classifiers import Classifier, build_classifier
 from lsmia.models.fusion import inference_copy
 from lsmia.models.generator import TorchScriptPrior

@@ -31,8 +31,8 @@ import torch.nn as nn
 
 from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import attack_step_loss, frozen
-from lsmia.augment import training_augment
 from lsmia.config import AttackConfig, AugmentConfig
+from lsmia.data.augment import training_augment
 from lsmia.models.classifiers import Classifier, build_classifier
 from lsmia.models.generator import DCGANPrior, Generator
 from lsmia.training.smoothing import smoothed_cross_entropy

@@ -38,8 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from lsmia.attack import ppa
 from lsmia.attack.losses import identity_loss
 from lsmia.attack.ppa import attack_step, configure_latent_space, frozen, resolve_targets, run_attack
-from lsmia.augment import training_augment
 from lsmia.config import AttackConfig, DataConfig, PriorConfig, TargetConfig
+from lsmia.data.augment import training_augment
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.models.classifiers import Classifier, build_classifier
 from lsmia.models.fusion import inference_copy

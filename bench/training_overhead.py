@@ -1,7 +1,7 @@
 """lsmia's classifier training loop against a bare PyTorch loop doing the same work.
 
 Same model (smallresnet), data (built-in faces), batch size, Adam settings and batched
-augmentation (lsmia.augment.training_augment) in all three cases:
+augmentation (lsmia.data.augment.training_augment) in all three cases:
 
 * ``bare``: a minimal loop: shuffle, augment, forward, cross-entropy, backward, step.
 * ``lsmia_epochs``: lsmia's epoch function (_run_epoch) and LR schedule, without the
@@ -26,8 +26,8 @@ import benchutil
 import torch
 import torch.nn.functional as F
 
-from lsmia.augment import training_augment
 from lsmia.config import ClassifierConfig, DataConfig
+from lsmia.data.augment import training_augment
 from lsmia.data.base import FaceData
 from lsmia.data.synthetic import render_builtin
 from lsmia.models.classifiers import Classifier, build_classifier

@@ -22,8 +22,8 @@ from lsmia.attack.ppa import (
 from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import ScaledLogits
 from lsmia.attack.target import AttackTarget
-from lsmia.augment import resize
 from lsmia.config import AttackConfig
+from lsmia.data.augment import resize
 from lsmia.errors import LsmiaError
 from lsmia.models.classifiers import build_classifier
 from lsmia.models.generator import DCGANPrior, Generator, TorchScriptPrior, load_prior

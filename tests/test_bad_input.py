@@ -540,7 +540,7 @@ def test_orphan_run_that_cannot_be_continued_is_failed_and_linked(study: Path, m
 )
 def test_credentials_are_masked_in_every_url(url: str, shown: str) -> None:
     from lsmia.experiments.sweep import redact as redact_storage
-    from lsmia.redaction import redact, redact_tree
+    from lsmia.infra.redaction import redact, redact_tree
 
     assert redact(url) == shown and redact_storage(url) == shown
     assert redact_tree({"sweep": {"storage": url, "n": 3}, "l": [url]}) == {

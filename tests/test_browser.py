@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from lsmia.curves import write_training_curves
+from lsmia.reporting.curves import write_training_curves
 from tests.helpers import browser
 from tests.helpers.committed import export_committed
 

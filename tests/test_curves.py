@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lsmia.config import load_config
-from lsmia.curves import write_training_curves
+from lsmia.reporting.curves import write_training_curves
 from tests.helpers.paths import TINY
 
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from lsmia.attack.ppa import merge_ranks, optimise, row_batches, stage_generators
 from lsmia.attack.result import AttackResult
-from lsmia.augment import random_resized_crop, sample_crop_params
 from lsmia.config import ClassifierConfig
+from lsmia.data.augment import random_resized_crop, sample_crop_params
 from lsmia.errors import LsmiaError
 from lsmia.infra import distributed
 from lsmia.models.classifiers import build_classifier, load_classifier

@@ -12,7 +12,7 @@ from tests.helpers.paths import ROOT
 PLOTTING_MODULES = (
     "lsmia/reporting/report.py",
     "lsmia/reporting/defense_comparison.py",
-    "lsmia/toy.py",
+    "lsmia/experiments/toy.py",
     "lsmia/reporting/sweep_tables.py",
 )
 OWN_STYLE = re.compile(r'"#[0-9a-fA-F]{6}"|\b(?:dpi|fontsize|figsize)=[\d(]|set_fontsize\(\d')

@@ -40,8 +40,11 @@ def test_every_stage_of_dvc_yaml_lists_its_params_and_runs_the_cli():
 @pytest.mark.parametrize(
     "stage_name, files",
     [
-        ("attack", {"attack/losses.py", "augment.py", "models/fusion.py", "models/generator.py", "attack/ppa.py"}),
-        ("target", {"training/smoothing.py", "schedules.py", "training/classifier.py", "models/classifiers.py"}),
+        ("attack", {"attack/losses.py", "data/augment.py", "models/fusion.py", "models/generator.py", "attack/ppa.py"}),
+        (
+            "target",
+            {"training/smoothing.py", "training/schedules.py", "training/classifier.py", "models/classifiers.py"},
+        ),
         ("evaluate", {"metrics/evaluate.py", "metrics/knowledge.py", "models/classifiers.py", "attack/result.py"}),
         ("report", {"reporting/report.py", "reporting/stats.py", "paths.py", "models/inference.py"}),
     ],

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lsmia.attack.losses import max_margin_loss, poincare_loss
 from lsmia.config import SmoothingConfig
-from lsmia.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha, upstream_alpha
+from lsmia.training.schedules import alpha_at, alpha_trajectory, linear_alpha, reference_alpha, upstream_alpha
 from lsmia.training.smoothing import smoothed_cross_entropy
 
 

@@ -30,9 +30,9 @@ from lsmia.models.classifiers import (
 )
 from lsmia.models.facenet import InceptionResnetV1
 from lsmia.models.generator import TRUNCATION_CUTOFF
-from lsmia.schedules import alpha_trajectory
 from lsmia.stages.train import stage_train
 from lsmia.training.classifier import make_scheduler, train_classifier
+from lsmia.training.schedules import alpha_trajectory
 from tests.helpers.paths import ROOT
 
 runner = CliRunner()

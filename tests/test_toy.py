@@ -1,4 +1,4 @@
-"""The 2-D toy (lsmia.toy): the paper's ordering, determinism, output files and the CLI command."""
+"""The 2-D toy (lsmia.experiments.toy): the paper's ordering, determinism, output files and the CLI command."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lsmia.cli import app
 from lsmia.errors import LsmiaError
-from lsmia.toy import ToyResult, mean_consecutive_cosine, run_toy
+from lsmia.experiments.toy import ToyResult, mean_consecutive_cosine, run_toy
 
 ALPHAS = (0.05, 0.0, -0.05)
 

@@ -4,8 +4,8 @@ import torch
 from lsmia.config import ClassifierConfig, SmoothingConfig
 from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.models.classifiers import build_classifier, load_classifier
-from lsmia.schedules import alpha_trajectory
 from lsmia.training.classifier import calibration_metrics, train_classifier
+from lsmia.training.schedules import alpha_trajectory
 
 CPU = torch.device("cpu")
 

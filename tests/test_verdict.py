@@ -186,7 +186,10 @@ def test_ablate_with_verdict_runs_the_plan_then_judges_it(tmp_path: Path) -> Non
                 "name": "tiny_verdict",
                 "alphas": [0.0, -0.05],
                 "seeds": [0],
-                "variants": {"constant_published": {**TRAINED, **PUBLISHED}, "constant_adaptive": {**TRAINED, **ADAPTIVE}},
+                "variants": {
+                    "constant_published": {**TRAINED, **PUBLISHED},
+                    "constant_adaptive": {**TRAINED, **ADAPTIVE},
+                },
             }
         )
     )

@@ -47,8 +47,8 @@ from lsmia.attack.result import AttackResult
 from lsmia.attack.scoring import LogitView, ScaledLogits, class_scores, label_scores, make_view
 from lsmia.attack.shards import merge_shards
 from lsmia.attack.target import AttackTarget
-from lsmia.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.config import AttackConfig
+from lsmia.data.augment import random_flip, random_resized_crop, resize, sample_crop_params
 from lsmia.errors import LsmiaError
 from lsmia.infra import distributed
 from lsmia.models.fusion import inference_copy

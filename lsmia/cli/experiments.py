@@ -276,7 +276,7 @@ def toy(
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Attack steps (default: 300).")] = None,
 ) -> None:
     """The paper's 2-D toy: one small classifier per alpha, one gradient attack each, from the same start."""
-    from lsmia.toy import ATTACK_STEPS, run_toy
+    from lsmia.experiments.toy import ATTACK_STEPS, run_toy
 
     result = run_toy(seed=seed, steps=ATTACK_STEPS if steps is None else steps, out_dir=out_dir)
     typer.echo("alpha\tend_distance\tconfidence\tgrad_cosine")

@@ -285,7 +285,7 @@ def _run_evaluate(run: StageRun) -> Any:
 
 
 def _run_toy(run: StageRun) -> Any:
-    from lsmia.toy import run_toy
+    from lsmia.experiments.toy import run_toy
 
     return run_toy(out_dir=run.output.parent)
 
@@ -342,7 +342,9 @@ class Stage:
     optional_deps: tuple[str, ...] = ()
     uncached_outs: tuple[str, ...] = ()  # small files kept in git rather than DVC's cache
     metrics: tuple[str, ...] = ()
-    plots: tuple[str, ...] = ()  # DVCLive folders of per-epoch curves (lsmia.curves): `dvc plots show` draws them
+    plots: tuple[
+        str, ...
+    ] = ()  # DVCLive folders of per-epoch curves (lsmia.reporting.curves): `dvc plots show` draws them
     role: str | None = None  # the MLflow runs' role tag
     kind: str = ""  # the MLflow runs' stage tag (both classifiers: train); default: the name
     run_name: str = ""  # the MLflow run's name; default: the name
@@ -512,7 +514,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "toy",
-        "lsmia.toy",
+        "lsmia.experiments.toy",
         _run_toy,
         (),
         (),

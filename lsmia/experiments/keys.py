@@ -40,7 +40,7 @@ def _key_params(stage_: Stage, cfg: Config, cell: Cell | None) -> dict[str, Any]
         return values
     if stage_.name != "target":
         return _param_values(cfg, stage_.params)
-    from lsmia.schedules import alpha_trajectory
+    from lsmia.training.schedules import alpha_trajectory
 
     assert cell is not None
     target = {k: v for k, v in cfg.to_dict()["target"].items() if k != "smoothing"}

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 from scipy import linalg
 
-from lsmia.augment import resize
+from lsmia.data.augment import resize
 from lsmia.errors import LsmiaError
 from lsmia.metrics.features import extract_features, image_batches
 from lsmia.models.published import FID_INCEPTION

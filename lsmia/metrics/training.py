@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 import torch.nn as nn
 
-from lsmia.augment import resize, training_augment
+from lsmia.data.augment import resize, training_augment
 from lsmia.errors import DivergenceError
 from lsmia.metrics.features import as_float_images
 from lsmia.utils import progress

@@ -12,7 +12,7 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from lsmia.augment import resize
+from lsmia.data.augment import resize
 from lsmia.errors import LsmiaError
 
 

@@ -1,7 +1,7 @@
 """The look of every lsmia figure: palettes (per alpha, per defense, per series), resolution, font sizes and
 figure sizes, in one place.
 
-The report (lsmia.reporting.report), the defense fronts (lsmia.reporting.defense_comparison), the toy (lsmia.toy) and the sweep's Pareto
+The report (lsmia.reporting.report), the defense fronts (lsmia.reporting.defense_comparison), the toy (lsmia.experiments.toy) and the sweep's Pareto
 plot (lsmia.reporting.sweep_tables) take their style from here. No torch, and matplotlib only inside the function that
 builds a colormap.
 

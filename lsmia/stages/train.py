@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from lsmia.config import Config
-from lsmia.curves import write_training_curves
 from lsmia.data.base import FaceData
 from lsmia.errors import LsmiaError
 from lsmia.infra.distributed import is_main
 from lsmia.models.classifiers import require_pretrained_weights
+from lsmia.reporting.curves import write_training_curves
 from lsmia.training.classifier import TrainResult, train_classifier
 from lsmia.utils import EpochCallback
 

@@ -418,7 +418,7 @@ class Tracker(NullTracker):
         """``shown`` as the run's params (what its output depends on), the whole ``config`` as config.json."""
         from mlflow.entities import Param
 
-        from lsmia.redaction import redact_tree
+        from lsmia.infra.redaction import redact_tree
 
         config = redact_tree(config)  # e.g. sweep.storage's database password
         params = [Param(key, value) for key, value in flatten_config(redact_tree(shown)).items()]

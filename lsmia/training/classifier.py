@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lsmia.augment import resize, training_augment
 from lsmia.config import ClassifierConfig, DefenseConfig, SmoothingConfig
+from lsmia.data.augment import resize, training_augment
 from lsmia.data.base import FaceData, ImageSet
 from lsmia.defenses.base import Defense, Preparation
 from lsmia.defenses.factory import active, needs_bottleneck, prepare_defense
@@ -34,7 +34,7 @@ from lsmia.errors import DivergenceError, LsmiaError
 from lsmia.infra import distributed
 from lsmia.models.classifiers import Classifier, build_classifier, save_classifier
 from lsmia.models.inference import predict_logits
-from lsmia.schedules import alpha_at
+from lsmia.training.schedules import alpha_at
 from lsmia.training.smoothing import smoothed_cross_entropy
 from lsmia.utils import EpochCallback, load_torch, progress, save_json, save_timings, save_torch, seed_everything
 

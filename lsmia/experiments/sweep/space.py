@@ -93,7 +93,7 @@ def suggest_defense(trial: optuna.trial.BaseTrial, sweep: SweepConfig, base: Def
 
 
 def warmup_applies(smoothing: SmoothingConfig) -> bool:
-    """Whether the smoothing factor ramps up during training (lsmia.schedules.alpha_at): never for a constant
+    """Whether the smoothing factor ramps up during training (lsmia.training.schedules.alpha_at): never for a constant
     schedule, nor for alpha >= 0 when only negative alpha is warmed up (the paper's setting)."""
     return smoothing.schedule != "constant" and (smoothing.alpha < 0 or not smoothing.negative_only)
 

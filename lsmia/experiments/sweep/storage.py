@@ -24,8 +24,8 @@ from lsmia.experiments.sweep.space import (
     name_objectives,
     search_space,
 )
+from lsmia.infra.redaction import redact as redact_url
 from lsmia.paths import SweepPaths
-from lsmia.redaction import redact as redact_url
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 BUDGET_ATTR = "n_trials"  # the study's total trial budget, set by `lsmia sweep`, followed by every worker
@@ -98,7 +98,7 @@ def optuna_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
 
 
 def redact(url: str | None) -> str:
-    """The storage URL without its password (lsmia.redaction)."""
+    """The storage URL without its password (lsmia.infra.redaction)."""
     return redact_url(url) if url else "journal file"
 
 
