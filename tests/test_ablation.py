@@ -16,7 +16,7 @@ from lsmia.attack.result import AttackResult
 from lsmia.cli import app
 from lsmia.config import build_config, load_config
 from lsmia.errors import LsmiaError
-from lsmia.experiments import ablation, graph
+from lsmia.experiments import ablation, graph, stage_cache
 from lsmia.experiments import code as stage_code
 from lsmia.experiments import keys as cache_keys
 from lsmia.reporting.stats import effects
@@ -361,3 +361,71 @@ def test_a_deleted_cached_output_is_built_again_not_missing_for_good(tmp_path):
 def test_a_plan_may_not_write_into_out_ablations_itself(tmp_path, name):
     with pytest.raises(LsmiaError, match="invalid ablation file"):
         ablation.load_plan(write_plan(tmp_path, name=name, variants={"base": {}}))
+
+
+@pytest.mark.slow
+def test_jobs_build_the_plan_together_with_the_results_of_one_process(tmp_path, capfd):
+    """``--jobs 2``: two processes share the cache, no stage is built twice, and the results are those of one
+    process (the same thread count in each). How the work divides depends on timing (a spawned job starts seconds
+    late, when tiny stages take less than one): test_two_builders_share_the_work checks that."""
+    plan = write_plan(
+        tmp_path, name="j", alphas=[0.0, -0.05], seeds=[0, 1], variants={"base": {}, "ce": {"attack.loss": "ce"}}
+    )
+    outputs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out{jobs}"
+        args = ["ablate", str(plan), "--params", str(TINY), "--no-track", "--jobs", str(jobs)]
+        result = CliRunner().invoke(app, [*args, "-S", f"run.out_dir={out}", "-S", "run.threads=1"])
+        assert result.exit_code == 0, result.output
+        printed = result.output + capfd.readouterr().err  # the spawned job writes to the process's stderr
+        outputs[jobs] = (printed, json.loads((out / "ablations" / "j" / "results.json").read_text()))
+    (one_printed, one), (two_printed, two) = outputs[1], outputs[2]
+    assert "[job 2]" not in one_printed
+
+    def built(printed):
+        return sorted(line.split("]")[-1].strip() for line in printed.splitlines() if line.endswith(": running"))
+
+    assert built(two_printed) == built(one_printed) and len(built(one_printed)) == 24  # no stage built twice
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
+
+    assert timeless(two["rows"]) == timeless(one["rows"]) and len(one["rows"]) == 8
+    bad = CliRunner().invoke(app, ["ablate", str(plan), "--params", str(TINY), "--jobs", "0"])
+    assert bad.exit_code == 2 and "--jobs" in bad.output
+
+
+def test_two_builders_share_the_work_and_wait_for_what_they_read(tmp_path, monkeypatch):
+    """Two builders on the same tasks (as two ``--jobs`` processes): each stage built once, by whichever took it
+    first, never before the stages it reads were done, and the two at work at the same time."""
+    import threading
+    import time
+
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path)})
+    runs: list[tuple[str, str, float, float]] = []
+
+    def run_stage(stage, cfg, cell, layout, device, observe):
+        start = time.monotonic()
+        time.sleep(0.05)
+        output = layout.output(stage, cell)
+        output.write_text(stage.name)
+        runs.append((threading.current_thread().name, str(output.parent), start, time.monotonic()))
+
+    monkeypatch.setattr(stage_cache.graph, "run_stage", run_stage)
+    cache = stage_cache.StageCache(tmp_path / "cache", torch.device("cpu"), log=lambda line: None)
+    cells = [graph.Cell(alpha, seed) for seed in (0, 1) for alpha in (0.0, -0.05)]
+    tasks = stage_cache.plan_tasks(cache, [(cfg, cell) for cell in cells])
+    builders = [
+        threading.Thread(target=stage_cache.build_plan, args=(cache, tasks, 0.01), name=f"b{i}") for i in (0, 1)
+    ]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join(timeout=120)
+    assert sorted(folder for _, folder, _, _ in runs) == sorted(str(task.output.parent) for task in tasks)
+    ended = {folder: end for _, folder, _, end in runs}
+    started = {folder: start for _, folder, start, _ in runs}
+    for task in tasks:  # every input finished before the stage that reads it started
+        assert all(ended[str(need.parent)] <= started[str(task.output.parent)] for need in task.needs)
+    assert {name for name, _, _, _ in runs} == {"b0", "b1"}
+    assert any(a[2] < b[3] and b[2] < a[3] for a in runs for b in runs if a[0] != b[0])  # at work together

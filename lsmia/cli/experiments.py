@@ -101,6 +101,15 @@ def ablate(
             help="Build each cell only up to this stage (e.g. target: train the targets first); writes no results.",
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Processes building the cells together (e.g. 2 on 2 cores; each takes the next stage nobody is "
+            "building; run.threads auto splits the cores among them).",
+        ),
+    ] = 1,
     verdict: Annotated[
         bool,
         typer.Option(
@@ -117,10 +126,10 @@ def ablate(
     cfg = resolve(params, sets, device, track=track)
     plan = ablation.load_plan(plan_file)
     if until is not None:
-        built = ablation.prepare_ablation(cfg, plan, device_of(cfg), until, log=echo_err)
+        built = ablation.prepare_ablation(cfg, plan, device_of(cfg), until, log=echo_err, jobs=jobs)
         typer.echo(f"{built} cells built up to stage {until}; run without --until for the results")
         return
-    result = ablation.run_ablation(cfg, plan, device_of(cfg), log=echo_err, finished_only=finished_only)
+    result = ablation.run_ablation(cfg, plan, device_of(cfg), log=echo_err, finished_only=finished_only, jobs=jobs)
     with tracked_stage(cfg, "ablation", f"ablation {plan.name}", role="ablation") as tracker:
         tracker.log_metrics(ablation.effect_metrics(result))
         tracker.tracker.log_artifact(result.out_dir, "ablation")

@@ -11,7 +11,8 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 
 from __future__ import annotations
 
-import fcntl
+import multiprocessing
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from lsmia.config import Config, build_config, load_yaml
 from lsmia.errors import LsmiaError
 from lsmia.experiments import graph
 from lsmia.experiments import keys as cache_keys
-from lsmia.experiments.graph import quiet_stage
+from lsmia.experiments.stage_cache import CacheLayout, StageCache, build_cell, build_plan, plan_tasks
 from lsmia.paths import StudyPaths
 from lsmia.reporting import ablation_tables as tables
 from lsmia.reporting import metric_registry
@@ -80,70 +81,6 @@ def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[floa
     return own
 
 
-class CacheLayout:
-    """``root/<stage>/<key>/<output>``: the key is the stage's params, code and inputs (lsmia.experiments.cache_keys.stage_keys)."""
-
-    def __init__(self, root: Path, keys: dict[str, str]) -> None:
-        self.root, self.keys = Path(root), keys
-
-    def output(self, stage: graph.Stage, cell: graph.Cell | None) -> Path:
-        return self.root / stage.name / self.keys[stage.name] / stage.output
-
-    def side_outputs(self, stage: graph.Stage, cell: graph.Cell | None) -> dict[str, Path]:
-        return {}  # no curves or plot data per cached or trial stage
-
-
-class StageCache:
-    """Runs a stage into its cache folder unless a finished run is there; a ``.done`` marker, written after
-    the stage returns, marks it finished (a stage may legitimately write no output file, e.g. attributes)."""
-
-    DONE = ".done"
-
-    def __init__(self, root: Path, device: torch.device, log: Log) -> None:
-        self.root, self.device, self.log = Path(root), device, log
-        self.code = cache_keys.code_digests()  # the code this run has loaded: one version for all its cells
-
-    def ensure(self, stage: graph.Stage, cfg: Config, cell: graph.Cell | None, layout: CacheLayout) -> Path:
-        """The stage's output path, built first unless done; a lock lets parallel ablations share the work."""
-        path = layout.output(stage, cell)
-        folder = path.parent
-        if self._done(folder, path):
-            return path
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process building this stage: wait, then reuse its output
-            if not self._done(folder, path):
-                self.log(f"  {stage.name} {folder.name}: running")
-                graph.run_stage(stage, cfg, cell, layout, self.device, quiet_stage)
-                (folder / self.DONE).write_text("")
-        return path
-
-    def _done(self, folder: Path, output: Path) -> bool:
-        """Finished, and its output still there: a deleted output (e.g. a corrupt file removed as an error
-        advised) is built again rather than reported missing for good."""
-        marker = folder / self.DONE
-        wrote_nothing = all(p.name in (self.DONE, ".lock") for p in folder.iterdir()) if marker.exists() else False
-        if marker.exists() and (output.exists() or wrote_nothing):
-            return True
-        marker.unlink(missing_ok=True)
-        return False
-
-    def finished(self, cfg: Config, cell: graph.Cell) -> bool:
-        """Whether every stage the cell's metrics need is done (nothing would run)."""
-        layout = CacheLayout(self.root, cache_keys.stage_keys(cfg, cell, self.code))
-        stages = graph.schedule(cfg, [cell], names=graph.upstream_of("evaluate"))
-        return all((layout.output(stage, None).parent / self.DONE).exists() for stage, _ in stages)
-
-
-def build_cell(cache: StageCache, cfg: Config, cell: graph.Cell, until: str = "evaluate") -> dict[str, Path]:
-    """Every stage up to ``until`` that ``cell`` needs, each taken from the cache when done; their outputs."""
-    layout = CacheLayout(cache.root, cache_keys.stage_keys(cfg, cell, cache.code))
-    return {
-        stage.name: cache.ensure(stage, cfg, stage_cell, layout)
-        for stage, stage_cell in graph.schedule(cfg, [cell], names=graph.upstream_of(until))
-    }
-
-
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
     outputs = build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)))
@@ -181,33 +118,104 @@ class AblationResult:
         return self.out_dir / f"{self.stem}.md"
 
 
-def prepare_ablation(base: Config, plan: AblationPlan, device: torch.device, until: str, log: Log = print) -> int:
+def plan_cells(base: Config, plan: AblationPlan) -> list[tuple[str, Config, graph.Cell]]:
+    """Every (variant, its config, cell) of the plan, seed-major: the first seeds of every variant finish first."""
+    configs = variant_configs(base, plan)
+    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
+    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    return [
+        (name, cfg, graph.Cell(float(alpha), int(seed)))
+        for seed in seeds
+        for name, cfg in configs.items()
+        for alpha in variant_alphas(plan, name, cfg, alphas)
+    ]
+
+
+def prepare_ablation(
+    base: Config, plan: AblationPlan, device: torch.device, until: str, log: Log = print, jobs: int = 1
+) -> int:
     """Build every cell of the plan only up to stage ``until`` (e.g. ``target``: train the targets while the
     attack is still being changed, since the cache keys hash the code); writes no results. The cells built."""
     if until not in graph.upstream_of("evaluate"):
         raise LsmiaError(f"unknown stage '{until}': use one of {', '.join(sorted(graph.upstream_of('evaluate')))}")
-    configs = variant_configs(base, plan)
-    alphas = plan.alphas if plan.alphas is not None else base.study.alphas
-    seeds = plan.seeds if plan.seeds is not None else base.study.seeds
+    cells = plan_cells(base, plan)
+    if jobs > 1:
+        build_together(base, plan, device, until, jobs, log)
+        return len(cells)
     cache = StageCache(StudyPaths(Path(base.run.out_dir)).ablation_cache, device, log)
-    built = 0
-    for seed in seeds:  # seed-major: the first seeds of every variant are complete first
-        for name, cfg in configs.items():
-            for alpha in variant_alphas(plan, name, cfg, alphas):
-                log(f"{name}: alpha={alpha} seed={seed} (up to {until})")
-                build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)), until)
-                built += 1
-    return built
+    for name, cfg, cell in cells:
+        log(f"{name}: alpha={cell.alpha} seed={cell.seed} (up to {until})")
+        build_cell(cache, cfg, cell, until)
+    return len(cells)
+
+
+def build_together(base: Config, plan: AblationPlan, device: torch.device, until: str, jobs: int, log: Log) -> None:
+    """Build every cell up to ``until`` in this process and ``jobs - 1`` spawned ones, sharing the cache: each
+    takes the next stage nobody is building (lsmia.experiments.stage_cache.build_plan)."""
+    context = multiprocessing.get_context("spawn")
+    helpers = [
+        context.Process(
+            target=_job_process,
+            args=(base.to_dict(), plan, str(device), until, jobs, index),
+            name=f"lsmia ablate job {index + 1}",
+        )
+        for index in range(1, jobs)
+    ]
+    for helper in helpers:
+        helper.start()
+    try:
+        _build_share(base, plan, device, until, jobs, log)
+        for helper in helpers:
+            helper.join()
+    except BaseException:  # a stage failed here, or Ctrl-C: stop the others (their writes are atomic, they resume)
+        for helper in helpers:
+            helper.terminate()
+            helper.join()
+        raise
+    failed = [helper.name for helper in helpers if helper.exitcode != 0]
+    if failed:
+        raise LsmiaError(f"{', '.join(failed)} failed (its error is above): run the same command again to resume")
+
+
+def _build_share(base: Config, plan: AblationPlan, device: torch.device, until: str, jobs: int, log: Log) -> None:
+    from lsmia.infra.threads import set_threads
+
+    set_threads(base.run.threads, share=jobs)
+    cache = StageCache(StudyPaths(Path(base.run.out_dir)).ablation_cache, device, log)
+    build_plan(cache, plan_tasks(cache, [(cfg, cell) for _, cfg, cell in plan_cells(base, plan)], until))
+
+
+def _job_process(config: dict[str, Any], plan: AblationPlan, device: str, until: str, jobs: int, index: int) -> None:
+    """Entry point of a spawned job of ``lsmia ablate --jobs``."""
+    try:
+        _build_share(build_config(config), plan, torch.device(device), until, jobs, _job_log(index))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except LsmiaError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _job_log(index: int) -> Log:
+    return lambda line: print(f"[job {index + 1}] {line}", file=sys.stderr, flush=True)
 
 
 def run_ablation(
-    base: Config, plan: AblationPlan, device: torch.device, log: Log = print, finished_only: bool = False
+    base: Config,
+    plan: AblationPlan,
+    device: torch.device,
+    log: Log = print,
+    finished_only: bool = False,
+    jobs: int = 1,
 ) -> AblationResult:
     """Run (or take from the cache) every cell of the plan; write ``results.json`` and ``results.md``.
 
     ``finished_only``: run nothing, tabulate the cells already finished and list the others as missing,
-    to read a long ablation's results so far while it runs or after it was interrupted."""
+    to read a long ablation's results so far while it runs or after it was interrupted. ``jobs`` > 1: build the
+    cells in that many processes first (:func:`build_together`), then tabulate them here."""
     configs = variant_configs(base, plan)  # validate every variant before any work starts
+    if jobs > 1 and not finished_only:
+        build_together(base, plan, device, "evaluate", jobs, log)
     alphas = plan.alphas if plan.alphas is not None else base.study.alphas
     seeds = plan.seeds if plan.seeds is not None else base.study.seeds
     alphas_of = {name: variant_alphas(plan, name, cfg, alphas) for name, cfg in configs.items()}
