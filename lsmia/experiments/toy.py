@@ -271,23 +271,11 @@ def _draw_points(ax, points: torch.Tensor, labels: torch.Tensor) -> None:
 
 def _draw_trajectory(ax, trajectory: np.ndarray) -> None:
     ax.plot(trajectory[:, 0], trajectory[:, 1], color=style.TOY_ATTACK, linewidth=1.5)
-    ax.scatter(
-        trajectory[:1, 0],
-        trajectory[:1, 1],
-        marker="o",
-        s=50,
-        c=style.TOY_ATTACK,
-        edgecolors=style.EDGE,
-        zorder=3,
-        label="attack start",
+    ends = (
+        (trajectory[:1], "o", 50, style.TOY_ATTACK, "attack start"),
+        (trajectory[-1:], "*", 160, style.TOY_END, "attack end"),
     )
-    ax.scatter(
-        trajectory[-1:, 0],
-        trajectory[-1:, 1],
-        marker="*",
-        s=160,
-        c=style.TOY_END,
-        edgecolors=style.EDGE,
-        zorder=3,
-        label="attack end",
-    )
+    for points, marker, size, colour, label in ends:
+        ax.scatter(
+            points[:, 0], points[:, 1], marker=marker, s=size, c=colour, edgecolors=style.EDGE, zorder=3, label=label
+        )
