@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -139,6 +140,39 @@ def test_a_trained_defense_is_judged_against_the_undefended_targets() -> None:
         ]
     )
     assert alone == []  # no undefended targets: nothing to judge against, no row
+
+
+def test_an_attack_run_until_accepted_tells_a_slowed_attack_from_a_stopped_one() -> None:
+    """The warm-up's signature (RESULTS.md): with 4x the steps the defended target yields less, but an attack run
+    until the target accepts its samples recovers as much as at alpha = 0 (it only needs more steps)."""
+    record = results()
+    budgets: dict[str, tuple[dict[str, Any], dict[float, list[float]]]] = {
+        "ls_x4": ({"attack.steps": 240}, {0.0: [0.68, 0.67, 0.63], -0.05: [0.54, 0.53, 0.48]}),
+        "ls_until": (
+            {"attack.until_accept": 0.9, "attack.max_steps": 600},
+            {0.0: [0.60, 0.54, 0.55], -0.05: [0.61, 0.55, 0.54]},
+        ),
+    }
+    for name, (attack, acc1) in budgets.items():
+        record["variants"][name] = {"overrides": {**TRAINED, **ADAPTIVE, **attack}}
+        record["rows"] += [
+            {"variant": name, "alpha": a, "seed": s, "final_acc1": v, "test_acc": 0.96 if a == 0 else 0.93}
+            for a, values in acc1.items()
+            for s, v in enumerate(values)
+        ]
+    (defended, control) = verdict.defense_rows(verdict.collect([record])[0])
+    assert defended["ratio_until_accepted"]["values"] == pytest.approx([0.61 / 0.60, 0.55 / 0.54, 0.54 / 0.55])
+    # the worst case pairs the strongest at alpha (run until accepted) with the strongest at 0 (4x the steps)
+    assert defended["ratio_worst_case"]["values"] == pytest.approx([0.61 / 0.68, 0.55 / 0.67, 0.54 / 0.63])
+    assert defended["verdict"] == (
+        "lowers the strongest attack (interval below 1); the published attack overstates it; run until the "
+        "target accepts, the attack recovers as much: slowed, not stopped"
+    )
+    assert control["ratio_until_accepted"]["n"] == 0  # the control has no such attack: a dash in the table
+    assert "| — |" in verdict.markdown([control])
+    del record["variants"]["ls_until"]  # without that attack the verdict says nothing of it
+    record["rows"] = [row for row in record["rows"] if row["variant"] != "ls_until"]
+    assert "slowed" not in verdict.defense_rows(verdict.collect([record])[0])[0]["verdict"]
 
 
 def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:

@@ -174,7 +174,14 @@ def _side_by_side(group: Group, alpha: float, base: Group, prefix: str = "") -> 
         "ratio_published": _paired_ratio(published, zero_published),
         "ratio_adaptive": _paired_ratio(adaptive, zero_adaptive),
         "ratio_worst_case": worst_case_ratio({**published, **adaptive}, {**zero_published, **zero_adaptive}),
+        "ratio_until_accepted": _paired_ratio(_until_accepted(adaptive), _until_accepted(zero_adaptive)),
     }
+
+
+def _until_accepted(per_attack: dict[str, PerSeed]) -> dict[str, PerSeed]:
+    """The attacks run until the target accepts their samples (``attack.until_accept``): compared with themselves,
+    they ask whether the defense stops the attack or only slows it."""
+    return {label: values for label, values in per_attack.items() if "until_accept=" in label}
 
 
 def _paired_ratio(at_alpha: dict[str, PerSeed], at_zero: dict[str, PerSeed]) -> Stat:
@@ -234,13 +241,15 @@ def verdict_words(row: dict[str, Any]) -> str:
     worst = row["ratio_worst_case"]
     if worst["n"] == 0:
         return "not measured"
+    until = row.get("ratio_until_accepted", {"n": 0})
+    slowed = "; run until the target accepts, the attack recovers as much: slowed, not stopped"
+    slowed = slowed if until["n"] >= 3 and not lowers(until) else ""
     if halves(worst, row["cost"]):
-        return "shield: halves the strongest attack at ≤ 5 points"
+        return "shield: halves the strongest attack at ≤ 5 points" + slowed
     if lowers(worst):
         published = row["ratio_published"]
-        return "lowers the strongest attack (interval below 1)" + (
-            "; the published attack overstates it" if published["mean"] < worst["mean"] else ""
-        )
+        overstated = "; the published attack overstates it" if published["mean"] < worst["mean"] else ""
+        return "lowers the strongest attack (interval below 1)" + overstated + slowed
     if lowers(row["ratio_published"]):
         return "no shield: only the published attack is lowered"
     return "no protection shown (interval reaches 1)" if worst["n"] >= 3 else f"{worst['n']} seed(s): no verdict"
@@ -265,6 +274,7 @@ COLUMNS = (
     "ratio published",
     "ratio adaptive",
     "ratio worst case",
+    "ratio run until accepted",
     "verdict",
 )
 
@@ -286,6 +296,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
                 stat_text(row["ratio_published"], 2),
                 stat_text(row["ratio_adaptive"], 2),
                 stat_text(row["ratio_worst_case"], 2),
+                stat_text(row.get("ratio_until_accepted"), 2),
                 row["verdict"],
             ]
         )
@@ -297,7 +308,9 @@ NOTE = (
     "seed; target acceptance: the fraction of those samples the target itself classifies as their class. Ratios "
     "are paired by seed against α = 0 of the same defense (a trained defense, α '–', against the undefended "
     "α = 0 targets; 95 % t-intervals over seeds); the worst case is the "
-    "strongest of every attack at α over the strongest at α = 0, per seed. A negative control is the α = 0 "
+    "strongest of every attack at α over the strongest at α = 0, per seed; 'run until accepted' pairs an attack that "
+    "goes on until the target accepts its samples (attack.until_accept, or a step cap) with itself at α = 0: a ratio near 1 "
+    "there means the defense slows the attack rather than stops it. A negative control is the α = 0 "
     "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
     "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
     "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy."
