@@ -115,7 +115,9 @@ def test_sweep_over_machines_on_postgres_and_a_tracking_server_survives_a_killed
     PostgreSQL, served artifacts); B is SIGKILLed mid-trial; C starts late and joins."""
     import mlflow
 
-    storage, uri, name, budget = team.postgres.url(), team.tracking.uri, "machines", 6
+    # a budget that outlasts a late machine's start (several seconds of imports) even on a loaded machine: with 6,
+    # A alone could use it up before C asked for its first trial
+    storage, uri, name, budget = team.postgres.url(), team.tracking.uri, "machines", 12
     flags = ["--study-name", name, "--track", "--device", "cpu", *SWEEP_FLAGS]  # the storage: LSMIA_STORAGE
     a, b, c = (machine(tmp_path, m, shared_out) for m in ("a", "b", "c"))
     first = lsmia(a, ["sweep", "--n-trials", str(budget), "--n-workers", "1", *flags], uri, storage=storage)
