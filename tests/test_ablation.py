@@ -218,8 +218,8 @@ def test_finished_only_never_overwrites_results_holding_more_cells(tmp_path):
     result = ablation.run_ablation(cfg, plan, torch.device("cpu"), log=lines.append, finished_only=True)
     assert committed.read_bytes() == before  # the committed table survives a fresh clone's empty cache
     assert result.md_file == committed.with_name("results.partial.md") and result.md_file.is_file()
-    assert lines == [f"kept {committed} (2 of its cells are not finished in this stage cache); the finished cells "
-                     f"are in {result.md_file}: delete results.json to replace it"]  # fmt: skip
+    assert lines == [f"kept {committed} (2 of its cells are not in this table); the table is in "
+                     f"{result.md_file}: delete results.json to replace it"]  # fmt: skip
 
 
 def test_finished_only_on_an_empty_cache_runs_nothing_and_lists_every_cell(tmp_path):
@@ -393,6 +393,22 @@ def test_jobs_build_the_plan_together_with_the_results_of_one_process(tmp_path, 
     assert timeless(two["rows"]) == timeless(one["rows"]) and len(one["rows"]) == 8
     bad = CliRunner().invoke(app, ["ablate", str(plan), "--params", str(TINY), "--jobs", "0"])
     assert bad.exit_code == 2 and "--jobs" in bad.output
+
+    # --seed runs fewer seeds than the plan's: its table never replaces the fuller results.json
+    out, folder = tmp_path / "out1", tmp_path / "out1" / "ablations" / "j"
+    args = ["ablate", str(plan), "--params", str(TINY), "--no-track", "-S", f"run.out_dir={out}", "-S", "run.threads=1"]
+    committed = (folder / "results.json").read_bytes()
+    seed_one = CliRunner().invoke(app, [*args, "--seed", "1"])
+    assert seed_one.exit_code == 0 and "results.partial.md" in seed_one.output, seed_one.output
+    assert (folder / "results.json").read_bytes() == committed  # nothing lost
+    partial = json.loads((folder / "results.partial.json").read_text())
+    assert partial["plan"]["seeds"] == [1] and timeless(partial["rows"]) == [
+        row for row in timeless(one["rows"]) if row["seed"] == 1
+    ]
+    (folder / "results.json").unlink()  # the fuller table, replaced only on purpose
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and not (folder / "results.partial.json").exists()
+    assert timeless(json.loads((folder / "results.json").read_text())["rows"]) == timeless(one["rows"])
 
 
 def test_two_builders_share_the_work_and_wait_for_what_they_read(tmp_path, monkeypatch):

@@ -118,6 +118,14 @@ def ablate(
             help="Then judge each defense as 'lsmia verdict' does (PPA as published beside the adaptive attacker).",
         ),
     ] = False,
+    seeds: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--seed",
+            metavar="SEED",
+            help="Run these seeds instead of the plan's (repeatable: --seed 0 --seed 1 --seed 2).",
+        ),
+    ] = None,
 ) -> None:
     """Run named config variants × alphas × seeds (stages cached and shared) and test the paper's effect."""
     from lsmia.experiments import ablation
@@ -125,6 +133,8 @@ def ablate(
 
     cfg = resolve(params, sets, device, track=track)
     plan = ablation.load_plan(plan_file)
+    if seeds:
+        plan = plan.model_copy(update={"seeds": sorted(set(seeds))})
     if until is not None:
         built = ablation.prepare_ablation(cfg, plan, device_of(cfg), until, log=echo_err, jobs=jobs)
         typer.echo(f"{built} cells built up to stage {until}; run without --until for the results")

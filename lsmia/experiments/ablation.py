@@ -107,7 +107,7 @@ class AblationResult:
     variants: dict[str, dict[str, Any]]
     out_dir: Path
     missing: list[dict[str, Any]] = field(default_factory=list)  # cells left out by ``finished_only``
-    stem: str = "results"  # results.partial: a finished-only table that would have dropped committed cells
+    stem: str = "results"  # results.partial: a table that would have dropped cells of the results.json there
 
     @property
     def json_file(self) -> Path:
@@ -211,7 +211,8 @@ def run_ablation(
     """Run (or take from the cache) every cell of the plan; write ``results.json`` and ``results.md``.
 
     ``finished_only``: run nothing, tabulate the cells already finished and list the others as missing,
-    to read a long ablation's results so far while it runs or after it was interrupted. ``jobs`` > 1: build the
+    to read a long ablation's results so far while it runs or after it was interrupted. Neither replaces a
+    results.json with cells this table lacks (:func:`keep_fuller_results`). ``jobs`` > 1: build the
     cells in that many processes first (:func:`build_together`), then tabulate them here."""
     configs = variant_configs(base, plan)  # validate every variant before any work starts
     if jobs > 1 and not finished_only:
@@ -242,11 +243,14 @@ def run_ablation(
             "effects": effects(variant_rows),
             "eval_test_acc": variant_rows[0]["eval_test_acc"],
         }
-        if not finished_only:
-            write_results(result)  # after every variant: a long ablation shows what it has so far
-    if finished_only:
-        keep_fuller_results(result, log)
-        write_results(result)  # once, listing the cells of trailing variants with nothing finished too
+        if not finished_only:  # after every variant: a long ablation shows what it has so far
+            keep_fuller_results(result, log=None)
+            write_results(result)
+    keep_fuller_results(result, log)
+    write_results(result)  # listing the cells of trailing variants with nothing finished too
+    if result.stem == "results":
+        for stale in (result.out_dir / "results.partial.json", result.out_dir / "results.partial.md"):
+            stale.unlink(missing_ok=True)
     return result
 
 
@@ -254,9 +258,11 @@ def _cells(rows: list[dict[str, Any]]) -> set[tuple[str, float, int]]:
     return {(str(r["variant"]), float(r["alpha"]), int(r["seed"])) for r in rows}
 
 
-def keep_fuller_results(result: AblationResult, log: Log) -> None:
-    """A finished-only table never replaces a results.json holding cells it lacks (e.g. the committed results,
-    read on a fresh clone whose stage cache is empty): it goes to results.partial.{json,md} instead."""
+def keep_fuller_results(result: AblationResult, log: Log | None) -> None:
+    """A table never replaces a results.json holding cells it lacks (the committed results read on a fresh clone
+    whose stage cache is empty, a run of fewer seeds, a long run's table after its first variants): it goes to
+    results.partial.{json,md} instead; ``log`` says so."""
+    result.stem = "results"
     existing = result.out_dir / "results.json"
     if not existing.is_file():
         return
@@ -267,10 +273,11 @@ def keep_fuller_results(result: AblationResult, log: Log) -> None:
     lost = kept - _cells(result.rows)
     if lost:
         result.stem = "results.partial"
-        log(
-            f"kept {existing} ({len(lost)} of its cells are not finished in this stage cache); the finished cells "
-            f"are in {result.md_file}: delete {existing.name} to replace it"
-        )
+        if log is not None:
+            log(
+                f"kept {existing} ({len(lost)} of its cells are not in this table); the table is in "
+                f"{result.md_file}: delete {existing.name} to replace it"
+            )
 
 
 def effect_lines(result: AblationResult) -> list[str]:
