@@ -445,3 +445,24 @@ def test_two_builders_share_the_work_and_wait_for_what_they_read(tmp_path, monke
         assert all(ended[str(need.parent)] <= started[str(task.output.parent)] for need in task.needs)
     assert {name for name, _, _, _ in runs} == {"b0", "b1"}
     assert any(a[2] < b[3] and b[2] < a[3] for a in runs for b in runs if a[0] != b[0])  # at work together
+
+
+def test_a_builder_takes_the_heaviest_ready_stage_first(tmp_path, monkeypatch):
+    """Every target (the longest stage) before the prior and the evaluation model, and those before any attack:
+    with two processes, the last target no longer trains alone while the other process has nothing to do."""
+    cfg = load_config(TINY, {"run.out_dir": str(tmp_path)})
+    built: list[str] = []
+
+    def run_stage(stage, cfg, cell, layout, device, observe):
+        layout.output(stage, cell).write_text(stage.name)
+        built.append(stage.name)
+
+    monkeypatch.setattr(stage_cache.graph, "run_stage", run_stage)
+    cache = stage_cache.StageCache(tmp_path / "cache", torch.device("cpu"), log=lambda line: None)
+    cells = [graph.Cell(alpha, seed) for seed in (0, 1) for alpha in (0.0, -0.05)]
+    tasks = stage_cache.plan_tasks(cache, [(cfg, cell) for cell in cells])
+    assert [task.stage.name for task in tasks][:3] == ["data", "prior", "eval-model"]  # the plan's order ...
+    stage_cache.build_plan(cache, tasks, 0.01)
+    order = [name for i, name in enumerate(built) if name not in built[:i]]
+    assert order == ["data", "target", "prior", "eval-model", "attributes", "attack", "evaluate"]  # ... by weight
+    assert built[1:5] == ["target"] * 4 and sorted(built) == sorted(task.stage.name for task in tasks)

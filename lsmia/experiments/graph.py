@@ -355,6 +355,9 @@ class Stage:
         default=lambda p, a, s: {}, compare=False
     )
     distributed: bool = False  # runs under torchrun as DDP ranks (rank 0 writes and tracks)
+    # how heavy a run is, roughly (a target trains longest, then the prior and the evaluation model, then an attack):
+    # processes sharing a plan take the heaviest stage ready first, so none idles at the end while one trains
+    cost: int = 0
     applies: Callable[[Config], bool] = field(default=lambda cfg: True, compare=False)
 
     @property
@@ -424,6 +427,7 @@ STAGES: tuple[Stage, ...] = (
         role="prior",
         system_metrics=True,
         applies=lambda cfg: cfg.prior.kind == "dcgan",
+        cost=2,
     ),
     Stage(
         "eval-model",
@@ -444,6 +448,7 @@ STAGES: tuple[Stage, ...] = (
         run_name="train-eval",
         system_metrics=True,
         distributed=True,
+        cost=2,
     ),
     Stage(
         "attributes",
@@ -457,6 +462,7 @@ STAGES: tuple[Stage, ...] = (
         reads=(dvc_path(T.attribute_dir),),
         role="attributes",
         run_name="train-attributes",
+        cost=1,
     ),
     Stage(
         "target",
@@ -479,6 +485,7 @@ STAGES: tuple[Stage, ...] = (
         run_name="train-target",
         system_metrics=True,
         distributed=True,
+        cost=3,
     ),
     Stage(
         "attack",
@@ -496,6 +503,7 @@ STAGES: tuple[Stage, ...] = (
         role="target",
         system_metrics=True,
         distributed=True,
+        cost=1,
     ),
     Stage(
         "evaluate",

@@ -141,14 +141,18 @@ def plan_tasks(cache: StageCache, work: Iterable[tuple[Config, graph.Cell]], unt
 
 
 def build_plan(cache: StageCache, tasks: list[Task], poll: float = POLL_SECONDS) -> None:
-    """Build every task with the other processes running this on the same tasks: each time, the first task whose
-    inputs are done and whose lock is free.
+    """Build every task with the other processes running this on the same tasks: each time, the heaviest task
+    (``Stage.cost``; the first of the list among equals) whose inputs are done and whose lock is free: the targets
+    before the attacks, so that no process waits at the end while the last target trains.
 
     Ends when every task is done: each pass either builds one, or sleeps while another process builds the ones
     it waits for (a process that dies frees its locks, and its task is taken over here)."""
     remaining = list(tasks)
     while remaining:
         remaining = [task for task in remaining if not cache.done(task.output)]
-        ready = (task for task in remaining if all(cache.done(need) for need in task.needs))
+        ready = sorted(
+            (task for task in remaining if all(cache.done(need) for need in task.needs)),
+            key=lambda task: -task.stage.cost,
+        )
         if not any(cache.try_build(task) for task in ready) and remaining:
             time.sleep(poll)
