@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ from lsmia.experiments import code as stage_code
 from lsmia.experiments import keys as cache_keys
 from lsmia.reporting.stats import effects
 from tests.helpers.paths import ROOT, TINY
+from tests.helpers.poll import wait_until
 
 T_975_DF2 = 4.302652729749464
 
@@ -466,3 +471,48 @@ def test_a_builder_takes_the_heaviest_ready_stage_first(tmp_path, monkeypatch):
     order = [name for i, name in enumerate(built) if name not in built[:i]]
     assert order == ["data", "target", "prior", "eval-model", "attributes", "attack", "evaluate"]  # ... by weight
     assert built[1:5] == ["target"] * 4 and sorted(built) == sorted(task.stage.name for task in tasks)
+
+
+def _spawned_jobs(parent: int) -> list[int]:
+    """The ``--jobs`` processes ``parent`` spawned (not multiprocessing's resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == parent and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_a_killed_ablate_takes_its_jobs_with_it(tmp_path):
+    """SIGTERM to ``lsmia ablate --jobs 2`` (which it cannot clean up after) no longer leaves the spawned job
+    building alone: it notices its parent is gone and stops."""
+    plan = write_plan(tmp_path, name="k", alphas=[0.0, -0.05], seeds=[0, 1], variants={"base": {}})
+    args = [sys.executable, "-m", "lsmia", "ablate", str(plan), "--params", str(TINY), "--no-track", "--jobs", "2"]
+    # targets of a few minutes each: an orphan would still be building long after the wait below gives up
+    args += ["-S", f"run.out_dir={tmp_path / 'out'}", "-S", "run.threads=1", "-S", "target.epochs=5000"]
+    ablate = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs: list[int] = []
+    try:
+        jobs += wait_until(lambda: _spawned_jobs(ablate.pid), 120, "ablate to spawn its second job")
+        ablate.send_signal(signal.SIGTERM)
+        ablate.wait(timeout=60)
+        wait_until(lambda: not _running(jobs[0]), 60, "the orphaned job to stop")
+    finally:
+        ablate.kill()
+        for pid in jobs:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

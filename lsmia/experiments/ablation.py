@@ -12,7 +12,10 @@ attack randomness, and the mean difference carries a 95 % t-interval over seeds.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +159,7 @@ def build_together(base: Config, plan: AblationPlan, device: torch.device, until
     helpers = [
         context.Process(
             target=_job_process,
-            args=(base.to_dict(), plan, str(device), until, jobs, index),
+            args=(base.to_dict(), plan, str(device), until, jobs, index, os.getpid()),
             name=f"lsmia ablate job {index + 1}",
         )
         for index in range(1, jobs)
@@ -185,8 +188,12 @@ def _build_share(base: Config, plan: AblationPlan, device: torch.device, until: 
     build_plan(cache, plan_tasks(cache, [(cfg, cell) for _, cfg, cell in plan_cells(base, plan)], until))
 
 
-def _job_process(config: dict[str, Any], plan: AblationPlan, device: str, until: str, jobs: int, index: int) -> None:
-    """Entry point of a spawned job of ``lsmia ablate --jobs``."""
+def _job_process(
+    config: dict[str, Any], plan: AblationPlan, device: str, until: str, jobs: int, index: int, parent: int
+) -> None:
+    """Entry point of a spawned job of ``lsmia ablate --jobs``; ``parent``: the pid of the ``lsmia ablate`` that
+    spawned it (passed, not read here: it may have died while this process was starting)."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         _build_share(build_config(config), plan, torch.device(device), until, jobs, _job_log(index))
     except KeyboardInterrupt:
@@ -194,6 +201,14 @@ def _job_process(config: dict[str, Any], plan: AblationPlan, device: str, until:
     except LsmiaError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Stop this job once the ``lsmia ablate`` that spawned it is gone (killed by a signal it could not handle):
+    an orphan would go on building alone. What it leaves is what a kill leaves (atomic writes, resumable stages)."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os._exit(143)
 
 
 def _job_log(index: int) -> Log:
