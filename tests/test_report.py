@@ -202,10 +202,14 @@ def test_the_verdict_opens_the_report_with_both_attackers_and_the_acceptance_gap
     source = tmp_path / "adaptive" / "results.json"
     source.parent.mkdir()
     source.write_text(json.dumps(verdict_results()))
-    assert report.verdict_html([source]) == ""  # no verdict.json yet: no section
+    folder = tmp_path / "report"
+    folder.mkdir()
+    assert report.verdict_html([source], folder) == ""  # no verdict.json yet: no section
     verdict.write(verdict.build([source]), source.parent, [source])
-    section = report.verdict_html([source])
+    section = report.verdict_html([source], folder)
     assert section.startswith(f"<h2>{report.VERDICT_HEADING}</h2>")
+    assert "<a href='verdict_adaptive.png'><img src='data:image/png;base64," in section  # the forest plot first
+    assert (folder / "verdict_adaptive.png").read_bytes() == (source.parent / "verdict.png").read_bytes()
     for head in ("acc@1 published", "acc@1 adaptive", "target acceptance published / adaptive", "ratio worst case"):
         assert f"<th>{head}</th>" in section
     assert "<td>0.20 ± 0.00 / 0.90 ± 0.00</td>" in section  # the target believes the adaptive attack, not PPA's
@@ -365,7 +369,7 @@ def test_templates_escape_text_keep_markup_and_refuse_missing_values() -> None:
 
     section = report.Section(Markup("<p>a figure</p>"), heading="α < 0 & more")
     assert report.macro("section", section).strip() == "<h2>α &lt; 0 &amp; more</h2>\n<p>a figure</p>"
-    with pytest.raises(jinja2.UndefinedError, match="'tables' is undefined"):
+    with pytest.raises(jinja2.UndefinedError, match="'verdicts' is undefined"):
         report.render("verdict.html.j2", note="a note")  # an error, not an empty table
 
 

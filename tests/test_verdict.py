@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,27 @@ def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:
     assert "| ls | -0.05 | 3 | 3.0 ± 0.0 |" in text and "negative control" in text
     saved = json.loads((source.parent / "verdict.json").read_text())
     assert len(saved["rows"]) == 2
+    assert (source.parent / "verdict.png").stat().st_size > 0
     missing = CliRunner().invoke(app, ["verdict", str(tmp_path / "nope.json")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_the_forest_plot_shows_each_measured_ratio_of_each_row(tmp_path: Path) -> None:
+    rows = verdict.build_rows([results()])
+    entries = verdict.forest_points(rows)
+    assert [label for label, _ in entries] == ["ls, α = -0.05\n3 seeds", "ls: control ×26\n3 seeds"]
+    (_, defended_points), (_, control_points) = entries
+    keys = [key for key, _, _ in defended_points]
+    assert keys == ["ratio_published", "ratio_adaptive", "ratio_worst_case"]  # nothing was run until accepted
+    published = dict((key, (mean, ci)) for key, mean, ci in defended_points)["ratio_published"]
+    assert published[0] == pytest.approx((0.10 / 0.30 + 0.12 / 0.32 + 0.11 / 0.31) / 3)
+    assert published[1] == pytest.approx(rows[0]["ratio_published"]["ci95"])
+    assert dict((k, m) for k, m, _ in control_points)["ratio_adaptive"] == pytest.approx(1.0)
+    one_seed = {**rows[0], "ratio_published": {"mean": 0.4, "ci95": math.nan, "n": 1}, "defended": True}
+    assert verdict.forest_points([one_seed])[0][1][0] == ("ratio_published", 0.4, 0.0)  # one seed: no bar
+    assert verdict.row_label(one_seed) == "ls, trained (α = 0)\n3 seeds"
+    first, second = verdict.plot(rows, tmp_path / "a.png"), verdict.plot(rows, tmp_path / "b.png")
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and first.read_bytes() == second.read_bytes()
 
 
 def test_an_attack_measured_at_one_end_only_does_not_bias_the_worst_case() -> None:

@@ -197,7 +197,7 @@ def verdict_command(
         list[Path], typer.Argument(help="Ablation results.json files (a plan and, e.g., its negative controls).")
     ],
     out_dir: Annotated[
-        Path | None, typer.Option("--out-dir", help="Where verdict.{md,json} go (default: beside the first file).")
+        Path | None, typer.Option("--out-dir", help="Where verdict.{md,json,png} go (default: beside the first file).")
     ] = None,
 ) -> None:
     """One verdict per defense: PPA as published beside the adaptive attacker, with the target's acceptance."""

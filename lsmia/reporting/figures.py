@@ -44,6 +44,11 @@ PARETO_SIZE: Size = (6, 4.5)
 LEAKAGE_PANEL = 3.3  # a leakage panel's width and height
 
 
+def verdict_size(rows: int) -> Size:
+    """The verdict's forest plot: a band of height per verdict row, room for the legend below."""
+    return (7.0, 0.55 * rows + 1.9)
+
+
 def leakage_size(panels: int) -> Size:
     """A row of ``panels`` square leakage panels."""
     return (LEAKAGE_PANEL * panels, LEAKAGE_PANEL)
@@ -77,6 +82,14 @@ TOY_ATTACK = "#ff7f00"  # the toy attack's path and start
 TOY_END = "#ffff33"  # the toy attack's end
 TOY_CONFIDENCE_MAP = "viridis"  # the target's confidence behind the toy's points
 EDGE = "k"  # marker edges on the toy and the sweep's plot
+
+# the verdict's forest plot: one marker per ratio of a row (lsmia.reporting.verdict.FOREST_SERIES)
+VERDICT_SERIES = {
+    "ratio_published": ("#999999", "o"),
+    "ratio_adaptive": ("#2166ac", "s"),
+    "ratio_worst_case": ("#b2182b", "D"),
+    "ratio_until_accepted": ("#e08214", "^"),
+}
 
 SWEEP_TRIALS = "0.6"
 SWEEP_FRONT = "tab:red"

@@ -446,9 +446,9 @@ def effect_table(rows: list[dict[str, Any]]) -> Markup:
 VERDICT_HEADING = "The verdict: PPA as published against an attacker who knows the defense"
 
 
-def verdict_section(ablation_files: Sequence[Path]) -> Section | None:
-    """The verdict tables (``lsmia verdict``: verdict.json beside an included ablation's results), first in the
-    report; None when no included ablation has one."""
+def verdict_section(ablation_files: Sequence[Path], folder: Path) -> Section | None:
+    """The verdicts (``lsmia verdict``: verdict.json beside an included ablation's results), first in the report,
+    each as its forest plot (drawn into ``folder``) and its table; None when no included ablation has one."""
     from lsmia.reporting import verdict as verdicts
 
     found = []
@@ -456,15 +456,25 @@ def verdict_section(ablation_files: Sequence[Path]) -> Section | None:
         source = _results_json(path).with_name("verdict.json")
         if source.is_file():
             rows = load_json(source, what="verdict", keys=("rows",), fix="re-run 'lsmia verdict'")["rows"]
-            found.append((source.parent.name, Table(verdicts.COLUMNS, verdicts.table_rows(rows))))
+            name = source.parent.name
+            figure = verdicts.plot(rows, folder / f"verdict_{name}.png")
+            view = figure_view(folder, FigureFile(figure.name, name, VERDICT_CAPTION))
+            found.append((name, view, Table(verdicts.COLUMNS, verdicts.table_rows(rows))))
     if not found:
         return None
-    return Section(render("verdict.html.j2", tables=found, note=verdicts.NOTE), VERDICT_HEADING)
+    return Section(render("verdict.html.j2", verdicts=found, note=verdicts.NOTE), VERDICT_HEADING)
 
 
-def verdict_html(ablation_files: Sequence[Path]) -> Markup:
+VERDICT_CAPTION = (
+    "Each row: a defense's attack acc@1 over the undefended target's, per attacker, paired by seed (95 % interval); "
+    "left of the dotted line the attack is halved, at the dashed line nothing is protected. A negative control "
+    "must sit at 1 for the adaptive attacker."
+)
+
+
+def verdict_html(ablation_files: Sequence[Path], folder: Path) -> Markup:
     """:func:`verdict_section` as HTML; empty without one."""
-    section = verdict_section(ablation_files)
+    section = verdict_section(ablation_files, folder)
     return macro("section", section) if section else Markup("")
 
 
@@ -853,7 +863,7 @@ def build_report(
     summaries, keys = aggregate(rows), metric_keys(rows)
     data_summary = load_json(paths.data_summary, keys=()) if paths.data_summary.exists() else {}
     sections = [header_section(rows, data_summary)]
-    sections += [s for s in [verdict_section(ablation_files)] if s is not None]
+    sections += [s for s in [verdict_section(ablation_files, folder)] if s is not None]
     skipped = missing_cells(paths.metrics_dir, cells)
     if skipped:
         names = ", ".join(f"α = {a:g} seed {s}" for a, s in skipped)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsmia.reporting import figures as style
 from lsmia.reporting.ablation_tables import markdown_table
 from lsmia.reporting.defense_comparison import flatten
 from lsmia.reporting.formatting import stat_text
@@ -335,8 +336,75 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write(rows: Sequence[dict[str, Any]], out_dir: Path, sources: Sequence[Path]) -> Path:
-    """``verdict.{json,md}`` in ``out_dir``; the markdown's path."""
+    """``verdict.{json,md,png}`` in ``out_dir``; the markdown's path."""
     save_json({"sources": [str(s) for s in sources], "rows": list(rows)}, out_dir / "verdict.json")
     with atomic_path(out_dir / "verdict.md") as tmp:
         tmp.write_text(markdown(rows))
+    plot(rows, out_dir / "verdict.png")
     return out_dir / "verdict.md"
+
+
+FOREST_SERIES = (  # (row key, legend label): the markers of each row of the forest plot, top to bottom
+    ("ratio_published", "PPA as published"),
+    ("ratio_adaptive", "adaptive attacker"),
+    ("ratio_worst_case", "worst case (strongest attack per seed)"),
+    ("ratio_until_accepted", "run until the target accepts"),
+)
+Point = tuple[str, float, float]  # (series key, mean ratio, half-width of its 95 % interval; 0 for one seed)
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A verdict row's name on the forest plot: its defense and alpha, or its negative control's scale, over its
+    number of seeds."""
+    name, seeds = str(row["defense"]), row["ratio_worst_case"]["n"]
+    group, control, rest = name.partition(": negative control (")
+    if control:
+        label = f"{group}: control {rest.split(' head', 1)[0]}"
+    else:
+        label = f"{name}, trained (α = 0)" if row.get("defended") else f"{name}, α = {row['alpha']:+g}"
+    return f"{label}\n{seeds} seed{'s' if seeds != 1 else ''}"
+
+
+def forest_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[Point]]]:
+    """Per verdict row: its label and each ratio measured on at least one seed (FOREST_SERIES order)."""
+    entries = []
+    for row in rows:
+        points = []
+        for key, _ in FOREST_SERIES:
+            ratio = row.get(key) or {"n": 0}
+            if ratio["n"] and math.isfinite(ratio["mean"]):
+                points.append((key, float(ratio["mean"]), ratio["ci95"] if math.isfinite(ratio["ci95"]) else 0.0))
+        entries.append((row_label(row), points))
+    return entries
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """The verdict as a forest plot: per row, each attacker's ratio to α = 0 with its 95 % interval, beside the
+    lines of no protection (1) and of halving (0.5); stable PNG bytes."""
+    from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+
+    entries = forest_points(rows)
+    fig = Figure(figsize=style.verdict_size(len(entries)), layout="constrained")
+    ax = fig.subplots()
+    step = 0.6 / len(FOREST_SERIES)
+    shift = {key: 0.3 - step * (index + 0.5) for index, (key, _) in enumerate(FOREST_SERIES)}
+    shown: set[str] = set()  # each series named once in the legend
+    for index, (_, points) in enumerate(entries):
+        y = len(entries) - 1 - index
+        for key, mean, ci95 in points:
+            colour, marker = style.VERDICT_SERIES[key]
+            label = dict(FOREST_SERIES)[key] if key not in shown else None
+            shown.add(key)
+            ax.errorbar([mean], [y + shift[key]], xerr=[ci95], fmt=marker, color=colour, capsize=2, label=label)
+    ax.axvline(1.0, color=style.INK, linestyle="--", linewidth=1, label="no protection")
+    ax.axvline(0.5, color=style.GUIDE, linestyle=":", linewidth=1, label="halved")
+    ax.set_yticks(range(len(entries)), [label for label, _ in reversed(entries)])
+    ax.set_ylim(-0.6, len(entries) - 0.4)
+    ax.set_xlim(left=0.0)
+    ax.set_xlabel("attack acc@1 with the defense / without (paired by seed, 95 % interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=style.LEGEND_FONT, frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=style.STABLE_DPI, metadata=style.STABLE_METADATA)
+    return path
