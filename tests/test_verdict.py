@@ -100,6 +100,43 @@ def test_a_real_shield_is_one_the_adaptive_attack_cannot_undo() -> None:
     assert defended["verdict"] == "shield: halves the strongest attack at ≤ 5 points"
 
 
+def test_a_shield_measured_with_a_capped_attack_is_provisional() -> None:
+    """Constant alpha's signature (RESULTS.md): the attack run until the target accepts 90 % hits its step cap on
+    the defended target (acceptance 0.5-0.6) while alpha = 0's batches get there: the halving is provisional."""
+    record = results()
+    record["variants"]["ls_until"] = {"overrides": {**TRAINED, **ADAPTIVE, "attack.until_accept": 0.9}}
+    accepted = {0.0: [0.98, 0.99, 0.98], -0.05: [0.50, 0.95, 0.53]}  # seed 1 reached 90 %
+    record["rows"] += [
+        {
+            "variant": "ls_until",
+            "alpha": alpha,
+            "seed": seed,
+            "final_acc1": [0.84, 0.86, 0.80][seed] * (1.0 if alpha == 0 else 0.45),
+            "test_acc": 0.96 if alpha == 0 else 0.93,
+            "until_accept_accepted": accepted[alpha][seed],
+        }
+        for alpha in (0.0, -0.05)
+        for seed in range(3)
+    ]
+    for row in record["rows"]:
+        if row["alpha"] == -0.05 and row["variant"] != "ls_until":
+            row["final_acc1"] /= 3
+    (defended, control) = verdict.defense_rows(verdict.collect([record])[0])
+    capped = defended["capped_acceptance"]
+    assert (capped["n"], capped["mean"]) == (2, pytest.approx((0.50 + 0.53) / 2))
+    assert defended["verdict"] == (
+        "shield: halves the strongest attack at ≤ 5 points; provisional: run until the target accepts, the attack "
+        "stopped at its step cap on 2 of 3 seeds (target acceptance 0.52)"
+    )
+    assert control["capped_acceptance"]["n"] == 0
+    for row in record["rows"]:
+        if row["variant"] == "ls_until":
+            row["until_accept_accepted"] = 0.95  # every batch got there: a converged attack, no caveat
+    assert verdict.defense_rows(verdict.collect([record])[0])[0]["verdict"] == (
+        "shield: halves the strongest attack at ≤ 5 points"
+    )
+
+
 def test_a_trained_defense_is_judged_against_the_undefended_targets() -> None:
     record = results()
     mid = {**TRAINED, "target.defense": {"kind": "mid", "mid_beta": 0.01}}

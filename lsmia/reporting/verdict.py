@@ -23,6 +23,7 @@ the same attacker.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,28 @@ def _side_by_side(group: Group, alpha: float, base: Group, prefix: str = "") -> 
         "ratio_adaptive": _paired_ratio(adaptive, zero_adaptive),
         "ratio_worst_case": worst_case_ratio({**published, **adaptive}, {**zero_published, **zero_adaptive}),
         "ratio_until_accepted": _paired_ratio(_until_accepted(adaptive), _until_accepted(zero_adaptive)),
+        "capped_acceptance": _capped_acceptance(group, alpha, f"{prefix}adaptive", adaptive),
     }
+
+
+def _capped_acceptance(group: Group, alpha: float, kind: str, attacks: dict[str, PerSeed]) -> Stat:
+    """Per seed where the strongest attack run until accepted stopped at its step cap (the target accepted less
+    than its ``until_accept`` of the batches): that acceptance. Such an attack is unconverged, so a protection
+    measured with it is provisional."""
+    strongest = strongest_per_seed(_until_accepted(attacks))
+    accepted = group.values(alpha, kind, "until_accept_accepted")
+    capped = {
+        seed: accepted[label][seed]
+        for seed, (label, _) in strongest.items()
+        if seed in accepted.get(label, {}) and accepted[label][seed] < _acceptance_goal(label)
+    }
+    return _stat(capped)
+
+
+def _acceptance_goal(label: str) -> float:
+    """The ``until_accept`` an attack label names (``adaptive (..., until_accept=0.9, ...)``)."""
+    found = re.search(r"until_accept=([0-9.]+)", label)
+    return float(found.group(1)) if found else 1.0
 
 
 def _until_accepted(per_attack: dict[str, PerSeed]) -> dict[str, PerSeed]:
@@ -245,12 +267,19 @@ def verdict_words(row: dict[str, Any]) -> str:
     until = row.get("ratio_until_accepted", {"n": 0})
     slowed = "; run until the target accepts, the attack recovers as much: slowed, not stopped"
     slowed = slowed if until["n"] >= 3 and not lowers(until) else ""
+    capped = row.get("capped_acceptance", {"n": 0})
+    provisional = (
+        f"; provisional: run until the target accepts, the attack stopped at its step cap on {capped['n']} of "
+        f"{until['n']} seeds (target acceptance {capped['mean']:.2f})"
+        if capped["n"] and not slowed
+        else ""
+    )
     if halves(worst, row["cost"]):
-        return "shield: halves the strongest attack at ≤ 5 points" + slowed
+        return "shield: halves the strongest attack at ≤ 5 points" + slowed + provisional
     if lowers(worst):
         published = row["ratio_published"]
         overstated = "; the published attack overstates it" if published["mean"] < worst["mean"] else ""
-        return "lowers the strongest attack (interval below 1)" + overstated + slowed
+        return "lowers the strongest attack (interval below 1)" + overstated + slowed + provisional
     if lowers(row["ratio_published"]):
         return "no shield: only the published attack is lowered"
     return "no protection shown (interval reaches 1)" if worst["n"] >= 3 else f"{worst['n']} seed(s): no verdict"
@@ -311,7 +340,9 @@ NOTE = (
     "α = 0 targets; 95 % t-intervals over seeds); the worst case is the "
     "strongest of every attack at α over the strongest at α = 0, per seed; 'run until accepted' pairs an attack that "
     "goes on until the target accepts its samples (attack.until_accept, or a step cap) with itself at α = 0: a ratio near 1 "
-    "there means the defense slows the attack rather than stops it. A negative control is the α = 0 "
+    "there means the defense slows the attack rather than stops it, and a verdict is 'provisional' where that "
+    "attack stopped at its step cap before the target accepted what it asked for (a larger budget may recover "
+    "more). A negative control is the α = 0 "
     "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
     "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
     "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy."
