@@ -228,6 +228,26 @@ def test_cli_writes_the_verdict_beside_the_results(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
+def test_a_verdict_over_several_results_is_not_replaced_by_one_over_fewer(tmp_path: Path) -> None:
+    """A verdict judged from a plan and its follow-up plans (the committed ones are) keeps them: a call that leaves
+    one out is a one-line error, and the files stay as they were."""
+    plan, follow_up = tmp_path / "plan" / "results.json", tmp_path / "more" / "results.json"
+    for path in (plan, follow_up):
+        path.parent.mkdir()
+        path.write_text(json.dumps(results()))
+    both = CliRunner().invoke(app, ["verdict", str(plan), str(follow_up)])
+    assert both.exit_code == 0, both.output
+    before = {p.name: p.read_bytes() for p in plan.parent.glob("verdict.*")}
+    fewer = CliRunner().invoke(app, ["verdict", str(plan)])
+    assert fewer.exit_code == 2 and f"{follow_up} is not among those given" in fewer.output
+    assert "Traceback" not in fewer.output and len(fewer.output.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in plan.parent.glob("verdict.*")} == before
+    elsewhere = CliRunner().invoke(app, ["verdict", str(plan), "--out-dir", str(tmp_path / "alone")])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    again = CliRunner().invoke(app, ["verdict", str(follow_up), str(plan)])  # the same files, any order
+    assert again.exit_code == 0, again.output
+
+
 def test_the_forest_plot_shows_each_measured_ratio_of_each_row(tmp_path: Path) -> None:
     rows = verdict.build_rows([results()])
     entries = verdict.forest_points(rows)

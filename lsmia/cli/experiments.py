@@ -206,6 +206,7 @@ def verdict_command(
     for path in results:
         if not path.is_file():
             fail(f"{path} does not exist: pass the results.json that 'lsmia ablate PLAN' wrote")
+    verdict.check_sources(out_dir or results[0].parent, results)
     rows = verdict.build(results)
     if not rows:
         fail(f"no defense with alpha != 0 or negative control in {', '.join(map(str, results))}: nothing to judge")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsmia.errors import LsmiaError
 from lsmia.reporting import figures as style
 from lsmia.reporting.ablation_tables import markdown_table
 from lsmia.reporting.defense_comparison import flatten
@@ -364,6 +365,22 @@ def build_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([*markdown_table(COLUMNS, table_rows(rows)), "", NOTE]) + "\n"
+
+
+def check_sources(out_dir: Path, sources: Sequence[Path]) -> None:
+    """Refuse to replace a ``verdict.json`` judged from results files that ``sources`` leaves out (a verdict over a
+    plan and its follow-ups would silently lose their attacks)."""
+    existing = out_dir / "verdict.json"
+    if not existing.is_file():
+        return
+    earlier = load_json(existing, what="verdict", keys=("sources",), fix="delete it or re-run 'lsmia verdict'")
+    given = {Path(s).resolve() for s in sources}
+    left_out = [str(s) for s in earlier["sources"] if Path(s).resolve() not in given]
+    if left_out:
+        raise LsmiaError(
+            f"{existing} was judged from {len(earlier['sources'])} results files and {', '.join(left_out)} "
+            f"is not among those given: pass them all to 'lsmia verdict', or write elsewhere with --out-dir"
+        )
 
 
 def write(rows: Sequence[dict[str, Any]], out_dir: Path, sources: Sequence[Path]) -> Path:
