@@ -271,7 +271,7 @@ def verdict_words(row: dict[str, Any]) -> str:
     capped = row.get("capped_acceptance", {"n": 0})
     provisional = (
         f"; provisional: run until the target accepts, the attack stopped at its step cap on {capped['n']} of "
-        f"{until['n']} seeds (target acceptance {capped['mean']:.2f})"
+        f"{worst['n']} seeds (target acceptance {capped['mean']:.2f})"
         if capped["n"] and not slowed
         else ""
     )
