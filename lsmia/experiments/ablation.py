@@ -84,6 +84,12 @@ def variant_alphas(plan: AblationPlan, name: str, cfg: Config, alphas: list[floa
     return own
 
 
+def variant_seeds(plan: AblationPlan, name: str, cfg: Config, seeds: list[int]) -> list[int]:
+    """The plan's ``seeds``, or the variant's own ``study.seeds`` override (e.g. the seeds one defense still lacks
+    while the others of the plan have them all)."""
+    return cfg.study.seeds if "study.seeds" in plan.variants[name] else seeds
+
+
 def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[str, Any]:
     """Every stage one (alpha, seed) needs, each taken from the cache when done; the metrics row."""
     outputs = build_cell(cache, cfg, graph.Cell(float(alpha), int(seed)))
@@ -128,8 +134,9 @@ def plan_cells(base: Config, plan: AblationPlan) -> list[tuple[str, Config, grap
     seeds = plan.seeds if plan.seeds is not None else base.study.seeds
     return [
         (name, cfg, graph.Cell(float(alpha), int(seed)))
-        for seed in seeds
+        for seed in sorted({s for name, cfg in configs.items() for s in variant_seeds(plan, name, cfg, seeds)})
         for name, cfg in configs.items()
+        if seed in variant_seeds(plan, name, cfg, seeds)
         for alpha in variant_alphas(plan, name, cfg, alphas)
     ]
 
@@ -242,7 +249,7 @@ def run_ablation(
     result = AblationResult(plan, rows, variants, paths.ablation_dir(plan.name))
     for name, cfg in configs.items():
         variant_rows = []
-        for seed in seeds:
+        for seed in variant_seeds(plan, name, cfg, seeds):
             for alpha in alphas_of[name]:
                 if finished_only and not cache.finished(cfg, graph.Cell(float(alpha), int(seed))):
                     result.missing.append({"variant": name, "alpha": alpha, "seed": seed})
@@ -373,7 +380,7 @@ def finished_targets(base: Config, plan: AblationPlan) -> Iterator[FinishedTarge
     code = cache_keys.code_digests()
     seen: set[str] = set()
     for name, cfg in configs.items():
-        for seed in seeds:
+        for seed in variant_seeds(plan, name, cfg, seeds):
             for alpha in variant_alphas(plan, name, cfg, alphas):
                 layout = CacheLayout(cache_root, cache_keys.stage_keys(cfg, graph.Cell(float(alpha), int(seed)), code))
                 target = FinishedTarget(name, cfg, alpha, seed, layout)
