@@ -23,6 +23,7 @@ from lsmia.errors import LsmiaError
 from lsmia.experiments import ablation, graph, stage_cache
 from lsmia.experiments import code as stage_code
 from lsmia.experiments import keys as cache_keys
+from lsmia.infra import machine
 from lsmia.reporting.stats import effects
 from tests.helpers.paths import ROOT, TINY
 from tests.helpers.poll import wait_until
@@ -280,6 +281,10 @@ def test_tiny_ablation_shares_stages_resumes_and_reports(tmp_path):
         )
         assert row["final_target_confidence"] == pytest.approx(attack.final_scores.double().exp().mean().item())
     assert "| ce | +0.1 |" in (result.out_dir / "results.md").read_text()
+    # every row names the machine that built its stages, from the markers the stages left
+    here = machine.fingerprint(torch.device("cpu"))
+    assert {row["machine"] for row in saved["rows"]} == {here}
+    assert (cache / "target" / next((cache / "target").iterdir()).name / ".done").read_text() == here + "\n"
 
     # the logit geometry reads each of the 6 shared targets once, and its accuracy is the target's test accuracy
     geometry = ablation.logit_geometry_rows(cfg, plan)
@@ -529,3 +534,16 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_cell_names_each_machine_that_built_it_and_none_from_old_markers(tmp_path):
+    """``cell_machine``: one fingerprint when one machine built every stage, several joined when a stage came from
+    elsewhere (a shared remote), and nothing from the empty markers written before the fingerprints."""
+    outputs = []
+    for stage, mark in (("data", "A"), ("target", "B"), ("attack", "B"), ("old", "")):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / ablation.StageCache.DONE).write_text(mark + "\n" if mark else "")
+        outputs.append(tmp_path / stage / "out.pt")
+    assert ablation.cell_machine(outputs) == "A + B"
+    assert ablation.cell_machine(outputs[1:]) == "B"
+    assert ablation.cell_machine(outputs[3:]) == ""

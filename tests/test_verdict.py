@@ -180,6 +180,26 @@ def test_a_trained_defense_is_judged_against_the_undefended_targets() -> None:
     assert alone == []  # no undefended targets: nothing to judge against, no row
 
 
+def test_seeds_paired_across_machines_are_named_and_pairs_on_one_machine_are_not() -> None:
+    """Rows carry the machine that built them (lsmia.infra.machine): a seed whose defended cells and alpha = 0
+    baseline come from different kinds of machine is named in the verdict; rows without a record never are."""
+    record = results()
+    for row in record["rows"]:
+        row["machine"] = "Xeon, AVX512; torch 2.14.1" if row["alpha"] == 0 or row["seed"] != 2 else "EPYC, AVX2"
+    (shield,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
+    assert shield["crossed_machines"] == [2]
+    assert shield["verdict"].endswith("; seed(s) 2 paired across machines")
+    for row in record["rows"]:
+        row["machine"] = "Xeon, AVX512; torch 2.14.1"
+    (same,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
+    assert same["crossed_machines"] == [] and "machines" not in same["verdict"]
+    for row in record["rows"]:
+        if row["alpha"] == 0:
+            del row["machine"]  # a baseline from before the fingerprints: nothing to compare with
+    (unknown,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
+    assert unknown["crossed_machines"] == [] and unknown["verdict"] == same["verdict"]
+
+
 def test_an_attack_run_until_accepted_tells_a_slowed_attack_from_a_stopped_one() -> None:
     """The warm-up's signature (RESULTS.md): with 4x the steps the defended target yields less, but an attack run
     until the target accepts its samples recovers as much as at alpha = 0 (it only needs more steps)."""

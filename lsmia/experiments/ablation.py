@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,14 @@ def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[st
     row = load_json(outputs["evaluate"], what="ablation metrics", keys=(), fix=fix)
     eval_metrics = outputs["eval-model"].parent / "metrics.json"
     row["eval_test_acc"] = load_json(eval_metrics, what="eval metrics", keys=("test_acc",), fix=fix)["test_acc"]
+    row["machine"] = cell_machine(outputs.values())
     return row
+
+
+def cell_machine(outputs: Iterable[Path]) -> str:
+    """The machine(s) that built a cell's stages (lsmia.infra.machine), " + "-joined when several did (e.g. a data
+    stage pulled from a shared remote); "" where no stage recorded one (markers from before the fingerprints)."""
+    return " + ".join(sorted({m for m in map(StageCache.machine, outputs) if m}))
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from lsmia.config import Config
 from lsmia.experiments import graph
 from lsmia.experiments import keys as cache_keys
 from lsmia.experiments.graph import quiet_stage
+from lsmia.infra import machine
 
 Log = Callable[[str], None]
 POLL_SECONDS = 2.0  # how often a process with nothing to start looks again (every stage it waits on runs minutes)
@@ -98,7 +99,7 @@ class StageCache:
         if not self._done(folder, layout.output(stage, cell)):
             self.log(f"  {stage.name} {folder.name}: running")
             graph.run_stage(stage, cfg, cell, layout, self.device, quiet_stage)
-            (folder / self.DONE).write_text("")
+            (folder / self.DONE).write_text(machine.fingerprint(self.device) + "\n")
 
     def _done(self, folder: Path, output: Path) -> bool:
         """Finished, and its output still there: a deleted output (e.g. a corrupt file removed as an error
@@ -109,6 +110,13 @@ class StageCache:
             return True
         marker.unlink(missing_ok=True)
         return False
+
+    @classmethod
+    def machine(cls, output: Path) -> str:
+        """The fingerprint of the machine that built ``output`` (lsmia.infra.machine), "" when its marker predates
+        them."""
+        marker = Path(output).parent / cls.DONE
+        return marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
 
     def finished(self, cfg: Config, cell: graph.Cell) -> bool:
         """Whether every stage the cell's metrics need is done (nothing would run)."""

@@ -223,6 +223,33 @@ def _cost(group: Group, alpha: float, base: Group) -> Stat:
     return _ratio_or_cost(_test_acc(group, alpha), _test_acc(base, 0.0), lambda a, z: z - a)
 
 
+def _machines(group: Group, alpha: float) -> dict[int, set[str]]:
+    """Per seed, the machines that built ``group``'s cells at ``alpha`` (rows without a record left out)."""
+    out: dict[int, set[str]] = {}
+    for (a, _), rows in group.cells.items():
+        if a == alpha:
+            for seed, row in rows.items():
+                if row.get("machine"):
+                    out.setdefault(seed, set()).add(str(row["machine"]))
+    return out
+
+
+def crossed_machines(group: Group, alpha: float, base: Group) -> list[int]:
+    """The seeds whose cells at ``alpha`` and whose alpha = 0 baseline were built on different kinds of machine
+    (lsmia.infra.machine): paired, but not as exactly as on one machine (CPU kernels round differently)."""
+    at_alpha, at_zero = _machines(group, alpha), _machines(base, 0.0)
+    return sorted(s for s in at_alpha.keys() & at_zero.keys() if at_alpha[s] != at_zero[s])
+
+
+def _with_machines(row: dict[str, Any], group: Group, alpha: float, base: Group) -> dict[str, Any]:
+    """``row``'s verdict, with the seeds paired across machines named when there are any."""
+    row["crossed_machines"] = crossed_machines(group, alpha, base)
+    if row["crossed_machines"]:
+        seeds = ", ".join(map(str, row["crossed_machines"]))
+        row["verdict"] += f"; seed(s) {seeds} paired across machines"
+    return row
+
+
 def undefended(group: Group, groups: Sequence[Group]) -> Group | None:
     """The group that trains the same targets without ``group``'s defense (its alpha = 0 is the baseline)."""
     plain = {k: v for k, v in group.flat.items() if not k.startswith("target.defense.")}
@@ -239,13 +266,13 @@ def defense_rows(group: Group, groups: Sequence[Group] = ()) -> list[dict[str, A
         row = {"defense": group.name, "trained": group.trained, "alpha": alpha, "defended": False}
         row |= {**_side_by_side(group, alpha, group), "cost": _cost(group, alpha, group)}
         row["verdict"] = verdict_words(row)
-        rows.append(row)
+        rows.append(_with_machines(row, group, alpha, group))
     base = undefended(group, groups) if group.defended() else None
     if base is not None:
         row = {"defense": group.name, "trained": group.trained, "alpha": 0.0, "defended": True}
         row |= {**_side_by_side(group, 0.0, base), "cost": _cost(group, 0.0, base)}
         row["verdict"] = verdict_words(row)
-        rows.append(row)
+        rows.append(_with_machines(row, group, 0.0, base))
     for control in group.controls():
         row = {
             "defense": f"{group.name}: negative control ({control.removeprefix('control ')} head, α = 0)",
@@ -346,7 +373,9 @@ NOTE = (
     "more). A negative control is the α = 0 "
     "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
     "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
-    "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy."
+    "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy. 'Paired across machines': the defended "
+    "and the undefended target of those seeds were built on different kinds of machine (CPU kernels round "
+    "differently), so their pairing is as a seed's, not bit for bit."
 )
 
 
