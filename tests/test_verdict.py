@@ -180,24 +180,27 @@ def test_a_trained_defense_is_judged_against_the_undefended_targets() -> None:
     assert alone == []  # no undefended targets: nothing to judge against, no row
 
 
-def test_seeds_paired_across_machines_are_named_and_pairs_on_one_machine_are_not() -> None:
-    """Rows carry the machine that built them (lsmia.infra.machine): a seed whose defended cells and alpha = 0
-    baseline come from different kinds of machine is named in the verdict; rows without a record never are."""
+def test_a_seed_pairs_only_with_a_baseline_judged_alike_and_a_lone_one_is_named() -> None:
+    """Rows carry the evaluation model that judged them and the machine that built them: the same seed from another
+    code version (another evaluation model) or another kind of machine is a replicate of its own, paired with the
+    alpha = 0 target of its own frame; one without such a target is left out, by name."""
     record = results()
-    for row in record["rows"]:
-        row["machine"] = "Xeon, AVX512; torch 2.14.1" if row["alpha"] == 0 or row["seed"] != 2 else "EPYC, AVX2"
+    seeds = 3  # the fixture's seeds 0-2 (old rows: no frame recorded)
+    new_frame = {"eval_model_key": "e2", "machine": "Xeon, AVX512; torch 2.14.1"}
+    for name, alpha, value in (("ls_adaptive", 0.0, 0.50), ("ls_adaptive", -0.05, 0.10)):
+        record["rows"].append(
+            {"variant": name, "alpha": alpha, "seed": 1, "final_acc1": value, "test_acc": 0.96, **new_frame}
+        )
     (shield,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
-    assert shield["crossed_machines"] == [2]
-    assert shield["verdict"].endswith("; seed(s) 2 paired across machines")
-    for row in record["rows"]:
-        row["machine"] = "Xeon, AVX512; torch 2.14.1"
-    (same,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
-    assert same["crossed_machines"] == [] and "machines" not in same["verdict"]
-    for row in record["rows"]:
-        if row["alpha"] == 0:
-            del row["machine"]  # a baseline from before the fingerprints: nothing to compare with
-    (unknown,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
-    assert unknown["crossed_machines"] == [] and unknown["verdict"] == same["verdict"]
+    # seed 1 twice: once as the fixture's (0.36 / 0.35), once in the new frame (0.10 / 0.50), never crossed
+    assert shield["ratio_adaptive"]["n"] == seeds + 1
+    assert shield["ratio_adaptive"]["values"] == pytest.approx([0.33 / 0.33, 0.36 / 0.35, 0.10 / 0.50, 0.33 / 0.34])
+    assert shield["unpaired_seeds"] == [] and "left out" not in shield["verdict"]
+    record["rows"] = [r for r in record["rows"] if not (r.get("eval_model_key") and r["alpha"] == 0.0)]
+    (lone,) = [r for r in verdict.build_rows([record]) if r["alpha"] == -0.05]
+    assert lone["ratio_adaptive"]["n"] == seeds  # the new seed-1 row has no baseline in its frame
+    assert lone["unpaired_seeds"] == [1]
+    assert lone["verdict"].endswith("; seed(s) 1 left out: no α = 0 target judged alike")
 
 
 def test_an_attack_run_until_accepted_tells_a_slowed_attack_from_a_stopped_one() -> None:

@@ -98,6 +98,7 @@ def run_cell(cache: StageCache, cfg: Config, alpha: float, seed: int) -> dict[st
     eval_metrics = outputs["eval-model"].parent / "metrics.json"
     row["eval_test_acc"] = load_json(eval_metrics, what="eval metrics", keys=("test_acc",), fix=fix)["test_acc"]
     row["machine"] = cell_machine(outputs.values())
+    row["eval_model_key"] = outputs["eval-model"].parent.name  # the judge: acc@1 compares only under one
     return row
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -17,6 +17,13 @@ from scipy import stats as scipy_stats
 from lsmia.reporting.formatting import is_number
 
 Stat = dict[str, Any]  # {"mean", "ci95", "n"}
+
+
+class _Ordered(Protocol):
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+Seed = TypeVar("Seed", bound=_Ordered)  # a seed, or a seed with what else must match for two results to pair
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, int]:
@@ -115,10 +122,10 @@ def lowers(ratio: dict[str, Any]) -> bool:
     return bool(n >= MIN_SEEDS_FOR_A_CLAIM and math.isfinite(ci95) and mean + ci95 < 1.0)
 
 
-def strongest_per_seed(attacks: dict[str, dict[int, float]]) -> dict[int, tuple[str, float]]:
+def strongest_per_seed(attacks: dict[str, dict[Seed, float]]) -> dict[Seed, tuple[str, float]]:
     """The one worst-case definition of lsmia: per seed, the attack with the highest value (acc@1) and that
     value, over every attack measured on that seed (ties: the first attack by name)."""
-    best: dict[int, tuple[str, float]] = {}
+    best: dict[Seed, tuple[str, float]] = {}
     for name in sorted(attacks):
         for seed, value in attacks[name].items():
             if math.isfinite(value) and (seed not in best or value > best[seed][1]):
@@ -127,8 +134,8 @@ def strongest_per_seed(attacks: dict[str, dict[int, float]]) -> dict[int, tuple[
 
 
 def paired_attacks(
-    at_alpha: dict[str, dict[int, float]], at_zero: dict[str, dict[int, float]]
-) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+    at_alpha: dict[str, dict[Seed, float]], at_zero: dict[str, dict[Seed, float]]
+) -> tuple[dict[str, dict[Seed, float]], dict[str, dict[Seed, float]]]:
     """Each attack only on the seeds where it was measured at alpha and at alpha = 0: an attack run at one end
     only (e.g. a stronger loss measured on alpha = 0 but not yet on the defended target) would bias the ratio."""
     names = at_alpha.keys() & at_zero.keys()
@@ -137,7 +144,7 @@ def paired_attacks(
     return alpha, zero
 
 
-def worst_case_ratio(at_alpha: dict[str, dict[int, float]], at_zero: dict[str, dict[int, float]]) -> dict[str, Any]:
+def worst_case_ratio(at_alpha: dict[str, dict[Seed, float]], at_zero: dict[str, dict[Seed, float]]) -> dict[str, Any]:
     """Per seed, the strongest attack at alpha over the strongest at alpha = 0, over the attacks measured at both
     (:func:`paired_attacks`); mean ± 95 % t over seeds."""
     strong_alpha, strong_zero = (strongest_per_seed(side) for side in paired_attacks(at_alpha, at_zero))

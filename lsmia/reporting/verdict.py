@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lsmia.errors import LsmiaError
 from lsmia.reporting import figures as style
@@ -39,7 +39,22 @@ from lsmia.utils import atomic_path, load_json, save_json
 
 PUBLISHED_LOSS = "poincare"
 Stat = dict[str, Any]
-PerSeed = dict[int, float]
+
+
+class Replicate(NamedTuple):
+    """One seed's measurement: pairs form only between replicates that share the evaluation model that judged them
+    and the kind of machine that built them (rows from before these were recorded share the empty ones)."""
+
+    seed: int
+    eval_model_key: str = ""
+    machine: str = ""
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Replicate:
+        return cls(int(row["seed"]), str(row.get("eval_model_key", "")), str(row.get("machine", "")))
+
+
+PerSeed = dict[Replicate, float]
 
 
 def attacker_of(flat: dict[str, Any]) -> tuple[str, str]:
@@ -74,7 +89,7 @@ class Group:
     name: str
     trained: str
     flat: dict[str, Any] = field(default_factory=dict)  # the trained overrides
-    cells: dict[tuple[float, str], dict[int, dict[str, Any]]] = field(default_factory=dict)
+    cells: dict[tuple[float, str], dict[Replicate, dict[str, Any]]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # attacker label -> kind
 
     def values(self, alpha: float, kind: str, metric: str = "final_acc1") -> dict[str, PerSeed]:
@@ -120,7 +135,7 @@ def collect(results: Sequence[dict[str, Any]]) -> list[Group]:
             kind, label = attacker_of(flat)
             group.kinds[label if not kind.startswith("control") else f"{kind}: {label}"] = kind
             key = label if not kind.startswith("control") else f"{kind}: {label}"
-            group.cells.setdefault((float(row["alpha"]), key), {})[int(row["seed"])] = row
+            group.cells.setdefault((float(row["alpha"]), key), {})[Replicate.of(row)] = row
             names.setdefault(trained, [])
             if row["variant"] not in names[trained]:
                 names[trained].append(row["variant"])
@@ -223,30 +238,20 @@ def _cost(group: Group, alpha: float, base: Group) -> Stat:
     return _ratio_or_cost(_test_acc(group, alpha), _test_acc(base, 0.0), lambda a, z: z - a)
 
 
-def _machines(group: Group, alpha: float) -> dict[int, set[str]]:
-    """Per seed, the machines that built ``group``'s cells at ``alpha`` (rows without a record left out)."""
-    out: dict[int, set[str]] = {}
-    for (a, _), rows in group.cells.items():
-        if a == alpha:
-            for seed, row in rows.items():
-                if row.get("machine"):
-                    out.setdefault(seed, set()).add(str(row["machine"]))
-    return out
+def _unpaired(group: Group, alpha: float, base: Group) -> list[int]:
+    """The seeds of ``group`` at ``alpha`` with no alpha = 0 replicate of ``base`` to pair with (built with another
+    evaluation model or on another kind of machine only)."""
+    at_zero = {r for (a, _), rows in base.cells.items() if a == 0.0 for r in rows}
+    at_alpha = {r for (a, _), rows in group.cells.items() if a == alpha for r in rows}
+    return sorted({r.seed for r in at_alpha - at_zero})
 
 
-def crossed_machines(group: Group, alpha: float, base: Group) -> list[int]:
-    """The seeds whose cells at ``alpha`` and whose alpha = 0 baseline were built on different kinds of machine
-    (lsmia.infra.machine): paired, but not as exactly as on one machine (CPU kernels round differently)."""
-    at_alpha, at_zero = _machines(group, alpha), _machines(base, 0.0)
-    return sorted(s for s in at_alpha.keys() & at_zero.keys() if at_alpha[s] != at_zero[s])
-
-
-def _with_machines(row: dict[str, Any], group: Group, alpha: float, base: Group) -> dict[str, Any]:
-    """``row``'s verdict, with the seeds paired across machines named when there are any."""
-    row["crossed_machines"] = crossed_machines(group, alpha, base)
-    if row["crossed_machines"]:
-        seeds = ", ".join(map(str, row["crossed_machines"]))
-        row["verdict"] += f"; seed(s) {seeds} paired across machines"
+def _with_unpaired(row: dict[str, Any], group: Group, alpha: float, base: Group) -> dict[str, Any]:
+    """``row``'s verdict, naming the seeds left out for want of a comparable alpha = 0 target."""
+    row["unpaired_seeds"] = _unpaired(group, alpha, base)
+    if row["unpaired_seeds"]:
+        seeds = ", ".join(map(str, row["unpaired_seeds"]))
+        row["verdict"] += f"; seed(s) {seeds} left out: no α = 0 target judged alike"
     return row
 
 
@@ -266,13 +271,13 @@ def defense_rows(group: Group, groups: Sequence[Group] = ()) -> list[dict[str, A
         row = {"defense": group.name, "trained": group.trained, "alpha": alpha, "defended": False}
         row |= {**_side_by_side(group, alpha, group), "cost": _cost(group, alpha, group)}
         row["verdict"] = verdict_words(row)
-        rows.append(_with_machines(row, group, alpha, group))
+        rows.append(_with_unpaired(row, group, alpha, group))
     base = undefended(group, groups) if group.defended() else None
     if base is not None:
         row = {"defense": group.name, "trained": group.trained, "alpha": 0.0, "defended": True}
         row |= {**_side_by_side(group, 0.0, base), "cost": _cost(group, 0.0, base)}
         row["verdict"] = verdict_words(row)
-        rows.append(_with_machines(row, group, 0.0, base))
+        rows.append(_with_unpaired(row, group, 0.0, base))
     for control in group.controls():
         row = {
             "defense": f"{group.name}: negative control ({control.removeprefix('control ')} head, α = 0)",
@@ -373,9 +378,9 @@ NOTE = (
     "more). A negative control is the α = 0 "
     "target with its logits multiplied by the defended target's logit-norm ratio: the same decisions, so any "
     "protection an attack reports for it is the attack's own arithmetic. 'Halves' needs ≥ 3 seeds, a mean ratio "
-    "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy. 'Paired across machines': the defended "
-    "and the undefended target of those seeds were built on different kinds of machine (CPU kernels round "
-    "differently), so their pairing is as a seed's, not bit for bit."
+    "≤ 0.5 whose interval lies below 1, at ≤ 5 points of test accuracy. Seeds pair only "
+    "where both targets were judged by the same evaluation model and built on the same kind of machine (CPU "
+    "kernels round differently): results of one seed from two code versions or machines are two replicates."
 )
 
 
